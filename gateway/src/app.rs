@@ -1,0 +1,104 @@
+//! The composition root: builds the broker from a config, binds every listener, runs until the
+//! shutdown token fires, then drains connections within a bounded grace period.
+//!
+//! Owns startup order and the one shutdown path. Never parses config or touches the router's
+//! data itself.
+
+use crate::auth::{AuthFileError, Authenticator};
+use crate::broker::listener::{self, BindError};
+use crate::broker::{sys, Broker};
+use crate::config::Config;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long connections get to say goodbye after shutdown starts.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind its address.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The password file could not be read.
+    #[error("auth: {0}")]
+    Auth(#[from] AuthFileError),
+}
+
+/// A gateway whose listeners are bound; `serve` runs it.
+#[derive(Debug)]
+pub struct Gateway {
+    broker: Arc<Broker>,
+    listeners: Vec<listener::BoundListener>,
+}
+
+impl Gateway {
+    /// Builds the broker and binds every listener, failing fast on the first bind error.
+    pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Gateway, StartError> {
+        let auth = Arc::new(Authenticator::from_config(&config.auth)?);
+        warn_on_insecure_defaults(&config);
+        let broker = Broker::new(Arc::new(config), auth, shutdown);
+        let mut listeners = Vec::new();
+        for l in &broker.config.listeners {
+            listeners.push(listener::bind(l).await?);
+        }
+        Ok(Gateway { broker, listeners })
+    }
+
+    /// Addresses the listeners are bound to, in config order.
+    pub fn local_addrs(&self) -> Vec<Option<SocketAddr>> {
+        self.listeners.iter().map(|l| l.local_addr()).collect()
+    }
+
+    /// The broker (for in-process tests and adapters).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled, then closes every connection (v5 clients get
+    /// DISCONNECT 0x8B) and waits up to the grace period for them.
+    pub async fn serve(self) {
+        let tracker = TaskTracker::new();
+        let broker = self.broker;
+        tracker.spawn(sys::run_timers(broker.clone()));
+        for l in self.listeners {
+            tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
+        }
+        tracing::info!(node = %broker.config.node.name, version = env!("CARGO_PKG_VERSION"), "holdfast running");
+        broker.shutdown.cancelled().await;
+        tracing::info!("shutting down");
+        tracker.close();
+        if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                grace_seconds = GRACE.as_secs(),
+                "some connections did not close within the grace period"
+            );
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn warn_on_insecure_defaults(config: &Config) {
+    if config.auth.allow_anonymous {
+        let exposed: Vec<String> = config
+            .listeners
+            .iter()
+            .filter(|l| !l.bind.ip().is_loopback())
+            .map(|l| l.bind.to_string())
+            .collect();
+        if exposed.is_empty() {
+            tracing::warn!("anonymous MQTT access is ENABLED (auth.allow_anonymous = true), on loopback listeners only");
+        } else {
+            tracing::warn!(
+                listeners = %exposed.join(", "),
+                "!!! anonymous MQTT access is ENABLED on non-loopback addresses: anyone who can reach them can publish and subscribe; set auth.allow_anonymous = false and use a password file"
+            );
+        }
+    }
+    if !config.auth.allow_anonymous && config.auth.password_file.is_none() {
+        tracing::warn!("no password file and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)");
+    }
+}

@@ -1,0 +1,930 @@
+//! One client connection: CONNECT handshake, the packet loop, keepalive and the outbound drain.
+//!
+//! Owns the socket, its read and write buffers and the per-connection protocol state (topic
+//! aliases both ways, the will, the negotiated limits). Bytes are read with `try_read_buf` after
+//! `readable()` and decoded outside any `select!` branch, so cancellation never loses input; all
+//! packets decoded from one read are applied under a single router lock. It never holds the
+//! router lock across an `.await`, never buffers more than `outbound_buffer` bytes of output
+//! (it stops draining its session and stops reading until the socket takes them), and a bad
+//! packet closes only this connection with one log line naming the peer and the reason.
+
+use super::message::{Message, SessionId};
+use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
+use super::session::ConnControl;
+use super::stats::{DisconnectReason, ListenerStats};
+use super::sys::{self, ClientInfo};
+use super::Broker;
+use crate::auth::AuthDecision;
+use bytes::{Buf, BytesMut};
+use holdfast_mqtt::{
+    decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
+    Properties, ProtocolVersion, PubResp, Publish, QoS, SubAck, UnsubAck,
+};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::time::sleep_until;
+
+/// Bytes reserved for each socket read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Deliveries taken from the session per router lock.
+const DRAIN_BATCH: usize = 256;
+/// How long a closing connection may spend flushing its last bytes.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Far enough to mean "no deadline".
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// Serves one accepted socket until it closes; counts the reason on its listener.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    listener: Arc<ListenerStats>,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut conn = Connection::new(stream, peer, broker);
+    let reason = conn.run().await;
+    listener.count_shutdown(reason);
+}
+
+/// Why the packet loop stopped, and what to send before closing.
+#[derive(Debug)]
+struct Close {
+    reason: DisconnectReason,
+    /// v5 DISCONNECT reason code to send, if any.
+    disconnect: Option<u8>,
+    /// Publish the will (false only after a normal DISCONNECT).
+    publish_will: bool,
+}
+
+impl Close {
+    fn new(reason: DisconnectReason, disconnect: Option<u8>) -> Close {
+        Close {
+            reason,
+            disconnect,
+            publish_will: true,
+        }
+    }
+}
+
+/// The will of this connection, converted at CONNECT.
+#[derive(Debug)]
+struct Will {
+    message: Arc<Message>,
+    delay: Duration,
+}
+
+/// Per-connection state. See the module documentation.
+#[derive(Debug)]
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    protocol: ProtocolVersion,
+    client_id: ByteStr,
+    username: Option<String>,
+    session: SessionId,
+    ctrl: Arc<ConnControl>,
+    will: Option<Will>,
+    keep_alive: Duration,
+    /// Inbound topic aliases (v5), bounded by `max_topic_alias`.
+    in_aliases: HashMap<u16, ByteStr>,
+    /// Outbound topic aliases we assigned, bounded by the client's topic alias maximum.
+    out_aliases: HashMap<ByteStr, u16>,
+    client_alias_max: u16,
+    /// The client's maximum packet size (v5); larger deliveries are dropped.
+    client_max_packet: usize,
+    /// Session expiry set by a v5 DISCONNECT.
+    expiry_override: Option<Duration>,
+    /// True when the session may still hold deliveries we did not take (buffer was full).
+    drain_more: bool,
+    /// Decoded packets awaiting the router lock (reused).
+    inbound: Vec<Packet>,
+    /// Replies produced under the lock, encoded after it (reused).
+    replies: Vec<Packet>,
+    /// Deliveries taken from the session (reused).
+    outgoing: Vec<Outgoing>,
+    /// Outbound packet ids dropped as too large for the client, to release from the window.
+    released: Vec<u16>,
+    info: Option<ClientInfo>,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) -> Connection {
+        let conn_id = broker.next_conn_id();
+        Connection {
+            stream,
+            peer,
+            broker,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            protocol: ProtocolVersion::V3_1_1,
+            client_id: ByteStr::default(),
+            username: None,
+            session: 0,
+            ctrl: ConnControl::new(conn_id),
+            will: None,
+            keep_alive: Duration::ZERO,
+            in_aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
+            client_alias_max: 0,
+            client_max_packet: usize::MAX,
+            expiry_override: None,
+            drain_more: false,
+            inbound: Vec::new(),
+            replies: Vec::new(),
+            outgoing: Vec::new(),
+            released: Vec::new(),
+            info: None,
+        }
+    }
+
+    fn max_packet_size(&self) -> usize {
+        self.broker.config.mqtt.max_packet_size as usize
+    }
+
+    fn outbound_limit(&self) -> usize {
+        self.broker.config.mqtt.outbound_buffer as usize
+    }
+
+    async fn run(&mut self) -> DisconnectReason {
+        let connect = match self.read_connect().await {
+            Ok(c) => c,
+            Err(close) => {
+                self.finish_unconnected(&close).await;
+                return close.reason;
+            }
+        };
+        if let Err(close) = self.accept_connect(*connect).await {
+            self.finish_unconnected(&close).await;
+            return close.reason;
+        }
+        let close = self.packet_loop().await;
+        self.finish(close).await
+    }
+
+    /// Reads until the first packet, which must be CONNECT, arrives within `idle_timeout`.
+    async fn read_connect(&mut self) -> Result<Box<Connect>, Close> {
+        let deadline = tokio::time::Instant::now() + self.broker.config.mqtt.idle_timeout;
+        loop {
+            let max = self.max_packet_size();
+            match decode(&mut self.rbuf, ProtocolVersion::V3_1_1, max) {
+                Ok(Some(Packet::Connect(c))) => return Ok(c),
+                Ok(Some(other)) => {
+                    tracing::warn!(peer = %self.peer, packet = other.name(), "protocol error: first packet is not CONNECT");
+                    return Err(Close::new(DisconnectReason::ProtocolError, None));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.log_parse_failure(&e);
+                    if let DecodeError::UnsupportedProtocolVersion(_) = e {
+                        let ack = Packet::ConnAck(ConnAck {
+                            code: reason::UNSUPPORTED_PROTOCOL_VERSION,
+                            ..ConnAck::default()
+                        });
+                        let _ = encode(&ack, ProtocolVersion::V3_1_1, &mut self.wbuf);
+                    }
+                    return Err(Close::new(reason_for(&e), None));
+                }
+            }
+            tokio::select! {
+                _ = self.broker.shutdown.cancelled() => {
+                    return Err(Close::new(DisconnectReason::Shutdown, None));
+                }
+                _ = sleep_until(deadline) => {
+                    tracing::info!(peer = %self.peer, "closed: idle_timeout (no CONNECT)");
+                    return Err(Close::new(DisconnectReason::IdleTimeout, None));
+                }
+                r = self.stream.readable() => {
+                    if let Err(e) = r {
+                        tracing::debug!(peer = %self.peer, error = %e, "socket error before CONNECT");
+                        return Err(Close::new(DisconnectReason::TcpClosed, None));
+                    }
+                    match self.try_read() {
+                        Ok(0) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
+                    }
+                }
+            }
+        }
+    }
+
+    fn try_read(&mut self) -> io::Result<usize> {
+        self.rbuf.reserve(READ_CHUNK);
+        let n = self.stream.try_read_buf(&mut self.rbuf)?;
+        self.broker
+            .traffic
+            .bytes_received
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn log_parse_failure(&self, e: &DecodeError) {
+        let first = &self.rbuf[..self.rbuf.len().min(32)];
+        let hex: String = first.iter().map(|b| format!("{b:02x}")).collect();
+        tracing::warn!(
+            peer = %self.peer,
+            client_id = %self.client_id,
+            first_bytes = %hex,
+            "parse failed: {e}"
+        );
+    }
+
+    /// Validates and authenticates CONNECT, binds the session and sends CONNACK.
+    async fn accept_connect(&mut self, connect: Connect) -> Result<(), Close> {
+        let config = self.broker.config.clone();
+        let cfg = &config.mqtt;
+        self.protocol = connect.protocol;
+        let v5 = self.protocol.is_v5();
+        let mut assigned = None;
+        let mut client_id = connect.client_id.clone();
+        if client_id.is_empty() {
+            if !v5 && !connect.clean_start {
+                return Err(self.refuse(
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id with clean session false",
+                ));
+            }
+            let id = self.broker.assign_client_id();
+            client_id = ByteStr::from(id.clone());
+            assigned = Some(id);
+        }
+        if client_id.len() > cfg.max_clientid_len {
+            return Err(self.refuse(reason::CLIENT_IDENTIFIER_NOT_VALID, "client id too long"));
+        }
+        self.client_id = client_id.clone();
+        self.username = connect.username.as_ref().map(|u| u.to_string());
+
+        let decision = self.authenticate(&connect).await;
+        match decision {
+            AuthDecision::Allow => {}
+            AuthDecision::BadCredentials => {
+                return Err(
+                    self.refuse(reason::BAD_USERNAME_OR_PASSWORD, "bad username or password")
+                );
+            }
+            AuthDecision::NotAuthorized => {
+                return Err(self.refuse(reason::NOT_AUTHORIZED, "not authorized"));
+            }
+        }
+
+        let now = Instant::now();
+        if let Some(w) = &connect.will {
+            if topic::validate_topic_name(&w.topic).is_err() || w.topic.starts_with('$') {
+                return Err(self.refuse(reason::TOPIC_NAME_INVALID, "invalid will topic"));
+            }
+            let mut properties = w.properties.clone();
+            properties.topic_alias = None;
+            properties.subscription_identifiers.clear();
+            let expires_at = properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            self.will = Some(Will {
+                message: Arc::new(Message {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties,
+                    publisher: None,
+                    expires_at,
+                }),
+                delay: Duration::from_secs(u64::from(w.will_delay_interval.unwrap_or(0))),
+            });
+        }
+
+        let requested_expiry = if v5 {
+            Duration::from_secs(u64::from(
+                connect.properties.session_expiry_interval.unwrap_or(0),
+            ))
+        } else if connect.clean_start {
+            Duration::ZERO
+        } else {
+            cfg.session_expiry
+        };
+        let session_expiry = requested_expiry.min(cfg.session_expiry);
+        let client_receive_max =
+            usize::from(connect.properties.receive_maximum.unwrap_or(u16::MAX));
+        let window = usize::from(cfg.max_inflight).min(client_receive_max).max(1);
+        if v5 {
+            self.client_alias_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+            if let Some(max) = connect.properties.maximum_packet_size {
+                self.client_max_packet = max as usize;
+            }
+        }
+        self.keep_alive =
+            Duration::from_secs_f32(f32::from(connect.keep_alive) * cfg.keepalive_multiplier);
+
+        let result = self.broker.with_router(|r: &mut Router| {
+            r.connect(ConnectParams {
+                client_id: client_id.clone(),
+                protocol: self.protocol,
+                clean_start: connect.clean_start,
+                session_expiry,
+                window,
+                conn: self.ctrl.clone(),
+            })
+        });
+        if let Some(old) = result.replaced {
+            old.discarded.store(connect.clean_start, Ordering::Relaxed);
+            old.close_with(reason::SESSION_TAKEN_OVER);
+        }
+        self.session = result.session_id;
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.assigned_client_identifier = assigned.map(ByteStr::from);
+            if cfg.max_awaiting_rel < usize::from(u16::MAX) {
+                properties.receive_maximum = Some(cfg.max_awaiting_rel as u16);
+            }
+            properties.maximum_packet_size = Some(cfg.max_packet_size);
+            properties.topic_alias_maximum = Some(cfg.max_topic_alias);
+            if !cfg.retain_available {
+                properties.retain_available = Some(0);
+            }
+            if session_expiry != requested_expiry {
+                properties.session_expiry_interval = Some(session_expiry.as_secs() as u32);
+            }
+        }
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: result.session_present,
+            code: reason::SUCCESS,
+            properties,
+        });
+        self.queue_packet(&ack);
+
+        let info = ClientInfo {
+            client_id: client_id.to_string(),
+            username: self.username.clone(),
+            peer: self.peer,
+            proto_ver: self.protocol.level(),
+            keepalive: connect.keep_alive,
+            clean_start: connect.clean_start,
+        };
+        tracing::info!(
+            peer = %self.peer,
+            client_id = %client_id,
+            username = self.username.as_deref().unwrap_or(""),
+            proto_ver = self.protocol.level(),
+            clean_start = connect.clean_start,
+            session_present = result.session_present,
+            "client connected"
+        );
+        sys::client_connected(&self.broker, &info);
+        self.info = Some(info);
+        Ok(())
+    }
+
+    async fn authenticate(&self, connect: &Connect) -> AuthDecision {
+        let auth = self.broker.auth.clone();
+        let username = connect.username.as_ref().map(|u| u.to_string());
+        let password = connect.password.clone();
+        if password.is_none() {
+            return auth.check(username.as_deref(), None);
+        }
+        // argon2 verification is deliberately slow: keep it off the reactor threads.
+        tokio::task::spawn_blocking(move || auth.check(username.as_deref(), password.as_deref()))
+            .await
+            .unwrap_or(AuthDecision::NotAuthorized)
+    }
+
+    /// Queues a refusing CONNACK and logs why.
+    fn refuse(&mut self, code: u8, why: &str) -> Close {
+        tracing::warn!(peer = %self.peer, client_id = %self.client_id, username = self.username.as_deref().unwrap_or(""), "connection refused: {why}");
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties: Properties::default(),
+        });
+        self.queue_packet(&ack);
+        let reason =
+            if code == reason::CLIENT_IDENTIFIER_NOT_VALID || code == reason::TOPIC_NAME_INVALID {
+                DisconnectReason::ProtocolError
+            } else {
+                DisconnectReason::NotAuthorized
+            };
+        Close::new(reason, None)
+    }
+
+    fn queue_packet(&mut self, packet: &Packet) {
+        if let Err(e) = encode(packet, self.protocol, &mut self.wbuf) {
+            tracing::error!(peer = %self.peer, client_id = %self.client_id, packet = packet.name(), "cannot encode: {e}");
+        }
+    }
+
+    /// The connected loop. Returns why it ended.
+    async fn packet_loop(&mut self) -> Close {
+        let keepalive = tokio::time::sleep(self.keepalive_window());
+        tokio::pin!(keepalive);
+        self.drain_outgoing();
+        loop {
+            if let Err(close) = self.flush_now() {
+                return close;
+            }
+            let room = self.wbuf.len() < self.outbound_limit();
+            if room && self.drain_more {
+                self.drain_outgoing();
+                continue;
+            }
+            let ctrl = self.ctrl.clone();
+            tokio::select! {
+                biased;
+                _ = ctrl.close.cancelled() => {
+                    let code = ctrl.close_reason.load(Ordering::Relaxed);
+                    let reason = match code {
+                        reason::SESSION_TAKEN_OVER if ctrl.discarded.load(Ordering::Relaxed) => DisconnectReason::Discarded,
+                        reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
+                        reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
+                        _ => DisconnectReason::Kicked,
+                    };
+                    return Close::new(reason, Some(code));
+                }
+                _ = self.broker.shutdown.cancelled() => {
+                    return Close::new(DisconnectReason::Shutdown, Some(reason::SERVER_SHUTTING_DOWN));
+                }
+                r = self.stream.writable(), if !self.wbuf.is_empty() => {
+                    if r.is_err() {
+                        return Close::new(DisconnectReason::TcpClosed, None);
+                    }
+                }
+                r = self.stream.readable(), if room => {
+                    if r.is_err() {
+                        return Close::new(DisconnectReason::TcpClosed, None);
+                    }
+                    match self.try_read() {
+                        Ok(0) => return Close::new(DisconnectReason::TcpClosed, None),
+                        Ok(_) => {
+                            keepalive.as_mut().reset(tokio::time::Instant::now() + self.keepalive_window());
+                            if let Err(close) = self.handle_input() {
+                                return close;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
+                    }
+                }
+                _ = ctrl.notify.notified(), if room => {
+                    self.drain_outgoing();
+                }
+                _ = &mut keepalive => {
+                    tracing::info!(peer = %self.peer, client_id = %self.client_id, "closed: keepalive_timeout");
+                    return Close::new(DisconnectReason::KeepaliveTimeout, Some(reason::KEEP_ALIVE_TIMEOUT));
+                }
+            }
+        }
+    }
+
+    fn keepalive_window(&self) -> Duration {
+        if self.keep_alive.is_zero() {
+            NEVER
+        } else {
+            self.keep_alive
+        }
+    }
+
+    /// Writes what the socket takes without waiting.
+    fn flush_now(&mut self) -> Result<(), Close> {
+        while !self.wbuf.is_empty() {
+            match self.stream.try_write(&self.wbuf) {
+                Ok(0) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
+                Ok(n) => {
+                    self.wbuf.advance(n);
+                    self.broker
+                        .traffic
+                        .bytes_sent
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
+            }
+        }
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * READ_CHUNK {
+            // Give a burst's buffer back instead of keeping it for an idle client.
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    /// Decodes every complete packet in the read buffer and applies them under one lock.
+    fn handle_input(&mut self) -> Result<(), Close> {
+        let mut failure = None;
+        let max = self.max_packet_size();
+        loop {
+            match decode(&mut self.rbuf, self.protocol, max) {
+                Ok(Some(p)) => self.inbound.push(p),
+                Ok(None) => break,
+                Err(e) => {
+                    self.log_parse_failure(&e);
+                    failure = Some(Close::new(reason_for(&e), Some(e.reason_code())));
+                    break;
+                }
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Idle connections keep no read buffer.
+            self.rbuf = BytesMut::new();
+        }
+        let result = self.apply_inbound();
+        for reply in std::mem::take(&mut self.replies) {
+            self.queue_packet(&reply);
+        }
+        result?;
+        if let Some(close) = failure {
+            return Err(close);
+        }
+        self.drain_outgoing();
+        Ok(())
+    }
+
+    fn apply_inbound(&mut self) -> Result<(), Close> {
+        if self.inbound.is_empty() {
+            return Ok(());
+        }
+        let mut packets = std::mem::take(&mut self.inbound);
+        let broker = self.broker.clone();
+        let now = Instant::now();
+        let result = broker.with_router(|r| {
+            for packet in packets.drain(..) {
+                self.apply_packet(r, packet, now)?;
+            }
+            Ok(())
+        });
+        packets.clear();
+        self.inbound = packets;
+        result
+    }
+
+    fn apply_packet(&mut self, r: &mut Router, packet: Packet, now: Instant) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        match packet {
+            Packet::Publish(p) => self.apply_publish(r, p, now),
+            Packet::PubAck(ack) => {
+                if !r.puback(self.session, ack.packet_id) {
+                    tracing::debug!(client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                let found = r.pubrec(self.session, rec.packet_id, rec.reason);
+                if !found || rec.reason < 0x80 {
+                    self.replies.push(Packet::PubRel(PubResp {
+                        packet_id: rec.packet_id,
+                        reason: if found {
+                            reason::SUCCESS
+                        } else {
+                            reason::PACKET_IDENTIFIER_NOT_FOUND
+                        },
+                        properties: Properties::default(),
+                    }));
+                }
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                r.pubcomp(self.session, comp.packet_id);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let found = r.pubrel(self.session, rel.packet_id);
+                self.replies.push(Packet::PubComp(PubResp {
+                    packet_id: rel.packet_id,
+                    reason: if found || !v5 {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_IDENTIFIER_NOT_FOUND
+                    },
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::Subscribe(sub) => {
+                let id = sub
+                    .properties
+                    .subscription_identifier
+                    .and_then(NonZeroU32::new);
+                let reasons = r.subscribe(self.session, &sub.filters, id, now);
+                for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
+                    tracing::debug!(client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "subscribe");
+                }
+                self.replies.push(Packet::SubAck(SubAck {
+                    packet_id: sub.packet_id,
+                    reasons,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                let reasons = r.unsubscribe(self.session, &unsub.filters);
+                self.replies.push(Packet::UnsubAck(UnsubAck {
+                    packet_id: unsub.packet_id,
+                    reasons,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.replies.push(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                if let Some(secs) = d.properties.session_expiry_interval {
+                    self.expiry_override = Some(
+                        Duration::from_secs(u64::from(secs))
+                            .min(self.broker.config.mqtt.session_expiry),
+                    );
+                }
+                Err(Close {
+                    reason: DisconnectReason::Normal,
+                    disconnect: None,
+                    publish_will: d.reason == reason::DISCONNECT_WITH_WILL,
+                })
+            }
+            Packet::Connect(_) => {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: second CONNECT");
+                Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::PROTOCOL_ERROR),
+                ))
+            }
+            other => {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, packet = other.name(), "protocol error: packet not allowed from a client");
+                Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::PROTOCOL_ERROR),
+                ))
+            }
+        }
+    }
+
+    fn apply_publish(&mut self, r: &mut Router, mut p: Publish, now: Instant) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        self.broker
+            .traffic
+            .publish_received
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let max = self.broker.config.mqtt.max_topic_alias;
+            if alias == 0 || alias > max {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, max, "protocol error: topic alias out of range");
+                return Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::TOPIC_ALIAS_INVALID),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.in_aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, "protocol error: unknown topic alias");
+                        return Err(Close::new(
+                            DisconnectReason::ProtocolError,
+                            Some(reason::PROTOCOL_ERROR),
+                        ));
+                    }
+                }
+            } else {
+                self.in_aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: empty topic without alias");
+            return Err(Close::new(
+                DisconnectReason::ProtocolError,
+                Some(reason::PROTOCOL_ERROR),
+            ));
+        }
+        let refused = if p.topic.starts_with("$SYS") {
+            Some(reason::NOT_AUTHORIZED)
+        } else if topic::topic_levels(&p.topic) > self.broker.config.mqtt.max_topic_levels {
+            Some(reason::TOPIC_NAME_INVALID)
+        } else {
+            None
+        };
+        if p.qos == QoS::ExactlyOnce {
+            match r.receive_qos2(
+                self.session,
+                p.packet_id,
+                self.broker.config.mqtt.max_awaiting_rel,
+            ) {
+                Qos2Receive::New => {}
+                Qos2Receive::Duplicate => {
+                    self.replies
+                        .push(pub_resp(Packet::PubRec, p.packet_id, reason::SUCCESS));
+                    return Ok(());
+                }
+                Qos2Receive::Full => {
+                    self.broker
+                        .traffic
+                        .dropped_awaiting_rel_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "dropped: awaiting_rel full (receive maximum exceeded)");
+                    return Err(Close::new(
+                        DisconnectReason::ProtocolError,
+                        Some(reason::RECEIVE_MAXIMUM_EXCEEDED),
+                    ));
+                }
+            }
+        }
+        let mut code = reason::SUCCESS;
+        if let Some(refusal) = refused {
+            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish refused");
+            code = refusal;
+        } else {
+            p.properties.subscription_identifiers.clear();
+            let expires_at = p
+                .properties
+                .message_expiry_interval
+                .map(|s| now + Duration::from_secs(u64::from(s)));
+            let message = Arc::new(Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: p.properties,
+                publisher: Some(self.session),
+                expires_at,
+            });
+            if r.publish(message, now) == 0 && v5 {
+                code = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+        }
+        if !v5 && code >= 0x80 {
+            code = reason::SUCCESS;
+        }
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self
+                .replies
+                .push(pub_resp(Packet::PubAck, p.packet_id, code)),
+            QoS::ExactlyOnce => self
+                .replies
+                .push(pub_resp(Packet::PubRec, p.packet_id, code)),
+        }
+        Ok(())
+    }
+
+    /// Moves deliveries from the session into the write buffer until it is full or the
+    /// session has nothing ready.
+    fn drain_outgoing(&mut self) {
+        self.drain_more = false;
+        let limit = self.outbound_limit();
+        while self.wbuf.len() < limit {
+            let now = Instant::now();
+            let (sid, conn_id) = (self.session, self.ctrl.conn_id);
+            let mut out = std::mem::take(&mut self.outgoing);
+            let released = std::mem::take(&mut self.released);
+            let more = self.broker.with_router(|r| {
+                for pid in &released {
+                    r.puback(sid, *pid);
+                    r.pubcomp(sid, *pid);
+                }
+                r.take_outgoing(sid, conn_id, DRAIN_BATCH, now, &mut out)
+            });
+            let sent = out.len();
+            for item in out.drain(..) {
+                self.encode_outgoing(item, now);
+            }
+            self.outgoing = out;
+            self.released.clear();
+            self.broker
+                .traffic
+                .publish_sent
+                .fetch_add(sent as u64, Ordering::Relaxed);
+            if !more {
+                return;
+            }
+        }
+        self.drain_more = true;
+    }
+
+    fn encode_outgoing(&mut self, item: Outgoing, now: Instant) {
+        let (delivery, packet_id, dup) = match item {
+            Outgoing::PubRel(pid) => {
+                self.queue_packet(&pub_resp(Packet::PubRel, pid, reason::SUCCESS));
+                return;
+            }
+            Outgoing::Publish {
+                delivery,
+                packet_id,
+                dup,
+            } => (delivery, packet_id, dup),
+        };
+        let msg = &delivery.message;
+        let mut publish = Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: msg.topic.clone(),
+            packet_id,
+            payload: msg.payload.clone(),
+            properties: Default::default(),
+        };
+        if self.protocol.is_v5() {
+            publish.properties = msg.properties.clone();
+            if let Some(id) = delivery.subscription_id {
+                publish.properties.subscription_identifiers.push(id.get());
+            }
+            publish.properties.message_expiry_interval = msg.remaining_expiry(now);
+            if self.client_alias_max > 0 {
+                if let Some(&alias) = self.out_aliases.get(&msg.topic) {
+                    publish.properties.topic_alias = Some(alias);
+                    publish.topic = ByteStr::default();
+                } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
+                    let alias = self.out_aliases.len() as u16 + 1;
+                    self.out_aliases.insert(msg.topic.clone(), alias);
+                    publish.properties.topic_alias = Some(alias);
+                }
+            }
+        }
+        let start = self.wbuf.len();
+        if let Err(e) = holdfast_mqtt::encode_publish(&publish, self.protocol, &mut self.wbuf) {
+            tracing::error!(client_id = %self.client_id, topic = %msg.topic, "cannot encode delivery: {e}");
+            self.wbuf.truncate(start);
+            return;
+        }
+        if self.wbuf.len() - start > self.client_max_packet {
+            // MQTT 5 §3.1.2.11.4: discard as if delivered.
+            self.wbuf.truncate(start);
+            self.broker
+                .traffic
+                .dropped_too_large_for_client
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "dropped: larger than the client's maximum packet size");
+            if packet_id != 0 {
+                self.released.push(packet_id);
+                self.drain_more = true;
+            }
+        }
+    }
+
+    /// Ends a connected session: DISCONNECT for v5 when due, flush, unbind the session,
+    /// publish the will and the `$SYS` event.
+    async fn finish(&mut self, close: Close) -> DisconnectReason {
+        if let (Some(code), true) = (close.disconnect, self.protocol.is_v5()) {
+            self.queue_packet(&Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties::default(),
+            }));
+        }
+        self.flush_with_deadline().await;
+        let will = if close.publish_will {
+            self.will.take().map(|w| (w.message, w.delay))
+        } else {
+            None
+        };
+        let (sid, conn_id, expiry) = (self.session, self.ctrl.conn_id, self.expiry_override);
+        let now = Instant::now();
+        self.broker
+            .with_router(|r| r.disconnect(sid, conn_id, will, expiry, now));
+        tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
+        if let Some(info) = &self.info {
+            sys::client_disconnected(&self.broker, info, close.reason);
+        }
+        close.reason
+    }
+
+    async fn finish_unconnected(&mut self, close: &Close) {
+        self.flush_with_deadline().await;
+        tracing::debug!(peer = %self.peer, reason = close.reason.as_str(), "connection closed before session");
+    }
+
+    async fn flush_with_deadline(&mut self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_FLUSH;
+        while !self.wbuf.is_empty() {
+            if self.flush_now().is_err() {
+                return;
+            }
+            if self.wbuf.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.writable()).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+fn pub_resp(kind: fn(PubResp) -> Packet, packet_id: u16, code: u8) -> Packet {
+    kind(PubResp {
+        packet_id,
+        reason: code,
+        properties: Properties::default(),
+    })
+}
+
+fn reason_for(e: &DecodeError) -> DisconnectReason {
+    if matches!(e, DecodeError::PacketTooLarge { .. }) {
+        DisconnectReason::FrameTooLarge
+    } else {
+        DisconnectReason::ProtocolError
+    }
+}

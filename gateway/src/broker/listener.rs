@@ -1,0 +1,171 @@
+//! TCP listeners: bind, accept within `max_connections` and `max_conn_rate`, spawn connections.
+//!
+//! Owns the accept loop of each `[[listeners]]` entry. A bind failure is one error naming the
+//! listener and the address; a connection over the cap is closed at once and counted; over the
+//! rate, accepting pauses (EMQX's `max_conn_rate` backpressure) instead of refusing. It never
+//! touches the router.
+
+use super::connection;
+use super::stats::ListenerStats;
+use super::Broker;
+use crate::config::ListenerConfig;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// A listener that failed to start.
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name}: cannot bind {bind}: {source}")]
+pub struct BindError {
+    /// Listener name.
+    pub name: String,
+    /// Address asked for.
+    pub bind: std::net::SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A bound listener, ready to accept.
+#[derive(Debug)]
+pub struct BoundListener {
+    config: ListenerConfig,
+    socket: TcpListener,
+    stats: Arc<ListenerStats>,
+}
+
+impl BoundListener {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+}
+
+/// Binds a listener's socket.
+pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
+    let socket = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| BindError {
+            name: config.name.clone(),
+            bind: config.bind,
+            source,
+        })?;
+    let listen_on = socket
+        .local_addr()
+        .map_or_else(|_| config.bind.to_string(), |a| a.to_string());
+    let stats = Arc::new(ListenerStats::new(
+        config.name.clone(),
+        listen_on,
+        config.max_connections,
+    ));
+    Ok(BoundListener {
+        config: config.clone(),
+        socket,
+        stats,
+    })
+}
+
+/// Accepts connections until shutdown, each served on `tracker`.
+pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTracker) {
+    let BoundListener {
+        config,
+        socket,
+        stats,
+    } = listener;
+    broker.register_listener(stats.clone());
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let mut rate = TokenBucket::new(config.max_conn_rate);
+    tracing::info!(listener = %config.name, listen_on = %stats.listen_on, "listener started");
+    loop {
+        let accepted = tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            r = socket.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: back off briefly rather than spin.
+                tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(listener = %config.name, peer = %peer, max_connections = config.max_connections, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats.current.fetch_add(1, Ordering::Relaxed);
+        let (broker2, stats2) = (broker.clone(), stats.clone());
+        tracker.spawn(async move {
+            connection::serve(stream, peer, broker2, stats2.clone()).await;
+            stats2.current.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+        if let Some(wait) = rate.take(tokio::time::Instant::now()) {
+            tokio::select! {
+                _ = broker.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+    tracing::info!(listener = %config.name, "listener stopped");
+}
+
+/// Connection-rate limiter: `rate` tokens a second, burst of one second's worth.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<tokio::time::Instant>,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> TokenBucket {
+        let rate = f64::from(rate.max(1));
+        TokenBucket {
+            rate,
+            tokens: rate,
+            last: None,
+        }
+    }
+
+    /// Takes a token; returns how long to wait when the bucket is empty.
+    fn take(&mut self, now: tokio::time::Instant) -> Option<Duration> {
+        if let Some(last) = self.last {
+            let refill = now.duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate);
+        }
+        self.last = Some(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            None
+        } else {
+            Some(Duration::from_secs_f64(-self.tokens / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_bucket_allows_a_burst_then_paces() {
+        let mut b = TokenBucket::new(10);
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..10 {
+            assert_eq!(b.take(t0), None);
+        }
+        let wait = b.take(t0).unwrap_or_default();
+        assert!(wait > Duration::from_millis(90) && wait < Duration::from_millis(110));
+        // After a second the bucket is full again.
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(b.take(later), None);
+    }
+}

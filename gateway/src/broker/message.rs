@@ -1,0 +1,61 @@
+//! A routed application message and the per-subscriber delivery that points at it.
+//!
+//! Owns nothing but data: one `Arc<Message>` is shared by every session it is queued for, so a
+//! fan-out to N subscribers costs N small `Delivery` values, never N payload copies.
+
+use bytes::Bytes;
+use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Identifies a session inside the router; never reused while the process runs.
+pub type SessionId = u64;
+
+/// An application message as it entered the broker.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name it was published to (after topic-alias resolution).
+    pub topic: ByteStr,
+    /// Payload, shared with the receive buffer it was decoded from.
+    pub payload: Bytes,
+    /// QoS it was published with; a delivery gets min(this, subscription QoS).
+    pub qos: QoS,
+    /// Retain flag as published.
+    pub retain: bool,
+    /// v5 properties passed through to subscribers (topic alias and subscription ids cleared).
+    pub properties: PublishProperties,
+    /// Who published it, for no-local subscriptions; `None` for broker-made messages ($SYS, wills).
+    pub publisher: Option<SessionId>,
+    /// When the v5 message expiry interval runs out; `None` = never.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// True when the message expiry interval has run out at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// Remaining expiry in whole seconds (rounded up), for the outgoing property.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+}
+
+/// One message queued for one subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The shared message.
+    pub message: Arc<Message>,
+    /// QoS granted for this delivery.
+    pub qos: QoS,
+    /// Retain flag to send (retain-as-published, or set for retained messages sent on subscribe).
+    pub retain: bool,
+    /// Subscription identifier of the subscription that matched (v5).
+    pub subscription_id: Option<NonZeroU32>,
+}

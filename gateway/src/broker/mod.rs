@@ -1,0 +1,125 @@
+//! The MQTT broker: the router behind its lock, listeners, connections and `$SYS`.
+//!
+//! Owns the shared `Broker` handle every connection task holds. Connections talk to the router
+//! only through [`Broker::with_router`], which takes the lock for one batch of operations and
+//! wakes the connections that got deliveries after releasing it. Nothing here holds the lock
+//! across an `.await`.
+
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod router;
+pub mod session;
+pub mod stats;
+pub mod sys;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use message::Message;
+use router::{Router, RouterConfig};
+use stats::{ListenerStats, TrafficStats};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of a running broker.
+#[derive(Debug)]
+pub struct Broker {
+    router: Mutex<Router>,
+    /// The configuration it runs with.
+    pub config: Arc<Config>,
+    /// Who may connect.
+    pub auth: Arc<Authenticator>,
+    /// Traffic counters.
+    pub traffic: TrafficStats,
+    /// Per-listener counters, registered as listeners bind.
+    pub listeners: Mutex<Vec<Arc<ListenerStats>>>,
+    /// When the broker started (uptime).
+    pub started_at: Instant,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    next_conn_id: AtomicU64,
+    next_client_id: AtomicU64,
+}
+
+impl Broker {
+    /// A broker for `config`, not yet listening.
+    pub fn new(
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        shutdown: CancellationToken,
+    ) -> Arc<Broker> {
+        let m = &config.mqtt;
+        let router = Router::new(RouterConfig {
+            max_mqueue_len: m.max_mqueue_len,
+            mqueue_store_qos0: m.mqueue_store_qos0,
+            retain_available: m.retain_available,
+            max_retained_messages: m.max_retained_messages,
+            max_retained_payload: m.max_retained_payload as usize,
+            shared_strategy: m.shared_subscription_strategy,
+            max_topic_levels: m.max_topic_levels,
+        });
+        Arc::new(Broker {
+            router: Mutex::new(router),
+            config,
+            auth,
+            traffic: TrafficStats::default(),
+            listeners: Mutex::new(Vec::new()),
+            started_at: Instant::now(),
+            shutdown,
+            next_conn_id: AtomicU64::new(1),
+            next_client_id: AtomicU64::new(1),
+        })
+    }
+
+    /// Runs `f` on the router under its lock, then wakes the connections it queued work for.
+    pub fn with_router<R>(&self, f: impl FnOnce(&mut Router) -> R) -> R {
+        let (result, wake) = {
+            let mut router = self
+                .router
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let result = f(&mut router);
+            (result, router.take_wakeups())
+        };
+        for conn in wake {
+            conn.notify.notify_one();
+        }
+        result
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A client id for a v5 client that sent an empty one.
+    pub fn assign_client_id(&self) -> String {
+        let n = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        format!("holdfast-{}-{n}", self.config.node.name)
+    }
+
+    /// Publishes a broker-made message (no publisher; QoS 0 unless asked).
+    pub fn publish_internal(&self, message: Message) {
+        let msg = Arc::new(message);
+        let now = Instant::now();
+        self.with_router(|r| r.publish(msg, now));
+    }
+
+    /// Registers a listener's counters.
+    pub fn register_listener(&self, stats: Arc<ListenerStats>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(stats);
+    }
+
+    /// Snapshot of the listener counters.
+    pub fn listener_stats(&self) -> Vec<Arc<ListenerStats>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}

@@ -1,0 +1,864 @@
+//! The router: the broker's synchronous core.
+//!
+//! Owns every session, the subscription index (plain and shared), the retained store and the
+//! broker-wide message counters. All of it sits behind one mutex in [`super::Broker`]; callers
+//! batch their operations so a burst of packets costs one lock. The router never does IO, never
+//! awaits and never calls back into a connection: it queues deliveries on sessions and records
+//! which connections to wake, and the caller wakes them after the lock is released.
+//!
+//! Ordering guarantee: one publisher's messages are routed in the order its connection decoded
+//! them, each session's queue is FIFO, and a connection drains its queue strictly in order (a QoS
+//! 0 message never overtakes a QoS 1 message that waits for inflight room), so messages from one
+//! client on one topic reach every subscriber in arrival order whatever their QoS.
+
+use super::message::{Delivery, Message, SessionId};
+use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
+use crate::config::SharedStrategy;
+use holdfast_mqtt::topic::{self, SharedFilter};
+use holdfast_mqtt::trie::SubscriptionTrie;
+use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The router's limits and policies, taken from `[mqtt]`.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// Per-session queue cap; when full the oldest message is dropped (EMQX).
+    pub max_mqueue_len: usize,
+    /// Queue QoS 0 messages for offline sessions.
+    pub mqueue_store_qos0: bool,
+    /// Whether retained messages are stored at all.
+    pub retain_available: bool,
+    /// Cap on the retained store; a new retained topic beyond it is not stored (counted).
+    pub max_retained_messages: usize,
+    /// Cap on one retained payload.
+    pub max_retained_payload: usize,
+    /// How a shared-subscription group picks its member.
+    pub shared_strategy: SharedStrategy,
+    /// Deepest topic or filter accepted.
+    pub max_topic_levels: usize,
+}
+
+/// Broker-wide counters kept under the router lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterCounters {
+    /// Messages routed (publishes received from clients plus broker-made ones).
+    pub messages_routed: u64,
+    /// Deliveries queued on sessions.
+    pub deliveries_queued: u64,
+    /// Deliveries handed to connections to send.
+    pub deliveries_sent: u64,
+    /// Dropped because a session queue was full (drop oldest).
+    pub dropped_queue_full: u64,
+    /// QoS 0 messages not queued for an offline session (`mqueue_store_qos0 = false`).
+    pub dropped_qos0_offline: u64,
+    /// Messages that expired before they could be sent.
+    pub dropped_expired: u64,
+    /// Messages nobody subscribed to.
+    pub dropped_no_subscribers: u64,
+    /// Retained messages not stored because the store was full or the payload too big.
+    pub dropped_retained_full: u64,
+    /// Queued or inflight messages discarded with their session (clean start, expiry).
+    pub dropped_session_discarded: u64,
+}
+
+/// A snapshot of sizes for `$SYS` and the stats API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouterSizes {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Sessions with a live connection.
+    pub connected: usize,
+    /// Subscriptions (plain and shared).
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Deliveries waiting in all session queues.
+    pub queued: usize,
+    /// Deliveries inflight on all sessions.
+    pub inflight: usize,
+}
+
+/// What a CONNECT asks of the router.
+#[derive(Debug)]
+pub struct ConnectParams {
+    /// Client identifier (already assigned when the client sent an empty one).
+    pub client_id: ByteStr,
+    /// Protocol spoken.
+    pub protocol: ProtocolVersion,
+    /// Clean session / clean start.
+    pub clean_start: bool,
+    /// How long the session outlives the connection.
+    pub session_expiry: Duration,
+    /// Outbound inflight window for this connection.
+    pub window: usize,
+    /// The connection's control handle.
+    pub conn: Arc<ConnControl>,
+}
+
+/// The router's answer to a CONNECT.
+#[derive(Debug)]
+pub struct ConnectResult {
+    /// The session now bound to the connection.
+    pub session_id: SessionId,
+    /// CONNACK session-present flag.
+    pub session_present: bool,
+    /// The connection that served this client id before; the caller closes it (takeover).
+    pub replaced: Option<Arc<ConnControl>>,
+    /// True when an existing session was thrown away because of clean start.
+    pub discarded: bool,
+}
+
+/// One thing for a connection to send, taken from its session.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A PUBLISH: packet id 0 for QoS 0.
+    Publish {
+        /// What to send.
+        delivery: Delivery,
+        /// Packet id.
+        packet_id: u16,
+        /// Resent after a reconnect.
+        dup: bool,
+    },
+    /// A PUBREL resent after a reconnect.
+    PubRel(u16),
+}
+
+/// Outcome of an inbound QoS 2 PUBLISH.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos2Receive {
+    /// First time: route it and answer PUBREC.
+    New,
+    /// A resend of a packet id we already hold: answer PUBREC, do not route again.
+    Duplicate,
+    /// `max_awaiting_rel` reached.
+    Full,
+}
+
+/// Members of one shared-subscription group for one filter.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    /// (session, subscription) in join order.
+    members: Vec<(SessionId, Subscription)>,
+    /// Round-robin cursor; a `Cell` so matching can advance it through a shared borrow.
+    next: Cell<usize>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Router {
+    cfg: RouterConfig,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<ByteStr, SessionId>,
+    subs: SubscriptionTrie<SessionId, Subscription>,
+    shared: SubscriptionTrie<ByteStr, SharedGroup>,
+    retained: HashMap<ByteStr, Arc<Message>>,
+    next_session_id: SessionId,
+    /// Connections to wake once the lock is released.
+    wake: Vec<Arc<ConnControl>>,
+    counters: RouterCounters,
+    /// Random state for the `random` shared strategy (xorshift; no need for a CSPRNG).
+    rng: u64,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(cfg: RouterConfig) -> Router {
+        Router {
+            cfg,
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            subs: SubscriptionTrie::new(),
+            shared: SubscriptionTrie::new(),
+            retained: HashMap::new(),
+            next_session_id: 1,
+            wake: Vec::new(),
+            counters: RouterCounters::default(),
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    /// Connections to wake, taken so the caller can notify them after unlocking.
+    pub fn take_wakeups(&mut self) -> Vec<Arc<ConnControl>> {
+        std::mem::take(&mut self.wake)
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> RouterCounters {
+        self.counters
+    }
+
+    /// Current sizes.
+    pub fn sizes(&self) -> RouterSizes {
+        let mut sizes = RouterSizes {
+            sessions: self.sessions.len(),
+            subscriptions: self.subs.len(),
+            retained: self.retained.len(),
+            ..RouterSizes::default()
+        };
+        for s in self.sessions.values() {
+            sizes.connected += usize::from(s.is_connected());
+            sizes.queued += s.mqueue.len();
+            sizes.inflight += s.inflight.len();
+            sizes.subscriptions += s
+                .subscriptions
+                .keys()
+                .filter(|f| f.starts_with("$share/") || f.starts_with("$queue/"))
+                .count();
+        }
+        sizes
+    }
+
+    /// Binds a connection to the session of `params.client_id`, creating, resuming or
+    /// discarding it (clean start). See [`ConnectResult`].
+    pub fn connect(&mut self, params: ConnectParams) -> ConnectResult {
+        let mut replaced = None;
+        let mut discarded = false;
+        if let Some(&sid) = self.by_client.get(&params.client_id) {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                replaced = s.conn.take();
+                if !params.clean_start {
+                    s.conn = Some(params.conn.clone());
+                    s.protocol = params.protocol;
+                    s.expiry = params.session_expiry;
+                    s.expires_at = None;
+                    s.window = params.window.max(1);
+                    s.pending_will = None;
+                    s.resend_pending = !s.inflight.is_empty();
+                    params
+                        .conn
+                        .wake_pending
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    if !s.mqueue.is_empty() || s.resend_pending {
+                        if params.conn.should_wake() {
+                            self.wake.push(params.conn.clone());
+                        }
+                    }
+                    return ConnectResult {
+                        session_id: sid,
+                        session_present: true,
+                        replaced,
+                        discarded: false,
+                    };
+                }
+            }
+            // Clean start: the old session ends here; its pending will goes out now.
+            self.remove_session(sid);
+            discarded = true;
+        }
+        let sid = self.next_session_id;
+        self.next_session_id += 1;
+        let mut session = Session::new(sid, params.client_id.clone(), params.protocol);
+        session.conn = Some(params.conn);
+        session.expiry = params.session_expiry;
+        session.window = params.window.max(1);
+        self.sessions.insert(sid, session);
+        self.by_client.insert(params.client_id, sid);
+        ConnectResult {
+            session_id: sid,
+            session_present: false,
+            replaced,
+            discarded,
+        }
+    }
+
+    /// The connection `conn_id` of session `sid` ended. `will` is published now or after its
+    /// delay; `expiry_override` is a v5 DISCONNECT's new session expiry. A call from a
+    /// connection that was already replaced only publishes an undelayed will.
+    pub fn disconnect(
+        &mut self,
+        sid: SessionId,
+        conn_id: u64,
+        will: Option<(Arc<Message>, Duration)>,
+        expiry_override: Option<Duration>,
+        now: Instant,
+    ) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            if let Some((msg, Duration::ZERO)) = will {
+                self.publish(msg, now);
+            }
+            return;
+        };
+        if s.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
+            if let Some((msg, Duration::ZERO)) = will {
+                self.publish(msg, now);
+            }
+            return;
+        }
+        s.conn = None;
+        if let Some(expiry) = expiry_override {
+            s.expiry = expiry;
+        }
+        if s.expiry.is_zero() {
+            self.remove_session(sid);
+            if let Some((msg, _)) = will {
+                self.publish(msg, now);
+            }
+            return;
+        }
+        s.expires_at = Some(now + s.expiry);
+        if !self.cfg.mqueue_store_qos0 {
+            let before = s.mqueue.len();
+            s.mqueue.retain(|d| d.qos != QoS::AtMostOnce);
+            self.counters.dropped_qos0_offline += (before - s.mqueue.len()) as u64;
+        }
+        match will {
+            Some((msg, delay)) if delay.is_zero() => {
+                self.publish(msg, now);
+            }
+            Some((message, delay)) => {
+                s.pending_will = Some(PendingWill {
+                    message,
+                    publish_at: now + delay.min(s.expiry),
+                });
+            }
+            None => {}
+        }
+    }
+
+    /// Publishes due delayed wills and discards expired offline sessions. Returns the client
+    /// ids of the sessions discarded.
+    pub fn tick(&mut self, now: Instant) -> Vec<ByteStr> {
+        let mut due_wills = Vec::new();
+        let mut expired = Vec::new();
+        for s in self.sessions.values_mut() {
+            if let Some(w) = &s.pending_will {
+                if now >= w.publish_at {
+                    due_wills.push(w.message.clone());
+                    s.pending_will = None;
+                }
+            }
+            if s.expires_at.is_some_and(|at| now >= at) {
+                expired.push(s.id);
+            }
+        }
+        for msg in due_wills {
+            self.publish(msg, now);
+        }
+        let mut ids = Vec::with_capacity(expired.len());
+        for sid in expired {
+            if let Some(s) = self.sessions.get(&sid) {
+                ids.push(s.client_id.clone());
+            }
+            if let Some(w) = self.remove_session(sid) {
+                self.publish(w, now);
+            }
+        }
+        ids
+    }
+
+    /// Removes a session and its subscriptions; returns its pending will, if any.
+    fn remove_session(&mut self, sid: SessionId) -> Option<Arc<Message>> {
+        let s = self.sessions.remove(&sid)?;
+        if self.by_client.get(&s.client_id) == Some(&sid) {
+            self.by_client.remove(&s.client_id);
+        }
+        for filter in s.subscriptions.keys() {
+            self.remove_subscription_index(sid, filter);
+        }
+        self.counters.dropped_session_discarded += (s.mqueue.len() + s.inflight.len()) as u64;
+        s.pending_will.map(|w| w.message)
+    }
+
+    fn remove_subscription_index(&mut self, sid: SessionId, filter: &str) -> bool {
+        match topic::parse_shared(filter) {
+            Ok(Some(SharedFilter { group, filter })) => {
+                let key = ByteStr::from(group);
+                let mut now_empty = false;
+                let mut found = false;
+                if let Some(g) = self.shared.get_mut(filter, &key) {
+                    let before = g.members.len();
+                    g.members.retain(|(m, _)| *m != sid);
+                    found = g.members.len() != before;
+                    now_empty = g.members.is_empty();
+                }
+                if now_empty {
+                    self.shared.remove(filter, &key);
+                }
+                found
+            }
+            _ => self.subs.remove(filter, &sid).is_some(),
+        }
+    }
+
+    /// Routes one message to every matching subscription (and stores it if retained).
+    /// Returns the number of deliveries queued.
+    pub fn publish(&mut self, msg: Arc<Message>, now: Instant) -> usize {
+        self.counters.messages_routed += 1;
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let Router {
+            cfg,
+            sessions,
+            subs,
+            shared,
+            wake,
+            counters,
+            rng,
+            ..
+        } = self;
+        let mut queued = 0;
+        subs.for_each_match(&msg.topic, |_, sid, sub| {
+            if sub.options.no_local && msg.publisher == Some(*sid) {
+                return;
+            }
+            if let Some(s) = sessions.get_mut(sid) {
+                let delivery = Delivery {
+                    message: msg.clone(),
+                    qos: msg.qos.min(sub.options.qos),
+                    retain: msg.retain && sub.options.retain_as_published,
+                    subscription_id: sub.id,
+                };
+                if enqueue(cfg, counters, wake, s, delivery, now) {
+                    queued += 1;
+                }
+            }
+        });
+        shared.for_each_match(&msg.topic, |_, _, group| {
+            let Some((sid, sub)) = pick_member(cfg, sessions, group, &msg, rng) else {
+                return;
+            };
+            if let Some(s) = sessions.get_mut(&sid) {
+                let delivery = Delivery {
+                    message: msg.clone(),
+                    qos: msg.qos.min(sub.options.qos),
+                    // Retained messages are never sent to shared subscriptions on subscribe;
+                    // a live message keeps retain-as-published semantics.
+                    retain: msg.retain && sub.options.retain_as_published,
+                    subscription_id: sub.id,
+                };
+                if enqueue(cfg, counters, wake, s, delivery, now) {
+                    queued += 1;
+                }
+            }
+        });
+        if queued == 0 {
+            counters.dropped_no_subscribers += 1;
+        }
+        queued
+    }
+
+    fn store_retained(&mut self, msg: &Arc<Message>) {
+        if !self.cfg.retain_available {
+            return;
+        }
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+            return;
+        }
+        if msg.payload.len() > self.cfg.max_retained_payload
+            || (self.retained.len() >= self.cfg.max_retained_messages
+                && !self.retained.contains_key(&msg.topic))
+        {
+            self.counters.dropped_retained_full += 1;
+            tracing::warn!(topic = %msg.topic, "retained message not stored: retained store full or payload too large");
+            return;
+        }
+        // Stored without the publisher, so no-local never hides a retained message.
+        let mut stored = Message::clone(msg);
+        stored.publisher = None;
+        self.retained.insert(msg.topic.clone(), Arc::new(stored));
+    }
+
+    /// Adds or replaces subscriptions; returns one SUBACK reason per filter and queues the
+    /// retained messages the retain-handling options ask for.
+    pub fn subscribe(
+        &mut self,
+        sid: SessionId,
+        filters: &[(ByteStr, SubscriptionOptions)],
+        subscription_id: Option<NonZeroU32>,
+        now: Instant,
+    ) -> Vec<u8> {
+        let mut reasons = Vec::with_capacity(filters.len());
+        for (filter, options) in filters {
+            let reason = self.subscribe_one(sid, filter, *options, subscription_id, now);
+            reasons.push(reason);
+        }
+        reasons
+    }
+
+    fn subscribe_one(
+        &mut self,
+        sid: SessionId,
+        filter: &ByteStr,
+        options: SubscriptionOptions,
+        subscription_id: Option<NonZeroU32>,
+        now: Instant,
+    ) -> u8 {
+        let shared = match topic::parse_shared(filter) {
+            Ok(shared) => shared,
+            Err(_) => return reason::TOPIC_FILTER_INVALID,
+        };
+        let real_filter = shared.as_ref().map_or(filter.as_str(), |s| s.filter);
+        if shared.is_none() && topic::validate_topic_filter(real_filter).is_err() {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        if topic::topic_levels(real_filter) > self.cfg.max_topic_levels {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        if shared.is_some() && options.no_local {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        let sub = Subscription {
+            options,
+            id: subscription_id,
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return reason::UNSPECIFIED_ERROR;
+        };
+        let existed = s.subscriptions.insert(filter.clone(), sub).is_some();
+        match shared {
+            Some(SharedFilter { group, filter: f }) => {
+                let key = ByteStr::from(group);
+                if let Some(g) = self.shared.get_mut(f, &key) {
+                    if let Some(m) = g.members.iter_mut().find(|(m, _)| *m == sid) {
+                        m.1 = sub;
+                    } else {
+                        g.members.push((sid, sub));
+                    }
+                } else {
+                    let g = SharedGroup {
+                        members: vec![(sid, sub)],
+                        next: Cell::new(0),
+                    };
+                    self.shared.insert(f, key, g);
+                }
+            }
+            None => {
+                self.subs.insert(filter, sid, sub);
+                let send_retained = match options.retain_handling {
+                    0 => true,
+                    1 => !existed,
+                    _ => false,
+                };
+                if send_retained {
+                    self.queue_retained(sid, filter, sub, now);
+                }
+            }
+        }
+        options.qos as u8
+    }
+
+    fn queue_retained(&mut self, sid: SessionId, filter: &str, sub: Subscription, now: Instant) {
+        let Router {
+            cfg,
+            sessions,
+            retained,
+            wake,
+            counters,
+            ..
+        } = self;
+        let Some(s) = sessions.get_mut(&sid) else {
+            return;
+        };
+        let mut matching: Vec<&Arc<Message>> = retained
+            .iter()
+            .filter(|(t, m)| topic::matches(filter, t) && !m.is_expired(now))
+            .map(|(_, m)| m)
+            .collect();
+        matching.sort_by(|a, b| a.topic.cmp(&b.topic));
+        for msg in matching {
+            let delivery = Delivery {
+                message: msg.clone(),
+                qos: msg.qos.min(sub.options.qos),
+                retain: true,
+                subscription_id: sub.id,
+            };
+            enqueue(cfg, counters, wake, s, delivery, now);
+        }
+    }
+
+    /// Removes subscriptions; one UNSUBACK reason per filter.
+    pub fn unsubscribe(&mut self, sid: SessionId, filters: &[ByteStr]) -> Vec<u8> {
+        let mut reasons = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let had = self
+                .sessions
+                .get_mut(&sid)
+                .is_some_and(|s| s.subscriptions.remove(filter).is_some());
+            if had {
+                self.remove_subscription_index(sid, filter);
+                reasons.push(reason::SUCCESS);
+            } else {
+                reasons.push(reason::NO_SUBSCRIPTION_EXISTED);
+            }
+        }
+        reasons
+    }
+
+    /// Moves up to `budget` items from the session's queue (and, after a reconnect, its inflight
+    /// window) into `out`. Returns true when more is ready to send right now.
+    pub fn take_outgoing(
+        &mut self,
+        sid: SessionId,
+        conn_id: u64,
+        budget: usize,
+        now: Instant,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        match &s.conn {
+            Some(c) if c.conn_id == conn_id => {
+                c.wake_pending
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            _ => return false,
+        }
+        if s.resend_pending {
+            s.resend_pending = false;
+            for f in &s.inflight {
+                out.push(match f.state {
+                    InflightState::AwaitPubAck | InflightState::AwaitPubRec => Outgoing::Publish {
+                        delivery: f.delivery.clone(),
+                        packet_id: f.packet_id,
+                        dup: true,
+                    },
+                    InflightState::AwaitPubComp => Outgoing::PubRel(f.packet_id),
+                });
+            }
+        }
+        while out.len() < budget {
+            let Some(head) = s.mqueue.front() else {
+                return false;
+            };
+            if head.message.is_expired(now) {
+                s.mqueue.pop_front();
+                self.counters.dropped_expired += 1;
+                continue;
+            }
+            if head.qos == QoS::AtMostOnce {
+                if let Some(delivery) = s.mqueue.pop_front() {
+                    out.push(Outgoing::Publish {
+                        delivery,
+                        packet_id: 0,
+                        dup: false,
+                    });
+                    self.counters.deliveries_sent += 1;
+                }
+                continue;
+            }
+            if s.inflight.len() >= s.window {
+                return false;
+            }
+            let packet_id = s.allocate_packet_id();
+            let Some(delivery) = s.mqueue.pop_front() else {
+                return false;
+            };
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                InflightState::AwaitPubAck
+            } else {
+                InflightState::AwaitPubRec
+            };
+            s.inflight.push_back(Inflight {
+                packet_id,
+                state,
+                delivery: delivery.clone(),
+            });
+            out.push(Outgoing::Publish {
+                delivery,
+                packet_id,
+                dup: false,
+            });
+            self.counters.deliveries_sent += 1;
+        }
+        !s.mqueue.is_empty()
+    }
+
+    /// PUBACK from the client. False when no QoS 1 message waits on that packet id.
+    pub fn puback(&mut self, sid: SessionId, packet_id: u16) -> bool {
+        self.finish_inflight(sid, packet_id, InflightState::AwaitPubAck)
+    }
+
+    /// PUBCOMP from the client. False when no PUBREL waits on that packet id.
+    pub fn pubcomp(&mut self, sid: SessionId, packet_id: u16) -> bool {
+        self.finish_inflight(sid, packet_id, InflightState::AwaitPubComp)
+    }
+
+    fn finish_inflight(&mut self, sid: SessionId, packet_id: u16, state: InflightState) -> bool {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        let Some(pos) = s
+            .inflight
+            .iter()
+            .position(|f| f.packet_id == packet_id && f.state == state)
+        else {
+            return false;
+        };
+        s.inflight.remove(pos);
+        true
+    }
+
+    /// PUBREC from the client: the message is delivered, a PUBREL follows. An error reason ends
+    /// the exchange. False when no QoS 2 message waits on that packet id.
+    pub fn pubrec(&mut self, sid: SessionId, packet_id: u16, reason_code: u8) -> bool {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        let Some(pos) = s.inflight.iter().position(|f| {
+            f.packet_id == packet_id
+                && matches!(
+                    f.state,
+                    InflightState::AwaitPubRec | InflightState::AwaitPubComp
+                )
+        }) else {
+            return false;
+        };
+        if reason_code >= 0x80 {
+            s.inflight.remove(pos);
+        } else if let Some(f) = s.inflight.get_mut(pos) {
+            f.state = InflightState::AwaitPubComp;
+        }
+        true
+    }
+
+    /// An inbound QoS 2 PUBLISH with `packet_id` arrived.
+    pub fn receive_qos2(
+        &mut self,
+        sid: SessionId,
+        packet_id: u16,
+        max_awaiting: usize,
+    ) -> Qos2Receive {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Qos2Receive::Full;
+        };
+        if s.awaiting_rel.contains(&packet_id) {
+            return Qos2Receive::Duplicate;
+        }
+        if s.awaiting_rel.len() >= max_awaiting {
+            return Qos2Receive::Full;
+        }
+        s.awaiting_rel.insert(packet_id);
+        Qos2Receive::New
+    }
+
+    /// PUBREL from the client. False when the packet id was not awaiting release.
+    pub fn pubrel(&mut self, sid: SessionId, packet_id: u16) -> bool {
+        self.sessions
+            .get_mut(&sid)
+            .is_some_and(|s| s.awaiting_rel.remove(&packet_id))
+    }
+
+    /// The session's subscriptions (for the API).
+    pub fn subscriptions_of(&self, client_id: &str) -> Vec<(String, SubscriptionOptions)> {
+        let Some(s) = self
+            .by_client
+            .get(client_id)
+            .and_then(|sid| self.sessions.get(sid))
+        else {
+            return Vec::new();
+        };
+        let mut v: Vec<_> = s
+            .subscriptions
+            .iter()
+            .map(|(f, sub)| (f.to_string(), sub.options))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Closes every connection with `reason` (shutdown).
+    pub fn close_all(&mut self, reason_code: u8) {
+        for s in self.sessions.values() {
+            if let Some(c) = &s.conn {
+                c.close_with(reason_code);
+            }
+        }
+    }
+}
+
+/// Queues a delivery on a session, dropping the oldest when the queue is full (EMQX). Returns
+/// false when the delivery was not queued at all.
+fn enqueue(
+    cfg: &RouterConfig,
+    counters: &mut RouterCounters,
+    wake: &mut Vec<Arc<ConnControl>>,
+    s: &mut Session,
+    delivery: Delivery,
+    now: Instant,
+) -> bool {
+    if s.conn.is_none() && delivery.qos == QoS::AtMostOnce && !cfg.mqueue_store_qos0 {
+        counters.dropped_qos0_offline += 1;
+        return false;
+    }
+    if s.mqueue.len() >= cfg.max_mqueue_len {
+        s.mqueue.pop_front();
+        counters.dropped_queue_full += 1;
+        s.dropped_since_log += 1;
+        let log_due = s
+            .last_drop_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if log_due {
+            tracing::warn!(
+                client_id = %s.client_id,
+                dropped = s.dropped_since_log,
+                max_mqueue_len = cfg.max_mqueue_len,
+                "dropped: mqueue full"
+            );
+            s.dropped_since_log = 0;
+            s.last_drop_log = Some(now);
+        }
+    }
+    s.mqueue.push_back(delivery);
+    counters.deliveries_queued += 1;
+    if let Some(c) = &s.conn {
+        if c.should_wake() {
+            wake.push(c.clone());
+        }
+    }
+    true
+}
+
+/// Picks the member of a shared group that gets `msg`: connected members only; when none is
+/// connected, a member whose session persists (so the message waits in its queue rather than
+/// being lost).
+fn pick_member(
+    cfg: &RouterConfig,
+    sessions: &HashMap<SessionId, Session>,
+    group: &SharedGroup,
+    msg: &Message,
+    rng: &mut u64,
+) -> Option<(SessionId, Subscription)> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let connected = |sid: &SessionId| sessions.get(sid).is_some_and(Session::is_connected);
+    let start = match cfg.shared_strategy {
+        SharedStrategy::RoundRobin => {
+            let i = group.next.get() % n;
+            group.next.set(i + 1);
+            i
+        }
+        SharedStrategy::Random => {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            (*rng % n as u64) as usize
+        }
+        SharedStrategy::HashClientId => {
+            let publisher = msg
+                .publisher
+                .and_then(|p| sessions.get(&p))
+                .map_or("", |s| s.client_id.as_str());
+            (fnv1a(publisher.as_bytes()) % n as u64) as usize
+        }
+    };
+    (0..n)
+        .map(|k| group.members[(start + k) % n])
+        .find(|(sid, _)| connected(sid))
+        .or_else(|| group.members.get(start).copied())
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,191 @@
+//! One MQTT session: subscriptions, the outbound message queue, the outbound inflight window and
+//! the inbound QoS 2 packet ids awaiting PUBREL.
+//!
+//! Owns the per-client state that outlives a connection (for clean-session-false clients). It is
+//! plain data driven by the router under its lock: it never does IO, never blocks and never
+//! grows without bound (`max_mqueue_len`, the inflight window and `max_awaiting_rel` cap it).
+
+use super::message::{Delivery, SessionId};
+use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// The broker's handle on the connection that currently serves a session.
+///
+/// The router wakes the connection through `notify` when deliveries are queued, and closes it
+/// (takeover, kick, shutdown) through `close` with a reason code for the v5 DISCONNECT.
+#[derive(Debug)]
+pub struct ConnControl {
+    /// Unique per connection; lets the router ignore a late call from a replaced connection.
+    pub conn_id: u64,
+    /// Wakes the connection task to drain the session's queue.
+    pub notify: Notify,
+    /// Set when `notify` has been signalled and the connection has not drained yet, so a
+    /// fan-out of thousands of messages wakes it once.
+    pub wake_pending: AtomicBool,
+    /// Cancelled to close the connection from outside.
+    pub close: CancellationToken,
+    /// v5 reason code to send in the server DISCONNECT when `close` fires.
+    pub close_reason: AtomicU8,
+    /// Set with a takeover by a clean-start connection: the session was discarded, not resumed.
+    pub discarded: AtomicBool,
+}
+
+impl ConnControl {
+    /// A fresh handle for connection `conn_id`.
+    pub fn new(conn_id: u64) -> Arc<ConnControl> {
+        Arc::new(ConnControl {
+            conn_id,
+            notify: Notify::new(),
+            wake_pending: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            close_reason: AtomicU8::new(0),
+            discarded: AtomicBool::new(false),
+        })
+    }
+
+    /// Asks the connection to close, sending `reason` to v5 clients.
+    pub fn close_with(&self, reason: u8) {
+        self.close_reason.store(reason, Ordering::Relaxed);
+        self.close.cancel();
+    }
+
+    /// True the first time after a drain; callers then `notify_one`.
+    pub fn should_wake(&self) -> bool {
+        !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// A subscription as the session remembers it (for resubscribe semantics and UNSUBSCRIBE).
+#[derive(Debug, Clone, Copy)]
+pub struct Subscription {
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// v5 subscription identifier.
+    pub id: Option<NonZeroU32>,
+}
+
+/// Where an outbound QoS 1/2 message is in its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitPubAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitPubRec,
+    /// PUBREL sent, waiting for PUBCOMP (the message itself is done).
+    AwaitPubComp,
+}
+
+/// One entry of the outbound inflight window, in the order it was first sent.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet id it was sent with.
+    pub packet_id: u16,
+    /// Handshake state.
+    pub state: InflightState,
+    /// The delivery, kept to resend with DUP after a reconnect.
+    pub delivery: Delivery,
+}
+
+/// A will waiting for its delay (v5 will delay interval) or the end of the session.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The will as a message.
+    pub message: Arc<super::message::Message>,
+    /// When to publish it.
+    pub publish_at: Instant,
+}
+
+/// Session state. Fields are public to the router module only by convention: only the router
+/// mutates a session.
+#[derive(Debug)]
+pub struct Session {
+    /// Router-internal id.
+    pub id: SessionId,
+    /// MQTT client identifier.
+    pub client_id: ByteStr,
+    /// Protocol of the last connection (deliveries are coded for it).
+    pub protocol: ProtocolVersion,
+    /// Subscriptions by filter (shared ones under their full `$share/g/f` string).
+    pub subscriptions: HashMap<ByteStr, Subscription>,
+    /// Messages waiting to be sent, oldest first. Capped at `max_mqueue_len`.
+    pub mqueue: VecDeque<Delivery>,
+    /// Outbound QoS 1/2 messages not yet acknowledged, in send order. Capped by the window.
+    pub inflight: VecDeque<Inflight>,
+    /// Inbound QoS 2 packet ids we answered PUBREC for and await PUBREL on.
+    pub awaiting_rel: HashSet<u16>,
+    /// Next outbound packet id to try.
+    pub next_packet_id: u16,
+    /// The connection serving this session, if connected.
+    pub conn: Option<Arc<ConnControl>>,
+    /// How long the session outlives its connection.
+    pub expiry: Duration,
+    /// When an offline session is discarded (`None` while connected).
+    pub expires_at: Option<Instant>,
+    /// Inflight window for this connection: min(max_inflight, the client's receive maximum).
+    pub window: usize,
+    /// Set after a reconnect: inflight entries must be resent (DUP) before anything new.
+    pub resend_pending: bool,
+    /// A will waiting for its delay interval.
+    pub pending_will: Option<PendingWill>,
+    /// Messages dropped because the queue was full, since the last log line about it.
+    pub dropped_since_log: u64,
+    /// When the last "mqueue full" line was logged (one line a second at most).
+    pub last_drop_log: Option<Instant>,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(id: SessionId, client_id: ByteStr, protocol: ProtocolVersion) -> Session {
+        Session {
+            id,
+            client_id,
+            protocol,
+            subscriptions: HashMap::new(),
+            mqueue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            awaiting_rel: HashSet::new(),
+            next_packet_id: 1,
+            conn: None,
+            expiry: Duration::ZERO,
+            expires_at: None,
+            window: 32,
+            resend_pending: false,
+            pending_will: None,
+            dropped_since_log: 0,
+            last_drop_log: None,
+        }
+    }
+
+    /// True while a connection serves this session.
+    pub fn is_connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Allocates an outbound packet id not used by the inflight window.
+    pub fn allocate_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Number of inflight entries that still hold a message slot (all states count: a PUBREL
+    /// awaiting PUBCOMP still occupies the client's receive maximum).
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The QoS a queued delivery will go out with.
+    pub fn head_qos(&self) -> Option<QoS> {
+        self.mqueue.front().map(|d| d.qos)
+    }
+}

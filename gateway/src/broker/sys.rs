@@ -1,0 +1,194 @@
+//! `$SYS` topics: client lifecycle events and periodic broker statistics.
+//!
+//! Owns the JSON shapes under `$SYS/brokers/{node}/...` (EMQX's layout) and the timer task that
+//! publishes stats and drives session expiry and delayed wills. Never blocks a connection: every
+//! event is one routed QoS 0 message.
+
+use super::message::Message;
+use super::stats::DisconnectReason;
+use super::Broker;
+use bytes::Bytes;
+use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// What `$SYS/.../connected` and `.../disconnected` say about a client.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Client identifier.
+    pub client_id: String,
+    /// User name, if any.
+    pub username: Option<String>,
+    /// Peer address.
+    pub peer: std::net::SocketAddr,
+    /// Protocol level (3, 4, 5).
+    pub proto_ver: u8,
+    /// Keepalive in seconds.
+    pub keepalive: u16,
+    /// Clean start flag.
+    pub clean_start: bool,
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Message {
+    Message {
+        topic: ByteStr::from(topic),
+        payload: Bytes::from(payload),
+        qos: QoS::AtMostOnce,
+        retain,
+        properties: PublishProperties::default(),
+        publisher: None,
+        expires_at: None,
+    }
+}
+
+/// Publishes `$SYS/brokers/{node}/clients/{clientid}/connected`.
+pub fn client_connected(broker: &Broker, info: &ClientInfo) {
+    let body = json!({
+        "clientid": info.client_id,
+        "username": info.username,
+        "ipaddress": info.peer.ip().to_string(),
+        "port": info.peer.port(),
+        "proto_ver": info.proto_ver,
+        "keepalive": info.keepalive,
+        "clean_start": info.clean_start,
+        "connected_at": unix_millis(),
+    });
+    let topic = format!(
+        "$SYS/brokers/{}/clients/{}/connected",
+        broker.config.node.name, info.client_id
+    );
+    broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
+}
+
+/// Publishes `$SYS/brokers/{node}/clients/{clientid}/disconnected`.
+pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: DisconnectReason) {
+    let body = json!({
+        "clientid": info.client_id,
+        "username": info.username,
+        "ipaddress": info.peer.ip().to_string(),
+        "port": info.peer.port(),
+        "proto_ver": info.proto_ver,
+        "reason": reason.as_str(),
+        "disconnected_at": unix_millis(),
+    });
+    let topic = format!(
+        "$SYS/brokers/{}/clients/{}/disconnected",
+        broker.config.node.name, info.client_id
+    );
+    broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
+}
+
+/// The stats published under `$SYS/brokers/{node}/stats/...`, name -> value.
+pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
+    let (sizes, counters) = broker.with_router(|r| (r.sizes(), r.counters()));
+    let t = &broker.traffic;
+    let connections: usize = broker
+        .listener_stats()
+        .iter()
+        .map(|l| l.current.load(Ordering::Relaxed))
+        .sum();
+    let dropped = counters.dropped_queue_full
+        + counters.dropped_qos0_offline
+        + counters.dropped_expired
+        + counters.dropped_retained_full
+        + counters.dropped_session_discarded
+        + t.dropped_too_large_for_client.load(Ordering::Relaxed)
+        + t.dropped_awaiting_rel_full.load(Ordering::Relaxed);
+    vec![
+        ("connections/count", connections as u64),
+        ("sessions/count", sizes.sessions as u64),
+        ("sessions/connected", sizes.connected as u64),
+        ("subscriptions/count", sizes.subscriptions as u64),
+        ("retained/count", sizes.retained as u64),
+        ("messages/queued", sizes.queued as u64),
+        ("messages/inflight", sizes.inflight as u64),
+        (
+            "messages/received",
+            t.publish_received.load(Ordering::Relaxed),
+        ),
+        ("messages/sent", t.publish_sent.load(Ordering::Relaxed)),
+        ("messages/routed", counters.messages_routed),
+        ("messages/dropped", dropped),
+        ("messages/dropped/mqueue_full", counters.dropped_queue_full),
+        (
+            "messages/dropped/qos0_offline",
+            counters.dropped_qos0_offline,
+        ),
+        ("messages/dropped/expired", counters.dropped_expired),
+        (
+            "messages/dropped/no_subscribers",
+            counters.dropped_no_subscribers,
+        ),
+        (
+            "messages/dropped/retained_full",
+            counters.dropped_retained_full,
+        ),
+        (
+            "messages/dropped/session_discarded",
+            counters.dropped_session_discarded,
+        ),
+        ("bytes/received", t.bytes_received.load(Ordering::Relaxed)),
+        ("bytes/sent", t.bytes_sent.load(Ordering::Relaxed)),
+        ("uptime_seconds", broker.started_at.elapsed().as_secs()),
+    ]
+}
+
+fn publish_stats(broker: &Broker) {
+    let node = broker.config.node.name.clone();
+    for (name, value) in stats_snapshot(broker) {
+        let topic = format!("$SYS/brokers/{node}/stats/{name}");
+        broker.publish_internal(sys_message(topic, value.to_string().into_bytes(), true));
+    }
+    for l in broker.listener_stats() {
+        for reason in DisconnectReason::ALL {
+            let topic = format!(
+                "$SYS/brokers/{node}/listeners/{}/shutdown_count/{}",
+                l.name,
+                reason.as_str()
+            );
+            let value = l.shutdown_count(reason).to_string().into_bytes();
+            broker.publish_internal(sys_message(topic, value, true));
+        }
+    }
+}
+
+/// Runs until shutdown: every second expires sessions and publishes due wills; every
+/// `sys_interval` publishes the stats (retained, so a new subscriber sees the latest).
+pub async fn run_timers(broker: Arc<Broker>) {
+    let version = format!("$SYS/brokers/{}/version", broker.config.node.name);
+    broker.publish_internal(sys_message(
+        version,
+        env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        true,
+    ));
+    let sys_interval = broker.config.mqtt.sys_interval;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_stats = Instant::now();
+    if !sys_interval.is_zero() {
+        publish_stats(&broker);
+    }
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        let expired = broker.with_router(|r| r.tick(now));
+        for client_id in expired {
+            tracing::info!(client_id = %client_id, "session expired");
+        }
+        if !sys_interval.is_zero() && now.duration_since(last_stats) >= sys_interval {
+            last_stats = now;
+            publish_stats(&broker);
+        }
+    }
+}

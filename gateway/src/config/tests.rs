@@ -1,0 +1,842 @@
+//! Tests of the whole path text + environment -> `Config` / problems.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+
+const FILE: &str = "holdfast.toml";
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn ok(text: &str) -> Config {
+    match parse(text, FILE, no_env()) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+/// Every problem of `text`, displayed.
+fn problems_with(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match parse(text, FILE, env(vars)) {
+        Ok(config) => panic!("expected problems, got {config:?}"),
+        Err(errors) => {
+            assert!(!errors.problems.is_empty());
+            errors.problems.iter().map(ToString::to_string).collect()
+        }
+    }
+}
+
+fn problems(text: &str) -> Vec<String> {
+    problems_with(text, &[])
+}
+
+/// The single problem of `text`, displayed.
+fn problem(text: &str) -> String {
+    let all = problems(text);
+    assert_eq!(all.len(), 1, "expected one problem, got {all:#?}");
+    all.into_iter().next().unwrap_or_default()
+}
+
+fn mqtt(line: &str) -> String {
+    problem(&format!("[mqtt]\n{line}\n"))
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+// ---- defaults and the example ----
+
+#[test]
+fn the_example_config_parses_to_exactly_the_defaults() {
+    assert_eq!(
+        parse(example_toml(), "example.toml", no_env()),
+        Ok(Config::default())
+    );
+}
+
+#[test]
+fn the_example_config_mentions_every_key() {
+    for key in [
+        "name",
+        "data_dir",
+        "max_packet_size",
+        "max_inflight",
+        "max_mqueue_len",
+        "mqueue_store_qos0",
+        "session_expiry",
+        "idle_timeout",
+        "keepalive_multiplier",
+        "max_clientid_len",
+        "max_topic_alias",
+        "max_topic_levels",
+        "retain_available",
+        "max_retained_messages",
+        "max_retained_payload",
+        "shared_subscription_strategy",
+        "sys_interval",
+        "max_awaiting_rel",
+        "outbound_buffer",
+        "kind",
+        "bind",
+        "max_connections",
+        "max_conn_rate",
+        "allow_anonymous",
+        "password_file",
+        "level",
+    ] {
+        assert!(
+            example_toml().contains(&format!("{key} = ")),
+            "example.toml lacks {key}"
+        );
+    }
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults_with_one_tcp_listener_on_1883() {
+    let config = ok("");
+    assert_eq!(config, Config::default());
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].name, "tcp:default");
+    assert_eq!(config.listeners[0].bind, addr("0.0.0.0:1883"));
+    assert!(!config.auth.allow_anonymous);
+    assert!(!config.mqtt.mqueue_store_qos0);
+}
+
+#[test]
+fn load_without_a_file_gives_the_defaults() {
+    assert_eq!(load(None, no_env()), Ok(Config::default()));
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_in_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        "[node]\nname = \"gw-7\"\n\n[mqtt]\nmax_inflight = 0\n",
+    )
+    .unwrap();
+    let errors = load(Some(&path), no_env()).unwrap_err();
+    assert_eq!(
+        errors.to_string(),
+        format!(
+            "{}:5: mqtt.max_inflight: must be between 1 and 65535, got 0",
+            path.display()
+        )
+    );
+    std::fs::write(&path, "[node]\nname = \"gw-7\"\n").unwrap();
+    assert_eq!(load(Some(&path), no_env()).unwrap().node.name, "gw-7");
+}
+
+#[test]
+fn a_missing_file_is_one_problem_naming_the_file() {
+    let errors = load(Some(Path::new("/nonexistent/holdfast.toml")), no_env()).unwrap_err();
+    assert_eq!(errors.problems.len(), 1);
+    let text = errors.to_string();
+    assert!(
+        text.starts_with("/nonexistent/holdfast.toml: cannot read the config file:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn invalid_toml_is_one_problem_with_its_line() {
+    let text = problem("[node]\nname = \"gw\"\n\n[mqtt\nmax_inflight = 3\n");
+    assert!(text.starts_with("holdfast.toml:4: invalid TOML"), "{text}");
+    let text = problem("[mqtt]\nmax_inflight = 3\nmax_inflight = 4\n");
+    assert!(text.starts_with("holdfast.toml:3: invalid TOML"), "{text}");
+}
+
+// ---- unknown and unsupported keys ----
+
+#[test]
+fn an_unknown_key_is_reported_with_the_closest_known_key() {
+    assert_eq!(
+        mqtt("max_infligh = 3"),
+        "holdfast.toml:2: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"
+    );
+}
+
+#[test]
+fn an_unknown_key_far_from_any_known_key_lists_the_known_keys() {
+    assert_eq!(
+        problem("[log]\ncolour = true\n"),
+        "holdfast.toml:2: log.colour: unknown key (expected one of: level)"
+    );
+}
+
+#[test]
+fn an_unknown_section_is_reported() {
+    assert_eq!(
+        problem("[mqt]\nmax_inflight = 3\n"),
+        "holdfast.toml:1: mqt: unknown key (did you mean \"mqtt\"?)"
+    );
+}
+
+#[test]
+fn sections_not_built_yet_are_errors_not_silently_ignored() {
+    for (text, name) in [
+        ("[[bridges]]\nname = \"cloud\"\n", "bridges"),
+        ("[coap]\n", "coap"),
+        ("[lwm2m]\n", "lwm2m"),
+        ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
+        ("[[serial.ports]]\n", "serial"),
+        ("[web]\n", "web"),
+        ("[board]\n", "board"),
+    ] {
+        assert_eq!(
+            problem(text),
+            format!("holdfast.toml:1: {name}: section [{name}] is not supported by this build yet")
+        );
+    }
+}
+
+#[test]
+fn keys_the_design_names_but_this_build_lacks_are_errors() {
+    assert_eq!(
+        problem("[[listeners]]\nbind = \"0.0.0.0:8883\"\ntls = { cert = \"c.pem\" }\n"),
+        "holdfast.toml:3: listeners[0].tls: not supported by this build yet"
+    );
+    assert_eq!(
+        problems("[auth]\nacl_file = \"acl.toml\"\nacl_nomatch = \"deny\"\n"),
+        [
+            "holdfast.toml:2: auth.acl_file: not supported by this build yet",
+            "holdfast.toml:3: auth.acl_nomatch: not supported by this build yet",
+        ]
+    );
+}
+
+#[test]
+fn a_section_that_is_not_a_table_is_reported() {
+    assert_eq!(
+        problem("mqtt = 5\n"),
+        "holdfast.toml:1: mqtt: expected a table, found the integer 5"
+    );
+}
+
+// ---- node ----
+
+#[test]
+fn node_name_must_not_be_empty_nor_contain_topic_wildcards_or_separators() {
+    assert_eq!(
+        problem("[node]\nname = \"\"\n"),
+        "holdfast.toml:2: node.name: must not be empty"
+    );
+    for bad in ["gw/1", "gw+", "gw#"] {
+        let text = problem(&format!("[node]\nname = \"{bad}\"\n"));
+        assert!(
+            text.starts_with("holdfast.toml:2: node.name:") && text.contains("topic level"),
+            "{text}"
+        );
+    }
+    let text = problem("[node]\nname = \"gw\\u0001\"\n");
+    assert!(text.contains("control characters"), "{text}");
+    assert_eq!(ok("[node]\nname = \"gw-001\"\n").node.name, "gw-001");
+}
+
+#[test]
+fn node_data_dir_must_not_be_empty() {
+    assert_eq!(
+        problem("[node]\ndata_dir = \"\"\n"),
+        "holdfast.toml:2: node.data_dir: must not be empty"
+    );
+    assert_eq!(
+        ok("[node]\ndata_dir = \"/data/hf\"\n").node.data_dir,
+        PathBuf::from("/data/hf")
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_reported_with_what_was_found() {
+    assert_eq!(
+        problem("[node]\nname = 7\n"),
+        "holdfast.toml:2: node.name: expected a string, found the integer 7"
+    );
+    assert_eq!(
+        mqtt("retain_available = \"yes\""),
+        "holdfast.toml:2: mqtt.retain_available: expected true or false, found the string \"yes\""
+    );
+    assert_eq!(
+        mqtt("max_inflight = \"32\""),
+        "holdfast.toml:2: mqtt.max_inflight: expected an integer, found the string \"32\""
+    );
+    assert_eq!(
+        mqtt("max_packet_size = true"),
+        "holdfast.toml:2: mqtt.max_packet_size: expected a size such as \"1MB\" or a number of bytes, found the boolean true"
+    );
+    assert_eq!(
+        mqtt("idle_timeout = 15"),
+        "holdfast.toml:2: mqtt.idle_timeout: expected a duration such as \"15s\", found the integer 15"
+    );
+}
+
+// ---- mqtt ----
+
+#[test]
+fn max_packet_size_takes_a_human_size_between_16_bytes_and_256mb() {
+    assert_eq!(
+        ok("[mqtt]\nmax_packet_size = \"16B\"\n")
+            .mqtt
+            .max_packet_size,
+        16
+    );
+    assert_eq!(
+        ok("[mqtt]\nmax_packet_size = 2048\n").mqtt.max_packet_size,
+        2048
+    );
+    assert_eq!(
+        ok("[mqtt]\nmax_packet_size = \"256MB\"\n")
+            .mqtt
+            .max_packet_size,
+        256 * 1024 * 1024
+    );
+    assert_eq!(
+        mqtt("max_packet_size = \"8B\""),
+        "holdfast.toml:2: mqtt.max_packet_size: must be between 16B and 256MB, got \"8B\""
+    );
+    assert_eq!(
+        mqtt("max_packet_size = \"1GB\""),
+        "holdfast.toml:2: mqtt.max_packet_size: must be between 16B and 256MB, got \"1GB\""
+    );
+    assert_eq!(
+        mqtt("max_packet_size = -1"),
+        "holdfast.toml:2: mqtt.max_packet_size: a size cannot be negative, got -1"
+    );
+    let text = mqtt("max_packet_size = \"1.5MB\"");
+    assert!(
+        text.starts_with("holdfast.toml:2: mqtt.max_packet_size: \"1.5MB\" is not a size"),
+        "{text}"
+    );
+}
+
+#[test]
+fn max_inflight_must_be_between_1_and_65535() {
+    assert_eq!(
+        mqtt("max_inflight = 0"),
+        "holdfast.toml:2: mqtt.max_inflight: must be between 1 and 65535, got 0"
+    );
+    assert_eq!(
+        mqtt("max_inflight = 65536"),
+        "holdfast.toml:2: mqtt.max_inflight: must be between 1 and 65535, got 65536"
+    );
+    assert_eq!(
+        ok("[mqtt]\nmax_inflight = 65535\n").mqtt.max_inflight,
+        65535
+    );
+}
+
+#[test]
+fn queue_and_store_bounds_must_be_at_least_one() {
+    assert_eq!(
+        mqtt("max_mqueue_len = 0"),
+        "holdfast.toml:2: mqtt.max_mqueue_len: must be at least 1, got 0"
+    );
+    assert_eq!(
+        mqtt("max_retained_messages = 0"),
+        "holdfast.toml:2: mqtt.max_retained_messages: must be at least 1, got 0"
+    );
+    assert_eq!(
+        mqtt("max_awaiting_rel = 0"),
+        "holdfast.toml:2: mqtt.max_awaiting_rel: must be between 1 and 65535, got 0"
+    );
+    assert_eq!(
+        mqtt("max_retained_payload = 0"),
+        "holdfast.toml:2: mqtt.max_retained_payload: must be between 1B and 256MB, got 0"
+    );
+    assert_eq!(
+        mqtt("outbound_buffer = \"512B\""),
+        "holdfast.toml:2: mqtt.outbound_buffer: must be between 1KB and 256MB, got \"512B\""
+    );
+    let config = ok("[mqtt]\nmax_mqueue_len = 1\nmax_retained_messages = 5\nmax_awaiting_rel = 7\nmax_retained_payload = \"64KB\"\noutbound_buffer = \"4MB\"\nmqueue_store_qos0 = true\nretain_available = false\n");
+    assert_eq!(config.mqtt.max_mqueue_len, 1);
+    assert_eq!(config.mqtt.max_retained_messages, 5);
+    assert_eq!(config.mqtt.max_awaiting_rel, 7);
+    assert_eq!(config.mqtt.max_retained_payload, 64 * 1024);
+    assert_eq!(config.mqtt.outbound_buffer, 4 * 1024 * 1024);
+    assert!(config.mqtt.mqueue_store_qos0);
+    assert!(!config.mqtt.retain_available);
+}
+
+#[test]
+fn durations_need_a_unit_and_stay_in_range() {
+    assert_eq!(
+        ok("[mqtt]\nsession_expiry = \"1h30m\"\n")
+            .mqtt
+            .session_expiry,
+        Duration::from_secs(5400)
+    );
+    assert_eq!(
+        ok("[mqtt]\nsession_expiry = \"0s\"\n").mqtt.session_expiry,
+        Duration::ZERO
+    );
+    assert_eq!(
+        mqtt("session_expiry = \"2\""),
+        "holdfast.toml:2: mqtt.session_expiry: \"2\" has no unit: use e.g. \"500ms\", \"15s\", \"1m\", \"2h\""
+    );
+    assert_eq!(
+        mqtt("session_expiry = \"50000d\""),
+        "holdfast.toml:2: mqtt.session_expiry: must be at least 0s and at most 49710d6h28m15s, got \"50000d\""
+    );
+    assert_eq!(
+        mqtt("idle_timeout = \"0s\""),
+        "holdfast.toml:2: mqtt.idle_timeout: must be at least 1ms and at most 1d, got \"0s\""
+    );
+    assert_eq!(
+        ok("[mqtt]\nidle_timeout = \"500ms\"\n").mqtt.idle_timeout,
+        Duration::from_millis(500)
+    );
+}
+
+#[test]
+fn sys_interval_is_zero_to_disable_or_at_least_one_second() {
+    assert_eq!(
+        ok("[mqtt]\nsys_interval = \"0s\"\n").mqtt.sys_interval,
+        Duration::ZERO
+    );
+    assert_eq!(
+        ok("[mqtt]\nsys_interval = \"10s\"\n").mqtt.sys_interval,
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        mqtt("sys_interval = \"500ms\""),
+        "holdfast.toml:2: mqtt.sys_interval: must be 0s (off) or at least 1s and at most 1d, got \"500ms\""
+    );
+}
+
+#[test]
+fn keepalive_multiplier_is_a_number_of_at_least_one() {
+    assert_eq!(
+        ok("[mqtt]\nkeepalive_multiplier = 2\n")
+            .mqtt
+            .keepalive_multiplier,
+        2.0
+    );
+    assert_eq!(
+        ok("[mqtt]\nkeepalive_multiplier = 1.0\n")
+            .mqtt
+            .keepalive_multiplier,
+        1.0
+    );
+    assert_eq!(
+        mqtt("keepalive_multiplier = 0.5"),
+        "holdfast.toml:2: mqtt.keepalive_multiplier: must be between 1.0 and 1000.0, got 0.5"
+    );
+    let text = mqtt("keepalive_multiplier = nan");
+    assert!(text.contains("must be between 1.0 and 1000.0"), "{text}");
+}
+
+#[test]
+fn client_id_topic_alias_and_level_limits_have_protocol_ranges() {
+    assert_eq!(
+        mqtt("max_clientid_len = 22"),
+        "holdfast.toml:2: mqtt.max_clientid_len: must be between 23 and 65535, got 22"
+    );
+    assert_eq!(ok("[mqtt]\nmax_topic_alias = 0\n").mqtt.max_topic_alias, 0);
+    assert_eq!(
+        mqtt("max_topic_alias = 65536"),
+        "holdfast.toml:2: mqtt.max_topic_alias: must be between 0 and 65535, got 65536"
+    );
+    assert_eq!(
+        mqtt("max_topic_levels = 0"),
+        "holdfast.toml:2: mqtt.max_topic_levels: must be between 1 and 65535, got 0"
+    );
+}
+
+#[test]
+fn shared_subscription_strategy_is_one_of_three_words() {
+    for (word, strategy) in [
+        ("round_robin", SharedStrategy::RoundRobin),
+        ("random", SharedStrategy::Random),
+        ("hash_clientid", SharedStrategy::HashClientId),
+    ] {
+        let config = ok(&format!(
+            "[mqtt]\nshared_subscription_strategy = \"{word}\"\n"
+        ));
+        assert_eq!(config.mqtt.shared_subscription_strategy, strategy);
+        assert_eq!(strategy.to_string(), word);
+    }
+    assert_eq!(
+        mqtt("shared_subscription_strategy = \"sticky\""),
+        "holdfast.toml:2: mqtt.shared_subscription_strategy: unknown strategy \"sticky\" (expected round_robin, random or hash_clientid)"
+    );
+}
+
+// ---- listeners ----
+
+#[test]
+fn a_bind_that_is_not_a_socket_address_is_reported_at_its_line() {
+    let text = "[[listeners]]\nbind = \"0.0.0.0:1883\"\n\n[[listeners]]\nkind = \"tcp\"\n\nbind = \"0.0.0.0:99999\"\n";
+    assert_eq!(
+        problem(text),
+        "holdfast.toml:7: listeners[1].bind: \"0.0.0.0:99999\" is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:1883\" or \"[::]:1883\")"
+    );
+}
+
+#[test]
+fn a_listener_without_bind_is_reported_at_its_header() {
+    assert_eq!(
+        problem("[node]\nname = \"gw\"\n[[listeners]]\nkind = \"tcp\"\n"),
+        "holdfast.toml:3: listeners[0].bind: is required, e.g. bind = \"0.0.0.0:1883\""
+    );
+}
+
+#[test]
+fn listener_kinds_of_the_design_not_built_yet_are_rejected() {
+    for kind in ["tls", "ws", "wss"] {
+        assert_eq!(
+            problem(&format!("[[listeners]]\nkind = \"{kind}\"\nbind = \"0.0.0.0:8883\"\n")),
+            format!("holdfast.toml:2: listeners[0].kind: listener kind \"{kind}\" is not supported by this build yet")
+        );
+    }
+    assert_eq!(
+        problem("[[listeners]]\nkind = \"quic\"\nbind = \"0.0.0.0:8883\"\n"),
+        "holdfast.toml:2: listeners[0].kind: unknown listener kind \"quic\" (expected tcp, tls, ws or wss)"
+    );
+}
+
+#[test]
+fn a_listener_kind_defaults_to_tcp() {
+    let config = ok("[[listeners]]\nbind = \"127.0.0.1:1884\"\n");
+    assert_eq!(config.listeners[0].kind, ListenerKind::Tcp);
+    assert_eq!(config.listeners[0].bind, addr("127.0.0.1:1884"));
+    assert_eq!(config.listeners[0].max_connections, 100_000);
+    assert_eq!(config.listeners[0].max_conn_rate, 1000);
+}
+
+#[test]
+fn duplicate_listener_binds_are_an_error() {
+    let text = "[[listeners]]\nbind = \"0.0.0.0:1883\"\n[[listeners]]\nbind = \"0.0.0.0:1883\"\n";
+    assert_eq!(
+        problem(text),
+        "holdfast.toml:4: listeners[1].bind: \"0.0.0.0:1883\" is already used by listeners[0]"
+    );
+}
+
+#[test]
+fn a_specific_address_overlapping_the_wildcard_on_the_same_port_is_an_error() {
+    let text = "[[listeners]]\nbind = \"127.0.0.1:1883\"\n[[listeners]]\nbind = \"0.0.0.0:1883\"\n";
+    assert_eq!(
+        problem(text),
+        "holdfast.toml:4: listeners[1].bind: \"0.0.0.0:1883\" overlaps listeners[0] on \"127.0.0.1:1883\""
+    );
+}
+
+#[test]
+fn distinct_ports_addresses_and_port_zero_do_not_conflict() {
+    let text = "[[listeners]]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[[listeners]]\nbind = \"127.0.0.1:1883\"\n[[listeners]]\nbind = \"127.0.0.2:1883\"\n[[listeners]]\nbind = \"[::1]:1883\"\n";
+    let config = ok(text);
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["tcp:0", "tcp:1", "tcp:2", "tcp:3", "tcp:4"]);
+}
+
+#[test]
+fn listener_names_are_explicit_or_default_and_must_be_unique() {
+    let config = ok("[[listeners]]\nname = \"lan\"\nbind = \"127.0.0.1:1883\"\n");
+    assert_eq!(config.listeners[0].name, "tcp:lan");
+    assert_eq!(
+        problem("[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1883\"\n[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1884\"\n"),
+        "holdfast.toml:4: listeners[1]: listener name \"tcp:a\" is already used by listeners[0]"
+    );
+    assert_eq!(
+        problem("[[listeners]]\nname = \"a b\"\nbind = \"127.0.0.1:1883\"\n"),
+        "holdfast.toml:2: listeners[0].name: \"a b\" is not a listener name (use letters, digits, '_', '-', '.')"
+    );
+}
+
+#[test]
+fn listener_connection_limits_must_be_at_least_one() {
+    assert_eq!(
+        problems(
+            "[[listeners]]\nbind = \"0.0.0.0:1883\"\nmax_connections = 0\nmax_conn_rate = 0\n"
+        ),
+        [
+            "holdfast.toml:3: listeners[0].max_connections: must be at least 1, got 0",
+            "holdfast.toml:4: listeners[0].max_conn_rate: must be between 1 and 4294967295, got 0",
+        ]
+    );
+    let config =
+        ok("[[listeners]]\nbind = \"0.0.0.0:1883\"\nmax_connections = 10\nmax_conn_rate = 5\n");
+    assert_eq!(config.listeners[0].max_connections, 10);
+    assert_eq!(config.listeners[0].max_conn_rate, 5);
+}
+
+#[test]
+fn an_empty_listener_list_is_an_error() {
+    assert_eq!(
+        problem("listeners = []\n"),
+        "holdfast.toml:1: listeners: at least one listener is required"
+    );
+    assert_eq!(
+        problem("[listeners]\nbind = \"0.0.0.0:1883\"\n"),
+        "holdfast.toml:1: listeners: expected an array of tables ([[listeners]]), found a table"
+    );
+}
+
+#[test]
+fn inline_listener_tables_are_accepted() {
+    let config = ok("listeners = [{ bind = \"127.0.0.1:1\" }, { bind = \"127.0.0.1:2\" }]\n");
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[1].bind, addr("127.0.0.1:2"));
+}
+
+// ---- auth and log ----
+
+#[test]
+fn auth_settings_are_read_and_an_empty_password_file_is_rejected() {
+    let config = ok("[auth]\nallow_anonymous = true\npassword_file = \"/etc/holdfast/passwd\"\n");
+    assert!(config.auth.allow_anonymous);
+    assert_eq!(
+        config.auth.password_file,
+        Some(PathBuf::from("/etc/holdfast/passwd"))
+    );
+    assert_eq!(
+        problem("[auth]\npassword_file = \"\"\n"),
+        "holdfast.toml:2: auth.password_file: must not be empty"
+    );
+}
+
+#[test]
+fn log_level_accepts_levels_and_directives_but_not_typos() {
+    for good in [
+        "error",
+        "warn",
+        "info",
+        "debug",
+        "trace",
+        "off",
+        "DEBUG",
+        "info,holdfast::broker=debug",
+        "holdfast=trace",
+    ] {
+        assert_eq!(ok(&format!("[log]\nlevel = \"{good}\"\n")).log.level, good);
+    }
+    assert_eq!(
+        problem("[log]\nlevel = \"verbose\"\n"),
+        "holdfast.toml:2: log.level: unknown log level \"verbose\" (expected error, warn, info, debug, trace, off, or a filter such as \"info,holdfast::broker=debug\")"
+    );
+    let text = problem("[log]\nlevel = \"holdfast=loud\"\n");
+    assert!(
+        text.starts_with("holdfast.toml:2: log.level: \"holdfast=loud\" is not a valid log filter"),
+        "{text}"
+    );
+    assert!(problem("[log]\nlevel = \"\"\n").contains("must not be empty"));
+}
+
+// ---- many problems at once ----
+
+#[test]
+fn every_problem_in_a_file_is_reported_at_once_in_file_order() {
+    let text = r#"[node]
+name = "gw/1"
+
+[mqtt]
+max_inflight = 0
+max_infligh = 3
+idle_timeout = "15"
+
+[[listeners]]
+kind = "tls"
+bind = "0.0.0.0:8883"
+
+[[listeners]]
+bind = "nowhere"
+
+[[bridges]]
+name = "cloud"
+
+[log]
+level = "loud"
+"#;
+    let errors = parse(text, FILE, no_env()).unwrap_err();
+    let lines: Vec<(Option<usize>, &str)> = errors
+        .problems
+        .iter()
+        .map(|p| (p.line, p.key.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (Some(2), "node.name"),
+            (Some(5), "mqtt.max_inflight"),
+            (Some(6), "mqtt.max_infligh"),
+            (Some(7), "mqtt.idle_timeout"),
+            (Some(10), "listeners[0].kind"),
+            (Some(14), "listeners[1].bind"),
+            (Some(16), "bridges"),
+            (Some(20), "log.level"),
+        ]
+    );
+    let shown = errors.to_string();
+    assert_eq!(shown.lines().count(), 8, "{shown}");
+    assert!(
+        shown.lines().all(|l| l.starts_with("holdfast.toml:")),
+        "{shown}"
+    );
+}
+
+// ---- environment overrides ----
+
+#[test]
+fn an_env_override_replaces_a_file_value() {
+    let config = parse(
+        "[mqtt]\nmax_inflight = 5\n",
+        FILE,
+        env(&[
+            ("HOLDFAST__MQTT__MAX_INFLIGHT", "64"),
+            ("HOLDFAST__MQTT__SESSION_EXPIRY", "1d"),
+            ("HOLDFAST__AUTH__ALLOW_ANONYMOUS", "true"),
+            ("HOLDFAST__MQTT__MAX_PACKET_SIZE", "64KB"),
+            ("HOLDFAST__MQTT__KEEPALIVE_MULTIPLIER", "2.5"),
+            ("HOME", "/root"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.mqtt.max_inflight, 64);
+    assert_eq!(config.mqtt.session_expiry, Duration::from_secs(86_400));
+    assert!(config.auth.allow_anonymous);
+    assert_eq!(config.mqtt.max_packet_size, 64 * 1024);
+    assert_eq!(config.mqtt.keepalive_multiplier, 2.5);
+}
+
+#[test]
+fn env_key_names_are_case_insensitive_and_string_settings_keep_the_raw_text() {
+    let config = load(
+        None,
+        env(&[
+            ("holdfast__Node__Name", "1234"),
+            ("HOLDFAST__LOG__LEVEL", "debug"),
+            ("HOLDFAST__AUTH__PASSWORD_FILE", "/etc/hf/passwd"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.node.name, "1234");
+    assert_eq!(config.log.level, "debug");
+    assert_eq!(
+        config.auth.password_file,
+        Some(PathBuf::from("/etc/hf/passwd"))
+    );
+}
+
+#[test]
+fn env_overrides_apply_on_top_of_the_defaults_when_there_is_no_file() {
+    let config = load(
+        None,
+        env(&[("HOLDFAST__LISTENERS__0__BIND", "127.0.0.1:1884")]),
+    )
+    .unwrap();
+    assert_eq!(config.listeners.len(), 1);
+    assert_eq!(config.listeners[0].bind, addr("127.0.0.1:1884"));
+    assert_eq!(config.listeners[0].name, "tcp:default");
+}
+
+#[test]
+fn an_env_index_edits_a_file_listener_and_the_next_index_adds_one() {
+    let config = parse(
+        "[[listeners]]\nbind = \"0.0.0.0:1883\"\nmax_connections = 10\n",
+        FILE,
+        env(&[
+            ("HOLDFAST__LISTENERS__1__BIND", "127.0.0.1:1885"),
+            ("HOLDFAST__LISTENERS__0__BIND", "127.0.0.1:1884"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(config.listeners[0].bind, addr("127.0.0.1:1884"));
+    assert_eq!(config.listeners[0].max_connections, 10);
+    assert_eq!(config.listeners[1].bind, addr("127.0.0.1:1885"));
+    assert_eq!(config.listeners[1].name, "tcp:1");
+}
+
+#[test]
+fn an_env_override_naming_an_unknown_key_names_the_variable() {
+    assert_eq!(
+        problems_with("", &[("HOLDFAST__MQTT__MAX_INFLIGH", "3")]),
+        ["HOLDFAST__MQTT__MAX_INFLIGH: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"]
+    );
+    assert_eq!(
+        problems_with("", &[("HOLDFAST__BRIDGES__0__NAME", "cloud")]),
+        ["HOLDFAST__BRIDGES__0__NAME: bridges: section [bridges] is not supported by this build yet"]
+    );
+}
+
+#[test]
+fn a_bad_env_value_is_reported_against_the_variable() {
+    assert_eq!(
+        problems_with("[mqtt]\nmax_inflight = 5\n", &[("HOLDFAST__MQTT__MAX_INFLIGHT", "lots")]),
+        ["HOLDFAST__MQTT__MAX_INFLIGHT: mqtt.max_inflight: expected an integer, found the string \"lots\""]
+    );
+    assert_eq!(
+        problems_with("", &[("HOLDFAST__LISTENERS__0__BIND", "0.0.0.0:99999")]),
+        ["HOLDFAST__LISTENERS__0__BIND: listeners[0].bind: \"0.0.0.0:99999\" is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:1883\" or \"[::]:1883\")"]
+    );
+    assert_eq!(
+        problems_with("", &[("HOLDFAST__LISTENERS__2__BIND", "127.0.0.1:1")]),
+        ["HOLDFAST__LISTENERS__2__BIND: listeners[2].bind: index 2 is past the end of listeners (1 entries; use 1 to add one)"]
+    );
+}
+
+#[test]
+fn a_duplicate_bind_added_from_the_env_is_reported_against_the_variable() {
+    assert_eq!(
+        problems_with("", &[("HOLDFAST__LISTENERS__1__BIND", "0.0.0.0:1883")]),
+        ["HOLDFAST__LISTENERS__1__BIND: listeners[1].bind: \"0.0.0.0:1883\" is already used by listeners[0]"]
+    );
+}
+
+#[test]
+fn file_and_env_problems_are_reported_together() {
+    let all = problems_with(
+        "[mqtt]\nmax_inflight = 0\n",
+        &[("HOLDFAST__NODE__NAME", "a/b"), ("HOLDFAST__MQTT__0", "x")],
+    );
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert!(
+        all[0].starts_with("holdfast.toml:2: mqtt.max_inflight:"),
+        "{all:#?}"
+    );
+    assert!(
+        all[1].starts_with("HOLDFAST__NODE__NAME: node.name:"),
+        "{all:#?}"
+    );
+    assert!(
+        all[2].starts_with("HOLDFAST__MQTT__0: mqtt[0]:"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn problems_display_their_parts_and_leave_out_unknown_ones() {
+    let with_all = Problem {
+        origin: "f.toml".into(),
+        line: Some(3),
+        key: "mqtt.max_inflight".into(),
+        message: "bad".into(),
+    };
+    assert_eq!(with_all.to_string(), "f.toml:3: mqtt.max_inflight: bad");
+    let bare = Problem {
+        origin: "f.toml".into(),
+        line: None,
+        key: String::new(),
+        message: "cannot read".into(),
+    };
+    assert_eq!(bare.to_string(), "f.toml: cannot read");
+    let errors = ConfigErrors {
+        problems: vec![with_all, bare],
+    };
+    assert_eq!(
+        errors.to_string(),
+        "f.toml:3: mqtt.max_inflight: bad\nf.toml: cannot read"
+    );
+}

@@ -1,0 +1,857 @@
+//! Raw tree -> typed [`Config`], reporting every problem with its key and location.
+//!
+//! Owns the schema: which keys exist, their types, ranges and defaults, and the cross-field
+//! rules (listener names and binds unique). It never stops at the first problem: each field
+//! falls back to its default after reporting, so one run lists everything wrong with a file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{Node, Source, Value};
+use super::units::{format_duration, format_size, parse_duration, parse_size};
+use super::{
+    AuthConfig, Config, ListenerConfig, ListenerKind, LogConfig, MqttConfig, NodeConfig, Problem,
+    SharedStrategy, DEFAULTS_ORIGIN,
+};
+
+/// Sections of the design that this build does not implement yet.
+const UNSUPPORTED_SECTIONS: &[&str] = &[
+    "bridges", "coap", "lwm2m", "modbus", "serial", "web", "board",
+];
+
+const KB: u64 = 1024;
+const MB: u64 = 1024 * 1024;
+/// MQTT's Remaining Length tops out just under 256MB; the packet-size limits stop there.
+const MQTT_MAX_PACKET: u64 = 256 * MB;
+
+/// When the tree has no `listeners`, puts in the default one (tcp on 0.0.0.0:1883), so that
+/// environment overrides such as `HOLDFAST__LISTENERS__0__BIND` apply on top of the defaults.
+pub(crate) fn insert_default_listener(root: &mut Node) {
+    if let Value::Table(entries) = &mut root.value {
+        if entries.iter().any(|(k, _)| k == "listeners") {
+            return;
+        }
+        let scalar = |value: &str| Node {
+            value: Value::Str(value.to_owned()),
+            source: Source::Default,
+        };
+        let listener = Node {
+            value: Value::Table(vec![
+                ("kind".to_owned(), scalar("tcp")),
+                ("bind".to_owned(), scalar("0.0.0.0:1883")),
+            ]),
+            source: Source::Default,
+        };
+        entries.push((
+            "listeners".to_owned(),
+            Node {
+                value: Value::Array(vec![listener]),
+                source: Source::Default,
+            },
+        ));
+    }
+}
+
+/// Validates the whole tree. Returns a config only if no problem at all was found (problems
+/// already in `problems`, from the environment, count too).
+pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut ctx = Ctx {
+        origin,
+        problems: Vec::new(),
+    };
+    let defaults = Config::default();
+    let entries = ctx.open(root, "", &["node", "mqtt", "listeners", "auth", "log"], &[]);
+    for (key, node) in entries {
+        if UNSUPPORTED_SECTIONS.contains(&key.as_str()) {
+            ctx.report(
+                node,
+                key,
+                format!("section [{key}] is not supported by this build yet"),
+            );
+        }
+    }
+    let node = match field(entries, "node") {
+        Some(n) => node_section(&mut ctx, n),
+        None => defaults.node,
+    };
+    let mqtt = match field(entries, "mqtt") {
+        Some(n) => mqtt_section(&mut ctx, n),
+        None => defaults.mqtt,
+    };
+    let listeners = match field(entries, "listeners") {
+        Some(n) => listeners_section(&mut ctx, n),
+        None => defaults.listeners,
+    };
+    let auth = match field(entries, "auth") {
+        Some(n) => auth_section(&mut ctx, n),
+        None => defaults.auth,
+    };
+    let log = match field(entries, "log") {
+        Some(n) => log_section(&mut ctx, n),
+        None => defaults.log,
+    };
+    // File problems first, in line order; then those of overrides (and of built-in values),
+    // in the order met; then the variables whose names could not be applied.
+    let env_problems = std::mem::replace(problems, ctx.problems);
+    problems.extend(env_problems);
+    problems.sort_by_key(|p| p.line.map_or((1, 0), |line| (0, line)));
+    if !problems.is_empty() {
+        return None;
+    }
+    Some(Config {
+        node,
+        mqtt,
+        listeners,
+        auth,
+        log,
+    })
+}
+
+/// Collects problems while the validator walks the tree.
+struct Ctx<'a> {
+    /// The file's name, for problems at a file line.
+    origin: &'a str,
+    /// Problems found so far.
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    /// Records a problem about `node` at key path `key`.
+    fn report(&mut self, node: &Node, key: &str, message: impl Into<String>) {
+        let (origin, line) = match &node.source {
+            Source::File(line) => (self.origin.to_owned(), Some(*line)),
+            Source::Env { var, .. } => (var.clone(), None),
+            Source::Default => (DEFAULTS_ORIGIN.to_owned(), None),
+        };
+        self.problems.push(Problem {
+            origin,
+            line,
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    /// Checks that `node` is a table whose keys are all `known`; reports unknown keys (with the
+    /// closest known one when it is a likely typo) and `planned` keys that this build does not
+    /// support. Returns the entries, or none when `node` is not a table.
+    fn open<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        known: &[&str],
+        planned: &[&str],
+    ) -> &'n [(String, Node)] {
+        let Value::Table(entries) = &node.value else {
+            self.report(
+                node,
+                path,
+                format!("expected a table, found {}", node.value.describe()),
+            );
+            return &[];
+        };
+        for (key, child) in entries {
+            let child_path = join(path, key);
+            if known.contains(&key.as_str()) {
+                continue;
+            }
+            if planned.contains(&key.as_str()) {
+                self.report(child, &child_path, "not supported by this build yet");
+            } else if !(path.is_empty() && UNSUPPORTED_SECTIONS.contains(&key.as_str())) {
+                let message = match closest(key, known) {
+                    Some(suggestion) => format!("unknown key (did you mean {suggestion:?}?)"),
+                    None => format!("unknown key (expected one of: {})", known.join(", ")),
+                };
+                self.report(child, &child_path, message);
+            }
+        }
+        entries
+    }
+
+    /// Reads an optional field with `convert`; a missing or bad value yields `default` (a bad
+    /// one has been reported).
+    fn get<'n, T>(
+        &mut self,
+        entries: &'n [(String, Node)],
+        path: &str,
+        key: &str,
+        default: T,
+        convert: impl FnOnce(&mut Self, &'n Node, &str) -> Option<T>,
+    ) -> T {
+        match field(entries, key) {
+            Some(node) => convert(self, node, &join(path, key)).unwrap_or(default),
+            None => default,
+        }
+    }
+}
+
+fn field<'n>(entries: &'n [(String, Node)], key: &str) -> Option<&'n Node> {
+    entries.iter().find(|(k, _)| k == key).map(|(_, n)| n)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// The known key closest to `key` when it is near enough to be a typo.
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, k)| *d <= 2 && *d < k.len().max(key.len()) / 2 + 1)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+// ---- scalar conversions: each reports its own problem and returns None on failure ----
+
+fn string(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<String> {
+    match (&node.value, &node.source) {
+        (Value::Str(s), _) => Some(s.clone()),
+        // An override's text is a string too, even when it also reads as a number or bool.
+        (_, Source::Env { text, .. }) => Some(text.clone()),
+        (other, _) => {
+            ctx.report(
+                node,
+                key,
+                format!("expected a string, found {}", other.describe()),
+            );
+            None
+        }
+    }
+}
+
+fn boolean(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<bool> {
+    match &node.value {
+        Value::Bool(b) => Some(*b),
+        other => {
+            ctx.report(
+                node,
+                key,
+                format!("expected true or false, found {}", other.describe()),
+            );
+            None
+        }
+    }
+}
+
+fn integer<T: TryFrom<i64>>(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    key: &str,
+    min: i64,
+    max: i64,
+) -> Option<T> {
+    let Value::Int(value) = node.value else {
+        ctx.report(
+            node,
+            key,
+            format!("expected an integer, found {}", node.value.describe()),
+        );
+        return None;
+    };
+    if value < min || value > max {
+        let range = if max == i64::MAX {
+            format!("must be at least {min}")
+        } else {
+            format!("must be between {min} and {max}")
+        };
+        ctx.report(node, key, format!("{range}, got {value}"));
+        return None;
+    }
+    match T::try_from(value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            ctx.report(node, key, format!("{value} is too large for this machine"));
+            None
+        }
+    }
+}
+
+fn size<T: TryFrom<u64>>(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    key: &str,
+    min: u64,
+    max: u64,
+) -> Option<T> {
+    let (bytes, shown) = match &node.value {
+        Value::Int(i) => match u64::try_from(*i) {
+            Ok(bytes) => (bytes, i.to_string()),
+            Err(_) => {
+                ctx.report(node, key, format!("a size cannot be negative, got {i}"));
+                return None;
+            }
+        },
+        Value::Str(s) => match parse_size(s) {
+            Ok(bytes) => (bytes, format!("{s:?}")),
+            Err(message) => {
+                ctx.report(node, key, message);
+                return None;
+            }
+        },
+        other => {
+            ctx.report(
+                node,
+                key,
+                format!(
+                    "expected a size such as \"1MB\" or a number of bytes, found {}",
+                    other.describe()
+                ),
+            );
+            return None;
+        }
+    };
+    if bytes < min || bytes > max {
+        ctx.report(
+            node,
+            key,
+            format!(
+                "must be between {} and {}, got {shown}",
+                format_size(min),
+                format_size(max)
+            ),
+        );
+        return None;
+    }
+    match T::try_from(bytes) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            ctx.report(node, key, format!("{shown} is too large for this machine"));
+            None
+        }
+    }
+}
+
+/// A duration within `min..=max`; `zero_ok` additionally allows exactly zero below `min`.
+fn duration(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    key: &str,
+    min: Duration,
+    max: Duration,
+    zero_ok: bool,
+) -> Option<Duration> {
+    let Value::Str(text) = &node.value else {
+        ctx.report(
+            node,
+            key,
+            format!(
+                "expected a duration such as \"15s\", found {}",
+                node.value.describe()
+            ),
+        );
+        return None;
+    };
+    let value = match parse_duration(text) {
+        Ok(value) => value,
+        Err(message) => {
+            ctx.report(node, key, message);
+            return None;
+        }
+    };
+    if (value < min && !(zero_ok && value.is_zero())) || value > max {
+        let lower = if zero_ok {
+            format!("0s (off) or at least {}", format_duration(min))
+        } else {
+            format!("at least {}", format_duration(min))
+        };
+        ctx.report(
+            node,
+            key,
+            format!(
+                "must be {lower} and at most {}, got {text:?}",
+                format_duration(max)
+            ),
+        );
+        return None;
+    }
+    Some(value)
+}
+
+fn path_buf(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<PathBuf> {
+    let text = string(ctx, node, key)?;
+    if text.trim().is_empty() {
+        ctx.report(node, key, "must not be empty");
+        return None;
+    }
+    Some(PathBuf::from(text))
+}
+
+// ---- sections ----
+
+fn node_section(ctx: &mut Ctx<'_>, node: &Node) -> NodeConfig {
+    let defaults = NodeConfig::default();
+    let entries = ctx.open(node, "node", &["name", "data_dir"], &[]);
+    NodeConfig {
+        name: ctx.get(entries, "node", "name", defaults.name, |ctx, n, key| {
+            let name = string(ctx, n, key)?;
+            let problem = if name.is_empty() {
+                Some("must not be empty".to_owned())
+            } else if name.contains(['/', '+', '#']) {
+                Some(format!(
+                    "{name:?} must not contain '/', '+' or '#': it is used as a topic level"
+                ))
+            } else if name.chars().any(char::is_control) {
+                Some(format!("{name:?} must not contain control characters"))
+            } else {
+                None
+            };
+            match problem {
+                Some(message) => {
+                    ctx.report(n, key, message);
+                    None
+                }
+                None => Some(name),
+            }
+        }),
+        data_dir: ctx.get(entries, "node", "data_dir", defaults.data_dir, path_buf),
+    }
+}
+
+fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
+    let d = MqttConfig::default();
+    let path = "mqtt";
+    let entries = ctx.open(
+        node,
+        path,
+        &[
+            "max_packet_size",
+            "max_inflight",
+            "max_mqueue_len",
+            "mqueue_store_qos0",
+            "session_expiry",
+            "idle_timeout",
+            "keepalive_multiplier",
+            "max_clientid_len",
+            "max_topic_alias",
+            "max_topic_levels",
+            "retain_available",
+            "max_retained_messages",
+            "max_retained_payload",
+            "shared_subscription_strategy",
+            "sys_interval",
+            "max_awaiting_rel",
+            "outbound_buffer",
+        ],
+        &[],
+    );
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    MqttConfig {
+        max_packet_size: ctx.get(entries, path, "max_packet_size", d.max_packet_size, |c, n, k| {
+            size(c, n, k, 16, MQTT_MAX_PACKET)
+        }),
+        max_inflight: ctx.get(entries, path, "max_inflight", d.max_inflight, |c, n, k| {
+            integer(c, n, k, 1, 65535)
+        }),
+        max_mqueue_len: ctx.get(entries, path, "max_mqueue_len", d.max_mqueue_len, |c, n, k| {
+            integer(c, n, k, 1, i64::MAX)
+        }),
+        mqueue_store_qos0: ctx.get(entries, path, "mqueue_store_qos0", d.mqueue_store_qos0, boolean),
+        session_expiry: ctx.get(entries, path, "session_expiry", d.session_expiry, |c, n, k| {
+            // MQTT 5 carries session expiry as a u32 number of seconds.
+            duration(c, n, k, Duration::ZERO, Duration::from_secs(u64::from(u32::MAX)), false)
+        }),
+        idle_timeout: ctx.get(entries, path, "idle_timeout", d.idle_timeout, |c, n, k| {
+            duration(c, n, k, Duration::from_millis(1), hours(24), false)
+        }),
+        keepalive_multiplier: ctx.get(
+            entries,
+            path,
+            "keepalive_multiplier",
+            d.keepalive_multiplier,
+            keepalive_multiplier,
+        ),
+        max_clientid_len: ctx.get(entries, path, "max_clientid_len", d.max_clientid_len, |c, n, k| {
+            integer(c, n, k, 23, 65535)
+        }),
+        max_topic_alias: ctx.get(entries, path, "max_topic_alias", d.max_topic_alias, |c, n, k| {
+            integer(c, n, k, 0, 65535)
+        }),
+        max_topic_levels: ctx.get(entries, path, "max_topic_levels", d.max_topic_levels, |c, n, k| {
+            integer(c, n, k, 1, 65535)
+        }),
+        retain_available: ctx.get(entries, path, "retain_available", d.retain_available, boolean),
+        max_retained_messages: ctx.get(
+            entries,
+            path,
+            "max_retained_messages",
+            d.max_retained_messages,
+            |c, n, k| integer(c, n, k, 1, i64::MAX),
+        ),
+        max_retained_payload: ctx.get(
+            entries,
+            path,
+            "max_retained_payload",
+            d.max_retained_payload,
+            |c, n, k| size(c, n, k, 1, MQTT_MAX_PACKET),
+        ),
+        shared_subscription_strategy: ctx.get(
+            entries,
+            path,
+            "shared_subscription_strategy",
+            d.shared_subscription_strategy,
+            |c, n, k| {
+                let word = string(c, n, k)?;
+                match word.as_str() {
+                    "round_robin" => Some(SharedStrategy::RoundRobin),
+                    "random" => Some(SharedStrategy::Random),
+                    "hash_clientid" => Some(SharedStrategy::HashClientId),
+                    _ => {
+                        c.report(
+                            n,
+                            k,
+                            format!(
+                                "unknown strategy {word:?} (expected round_robin, random or hash_clientid)"
+                            ),
+                        );
+                        None
+                    }
+                }
+            },
+        ),
+        sys_interval: ctx.get(entries, path, "sys_interval", d.sys_interval, |c, n, k| {
+            duration(c, n, k, Duration::from_secs(1), hours(24), true)
+        }),
+        max_awaiting_rel: ctx.get(entries, path, "max_awaiting_rel", d.max_awaiting_rel, |c, n, k| {
+            integer(c, n, k, 1, 65535)
+        }),
+        outbound_buffer: ctx.get(entries, path, "outbound_buffer", d.outbound_buffer, |c, n, k| {
+            size(c, n, k, KB, MQTT_MAX_PACKET)
+        }),
+    }
+}
+
+fn keepalive_multiplier(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<f32> {
+    let value = match node.value {
+        Value::Float(f) => f,
+        // i64 -> f64 is exact for any multiplier anyone would write.
+        Value::Int(i) => i as f64,
+        ref other => {
+            ctx.report(
+                node,
+                key,
+                format!("expected a number such as 1.5, found {}", other.describe()),
+            );
+            return None;
+        }
+    };
+    if !(1.0..=1000.0).contains(&value) {
+        ctx.report(
+            node,
+            key,
+            format!("must be between 1.0 and 1000.0, got {value}"),
+        );
+        return None;
+    }
+    // In range, so narrowing only rounds to f32 precision.
+    Some(value as f32)
+}
+
+/// A listener as read, before names and binds are checked across listeners.
+struct Partial<'n> {
+    index: usize,
+    item: &'n Node,
+    /// The explicit `name` key, if any.
+    name: Option<String>,
+    kind: Option<ListenerKind>,
+    bind: Option<(SocketAddr, &'n Node)>,
+    max_connections: usize,
+    max_conn_rate: u32,
+}
+
+fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
+    let d = ListenerConfig::default();
+    let Value::Array(items) = &node.value else {
+        ctx.report(
+            node,
+            "listeners",
+            format!(
+                "expected an array of tables ([[listeners]]), found {}",
+                node.value.describe()
+            ),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        ctx.report(node, "listeners", "at least one listener is required");
+        return Vec::new();
+    }
+    let mut partials = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let path = format!("listeners[{index}]");
+        let entries = ctx.open(
+            item,
+            &path,
+            &["name", "kind", "bind", "max_connections", "max_conn_rate"],
+            &["tls"],
+        );
+        if !matches!(item.value, Value::Table(_)) {
+            continue;
+        }
+        let name = ctx.get(entries, &path, "name", None, |c, n, k| {
+            let name = string(c, n, k)?;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+            {
+                c.report(
+                    n,
+                    k,
+                    format!("{name:?} is not a listener name (use letters, digits, '_', '-', '.')"),
+                );
+                return None;
+            }
+            Some(Some(name))
+        });
+        let kind = match field(entries, "kind") {
+            None => Some(ListenerKind::Tcp),
+            Some(n) => listener_kind(ctx, n, &format!("{path}.kind")),
+        };
+        let bind = match field(entries, "bind") {
+            None => {
+                ctx.report(
+                    item,
+                    &format!("{path}.bind"),
+                    "is required, e.g. bind = \"0.0.0.0:1883\"",
+                );
+                None
+            }
+            Some(n) => {
+                let key = format!("{path}.bind");
+                string(ctx, n, &key).and_then(|text| match text.trim().parse::<SocketAddr>() {
+                    Ok(addr) => Some((addr, n)),
+                    Err(_) => {
+                        ctx.report(
+                            n,
+                            &key,
+                            format!(
+                                "{text:?} is not a socket address (expected IP:PORT, e.g. \"0.0.0.0:1883\" or \"[::]:1883\")"
+                            ),
+                        );
+                        None
+                    }
+                })
+            }
+        };
+        let max_connections = ctx.get(
+            entries,
+            &path,
+            "max_connections",
+            d.max_connections,
+            |c, n, k| integer(c, n, k, 1, i64::MAX),
+        );
+        let max_conn_rate = ctx.get(
+            entries,
+            &path,
+            "max_conn_rate",
+            d.max_conn_rate,
+            |c, n, k| integer(c, n, k, 1, i64::from(u32::MAX)),
+        );
+        partials.push(Partial {
+            index,
+            item,
+            name,
+            kind,
+            bind,
+            max_connections,
+            max_conn_rate,
+        });
+    }
+    check_binds(ctx, &partials);
+    let listeners = name_listeners(ctx, &partials);
+    if listeners.len() == items.len() {
+        listeners
+    } else {
+        Vec::new()
+    }
+}
+
+/// The transport a `kind` value names; the design's other kinds are reported as not built yet.
+fn listener_kind(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<ListenerKind> {
+    let word = string(ctx, node, key)?;
+    match word.as_str() {
+        "tcp" => Some(ListenerKind::Tcp),
+        "tls" | "ws" | "wss" => {
+            ctx.report(
+                node,
+                key,
+                format!("listener kind {word:?} is not supported by this build yet"),
+            );
+            None
+        }
+        _ => {
+            ctx.report(
+                node,
+                key,
+                format!("unknown listener kind {word:?} (expected tcp, tls, ws or wss)"),
+            );
+            None
+        }
+    }
+}
+
+/// Two listeners cannot bind the same port on the same address, nor a specific address and
+/// the wildcard of the same family (Linux refuses the second bind). Port 0 never conflicts.
+fn check_binds(ctx: &mut Ctx<'_>, partials: &[Partial<'_>]) {
+    for (j, later) in partials.iter().enumerate() {
+        let Some((addr, node)) = later.bind else {
+            continue;
+        };
+        let earlier = partials[..j].iter().find(|p| {
+            p.bind.is_some_and(|(other, _)| {
+                addr.port() != 0
+                    && other.port() == addr.port()
+                    && other.is_ipv4() == addr.is_ipv4()
+                    && (other.ip() == addr.ip()
+                        || other.ip().is_unspecified()
+                        || addr.ip().is_unspecified())
+            })
+        });
+        if let Some(earlier) = earlier {
+            let message = match earlier.bind {
+                Some((other, _)) if other == addr => {
+                    format!("\"{addr}\" is already used by listeners[{}]", earlier.index)
+                }
+                Some((other, _)) => format!(
+                    "\"{addr}\" overlaps listeners[{}] on \"{other}\"",
+                    earlier.index
+                ),
+                None => continue,
+            };
+            ctx.report(node, &format!("listeners[{}].bind", later.index), message);
+        }
+    }
+}
+
+/// Names every listener (`kind:name`, `kind:default` when alone of its kind, else
+/// `kind:index-within-kind`) and reports clashes. Returns only fully valid listeners.
+fn name_listeners(ctx: &mut Ctx<'_>, partials: &[Partial<'_>]) -> Vec<ListenerConfig> {
+    let mut out: Vec<(ListenerConfig, &Node, usize)> = Vec::new();
+    let mut per_kind: Vec<(ListenerKind, usize)> = Vec::new();
+    for p in partials {
+        let Some(kind) = p.kind else { continue };
+        let same_kind = partials.iter().filter(|q| q.kind == Some(kind)).count();
+        let seen = match per_kind.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => {
+                *n += 1;
+                *n - 1
+            }
+            None => {
+                per_kind.push((kind, 1));
+                0
+            }
+        };
+        let name = match &p.name {
+            Some(name) => format!("{kind}:{name}"),
+            None if same_kind == 1 => format!("{kind}:default"),
+            None => format!("{kind}:{seen}"),
+        };
+        if let Some((_, _, first)) = out.iter().find(|(l, _, _)| l.name == name) {
+            ctx.report(
+                p.item,
+                &format!("listeners[{}]", p.index),
+                format!("listener name {name:?} is already used by listeners[{first}]"),
+            );
+            continue;
+        }
+        let Some((bind, _)) = p.bind else { continue };
+        out.push((
+            ListenerConfig {
+                name,
+                kind,
+                bind,
+                max_connections: p.max_connections,
+                max_conn_rate: p.max_conn_rate,
+            },
+            p.item,
+            p.index,
+        ));
+    }
+    out.into_iter().map(|(l, _, _)| l).collect()
+}
+
+fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
+    let d = AuthConfig::default();
+    let path = "auth";
+    let entries = ctx.open(
+        node,
+        path,
+        &["allow_anonymous", "password_file"],
+        &["acl_file", "acl_nomatch"],
+    );
+    AuthConfig {
+        allow_anonymous: ctx.get(entries, path, "allow_anonymous", d.allow_anonymous, boolean),
+        password_file: ctx.get(
+            entries,
+            path,
+            "password_file",
+            d.password_file,
+            |c, n, k| path_buf(c, n, k).map(Some),
+        ),
+    }
+}
+
+fn log_section(ctx: &mut Ctx<'_>, node: &Node) -> LogConfig {
+    let d = LogConfig::default();
+    let entries = ctx.open(node, "log", &["level"], &[]);
+    LogConfig {
+        level: ctx.get(entries, "log", "level", d.level, |c, n, k| {
+            let text = string(c, n, k)?;
+            match check_log_filter(&text) {
+                Ok(level) => Some(level),
+                Err(message) => {
+                    c.report(n, k, message);
+                    None
+                }
+            }
+        }),
+    }
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// Accepts a bare level or a tracing `EnvFilter` directive list. A bare word that is not a
+/// level would be read by `EnvFilter` as a target name and silently log nothing, so it is
+/// rejected here ("verbose" is a typo, not a target).
+fn check_log_filter(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    let help = "expected error, warn, info, debug, trace, off, or a filter such as \"info,holdfast::broker=debug\"";
+    if trimmed.is_empty() {
+        return Err(format!("must not be empty ({help})"));
+    }
+    for part in trimmed.split(',') {
+        let part = part.trim();
+        let bare = !part.contains(['=', '[', ':']);
+        if bare && !LEVELS.contains(&part.to_ascii_lowercase().as_str()) {
+            return Err(format!("unknown log level {part:?} ({help})"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(trimmed)
+        .map_err(|e| format!("{trimmed:?} is not a valid log filter: {e} ({help})"))?;
+    Ok(trimmed.to_owned())
+}

@@ -1,0 +1,185 @@
+//! The `holdfast` command line: `run`, `check`, `passwd`.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use holdfast::app::Gateway;
+use holdfast::auth::{run_passwd, PasswdCommand};
+use holdfast::config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad configuration (EX_CONFIG-ish; STYLE rule 4 uses 64, EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Holdfast edge gateway: MQTT broker with store-and-forward"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (built-in defaults when no config is given).
+    Run {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides node.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a config file: print every problem with its location, exit non-zero on any.
+    Check {
+        /// Config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print an example config with every key and its default.
+    ExampleConfig,
+    /// Manage the password file (argon2id hashes).
+    Passwd {
+        #[command(subcommand)]
+        action: PasswdAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PasswdAction {
+    /// Add or update a user; the password is read from stdin when it is not a terminal.
+    Add {
+        /// User name.
+        user: String,
+        /// Password file.
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+    /// Remove a user.
+    Remove {
+        /// User name.
+        user: String,
+        /// Password file.
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+    /// List users.
+    List {
+        /// Password file.
+        #[arg(long, short)]
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, data_dir } => run(config, data_dir),
+        Command::Check { config } => check(config),
+        Command::ExampleConfig => {
+            print!("{}", config::example_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Passwd { action } => {
+            let cmd = match action {
+                PasswdAction::Add { user, file } => PasswdCommand::Add { user, file },
+                PasswdAction::Remove { user, file } => PasswdCommand::Remove { user, file },
+                PasswdAction::List { file } => PasswdCommand::List { file },
+            };
+            match run_passwd(cmd) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check(path: PathBuf) -> ExitCode {
+    match config::load(Some(&path), std::env::vars()) {
+        Ok(_) => {
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found", errors.problems.len());
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let mut cfg = match config::load(path.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(dir) = data_dir {
+        cfg.node.data_dir = dir;
+    }
+    init_logging(&cfg.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let gateway = match Gateway::bind(cfg, shutdown.clone()).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(wait_for_signal(shutdown));
+        gateway.serve().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
+# peers the black-box tests drive (mosquitto, mosquitto-clients, socat) when missing, builds the
+# gateway, then runs every unit, property and integration test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing test peers: ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+cargo build --locked -p holdfast
+cargo test --locked --workspace -- --test-threads="${HOLDFAST_TEST_THREADS:-4}"
