@@ -165,11 +165,29 @@ mod tests {
     fn foreign_payloads_are_counted_apart() {
         let mut r = ReceiverCheck::new(9, 2);
         let mut buf = [0u8; 32];
-        Stamp { run: 9, publisher: 1, seq: 0, sent_ns: 1_000 }.write(&mut buf);
+        Stamp {
+            run: 9,
+            publisher: 1,
+            seq: 0,
+            sent_ns: 1_000,
+        }
+        .write(&mut buf);
         r.record(&buf, 51_000);
-        Stamp { run: 8, publisher: 1, seq: 1, sent_ns: 1_000 }.write(&mut buf);
+        Stamp {
+            run: 8,
+            publisher: 1,
+            seq: 1,
+            sent_ns: 1_000,
+        }
+        .write(&mut buf);
         r.record(&buf, 2_000);
-        Stamp { run: 9, publisher: 2, seq: 0, sent_ns: 1_000 }.write(&mut buf);
+        Stamp {
+            run: 9,
+            publisher: 2,
+            seq: 0,
+            sent_ns: 1_000,
+        }
+        .write(&mut buf);
         r.record(&buf, 2_000);
         r.record(b"short", 2_000);
         assert_eq!((r.received, r.foreign), (4, 3));

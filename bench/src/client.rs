@@ -243,7 +243,10 @@ impl Client {
 
     /// Sends DISCONNECT and closes the write side, giving up quietly after a short while.
     pub(crate) async fn disconnect(mut self) {
-        if self.queue(&Packet::Disconnect(Default::default()), "DISCONNECT").is_ok() {
+        if self
+            .queue(&Packet::Disconnect(Default::default()), "DISCONNECT")
+            .is_ok()
+        {
             let _ = tokio::time::timeout(Duration::from_millis(500), async {
                 let _ = self.flush().await;
                 let _ = self.stream.shutdown().await;

@@ -34,7 +34,8 @@ impl Stamp {
     /// Reads a header; `None` when the payload is too short to hold one.
     pub(crate) fn read(payload: &[u8]) -> Option<Stamp> {
         let head = payload.get(..STAMP_LEN)?;
-        let u32_at = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let u32_at =
+            |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
         let u64_at = |i: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&head[i..i + 8]);

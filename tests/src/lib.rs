@@ -327,7 +327,9 @@ impl MosquittoSub {
         let dir = TempDir::new("sub");
         let out = dir.path().join("out");
         let err = dir.path().join("err");
-        let child = Command::new("mosquitto_sub")
+        // stdbuf: mosquitto_sub block-buffers stdout when it is not a terminal.
+        let child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
             .args([
                 "-h",
                 "127.0.0.1",
@@ -369,7 +371,7 @@ impl MosquittoSub {
     pub fn messages(&self) -> Vec<String> {
         self.raw()
             .lines()
-            .filter(|l| !l.starts_with("Client "))
+            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed (mid"))
             .map(str::to_string)
             .collect()
     }

@@ -92,7 +92,16 @@ fn sigterm_sends_v5_clients_server_shutting_down_and_exits_zero() {
                     return;
                 }
                 Ok(_) => {}
-                Err(_) => return,
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => {
+                    let _ = tx.send(Some(reason_code as u8));
+                    return;
+                }
+                Err(e) => {
+                    eprintln!("v5 client ended: {e:?}");
+                    return;
+                }
             }
         }
     });

@@ -196,6 +196,9 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
         {
             Ok(E5::Incoming(P5::Disconnect(d))) => break d.reason_code as u8,
             Ok(_) => {}
+            Err(rumqttc::v5::ConnectionError::MqttState(
+                rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+            )) => break reason_code as u8,
             Err(e) => panic!("connection ended without DISCONNECT: {e}"),
         }
     };

@@ -391,7 +391,11 @@ impl Connection {
         if password.is_none() {
             return auth.check(username.as_deref(), None);
         }
-        // argon2 verification is deliberately slow: keep it off the reactor threads.
+        // argon2 verification is deliberately slow and memory-hungry: keep it off the reactor
+        // threads and bounded in number.
+        let Ok(_slot) = self.broker.auth_slots.acquire().await else {
+            return AuthDecision::NotAuthorized;
+        };
         tokio::task::spawn_blocking(move || auth.check(username.as_deref(), password.as_deref()))
             .await
             .unwrap_or(AuthDecision::NotAuthorized)
@@ -425,6 +429,12 @@ impl Connection {
     async fn packet_loop(&mut self) -> Close {
         let keepalive = tokio::time::sleep(self.keepalive_window());
         tokio::pin!(keepalive);
+        // Packets pipelined behind CONNECT are already in the buffer.
+        if !self.rbuf.is_empty() {
+            if let Err(close) = self.handle_input() {
+                return close;
+            }
+        }
         self.drain_outgoing();
         loop {
             if let Err(close) = self.flush_now() {

@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Password checks (argon2id) allowed to run at once.
+const AUTH_CONCURRENCY: usize = 2;
+
 /// Shared state of a running broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -39,6 +42,9 @@ pub struct Broker {
     pub started_at: Instant,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
+    /// Bounds concurrent password checks: each argon2id verification takes ~19 MiB and tens of
+    /// milliseconds, so a connection storm must queue here instead of exhausting memory.
+    pub auth_slots: tokio::sync::Semaphore,
     next_conn_id: AtomicU64,
     next_client_id: AtomicU64,
 }
@@ -68,6 +74,7 @@ impl Broker {
             listeners: Mutex::new(Vec::new()),
             started_at: Instant::now(),
             shutdown,
+            auth_slots: tokio::sync::Semaphore::new(AUTH_CONCURRENCY),
             next_conn_id: AtomicU64::new(1),
             next_client_id: AtomicU64::new(1),
         })

@@ -233,10 +233,8 @@ impl Router {
                         .conn
                         .wake_pending
                         .store(false, std::sync::atomic::Ordering::Release);
-                    if !s.mqueue.is_empty() || s.resend_pending {
-                        if params.conn.should_wake() {
-                            self.wake.push(params.conn.clone());
-                        }
+                    if (!s.mqueue.is_empty() || s.resend_pending) && params.conn.should_wake() {
+                        self.wake.push(params.conn.clone());
                     }
                     return ConnectResult {
                         session_id: sid,

@@ -73,6 +73,7 @@ impl Node {
     }
 
     /// The value of `key` when this node is a table that has it.
+    #[cfg(test)]
     pub(crate) fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
             Value::Table(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, n)| n),

@@ -45,7 +45,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 /// divides it exactly ("1MB", "1536KB", "100B").
 pub(crate) fn format_size(bytes: u64) -> String {
     for (unit, size) in [("GB", KB * KB * KB), ("MB", KB * KB), ("KB", KB)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.checked_rem(size) == Some(0) {
             return format!("{}{unit}", bytes / size);
         }
     }
