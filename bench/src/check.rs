@@ -89,8 +89,8 @@ impl ReceiverCheck {
         }
     }
 
-    /// Records one received payload at `now_ns` (same clock as the stamps).
-    pub(crate) fn record(&mut self, payload: &[u8], now_ns: u64) {
+    /// Records one received payload; with `now_ns` (same clock as the stamps) also its latency.
+    pub(crate) fn record(&mut self, payload: &[u8], now_ns: Option<u64>) {
         self.received += 1;
         let stamp = match Stamp::read(payload) {
             Some(s) if s.run == self.run => s,
@@ -104,8 +104,10 @@ impl ReceiverCheck {
             return;
         };
         stream.record(stamp.seq);
-        let us = now_ns.saturating_sub(stamp.sent_ns) / 1_000;
-        self.latency.saturating_record(us.min(MAX_LATENCY_US));
+        if let Some(now_ns) = now_ns {
+            let us = now_ns.saturating_sub(stamp.sent_ns) / 1_000;
+            self.latency.saturating_record(us.min(MAX_LATENCY_US));
+        }
     }
 }
 
@@ -172,7 +174,7 @@ mod tests {
             sent_ns: 1_000,
         }
         .write(&mut buf);
-        r.record(&buf, 51_000);
+        r.record(&buf, Some(51_000));
         Stamp {
             run: 8,
             publisher: 1,
@@ -180,7 +182,7 @@ mod tests {
             sent_ns: 1_000,
         }
         .write(&mut buf);
-        r.record(&buf, 2_000);
+        r.record(&buf, Some(2_000));
         Stamp {
             run: 9,
             publisher: 2,
@@ -188,8 +190,8 @@ mod tests {
             sent_ns: 1_000,
         }
         .write(&mut buf);
-        r.record(&buf, 2_000);
-        r.record(b"short", 2_000);
+        r.record(&buf, Some(2_000));
+        r.record(b"short", None);
         assert_eq!((r.received, r.foreign), (4, 3));
         assert_eq!(r.streams[1].unique, 1);
         assert_eq!(r.latency.max(), 50);

@@ -649,7 +649,7 @@ async fn read_loop(
                 continue;
             }
         }
-        let got = take_publishes(c, sh, out)?;
+        let got = take_publishes(c, sh, out, true)?;
         c.flush().await?;
         if got > 0 {
             out.last_receive = Some(Instant::now());
@@ -667,7 +667,8 @@ async fn read_loop(
 }
 
 /// The subscriber of a flood that never reads: it only pings, then at the stop looks what the
-/// socket holds (up to a second) to learn whether the broker had closed it.
+/// socket holds (up to a second) to learn whether the broker had closed it. Those messages
+/// count as received but not in the latency: they waited on purpose.
 async fn silent_until_stop(
     c: &mut Client,
     sh: &Shared,
@@ -687,7 +688,7 @@ async fn silent_until_stop(
     }
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
-        match take_publishes(c, sh, out) {
+        match take_publishes(c, sh, out, false) {
             Ok(0) => break,
             Ok(_) => {}
             Err(BenchError::Closed { .. }) => {
@@ -700,16 +701,21 @@ async fn silent_until_stop(
     c.flush().await
 }
 
-/// Reads what the socket holds, records every PUBLISH and queues PUBACKs for QoS 1 ones.
-/// Returns the PUBLISH count.
-fn take_publishes(c: &mut Client, sh: &Shared, out: &mut SubOutcome) -> Result<u64, BenchError> {
+/// Reads what the socket holds, records every PUBLISH (and its latency when `timed`) and
+/// queues PUBACKs for QoS 1 ones. Returns the PUBLISH count.
+fn take_publishes(
+    c: &mut Client,
+    sh: &Shared,
+    out: &mut SubOutcome,
+    timed: bool,
+) -> Result<u64, BenchError> {
     let mut got = 0;
     for _ in 0..READS_PER_WAKE {
         let n = c.try_fill()?;
         if n == 0 {
             break;
         }
-        let now_ns = sh.t0.elapsed().as_nanos() as u64;
+        let now_ns = timed.then(|| sh.t0.elapsed().as_nanos() as u64);
         while let Some(packet) = c.next_packet()? {
             match packet {
                 Packet::Publish(p) => {

@@ -396,21 +396,18 @@ impl Drop for MosquittoSub {
     }
 }
 
-/// `mosquitto_pub` one message; returns whether it exited 0.
+/// `mosquitto_pub` one message (an empty `message` is sent as a zero-length payload, `-n`);
+/// returns whether it exited 0.
 pub fn mosquitto_pub(port: u16, topic: &str, message: &str, extra: &[&str]) -> bool {
+    let port = port.to_string();
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-t", topic];
+    if message.is_empty() {
+        args.push("-n");
+    } else {
+        args.extend(["-m", message]);
+    }
     let (ok, _, err) = run_with_timeout(
-        Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-t",
-                topic,
-                "-m",
-                message,
-            ])
-            .args(extra),
+        Command::new("mosquitto_pub").args(&args).args(extra),
         Duration::from_secs(10),
     );
     if !ok {

@@ -2,8 +2,8 @@
 //! into bytes, for MQTT 3.1, 3.1.1 and 5.0.
 //!
 //! Owns the fixed header and its remaining-length framing, every variable header and payload
-//! layout, MQTT 5 properties and reason codes, and every well-formedness rule that can be checked
-//! on one packet alone. It must never do IO, keep state between calls, or judge what depends on
+//! layout, MQTT 5 reason codes and (in `properties`) MQTT 5 properties, and every
+//! well-formedness rule that can be checked on one packet alone. It must never do IO, keep state between calls, or judge what depends on
 //! the session: topic alias ranges, receive maximum, topic filter syntax (see `topic`), and which
 //! side may send which packet belong to the broker.
 //!
@@ -41,12 +41,20 @@
 //! are not allowed on the packet being encoded, the DUP flag on QoS 0, the session present flag
 //! in 3.1. CONNECT is encoded in its own [`Connect::protocol`], whatever `protocol` says.
 
+mod properties;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::packet::{
     Auth, ByteStr, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion,
     PubResp, Publish, PublishProperties, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
+};
+use properties::{
+    put_properties, put_properties_section, put_publish_properties_section, read_properties,
+    read_publish_properties, ACK_PROPERTIES, AUTH_PROPERTIES, CONNACK_PROPERTIES,
+    CONNECT_PROPERTIES, DISCONNECT_PROPERTIES, PUBLISH_PROPERTIES, SUBSCRIBE_PROPERTIES,
+    UNSUBSCRIBE_PROPERTIES, WILL_PROPERTIES,
 };
 
 /// Largest variable byte integer, and so the largest remaining length (256 MB - 1).
@@ -279,92 +287,6 @@ pub enum EncodeError {
         protocol: ProtocolVersion,
     },
 }
-
-// ---------------------------------------------------------------------------------------------
-// Property identifiers and where each may appear.
-
-const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
-const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
-const CONTENT_TYPE: u8 = 0x03;
-const RESPONSE_TOPIC: u8 = 0x08;
-const CORRELATION_DATA: u8 = 0x09;
-const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
-const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
-const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
-const SERVER_KEEP_ALIVE: u8 = 0x13;
-const AUTHENTICATION_METHOD: u8 = 0x15;
-const AUTHENTICATION_DATA: u8 = 0x16;
-const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
-const WILL_DELAY_INTERVAL: u8 = 0x18;
-const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
-const RESPONSE_INFORMATION: u8 = 0x1A;
-const SERVER_REFERENCE: u8 = 0x1C;
-const REASON_STRING: u8 = 0x1F;
-const RECEIVE_MAXIMUM: u8 = 0x21;
-const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
-const TOPIC_ALIAS: u8 = 0x23;
-const MAXIMUM_QOS: u8 = 0x24;
-const RETAIN_AVAILABLE: u8 = 0x25;
-const USER_PROPERTY: u8 = 0x26;
-const MAXIMUM_PACKET_SIZE: u8 = 0x27;
-const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
-const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
-const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
-
-/// One bit per property identifier (all are below 64), to say where a property is allowed.
-const fn bit(id: u8) -> u64 {
-    1 << id
-}
-
-const CONNECT_PROPERTIES: u64 = bit(SESSION_EXPIRY_INTERVAL)
-    | bit(AUTHENTICATION_METHOD)
-    | bit(AUTHENTICATION_DATA)
-    | bit(REQUEST_PROBLEM_INFORMATION)
-    | bit(REQUEST_RESPONSE_INFORMATION)
-    | bit(RECEIVE_MAXIMUM)
-    | bit(TOPIC_ALIAS_MAXIMUM)
-    | bit(USER_PROPERTY)
-    | bit(MAXIMUM_PACKET_SIZE);
-const CONNACK_PROPERTIES: u64 = bit(SESSION_EXPIRY_INTERVAL)
-    | bit(ASSIGNED_CLIENT_IDENTIFIER)
-    | bit(SERVER_KEEP_ALIVE)
-    | bit(AUTHENTICATION_METHOD)
-    | bit(AUTHENTICATION_DATA)
-    | bit(RESPONSE_INFORMATION)
-    | bit(SERVER_REFERENCE)
-    | bit(REASON_STRING)
-    | bit(RECEIVE_MAXIMUM)
-    | bit(TOPIC_ALIAS_MAXIMUM)
-    | bit(MAXIMUM_QOS)
-    | bit(RETAIN_AVAILABLE)
-    | bit(USER_PROPERTY)
-    | bit(MAXIMUM_PACKET_SIZE)
-    | bit(WILDCARD_SUBSCRIPTION_AVAILABLE)
-    | bit(SUBSCRIPTION_IDENTIFIER_AVAILABLE)
-    | bit(SHARED_SUBSCRIPTION_AVAILABLE);
-const PUBLISH_PROPERTIES: u64 = bit(PAYLOAD_FORMAT_INDICATOR)
-    | bit(MESSAGE_EXPIRY_INTERVAL)
-    | bit(CONTENT_TYPE)
-    | bit(RESPONSE_TOPIC)
-    | bit(CORRELATION_DATA)
-    | bit(SUBSCRIPTION_IDENTIFIER)
-    | bit(TOPIC_ALIAS)
-    | bit(USER_PROPERTY);
-const WILL_PROPERTIES: u64 = bit(PAYLOAD_FORMAT_INDICATOR)
-    | bit(MESSAGE_EXPIRY_INTERVAL)
-    | bit(CONTENT_TYPE)
-    | bit(RESPONSE_TOPIC)
-    | bit(CORRELATION_DATA)
-    | bit(WILL_DELAY_INTERVAL)
-    | bit(USER_PROPERTY);
-/// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK.
-const ACK_PROPERTIES: u64 = bit(REASON_STRING) | bit(USER_PROPERTY);
-const SUBSCRIBE_PROPERTIES: u64 = bit(SUBSCRIPTION_IDENTIFIER) | bit(USER_PROPERTY);
-const UNSUBSCRIBE_PROPERTIES: u64 = bit(USER_PROPERTY);
-const DISCONNECT_PROPERTIES: u64 =
-    bit(SESSION_EXPIRY_INTERVAL) | bit(SERVER_REFERENCE) | bit(REASON_STRING) | bit(USER_PROPERTY);
-const AUTH_PROPERTIES: u64 =
-    bit(AUTHENTICATION_METHOD) | bit(AUTHENTICATION_DATA) | bit(REASON_STRING) | bit(USER_PROPERTY);
 
 // ---------------------------------------------------------------------------------------------
 // MQTT 5 reason codes each packet type defines (spec tables 3-1 .. 3-13).
@@ -999,188 +921,6 @@ fn read_unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     })
 }
 
-/// Splits off a property section (its length, then its bytes) and tracks which identifiers it
-/// has seen.
-struct PropertyReader {
-    section: Reader,
-    allowed: u64,
-    /// Identifiers that may repeat (user property; subscription identifier in PUBLISH).
-    repeatable: u64,
-    seen: u64,
-}
-
-impl PropertyReader {
-    fn new(
-        r: &mut Reader,
-        allowed: u64,
-        repeatable: u64,
-        context: &'static str,
-    ) -> Result<Self, DecodeError> {
-        let len = r.varint()?;
-        let section = r.take(len as usize)?;
-        Ok(PropertyReader {
-            section: Reader {
-                buf: section,
-                packet: context,
-            },
-            allowed,
-            repeatable,
-            seen: 0,
-        })
-    }
-
-    /// The next property identifier, checked against where it is and what came before.
-    fn next_id(&mut self) -> Result<Option<u8>, DecodeError> {
-        if self.section.is_empty() {
-            return Ok(None);
-        }
-        let packet = self.section.packet;
-        // Identifiers are variable byte integers, but all defined ones fit in one byte; a
-        // longer one is simply not an identifier this packet allows.
-        let id = self.section.u8()?;
-        if id >= 64 || self.allowed & bit(id) == 0 {
-            return Err(DecodeError::InvalidProperty { packet, id });
-        }
-        if self.seen & bit(id) != 0 && self.repeatable & bit(id) == 0 {
-            return Err(DecodeError::DuplicateProperty { packet, id });
-        }
-        self.seen |= bit(id);
-        Ok(Some(id))
-    }
-
-    fn invalid(&self, id: u8) -> DecodeError {
-        DecodeError::InvalidPropertyValue {
-            packet: self.section.packet,
-            id,
-        }
-    }
-
-    /// A byte property whose only values are 0 and 1.
-    fn flag(&mut self, id: u8) -> Result<u8, DecodeError> {
-        match self.section.u8()? {
-            v @ (0 | 1) => Ok(v),
-            _ => Err(self.invalid(id)),
-        }
-    }
-
-    fn nonzero_u16(&mut self, id: u8) -> Result<u16, DecodeError> {
-        match self.section.u16()? {
-            0 => Err(self.invalid(id)),
-            v => Ok(v),
-        }
-    }
-
-    fn nonzero_u32(&mut self, id: u8) -> Result<u32, DecodeError> {
-        match self.section.u32()? {
-            0 => Err(self.invalid(id)),
-            v => Ok(v),
-        }
-    }
-
-    fn subscription_identifier(&mut self) -> Result<u32, DecodeError> {
-        match self.section.varint()? {
-            0 => Err(self.invalid(SUBSCRIPTION_IDENTIFIER)),
-            v => Ok(v),
-        }
-    }
-
-    fn user_property(&mut self) -> Result<(ByteStr, ByteStr), DecodeError> {
-        let key = self.section.string("user property")?;
-        let value = self.section.string("user property")?;
-        Ok((key, value))
-    }
-}
-
-fn read_properties(r: &mut Reader, allowed: u64) -> Result<Properties, DecodeError> {
-    let packet = r.packet;
-    let mut pr = PropertyReader::new(r, allowed, bit(USER_PROPERTY), packet)?;
-    let mut p = Properties::default();
-    while let Some(id) = pr.next_id()? {
-        let s = &mut pr.section;
-        match id {
-            SESSION_EXPIRY_INTERVAL => p.session_expiry_interval = Some(s.u32()?),
-            ASSIGNED_CLIENT_IDENTIFIER => {
-                p.assigned_client_identifier = Some(s.string("assigned client identifier")?)
-            }
-            SERVER_KEEP_ALIVE => p.server_keep_alive = Some(s.u16()?),
-            AUTHENTICATION_METHOD => {
-                p.authentication_method = Some(s.string("authentication method")?)
-            }
-            AUTHENTICATION_DATA => p.authentication_data = Some(s.binary()?),
-            REQUEST_PROBLEM_INFORMATION => p.request_problem_information = Some(pr.flag(id)?),
-            REQUEST_RESPONSE_INFORMATION => p.request_response_information = Some(pr.flag(id)?),
-            RESPONSE_INFORMATION => {
-                p.response_information = Some(s.string("response information")?)
-            }
-            SERVER_REFERENCE => p.server_reference = Some(s.string("server reference")?),
-            REASON_STRING => p.reason_string = Some(s.string("reason string")?),
-            RECEIVE_MAXIMUM => p.receive_maximum = Some(pr.nonzero_u16(id)?),
-            TOPIC_ALIAS_MAXIMUM => p.topic_alias_maximum = Some(s.u16()?),
-            MAXIMUM_QOS => p.maximum_qos = Some(pr.flag(id)?),
-            RETAIN_AVAILABLE => p.retain_available = Some(pr.flag(id)?),
-            MAXIMUM_PACKET_SIZE => p.maximum_packet_size = Some(pr.nonzero_u32(id)?),
-            WILDCARD_SUBSCRIPTION_AVAILABLE => {
-                p.wildcard_subscription_available = Some(pr.flag(id)?)
-            }
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE => {
-                p.subscription_identifier_available = Some(pr.flag(id)?)
-            }
-            SHARED_SUBSCRIPTION_AVAILABLE => p.shared_subscription_available = Some(pr.flag(id)?),
-            SUBSCRIPTION_IDENTIFIER => {
-                p.subscription_identifier = Some(pr.subscription_identifier()?)
-            }
-            USER_PROPERTY => p.user_properties.push(pr.user_property()?),
-            id => return Err(DecodeError::InvalidProperty { packet, id }),
-        }
-    }
-    if p.authentication_data.is_some() && p.authentication_method.is_none() {
-        return Err(pr.invalid(AUTHENTICATION_DATA));
-    }
-    Ok(p)
-}
-
-/// PUBLISH or will properties; the second value is the will delay interval.
-fn read_publish_properties(
-    r: &mut Reader,
-    allowed: u64,
-    context: &'static str,
-) -> Result<(PublishProperties, Option<u32>), DecodeError> {
-    let repeatable = bit(USER_PROPERTY) | bit(SUBSCRIPTION_IDENTIFIER);
-    let mut pr = PropertyReader::new(r, allowed, repeatable, context)?;
-    let mut p = PublishProperties::default();
-    let mut will_delay = None;
-    while let Some(id) = pr.next_id()? {
-        let s = &mut pr.section;
-        match id {
-            PAYLOAD_FORMAT_INDICATOR => p.payload_format_indicator = Some(pr.flag(id)?),
-            MESSAGE_EXPIRY_INTERVAL => p.message_expiry_interval = Some(s.u32()?),
-            CONTENT_TYPE => p.content_type = Some(s.string("content type")?),
-            RESPONSE_TOPIC => {
-                let topic = s.string("response topic")?;
-                if topic.is_empty() || check_topic_name(&topic, context).is_err() {
-                    return Err(pr.invalid(id));
-                }
-                p.response_topic = Some(topic);
-            }
-            CORRELATION_DATA => p.correlation_data = Some(s.binary()?),
-            SUBSCRIPTION_IDENTIFIER => {
-                let v = pr.subscription_identifier()?;
-                p.subscription_identifiers.push(v);
-            }
-            WILL_DELAY_INTERVAL => will_delay = Some(s.u32()?),
-            TOPIC_ALIAS => p.topic_alias = Some(pr.nonzero_u16(id)?),
-            USER_PROPERTY => p.user_properties.push(pr.user_property()?),
-            id => {
-                return Err(DecodeError::InvalidProperty {
-                    packet: context,
-                    id,
-                })
-            }
-        }
-    }
-    Ok((p, will_delay))
-}
-
 // =============================================================================================
 // Encoding
 
@@ -1442,7 +1182,9 @@ fn put_body<S: Sink>(s: &mut S, packet: &Packet, protocol: ProtocolVersion) {
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(d) => {
             if v5 {
-                put_reason_and_properties(s, d.reason, &d.properties, DISCONNECT_PROPERTIES, true);
+                // Always with a property length when a reason is sent: the spec allows
+                // omitting it, but rumqttc (our bridge's client) and others fail to parse that.
+                put_reason_and_properties(s, d.reason, &d.properties, DISCONNECT_PROPERTIES, false);
             }
         }
         Packet::Auth(a) => {
@@ -1568,201 +1310,9 @@ fn put_reason_and_properties<S: Sink>(
     }
 }
 
-fn put_properties_section<S: Sink>(s: &mut S, p: &Properties, allowed: u64) {
-    match measure(|c| put_properties(c, p, allowed)) {
-        Ok(len) => {
-            s.varint(len);
-            put_properties(s, p, allowed);
-        }
-        Err(e) => s.fail(e),
-    }
-}
-
-fn put_publish_properties_section<S: Sink>(
-    s: &mut S,
-    p: &PublishProperties,
-    allowed: u64,
-    will_delay: Option<u32>,
-) {
-    if p.is_empty() && will_delay.is_none() {
-        s.u8(0);
-        return;
-    }
-    match measure(|c| put_publish_properties(c, p, allowed, will_delay)) {
-        Ok(len) => {
-            s.varint(len);
-            put_publish_properties(s, p, allowed, will_delay);
-        }
-        Err(e) => s.fail(e),
-    }
-}
-
-/// Writes the properties of `p` that `allowed` lets this packet carry.
-fn put_properties<S: Sink>(s: &mut S, p: &Properties, allowed: u64) {
-    let mut w = PropertyWriter { s, allowed };
-    w.u32(SESSION_EXPIRY_INTERVAL, p.session_expiry_interval);
-    w.string(
-        ASSIGNED_CLIENT_IDENTIFIER,
-        "assigned client identifier",
-        p.assigned_client_identifier
-            .as_ref()
-            .map(|v| v.as_bytes().as_ref()),
-    );
-    w.u16(SERVER_KEEP_ALIVE, p.server_keep_alive);
-    w.string(
-        AUTHENTICATION_METHOD,
-        "authentication method",
-        p.authentication_method
-            .as_ref()
-            .map(|v| v.as_bytes().as_ref()),
-    );
-    w.string(
-        AUTHENTICATION_DATA,
-        "authentication data",
-        p.authentication_data.as_deref(),
-    );
-    w.u8(REQUEST_PROBLEM_INFORMATION, p.request_problem_information);
-    w.u8(REQUEST_RESPONSE_INFORMATION, p.request_response_information);
-    w.string(
-        RESPONSE_INFORMATION,
-        "response information",
-        p.response_information
-            .as_ref()
-            .map(|v| v.as_bytes().as_ref()),
-    );
-    w.string(
-        SERVER_REFERENCE,
-        "server reference",
-        p.server_reference.as_ref().map(|v| v.as_bytes().as_ref()),
-    );
-    w.string(
-        REASON_STRING,
-        "reason string",
-        p.reason_string.as_ref().map(|v| v.as_bytes().as_ref()),
-    );
-    w.u16(RECEIVE_MAXIMUM, p.receive_maximum);
-    w.u16(TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
-    w.u8(MAXIMUM_QOS, p.maximum_qos);
-    w.u8(RETAIN_AVAILABLE, p.retain_available);
-    w.u32(MAXIMUM_PACKET_SIZE, p.maximum_packet_size);
-    w.u8(
-        WILDCARD_SUBSCRIPTION_AVAILABLE,
-        p.wildcard_subscription_available,
-    );
-    w.u8(
-        SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-        p.subscription_identifier_available,
-    );
-    w.u8(
-        SHARED_SUBSCRIPTION_AVAILABLE,
-        p.shared_subscription_available,
-    );
-    if let Some(id) = p.subscription_identifier {
-        w.subscription_identifier(id);
-    }
-    w.user_properties(&p.user_properties);
-}
-
-fn put_publish_properties<S: Sink>(
-    s: &mut S,
-    p: &PublishProperties,
-    allowed: u64,
-    will_delay: Option<u32>,
-) {
-    let mut w = PropertyWriter { s, allowed };
-    w.u8(PAYLOAD_FORMAT_INDICATOR, p.payload_format_indicator);
-    w.u32(MESSAGE_EXPIRY_INTERVAL, p.message_expiry_interval);
-    w.string(
-        CONTENT_TYPE,
-        "content type",
-        p.content_type.as_ref().map(|v| v.as_bytes().as_ref()),
-    );
-    w.string(
-        RESPONSE_TOPIC,
-        "response topic",
-        p.response_topic.as_ref().map(|v| v.as_bytes().as_ref()),
-    );
-    w.string(
-        CORRELATION_DATA,
-        "correlation data",
-        p.correlation_data.as_deref(),
-    );
-    for &id in &p.subscription_identifiers {
-        w.subscription_identifier(id);
-    }
-    w.u32(WILL_DELAY_INTERVAL, will_delay);
-    w.u16(TOPIC_ALIAS, p.topic_alias);
-    w.user_properties(&p.user_properties);
-}
-
-/// Writes one property at a time, skipping unset ones and those the packet may not carry.
-struct PropertyWriter<'a, S> {
-    s: &'a mut S,
-    allowed: u64,
-}
-
-impl<S: Sink> PropertyWriter<'_, S> {
-    fn on(&mut self, id: u8) -> bool {
-        let on = self.allowed & bit(id) != 0;
-        if on {
-            self.s.u8(id);
-        }
-        on
-    }
-
-    fn u8(&mut self, id: u8, v: Option<u8>) {
-        if let Some(v) = v {
-            if self.on(id) {
-                self.s.u8(v);
-            }
-        }
-    }
-
-    fn u16(&mut self, id: u8, v: Option<u16>) {
-        if let Some(v) = v {
-            if self.on(id) {
-                self.s.u16(v);
-            }
-        }
-    }
-
-    fn u32(&mut self, id: u8, v: Option<u32>) {
-        if let Some(v) = v {
-            if self.on(id) {
-                self.s.u32(v);
-            }
-        }
-    }
-
-    fn string(&mut self, id: u8, field: &'static str, v: Option<&[u8]>) {
-        if let Some(v) = v {
-            if self.on(id) {
-                self.s.prefixed(field, v);
-            }
-        }
-    }
-
-    fn subscription_identifier(&mut self, v: u32) {
-        if self.on(SUBSCRIPTION_IDENTIFIER) {
-            if v as usize > MAX_VARINT {
-                self.s.fail(EncodeError::SubscriptionIdentifierTooLarge(v));
-            }
-            self.s.varint(v as usize);
-        }
-    }
-
-    fn user_properties(&mut self, pairs: &[(ByteStr, ByteStr)]) {
-        for (key, value) in pairs {
-            if self.on(USER_PROPERTY) {
-                self.s.prefixed("user property", key.as_bytes());
-                self.s.prefixed("user property", value.as_bytes());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::properties::*;
     use super::*;
     use crate::packet::reason;
     use proptest::prelude::*;
@@ -2219,7 +1769,7 @@ mod tests {
             reason: reason::SESSION_TAKEN_OVER,
             properties: Properties::default(),
         };
-        codes_as(&[0xE0, 1, 0x8E], V5, Packet::Disconnect(taken_over));
+        codes_as(&[0xE0, 2, 0x8E, 0], V5, Packet::Disconnect(taken_over));
         let with_will = Disconnect {
             reason: reason::DISCONNECT_WITH_WILL,
             properties: Properties {
