@@ -219,7 +219,7 @@ row "max RSS during fanout, KB" fanout0 .rss.max_kb
 printf '%s\n' "$(printf '%.0s-' $(seq 89))"
 echo "holdfast binary (stripped release): $BIN_SIZE bytes  ($(ls -l "$HOLDFAST" | awk '{print $5, $9}'))"
 echo "holdfast flood ($(get holdfast flood .publishers) publishers, qos0, subscriber not reading, $DURATION):" \
-    "sent $(fmt "$(get holdfast flood .sent)") msg ($(fmt "$(get holdfast flood .send_rate)") msg/s)," \
+    "sent $(fmt "$(get holdfast flood .sent)") msg ($(fmt "$(get holdfast flood .send_rate)") msg/s), received $(fmt "$(get holdfast flood .received)")," \
     "RSS start $(fmt "$(get holdfast flood .rss.start_kb)") KB, max $(fmt "$(get holdfast flood .rss.max_kb)") KB," \
     "end $(fmt "$(get holdfast flood .rss.end_kb)") KB; subscriber closed by broker: $(get holdfast flood .subs_closed_by_broker)"
 

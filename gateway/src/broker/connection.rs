@@ -562,6 +562,14 @@ impl Connection {
         let mut packets = std::mem::take(&mut self.inbound);
         let broker = self.broker.clone();
         let now = Instant::now();
+        let publishes = packets
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count();
+        broker
+            .traffic
+            .publish_received
+            .fetch_add(publishes as u64, Ordering::Relaxed);
         let result = broker.with_router(|r| {
             for packet in packets.drain(..) {
                 self.apply_packet(r, packet, now)?;
@@ -676,10 +684,6 @@ impl Connection {
 
     fn apply_publish(&mut self, r: &mut Router, mut p: Publish, now: Instant) -> Result<(), Close> {
         let v5 = self.protocol.is_v5();
-        self.broker
-            .traffic
-            .publish_received
-            .fetch_add(1, Ordering::Relaxed);
         if let Some(alias) = p.properties.topic_alias.take() {
             let max = self.broker.config.mqtt.max_topic_alias;
             if alias == 0 || alias > max {

@@ -32,6 +32,16 @@ pub struct Message {
 }
 
 impl Message {
+    /// A copy whose topic and payload own their memory. Decoded messages share the read buffer
+    /// they came from; one kept for long (retained, queued for an offline session) would pin
+    /// that whole buffer, so those are detached first.
+    pub fn detached(&self) -> Message {
+        let mut m = self.clone();
+        m.topic = ByteStr::from(self.topic.as_str());
+        m.payload = Bytes::copy_from_slice(&self.payload);
+        m
+    }
+
     /// True when the message expiry interval has run out at `now`.
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)

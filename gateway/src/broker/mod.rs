@@ -130,3 +130,6 @@ impl Broker {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod router_tests;

@@ -458,7 +458,7 @@ impl Router {
             return;
         }
         // Stored without the publisher, so no-local never hides a retained message.
-        let mut stored = Message::clone(msg);
+        let mut stored = msg.detached();
         stored.publisher = None;
         self.retained.insert(msg.topic.clone(), Arc::new(stored));
     }
@@ -785,6 +785,11 @@ fn enqueue(
     if s.conn.is_none() && delivery.qos == QoS::AtMostOnce && !cfg.mqueue_store_qos0 {
         counters.dropped_qos0_offline += 1;
         return false;
+    }
+    let mut delivery = delivery;
+    if s.conn.is_none() {
+        // Kept until the client returns: do not pin the publisher's read buffer meanwhile.
+        delivery.message = Arc::new(delivery.message.detached());
     }
     if s.mqueue.len() >= cfg.max_mqueue_len {
         s.mqueue.pop_front();
