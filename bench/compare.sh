@@ -8,7 +8,10 @@
 #
 # Loads, per broker: fanin qos0 (100 -> 1), fanin qos1, fanout qos0 (1 -> 100), latency at
 # 10,000 msg/s, idle connections (on a freshly started broker, so the RSS baseline is clean);
-# then a flood on holdfast alone with its RSS. Raw JSON results stay in $BENCH_KEEP if set.
+# then a flood on holdfast alone with its RSS. Raw JSON results and broker logs are copied to
+# $BENCH_KEEP if set. mosquitto runs with its defaults, which leave TCP_NODELAY off (Nagle plus
+# the client's delayed ACK shows in its latency tail); BENCH_MOSQUITTO_NODELAY=1 adds
+# `set_tcp_nodelay true` to its config.
 # Needs: cargo, jq, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -42,6 +45,7 @@ fi
 [[ -x $MOSQUITTO ]] || die "mosquitto not found"
 command -v jq >/dev/null || apt_install jq
 
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "building"
 (cd "$ROOT" && cargo build --release -p holdfast -p holdfast-bench)
 BENCH=$ROOT/target/release/holdfast-bench
@@ -85,6 +89,7 @@ start_broker() { # name -> sets BROKER_PID, PORT
     case $1 in
     mosquitto)
         printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000\n' "$PORT" >"$WORK/mosquitto.conf"
+        if [[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]]; then echo "set_tcp_nodelay true" >>"$WORK/mosquitto.conf"; fi
         "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
         ;;
     holdfast)
@@ -188,7 +193,8 @@ row() { # label test jq-path
 
 BIN_SIZE=$(stat -c %s "$HOLDFAST")
 echo
-echo "holdfast vs mosquitto ($("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/ running.*//')), loads of $DURATION, $(nproc) CPUs, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "holdfast vs mosquitto ($("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/ running.*//')$([[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]] && echo ', set_tcp_nodelay true')), loads of $DURATION, $(nproc) CPUs, load average at start $LOADAVG_START, $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "hf/mosq = holdfast / mosquitto; lost = expected deliveries never received (after a 5 s drain)"
 printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
 printf '%s\n' "$(printf '%.0s-' $(seq 89))"
 row "fanin qos0 100->1 msg/s (higher better)" fanin0 .recv_rate

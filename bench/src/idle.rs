@@ -7,9 +7,8 @@
 
 use crate::client::{Client, Target};
 use crate::error::{BenchError, Role};
-use crate::report::IdleReport;
+use crate::report::{summarize, IdleReport};
 use crate::rss::read_rss_kb;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -92,24 +91,4 @@ pub(crate) async fn run(
     };
     drop(open);
     Ok(report)
-}
-
-/// Collapses per-connection messages into one line per cause with its count.
-fn summarize(errors: Vec<String>) -> Vec<String> {
-    let mut causes: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &errors {
-        *causes.entry(strip_role(e).to_string()).or_default() += 1;
-    }
-    causes
-        .into_iter()
-        .map(|(cause, n)| format!("{n} connection(s): {cause}"))
-        .collect()
-}
-
-/// "connection 17: broker closed ..." -> "broker closed ...", so equal causes collapse.
-fn strip_role(e: &str) -> &str {
-    match e.split_once(": ") {
-        Some((head, rest)) if head.starts_with("connection ") => rest,
-        _ => e,
-    }
 }

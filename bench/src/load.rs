@@ -11,7 +11,7 @@
 use crate::check::{new_histogram, ReceiverCheck};
 use crate::client::{Client, Target};
 use crate::error::{BenchError, Role};
-use crate::report::{Latency, LoadReport};
+use crate::report::{summarize, Latency, LoadReport};
 use crate::rss::RssSampler;
 use crate::stamp::{Stamp, STAMP_LEN};
 use bytes::Bytes;
@@ -291,7 +291,7 @@ fn assemble(
         rss,
         subs_closed_by_broker: subs_closed,
         blocked_publishers,
-        errors,
+        errors: summarize(errors),
     }
 }
 
@@ -686,10 +686,15 @@ async fn silent_until_stop(
             }
         }
     }
+    // Whatever the broker got into the socket; a quiet 100 ms ends the look.
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(100), c.stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(BenchError::io(c.role, e)),
+            Err(_) => break,
+        }
         match take_publishes(c, sh, out, false) {
-            Ok(0) => break,
             Ok(_) => {}
             Err(BenchError::Closed { .. }) => {
                 out.closed_by_broker = true;

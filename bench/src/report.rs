@@ -299,6 +299,47 @@ fn errors_text(errors: &[String]) -> String {
     s
 }
 
+/// Collapses errors that differ only in the client they name ("publisher 3: broker closed
+/// the connection") into one line per cause with its count, in order of first appearance.
+pub(crate) fn summarize(errors: Vec<String>) -> Vec<String> {
+    let mut causes: Vec<(String, u64, String)> = Vec::new();
+    for e in errors {
+        let cause = strip_client(&e).to_string();
+        match causes.iter_mut().find(|(c, _, _)| *c == cause) {
+            Some((_, n, _)) => *n += 1,
+            None => causes.push((cause, 1, e)),
+        }
+    }
+    causes
+        .into_iter()
+        .map(|(cause, n, first)| match first.split_once(": ") {
+            Some((client, _)) if n > 1 => format!("{cause} ({n} clients, first {client})"),
+            _ => first,
+        })
+        .collect()
+}
+
+/// "publisher 17: broker closed ..." -> "broker closed ...".
+fn strip_client(e: &str) -> &str {
+    match e.split_once(": ") {
+        Some((head, rest)) => {
+            let mut words = head.split(' ');
+            let kind = words.next().unwrap_or("");
+            let index = words.next().unwrap_or("");
+            let is_client = matches!(kind, "publisher" | "subscriber" | "connection")
+                && !index.is_empty()
+                && index.bytes().all(|b| b.is_ascii_digit())
+                && words.next().is_none();
+            if is_client {
+                rest
+            } else {
+                e
+            }
+        }
+        None => e,
+    }
+}
+
 /// 1234567 -> "1,234,567".
 pub(crate) fn thousands(v: u64) -> String {
     let digits = v.to_string();
@@ -332,6 +373,24 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn errors_that_differ_only_in_the_client_collapse_into_one_line() {
+        let errors = vec![
+            "publisher 0: broker closed the connection".to_string(),
+            "publisher 1: broker closed the connection".to_string(),
+            "subscriber 0: network error: boom".to_string(),
+            "3 PUBACKs for packet ids not in flight".to_string(),
+        ];
+        assert_eq!(
+            summarize(errors),
+            vec![
+                "broker closed the connection (2 clients, first publisher 0)",
+                "subscriber 0: network error: boom",
+                "3 PUBACKs for packet ids not in flight",
+            ]
+        );
     }
 
     #[test]

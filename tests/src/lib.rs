@@ -261,10 +261,8 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if self.child.is_some() {
-            if self.stop().is_none() {
-                self.kill9();
-            }
+        if self.child.is_some() && self.stop().is_none() {
+            self.kill9();
         }
         if std::thread::panicking() {
             eprintln!(

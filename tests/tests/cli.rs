@@ -123,7 +123,7 @@ fn run_with_no_config_uses_the_built_in_defaults() {
     // Defaults bind 0.0.0.0:1883; move only the port so the test stays on a free one.
     let port = free_port();
     let dir = TempDir::new("defaults");
-    let mut child = Command::new(holdfast_bin())
+    let child = Command::new(holdfast_bin())
         .arg("run")
         .arg("--data-dir")
         .arg(dir.path())

@@ -205,7 +205,11 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
     assert_eq!(reason, 0x8E);
     let _ev_b = b.await.unwrap();
     // The newcomer asked for a clean start, so the old session was discarded (EMQX's reason).
-    assert!(gw.wait_for_log("reason=\"discarded\"", WAIT), "{}", gw.log());
+    assert!(
+        gw.wait_for_log("reason=\"discarded\"", WAIT),
+        "{}",
+        gw.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

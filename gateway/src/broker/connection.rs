@@ -32,6 +32,9 @@ use tokio::time::sleep_until;
 
 /// Bytes reserved for each socket read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Bytes reserved per read before CONNECT: small, so a connection storm does not fragment the
+/// heap with read buffers that idle clients never need again.
+const CONNECT_CHUNK: usize = 512;
 /// Deliveries taken from the session per router lock.
 const DRAIN_BATCH: usize = 256;
 /// How long a closing connection may spend flushing its last bytes.
@@ -207,10 +210,15 @@ impl Connection {
                         tracing::debug!(peer = %self.peer, error = %e, "socket error before CONNECT");
                         return Err(Close::new(DisconnectReason::TcpClosed, None));
                     }
-                    match self.try_read() {
+                    match self.try_read(CONNECT_CHUNK) {
                         Ok(0) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Stale readiness: do not keep a reserved buffer for nothing.
+                            if self.rbuf.is_empty() {
+                                self.rbuf = BytesMut::new();
+                            }
+                        }
                         Err(_) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
                     }
                 }
@@ -218,8 +226,8 @@ impl Connection {
         }
     }
 
-    fn try_read(&mut self) -> io::Result<usize> {
-        self.rbuf.reserve(READ_CHUNK);
+    fn try_read(&mut self, chunk: usize) -> io::Result<usize> {
+        self.rbuf.reserve(chunk);
         let n = self.stream.try_read_buf(&mut self.rbuf)?;
         self.broker
             .traffic
@@ -246,7 +254,8 @@ impl Connection {
         self.protocol = connect.protocol;
         let v5 = self.protocol.is_v5();
         let mut assigned = None;
-        let mut client_id = connect.client_id.clone();
+        // Owned copies: a slice would pin the whole read buffer for the session's life.
+        let mut client_id = ByteStr::from(connect.client_id.as_str());
         if client_id.is_empty() {
             if !v5 && !connect.clean_start {
                 return Err(self.refuse(
@@ -277,7 +286,6 @@ impl Connection {
             }
         }
 
-        let now = Instant::now();
         if let Some(w) = &connect.will {
             if topic::validate_topic_name(&w.topic).is_err() || w.topic.starts_with('$') {
                 return Err(self.refuse(reason::TOPIC_NAME_INVALID, "invalid will topic"));
@@ -285,13 +293,13 @@ impl Connection {
             let mut properties = w.properties.clone();
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();
-            let expires_at = properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s)));
+            // The will's expiry counts from when it is published (MQTT 5 §3.1.3.2.4): the
+            // router arms it then.
+            let expires_at = None;
             self.will = Some(Will {
                 message: Arc::new(Message {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
+                    topic: ByteStr::from(w.topic.as_str()),
+                    payload: bytes::Bytes::copy_from_slice(&w.payload),
                     qos: w.qos,
                     retain: w.retain,
                     properties,
@@ -434,6 +442,9 @@ impl Connection {
             if let Err(close) = self.handle_input() {
                 return close;
             }
+        } else {
+            // Idle connections keep no read buffer.
+            self.rbuf = BytesMut::new();
         }
         self.drain_outgoing();
         loop {
@@ -470,7 +481,7 @@ impl Connection {
                     if r.is_err() {
                         return Close::new(DisconnectReason::TcpClosed, None);
                     }
-                    match self.try_read() {
+                    match self.try_read(READ_CHUNK) {
                         Ok(0) => return Close::new(DisconnectReason::TcpClosed, None),
                         Ok(_) => {
                             keepalive.as_mut().reset(tokio::time::Instant::now() + self.keepalive_window());
@@ -478,7 +489,12 @@ impl Connection {
                                 return close;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            // Stale readiness: do not keep a reserved buffer for nothing.
+                            if self.rbuf.is_empty() {
+                                self.rbuf = BytesMut::new();
+                            }
+                        }
                         Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
                     }
                 }
@@ -517,7 +533,7 @@ impl Connection {
                 Err(_) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
             }
         }
-        if self.wbuf.is_empty() && self.wbuf.capacity() > 4 * READ_CHUNK {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             // Give a burst's buffer back instead of keeping it for an idle client.
             self.wbuf = BytesMut::new();
         }
@@ -705,7 +721,8 @@ impl Connection {
                     }
                 }
             } else {
-                self.in_aliases.insert(alias, p.topic.clone());
+                self.in_aliases
+                    .insert(alias, ByteStr::from(p.topic.as_str()));
             }
         }
         if p.topic.is_empty() {
@@ -797,8 +814,7 @@ impl Connection {
             let released = std::mem::take(&mut self.released);
             let more = self.broker.with_router(|r| {
                 for pid in &released {
-                    r.puback(sid, *pid);
-                    r.pubcomp(sid, *pid);
+                    r.discard_inflight(sid, *pid);
                 }
                 r.take_outgoing(sid, conn_id, DRAIN_BATCH, now, &mut out)
             });
@@ -807,12 +823,12 @@ impl Connection {
                 self.encode_outgoing(item, now);
             }
             self.outgoing = out;
-            self.released.clear();
             self.broker
                 .traffic
                 .publish_sent
                 .fetch_add(sent as u64, Ordering::Relaxed);
-            if !more {
+            // Slots freed by deliveries too large for the client need one more pass.
+            if !more && self.released.is_empty() {
                 return;
             }
         }
@@ -841,6 +857,7 @@ impl Connection {
             payload: msg.payload.clone(),
             properties: Default::default(),
         };
+        let mut new_alias = None;
         if self.protocol.is_v5() {
             publish.properties = msg.properties.clone();
             if let Some(id) = delivery.subscription_id {
@@ -852,9 +869,9 @@ impl Connection {
                     publish.properties.topic_alias = Some(alias);
                     publish.topic = ByteStr::default();
                 } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
-                    let alias = self.out_aliases.len() as u16 + 1;
-                    self.out_aliases.insert(msg.topic.clone(), alias);
-                    publish.properties.topic_alias = Some(alias);
+                    // Recorded only once the packet is known to go out (below).
+                    new_alias = Some(self.out_aliases.len() as u16 + 1);
+                    publish.properties.topic_alias = new_alias;
                 }
             }
         }
@@ -874,8 +891,12 @@ impl Connection {
             tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "dropped: larger than the client's maximum packet size");
             if packet_id != 0 {
                 self.released.push(packet_id);
-                self.drain_more = true;
             }
+            return;
+        }
+        if let Some(alias) = new_alias {
+            self.out_aliases
+                .insert(ByteStr::from(msg.topic.as_str()), alias);
         }
     }
 
@@ -940,5 +961,30 @@ fn reason_for(e: &DecodeError) -> DisconnectReason {
         DisconnectReason::FrameTooLarge
     } else {
         DisconnectReason::ProtocolError
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_task_stays_small_enough_for_thousands_of_idle_clients() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        let config = Arc::new(crate::config::Config::default());
+        let auth = Arc::new(crate::auth::Authenticator::new(true, None));
+        let broker = Broker::new(config, auth, tokio_util::sync::CancellationToken::new());
+        let stats = Arc::new(ListenerStats::new("t".into(), addr.to_string(), 10));
+        let task = serve(server, peer, broker, stats);
+        let size = std::mem::size_of_val(&task);
+        eprintln!(
+            "serve future: {size} bytes, Connection: {} bytes",
+            std::mem::size_of::<Connection>()
+        );
+        assert!(size < 4096, "serve future is {size} bytes");
+        drop(client);
     }
 }

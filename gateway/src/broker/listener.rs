@@ -46,13 +46,11 @@ impl BoundListener {
 
 /// Binds a listener's socket.
 pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
-    let socket = TcpListener::bind(config.bind)
-        .await
-        .map_err(|source| BindError {
-            name: config.name.clone(),
-            bind: config.bind,
-            source,
-        })?;
+    let socket = listen(config.bind).map_err(|source| BindError {
+        name: config.name.clone(),
+        bind: config.bind,
+        source,
+    })?;
     let listen_on = socket
         .local_addr()
         .map_or_else(|_| config.bind.to_string(), |a| a.to_string());
@@ -66,6 +64,20 @@ pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
         socket,
         stats,
     })
+}
+
+/// Backlog of pending connections: the std default (128) overflows in reconnect storms.
+const BACKLOG: u32 = 1024;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Accepts connections until shutdown, each served on `tracker`.

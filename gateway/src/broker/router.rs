@@ -157,6 +157,8 @@ pub struct Router {
     subs: SubscriptionTrie<SessionId, Subscription>,
     shared: SubscriptionTrie<ByteStr, SharedGroup>,
     retained: HashMap<ByteStr, Arc<Message>>,
+    /// Retained topics that count against `max_retained_messages` (all but `$SYS`).
+    retained_user: usize,
     next_session_id: SessionId,
     /// Connections to wake once the lock is released.
     wake: Vec<Arc<ConnControl>>,
@@ -175,6 +177,7 @@ impl Router {
             subs: SubscriptionTrie::new(),
             shared: SubscriptionTrie::new(),
             retained: HashMap::new(),
+            retained_user: 0,
             next_session_id: 1,
             wake: Vec::new(),
             counters: RouterCounters::default(),
@@ -245,7 +248,9 @@ impl Router {
                 }
             }
             // Clean start: the old session ends here; its pending will goes out now.
-            self.remove_session(sid);
+            if let Some(pending) = self.remove_session(sid) {
+                self.publish_will(pending, Instant::now());
+            }
             discarded = true;
         }
         let sid = self.next_session_id;
@@ -276,14 +281,17 @@ impl Router {
         now: Instant,
     ) {
         let Some(s) = self.sessions.get_mut(&sid) else {
-            if let Some((msg, Duration::ZERO)) = will {
-                self.publish(msg, now);
+            // The session already ended (a clean-start newcomer discarded it): so does the
+            // will's delay.
+            if let Some((msg, _)) = will {
+                self.publish_will(msg, now);
             }
             return;
         };
         if s.conn.as_ref().map(|c| c.conn_id) != Some(conn_id) {
+            // Resumed by another connection: a delayed will is cancelled by the resume.
             if let Some((msg, Duration::ZERO)) = will {
-                self.publish(msg, now);
+                self.publish_will(msg, now);
             }
             return;
         }
@@ -292,9 +300,11 @@ impl Router {
             s.expiry = expiry;
         }
         if s.expiry.is_zero() {
-            self.remove_session(sid);
+            if let Some(pending) = self.remove_session(sid) {
+                self.publish_will(pending, now);
+            }
             if let Some((msg, _)) = will {
-                self.publish(msg, now);
+                self.publish_will(msg, now);
             }
             return;
         }
@@ -306,7 +316,7 @@ impl Router {
         }
         match will {
             Some((msg, delay)) if delay.is_zero() => {
-                self.publish(msg, now);
+                self.publish_will(msg, now);
             }
             Some((message, delay)) => {
                 s.pending_will = Some(PendingWill {
@@ -316,6 +326,32 @@ impl Router {
             }
             None => {}
         }
+    }
+
+    /// Publishes a will, starting its message expiry now (MQTT 5 §3.1.3.2.4).
+    fn publish_will(&mut self, msg: Arc<Message>, now: Instant) -> usize {
+        let msg = match msg.properties.message_expiry_interval {
+            Some(secs) if msg.expires_at.is_none() => {
+                let mut armed = Message::clone(&msg);
+                armed.expires_at = Some(now + Duration::from_secs(u64::from(secs)));
+                Arc::new(armed)
+            }
+            _ => msg,
+        };
+        self.publish(msg, now)
+    }
+
+    /// Removes an outbound inflight entry whatever its state (a delivery discarded because it
+    /// was too large for the client counts as delivered, MQTT 5 §3.1.2.11.4).
+    pub fn discard_inflight(&mut self, sid: SessionId, packet_id: u16) -> bool {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return false;
+        };
+        let Some(pos) = s.inflight.iter().position(|f| f.packet_id == packet_id) else {
+            return false;
+        };
+        s.inflight.remove(pos);
+        true
     }
 
     /// Publishes due delayed wills and discards expired offline sessions. Returns the client
@@ -335,7 +371,7 @@ impl Router {
             }
         }
         for msg in due_wills {
-            self.publish(msg, now);
+            self.publish_will(msg, now);
         }
         let mut ids = Vec::with_capacity(expired.len());
         for sid in expired {
@@ -343,7 +379,7 @@ impl Router {
                 ids.push(s.client_id.clone());
             }
             if let Some(w) = self.remove_session(sid) {
-                self.publish(w, now);
+                self.publish_will(w, now);
             }
         }
         ids
@@ -445,13 +481,18 @@ impl Router {
         if !self.cfg.retain_available {
             return;
         }
+        // The broker's own `$SYS` topics are a fixed, small set: they do not use up the
+        // user-facing `max_retained_messages`.
+        let counted = !msg.topic.starts_with('$');
         if msg.payload.is_empty() {
-            self.retained.remove(&msg.topic);
+            if self.retained.remove(&msg.topic).is_some() && counted {
+                self.retained_user -= 1;
+            }
             return;
         }
+        let is_new = !self.retained.contains_key(&msg.topic);
         if msg.payload.len() > self.cfg.max_retained_payload
-            || (self.retained.len() >= self.cfg.max_retained_messages
-                && !self.retained.contains_key(&msg.topic))
+            || (counted && is_new && self.retained_user >= self.cfg.max_retained_messages)
         {
             self.counters.dropped_retained_full += 1;
             tracing::warn!(topic = %msg.topic, "retained message not stored: retained store full or payload too large");
@@ -460,7 +501,10 @@ impl Router {
         // Stored without the publisher, so no-local never hides a retained message.
         let mut stored = msg.detached();
         stored.publisher = None;
-        self.retained.insert(msg.topic.clone(), Arc::new(stored));
+        self.retained.insert(stored.topic.clone(), Arc::new(stored));
+        if counted && is_new {
+            self.retained_user += 1;
+        }
     }
 
     /// Adds or replaces subscriptions; returns one SUBACK reason per filter and queues the
@@ -509,7 +553,11 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return reason::UNSPECIFIED_ERROR;
         };
-        let existed = s.subscriptions.insert(filter.clone(), sub).is_some();
+        // An owned copy: the filter came from a read buffer it would otherwise pin.
+        let existed = s
+            .subscriptions
+            .insert(ByteStr::from(filter.as_str()), sub)
+            .is_some();
         match shared {
             Some(SharedFilter { group, filter: f }) => {
                 let key = ByteStr::from(group);
