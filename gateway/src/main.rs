@@ -47,6 +47,13 @@ enum Command {
         #[command(subcommand)]
         action: PasswdAction,
     },
+    /// Resolve a host name the way the gateway does (/etc/hosts, then DNS) and print its
+    /// addresses: a check that name resolution works in the static firmware binary.
+    #[command(hide = true)]
+    Resolve {
+        /// Host name, optionally with :PORT.
+        host: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +91,7 @@ fn main() -> ExitCode {
             print!("{}", config::example_toml());
             ExitCode::SUCCESS
         }
+        Command::Resolve { host } => resolve(&host),
         Command::Passwd { action } => {
             let cmd = match action {
                 PasswdAction::Add { user, file } => PasswdCommand::Add { user, file },
@@ -100,6 +108,38 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn resolve(host: &str) -> ExitCode {
+    use std::net::ToSocketAddrs;
+    // A bare name gets a dummy port: the resolver wants HOST:PORT.
+    let target = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:0")
+    };
+    match target.to_socket_addrs() {
+        Ok(addrs) => {
+            let mut any = false;
+            for addr in addrs {
+                println!("{}", addr.ip());
+                any = true;
+            }
+            if any {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: {host}: no addresses");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot resolve {host}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

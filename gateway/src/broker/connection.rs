@@ -158,19 +158,22 @@ impl Connection {
     }
 
     async fn run(&mut self) -> DisconnectReason {
-        let connect = match self.read_connect().await {
+        // The handshake and the goodbye run in boxed futures: their state is only alive for a
+        // moment, and keeping it inline would make every idle connection's task that much
+        // bigger.
+        let connect = match Box::pin(self.read_connect()).await {
             Ok(c) => c,
             Err(close) => {
-                self.finish_unconnected(&close).await;
+                Box::pin(self.finish_unconnected(&close)).await;
                 return close.reason;
             }
         };
-        if let Err(close) = self.accept_connect(*connect).await {
-            self.finish_unconnected(&close).await;
+        if let Err(close) = Box::pin(self.accept_connect(*connect)).await {
+            Box::pin(self.finish_unconnected(&close)).await;
             return close.reason;
         }
         let close = self.packet_loop().await;
-        self.finish(close).await
+        Box::pin(self.finish(close)).await
     }
 
     /// Reads until the first packet, which must be CONNECT, arrives within `idle_timeout`.
@@ -340,6 +343,7 @@ impl Connection {
                 session_expiry,
                 window,
                 conn: self.ctrl.clone(),
+                now: Instant::now(),
             })
         });
         if let Some(old) = result.replaced {

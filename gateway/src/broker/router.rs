@@ -97,6 +97,8 @@ pub struct ConnectParams {
     pub window: usize,
     /// The connection's control handle.
     pub conn: Arc<ConnControl>,
+    /// When the CONNECT was accepted (the router never reads the clock itself).
+    pub now: Instant,
 }
 
 /// The router's answer to a CONNECT.
@@ -152,12 +154,14 @@ struct SharedGroup {
 #[derive(Debug)]
 pub struct Router {
     cfg: RouterConfig,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: a session is a few hundred bytes and the map keeps ~1.5x its length in slots.
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client: HashMap<ByteStr, SessionId>,
     subs: SubscriptionTrie<SessionId, Subscription>,
     shared: SubscriptionTrie<ByteStr, SharedGroup>,
     retained: HashMap<ByteStr, Arc<Message>>,
-    /// Retained topics that count against `max_retained_messages` (all but `$SYS`).
+    /// Retained topics that count against `max_retained_messages` (all but `$SYS/...`, which
+    /// only the broker can publish).
     retained_user: usize,
     next_session_id: SessionId,
     /// Connections to wake once the lock is released.
@@ -221,7 +225,30 @@ impl Router {
     pub fn connect(&mut self, params: ConnectParams) -> ConnectResult {
         let mut replaced = None;
         let mut discarded = false;
+        let now = params.now;
         if let Some(&sid) = self.by_client.get(&params.client_id) {
+            // An offline session past its expiry, or a will already due, is settled first: the
+            // one-second `tick` may simply not have run yet.
+            let (expired, will_due) = self.sessions.get(&sid).map_or((false, false), |s| {
+                (
+                    s.expires_at.is_some_and(|at| now >= at),
+                    s.pending_will.as_ref().is_some_and(|w| now >= w.publish_at),
+                )
+            });
+            if will_due {
+                if let Some(w) = self
+                    .sessions
+                    .get_mut(&sid)
+                    .and_then(|s| s.pending_will.take())
+                {
+                    self.publish_will(w.message, now);
+                }
+            }
+            if expired {
+                if let Some(w) = self.remove_session(sid) {
+                    self.publish_will(w, now);
+                }
+            }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 replaced = s.conn.take();
                 if !params.clean_start {
@@ -249,7 +276,7 @@ impl Router {
             }
             // Clean start: the old session ends here; its pending will goes out now.
             if let Some(pending) = self.remove_session(sid) {
-                self.publish_will(pending, Instant::now());
+                self.publish_will(pending, now);
             }
             discarded = true;
         }
@@ -259,7 +286,7 @@ impl Router {
         session.conn = Some(params.conn);
         session.expiry = params.session_expiry;
         session.window = params.window.max(1);
-        self.sessions.insert(sid, session);
+        self.sessions.insert(sid, Box::new(session));
         self.by_client.insert(params.client_id, sid);
         ConnectResult {
             session_id: sid,
@@ -420,7 +447,8 @@ impl Router {
     }
 
     /// Routes one message to every matching subscription (and stores it if retained).
-    /// Returns the number of deliveries queued.
+    /// Returns the number of subscriptions it matched (deliveries may still be dropped by
+    /// policy, e.g. QoS 0 for an offline session; those are counted).
     pub fn publish(&mut self, msg: Arc<Message>, now: Instant) -> usize {
         self.counters.messages_routed += 1;
         if msg.retain {
@@ -436,21 +464,22 @@ impl Router {
             rng,
             ..
         } = self;
-        let mut queued = 0;
+        let mut matched = 0;
+        // One owned copy shared by every offline session that queues the message.
+        let mut offline_copy = None;
         subs.for_each_match(&msg.topic, |_, sid, sub| {
             if sub.options.no_local && msg.publisher == Some(*sid) {
                 return;
             }
             if let Some(s) = sessions.get_mut(sid) {
+                matched += 1;
                 let delivery = Delivery {
                     message: msg.clone(),
                     qos: msg.qos.min(sub.options.qos),
                     retain: msg.retain && sub.options.retain_as_published,
                     subscription_id: sub.id,
                 };
-                if enqueue(cfg, counters, wake, s, delivery, now) {
-                    queued += 1;
-                }
+                enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
             }
         });
         shared.for_each_match(&msg.topic, |_, _, group| {
@@ -458,6 +487,7 @@ impl Router {
                 return;
             };
             if let Some(s) = sessions.get_mut(&sid) {
+                matched += 1;
                 let delivery = Delivery {
                     message: msg.clone(),
                     qos: msg.qos.min(sub.options.qos),
@@ -466,15 +496,13 @@ impl Router {
                     retain: msg.retain && sub.options.retain_as_published,
                     subscription_id: sub.id,
                 };
-                if enqueue(cfg, counters, wake, s, delivery, now) {
-                    queued += 1;
-                }
+                enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
             }
         });
-        if queued == 0 {
+        if matched == 0 {
             counters.dropped_no_subscribers += 1;
         }
-        queued
+        matched
     }
 
     fn store_retained(&mut self, msg: &Arc<Message>) {
@@ -483,7 +511,7 @@ impl Router {
         }
         // The broker's own `$SYS` topics are a fixed, small set: they do not use up the
         // user-facing `max_retained_messages`.
-        let counted = !msg.topic.starts_with('$');
+        let counted = !msg.topic.starts_with("$SYS/");
         if msg.payload.is_empty() {
             if self.retained.remove(&msg.topic).is_some() && counted {
                 self.retained_user -= 1;
@@ -615,7 +643,16 @@ impl Router {
                 retain: true,
                 subscription_id: sub.id,
             };
-            enqueue(cfg, counters, wake, s, delivery, now);
+            // Retained messages already own their memory: reuse them for offline sessions.
+            enqueue(
+                cfg,
+                counters,
+                wake,
+                s,
+                delivery,
+                &mut Some(msg.clone()),
+                now,
+            );
         }
     }
 
@@ -623,6 +660,15 @@ impl Router {
     pub fn unsubscribe(&mut self, sid: SessionId, filters: &[ByteStr]) -> Vec<u8> {
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in filters {
+            let valid = match topic::parse_shared(filter) {
+                Ok(Some(shared)) => topic::topic_levels(shared.filter) <= self.cfg.max_topic_levels,
+                Ok(None) => topic::topic_levels(filter) <= self.cfg.max_topic_levels,
+                Err(_) => false,
+            };
+            if !valid {
+                reasons.push(reason::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let had = self
                 .sessions
                 .get_mut(&sid)
@@ -828,6 +874,7 @@ fn enqueue(
     wake: &mut Vec<Arc<ConnControl>>,
     s: &mut Session,
     delivery: Delivery,
+    offline_copy: &mut Option<Arc<Message>>,
     now: Instant,
 ) -> bool {
     if s.conn.is_none() && delivery.qos == QoS::AtMostOnce && !cfg.mqueue_store_qos0 {
@@ -837,7 +884,8 @@ fn enqueue(
     let mut delivery = delivery;
     if s.conn.is_none() {
         // Kept until the client returns: do not pin the publisher's read buffer meanwhile.
-        delivery.message = Arc::new(delivery.message.detached());
+        let copy = offline_copy.get_or_insert_with(|| Arc::new(delivery.message.detached()));
+        delivery.message = copy.clone();
     }
     if s.mqueue.len() >= cfg.max_mqueue_len {
         s.mqueue.pop_front();
@@ -872,7 +920,7 @@ fn enqueue(
 /// being lost).
 fn pick_member(
     cfg: &RouterConfig,
-    sessions: &HashMap<SessionId, Session>,
+    sessions: &HashMap<SessionId, Box<Session>>,
     group: &SharedGroup,
     msg: &Message,
     rng: &mut u64,
@@ -881,7 +929,7 @@ fn pick_member(
     if n == 0 {
         return None;
     }
-    let connected = |sid: &SessionId| sessions.get(sid).is_some_and(Session::is_connected);
+    let connected = |sid: &SessionId| sessions.get(sid).is_some_and(|s| s.is_connected());
     let start = match cfg.shared_strategy {
         SharedStrategy::RoundRobin => {
             let i = group.next.get() % n;
@@ -902,10 +950,16 @@ fn pick_member(
             (fnv1a(publisher.as_bytes()) % n as u64) as usize
         }
     };
-    (0..n)
-        .map(|k| group.members[(start + k) % n])
-        .find(|(sid, _)| connected(sid))
-        .or_else(|| group.members.get(start).copied())
+    let chosen = (0..n)
+        .map(|k| (start + k) % n)
+        .find(|&i| connected(&group.members[i].0))
+        .unwrap_or(start);
+    if cfg.shared_strategy == SharedStrategy::RoundRobin {
+        // Continue after the member that got it, so skipping an offline one does not give
+        // its share to its neighbour.
+        group.next.set(chosen + 1);
+    }
+    group.members.get(chosen).copied()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

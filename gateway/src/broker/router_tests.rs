@@ -65,6 +65,7 @@ fn connect_with(
         session_expiry: expiry,
         window,
         conn: conn.clone(),
+        now: Instant::now(),
     });
     (result, conn)
 }
@@ -497,7 +498,6 @@ fn qos0_is_not_queued_for_offline_sessions_unless_configured() {
 }
 
 #[test]
-#[ignore = "bug: a QoS 0 message dropped for an offline subscriber is also counted as having no subscribers"]
 fn a_qos0_message_dropped_for_an_offline_subscriber_is_not_counted_as_having_no_subscribers() {
     // EMQX counts this as `delivery.dropped.qos0_msg` only; `messages.dropped.no_subscribers` is
     // for messages that matched no route. `publish` returning 0 also makes the connection
@@ -681,6 +681,37 @@ fn a_pubrec_with_an_error_reason_ends_the_exchange() {
     assert_eq!(r.sizes().inflight, 0);
     assert!(!r.pubcomp(s, a));
     assert_eq!(drained_payloads(&mut r, s, c.conn_id, t0), ["b"]);
+}
+
+#[test]
+fn discard_inflight_frees_the_slot_whatever_the_handshake_state() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (res, c) = connect_with(&mut r, "sub", false, HOUR, 2);
+    let s = res.session_id;
+    sub(&mut r, s, "t", QoS::ExactlyOnce, t0);
+    r.publish(msg("t", "q1", QoS::AtLeastOnce, false, None), t0);
+    r.publish(msg("t", "q2", QoS::ExactlyOnce, false, None), t0);
+    r.publish(msg("t", "next", QoS::AtLeastOnce, false, None), t0);
+    let sent = publishes(&drain(&mut r, s, c.conn_id, t0));
+    assert_eq!(sent.len(), 2);
+    assert!(r.pubrec(s, sent[1].packet_id, reason::SUCCESS));
+    assert!(r.discard_inflight(s, sent[1].packet_id), "awaiting PUBCOMP");
+    assert!(r.discard_inflight(s, sent[0].packet_id), "awaiting PUBACK");
+    assert!(!r.discard_inflight(s, sent[0].packet_id));
+    assert!(!r.discard_inflight(999, 1), "unknown session");
+    assert_eq!(drained_payloads(&mut r, s, c.conn_id, t0), ["next"]);
+    // Nothing discarded comes back after a reconnect.
+    disconnect(&mut r, s, &c, t0);
+    let (_, c) = connect(&mut r, "sub", false, HOUR);
+    let resent = publishes(&drain(&mut r, s, c.conn_id, t0));
+    assert_eq!(
+        resent
+            .iter()
+            .map(|s| (s.payload.as_str(), s.dup))
+            .collect::<Vec<_>>(),
+        [("next", true)]
+    );
 }
 
 #[test]
@@ -956,13 +987,10 @@ fn a_delayed_will_is_not_published_when_a_resuming_connection_replaced_the_sessi
 }
 
 #[test]
-#[ignore = "bug: a clean-start CONNECT discards the old session's pending delayed will instead of publishing it (router.rs:247-248)"]
 fn a_clean_start_connect_publishes_the_pending_will_of_the_session_it_discards() {
     // The session ends on clean start, and a will is due when "the Will Delay Interval has
-    // passed or the Session ends, whichever happens first" (MQTT 5.0 §3.1.2.5). mosquitto sends
-    // the old context's will when a clean-start connection takes its client id over, and
-    // router.rs:247 says so too ("its pending will goes out now"), but `remove_session`'s
-    // returned will is dropped at router.rs:248.
+    // passed or the Session ends, whichever happens first" (MQTT 5.0 §3.1.2.5); mosquitto sends
+    // the old context's will when a clean-start connection takes its client id over.
     let t0 = Instant::now();
     let mut r = router();
     let (w, wc) = will_watcher(&mut r, t0);
@@ -971,6 +999,48 @@ fn a_clean_start_connect_publishes_the_pending_will_of_the_session_it_discards()
     let (res, _c) = connect_with(&mut r, "dev", true, HOUR, 32);
     assert!(res.discarded);
     assert_eq!(drained_payloads(&mut r, w, wc.conn_id, t0), ["bye"]);
+    r.tick(t0 + secs(60));
+    assert!(
+        drain(&mut r, w, wc.conn_id, t0).is_empty(),
+        "published once"
+    );
+}
+
+#[test]
+fn a_delayed_will_of_a_connection_whose_session_was_discarded_is_published_at_once() {
+    // The old connection still holds its will when a clean-start newcomer takes the client id
+    // over; the session it belonged to has ended, so the delay ends with it.
+    let t0 = Instant::now();
+    let mut r = router();
+    let (w, wc) = will_watcher(&mut r, t0);
+    let (old, c_old) = connect(&mut r, "dev", false, HOUR);
+    let (res, _c_new) = connect_with(&mut r, "dev", true, HOUR, 32);
+    assert!(res.discarded);
+    r.disconnect(old, c_old.conn_id, Some((will("late"), secs(30))), None, t0);
+    assert_eq!(drained_payloads(&mut r, w, wc.conn_id, t0), ["late"]);
+    assert_eq!(r.sizes().connected, 2, "the newcomer stays connected");
+}
+
+#[test]
+fn a_wills_message_expiry_starts_when_the_will_is_published() {
+    // MQTT 5.0 §3.1.3.2.4: the will's Message Expiry Interval runs from its publication.
+    let t0 = Instant::now();
+    let mut r = router();
+    let (early, ec) = connect(&mut r, "early", true, Duration::ZERO);
+    let (late, lc) = connect(&mut r, "late", true, Duration::ZERO);
+    sub(&mut r, early, "will/#", QoS::AtLeastOnce, t0);
+    sub(&mut r, late, "will/#", QoS::AtLeastOnce, t0);
+    let mut m = (*will("expiring")).clone();
+    m.properties.message_expiry_interval = Some(10);
+    let (s, c) = connect(&mut r, "dev", false, HOUR);
+    r.disconnect(s, c.conn_id, Some((Arc::new(m), secs(5))), None, t0);
+    r.tick(t0 + secs(5));
+    assert_eq!(
+        drained_payloads(&mut r, early, ec.conn_id, t0 + secs(14)),
+        ["expiring"]
+    );
+    assert!(drain(&mut r, late, lc.conn_id, t0 + secs(15)).is_empty());
+    assert_eq!(r.counters().dropped_expired, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1067,6 +1137,50 @@ fn the_retained_store_is_bounded_by_count_and_payload_size() {
     });
     off.publish(msg("a", "1", QoS::AtMostOnce, true, None), t0);
     assert_eq!(off.sizes().retained, 0);
+}
+
+#[test]
+fn sys_retained_topics_do_not_use_up_the_user_retained_cap() {
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_retained_messages: 1,
+        ..config()
+    });
+    for topic in ["$SYS/broker/version", "$SYS/broker/uptime", "$SYS/brokers"] {
+        r.publish(msg(topic, "v", QoS::AtMostOnce, true, None), t0);
+    }
+    r.publish(msg("user/a", "1", QoS::AtMostOnce, true, None), t0);
+    r.publish(msg("user/b", "1", QoS::AtMostOnce, true, None), t0);
+    assert_eq!(r.sizes().retained, 4);
+    assert_eq!(r.counters().dropped_retained_full, 1);
+    // Clearing a $SYS entry frees no user slot; clearing the user entry does.
+    r.publish(msg("$SYS/brokers", "", QoS::AtMostOnce, true, None), t0);
+    r.publish(msg("user/b", "1", QoS::AtMostOnce, true, None), t0);
+    assert_eq!(r.counters().dropped_retained_full, 2);
+    r.publish(msg("user/a", "", QoS::AtMostOnce, true, None), t0);
+    r.publish(msg("user/b", "1", QoS::AtMostOnce, true, None), t0);
+    assert_eq!(r.counters().dropped_retained_full, 2);
+    assert_eq!(r.sizes().retained, 3);
+}
+
+#[test]
+fn retained_messages_of_clients_on_other_dollar_topics_count_against_the_cap() {
+    // The exemption is meant for the broker's fixed `$SYS` set (router.rs:161 "all but `$SYS`",
+    // router.rs:484-485), but `store_retained` exempts any topic starting with `$`, and the
+    // connection refuses client publishes only under `$SYS` (connection.rs:735). A client can
+    // therefore grow the retained store without bound through `$x/...` (STYLE.md rule 6).
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_retained_messages: 2,
+        ..config()
+    });
+    let (p, _c) = connect(&mut r, "p", true, Duration::ZERO);
+    for i in 0..5 {
+        let topic = format!("$x/{i}");
+        r.publish(msg(&topic, "v", QoS::AtMostOnce, true, Some(p)), t0);
+    }
+    assert_eq!(r.sizes().retained, 2);
+    assert_eq!(r.counters().dropped_retained_full, 3);
 }
 
 #[test]
@@ -1462,9 +1576,8 @@ fn unsubscribe_returns_0x11_for_a_filter_never_subscribed() {
 }
 
 #[test]
-#[ignore = "bug: UNSUBSCRIBE of an invalid or too-deep filter answers 0x11 instead of 0x8F (router.rs:575-590)"]
 fn unsubscribe_answers_0x8f_for_an_invalid_filter() {
-    // SUBSCRIBE answers 0x8F Topic Filter invalid for these (router.rs:495-500); UNSUBACK has
+    // SUBSCRIBE answers 0x8F Topic Filter invalid for these (router.rs:536-547); UNSUBACK has
     // the same reason code (MQTT 5.0 §3.11.2.2) but `unsubscribe` never validates the filter,
     // so it answers 0x11 No subscription existed.
     let mut r = router();
@@ -1557,7 +1670,6 @@ fn sizes_counts_sessions_connections_subscriptions_retained_queued_and_inflight(
 }
 
 #[test]
-#[ignore = "bug: each offline session gets its own detached copy of a message, so a fan-out to N offline sessions holds N payload copies (router.rs:790-793)"]
 fn a_message_queued_for_many_offline_sessions_is_stored_once() {
     // message.rs:3-4: "a fan-out to N subscribers costs N small `Delivery` values, never N
     // payload copies". `enqueue` calls `Message::detached` once per offline session; detaching
