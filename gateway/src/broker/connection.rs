@@ -18,7 +18,7 @@ use crate::auth::AuthDecision;
 use bytes::{Buf, BytesMut};
 use holdfast_mqtt::{
     decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
-    Properties, ProtocolVersion, PubResp, Publish, QoS, SubAck, UnsubAck,
+    Properties, ProtocolVersion, PubResp, Publish, PublishRef, QoS, SubAck, UnsubAck,
 };
 use std::collections::HashMap;
 use std::io;
@@ -852,35 +852,45 @@ impl Connection {
             } => (delivery, packet_id, dup),
         };
         let msg = &delivery.message;
-        let mut publish = Publish {
-            dup,
-            qos: delivery.qos,
-            retain: delivery.retain,
-            topic: msg.topic.clone(),
-            packet_id,
-            payload: msg.payload.clone(),
-            properties: Default::default(),
-        };
+        let mut topic = msg.topic.as_str();
         let mut new_alias = None;
+        // v5 deliveries rewrite a few properties; everything else is encoded from borrowed
+        // parts of the shared message (no per-subscriber clones of topic, payload or properties).
+        let mut props = None;
         if self.protocol.is_v5() {
-            publish.properties = msg.properties.clone();
-            if let Some(id) = delivery.subscription_id {
-                publish.properties.subscription_identifiers.push(id.get());
-            }
-            publish.properties.message_expiry_interval = msg.remaining_expiry(now);
+            let expiry = msg.remaining_expiry(now);
+            let mut alias = None;
             if self.client_alias_max > 0 {
-                if let Some(&alias) = self.out_aliases.get(&msg.topic) {
-                    publish.properties.topic_alias = Some(alias);
-                    publish.topic = ByteStr::default();
+                if let Some(&a) = self.out_aliases.get(&msg.topic) {
+                    alias = Some(a);
+                    topic = "";
                 } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
                     // Recorded only once the packet is known to go out (below).
                     new_alias = Some(self.out_aliases.len() as u16 + 1);
-                    publish.properties.topic_alias = new_alias;
+                    alias = new_alias;
                 }
             }
+            if delivery.subscription_id.is_some() || expiry.is_some() || alias.is_some() {
+                let mut p = msg.properties.clone();
+                if let Some(id) = delivery.subscription_id {
+                    p.subscription_identifiers.push(id.get());
+                }
+                p.message_expiry_interval = expiry;
+                p.topic_alias = alias;
+                props = Some(p);
+            }
         }
+        let publish = PublishRef {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic,
+            packet_id,
+            payload: &msg.payload,
+            properties: props.as_ref().unwrap_or(&msg.properties),
+        };
         let start = self.wbuf.len();
-        if let Err(e) = holdfast_mqtt::encode_publish(&publish, self.protocol, &mut self.wbuf) {
+        if let Err(e) = holdfast_mqtt::encode_publish_ref(&publish, self.protocol, &mut self.wbuf) {
             tracing::error!(client_id = %self.client_id, topic = %msg.topic, "cannot encode delivery: {e}");
             self.wbuf.truncate(start);
             return;

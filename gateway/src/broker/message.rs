@@ -12,6 +12,33 @@ use std::time::Instant;
 /// Identifies a session inside the router; never reused while the process runs.
 pub type SessionId = u64;
 
+/// A map keyed by [`SessionId`] with a multiplicative hash: ids are assigned by the router, not
+/// by peers, so SipHash's flooding resistance buys nothing on this per-delivery lookup.
+pub type SessionMap<V> = std::collections::HashMap<SessionId, V, BuildIdHasher>;
+
+/// Builds [`IdHasher`]s.
+pub type BuildIdHasher = std::hash::BuildHasherDefault<IdHasher>;
+
+/// Fibonacci hashing of a `u64` id (falls back to FNV-1a for other input).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// An application message as it entered the broker.
 #[derive(Debug, Clone)]
 pub struct Message {

@@ -11,7 +11,7 @@
 //! 0 message never overtakes a QoS 1 message that waits for inflight room), so messages from one
 //! client on one topic reach every subscriber in arrival order whatever their QoS.
 
-use super::message::{Delivery, Message, SessionId};
+use super::message::{Delivery, Message, SessionId, SessionMap};
 use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
 use crate::config::SharedStrategy;
 use holdfast_mqtt::topic::{self, SharedFilter};
@@ -155,7 +155,7 @@ struct SharedGroup {
 pub struct Router {
     cfg: RouterConfig,
     /// Boxed: a session is a few hundred bytes and the map keeps ~1.5x its length in slots.
-    sessions: HashMap<SessionId, Box<Session>>,
+    sessions: SessionMap<Box<Session>>,
     by_client: HashMap<ByteStr, SessionId>,
     subs: SubscriptionTrie<SessionId, Subscription>,
     shared: SubscriptionTrie<ByteStr, SharedGroup>,
@@ -176,7 +176,7 @@ impl Router {
     pub fn new(cfg: RouterConfig) -> Router {
         Router {
             cfg,
-            sessions: HashMap::new(),
+            sessions: SessionMap::default(),
             by_client: HashMap::new(),
             subs: SubscriptionTrie::new(),
             shared: SubscriptionTrie::new(),
@@ -920,7 +920,7 @@ fn enqueue(
 /// being lost).
 fn pick_member(
     cfg: &RouterConfig,
-    sessions: &HashMap<SessionId, Box<Session>>,
+    sessions: &SessionMap<Box<Session>>,
     group: &SharedGroup,
     msg: &Message,
     rng: &mut u64,

@@ -57,7 +57,10 @@ impl ConnControl {
 
     /// True the first time after a drain; callers then `notify_one`.
     pub fn should_wake(&self) -> bool {
-        !self.wake_pending.swap(true, Ordering::AcqRel)
+        // Load first: in a fan-out burst the flag is already set, and a plain read keeps the
+        // cache line shared with the connection's core instead of bouncing it.
+        !self.wake_pending.load(Ordering::Acquire)
+            && !self.wake_pending.swap(true, Ordering::AcqRel)
     }
 }
 

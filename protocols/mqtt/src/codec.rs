@@ -949,9 +949,58 @@ pub fn encode_publish(
     protocol: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let remaining = publish_remaining_len(publish, protocol)?;
-    write_header(buf, publish_first_byte(publish), remaining);
-    put_publish(&mut Writer(buf), publish, protocol);
+    encode_publish_ref(&PublishRef::from(publish), protocol, buf)
+}
+
+/// A PUBLISH to encode from borrowed parts, so a broker fanning one message out to many
+/// subscribers encodes it without cloning (and reference-counting) its topic and payload.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishRef<'a> {
+    /// Duplicate delivery flag (ignored for QoS 0).
+    pub dup: bool,
+    /// QoS.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// Topic name (empty with a v5 topic alias).
+    pub topic: &'a str,
+    /// Packet identifier (not written for QoS 0).
+    pub packet_id: u16,
+    /// Payload.
+    pub payload: &'a [u8],
+    /// v5 properties (not written for 3.x).
+    pub properties: &'a PublishProperties,
+}
+
+impl<'a> From<&'a Publish> for PublishRef<'a> {
+    fn from(p: &'a Publish) -> PublishRef<'a> {
+        PublishRef {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: p.topic.as_str(),
+            packet_id: p.packet_id,
+            payload: &p.payload,
+            properties: &p.properties,
+        }
+    }
+}
+
+/// Appends a PUBLISH given as borrowed parts; see [`PublishRef`].
+pub fn encode_publish_ref(
+    publish: &PublishRef<'_>,
+    protocol: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    let remaining = measure(|c| put_publish_ref(c, publish, protocol))?;
+    if remaining > MAX_VARINT {
+        return Err(EncodeError::PacketTooLarge(remaining));
+    }
+    let qos = publish.qos as u8;
+    let dup = publish.dup && qos > 0;
+    let first = 0x30 | u8::from(dup) << 3 | qos << 1 | u8::from(publish.retain);
+    write_header(buf, first, remaining);
+    put_publish_ref(&mut Writer(buf), publish, protocol);
     Ok(())
 }
 
@@ -1264,14 +1313,18 @@ fn put_connack<S: Sink>(s: &mut S, a: &ConnAck, protocol: ProtocolVersion) {
 }
 
 fn put_publish<S: Sink>(s: &mut S, p: &Publish, protocol: ProtocolVersion) {
+    put_publish_ref(s, &PublishRef::from(p), protocol);
+}
+
+fn put_publish_ref<S: Sink>(s: &mut S, p: &PublishRef<'_>, protocol: ProtocolVersion) {
     s.prefixed("topic name", p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
         s.u16(p.packet_id);
     }
     if protocol.is_v5() {
-        put_publish_properties_section(s, &p.properties, PUBLISH_PROPERTIES, None);
+        put_publish_properties_section(s, p.properties, PUBLISH_PROPERTIES, None);
     }
-    s.slice(&p.payload);
+    s.slice(p.payload);
 }
 
 fn put_subscribe<S: Sink>(s: &mut S, sub: &Subscribe, v5: bool) {

@@ -11,5 +11,8 @@ mod packet;
 pub mod topic;
 pub mod trie;
 
-pub use codec::{decode, encode, encode_publish, encoded_len, DecodeError, EncodeError};
+pub use codec::{
+    decode, encode, encode_publish, encode_publish_ref, encoded_len, DecodeError, EncodeError,
+    PublishRef,
+};
 pub use packet::*;
