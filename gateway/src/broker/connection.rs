@@ -116,7 +116,8 @@ struct Connection {
     outgoing: Vec<Outgoing>,
     /// Outbound packet ids dropped as too large for the client, to release from the window.
     released: Vec<u16>,
-    info: Option<ClientInfo>,
+    /// Boxed: only needed at connect and disconnect, not worth carrying inline while idle.
+    info: Option<Box<ClientInfo>>,
 }
 
 impl Connection {
@@ -351,6 +352,11 @@ impl Connection {
             old.close_with(reason::SESSION_TAKEN_OVER);
         }
         self.session = result.session_id;
+        // Shutdown closes connected sessions through the router (`close_all`); one that
+        // registered just after that sweep closes itself here.
+        if self.broker.shutdown.is_cancelled() {
+            self.ctrl.close_with(reason::SERVER_SHUTTING_DOWN);
+        }
 
         let mut properties = Properties::default();
         if v5 {
@@ -392,7 +398,7 @@ impl Connection {
             "client connected"
         );
         sys::client_connected(&self.broker, &info);
-        self.info = Some(info);
+        self.info = Some(Box::new(info));
         Ok(())
     }
 
@@ -472,9 +478,6 @@ impl Connection {
                         _ => DisconnectReason::Kicked,
                     };
                     return Close::new(reason, Some(code));
-                }
-                _ = self.broker.shutdown.cancelled() => {
-                    return Close::new(DisconnectReason::Shutdown, Some(reason::SERVER_SHUTTING_DOWN));
                 }
                 r = self.stream.writable(), if !self.wbuf.is_empty() => {
                     if r.is_err() {

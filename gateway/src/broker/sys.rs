@@ -178,7 +178,12 @@ pub async fn run_timers(broker: Arc<Broker>) {
     }
     loop {
         tokio::select! {
-            _ = broker.shutdown.cancelled() => return,
+            _ = broker.shutdown.cancelled() => {
+                // Connected sessions are closed through their control handles (v5 clients get
+                // DISCONNECT 0x8B); connections still in their handshake watch the token.
+                broker.with_router(|r| r.close_all(holdfast_mqtt::reason::SERVER_SHUTTING_DOWN));
+                return;
+            }
             _ = tick.tick() => {}
         }
         let now = Instant::now();
