@@ -75,6 +75,15 @@ impl Close {
     }
 }
 
+/// Topic aliases of one v5 connection.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Inbound, set by the client; bounded by `max_topic_alias`.
+    inbound: HashMap<u16, ByteStr>,
+    /// Outbound, assigned by us; bounded by the client's topic alias maximum.
+    outbound: HashMap<ByteStr, u16>,
+}
+
 /// The will of this connection, converted at CONNECT.
 #[derive(Debug)]
 struct Will {
@@ -97,10 +106,8 @@ struct Connection {
     ctrl: Arc<ConnControl>,
     will: Option<Will>,
     keep_alive: Duration,
-    /// Inbound topic aliases (v5), bounded by `max_topic_alias`.
-    in_aliases: HashMap<u16, ByteStr>,
-    /// Outbound topic aliases we assigned, bounded by the client's topic alias maximum.
-    out_aliases: HashMap<ByteStr, u16>,
+    /// Topic aliases both ways (v5), allocated on first use: most connections never use them.
+    aliases: Option<Box<Aliases>>,
     client_alias_max: u16,
     /// The client's maximum packet size (v5); larger deliveries are dropped.
     client_max_packet: usize,
@@ -136,8 +143,7 @@ impl Connection {
             ctrl: ConnControl::new(conn_id),
             will: None,
             keep_alive: Duration::ZERO,
-            in_aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
+            aliases: None,
             client_alias_max: 0,
             client_max_packet: usize::MAX,
             expiry_override: None,
@@ -466,51 +472,55 @@ impl Connection {
                 self.drain_outgoing();
                 continue;
             }
-            let ctrl = self.ctrl.clone();
-            tokio::select! {
-                biased;
-                _ = ctrl.close.cancelled() => {
+            // One hand-written poll instead of a `select!`: it keeps no readiness or
+            // notification futures in the task, which is most of an idle connection's memory.
+            let wakeup = {
+                let (stream, ctrl) = (&self.stream, &self.ctrl);
+                let has_output = !self.wbuf.is_empty();
+                let keepalive = keepalive.as_mut();
+                poll_wakeup(stream, ctrl, has_output, room, keepalive).await
+            };
+            match wakeup {
+                Wakeup::Close => {
+                    let ctrl = &self.ctrl;
                     let code = ctrl.close_reason.load(Ordering::Relaxed);
                     let reason = match code {
-                        reason::SESSION_TAKEN_OVER if ctrl.discarded.load(Ordering::Relaxed) => DisconnectReason::Discarded,
+                        reason::SESSION_TAKEN_OVER if ctrl.discarded.load(Ordering::Relaxed) => {
+                            DisconnectReason::Discarded
+                        }
                         reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
                         reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
                         _ => DisconnectReason::Kicked,
                     };
                     return Close::new(reason, Some(code));
                 }
-                r = self.stream.writable(), if !self.wbuf.is_empty() => {
-                    if r.is_err() {
-                        return Close::new(DisconnectReason::TcpClosed, None);
-                    }
-                }
-                r = self.stream.readable(), if room => {
-                    if r.is_err() {
-                        return Close::new(DisconnectReason::TcpClosed, None);
-                    }
-                    match self.try_read(READ_CHUNK) {
-                        Ok(0) => return Close::new(DisconnectReason::TcpClosed, None),
-                        Ok(_) => {
-                            keepalive.as_mut().reset(tokio::time::Instant::now() + self.keepalive_window());
-                            if let Err(close) = self.handle_input() {
-                                return close;
-                            }
+                Wakeup::Failed => return Close::new(DisconnectReason::TcpClosed, None),
+                Wakeup::Writable => {}
+                Wakeup::Readable => match self.try_read(READ_CHUNK) {
+                    Ok(0) => return Close::new(DisconnectReason::TcpClosed, None),
+                    Ok(_) => {
+                        keepalive
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.keepalive_window());
+                        if let Err(close) = self.handle_input() {
+                            return close;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // Stale readiness: do not keep a reserved buffer for nothing.
-                            if self.rbuf.is_empty() {
-                                self.rbuf = BytesMut::new();
-                            }
-                        }
-                        Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
                     }
-                }
-                _ = ctrl.notify.notified(), if room => {
-                    self.drain_outgoing();
-                }
-                _ = &mut keepalive => {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Stale readiness: do not keep a reserved buffer for nothing.
+                        if self.rbuf.is_empty() {
+                            self.rbuf = BytesMut::new();
+                        }
+                    }
+                    Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
+                },
+                Wakeup::Deliveries => self.drain_outgoing(),
+                Wakeup::KeepAlive => {
                     tracing::info!(peer = %self.peer, client_id = %self.client_id, "closed: keepalive_timeout");
-                    return Close::new(DisconnectReason::KeepaliveTimeout, Some(reason::KEEP_ALIVE_TIMEOUT));
+                    return Close::new(
+                        DisconnectReason::KeepaliveTimeout,
+                        Some(reason::KEEP_ALIVE_TIMEOUT),
+                    );
                 }
             }
         }
@@ -717,7 +727,7 @@ impl Connection {
                 ));
             }
             if p.topic.is_empty() {
-                match self.in_aliases.get(&alias) {
+                match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => {
                         tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, "protocol error: unknown topic alias");
@@ -728,7 +738,9 @@ impl Connection {
                     }
                 }
             } else {
-                self.in_aliases
+                self.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
                     .insert(alias, ByteStr::from(p.topic.as_str()));
             }
         }
@@ -864,12 +876,17 @@ impl Connection {
             let expiry = msg.remaining_expiry(now);
             let mut alias = None;
             if self.client_alias_max > 0 {
-                if let Some(&a) = self.out_aliases.get(&msg.topic) {
+                let assigned = self.aliases.as_ref().map_or(0, |a| a.outbound.len());
+                if let Some(&a) = self
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.outbound.get(&msg.topic))
+                {
                     alias = Some(a);
                     topic = "";
-                } else if self.out_aliases.len() < usize::from(self.client_alias_max) {
+                } else if assigned < usize::from(self.client_alias_max) {
                     // Recorded only once the packet is known to go out (below).
-                    new_alias = Some(self.out_aliases.len() as u16 + 1);
+                    new_alias = Some(assigned as u16 + 1);
                     alias = new_alias;
                 }
             }
@@ -912,7 +929,9 @@ impl Connection {
             return;
         }
         if let Some(alias) = new_alias {
-            self.out_aliases
+            self.aliases
+                .get_or_insert_with(Box::default)
+                .outbound
                 .insert(ByteStr::from(msg.topic.as_str()), alias);
         }
     }
@@ -963,6 +982,68 @@ impl Connection {
             }
         }
     }
+}
+
+/// What woke the packet loop, in priority order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wakeup {
+    /// The connection was asked to close (takeover, kick, shutdown).
+    Close,
+    /// The socket reported an error.
+    Failed,
+    /// The socket can take more output.
+    Writable,
+    /// The socket has input.
+    Readable,
+    /// The router queued deliveries on the session.
+    Deliveries,
+    /// Nothing arrived within keepalive x multiplier.
+    KeepAlive,
+}
+
+/// Waits for the next [`Wakeup`]. The waker is registered with the control handle before its
+/// flags are read, so a close or delivery signalled concurrently is never missed.
+async fn poll_wakeup(
+    stream: &TcpStream,
+    ctrl: &ConnControl,
+    has_output: bool,
+    room: bool,
+    mut keepalive: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Wakeup {
+    use std::future::Future;
+    use std::task::Poll;
+    std::future::poll_fn(|cx| {
+        ctrl.register(cx.waker());
+        if ctrl.is_closing() {
+            return Poll::Ready(Wakeup::Close);
+        }
+        if has_output {
+            if let Poll::Ready(r) = stream.poll_write_ready(cx) {
+                return Poll::Ready(if r.is_ok() {
+                    Wakeup::Writable
+                } else {
+                    Wakeup::Failed
+                });
+            }
+        }
+        if room {
+            if let Poll::Ready(r) = stream.poll_read_ready(cx) {
+                return Poll::Ready(if r.is_ok() {
+                    Wakeup::Readable
+                } else {
+                    Wakeup::Failed
+                });
+            }
+            if ctrl.wake_pending.load(Ordering::Acquire) {
+                return Poll::Ready(Wakeup::Deliveries);
+            }
+        }
+        if keepalive.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wakeup::KeepAlive);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 fn pub_resp(kind: fn(PubResp) -> Packet, packet_id: u16, code: u8) -> Packet {

@@ -91,7 +91,7 @@ impl Broker {
             (result, router.take_wakeups())
         };
         for conn in wake {
-            conn.notify.notify_one();
+            conn.wake();
         }
         result
     }

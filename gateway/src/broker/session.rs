@@ -6,31 +6,31 @@
 //! grows without bound (`max_mqueue_len`, the inflight window and `max_awaiting_rel` cap it).
 
 use super::message::{Delivery, SessionId};
+use atomic_waker::AtomicWaker;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// The broker's handle on the connection that currently serves a session.
 ///
-/// The router wakes the connection through `notify` when deliveries are queued, and closes it
-/// (takeover, kick, shutdown) through `close` with a reason code for the v5 DISCONNECT.
+/// The router wakes the connection when deliveries are queued (`wake_pending` + the waker), and
+/// closes it (takeover, kick, shutdown) with a reason code for the v5 DISCONNECT. A single
+/// `AtomicWaker` instead of a `Notify` and a cancellation token keeps an idle connection small.
 #[derive(Debug)]
 pub struct ConnControl {
     /// Unique per connection; lets the router ignore a late call from a replaced connection.
     pub conn_id: u64,
-    /// Wakes the connection task to drain the session's queue.
-    pub notify: Notify,
-    /// Set when `notify` has been signalled and the connection has not drained yet, so a
-    /// fan-out of thousands of messages wakes it once.
+    /// The connection task's waker.
+    waker: AtomicWaker,
+    /// Set when deliveries were queued and the connection has not drained since, so a fan-out of
+    /// thousands of messages wakes it once.
     pub wake_pending: AtomicBool,
-    /// Cancelled to close the connection from outside.
-    pub close: CancellationToken,
-    /// v5 reason code to send in the server DISCONNECT when `close` fires.
+    /// Set to ask the connection to close.
+    closing: AtomicBool,
+    /// v5 reason code to send in the server DISCONNECT when closing.
     pub close_reason: AtomicU8,
     /// Set with a takeover by a clean-start connection: the session was discarded, not resumed.
     pub discarded: AtomicBool,
@@ -41,9 +41,9 @@ impl ConnControl {
     pub fn new(conn_id: u64) -> Arc<ConnControl> {
         Arc::new(ConnControl {
             conn_id,
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             wake_pending: AtomicBool::new(false),
-            close: CancellationToken::new(),
+            closing: AtomicBool::new(false),
             close_reason: AtomicU8::new(0),
             discarded: AtomicBool::new(false),
         })
@@ -52,15 +52,31 @@ impl ConnControl {
     /// Asks the connection to close, sending `reason` to v5 clients.
     pub fn close_with(&self, reason: u8) {
         self.close_reason.store(reason, Ordering::Relaxed);
-        self.close.cancel();
+        self.closing.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
-    /// True the first time after a drain; callers then `notify_one`.
+    /// True once `close_with` was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// True the first time after a drain; callers then [`ConnControl::wake`].
     pub fn should_wake(&self) -> bool {
         // Load first: in a fan-out burst the flag is already set, and a plain read keeps the
         // cache line shared with the connection's core instead of bouncing it.
         !self.wake_pending.load(Ordering::Acquire)
             && !self.wake_pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// Wakes the connection task.
+    pub fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Registers the connection task's waker (before it checks the flags).
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 }
 
