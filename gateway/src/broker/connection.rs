@@ -124,7 +124,10 @@ struct Connection {
     /// Outbound packet ids dropped as too large for the client, to release from the window.
     released: Vec<u16>,
     /// Boxed: only needed at connect and disconnect, not worth carrying inline while idle.
-    info: Option<Box<ClientInfo>>,
+    connected: bool,
+    /// CONNECT's keepalive and clean-start flag, for the `$SYS` disconnected event.
+    connect_keepalive: u16,
+    connect_clean_start: bool,
 }
 
 impl Connection {
@@ -152,7 +155,9 @@ impl Connection {
             replies: Vec::new(),
             outgoing: Vec::new(),
             released: Vec::new(),
-            info: None,
+            connected: false,
+            connect_keepalive: 0,
+            connect_clean_start: false,
         }
     }
 
@@ -386,14 +391,8 @@ impl Connection {
         });
         self.queue_packet(&ack);
 
-        let info = ClientInfo {
-            client_id: client_id.to_string(),
-            username: self.username.clone(),
-            peer: self.peer,
-            proto_ver: self.protocol.level(),
-            keepalive: connect.keep_alive,
-            clean_start: connect.clean_start,
-        };
+        self.connect_keepalive = connect.keep_alive;
+        self.connect_clean_start = connect.clean_start;
         tracing::info!(
             peer = %self.peer,
             client_id = %client_id,
@@ -403,9 +402,21 @@ impl Connection {
             session_present = result.session_present,
             "client connected"
         );
-        sys::client_connected(&self.broker, &info);
-        self.info = Some(Box::new(info));
+        sys::client_connected(&self.broker, &self.client_info());
+        self.connected = true;
         Ok(())
+    }
+
+    /// What `$SYS` says about this client; built on demand rather than kept per connection.
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            client_id: self.client_id.to_string(),
+            username: self.username.clone(),
+            peer: self.peer,
+            proto_ver: self.protocol.level(),
+            keepalive: self.connect_keepalive,
+            clean_start: self.connect_clean_start,
+        }
     }
 
     async fn authenticate(&self, connect: &Connect) -> AuthDecision {
@@ -592,6 +603,8 @@ impl Connection {
         if self.inbound.is_empty() {
             return Ok(());
         }
+        // (The batch vector is released below when the read buffer is drained, so an idle
+        // client keeps no scratch capacity.)
         let mut packets = std::mem::take(&mut self.inbound);
         let broker = self.broker.clone();
         let now = Instant::now();
@@ -610,7 +623,10 @@ impl Connection {
             Ok(())
         });
         packets.clear();
-        self.inbound = packets;
+        if !self.rbuf.is_empty() {
+            // Busy: more input is on its way, keep the capacity for the next batch.
+            self.inbound = packets;
+        }
         result
     }
 
@@ -841,7 +857,10 @@ impl Connection {
             for item in out.drain(..) {
                 self.encode_outgoing(item, now);
             }
-            self.outgoing = out;
+            if more {
+                // Keep the capacity while the queue is busy; an idle client keeps none.
+                self.outgoing = out;
+            }
             self.broker
                 .traffic
                 .publish_sent
@@ -956,8 +975,8 @@ impl Connection {
         self.broker
             .with_router(|r| r.disconnect(sid, conn_id, will, expiry, now));
         tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
-        if let Some(info) = &self.info {
-            sys::client_disconnected(&self.broker, info, close.reason);
+        if self.connected {
+            sys::client_disconnected(&self.broker, &self.client_info(), close.reason);
         }
         close.reason
     }
