@@ -1,5 +1,6 @@
-//! The composition root: builds the broker from a config, binds every listener, runs until the
-//! shutdown token fires, then drains connections within a bounded grace period.
+//! The composition root: builds the broker from a config, binds every listener, opens the
+//! board (arming its watchdog only once start-up can no longer fail), runs until the shutdown
+//! token fires, then drains connections within a bounded grace period.
 //!
 //! Owns startup order and the one shutdown path. Never parses config or touches the router's
 //! data itself.
@@ -8,6 +9,8 @@ use crate::auth::{AuthFileError, Authenticator};
 use crate::broker::listener::{self, BindError};
 use crate::broker::{sys, Broker};
 use crate::config::Config;
+use crate::supervise::{self, Supervisor};
+use holdfast_board::{BoardError, SystemdNotify};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,9 @@ pub enum StartError {
     /// The password file could not be read.
     #[error("auth: {0}")]
     Auth(#[from] AuthFileError),
+    /// The board could not be opened (its watchdog device, usually).
+    #[error("board: {0} (set board.watchdog_device = \"\" to run without a hardware watchdog)")]
+    Board(#[from] BoardError),
 }
 
 /// A gateway whose listeners are bound; `serve` runs it.
@@ -33,6 +39,8 @@ pub enum StartError {
 pub struct Gateway {
     broker: Arc<Broker>,
     listeners: Vec<listener::BoundListener>,
+    /// The board task, ready to run once serving starts.
+    supervisor: Supervisor,
 }
 
 impl Gateway {
@@ -45,7 +53,15 @@ impl Gateway {
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
         }
-        Ok(Gateway { broker, listeners })
+        // Last: opening a linux board arms its watchdog, and a start-up that fails after that
+        // would leave the board to reset.
+        let board = supervise::open_board(&broker.config)?;
+        let supervisor = Supervisor::new(board, SystemdNotify::from_env(), broker.clone());
+        Ok(Gateway {
+            broker,
+            listeners,
+            supervisor,
+        })
     }
 
     /// Addresses the listeners are bound to, in config order.
@@ -67,6 +83,14 @@ impl Gateway {
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
         }
+        // Sends READY=1 to systemd: the listeners are bound and accepting.
+        let board = match self.supervisor.spawn() {
+            Ok(running) => Some(running),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the board thread; the watchdog will not be fed");
+                None
+            }
+        };
         tracing::info!(node = %broker.config.node.name, version = env!("CARGO_PKG_VERSION"), "holdfast running");
         broker.shutdown.cancelled().await;
         tracing::info!("shutting down");
@@ -76,6 +100,12 @@ impl Gateway {
                 grace_seconds = GRACE.as_secs(),
                 "some connections did not close within the grace period"
             );
+        }
+        // The board disarms its watchdog (magic close) as its last act.
+        if let Some(board) = board {
+            if tokio::time::timeout(GRACE, board.finished()).await.is_err() {
+                tracing::warn!("the board did not close within the grace period");
+            }
         }
         tracing::info!("stopped");
     }

@@ -1,8 +1,9 @@
 //! Holdfast: the edge gateway as a library; `main.rs` is a thin CLI over it.
 //!
 //! Layout: `config` turns TOML + environment into typed config, `auth` decides who may connect,
-//! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `app` wires
-//! them together and owns shutdown.
+//! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `supervise`
+//! is the board task (watchdog fed only while healthy, LEDs, systemd, board `$SYS`), `app`
+//! wires them together and owns shutdown.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub, missing_docs, missing_debug_implementations)]
 #![warn(clippy::await_holding_lock)]
@@ -11,3 +12,4 @@ pub mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod supervise;

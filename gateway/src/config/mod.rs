@@ -9,7 +9,7 @@
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
 //! Sections the design describes but this build does not implement yet (`bridges`, `coap`,
-//! `lwm2m`, `modbus`, `serial`, `web`, `board`) are errors, not silently ignored: a gateway that
+//! `lwm2m`, `modbus`, `serial`, `web`) are errors, not silently ignored: a gateway that
 //! drops a bridge config on the floor would lose data while looking healthy.
 
 mod env;
@@ -36,6 +36,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// What gets logged.
     pub log: LogConfig,
+    /// The hardware: which board, its watchdog, status LEDs and health reports.
+    pub board: BoardConfig,
 }
 
 /// Identity and local storage of this gateway.
@@ -200,6 +202,76 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// The board the gateway runs on (`[board]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoardConfig {
+    /// Which board implementation drives the hardware. Default host (a development machine:
+    /// no watchdog device, no LEDs).
+    pub kind: BoardKind,
+    /// The kernel watchdog device a `linux` board opens (and so arms); `None` (an empty string
+    /// in the file) runs without one. Default "/dev/watchdog". Ignored by the host board.
+    pub watchdog_device: Option<PathBuf>,
+    /// Timeout asked of the watchdog driver: the board resets when the runtime has not proved
+    /// itself healthy for this long. Whole seconds, 1s..=1h; drivers may cap it (the Raspberry
+    /// Pi's at 15s, hence the default 15s).
+    pub watchdog_timeout: Duration,
+    /// How often health (temperature, load, memory, disk, uptime) is published under `$SYS/brokers/{node}/board/health`. Default 60s; 0 disables, else >= 1s.
+    pub health_interval: Duration,
+    /// LED (a name under /sys/class/leds) that blinks while booting and is lit while running.
+    /// Default none.
+    pub led_status: Option<String>,
+    /// LED that is lit while the cloud uplink is up and blinks while it is down. Default none.
+    pub led_uplink: Option<String>,
+    /// LED lit when the runtime fails its self-check. Default none.
+    pub led_fault: Option<String>,
+    /// Where sysfs is mounted; only tests and containers change it. Default "/sys".
+    pub sys_root: PathBuf,
+    /// Where procfs is mounted; only tests and containers change it. Default "/proc".
+    pub proc_root: PathBuf,
+}
+
+/// Which board implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BoardKind {
+    /// A development machine ("host"): health and identity, no watchdog device, no LEDs.
+    #[default]
+    Host,
+    /// A Linux board ("linux"): the kernel watchdog device and sysfs LEDs too.
+    Linux,
+}
+
+impl BoardKind {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BoardKind::Host => "host",
+            BoardKind::Linux => "linux",
+        }
+    }
+}
+
+impl fmt::Display for BoardKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Default for BoardConfig {
+    fn default() -> BoardConfig {
+        BoardConfig {
+            kind: BoardKind::Host,
+            watchdog_device: Some(PathBuf::from("/dev/watchdog")),
+            watchdog_timeout: Duration::from_secs(15),
+            health_interval: Duration::from_secs(60),
+            led_status: None,
+            led_uplink: None,
+            led_fault: None,
+            sys_root: PathBuf::from("/sys"),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
 impl Default for Config {
     /// The built-in defaults: one tcp listener on 0.0.0.0:1883, anonymous access off, and the
     /// defaults documented on each field (the same as `example_toml()`).
@@ -210,6 +282,7 @@ impl Default for Config {
             listeners: vec![ListenerConfig::default()],
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            board: BoardConfig::default(),
         }
     }
 }

@@ -95,6 +95,14 @@ fn the_example_config_mentions_every_key() {
         "allow_anonymous",
         "password_file",
         "level",
+        "watchdog_device",
+        "watchdog_timeout",
+        "health_interval",
+        "led_status",
+        "led_uplink",
+        "led_fault",
+        "sys_root",
+        "proc_root",
     ] {
         assert!(
             example_toml().contains(&format!("{key} = ")),
@@ -194,7 +202,6 @@ fn sections_not_built_yet_are_errors_not_silently_ignored() {
         ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
         ("[[serial.ports]]\n", "serial"),
         ("[web]\n", "web"),
-        ("[board]\n", "board"),
     ] {
         assert_eq!(
             problem(text),
@@ -632,6 +639,59 @@ fn log_level_accepts_levels_and_directives_but_not_typos() {
         "{text}"
     );
     assert!(problem("[log]\nlevel = \"\"\n").contains("must not be empty"));
+}
+
+#[test]
+fn board_settings_are_read_with_host_as_the_default_kind() {
+    assert_eq!(ok("").board.kind, BoardKind::Host);
+    let config = ok("[board]\nkind = \"linux\"\nwatchdog_device = \"/dev/watchdog1\"\nwatchdog_timeout = \"30s\"\nhealth_interval = \"0s\"\nled_status = \"ACT\"\nled_fault = \"red:fault\"\nsys_root = \"/tmp/sys\"\n");
+    let b = config.board;
+    assert_eq!(b.kind, BoardKind::Linux);
+    assert_eq!(b.watchdog_device, Some(PathBuf::from("/dev/watchdog1")));
+    assert_eq!(b.watchdog_timeout, Duration::from_secs(30));
+    assert_eq!(b.health_interval, Duration::ZERO);
+    assert_eq!(b.led_status.as_deref(), Some("ACT"));
+    assert_eq!(b.led_uplink, None);
+    assert_eq!(b.led_fault.as_deref(), Some("red:fault"));
+    assert_eq!(b.sys_root, PathBuf::from("/tmp/sys"));
+    assert_eq!(b.proc_root, PathBuf::from("/proc"));
+    // An empty device or LED name means none.
+    let b = ok("[board]\nwatchdog_device = \"\"\nled_status = \"\"\n").board;
+    assert_eq!(b.watchdog_device, None);
+    assert_eq!(b.led_status, None);
+}
+
+#[test]
+fn bad_board_settings_are_reported_with_their_keys() {
+    assert_eq!(
+        problems("[board]\nkind = \"rpi\"\nwatchdog_timeout = \"1500ms\"\nhealth_interval = \"10ms\"\nled_fault = \"../x\"\nwatchdog_timout = \"5s\"\n"),
+        [
+            "holdfast.toml:2: board.kind: unknown board kind \"rpi\" (expected host or linux)",
+            "holdfast.toml:3: board.watchdog_timeout: must be a whole number of seconds (the kernel takes seconds)",
+            "holdfast.toml:4: board.health_interval: must be 0s (off) or at least 1s and at most 1d, got \"10ms\"",
+            "holdfast.toml:5: board.led_fault: \"../x\" is not an LED name (a directory name under /sys/class/leds, e.g. \"green:status\")",
+            "holdfast.toml:6: board.watchdog_timout: unknown key (did you mean \"watchdog_timeout\"?)",
+        ]
+    );
+    assert_eq!(
+        problem("[board]\nwatchdog_timeout = \"2h\"\n"),
+        "holdfast.toml:2: board.watchdog_timeout: must be at least 1s and at most 1h, got \"2h\""
+    );
+}
+
+#[test]
+fn board_settings_can_be_overridden_from_the_environment() {
+    let config = parse(
+        "",
+        FILE,
+        env(&[
+            ("HOLDFAST__BOARD__KIND", "linux"),
+            ("HOLDFAST__BOARD__LED_STATUS", "ACT"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.board.kind, BoardKind::Linux);
+    assert_eq!(config.board.led_status.as_deref(), Some("ACT"));
 }
 
 // ---- many problems at once ----

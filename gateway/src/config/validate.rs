@@ -11,14 +11,12 @@ use std::time::Duration;
 use super::raw::{Node, Source, Value};
 use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::{
-    AuthConfig, Config, ListenerConfig, ListenerKind, LogConfig, MqttConfig, NodeConfig, Problem,
-    SharedStrategy, DEFAULTS_ORIGIN,
+    AuthConfig, BoardConfig, BoardKind, Config, ListenerConfig, ListenerKind, LogConfig,
+    MqttConfig, NodeConfig, Problem, SharedStrategy, DEFAULTS_ORIGIN,
 };
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &[
-    "bridges", "coap", "lwm2m", "modbus", "serial", "web", "board",
-];
+const UNSUPPORTED_SECTIONS: &[&str] = &["bridges", "coap", "lwm2m", "modbus", "serial", "web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -61,7 +59,12 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         problems: Vec::new(),
     };
     let defaults = Config::default();
-    let entries = ctx.open(root, "", &["node", "mqtt", "listeners", "auth", "log"], &[]);
+    let entries = ctx.open(
+        root,
+        "",
+        &["node", "mqtt", "listeners", "auth", "log", "board"],
+        &[],
+    );
     for (key, node) in entries {
         if UNSUPPORTED_SECTIONS.contains(&key.as_str()) {
             ctx.report(
@@ -91,6 +94,10 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         Some(n) => log_section(&mut ctx, n),
         None => defaults.log,
     };
+    let board = match field(entries, "board") {
+        Some(n) => board_section(&mut ctx, n),
+        None => defaults.board,
+    };
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -105,6 +112,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         listeners,
         auth,
         log,
+        board,
     })
 }
 
@@ -830,6 +838,121 @@ fn log_section(ctx: &mut Ctx<'_>, node: &Node) -> LogConfig {
             }
         }),
     }
+}
+
+fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
+    let d = BoardConfig::default();
+    let path = "board";
+    let entries = ctx.open(
+        node,
+        path,
+        &[
+            "kind",
+            "watchdog_device",
+            "watchdog_timeout",
+            "health_interval",
+            "led_status",
+            "led_uplink",
+            "led_fault",
+            "sys_root",
+            "proc_root",
+        ],
+        &[],
+    );
+    BoardConfig {
+        kind: ctx.get(entries, path, "kind", d.kind, |c, n, k| {
+            let word = string(c, n, k)?;
+            match word.as_str() {
+                "host" => Some(BoardKind::Host),
+                "linux" => Some(BoardKind::Linux),
+                _ => {
+                    c.report(
+                        n,
+                        k,
+                        format!("unknown board kind {word:?} (expected host or linux)"),
+                    );
+                    None
+                }
+            }
+        }),
+        // An empty string turns the watchdog off; anything else is the device path.
+        watchdog_device: ctx.get(
+            entries,
+            path,
+            "watchdog_device",
+            d.watchdog_device,
+            |c, n, k| {
+                let text = string(c, n, k)?;
+                let text = text.trim();
+                Some((!text.is_empty()).then(|| PathBuf::from(text)))
+            },
+        ),
+        watchdog_timeout: ctx.get(
+            entries,
+            path,
+            "watchdog_timeout",
+            d.watchdog_timeout,
+            |c, n, k| {
+                // The kernel takes whole seconds.
+                let value = duration(
+                    c,
+                    n,
+                    k,
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                    false,
+                )?;
+                if value.subsec_nanos() != 0 {
+                    c.report(
+                        n,
+                        k,
+                        "must be a whole number of seconds (the kernel takes seconds)",
+                    );
+                    return None;
+                }
+                Some(value)
+            },
+        ),
+        health_interval: ctx.get(
+            entries,
+            path,
+            "health_interval",
+            d.health_interval,
+            |c, n, k| {
+                duration(
+                    c,
+                    n,
+                    k,
+                    Duration::from_secs(1),
+                    Duration::from_secs(24 * 3600),
+                    true,
+                )
+            },
+        ),
+        led_status: ctx.get(entries, path, "led_status", d.led_status, led_name),
+        led_uplink: ctx.get(entries, path, "led_uplink", d.led_uplink, led_name),
+        led_fault: ctx.get(entries, path, "led_fault", d.led_fault, led_name),
+        sys_root: ctx.get(entries, path, "sys_root", d.sys_root, path_buf),
+        proc_root: ctx.get(entries, path, "proc_root", d.proc_root, path_buf),
+    }
+}
+
+/// An LED name: a directory under /sys/class/leds, so no '/' and not "." or "..". An empty
+/// string means no LED.
+fn led_name(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Option<String>> {
+    let name = string(ctx, node, key)?;
+    if name.is_empty() {
+        return Some(None);
+    }
+    if name.contains('/') || name == "." || name == ".." || name.chars().any(char::is_control) {
+        ctx.report(
+            node,
+            key,
+            format!("{name:?} is not an LED name (a directory name under /sys/class/leds, e.g. \"green:status\")"),
+        );
+        return None;
+    }
+    Some(Some(name))
 }
 
 const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Builds the Holdfast firmware binaries: fully static, stripped, size-optimized `holdfast` for
+# ARM boards, into dist/holdfast-<version>-<target>.
+#
+#   bash cross/build.sh aarch64|armv7|all
+#
+# Targets:
+#   aarch64  aarch64-unknown-linux-musl       static musl (Rust's self-contained musl crt + libc)
+#   armv7    armv7-unknown-linux-gnueabihf    static glibc (+crt-static); set
+#            HOLDFAST_ARMV7_TARGET=armv7-unknown-linux-musleabihf to build against musl where
+#            rustup can fetch that target's standard library.
+#
+# On a fresh Debian machine it installs what is missing: the Rust targets (rustup target add)
+# and, with apt (as root or through sudo), the cross linkers gcc-aarch64-linux-gnu /
+# gcc-arm-linux-gnueabihf. qemu-user-static (for cross/smoke.sh) is installed here too so one
+# script prepares the machine. Nothing is installed when it is already there.
+#
+# The cross gcc is only the linker driver (and the C compiler for any -sys crate): for musl,
+# rustc links its own crt objects and libc.a; for armv7 glibc, gcc links Debian's
+# libc6-dev-armhf-cross statically. Build flags live in this script's environment, not in
+# .cargo/config.toml, so native builds are untouched.
+#
+# Name resolution in the static binaries: musl's resolver reads /etc/hosts and /etc/resolv.conf
+# itself; static glibc >= 2.34 has the `files` and `dns` NSS modules built in, so it does the
+# same (other NSS modules named in /etc/nsswitch.conf, e.g. mdns or systemd's `resolve`, are not
+# available to a static binary and are skipped). cross/smoke.sh checks `holdfast resolve`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() {
+    echo "usage: bash cross/build.sh aarch64|armv7|all" >&2
+    exit 2
+}
+[ $# -eq 1 ] || usage
+
+ARMV7_TARGET="${HOLDFAST_ARMV7_TARGET:-armv7-unknown-linux-gnueabihf}"
+
+case "$1" in
+    aarch64) arches=(aarch64) ;;
+    armv7) arches=(armv7) ;;
+    all) arches=(aarch64 armv7) ;;
+    *) usage ;;
+esac
+
+# --- per-architecture facts -------------------------------------------------------------------
+triple_of() {
+    case "$1" in
+        aarch64) echo aarch64-unknown-linux-musl ;;
+        armv7) echo "$ARMV7_TARGET" ;;
+    esac
+}
+gcc_of() {
+    case "$1" in
+        aarch64) echo aarch64-linux-gnu-gcc ;;
+        armv7) echo arm-linux-gnueabihf-gcc ;;
+    esac
+}
+gcc_pkg_of() {
+    case "$1" in
+        aarch64) echo gcc-aarch64-linux-gnu ;;
+        armv7) echo gcc-arm-linux-gnueabihf ;;
+    esac
+}
+qemu_of() {
+    case "$1" in
+        aarch64) echo qemu-aarch64-static ;;
+        armv7) echo qemu-arm-static ;;
+    esac
+}
+
+# --- installs ---------------------------------------------------------------------------------
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            sudo="sudo"
+        else
+            echo "error: need root or sudo to install: $*" >&2
+            exit 1
+        fi
+    fi
+    echo "== installing with apt: $*"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+need_pkgs=()
+for arch in "${arches[@]}"; do
+    command -v "$(gcc_of "$arch")" >/dev/null 2>&1 || need_pkgs+=("$(gcc_pkg_of "$arch")")
+    # A glibc target links Debian's static glibc for that architecture (a musl target brings
+    # its own libc.a with the Rust target).
+    case "$(triple_of "$arch")" in
+        armv7-unknown-linux-gnueabihf)
+            [ -f /usr/arm-linux-gnueabihf/lib/libc.a ] || need_pkgs+=(libc6-dev-armhf-cross) ;;
+    esac
+    command -v "$(qemu_of "$arch")" >/dev/null 2>&1 || need_pkgs+=(qemu-user-static)
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+    # shellcheck disable=SC2046
+    apt_install $(printf '%s\n' "${need_pkgs[@]}" | sort -u)
+fi
+
+installed_targets="$(rustup target list --installed 2>/dev/null || true)"
+for arch in "${arches[@]}"; do
+    t="$(triple_of "$arch")"
+    if ! grep -qx "$t" <<<"$installed_targets"; then
+        echo "== rustup target add $t"
+        rustup target add "$t"
+    fi
+done
+
+# Global RUSTFLAGS would replace the per-target flags below (cargo takes only one source).
+if [ -n "${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-}" ]; then
+    echo "warning: ignoring RUSTFLAGS/CARGO_ENCODED_RUSTFLAGS for the firmware build" >&2
+    unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS
+fi
+
+version="$(awk -F'"' '/^\[workspace.package\]/{p=1} p && /^version *=/{print $2; exit}' Cargo.toml)"
+[ -n "$version" ] || { echo "error: no workspace version in Cargo.toml" >&2; exit 1; }
+mkdir -p dist
+
+# --- build ------------------------------------------------------------------------------------
+for arch in "${arches[@]}"; do
+    t="$(triple_of "$arch")"
+    gcc="$(gcc_of "$arch")"
+    prefix="${gcc%-gcc}"
+    up="$(tr 'a-z-' 'A-Z_' <<<"$t")"
+    low="$(tr '-' '_' <<<"$t")"
+    echo "== building holdfast $version for $t (profile firmware)"
+    start=$SECONDS
+    env \
+        "CARGO_TARGET_${up}_LINKER=$gcc" \
+        "CARGO_TARGET_${up}_RUSTFLAGS=-C target-feature=+crt-static" \
+        "CC_${low}=$gcc" \
+        "AR_${low}=${prefix}-ar" \
+        cargo build --locked --profile firmware --target "$t" -p holdfast --bin holdfast
+    out="target/$t/firmware/holdfast"
+    dest="dist/holdfast-$version-$t"
+
+    # Fully static: no program interpreter and no shared libraries.
+    headers="$("${prefix}-readelf" -ld "$out")"
+    if grep -q "Requesting program interpreter" <<<"$headers" || grep -q "(NEEDED)" <<<"$headers"; then
+        echo "error: $out is dynamically linked:" >&2
+        grep -E "interpreter|NEEDED" <<<"$headers" >&2
+        exit 1
+    fi
+    # Stripped: no symbol table left (the firmware profile sets strip = true).
+    if "${prefix}-readelf" -S "$out" | grep -q "\.symtab"; then
+        echo "== stripping $out"
+        "${prefix}-strip" --strip-all "$out"
+    fi
+    cp "$out" "$dest"
+    size=$(stat -c %s "$dest")
+    awk -v d="$dest" -v s="$size" -v t=$((SECONDS - start)) \
+        'BEGIN { printf "== %s: %d bytes (%.2f MiB), static, stripped, built in %ds\n", d, s, s / 1048576, t }'
+done
+
+(cd dist && sha256sum holdfast-"$version"-* > SHA256SUMS)

@@ -1,0 +1,401 @@
+//! The board task: proves the runtime healthy before feeding the watchdogs, shows the state on
+//! the status LEDs, tells systemd when we are ready and stopping, and publishes the board's
+//! identity and health under `$SYS/brokers/{node}/board/...`.
+//!
+//! Owns the [`Board`] and the [`SystemdNotify`] handle for the life of the gateway, on a thread
+//! of its own with its own small runtime: it judges the main runtime from outside, so its clock
+//! keeps running and it can still light the fault LED when every worker of the main runtime is
+//! blocked (tokio's timers stop when the worker driving them blocks). Feeding is never a blind
+//! timer: each feed period it runs a self-check and feeds the hardware watchdog and systemd's
+//! `WATCHDOG=1` only when the check passes:
+//!
+//! - the event loop answers: a probe task spawned on the runtime gets the router's lock and
+//!   reports back within the deadline (a wedged scheduler, all workers blocked, or a
+//!   deadlocked or long-held router lock all fail it);
+//! - the data directory is writable: a blocking task rewrites and `fdatasync`s a small probe
+//!   file there, at most every [`STORAGE_PROBE_PERIOD`] to spare the flash, and must finish
+//!   within the deadline (a read-only remount, a full disk or a hung flash device fail it).
+//!
+//! At most one probe of each kind is in flight: a probe that never returns is not stacked up
+//! behind, it just keeps the check failing. When the check fails the LEDs show a fault and
+//! feeding stops, so the watchdog resets the board (or systemd restarts the service) unless
+//! the runtime recovers first. The self-check runs only when something is to be fed; on a host
+//! board outside systemd the task only publishes.
+//!
+//! It never touches the router's data: it only takes the lock for the probe and publishes
+//! through [`Broker::publish_internal`], from tasks on the main runtime so that a held router
+//! lock never blocks the supervisor itself.
+
+use crate::broker::message::Message;
+use crate::broker::Broker;
+use crate::config::{BoardConfig, BoardKind, Config};
+use bytes::Bytes;
+use holdfast_board::{
+    Board, BoardError, HostBoard, Indication, LedNames, LinuxBoard, LinuxBoardConfig, Roots,
+    SystemdNotify,
+};
+use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// Least often the data directory is written by the storage probe: often enough to notice a
+/// read-only remount within a minute, rarely enough that the probe's one block per period is
+/// nothing next to what the storage engine writes.
+pub const STORAGE_PROBE_PERIOD: Duration = Duration::from_secs(30);
+
+/// Feeds per watchdog timeout: a feed period is a quarter of the shortest timeout, so one
+/// late or failed check does not reset the board, but a stall of about one timeout does.
+const FEEDS_PER_TIMEOUT: u32 = 4;
+
+/// Name of the storage probe file in the data directory.
+const PROBE_FILE: &str = ".holdfast-probe";
+
+/// Opens the board the config names. Opening a `linux` board with a watchdog device arms the
+/// watchdog, so call this only once start-up can no longer fail.
+pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
+    let b: &BoardConfig = &config.board;
+    let roots = Roots {
+        sys: b.sys_root.clone(),
+        proc: b.proc_root.clone(),
+    };
+    let data_dir = config.node.data_dir.clone();
+    Ok(match b.kind {
+        BoardKind::Host => Box::new(HostBoard::new(roots, data_dir)),
+        BoardKind::Linux => Box::new(LinuxBoard::open(LinuxBoardConfig {
+            roots,
+            watchdog_device: b.watchdog_device.clone(),
+            watchdog_timeout: b.watchdog_timeout,
+            leds: LedNames {
+                status: b.led_status.clone(),
+                uplink: b.led_uplink.clone(),
+                fault: b.led_fault.clone(),
+            },
+            data_dir,
+        })?),
+    })
+}
+
+/// The board task's state.
+#[derive(Debug)]
+pub struct Supervisor {
+    board: Box<dyn Board>,
+    notify: SystemdNotify,
+    broker: Arc<Broker>,
+    /// The main runtime, which the self-check probes and where publishes run.
+    main: Handle,
+    /// Where the storage probe writes.
+    data_dir: PathBuf,
+    /// How often health is published; zero = never.
+    health_interval: Duration,
+}
+
+/// A probe running on the runtime or the blocking pool, and when it started.
+type InFlight = Option<(Instant, JoinHandle<Result<(), String>>)>;
+
+impl Supervisor {
+    /// A supervisor for `board`, reporting through `broker`, notifying systemd via `notify`.
+    /// Call it on the main runtime: that is the runtime it will watch.
+    pub fn new(board: Box<dyn Board>, notify: SystemdNotify, broker: Arc<Broker>) -> Supervisor {
+        let data_dir = broker.config.node.data_dir.clone();
+        let health_interval = broker.config.board.health_interval;
+        let mut board = board;
+        board.indicate(Indication::Booting);
+        Supervisor {
+            board,
+            notify,
+            broker,
+            main: Handle::current(),
+            data_dir,
+            health_interval,
+        }
+    }
+
+    /// How often the self-check runs and the watchdogs are fed: a quarter of the shortest
+    /// watchdog timeout, or `None` when there is nothing to feed.
+    pub fn feed_period(&self) -> Option<Duration> {
+        let shortest = match (self.board.watchdog_timeout(), self.notify.watchdog_period()) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return None,
+        };
+        Some((shortest / FEEDS_PER_TIMEOUT).max(Duration::from_millis(10)))
+    }
+
+    /// Starts the supervisor on its own thread (see the module docs for why). Call it once the
+    /// listeners are bound: it sends READY=1 at once.
+    pub fn spawn(self) -> std::io::Result<Running> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("holdfast-board".into())
+            // Small: sysfs reads and a few futures; no deep recursion.
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(self.run()),
+                    Err(e) => tracing::error!(error = %e, "cannot start the board runtime; the watchdog will not be fed"),
+                }
+                let _ = done_tx.send(());
+            })?;
+        Ok(Running {
+            done: done_rx,
+            _thread: thread,
+        })
+    }
+
+    /// Runs until shutdown: READY=1 now (the listeners are bound), then self-check and feed,
+    /// publish health; on shutdown STOPPING=1 and a clean close of the board (magic close).
+    async fn run(mut self) {
+        let node = self.broker.config.node.name.clone();
+        let identity = self.board.identity();
+        tracing::info!(
+            board = self.board.kind(),
+            serial = identity.serial.as_deref().unwrap_or("-"),
+            mac = identity.mac.as_deref().unwrap_or("-"),
+            watchdog_seconds = self.board.watchdog_timeout().map(|d| d.as_secs()),
+            systemd_watchdog_ms = self.notify.watchdog_period().map(|d| d.as_millis() as u64),
+            "board ready"
+        );
+        self.publish_json(&format!("$SYS/brokers/{node}/board/identity"), &identity);
+        self.board.indicate(Indication::Running);
+        self.publish(&format!("$SYS/brokers/{node}/board/status"), "running");
+        self.notify.ready();
+        self.notify.status("running");
+
+        let feed_period = self.feed_period();
+        // A period that never fires stands in for "off" so one select! covers every case.
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut feed_tick = tokio::time::interval(feed_period.unwrap_or(far));
+        feed_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let health_every = if self.health_interval.is_zero() {
+            far
+        } else {
+            self.health_interval
+        };
+        let mut health_tick = tokio::time::interval(health_every);
+        health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut checker = feed_period.map(|period| SelfCheck::new(self.data_dir.clone(), period));
+        let mut healthy = true;
+        loop {
+            tokio::select! {
+                _ = self.broker.shutdown.cancelled() => break,
+                _ = feed_tick.tick(), if feed_period.is_some() => {
+                    let Some(checker) = checker.as_mut() else { continue };
+                    match checker.check(&self.main, &self.broker).await {
+                        Ok(()) => {
+                            if !healthy {
+                                tracing::info!("runtime healthy again; feeding the watchdog");
+                                self.board.indicate(Indication::Running);
+                                self.publish(&format!("$SYS/brokers/{node}/board/status"), "running");
+                                self.notify.status("running");
+                                healthy = true;
+                            }
+                            if let Err(e) = self.board.keepalive() {
+                                tracing::error!("{e}");
+                            }
+                            self.notify.watchdog();
+                        }
+                        Err(reason) => {
+                            if healthy {
+                                tracing::error!(%reason, "runtime self-check failed; the watchdog is no longer fed");
+                                self.board.indicate(Indication::Fault);
+                                self.notify.status(&format!("fault: {reason}"));
+                                healthy = false;
+                            } else {
+                                tracing::debug!(%reason, "runtime self-check still failing");
+                            }
+                        }
+                    }
+                }
+                // Not while the self-check fails: the publish would only queue up behind the
+                // stuck router.
+                _ = health_tick.tick(), if !self.health_interval.is_zero() && healthy => {
+                    let health = self.board.health();
+                    self.publish_json(&format!("$SYS/brokers/{node}/board/health"), &health);
+                }
+            }
+        }
+        self.notify.stopping();
+        self.publish(&format!("$SYS/brokers/{node}/board/status"), "stopping");
+        if let Err(e) = self.board.close() {
+            tracing::error!("{e}");
+        }
+    }
+
+    fn publish_json(&self, topic: &str, value: &impl serde::Serialize) {
+        match serde_json::to_vec(value) {
+            Ok(body) => self.publish_bytes(topic, body),
+            Err(e) => tracing::warn!(topic, error = %e, "cannot encode board report"),
+        }
+    }
+
+    fn publish(&self, topic: &str, text: &str) {
+        self.publish_bytes(topic, text.as_bytes().to_vec());
+    }
+
+    /// A retained QoS 0 broker message, like the other `$SYS` topics, published from a task
+    /// on the main runtime (a held router lock must not block the supervisor).
+    fn publish_bytes(&self, topic: &str, payload: Vec<u8>) {
+        let message = Message {
+            topic: ByteStr::from(topic.to_owned()),
+            payload: Bytes::from(payload),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: PublishProperties::default(),
+            publisher: None,
+            expires_at: None,
+        };
+        let broker = self.broker.clone();
+        self.main
+            .spawn(async move { broker.publish_internal(message) });
+    }
+}
+
+/// A supervisor running on its thread.
+#[derive(Debug)]
+pub struct Running {
+    /// Completed when the thread has closed the board and is about to end.
+    done: tokio::sync::oneshot::Receiver<()>,
+    /// The thread; detached if never waited for.
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits until the supervisor has closed the board (after the shutdown token fired).
+    pub async fn finished(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// The runtime self-check with its in-flight probes.
+#[derive(Debug)]
+struct SelfCheck {
+    data_dir: PathBuf,
+    /// How long a probe may take before the runtime counts as stalled.
+    deadline: Duration,
+    /// The event-loop probe, while it runs.
+    runtime_probe: InFlight,
+    /// The storage probe, while it runs.
+    storage_probe: InFlight,
+    /// When the storage probe last succeeded.
+    storage_ok_at: Option<Instant>,
+    /// The last storage failure, reported until a probe succeeds again.
+    storage_error: Option<String>,
+}
+
+impl SelfCheck {
+    fn new(data_dir: PathBuf, deadline: Duration) -> SelfCheck {
+        SelfCheck {
+            data_dir,
+            deadline,
+            runtime_probe: None,
+            storage_probe: None,
+            storage_ok_at: None,
+            storage_error: None,
+        }
+    }
+
+    /// Ok when the event loop answered and the data directory is writable; else why not.
+    async fn check(&mut self, main: &Handle, broker: &Arc<Broker>) -> Result<(), String> {
+        // Storage: start a probe when one is due and none is running.
+        let due = match self.storage_ok_at {
+            None => true,
+            Some(at) => at.elapsed() >= STORAGE_PROBE_PERIOD || self.storage_error.is_some(),
+        };
+        if due && self.storage_probe.is_none() {
+            let dir = self.data_dir.clone();
+            let handle = tokio::task::spawn_blocking(move || probe_storage(&dir));
+            self.storage_probe = Some((Instant::now(), handle));
+        }
+        // Event loop: a task the scheduler must run, which takes the router lock on the
+        // blocking pool (so a held lock blocks a pool thread, not one of the few async workers
+        // that this task needs to report the fault).
+        if self.runtime_probe.is_none() {
+            let b = broker.clone();
+            let handle = main.spawn(async move {
+                tokio::task::spawn_blocking(move || b.with_router(|_| ()))
+                    .await
+                    .map_err(|e| format!("router probe failed: {e}"))
+            });
+            self.runtime_probe = Some((Instant::now(), handle));
+        }
+        let runtime = settle(&mut self.runtime_probe, self.deadline).await;
+        match settle(&mut self.storage_probe, self.deadline).await {
+            Some(Ok(())) => {
+                self.storage_ok_at = Some(Instant::now());
+                self.storage_error = None;
+            }
+            Some(Err(e)) => self.storage_error = Some(e),
+            None => {}
+        }
+        if let Some((since, _)) = &self.storage_probe {
+            if since.elapsed() >= self.deadline {
+                return Err(format!(
+                    "the data directory {} has not answered a write for {} ms",
+                    self.data_dir.display(),
+                    since.elapsed().as_millis()
+                ));
+            }
+        }
+        if let Some(e) = &self.storage_error {
+            return Err(e.clone());
+        }
+        match runtime {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(e),
+            None => Err(format!(
+                "the event loop did not answer within {} ms (router lock held or workers blocked)",
+                self.deadline.as_millis()
+            )),
+        }
+    }
+}
+
+/// Waits for the in-flight probe until it is `deadline` old; returns its result when it
+/// finished (clearing the slot), `None` while it is still running.
+async fn settle(slot: &mut InFlight, deadline: Duration) -> Option<Result<(), String>> {
+    let (since, handle) = slot.as_mut()?;
+    let left = deadline.saturating_sub(since.elapsed());
+    let result = match tokio::time::timeout(left, handle).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(format!("self-check probe failed: {join}")),
+        Err(_) => return None,
+    };
+    *slot = None;
+    Some(result)
+}
+
+/// Rewrites the probe file in `dir` and makes it durable: proves the file system is mounted
+/// read-write, has room, and the device completes writes.
+fn probe_storage(dir: &Path) -> Result<(), String> {
+    use std::io::Write;
+    let path = dir.join(PROBE_FILE);
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "the data directory {} is not writable ({what}: {e})",
+            dir.display()
+        )
+    };
+    std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| fail("open", e))?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    writeln!(f, "{stamp}").map_err(|e| fail("write", e))?;
+    f.sync_data().map_err(|e| fail("fdatasync", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,214 @@
+//! The board task against a fake watchdog (a regular file that records keepalives) and a fake
+//! sysfs tree, in-process with a real broker.
+
+use super::*;
+use crate::app::Gateway;
+use crate::config;
+use std::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A fake sysfs with a `fault` and a `status` LED, a fake watchdog device, a data dir.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        for led in ["status", "fault"] {
+            let d = dir.path().join(format!("sys/class/leds/{led}"));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("brightness"), "0").unwrap();
+            std::fs::write(d.join("max_brightness"), "1").unwrap();
+            std::fs::write(d.join("trigger"), "[none] timer").unwrap();
+            std::fs::write(d.join("delay_on"), "0").unwrap();
+            std::fs::write(d.join("delay_off"), "0").unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("proc")).unwrap();
+        std::fs::write(dir.path().join("watchdog"), b"").unwrap();
+        Fixture { dir }
+    }
+
+    fn config(&self, data_dir: &Path) -> Config {
+        let p = self.dir.path().display();
+        let text = format!(
+            r#"
+[node]
+name = "gw-test"
+data_dir = "{data}"
+
+[[listeners]]
+bind = "127.0.0.1:0"
+
+[auth]
+allow_anonymous = true
+
+[board]
+kind = "linux"
+watchdog_device = "{p}/watchdog"
+watchdog_timeout = "1s"
+health_interval = "0s"
+led_status = "status"
+led_fault = "fault"
+sys_root = "{p}/sys"
+proc_root = "{p}/proc"
+"#,
+            data = data_dir.display()
+        );
+        config::parse(&text, "test.toml", Vec::new()).unwrap()
+    }
+
+    fn keepalives(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("watchdog")).unwrap()
+    }
+
+    fn led(&self, name: &str) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("sys/class/leds/{name}/brightness")),
+        )
+        .unwrap()
+    }
+
+    /// Waits until the watchdog file has more than `n` bytes. Blocks the test thread (not a
+    /// worker): the main runtime's timers may stop while the test stalls it.
+    fn wait_for_feeds_beyond(&self, n: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let len = self.keepalives().len();
+            if len > n {
+                return len;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watchdog was not fed (still {len} bytes)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until LED `name` shows `value`.
+    fn wait_for_led(&self, name: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.led(name) != value && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.led(name), value, "LED {name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_on_shutdown() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::bind(fx.config(&data), shutdown.clone())
+        .await
+        .unwrap();
+    let broker = gw.broker();
+    let serving = tokio::spawn(gw.serve());
+
+    // Healthy: fed every quarter of the 1 s timeout, status LED on, the probe file written.
+    let n = fx.wait_for_feeds_beyond(0);
+    fx.wait_for_feeds_beyond(n);
+    assert_eq!(fx.led("status"), "1");
+    assert_eq!(fx.led("fault"), "0");
+    assert!(data.join(PROBE_FILE).exists());
+
+    // Stall: another thread holds the router lock, as a deadlock or a runaway batch would.
+    let (locked_tx, locked_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let staller = std::thread::spawn(move || {
+        broker.with_router(|_| {
+            locked_tx.send(()).unwrap();
+            // Bounded, so a failing test cannot hang the suite.
+            release_rx.recv_timeout(Duration::from_secs(20)).ok();
+        });
+    });
+    locked_rx.recv().unwrap();
+    // The fault LED lights within a feed period or two; a probe that had passed before the
+    // stall may have fed once more, but nothing after that, for well over a whole timeout.
+    fx.wait_for_led("fault", "1");
+    assert_eq!(fx.led("status"), "0");
+    let stalled_at = fx.keepalives().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        fx.keepalives().len(),
+        stalled_at,
+        "the watchdog was fed while the router was stalled"
+    );
+
+    // Recovery: feeding resumes and the LEDs say running again.
+    release_tx.send(()).unwrap();
+    staller.join().unwrap();
+    fx.wait_for_feeds_beyond(stalled_at);
+    fx.wait_for_led("status", "1");
+    assert_eq!(fx.led("fault"), "0");
+
+    // Clean shutdown: the magic close is the last thing written, the LEDs go dark.
+    shutdown.cancel();
+    serving.await.unwrap();
+    let written = fx.keepalives();
+    assert_eq!(written.last(), Some(&b'V'));
+    assert!(written[..written.len() - 1].iter().all(|b| *b == 0));
+    assert_eq!(fx.led("status"), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_data_dir_stops_the_feeding() {
+    let fx = Fixture::new();
+    // A regular file where the data directory should be: nothing can be created under it.
+    let data = fx.dir.path().join("not-a-dir");
+    std::fs::write(&data, b"").unwrap();
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::bind(fx.config(&data), shutdown.clone())
+        .await
+        .unwrap();
+    let serving = tokio::spawn(gw.serve());
+    fx.wait_for_led("fault", "1");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        fx.keepalives().is_empty(),
+        "fed although the data dir is unwritable"
+    );
+    shutdown.cancel();
+    serving.await.unwrap();
+    assert_eq!(fx.keepalives(), b"V");
+}
+
+#[tokio::test]
+async fn the_feed_period_is_a_quarter_of_the_shortest_watchdog() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    let mut config = fx.config(&data);
+    config.board.watchdog_timeout = Duration::from_secs(8);
+    let broker = Broker::new(
+        Arc::new(config.clone()),
+        Arc::new(crate::auth::Authenticator::from_config(&config.auth).unwrap()),
+        CancellationToken::new(),
+    );
+    let board = open_board(&config).unwrap();
+    let s = Supervisor::new(
+        board,
+        SystemdNotify::from_vars(None, None, None, 1),
+        broker.clone(),
+    );
+    assert_eq!(s.feed_period(), Some(Duration::from_secs(2)));
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("notify");
+    let _server = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    let notify =
+        SystemdNotify::from_vars(Some(sock.into_os_string()), Some("4000000".into()), None, 1);
+    let board = open_board(&config).unwrap();
+    let s = Supervisor::new(board, notify, broker.clone());
+    assert_eq!(s.feed_period(), Some(Duration::from_secs(1)));
+
+    config.board.kind = BoardKind::Host;
+    let s = Supervisor::new(
+        open_board(&config).unwrap(),
+        SystemdNotify::from_vars(None, None, None, 1),
+        broker,
+    );
+    assert_eq!(s.feed_period(), None);
+}
