@@ -134,7 +134,7 @@ for arch in "${arches[@]}"; do
         "CC_${low}=$gcc" \
         "AR_${low}=${prefix}-ar" \
         cargo build --locked --profile firmware --target "$t" -p holdfast --bin holdfast
-    out="target/$t/firmware/holdfast"
+    out="${CARGO_TARGET_DIR:-target}/$t/firmware/holdfast"
     dest="dist/holdfast-$version-$t"
 
     # Fully static: no program interpreter and no shared libraries.

@@ -38,7 +38,7 @@ native_triple=x86_64-unknown-linux-musl
 if [ "$(uname -m)" = x86_64 ]; then
     rustup target list --installed | grep -qx "$native_triple" || rustup target add "$native_triple"
     cargo build --locked --profile firmware --target "$native_triple" -p holdfast --bin holdfast
-    native_bin="target/$native_triple/firmware/holdfast"
+    native_bin="${CARGO_TARGET_DIR:-target}/$native_triple/firmware/holdfast"
 else
     native_bin=""
 fi
@@ -110,7 +110,7 @@ stop() {
 # hold_clients PORT PID: connects $CLIENTS idle clients, prints the gateway's RSS (KiB) once
 # they have sat idle for 3 s, then lets them go.
 hold_clients() {
-    local bench=target/release/holdfast-bench
+    local bench="${CARGO_TARGET_DIR:-target}/release/holdfast-bench"
     if [ -x "$bench" ] && [ "${HOLDFAST_FOOTPRINT_CLIENT:-}" != python ]; then
         local out
         if out="$("$bench" idle --connections "$CLIENTS" --port "$1" --pid "$2" --json 2>/dev/null)"; then

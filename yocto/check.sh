@@ -125,7 +125,7 @@ has "$files/99-holdfast.rules" 'SUBSYSTEM=="leds"' "udev gives holdfast the LEDs
 # --- default config ---------------------------------------------------------------------------
 config=$files/holdfast.toml
 if [ -f "$config" ]; then
-    bin=target/debug/holdfast
+    bin="${CARGO_TARGET_DIR:-target}/debug/holdfast"
     [ -x "$bin" ] || cargo build --locked -q -p holdfast
     if out="$("$bin" check --config "$config" 2>&1)"; then
         ok "default config passes holdfast check"
