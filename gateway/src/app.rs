@@ -11,6 +11,7 @@ use crate::broker::{sys, Broker};
 use crate::config::Config;
 use crate::supervise::{self, Supervisor};
 use holdfast_board::{BoardError, SystemdNotify};
+use holdfast_storage::kv::{KvBackend, RetainedStore, SledOptions, SledStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,8 @@ pub enum StartError {
 pub struct Gateway {
     broker: Arc<Broker>,
     listeners: Vec<listener::BoundListener>,
+    /// Retained messages (and, with the store-and-forward work, sessions) on disk.
+    store: Option<Arc<SledStore>>,
     /// The board task, ready to run once serving starts.
     supervisor: Supervisor,
 }
@@ -49,6 +52,13 @@ impl Gateway {
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         warn_on_insecure_defaults(&config);
         let broker = Broker::new(Arc::new(config), auth, shutdown);
+        let store = open_store(&broker.config.node.data_dir);
+        if let Some(store) = &store {
+            let now = std::time::Instant::now();
+            let dyn_store: Arc<dyn RetainedStore> = store.clone();
+            let loaded = broker.with_router(|r| r.attach_retained_store(dyn_store, now));
+            tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, "state restored");
+        }
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
@@ -61,6 +71,7 @@ impl Gateway {
             broker,
             listeners,
             supervisor,
+            store,
         })
     }
 
@@ -107,7 +118,31 @@ impl Gateway {
                 tracing::warn!("the board did not close within the grace period");
             }
         }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "final flush of the state store failed");
+            }
+        }
         tracing::info!("stopped");
+    }
+}
+
+/// Opens the state store under `data_dir`. Without one (a read-only or missing directory the
+/// process cannot create), the gateway still runs, loudly, with retained messages in memory.
+fn open_store(data_dir: &std::path::Path) -> Option<Arc<SledStore>> {
+    let dir = data_dir.join("state");
+    let opened = std::fs::create_dir_all(&dir)
+        .map_err(|e| e.to_string())
+        .and_then(|()| SledStore::open(&dir, SledOptions::default()).map_err(|e| e.to_string()));
+    match opened {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            tracing::error!(
+                data_dir = %data_dir.display(),
+                "!!! cannot open the state store ({e}): retained messages will NOT survive a restart; fix the directory or pass --data-dir"
+            );
+            None
+        }
     }
 }
 

@@ -91,6 +91,8 @@ pub struct Gateway {
     pub dir: TempDir,
     log_path: PathBuf,
     config_path: PathBuf,
+    /// Pass `--data-dir <dir>/data` (false when the config sets its own).
+    use_data_dir_flag: bool,
 }
 
 /// Config of a gateway for tests: anonymous allowed, one loopback listener on `port`.
@@ -136,6 +138,24 @@ impl Gateway {
             log_path: dir.path().join("holdfast.log"),
             config_path,
             dir,
+            use_data_dir_flag: true,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Starts a gateway whose config sets its own `node.data_dir` (no `--data-dir` flag).
+    pub fn start_config_keeping_data_dir(config: &str, port: u16) -> Gateway {
+        let dir = TempDir::new("gw");
+        let config_path = dir.path().join("holdfast.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let mut gw = Gateway {
+            child: None,
+            port,
+            log_path: dir.path().join("holdfast.log"),
+            config_path,
+            dir,
+            use_data_dir_flag: false,
         };
         gw.spawn();
         gw
@@ -148,12 +168,12 @@ impl Gateway {
             .open(&self.log_path)
             .expect("open log");
         let data = self.dir.path().join("data");
-        let child = Command::new(holdfast_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config_path)
-            .arg("--data-dir")
-            .arg(&data)
+        let mut cmd = Command::new(holdfast_bin());
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        if self.use_data_dir_flag {
+            cmd.arg("--data-dir").arg(&data);
+        }
+        let child = cmd
             .env(
                 "RUST_LOG",
                 std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "debug".into()),

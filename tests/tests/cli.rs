@@ -52,11 +52,12 @@ fn check_accepts_the_example_config() {
 fn a_taken_port_is_a_one_line_error_and_a_non_zero_exit() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
+    let data = TempDir::new("taken");
     let (ok, _out, err) = run_with_timeout(
         Command::new(holdfast_bin())
             .arg("run")
             .env("HOLDFAST__LISTENERS__0__BIND", format!("127.0.0.1:{port}"))
-            .env("HOLDFAST__NODE__DATA_DIR", std::env::temp_dir()),
+            .env("HOLDFAST__NODE__DATA_DIR", data.path()),
         Duration::from_secs(20),
     );
     assert!(!ok, "must exit non-zero");

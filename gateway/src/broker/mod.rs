@@ -8,6 +8,7 @@
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod persist;
 pub mod router;
 pub mod session;
 pub mod stats;

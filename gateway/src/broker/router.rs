@@ -17,6 +17,7 @@ use crate::config::SharedStrategy;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use holdfast_storage::kv::RetainedStore;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -63,6 +64,8 @@ pub struct RouterCounters {
     pub dropped_retained_full: u64,
     /// Queued or inflight messages discarded with their session (clean start, expiry).
     pub dropped_session_discarded: u64,
+    /// Retained-store writes that failed (disk full, I/O error); logged each time.
+    pub retained_store_errors: u64,
 }
 
 /// A snapshot of sizes for `$SYS` and the stats API.
@@ -160,6 +163,8 @@ pub struct Router {
     subs: SubscriptionTrie<SessionId, Subscription>,
     shared: SubscriptionTrie<ByteStr, SharedGroup>,
     retained: HashMap<ByteStr, Arc<Message>>,
+    /// Where retained messages are persisted, when the gateway has a data dir.
+    retained_store: Option<Arc<dyn RetainedStore>>,
     /// Retained topics that count against `max_retained_messages` (all but `$SYS/...`, which
     /// only the broker can publish).
     retained_user: usize,
@@ -182,6 +187,7 @@ impl Router {
             shared: SubscriptionTrie::new(),
             retained: HashMap::new(),
             retained_user: 0,
+            retained_store: None,
             next_session_id: 1,
             wake: Vec::new(),
             counters: RouterCounters::default(),
@@ -515,6 +521,7 @@ impl Router {
         if msg.payload.is_empty() {
             if self.retained.remove(&msg.topic).is_some() && counted {
                 self.retained_user -= 1;
+                self.persist_retained_removal(&msg.topic);
             }
             return;
         }
@@ -529,9 +536,68 @@ impl Router {
         // Stored without the publisher, so no-local never hides a retained message.
         let mut stored = msg.detached();
         stored.publisher = None;
+        if counted {
+            self.persist_retained(&stored);
+        }
         self.retained.insert(stored.topic.clone(), Arc::new(stored));
         if counted && is_new {
             self.retained_user += 1;
+        }
+    }
+
+    /// Persists retained messages from now on, after loading the ones stored before (those
+    /// that expired meanwhile are dropped from the store). Returns how many were loaded.
+    /// `$SYS` topics are never stored: the broker republishes them.
+    pub fn attach_retained_store(&mut self, store: Arc<dyn RetainedStore>, now: Instant) -> usize {
+        let stored = match store.load_all() {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load retained messages; starting without them");
+                Vec::new()
+            }
+        };
+        let mut loaded = 0;
+        for s in stored {
+            let topic = s.topic.clone();
+            match super::persist::from_stored(s, now) {
+                Some(msg) if self.retained_user < self.cfg.max_retained_messages => {
+                    if self
+                        .retained
+                        .insert(msg.topic.clone(), Arc::new(msg))
+                        .is_none()
+                    {
+                        self.retained_user += 1;
+                    }
+                    loaded += 1;
+                }
+                _ => {
+                    if let Err(e) = store.remove(&topic) {
+                        tracing::warn!(topic = %topic, error = %e, "cannot remove a stale retained message");
+                    }
+                }
+            }
+        }
+        self.retained_store = Some(store);
+        loaded
+    }
+
+    fn persist_retained(&mut self, msg: &Message) {
+        if let Some(store) = &self.retained_store {
+            // sled buffers the write and flushes it in the background (see the storage crate
+            // for what survives a kill -9 and what a power cut).
+            if let Err(e) = store.put(&super::persist::to_stored(msg, Instant::now())) {
+                self.counters.retained_store_errors += 1;
+                tracing::error!(topic = %msg.topic, error = %e, "retained message not persisted");
+            }
+        }
+    }
+
+    fn persist_retained_removal(&mut self, topic: &str) {
+        if let Some(store) = &self.retained_store {
+            if let Err(e) = store.remove(topic) {
+                self.counters.retained_store_errors += 1;
+                tracing::error!(topic = %topic, error = %e, "retained message removal not persisted");
+            }
         }
     }
 

@@ -100,6 +100,8 @@ struct Run {
 #[derive(Debug)]
 pub(crate) struct CommitJob {
     dir: PathBuf,
+    /// The size a new segment file is preallocated to.
+    segment_bytes: u64,
     batch: Vec<u8>,
     runs: Vec<Run>,
     /// Records in the batch.
@@ -143,6 +145,10 @@ impl CommitJob {
                         .open(path)
                         .map_err(|e| QueueError::io("create a segment file", e))?;
                     created = true;
+                    if let Err(e) = segment::preallocate(&f, self.segment_bytes) {
+                        self.undo(run);
+                        return Err(QueueError::io("preallocate a segment file", e));
+                    }
                     let f = Arc::new(f);
                     new_files.push(Arc::clone(&f));
                     f
@@ -175,13 +181,14 @@ impl CommitJob {
         })
     }
 
-    /// Best effort after a failed write: cut the partial bytes, remove a half-made segment.
-    /// Not required for correctness (the retry rewrites the same bytes at the same offset and
-    /// recovery cuts a torn tail), only tidy.
+    /// Best effort after a failed write: zero the partial bytes (the file keeps its
+    /// preallocated size), remove a half-made segment. Not required for correctness (the retry
+    /// rewrites the same bytes at the same offset and recovery zeroes a torn tail), only tidy.
     fn undo(&self, run: &Run) {
         match &run.target {
             Target::Tail(f) => {
-                let _ = f.set_len(run.file_offset);
+                let zeros = vec![0u8; run.batch_range.len()];
+                let _ = f.write_all_at(&zeros, run.file_offset);
             }
             Target::New { path, .. } => {
                 let _ = fs::remove_file(path);
@@ -193,10 +200,11 @@ impl CommitJob {
 impl SegmentQueue {
     /// Opens (or creates) the queue in `cfg.dir` and recovers it.
     ///
-    /// Recovery: every segment is scanned and its records checked (length, CRC, sequence). In
-    /// the last segment the first record that does not check out and everything after it is a
-    /// write that was never made durable: the file is truncated there (the number of bytes cut
-    /// is logged). In an earlier segment it is corruption: the rest of that segment is skipped,
+    /// Recovery: every segment is scanned and its records checked (length, CRC, sequence). A
+    /// segment is preallocated, so the zeros after its last record are its end. In the last
+    /// segment the first record that does not check out and everything after it is a write
+    /// that was never made durable: those bytes are zeroed (the file keeps its size) and
+    /// appends continue at that offset (logged). In an earlier segment it is corruption: the rest of that segment is skipped,
     /// and the records lost are logged and counted in `corrupt_records_skipped`. Then the ack
     /// cursor is read; with [`OnFull::DropOldest`], records over `max_bytes` (a smaller cap than
     /// last time) are dropped. After `open` returns, everything found is durable.
@@ -246,18 +254,27 @@ impl SegmentQueue {
                         "corrupt record in a queue segment; skipping to the next segment"
                     );
                 }
-            } else if scanned.stopped.is_some() || scanned.file_len > seg.len {
-                let cut = scanned.file_len - seg.len;
+            } else if scanned.stopped.is_some() {
+                // Zero the torn bytes rather than leave them: a later append of records the
+                // same size could otherwise line up with stale records behind it and bring back
+                // records that were never committed. Cutting the file back and growing it again
+                // zeroes everything past the valid prefix without writing the zeros.
                 seg.file
                     .set_len(seg.len)
+                    .and_then(|()| segment::preallocate(&seg.file, cfg.segment_bytes))
                     .and_then(|()| seg.file.sync_data())
-                    .map_err(|e| QueueError::io("truncate a torn segment tail", e))?;
+                    .map_err(|e| QueueError::io("zero a torn segment tail", e))?;
                 tracing::warn!(
                     path = %path.display(),
-                    bytes_cut = cut,
+                    at_offset = seg.len,
                     reason = ?scanned.stopped,
                     "cut a torn write at the end of the queue log"
                 );
+            } else if scanned.file_len < cfg.segment_bytes {
+                // A tail segment written before segments were preallocated.
+                segment::preallocate(&seg.file, cfg.segment_bytes)
+                    .and_then(|()| seg.file.sync_data())
+                    .map_err(|e| QueueError::io("preallocate a segment file", e))?;
             }
             segments.push_back(seg);
         }
@@ -476,6 +493,7 @@ impl SegmentQueue {
         self.inflight = count;
         Some(CommitJob {
             dir: self.cfg.dir.clone(),
+            segment_bytes: self.cfg.segment_bytes,
             batch: self.pending.buf[..self
                 .pending
                 .offset_of(self.pending.first_seq + count as u64)]

@@ -23,6 +23,13 @@
 //! `[len u32 LE][crc32 u32 LE over seq+payload][seq u64 LE][payload]` (`len` counts the payload);
 //! sequence numbers start at 1 and increase by one per record, across restarts too.
 //!
+//! A segment is created at its full size (`set_len`, so sparse): the bytes after its last
+//! record read as zeros, and that is where the log (or the segment) ends. A commit writes
+//! inside the file's size, so its `fdatasync` need not journal a size change (ext4 journals
+//! only the allocation of each new 4 KiB block). Recovery never shrinks a file: it zeroes torn
+//! bytes after the valid prefix and appends continue right after the last good record. The
+//! apparent size of a segment is always `segment_bytes`; the blocks it uses are those written.
+//!
 //! # What survives what
 //!
 //! - A record is durable (survives `kill -9` *and* a power cut) once the [`SegmentQueue::commit`]
@@ -40,7 +47,8 @@
 //!
 //! - Unacknowledged records (durable and buffered, 16 bytes of framing included) never exceed
 //!   [`QueueConfig::max_bytes`]. Disk use is at most `max_bytes` plus one segment of already
-//!   acknowledged records at the head plus the batch being written, because space is reclaimed
+//!   acknowledged records at the head plus the batch being written (allocated blocks; each
+//!   file's apparent size is a whole segment), because space is reclaimed
 //!   a whole segment at a time (a segment file is deleted once every record in it is
 //!   acknowledged or dropped, except the newest segment, which keeps the sequence numbers).
 //! - Memory: 4 bytes of index per record on disk, the records buffered for the next commit

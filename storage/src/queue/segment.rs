@@ -126,8 +126,22 @@ pub(crate) struct Scanned {
     pub(crate) segment: Segment,
     /// The file's length on disk before anything was cut.
     pub(crate) file_len: u64,
-    /// Why the scan stopped before the end of the file, if it did.
+    /// Why the scan stopped before the end of the file, if it did. `None` also when everything
+    /// after the last record is zeros: the unwritten rest of a preallocated segment is its clean
+    /// end, not damage (a zero header can never check out: seq 0 is never handed out).
     pub(crate) stopped: Option<Bad>,
+}
+
+/// Gives a segment file its full size up front with `set_len`, so the file is sparse past its
+/// records and reads back as zeros there. A commit that writes inside that size does not
+/// change the file size, so its `fdatasync` has no size change to journal (ext4 still journals
+/// the allocation of each new 4 KiB block, once per block rather than once per commit).
+/// Never shrinks a file.
+pub(crate) fn preallocate(file: &File, segment_bytes: u64) -> io::Result<()> {
+    if file.metadata()?.len() < segment_bytes {
+        file.set_len(segment_bytes)?;
+    }
+    Ok(())
 }
 
 /// Opens a segment and indexes its valid prefix: records in order with the expected sequence
@@ -154,7 +168,9 @@ pub(crate) fn scan(path: &Path, first_seq: u64) -> io::Result<Scanned> {
                 seq += 1;
             }
             Err(bad) => {
-                stopped = Some(bad);
+                if data[pos..].iter().any(|&b| b != 0) {
+                    stopped = Some(bad);
+                }
                 break;
             }
         }

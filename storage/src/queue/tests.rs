@@ -210,11 +210,10 @@ fn a_torn_last_record_is_cut_and_everything_before_it_survives() {
         fs::write(&path, &bytes).unwrap();
         let mut q = open(dir.path());
         assert_eq!(seqs(&all(&q)), (1..=9).collect::<Vec<_>>(), "{damage}");
-        assert_eq!(
-            fs::metadata(&path).unwrap().len(),
-            9 * rec as u64,
-            "{damage}"
-        );
+        // The torn bytes are zeroed, the file keeps (or regains) its preallocated size.
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, DEFAULT_SEGMENT_BYTES, "{damage}");
+        assert!(bytes[9 * rec..].iter().all(|&b| b == 0), "{damage}");
         assert_eq!(q.append(b"after").unwrap().seq, 10);
         q.commit().unwrap();
         drop(q);
@@ -222,6 +221,102 @@ fn a_torn_last_record_is_cut_and_everything_before_it_survives() {
         assert_eq!(all(&q).last().unwrap().payload, b"after".to_vec());
         assert_eq!(q.len(), 10);
     }
+}
+
+#[test]
+fn a_segment_is_preallocated_sparse_and_its_zeros_are_the_end_of_the_log() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rec = HEADER_LEN + 20;
+    {
+        let mut q = open(dir.path());
+        for i in 0..5u8 {
+            q.append(&[i + 1; 20]).unwrap();
+        }
+        q.commit().unwrap();
+    }
+    let path = segment_path(dir.path(), 1);
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), DEFAULT_SEGMENT_BYTES);
+    assert!(meta.blocks() * 512 < DEFAULT_SEGMENT_BYTES, "not sparse");
+    let bytes = fs::read(&path).unwrap();
+    assert!(bytes[5 * rec..].iter().all(|&b| b == 0));
+
+    // Reopen: all five records, nothing counted as corrupt, the next append goes right after
+    // the last record (not at the end of the file) and survives another reopen.
+    let mut q = open(dir.path());
+    assert_eq!(seqs(&all(&q)), (1..=5).collect::<Vec<_>>());
+    assert_eq!(q.corrupt_records_skipped(), 0);
+    assert_eq!(q.append(&[9; 20]).unwrap().seq, 6);
+    q.commit().unwrap();
+    drop(q);
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, DEFAULT_SEGMENT_BYTES);
+    let (range, total) = super::segment::decode_record(&bytes[5 * rec..], 6).unwrap();
+    assert_eq!(&bytes[5 * rec..][range], &[9; 20]);
+    assert!(bytes[5 * rec + total..].iter().all(|&b| b == 0));
+    let q = open(dir.path());
+    assert_eq!(seqs(&all(&q)), (1..=6).collect::<Vec<_>>());
+    assert_eq!(q.corrupt_records_skipped(), 0);
+}
+
+#[test]
+fn a_tail_segment_without_preallocation_is_grown_at_open_and_appended_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = HEADER_LEN + 20;
+    {
+        let mut q = open(dir.path());
+        for i in 0..10u8 {
+            q.append(&[i; 20]).unwrap();
+        }
+        q.commit().unwrap();
+    }
+    // The layout an older version left: the file ends at its last record.
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.truncate(10 * rec);
+    fs::write(&path, &bytes).unwrap();
+    let mut q = open(dir.path());
+    assert_eq!(seqs(&all(&q)), (1..=10).collect::<Vec<_>>());
+    assert_eq!(fs::metadata(&path).unwrap().len(), DEFAULT_SEGMENT_BYTES);
+    assert_eq!(q.append(&[11; 20]).unwrap().seq, 11);
+    q.commit().unwrap();
+    drop(q);
+    let q = open(dir.path());
+    assert_eq!(seqs(&all(&q)), (1..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn stale_records_behind_a_torn_tail_never_come_back() {
+    // Pages of one write can reach the disk out of order: a crash can leave a damaged record
+    // followed by intact records of the same (never committed) batch. Recovery must zero them,
+    // or an append of the same size would line up with them and resurrect them.
+    let dir = tempfile::tempdir().unwrap();
+    let rec = HEADER_LEN + 20;
+    {
+        let mut q = open(dir.path());
+        for i in 0..10u8 {
+            q.append(&[i; 20]).unwrap();
+        }
+        q.commit().unwrap();
+    }
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[4 * rec + HEADER_LEN] ^= 0xff; // seq 5 damaged, 6..=10 intact behind it
+    fs::write(&path, &bytes).unwrap();
+    {
+        let mut q = open(dir.path());
+        assert_eq!(seqs(&all(&q)), (1..=4).collect::<Vec<_>>());
+        let bytes = fs::read(&path).unwrap();
+        assert!(bytes[4 * rec..].iter().all(|&b| b == 0));
+        assert_eq!(q.append(&[0xaa; 20]).unwrap().seq, 5);
+        q.commit().unwrap();
+    }
+    let q = open(dir.path());
+    let got = all(&q);
+    assert_eq!(seqs(&got), (1..=5).collect::<Vec<_>>());
+    assert_eq!(got[4].payload, vec![0xaa; 20]);
+    assert_eq!(q.next_seq(), 6);
 }
 
 #[test]
