@@ -31,7 +31,7 @@ fn retained_messages_survive_kill_9_once_the_background_flush_ran() {
     assert!(mosquitto_pub(gw.port, "keep/x", "X", &["-r", "-q", "1"]));
     // The store flushes in the background every 500 ms (documented); a crash before that may
     // lose the newest retained message, never corrupt the others.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(3000));
     gw.kill9();
     gw.restart();
     assert_eq!(retained_after_restart(&gw), vec!["keep/x X"]);
