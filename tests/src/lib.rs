@@ -6,6 +6,8 @@
 //! never touches a non-loopback address.
 #![forbid(unsafe_code)]
 
+pub mod raw5;
+
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -4,166 +4,15 @@
 //! Driven with the mosquitto clients and a bare MQTT 5 client (rumqttc's packet types over a
 //! plain socket) where the test must not acknowledge, must see DUP flags or reason codes.
 
-use bytes::{Buf, BytesMut};
+use holdfast_tests::raw5::Raw;
 use holdfast_tests::{free_port, mosquitto_pub, Gateway, MosquittoSub};
-use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, Packet, PubAck, PubAckReason, Publish, Subscribe, SubscribeReasonCode,
-};
-use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
+use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, Publish};
+use rumqttc::v5::mqttbytes::QoS;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// A bare MQTT 5 client over a blocking socket.
-
-/// Why a read produced no packet.
-#[derive(Debug)]
-enum NoPacket {
-    Closed,
-    TimedOut,
-}
-
-/// rumqttc's packet types written to and read from a plain socket.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    fn connect(
-        port: u16,
-        client_id: &str,
-        clean_start: bool,
-        session_expiry: u32,
-    ) -> (Raw, ConnAck) {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut raw = Raw {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let mut properties = ConnectProperties::new();
-        properties.session_expiry_interval = Some(session_expiry);
-        raw.send(Packet::Connect(
-            Connect {
-                keep_alive: 60,
-                client_id: client_id.to_string(),
-                clean_start,
-                properties: Some(properties),
-            },
-            None,
-            None,
-        ));
-        match raw.expect(WAIT) {
-            Packet::ConnAck(ack) => {
-                assert_eq!(ack.code, ConnectReturnCode::Success, "{ack:?}");
-                (raw, ack)
-            }
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-    }
-
-    fn send(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out).expect("encode a packet");
-        self.stream.write_all(&out).expect("write to the gateway");
-    }
-
-    fn parse(&mut self) -> Option<Packet> {
-        if self.buf.len() >= 2 && self.buf[0] == 0xE0 && self.buf[1] == 0 {
-            self.buf.advance(2);
-            return Some(Packet::Disconnect(Disconnect::new(
-                DisconnectReasonCode::NormalDisconnection,
-            )));
-        }
-        match Packet::read(&mut self.buf, None) {
-            Ok(p) => Some(p),
-            Err(CodecError::InsufficientBytes(_)) => None,
-            Err(e) => panic!("undecodable packet from the gateway: {e}"),
-        }
-    }
-
-    fn read(&mut self, within: Duration) -> Result<Packet, NoPacket> {
-        let deadline = Instant::now() + within;
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some(p) = self.parse() {
-                return Ok(p);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(NoPacket::TimedOut);
-            }
-            self.stream.set_read_timeout(Some(left)).expect("timeout");
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(NoPacket::Closed),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-                Err(_) => return Err(NoPacket::Closed),
-            }
-        }
-    }
-
-    fn expect(&mut self, within: Duration) -> Packet {
-        match self.read(within) {
-            Ok(p) => p,
-            Err(why) => panic!("expected a packet from the gateway: {why:?}"),
-        }
-    }
-
-    fn next_publish(&mut self, within: Duration) -> Option<Publish> {
-        match self.read(within) {
-            Ok(Packet::Publish(p)) => Some(p),
-            Ok(other) => panic!("expected PUBLISH, got {other:?}"),
-            Err(NoPacket::Closed) => panic!("the gateway closed the connection"),
-            Err(NoPacket::TimedOut) => None,
-        }
-    }
-
-    fn subscribe(&mut self, path: &str, qos: QoS) {
-        let mut subscribe = Subscribe::new(Filter::new(path, qos), None);
-        subscribe.pkid = 1;
-        self.send(Packet::Subscribe(subscribe));
-        match self.expect(WAIT) {
-            Packet::SubAck(ack) => assert!(
-                matches!(ack.return_codes[..], [SubscribeReasonCode::Success(_)]),
-                "{ack:?}"
-            ),
-            other => panic!("expected SUBACK, got {other:?}"),
-        }
-    }
-
-    /// Sends QoS 1 PUBLISHes back to back, then collects their PUBACKs in order.
-    fn publish_all(&mut self, topic: &str, payloads: &[String], first_pkid: u16, retain: bool) {
-        let mut out = BytesMut::new();
-        for (i, payload) in payloads.iter().enumerate() {
-            let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.clone(), None);
-            p.pkid = first_pkid + i as u16;
-            p.retain = retain;
-            Packet::Publish(p).write(&mut out).expect("encode");
-        }
-        self.stream.write_all(&out).expect("write to the gateway");
-        for i in 0..payloads.len() {
-            match self.expect(WAIT) {
-                Packet::PubAck(ack) => assert_eq!(ack.pkid, first_pkid + i as u16),
-                other => panic!("expected PUBACK, got {other:?}"),
-            }
-        }
-    }
-
-    fn ack(&mut self, p: &Publish) {
-        self.send(Packet::PubAck(PubAck::new(p.pkid, None)));
-    }
-
-    /// A client DISCONNECT with reason 0, then the socket is closed.
-    fn disconnect(mut self) {
-        let _ = self.stream.write_all(&[0xE0, 0x00]);
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -303,7 +152,7 @@ fn clients_may_not_publish_to_sys_topics() {
     let gw = Gateway::start();
     let fake = "$SYS/brokers/gw-test/fake";
     let sub = MosquittoSub::start(gw.port, &format!("{fake}/#"), &["-v", "-t", "marker"]);
-    let (mut c, _) = Raw::connect(gw.port, "sys-writer", true, 0);
+    let (mut c, _) = Raw::connect_with_expiry(gw.port, "sys-writer", true, 0);
     for (pkid, retain) in [(1, false), (2, true)] {
         let mut p = Publish::new(format!("{fake}/x"), QoS::AtLeastOnce, "spoof", None);
         p.pkid = pkid;
@@ -375,9 +224,9 @@ allow_anonymous = true
 fn a_subscriber_that_never_acks_holds_max_inflight_and_gets_them_again_with_dup_before_the_newest_queued(
 ) {
     let gw = Gateway::start_with_mqtt("max_inflight = 5\nmax_mqueue_len = 10");
-    let (mut sub, _) = Raw::connect(gw.port, "nack", false, 300);
-    sub.subscribe("inf/t", QoS::AtLeastOnce);
-    let (mut publisher, _) = Raw::connect(gw.port, "inf-pub", true, 0);
+    let (mut sub, _) = Raw::connect_with_expiry(gw.port, "nack", false, 300);
+    sub.subscribe_one("inf/t", QoS::AtLeastOnce);
+    let (mut publisher, _) = Raw::connect_with_expiry(gw.port, "inf-pub", true, 0);
     let payloads: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
 
     // The first five fill the window while the subscriber is connected.
@@ -404,7 +253,7 @@ fn a_subscriber_that_never_acks_holds_max_inflight_and_gets_them_again_with_dup_
     );
     sub.disconnect();
 
-    let (mut sub, ack) = Raw::connect(gw.port, "nack", false, 300);
+    let (mut sub, ack) = Raw::connect_with_expiry(gw.port, "nack", false, 300);
     assert!(ack.session_present);
     for want in &inflight {
         let p = sub
