@@ -992,14 +992,8 @@ pub fn encode_publish_ref(
     protocol: ProtocolVersion,
     buf: &mut BytesMut,
 ) -> Result<(), EncodeError> {
-    let remaining = measure(|c| put_publish_ref(c, publish, protocol))?;
-    if remaining > MAX_VARINT {
-        return Err(EncodeError::PacketTooLarge(remaining));
-    }
-    let qos = publish.qos as u8;
-    let dup = publish.dup && qos > 0;
-    let first = 0x30 | u8::from(dup) << 3 | qos << 1 | u8::from(publish.retain);
-    write_header(buf, first, remaining);
+    let remaining = publish_remaining_len(publish, protocol)?;
+    write_header(buf, publish_first_byte(publish), remaining);
     put_publish_ref(&mut Writer(buf), publish, protocol);
     Ok(())
 }
@@ -1008,7 +1002,7 @@ pub fn encode_publish_ref(
 /// packet size before encoding.
 pub fn encoded_len(packet: &Packet, protocol: ProtocolVersion) -> Result<usize, EncodeError> {
     let remaining = match packet {
-        Packet::Publish(publish) => publish_remaining_len(publish, protocol)?,
+        Packet::Publish(publish) => publish_remaining_len(&PublishRef::from(publish), protocol)?,
         _ => remaining_len(packet, protocol)?,
     };
     Ok(1 + varint_len(remaining) + remaining)
@@ -1029,10 +1023,10 @@ fn remaining_len(packet: &Packet, protocol: ProtocolVersion) -> Result<usize, En
 }
 
 fn publish_remaining_len(
-    publish: &Publish,
+    publish: &PublishRef<'_>,
     protocol: ProtocolVersion,
 ) -> Result<usize, EncodeError> {
-    let remaining = measure(|c| put_publish(c, publish, protocol))?;
+    let remaining = measure(|c| put_publish_ref(c, publish, protocol))?;
     if remaining > MAX_VARINT {
         return Err(EncodeError::PacketTooLarge(remaining));
     }
@@ -1055,7 +1049,7 @@ fn varint_len(value: usize) -> usize {
     }
 }
 
-fn publish_first_byte(p: &Publish) -> u8 {
+fn publish_first_byte(p: &PublishRef<'_>) -> u8 {
     let qos = p.qos as u8;
     let dup = p.dup && qos > 0;
     0x30 | u8::from(dup) << 3 | qos << 1 | u8::from(p.retain)
@@ -1065,7 +1059,7 @@ fn first_byte(packet: &Packet) -> u8 {
     match packet {
         Packet::Connect(_) => 0x10,
         Packet::ConnAck(_) => 0x20,
-        Packet::Publish(p) => publish_first_byte(p),
+        Packet::Publish(p) => publish_first_byte(&PublishRef::from(p)),
         Packet::PubAck(_) => 0x40,
         Packet::PubRec(_) => 0x50,
         Packet::PubRel(_) => 0x62,
