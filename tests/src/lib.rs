@@ -131,23 +131,15 @@ impl Gateway {
 
     /// Starts a gateway with a full config whose MQTT listener is on `port`.
     pub fn start_config(config: &str, port: u16) -> Gateway {
-        let dir = TempDir::new("gw");
-        let config_path = dir.path().join("holdfast.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut gw = Gateway {
-            child: None,
-            port,
-            log_path: dir.path().join("holdfast.log"),
-            config_path,
-            dir,
-            use_data_dir_flag: true,
-        };
-        gw.spawn();
-        gw
+        Gateway::launch(config, port, true)
     }
 
     /// Starts a gateway whose config sets its own `node.data_dir` (no `--data-dir` flag).
     pub fn start_config_keeping_data_dir(config: &str, port: u16) -> Gateway {
+        Gateway::launch(config, port, false)
+    }
+
+    fn launch(config: &str, port: u16, use_data_dir_flag: bool) -> Gateway {
         let dir = TempDir::new("gw");
         let config_path = dir.path().join("holdfast.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -157,7 +149,7 @@ impl Gateway {
             log_path: dir.path().join("holdfast.log"),
             config_path,
             dir,
-            use_data_dir_flag: false,
+            use_data_dir_flag,
         };
         gw.spawn();
         gw
