@@ -479,12 +479,7 @@ impl Router {
             }
             if let Some(s) = sessions.get_mut(sid) {
                 matched += 1;
-                let delivery = Delivery {
-                    message: msg.clone(),
-                    qos: msg.qos.min(sub.options.qos),
-                    retain: msg.retain && sub.options.retain_as_published,
-                    subscription_id: sub.id,
-                };
+                let delivery = Delivery::live(&msg, sub);
                 enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
             }
         });
@@ -494,14 +489,9 @@ impl Router {
             };
             if let Some(s) = sessions.get_mut(&sid) {
                 matched += 1;
-                let delivery = Delivery {
-                    message: msg.clone(),
-                    qos: msg.qos.min(sub.options.qos),
-                    // Retained messages are never sent to shared subscriptions on subscribe;
-                    // a live message keeps retain-as-published semantics.
-                    retain: msg.retain && sub.options.retain_as_published,
-                    subscription_id: sub.id,
-                };
+                // Retained messages are never sent to shared subscriptions on subscribe; a
+                // live message keeps retain-as-published semantics like any other.
+                let delivery = Delivery::live(&msg, &sub);
                 enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
             }
         });
@@ -928,6 +918,19 @@ impl Router {
             if let Some(c) = &s.conn {
                 c.close_with(reason_code);
             }
+        }
+    }
+}
+
+impl Delivery {
+    /// The delivery of a live publish through subscription `sub`: the lower QoS, the retain
+    /// flag only with retain-as-published, and the subscription's identifier.
+    fn live(msg: &Arc<Message>, sub: &Subscription) -> Delivery {
+        Delivery {
+            message: msg.clone(),
+            qos: msg.qos.min(sub.options.qos),
+            retain: msg.retain && sub.options.retain_as_published,
+            subscription_id: sub.id,
         }
     }
 }
