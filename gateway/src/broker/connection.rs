@@ -231,12 +231,7 @@ impl Connection {
                     match self.try_read(CONNECT_CHUNK) {
                         Ok(0) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
                         Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            // Stale readiness: do not keep a reserved buffer for nothing.
-                            if self.rbuf.is_empty() {
-                                self.rbuf = BytesMut::new();
-                            }
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                         Err(_) => return Err(Close::new(DisconnectReason::TcpClosed, None)),
                     }
                 }
@@ -246,12 +241,26 @@ impl Connection {
 
     fn try_read(&mut self, chunk: usize) -> io::Result<usize> {
         self.rbuf.reserve(chunk);
-        let n = self.stream.try_read_buf(&mut self.rbuf)?;
+        let n = match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(n) => n,
+            Err(e) => {
+                // Stale readiness (WouldBlock): do not keep a reserved buffer for nothing.
+                self.release_read_buffer_if_empty();
+                return Err(e);
+            }
+        };
         self.broker
             .traffic
             .bytes_received
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Idle connections keep no read buffer: drop the reservation once everything is decoded.
+    fn release_read_buffer_if_empty(&mut self) {
+        if self.rbuf.is_empty() {
+            self.rbuf = BytesMut::new();
+        }
     }
 
     fn log_parse_failure(&self, e: &DecodeError) {
@@ -473,8 +482,7 @@ impl Connection {
                 return close;
             }
         } else {
-            // Idle connections keep no read buffer.
-            self.rbuf = BytesMut::new();
+            self.release_read_buffer_if_empty();
         }
         self.drain_outgoing();
         loop {
@@ -520,12 +528,7 @@ impl Connection {
                             return close;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        // Stale readiness: do not keep a reserved buffer for nothing.
-                        if self.rbuf.is_empty() {
-                            self.rbuf = BytesMut::new();
-                        }
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
                 },
                 Wakeup::Deliveries => self.drain_outgoing(),
@@ -586,10 +589,7 @@ impl Connection {
                 }
             }
         }
-        if self.rbuf.is_empty() {
-            // Idle connections keep no read buffer.
-            self.rbuf = BytesMut::new();
-        }
+        self.release_read_buffer_if_empty();
         let result = self.apply_inbound();
         for reply in std::mem::take(&mut self.replies) {
             self.queue_packet(&reply);
