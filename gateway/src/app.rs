@@ -6,6 +6,7 @@
 //! data itself.
 
 use crate::auth::{AuthFileError, Authenticator};
+use crate::bridge;
 use crate::broker::listener::{self, BindError};
 use crate::broker::{sys, Broker};
 use crate::config::Config;
@@ -30,6 +31,9 @@ pub enum StartError {
     /// The password file could not be read.
     #[error("auth: {0}")]
     Auth(#[from] AuthFileError),
+    /// A bridge's queue could not be opened.
+    #[error(transparent)]
+    Bridge(#[from] bridge::OpenError),
     /// The board could not be opened (its watchdog device, usually).
     #[error("board: {0} (set board.watchdog_device = \"\" to run without a hardware watchdog)")]
     Board(#[from] BoardError),
@@ -58,6 +62,12 @@ impl Gateway {
             let dyn_store: Arc<dyn RetainedStore> = store.clone();
             let loaded = broker.with_router(|r| r.attach_retained_store(dyn_store, now));
             tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, "state restored");
+        }
+        if !broker.config.bridges.is_empty() {
+            // A bridge without its queue would lose data while looking healthy: refuse to start.
+            let forwarder =
+                bridge::open_outboxes(&broker.config.bridges, &broker.config.node.data_dir)?;
+            broker.set_forwarder(Arc::new(forwarder));
         }
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
@@ -91,6 +101,7 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let broker = self.broker;
         tracker.spawn(sys::run_timers(broker.clone()));
+        bridge::spawn_links(&broker, &tracker);
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
         }
@@ -117,6 +128,9 @@ impl Gateway {
             if tokio::time::timeout(GRACE, board.finished()).await.is_err() {
                 tracing::warn!("the board did not close within the grace period");
             }
+        }
+        if let Some(forwarder) = broker.forwarder() {
+            bridge::flush_all(forwarder);
         }
         if let Some(store) = &self.store {
             if let Err(e) = store.flush() {

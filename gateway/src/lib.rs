@@ -1,7 +1,8 @@
 //! Holdfast: the edge gateway as a library; `main.rs` is a thin CLI over it.
 //!
 //! Layout: `config` turns TOML + environment into typed config, `auth` decides who may connect,
-//! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `supervise`
+//! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `bridge` the
+//! store-and-forward links to cloud brokers, `supervise`
 //! is the board task (watchdog fed only while healthy, LEDs, systemd, board `$SYS`), `app`
 //! wires them together and owns shutdown.
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod supervise;

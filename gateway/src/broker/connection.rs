@@ -7,6 +7,10 @@
 //! router lock across an `.await`, never buffers more than `outbound_buffer` bytes of output
 //! (it stops draining its session and stops reading until the socket takes them), and a bad
 //! packet closes only this connection with one log line naming the peer and the reason.
+//!
+//! A QoS 1/2 PUBLISH that a bridge forwards is acknowledged only once the bridge queue has
+//! synced it (`flush = "group" | "every"`): its PUBACK/PUBREC, and every one after it, is held
+//! until then, in PUBLISH order, and reading stops while `MAX_HELD_ACKS` are held.
 
 use super::message::{Message, SessionId};
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
@@ -15,12 +19,13 @@ use super::stats::{DisconnectReason, ListenerStats};
 use super::sys::{self, ClientInfo};
 use super::Broker;
 use crate::auth::AuthDecision;
+use crate::bridge::{Forwarded, Forwarder, Refusal};
 use bytes::{Buf, BytesMut};
 use holdfast_mqtt::{
     decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
     Properties, ProtocolVersion, PubResp, Publish, PublishRef, QoS, SubAck, UnsubAck,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -39,6 +44,9 @@ const CONNECT_CHUNK: usize = 512;
 const DRAIN_BATCH: usize = 256;
 /// How long a closing connection may spend flushing its last bytes.
 const CLOSE_FLUSH: Duration = Duration::from_secs(2);
+/// Acknowledgements one connection may hold while bridge queues sync before it stops reading.
+/// A device's own inflight window usually stops it long before.
+const MAX_HELD_ACKS: usize = 4096;
 /// Far enough to mean "no deadline".
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
@@ -124,6 +132,9 @@ struct Connection {
     outgoing: Vec<Outgoing>,
     /// Outbound packet ids dropped as too large for the client, to release from the window.
     released: Vec<u16>,
+    /// Acknowledgements waiting for a bridge queue's sync; allocated on first use, since most
+    /// connections never publish to a bridged topic.
+    held: Option<Box<HeldAcks>>,
     /// Boxed: only needed at connect and disconnect, not worth carrying inline while idle.
     connected: bool,
     /// CONNECT's keepalive and clean-start flag, for the `$SYS` disconnected event.
@@ -156,6 +167,7 @@ impl Connection {
             replies: Vec::new(),
             outgoing: Vec::new(),
             released: Vec::new(),
+            held: None,
             connected: false,
             connect_keepalive: 0,
             connect_clean_start: false,
@@ -500,7 +512,11 @@ impl Connection {
                 let (stream, ctrl) = (&self.stream, &self.ctrl);
                 let has_output = !self.wbuf.is_empty();
                 let keepalive = keepalive.as_mut();
-                poll_wakeup(stream, ctrl, has_output, room, keepalive).await
+                // Input stops while too many acknowledgements wait for a sync: the devices'
+                // inflight windows then hold the rest back.
+                let read = room && self.held_len() < MAX_HELD_ACKS;
+                let held = self.held.as_deref();
+                poll_wakeup(stream, ctrl, has_output, read, room, held, keepalive).await
             };
             match wakeup {
                 Wakeup::Close => {
@@ -532,6 +548,7 @@ impl Connection {
                     Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
                 },
                 Wakeup::Deliveries => self.drain_outgoing(),
+                Wakeup::Durable => self.release_held(),
                 Wakeup::KeepAlive => {
                     tracing::info!(peer = %self.peer, client_id = %self.client_id, "closed: keepalive_timeout");
                     return Close::new(
@@ -591,9 +608,7 @@ impl Connection {
         }
         self.release_read_buffer_if_empty();
         let result = self.apply_inbound();
-        for reply in std::mem::take(&mut self.replies) {
-            self.queue_packet(&reply);
-        }
+        self.send_replies()?;
         result?;
         if let Some(close) = failure {
             return Err(close);
@@ -619,12 +634,23 @@ impl Connection {
             .traffic
             .publish_received
             .fetch_add(publishes as u64, Ordering::Relaxed);
-        let result = broker.with_router(|r| {
-            for packet in packets.drain(..) {
-                self.apply_packet(r, packet, now)?;
-            }
-            Ok(())
-        });
+        let mut forwarded = self
+            .held
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.forwarded))
+            .unwrap_or_default();
+        let result = broker.with_router_forwarding(
+            |r| {
+                for packet in packets.drain(..) {
+                    self.apply_packet(r, packet, now)?;
+                }
+                Ok(())
+            },
+            &mut forwarded,
+        );
+        if !forwarded.is_empty() {
+            self.held.get_or_insert_with(Box::default).forwarded = forwarded;
+        }
         packets.clear();
         if !self.rbuf.is_empty() {
             // Busy: more input is on its way, keep the capacity for the next batch.
@@ -821,8 +847,17 @@ impl Connection {
                 publisher: Some(self.session),
                 expires_at,
             });
+            let before = r.forwards_len();
             if r.publish(message, now) == 0 && v5 {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+            if r.forwards_len() > before && p.qos != QoS::AtMostOnce {
+                // The acknowledgement pushed below waits for the bridge queue's verdict.
+                let at = self.replies.len();
+                self.held
+                    .get_or_insert_with(Box::default)
+                    .deferred
+                    .push((at, before));
             }
         }
         if !v5 && code >= 0x80 {
@@ -838,6 +873,99 @@ impl Connection {
                 .push(pub_resp(Packet::PubRec, p.packet_id, code)),
         }
         Ok(())
+    }
+
+    /// Encodes this batch's replies. A PUBACK/PUBREC whose message went to a bridge waits
+    /// for the bridge queue's sync, and every later PUBACK/PUBREC waits behind it (MQTT wants
+    /// them in PUBLISH order). A message a bridge could not queue is refused: reason 0x97
+    /// (quota exceeded) or 0x80 for MQTT 5; a 3.1.1 client, which cannot hear a refusal, is
+    /// disconnected and will resend.
+    fn send_replies(&mut self) -> Result<(), Close> {
+        let replies = std::mem::take(&mut self.replies);
+        let (deferred, forwarded) = match self.held.as_mut() {
+            Some(h) => (
+                std::mem::take(&mut h.deferred),
+                std::mem::take(&mut h.forwarded),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut deferred = deferred.into_iter().peekable();
+        let mut forwarded: Vec<Option<Forwarded>> = forwarded.into_iter().map(Some).collect();
+        let mut outcome = Ok(());
+        for (i, mut reply) in replies.into_iter().enumerate() {
+            let verdict = match deferred.peek() {
+                Some(&(at, ordinal)) if at == i => {
+                    deferred.next();
+                    forwarded.get_mut(ordinal).and_then(Option::take)
+                }
+                _ => None,
+            };
+            let mut needs = Vec::new();
+            if let Some(verdict) = verdict {
+                if let Some(refusal) = verdict.refused {
+                    if !self.protocol.is_v5() {
+                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, reason = ?refusal, "closing: a bridge queue refused a message and MQTT 3.1.1 cannot say so");
+                        outcome = Err(Close::new(DisconnectReason::QueueFull, None));
+                        break;
+                    }
+                    set_reason(
+                        &mut reply,
+                        match refusal {
+                            Refusal::QueueFull => reason::QUOTA_EXCEEDED,
+                            Refusal::Failed => reason::UNSPECIFIED_ERROR,
+                        },
+                    );
+                }
+                needs = verdict.needs;
+            }
+            let waits = !needs.is_empty()
+                || (matches!(reply, Packet::PubAck(_) | Packet::PubRec(_))
+                    && self.held.as_ref().is_some_and(|h| !h.queue.is_empty()));
+            if waits {
+                let forwarder = self.broker.forwarder().cloned();
+                let held = self.held.get_or_insert_with(Box::default);
+                held.forwarder = held.forwarder.take().or(forwarder);
+                held.queue.push_back(HeldAck {
+                    packet: reply,
+                    needs,
+                });
+            } else {
+                self.queue_packet(&reply);
+            }
+        }
+        self.release_held();
+        outcome
+    }
+
+    /// Sends the held acknowledgements whose messages are now durable, in order.
+    fn release_held(&mut self) {
+        let Some(forwarder) = self.broker.forwarder().cloned() else {
+            return;
+        };
+        let Some(held) = self.held.as_mut() else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while let Some(front) = held.queue.front() {
+            if !forwarder.is_durable(&front.needs) {
+                break;
+            }
+            if let Some(h) = held.queue.pop_front() {
+                ready.push(h.packet);
+            }
+        }
+        let idle = held.queue.is_empty() && held.forwarded.is_empty() && held.deferred.is_empty();
+        if idle {
+            self.held = None;
+        }
+        for packet in ready {
+            self.queue_packet(&packet);
+        }
+    }
+
+    /// Acknowledgements held for bridge queue syncs.
+    fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.queue.len())
     }
 
     /// Moves deliveries from the session into the write buffer until it is full or the
@@ -1019,6 +1147,8 @@ enum Wakeup {
     Readable,
     /// The router queued deliveries on the session.
     Deliveries,
+    /// A bridge queue synced the messages the oldest held acknowledgement waits for.
+    Durable,
     /// Nothing arrived within keepalive x multiplier.
     KeepAlive,
 }
@@ -1029,7 +1159,9 @@ async fn poll_wakeup(
     stream: &TcpStream,
     ctrl: &ConnControl,
     has_output: bool,
+    read: bool,
     room: bool,
+    held: Option<&HeldAcks>,
     mut keepalive: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Wakeup {
     use std::future::Future;
@@ -1048,7 +1180,12 @@ async fn poll_wakeup(
                 });
             }
         }
-        if room {
+        if let Some(held) = held {
+            if held.poll_front_durable(cx).is_ready() {
+                return Poll::Ready(Wakeup::Durable);
+            }
+        }
+        if read {
             if let Poll::Ready(r) = stream.poll_read_ready(cx) {
                 return Poll::Ready(if r.is_ok() {
                     Wakeup::Readable
@@ -1056,9 +1193,9 @@ async fn poll_wakeup(
                     Wakeup::Failed
                 });
             }
-            if ctrl.wake_pending.load(Ordering::Acquire) {
-                return Poll::Ready(Wakeup::Deliveries);
-            }
+        }
+        if room && ctrl.wake_pending.load(Ordering::Acquire) {
+            return Poll::Ready(Wakeup::Deliveries);
         }
         if keepalive.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Wakeup::KeepAlive);
@@ -1066,6 +1203,44 @@ async fn poll_wakeup(
         Poll::Pending
     })
     .await
+}
+
+/// Acknowledgements waiting for bridge queue syncs, and this batch's bridge verdicts.
+#[derive(Debug, Default)]
+struct HeldAcks {
+    /// PUBACK/PUBREC packets in the order they must go out.
+    queue: VecDeque<HeldAck>,
+    /// What the bridges did with this batch's forwarded messages, in routing order.
+    forwarded: Vec<Forwarded>,
+    /// `(index in replies, index in forwarded)` of this batch's acknowledgements that depend
+    /// on a bridge.
+    deferred: Vec<(usize, usize)>,
+    /// The bridges, to wait on.
+    forwarder: Option<Arc<Forwarder>>,
+}
+
+impl HeldAcks {
+    /// Ready when the oldest held acknowledgement may go out; registers the waker otherwise.
+    fn poll_front_durable(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        match (self.queue.front(), &self.forwarder) {
+            (Some(front), Some(f)) => f.poll_durable(&front.needs, cx),
+            (Some(_), None) => std::task::Poll::Ready(()),
+            (None, _) => std::task::Poll::Pending,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HeldAck {
+    packet: Packet,
+    /// `(bridge, seq)` that must be durable first; empty when it only waits for its turn.
+    needs: Vec<(usize, u64)>,
+}
+
+fn set_reason(packet: &mut Packet, code: u8) {
+    if let Packet::PubAck(r) | Packet::PubRec(r) = packet {
+        r.reason = code;
+    }
 }
 
 fn pub_resp(kind: fn(PubResp) -> Packet, packet_id: u16, code: u8) -> Packet {
@@ -1104,9 +1279,9 @@ mod tests {
             "serve future: {size} bytes, Connection: {} bytes",
             std::mem::size_of::<Connection>()
         );
-        // 800 bytes or less keeps the task cell (future + ~120 bytes, 128-byte aligned) within
-        // 1 KB, the bulk of the 2 KB per idle connection budget.
-        assert!(size <= 800, "serve future is {size} bytes");
+        // 896 bytes or less keeps the task cell (future + ~120 bytes of header and trailer,
+        // 128-byte aligned) within 1 KB, the bulk of the 2 KB per idle connection budget.
+        assert!(size <= 896, "serve future is {size} bytes");
         drop(client);
     }
 }

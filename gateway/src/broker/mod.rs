@@ -15,12 +15,13 @@ pub mod stats;
 pub mod sys;
 
 use crate::auth::Authenticator;
+use crate::bridge::{Forwarded, Forwarder};
 use crate::config::Config;
 use message::Message;
 use router::{Router, RouterConfig};
 use stats::{ListenerStats, TrafficStats};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +49,8 @@ pub struct Broker {
     pub auth_slots: tokio::sync::Semaphore,
     next_conn_id: AtomicU64,
     next_client_id: AtomicU64,
+    /// The bridges' queues, once opened (none without `[[bridges]]`).
+    forwarder: OnceLock<Arc<Forwarder>>,
 }
 
 impl Broker {
@@ -78,21 +81,53 @@ impl Broker {
             auth_slots: tokio::sync::Semaphore::new(AUTH_CONCURRENCY),
             next_conn_id: AtomicU64::new(1),
             next_client_id: AtomicU64::new(1),
+            forwarder: OnceLock::new(),
         })
     }
 
-    /// Runs `f` on the router under its lock, then wakes the connections it queued work for.
+    /// Routes messages that the bridges' forward filters match into their queues from now on.
+    /// Set once, at start-up, before any listener accepts.
+    pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
+        if self.forwarder.set(forwarder.clone()).is_ok() {
+            self.with_router(|r| r.set_forwarder(forwarder));
+        }
+    }
+
+    /// The bridges' queues, if any.
+    pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
+        self.forwarder.get()
+    }
+
+    /// Runs `f` on the router under its lock, then wakes the connections it queued work for
+    /// and appends what it routed for the bridges to their queues (nobody waits for those).
     pub fn with_router<R>(&self, f: impl FnOnce(&mut Router) -> R) -> R {
-        let (result, wake) = {
+        self.with_router_forwarding(f, &mut Vec::new())
+    }
+
+    /// As [`with_router`](Self::with_router), and reports in `forwarded` what happened to each
+    /// message the bridges took, in routing order (a connection waits on these before it
+    /// acknowledges its device).
+    pub fn with_router_forwarding<R>(
+        &self,
+        f: impl FnOnce(&mut Router) -> R,
+        forwarded: &mut Vec<Forwarded>,
+    ) -> R {
+        let (result, wake, forwards) = {
             let mut router = self
                 .router
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let result = f(&mut router);
-            (result, router.take_wakeups())
+            (result, router.take_wakeups(), router.take_forwards())
         };
         for conn in wake {
             conn.wake();
+        }
+        if let (Some(forwarder), false) = (self.forwarder.get(), forwards.is_empty()) {
+            let now = Instant::now();
+            for msg in forwards {
+                forwarded.push(forwarder.append(&msg, now));
+            }
         }
         result
     }

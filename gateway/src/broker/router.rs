@@ -13,6 +13,7 @@
 
 use super::message::{Delivery, Message, SessionId, SessionMap};
 use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
+use crate::bridge::Forwarder;
 use crate::config::SharedStrategy;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
@@ -174,6 +175,11 @@ pub struct Router {
     counters: RouterCounters,
     /// Random state for the `random` shared strategy (xorshift; no need for a CSPRNG).
     rng: u64,
+    /// Decides which messages the bridges take; none without `[[bridges]]`.
+    forwarder: Option<Arc<Forwarder>>,
+    /// Messages routed under this lock that bridges want, in routing order; the broker appends
+    /// them to the bridge queues after releasing the lock.
+    forwards: Vec<Arc<Message>>,
 }
 
 impl Router {
@@ -192,7 +198,25 @@ impl Router {
             wake: Vec::new(),
             counters: RouterCounters::default(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            forwarder: None,
+            forwards: Vec::new(),
         }
+    }
+
+    /// From now on, messages that a bridge's forward filters match are collected for
+    /// [`take_forwards`](Self::take_forwards).
+    pub fn set_forwarder(&mut self, forwarder: Arc<Forwarder>) {
+        self.forwarder = Some(forwarder);
+    }
+
+    /// Messages collected for the bridges, in routing order.
+    pub fn take_forwards(&mut self) -> Vec<Arc<Message>> {
+        std::mem::take(&mut self.forwards)
+    }
+
+    /// How many messages are collected for the bridges so far under this lock.
+    pub fn forwards_len(&self) -> usize {
+        self.forwards.len()
     }
 
     /// Connections to wake, taken so the caller can notify them after unlocking.
@@ -452,13 +476,19 @@ impl Router {
         }
     }
 
-    /// Routes one message to every matching subscription (and stores it if retained).
-    /// Returns the number of subscriptions it matched (deliveries may still be dropped by
+    /// Routes one message to every matching subscription (and stores it if retained), and
+    /// collects it for the bridges when one wants it. Returns the number of subscriptions it
+    /// matched, plus one when a bridge takes it (deliveries may still be dropped by
     /// policy, e.g. QoS 0 for an offline session; those are counted).
     pub fn publish(&mut self, msg: Arc<Message>, now: Instant) -> usize {
         self.counters.messages_routed += 1;
         if msg.retain {
             self.store_retained(&msg);
+        }
+        let mut matched = 0;
+        if self.forwarder.as_ref().is_some_and(|f| f.wants(&msg)) {
+            self.forwards.push(msg.clone());
+            matched += 1;
         }
         let Router {
             cfg,
@@ -470,7 +500,6 @@ impl Router {
             rng,
             ..
         } = self;
-        let mut matched = 0;
         // One owned copy shared by every offline session that queues the message.
         let mut offline_copy = None;
         subs.for_each_match(&msg.topic, |_, sid, sub| {

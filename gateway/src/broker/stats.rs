@@ -30,11 +30,14 @@ pub enum DisconnectReason {
     NotAuthorized,
     /// The broker is shutting down.
     Shutdown,
+    /// A bridge queue could not take a message from an MQTT 3.1.1 client, which has no way
+    /// to hear a refusal: it is disconnected and resends its unacknowledged messages later.
+    QueueFull,
 }
 
 impl DisconnectReason {
     /// Every reason, in report order.
-    pub const ALL: [DisconnectReason; 11] = [
+    pub const ALL: [DisconnectReason; 12] = [
         DisconnectReason::KeepaliveTimeout,
         DisconnectReason::TcpClosed,
         DisconnectReason::Normal,
@@ -46,6 +49,7 @@ impl DisconnectReason {
         DisconnectReason::Kicked,
         DisconnectReason::NotAuthorized,
         DisconnectReason::Shutdown,
+        DisconnectReason::QueueFull,
     ];
 
     /// The name used in logs, `$SYS` and the API.
@@ -62,6 +66,7 @@ impl DisconnectReason {
             DisconnectReason::Kicked => "kicked",
             DisconnectReason::NotAuthorized => "not_authorized",
             DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::QueueFull => "queue_full",
         }
     }
 

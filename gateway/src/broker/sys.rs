@@ -37,7 +37,8 @@ fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Message {
+/// A QoS 0 broker-made message on a `$SYS` topic.
+pub(crate) fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Message {
     Message {
         topic: ByteStr::from(topic),
         payload: Bytes::from(payload),
@@ -173,8 +174,10 @@ pub async fn run_timers(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_stats = Instant::now();
+    let mut bridge_rates = crate::bridge::RateProbe::default();
     if !sys_interval.is_zero() {
         publish_stats(&broker);
+        crate::bridge::publish_stats(&broker, &mut bridge_rates);
     }
     loop {
         tokio::select! {
@@ -194,6 +197,7 @@ pub async fn run_timers(broker: Arc<Broker>) {
         if !sys_interval.is_zero() && now.duration_since(last_stats) >= sys_interval {
             last_stats = now;
             publish_stats(&broker);
+            crate::bridge::publish_stats(&broker, &mut bridge_rates);
         }
     }
 }

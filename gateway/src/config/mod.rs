@@ -8,15 +8,19 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`bridges`, `coap`,
+//! Sections the design describes but this build does not implement yet (`coap`,
 //! `lwm2m`, `modbus`, `serial`, `web`) are errors, not silently ignored: a gateway that
 //! drops a bridge config on the floor would lose data while looking healthy.
 
+mod bridges;
 mod env;
 mod raw;
 mod units;
 mod validate;
 
+pub use bridges::{
+    BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
+};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -38,6 +42,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The hardware: which board, its watchdog, status LEDs and health reports.
     pub board: BoardConfig,
+    /// Upstream links to cloud brokers (`[[bridges]]`); none by default.
+    pub bridges: Vec<BridgeConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -283,6 +289,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             board: BoardConfig::default(),
+            bridges: Vec::new(),
         }
     }
 }

@@ -196,7 +196,6 @@ fn an_unknown_section_is_reported() {
 #[test]
 fn sections_not_built_yet_are_errors_not_silently_ignored() {
     for (text, name) in [
-        ("[[bridges]]\nname = \"cloud\"\n", "bridges"),
         ("[coap]\n", "coap"),
         ("[lwm2m]\n", "lwm2m"),
         ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
@@ -734,12 +733,13 @@ level = "loud"
             (Some(7), "mqtt.idle_timeout"),
             (Some(10), "listeners[0].kind"),
             (Some(14), "listeners[1].bind"),
-            (Some(16), "bridges"),
+            (Some(16), "bridges[0].server"),
+            (Some(16), "bridges[0]"),
             (Some(20), "log.level"),
         ]
     );
     let shown = errors.to_string();
-    assert_eq!(shown.lines().count(), 8, "{shown}");
+    assert_eq!(shown.lines().count(), 9, "{shown}");
     assert!(
         shown.lines().all(|l| l.starts_with("holdfast.toml:")),
         "{shown}"
@@ -826,8 +826,8 @@ fn an_env_override_naming_an_unknown_key_names_the_variable() {
         ["HOLDFAST__MQTT__MAX_INFLIGH: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"]
     );
     assert_eq!(
-        problems_with("", &[("HOLDFAST__BRIDGES__0__NAME", "cloud")]),
-        ["HOLDFAST__BRIDGES__0__NAME: bridges: section [bridges] is not supported by this build yet"]
+        problems_with("", &[("HOLDFAST__COAP__BIND", "0.0.0.0:5683")]),
+        ["HOLDFAST__COAP__BIND: coap: section [coap] is not supported by this build yet"]
     );
 }
 
@@ -899,4 +899,109 @@ fn problems_display_their_parts_and_leave_out_unknown_ones() {
         errors.to_string(),
         "f.toml:3: mqtt.max_inflight: bad\nf.toml: cannot read"
     );
+}
+
+// ---- bridges ----
+
+/// The example's commented `[[bridges]]` block, uncommented.
+fn example_bridge() -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in example_toml().lines() {
+        if line == "# [[bridges]]" {
+            inside = true;
+        }
+        if inside {
+            if !line.starts_with("# ") || line.starts_with("# #") {
+                if line.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            out.push_str(&line[2..]);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn the_example_bridge_parses_with_every_documented_value() {
+    let text = example_bridge();
+    assert!(text.contains("[[bridges]]"), "{text}");
+    let config = ok(&text);
+    let b = &config.bridges[0];
+    assert_eq!(b.name, "cloud");
+    assert_eq!(
+        b.server,
+        ServerAddr {
+            tls: true,
+            host: "broker.example.com".into(),
+            port: 8883
+        }
+    );
+    assert_eq!(b.client_id, "gw-001");
+    assert_eq!(b.remote_prefix, "edge/gw-001/");
+    assert_eq!(b.forward, vec!["sensors/#"]);
+    assert_eq!(b.subscribe, vec!["cmd/#"]);
+    assert_eq!((b.qos, b.max_inflight, b.buffer_qos0), (1, 256, true));
+    assert_eq!(b.backoff_max, std::time::Duration::from_secs(120));
+    assert_eq!(b.queue, BridgeQueueConfig::default());
+    let tls = b.tls.as_ref().map(|t| t.cert.is_some());
+    assert_eq!(tls, Some(true));
+}
+
+#[test]
+fn a_minimal_bridge_takes_the_node_name_as_client_id_and_the_defaults() {
+    let config = ok("[node]\nname = \"gw-7\"\n[[bridges]]\nname = \"up\"\nserver = \"mqtt://127.0.0.1:1884\"\nforward = [\"#\"]\n");
+    let b = &config.bridges[0];
+    assert_eq!(b.client_id, "gw-7");
+    assert_eq!(b.server.port, 1884);
+    assert!(b.tls.is_none());
+    assert_eq!(b.queue.flush, QueueFlush::Group);
+    assert_eq!(b.queue.on_full, QueueOnFull::DropOldest);
+}
+
+#[test]
+fn bridge_mistakes_are_reported_with_their_keys() {
+    let errors = problems(concat!(
+        "[[bridges]]\n",
+        "name = \"a b\"\n",
+        "server = \"http://x\"\n",
+        "forward = [\"a/#/b\"]\n",
+        "qos = 3\n",
+        "queue = { flush = \"sometimes\", on_full = \"panic\" }\n",
+        "[[bridges]]\n",
+        "server = \"mqtts://cloud\"\n",
+        "forward = [\"x\"]\n",
+    ));
+    let text = errors.join("\n");
+    for expected in [
+        "holdfast.toml:2: bridges[0].name: \"a b\" is not a bridge name",
+        "holdfast.toml:3: bridges[0].server: \"http://x\" is not a server address",
+        "holdfast.toml:4: bridges[0].forward[0]: \"a/#/b\" is not a topic filter",
+        "holdfast.toml:5: bridges[0].qos: must be between 0 and 2, got 3",
+        "bridges[0].queue.flush: unknown flush mode \"sometimes\"",
+        "bridges[0].queue.on_full: unknown policy \"panic\"",
+        "holdfast.toml:7: bridges[1].name: is required",
+        "holdfast.toml:8: bridges[1].server: mqtts:// needs a [bridges.tls] table",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bridge_names_are_unique_and_flush_intervals_parse() {
+    let text = "[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"x\"]\nqueue = { flush = \"interval:250ms\" }\n[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"y\"]\n";
+    let errors = problems(text).join("\n");
+    assert!(
+        errors.contains("bridges[1].name: bridge name \"a\" is already used by bridges[0]"),
+        "{errors}"
+    );
+    let one = ok("[[bridges]]\nname = \"a\"\nserver = \"mqtt://[::1]:1999\"\nforward = [\"x\"]\nqueue = { flush = \"interval:250ms\" }\n");
+    assert_eq!(
+        one.bridges[0].queue.flush,
+        QueueFlush::Interval(std::time::Duration::from_millis(250))
+    );
+    assert_eq!(one.bridges[0].server.host, "::1");
 }

@@ -16,7 +16,7 @@ use super::{
 };
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["bridges", "coap", "lwm2m", "modbus", "serial", "web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["coap", "lwm2m", "modbus", "serial", "web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -62,7 +62,15 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
     let entries = ctx.open(
         root,
         "",
-        &["node", "mqtt", "listeners", "auth", "log", "board"],
+        &[
+            "node",
+            "mqtt",
+            "listeners",
+            "auth",
+            "log",
+            "board",
+            "bridges",
+        ],
         &[],
     );
     for (key, node) in entries {
@@ -98,6 +106,10 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         Some(n) => board_section(&mut ctx, n),
         None => defaults.board,
     };
+    let bridges = match field(entries, "bridges") {
+        Some(n) => super::bridges::bridges_section(&mut ctx, n, &node.name),
+        None => Vec::new(),
+    };
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -113,11 +125,12 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         auth,
         log,
         board,
+        bridges,
     })
 }
 
 /// Collects problems while the validator walks the tree.
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     /// The file's name, for problems at a file line.
     origin: &'a str,
     /// Problems found so far.
@@ -125,8 +138,13 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Problems reported so far (to tell whether a part of the tree was clean).
+    pub(super) fn problem_count(&self) -> usize {
+        self.problems.len()
+    }
+
     /// Records a problem about `node` at key path `key`.
-    fn report(&mut self, node: &Node, key: &str, message: impl Into<String>) {
+    pub(super) fn report(&mut self, node: &Node, key: &str, message: impl Into<String>) {
         let (origin, line) = match &node.source {
             Source::File(line) => (self.origin.to_owned(), Some(*line)),
             Source::Env { var, .. } => (var.clone(), None),
@@ -143,7 +161,7 @@ impl Ctx<'_> {
     /// Checks that `node` is a table whose keys are all `known`; reports unknown keys (with the
     /// closest known one when it is a likely typo) and `planned` keys that this build does not
     /// support. Returns the entries, or none when `node` is not a table.
-    fn open<'n>(
+    pub(super) fn open<'n>(
         &mut self,
         node: &'n Node,
         path: &str,
@@ -178,7 +196,7 @@ impl Ctx<'_> {
 
     /// Reads an optional field with `convert`; a missing or bad value yields `default` (a bad
     /// one has been reported).
-    fn get<'n, T>(
+    pub(super) fn get<'n, T>(
         &mut self,
         entries: &'n [(String, Node)],
         path: &str,
@@ -193,7 +211,7 @@ impl Ctx<'_> {
     }
 }
 
-fn field<'n>(entries: &'n [(String, Node)], key: &str) -> Option<&'n Node> {
+pub(super) fn field<'n>(entries: &'n [(String, Node)], key: &str) -> Option<&'n Node> {
     entries.iter().find(|(k, _)| k == key).map(|(_, n)| n)
 }
 
@@ -235,7 +253,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 // ---- scalar conversions: each reports its own problem and returns None on failure ----
 
-fn string(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<String> {
+pub(super) fn string(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<String> {
     match (&node.value, &node.source) {
         (Value::Str(s), _) => Some(s.clone()),
         // An override's text is a string too, even when it also reads as a number or bool.
@@ -251,7 +269,7 @@ fn string(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<String> {
     }
 }
 
-fn boolean(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<bool> {
+pub(super) fn boolean(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<bool> {
     match &node.value {
         Value::Bool(b) => Some(*b),
         other => {
@@ -265,7 +283,7 @@ fn boolean(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<bool> {
     }
 }
 
-fn integer<T: TryFrom<i64>>(
+pub(super) fn integer<T: TryFrom<i64>>(
     ctx: &mut Ctx<'_>,
     node: &Node,
     key: &str,
@@ -298,7 +316,7 @@ fn integer<T: TryFrom<i64>>(
     }
 }
 
-fn size<T: TryFrom<u64>>(
+pub(super) fn size<T: TryFrom<u64>>(
     ctx: &mut Ctx<'_>,
     node: &Node,
     key: &str,
@@ -354,7 +372,7 @@ fn size<T: TryFrom<u64>>(
 }
 
 /// A duration within `min..=max`; `zero_ok` additionally allows exactly zero below `min`.
-fn duration(
+pub(super) fn duration(
     ctx: &mut Ctx<'_>,
     node: &Node,
     key: &str,
@@ -399,7 +417,7 @@ fn duration(
     Some(value)
 }
 
-fn path_buf(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<PathBuf> {
+pub(super) fn path_buf(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<PathBuf> {
     let text = string(ctx, node, key)?;
     if text.trim().is_empty() {
         ctx.report(node, key, "must not be empty");
