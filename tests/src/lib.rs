@@ -427,3 +427,480 @@ pub fn mosquitto_pub(port: u16, topic: &str, message: &str, extra: &[&str]) -> b
     }
     ok
 }
+
+// ============================================================================================
+// Bridge helpers: a cloud broker (mosquitto) the gateway bridges to, a recording subscriber on
+// it, and a QoS 1 device that knows exactly which of its messages were PUBACKed.
+// ============================================================================================
+
+/// TLS settings of a [`Mosquitto`] listener (PEM files).
+#[derive(Debug, Clone)]
+pub struct MosquittoTls {
+    /// CA that signs the client certificates (and the server's, for the clients' sake).
+    pub ca: PathBuf,
+    /// The server certificate.
+    pub cert: PathBuf,
+    /// The server key.
+    pub key: PathBuf,
+    /// Refuse clients without a certificate signed by `ca` (mutual TLS).
+    pub require_certificate: bool,
+}
+
+/// A `mosquitto` broker on a loopback port, standing in for the cloud. Persistence is on (in
+/// its own temp dir) and offline queues are unbounded, so a clean `stop` + `start` keeps the
+/// recording subscriber's session and what was queued for it. Killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// Its listener port.
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts a plain TCP broker on `port` and waits until it listens.
+    pub fn start(port: u16) -> Mosquitto {
+        Mosquitto::launch(port, None)
+    }
+
+    /// Starts a TLS broker on `port` and waits until it listens.
+    pub fn start_tls(port: u16, tls: &MosquittoTls) -> Mosquitto {
+        Mosquitto::launch(port, Some(tls))
+    }
+
+    fn launch(port: u16, tls: Option<&MosquittoTls>) -> Mosquitto {
+        let dir = TempDir::new("mosquitto");
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             user root\n\
+             persistence true\n\
+             persistence_location {}/\n\
+             autosave_interval 3600\n\
+             max_queued_messages 0\n\
+             set_tcp_nodelay true\n\
+             log_dest file {}\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
+             log_type subscribe\n",
+            dir.path().display(),
+            dir.path().join("mosquitto.log").display(),
+        );
+        if let Some(t) = tls {
+            conf.push_str(&format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\nuse_identity_as_username {}\n",
+                t.ca.display(),
+                t.cert.display(),
+                t.key.display(),
+                t.require_certificate,
+                t.require_certificate,
+            ));
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            child: None,
+            port,
+            dir,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "mosquitto did not listen on {addr}; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Starts it again (same config, same persistence file) after a `stop` or `kill9`.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        self.spawn();
+    }
+
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, signal);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait: mosquitto saves its persistence file (sessions, queued messages).
+    pub fn stop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+
+    /// Waits until its log contains `needle` (subscriptions are logged, e.g. `"gw-001 1 edge/#"`).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One message a [`CloudRecorder`] received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload.
+    pub payload: bytes::Bytes,
+}
+
+/// A QoS 1 subscriber (rumqttc, persistent session) on the cloud broker that records every
+/// message, reconnects by itself when the broker goes away, and stops on drop.
+pub struct CloudRecorder {
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    client: rumqttc::Client,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CloudRecorder {
+    /// Connects to `port` as `client_id` (clean session off), subscribes to `filter` at QoS 1
+    /// and waits for the SUBACK.
+    pub fn start(port: u16, client_id: &str, filter: &str) -> CloudRecorder {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_session(false);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, mut connection) = rumqttc::Client::new(o, 64);
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+        let thread = {
+            let got = got.clone();
+            let stop = stop.clone();
+            let client = client.clone();
+            let filter = filter.to_owned();
+            std::thread::spawn(move || {
+                for event in connection.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    match event {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
+                            if !a.session_present {
+                                let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                            let _ = subscribed_tx.send(());
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                            got.lock().unwrap().push(Received {
+                                topic: p.topic,
+                                payload: p.payload,
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+        };
+        subscribed_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the cloud recorder got no SUBACK");
+        CloudRecorder {
+            got,
+            stop,
+            client,
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn messages(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// How many messages arrived so far.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Waits until `done` holds for what arrived (checked every 50 ms); returns whether it did.
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(&self.got.lock().unwrap()) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until nothing new arrived for `quiet` (or `timeout` passed); returns the count.
+    pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut last = (self.count(), Instant::now());
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            let n = self.count();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                break;
+            }
+        }
+        last.0
+    }
+}
+
+impl std::fmt::Debug for CloudRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudRecorder")
+            .field("received", &self.count())
+            .finish()
+    }
+}
+
+impl Drop for CloudRecorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.client.try_disconnect();
+        if let Some(t) = self.thread.take() {
+            // The thread ends at its next event (the DISCONNECT, or a reconnect attempt).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// What one connection of a [`publish_qos1`] device achieved.
+#[derive(Debug, Default)]
+pub struct DeviceRun {
+    /// Sequence numbers the gateway PUBACKed, in PUBACK order.
+    pub acked: Vec<u64>,
+    /// The first sequence number not handed to the client (continue from here).
+    pub next_seq: u64,
+    /// Why the connection ended early (none when every submitted message was acknowledged).
+    pub error: Option<String>,
+}
+
+/// A QoS 1 device (rumqttc, MQTT 3.1.1, clean session) that knows exactly which of its
+/// messages the gateway PUBACKed.
+#[derive(Debug, Clone)]
+pub struct QosDevice {
+    /// The gateway's MQTT port.
+    pub port: u16,
+    /// Its client id.
+    pub client_id: String,
+    /// The topic it publishes on.
+    pub topic: String,
+    /// Unacknowledged messages it keeps in flight.
+    pub inflight: u16,
+    /// When set, it stops submitting new messages (and waits for the outstanding PUBACKs).
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// PUBACKs received, over all its connections (for watching progress).
+    pub acks: std::sync::Arc<AtomicU64>,
+}
+
+impl QosDevice {
+    /// A device publishing on `topic` with 100 messages in flight.
+    pub fn new(port: u16, client_id: &str, topic: &str) -> QosDevice {
+        QosDevice {
+            port,
+            client_id: client_id.to_owned(),
+            topic: topic.to_owned(),
+            inflight: 100,
+            stop: None,
+            acks: Default::default(),
+        }
+    }
+
+    /// One connection: publishes sequence numbers `seqs` in order, payload `payload(seq)`,
+    /// and returns which were PUBACKed. Returns early when the connection fails (the
+    /// unacknowledged ones are abandoned) or, once `stop` is set, after the outstanding
+    /// PUBACKs.
+    pub async fn run(
+        &self,
+        seqs: std::ops::Range<u64>,
+        payload: impl Fn(u64) -> Vec<u8> + Send + 'static,
+    ) -> DeviceRun {
+        publish_qos1(self, seqs, payload).await
+    }
+
+    /// Publishes from `first` on, forever, reconnecting (new sequence numbers) whenever the
+    /// connection fails, until `stop` is set; returns every PUBACKed sequence number and the
+    /// next unused one.
+    pub async fn run_until_stopped(
+        &self,
+        first: u64,
+        payload: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
+    ) -> (Vec<u64>, u64) {
+        let stop = self.stop.clone().expect("run_until_stopped needs a stop flag");
+        let mut acked = Vec::new();
+        let mut next = first;
+        loop {
+            let run = self.run(next..u64::MAX, payload.clone()).await;
+            acked.extend(run.acked);
+            next = run.next_seq;
+            if run.error.is_none() || stop.load(Ordering::Relaxed) {
+                return (acked, next);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn publish_qos1(
+    dev: &QosDevice,
+    seqs: std::ops::Range<u64>,
+    payload: impl Fn(u64) -> Vec<u8> + Send + 'static,
+) -> DeviceRun {
+    use rumqttc::{AsyncClient, Event, Outgoing, Packet};
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::{Arc, Mutex};
+    let (port, client_id, topic, inflight) = (dev.port, &dev.client_id, &dev.topic, dev.inflight);
+    let stop = dev.stop.clone();
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_clean_session(true);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(inflight);
+    o.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+    let (client, mut ev) = AsyncClient::new(o, usize::from(inflight).max(10));
+    let mut run = DeviceRun {
+        next_seq: seqs.start,
+        ..DeviceRun::default()
+    };
+    match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {}
+        Ok(Ok(other)) => {
+            run.error = Some(format!("unexpected first event {other:?}"));
+            return run;
+        }
+        Ok(Err(e)) => {
+            run.error = Some(e.to_string());
+            return run;
+        }
+        Err(_) => {
+            run.error = Some("no CONNACK in 10 s".into());
+            return run;
+        }
+    }
+    // Seqs handed to the client, in order, not yet seen leaving (Outgoing::Publish).
+    let submitted = Arc::new(Mutex::new(VecDeque::<u64>::new()));
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(seqs.start));
+    let producer_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = {
+        let submitted = submitted.clone();
+        let client = client.clone();
+        let topic = topic.to_owned();
+        let done = producer_done.clone();
+        let next = next.clone();
+        let end = seqs.end;
+        tokio::spawn(async move {
+            let mut seq = next.load(Ordering::Relaxed);
+            while seq < end && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                submitted.lock().unwrap().push_back(seq);
+                next.store(seq + 1, Ordering::Relaxed);
+                if client
+                    .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload(seq))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                seq += 1;
+            }
+            done.store(true, Ordering::Release);
+            // Wakes the poll loop below (Outgoing::Unsubscribe) even when nothing is in flight;
+            // rumqttc's poll is not cancel-safe, so it is never wrapped in a timeout.
+            let _ = client.unsubscribe("holdfast-test/wake-up").await;
+        })
+    };
+    let mut by_pkid: HashMap<u16, u64> = HashMap::new();
+    loop {
+        if producer_done.load(Ordering::Acquire)
+            && by_pkid.is_empty()
+            && submitted.lock().unwrap().is_empty()
+        {
+            break;
+        }
+        let event = match ev.poll().await {
+            Err(e) => {
+                run.error = Some(e.to_string());
+                break;
+            }
+            Ok(e) => e,
+        };
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(seq) = submitted.lock().unwrap().pop_front() {
+                    by_pkid.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(a)) => {
+                if let Some(seq) = by_pkid.remove(&a.pkid) {
+                    run.acked.push(seq);
+                    dev.acks.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+    producer.abort();
+    let _ = producer.await;
+    run.next_seq = next.load(Ordering::Relaxed);
+    if run.error.is_none() && client.try_disconnect().is_ok() {
+        while let Ok(e) = ev.poll().await {
+            if matches!(e, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    }
+    run
+}
