@@ -624,7 +624,8 @@ impl CloudRecorder {
                     match event {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a))) => {
                             if !a.session_present {
-                                let _ = client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
+                                let _ =
+                                    client.try_subscribe(filter.clone(), rumqttc::QoS::AtLeastOnce);
                             }
                         }
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
@@ -781,7 +782,10 @@ impl QosDevice {
         first: u64,
         payload: impl Fn(u64) -> Vec<u8> + Send + Sync + Clone + 'static,
     ) -> (Vec<u64>, u64) {
-        let stop = self.stop.clone().expect("run_until_stopped needs a stop flag");
+        let stop = self
+            .stop
+            .clone()
+            .expect("run_until_stopped needs a stop flag");
         let mut acked = Vec::new();
         let mut next = first;
         loop {
@@ -848,7 +852,12 @@ async fn publish_qos1(
                 submitted.lock().unwrap().push_back(seq);
                 next.store(seq + 1, Ordering::Relaxed);
                 if client
-                    .publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload(seq))
+                    .publish(
+                        topic.clone(),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        payload(seq),
+                    )
                     .await
                     .is_err()
                 {

@@ -7,12 +7,18 @@
 //! "Uplink down" is a stopped mosquitto whose saved session still holds the recorder's
 //! subscription, so nothing forwarded later can arrive before the subscriber is there.
 
+use holdfast_tests::raw5::Raw;
 use holdfast_tests::{
     free_port, mosquitto_pub, run_with_timeout, CloudRecorder, Gateway, Mosquitto, MosquittoSub,
-    QosDevice, Received,
+    MosquittoTls, QosDevice, Received, TempDir,
 };
-use std::collections::{BTreeSet, HashMap};
+use rand::Rng;
+use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -81,7 +87,16 @@ fn bridge_stats(port: u16) -> Option<String> {
     let port = port.to_string();
     let (ok, out, _) = run_with_timeout(
         Command::new("mosquitto_sub").args([
-            "-h", "127.0.0.1", "-p", &port, "-t", STATS, "-C", "1", "-W", "5",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            STATS,
+            "-C",
+            "1",
+            "-W",
+            "5",
         ]),
         Duration::from_secs(8),
     );
@@ -107,7 +122,10 @@ fn wait_stats(port: u16, timeout: Duration, done: impl Fn(&str) -> bool) -> (boo
 /// The unsigned number after `"key":` in a flat-enough JSON text.
 fn num(json: &str, key: &str) -> Option<u64> {
     let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -167,11 +185,7 @@ fn assert_in_order(device: u64, seqs: &[u64]) -> usize {
 }
 
 fn unique(messages: &[Received]) -> usize {
-    messages
-        .iter()
-        .map(parse)
-        .collect::<BTreeSet<_>>()
-        .len()
+    messages.iter().map(parse).collect::<BTreeSet<_>>().len()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -214,14 +228,23 @@ fn downlink_command_reaches_a_local_subscriber_without_the_prefix() {
     let echoed = {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
-            let n = local.messages().iter().filter(|l| l.starts_with("cmd/y ")).count();
+            let n = local
+                .messages()
+                .iter()
+                .filter(|l| l.starts_with("cmd/y "))
+                .count();
             if n >= 2 || Instant::now() >= deadline {
                 break n;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    assert!(mosquitto_pub(gw.port, "sensors/marker", "0:0:", &["-q", "1"]));
+    assert!(mosquitto_pub(
+        gw.port,
+        "sensors/marker",
+        "0:0:",
+        &["-q", "1"]
+    ));
     let marker = format!("{PREFIX}sensors/marker");
     assert!(rec.wait_until(WAIT, |m| m.iter().any(|r| r.topic == marker)));
     let topics: Vec<String> = rec.messages().into_iter().map(|r| r.topic).collect();
@@ -272,7 +295,10 @@ fn uplink_outage_loses_nothing() {
         TOTAL as f64 / publish_time.as_secs_f64()
     );
     let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(TOTAL as u64));
-    assert!(ok, "everything should be queued while the uplink is down: {stats}");
+    assert!(
+        ok,
+        "everything should be queued while the uplink is down: {stats}"
+    );
     assert_eq!(rec.count(), 0);
 
     let up = Instant::now();
@@ -290,20 +316,25 @@ fn uplink_outage_loses_nothing() {
     );
     let mut dups = 0;
     for (d, seqs) in by_device(&messages) {
-        assert_eq!(
+        let topic = format!("{PREFIX}sensors/{d}");
+        assert!(
             messages
                 .iter()
                 .filter(|m| parse(m).0 == d)
-                .all(|m| m.topic == format!("{PREFIX}sensors/{d}")),
-            true
+                .all(|m| m.topic == topic),
+            "device {d}'s messages must arrive on {topic}"
         );
         dups += assert_in_order(d, &seqs);
-        assert_eq!(seqs.iter().collect::<BTreeSet<_>>().len() as u64, PER_DEVICE);
+        assert_eq!(
+            seqs.iter().collect::<BTreeSet<_>>().len() as u64,
+            PER_DEVICE
+        );
     }
     println!(
         "drained {TOTAL} in {drain_time:?} ({:.0}/s), {dups} duplicates",
         TOTAL as f64 / drain_time.as_secs_f64()
     );
+    assert_eq!(dups, 0, "one clean connection should not resend anything");
     let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
         num(s, "queued") == Some(0) && num(s, "forwarded") >= Some(TOTAL as u64)
     });
@@ -326,7 +357,11 @@ fn byte_cap_drops_the_oldest_and_keeps_the_rest_in_order() {
             .await
     });
     assert_eq!(run.error, None);
-    assert_eq!(run.acked.len() as u64, SENT, "drop_oldest still PUBACKs every message");
+    assert_eq!(
+        run.acked.len() as u64,
+        SENT,
+        "drop_oldest still PUBACKs every message"
+    );
     assert!(
         gw.wait_for_log("dropped: bridge queue full", WAIT),
         "{}",
@@ -361,6 +396,498 @@ fn byte_cap_drops_the_oldest_and_keeps_the_rest_in_order() {
     );
     let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(0));
     assert!(ok, "{stats}");
-    println!("{SENT} sent, {} arrived ({first}..{SENT}), {dropped} dropped, {dups} duplicates; {stats}", set.len());
+    println!(
+        "{SENT} sent, {} arrived ({first}..{SENT}), {dropped} dropped, {dups} duplicates; {stats}",
+        set.len()
+    );
     assert_eq!(num(&stats, "queue_full"), Some(dropped), "{stats}");
+}
+
+/// Waits until every seq in `acked` (of `device`) arrived at the recorder.
+fn wait_for_all(rec: &CloudRecorder, device: u64, acked: &[u64], timeout: Duration) -> bool {
+    rec.wait_until(timeout, |m| {
+        let got: HashSet<u64> = m
+            .iter()
+            .map(parse)
+            .filter(|(d, _)| *d == device)
+            .map(|(_, s)| s)
+            .collect();
+        acked.iter().all(|s| got.contains(s))
+    })
+}
+
+/// Asserts every acked seq of `device` arrived and first arrivals are in order; prints and
+/// returns (arrived messages, duplicates).
+fn check_delivery(rec: &CloudRecorder, device: u64, acked: &[u64], what: &str) -> (usize, usize) {
+    let messages = rec.messages();
+    let seqs = by_device(&messages).remove(&device).unwrap_or_default();
+    let got: HashSet<u64> = seqs.iter().copied().collect();
+    let missing: Vec<u64> = acked.iter().copied().filter(|s| !got.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{what}: {} PUBACKed messages never reached the cloud, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+    let dups = assert_in_order(device, &seqs);
+    let unacked_but_arrived = got.len() - acked.iter().collect::<HashSet<_>>().len();
+    println!(
+        "{what}: {} PUBACKed, {} arrived ({} distinct, {unacked_but_arrived} of them never \
+         PUBACKed), {dups} duplicates",
+        acked.len(),
+        seqs.len(),
+        got.len()
+    );
+    (seqs.len(), dups)
+}
+
+/// `rounds` times: let the device get PUBACKs, wait 200-800 ms, `kill -9` the gateway and
+/// start it again on the same data dir. The uplink is up throughout, or only at the end.
+fn kill9_rounds(uplink_up_during_kills: bool, rounds: usize) {
+    let (mut cloud, rec) = if uplink_up_during_kills {
+        cloud()
+    } else {
+        cloud_down()
+    };
+    let mut gw = gateway(cloud.port, "forward = [\"sensors/#\"]");
+    let rt = runtime();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut dev = QosDevice::new(gw.port, "dev-k9", "sensors/k9");
+    dev.stop = Some(stop.clone());
+    dev.inflight = 20;
+    let acks = dev.acks.clone();
+    let device = rt.spawn(async move { dev.run_until_stopped(0, payload(9, 64)).await });
+    let mut rng = rand::thread_rng();
+    let wait_for_progress = |what: &str| {
+        let from = acks.load(Ordering::Relaxed);
+        let deadline = Instant::now() + WAIT;
+        while acks.load(Ordering::Relaxed) < from + 10 {
+            assert!(Instant::now() < deadline, "no PUBACKs {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    for round in 0..rounds {
+        wait_for_progress(&format!("after restart {round}"));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..=800)));
+        gw.kill9();
+        gw.restart();
+    }
+    wait_for_progress("after the last restart");
+    stop.store(true, Ordering::Relaxed);
+    let (acked, next) = rt.block_on(device).expect("device task");
+    assert!(acked.len() > rounds * 10, "{} PUBACKs", acked.len());
+    if !uplink_up_during_kills {
+        assert_eq!(rec.count(), 0, "the uplink was down");
+        cloud.restart();
+    }
+    let started = Instant::now();
+    let all = wait_for_all(&rec, 9, &acked, Duration::from_secs(60));
+    let what = format!(
+        "{rounds} kill -9 rounds (uplink {}), {next} submitted",
+        if uplink_up_during_kills {
+            "up"
+        } else {
+            "down until the end"
+        }
+    );
+    println!(
+        "{what}: settled {:?} after the device stopped",
+        started.elapsed()
+    );
+    if !all {
+        // check_delivery names what is missing.
+        rec.wait_quiet(Duration::from_secs(2), WAIT);
+    }
+    let (_, dups) = check_delivery(&rec, 9, &acked, &what);
+    // Each crash resends at most the unacknowledged window (max_inflight 256) plus the acks
+    // not yet persisted (the queue's ack_persist_every, 1024).
+    assert!(
+        dups <= rounds * (256 + 1024),
+        "{dups} duplicates after {rounds} crashes: redelivery is not bounded"
+    );
+}
+
+#[test]
+fn kill9_rounds_lose_nothing_acknowledged() {
+    kill9_rounds(true, 20);
+}
+
+#[test]
+fn kill9_rounds_with_the_uplink_down_lose_nothing_acknowledged() {
+    kill9_rounds(false, 10);
+}
+
+#[test]
+fn reject_new_refuses_v5_devices_with_quota_exceeded() {
+    let (mut cloud, rec) = cloud_down();
+    let gw = gateway(
+        cloud.port,
+        "forward = [\"sensors/#\"]\n\
+         queue = { max_bytes = \"1MB\", segment_size = \"64KB\", on_full = \"reject_new\" }",
+    );
+    assert!(gw.wait_for_log("bridge down", WAIT), "{}", gw.log());
+    let body = payload(5, 1024);
+    let publish = |seq: u64| {
+        let mut p = Publish::new(
+            "sensors/v5",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            body(seq),
+            None,
+        );
+        p.pkid = (seq % 60_000 + 1) as u16;
+        p
+    };
+    let mut raw = Raw::connected(gw.port, "v5-device");
+    let mut accepted = 0;
+    let refused_at = loop {
+        assert!(accepted < 3_000, "3,000 KB accepted into a 1 MB queue");
+        match raw.publish_qos1(publish(accepted)) {
+            PubAckReason::Success => accepted += 1,
+            PubAckReason::QuotaExceeded => break accepted,
+            other => panic!("PUBACK {other:?} after {accepted} accepted"),
+        }
+    };
+    assert!(refused_at > 500, "refused after only {refused_at} KB");
+    // Still full: the next ones are refused too, and the connection stays open.
+    for seq in refused_at + 1..refused_at + 4 {
+        assert_eq!(raw.publish_qos1(publish(seq)), PubAckReason::QuotaExceeded);
+    }
+    assert!(
+        gw.wait_for_log("rejected: bridge queue full", WAIT),
+        "{}",
+        gw.log()
+    );
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "rejected_queue_full") == Some(4));
+    assert!(ok, "{stats}");
+
+    cloud.restart();
+    assert!(
+        rec.wait_until(Duration::from_secs(30), |m| m.len() >= accepted as usize),
+        "{} of {accepted} arrived",
+        rec.count()
+    );
+    let (_, dups) = check_delivery(&rec, 5, &(0..accepted).collect::<Vec<_>>(), "reject_new");
+    assert_eq!(
+        rec.count(),
+        accepted as usize + dups,
+        "refused messages must not arrive"
+    );
+    // Drained: there is room again.
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(0));
+    assert!(ok, "{stats}");
+    assert_eq!(raw.publish_qos1(publish(10_000)), PubAckReason::Success);
+}
+
+/// A CA, a server certificate for IP 127.0.0.1 and a client certificate, made by `openssl`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let (ok, out, err) = run_with_timeout(
+        Command::new("openssl").current_dir(dir).args(args),
+        Duration::from_secs(30),
+    );
+    assert!(ok, "openssl {args:?} failed: {out}{err}");
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=holdfast-test-ca",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    for (name, cn, ext) in [
+        (
+            "server",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "gw-001", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+        let mut req = vec!["req", "-subj"];
+        let subj = format!("/CN={cn}");
+        req.push(&subj);
+        req.extend(ec);
+        let (key, csr, pem, extfile) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                &extfile,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+    Pki {
+        ca: dir.join("ca.pem"),
+        server_cert: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+#[test]
+fn mtls_bridge_to_mosquitto() {
+    let dir = TempDir::new("pki");
+    let pki = make_pki(dir.path());
+    let cloud = Mosquitto::start_tls(
+        free_port(),
+        &MosquittoTls {
+            ca: pki.ca.clone(),
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            require_certificate: true,
+        },
+    );
+    let (ca, cert, key) = (
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let tls_args = [
+        "--cafile", &ca, "--cert", &cert, "--key", &key, "-q", "1", "-v",
+    ];
+    let sub = MosquittoSub::start(cloud.port, &format!("{PREFIX}#"), &tls_args);
+    let server = format!("mqtts://127.0.0.1:{}", cloud.port);
+
+    let port = free_port();
+    let bridge = format!(
+        "forward = [\"sensors/#\"]\ntls = {{ ca = \"{ca}\", cert = \"{cert}\", key = \"{key}\" }}"
+    );
+    let gw = Gateway::start_config(&config(port, &server, &bridge, ""), port);
+    assert!(gw.wait_for_log("bridge up", WAIT), "{}", gw.log());
+    assert!(mosquitto_pub(
+        gw.port,
+        "sensors/tls",
+        "over-mtls",
+        &["-q", "1"]
+    ));
+    assert_eq!(
+        sub.wait_for(1, WAIT),
+        vec![format!("{PREFIX}sensors/tls over-mtls")]
+    );
+    assert!(
+        cloud.log().contains("u'gw-001'"),
+        "mosquitto should see the certificate's CN as the username: {}",
+        cloud.log()
+    );
+
+    // Without a client certificate the broker refuses the handshake: the bridge stays down,
+    // says why, and keeps the message queued.
+    let port = free_port();
+    let bridge = format!("forward = [\"sensors/#\"]\ntls = {{ ca = \"{ca}\" }}");
+    let gw2 = Gateway::start_config(&config(port, &server, &bridge, ""), port);
+    assert!(gw2.wait_for_log("bridge down", WAIT), "{}", gw2.log());
+    assert!(mosquitto_pub(
+        gw2.port,
+        "sensors/tls",
+        "no-client-cert",
+        &["-q", "1"]
+    ));
+    let (ok, stats) = wait_stats(gw2.port, WAIT, |s| {
+        num(s, "queued") == Some(1) && num(s, "connect_failures") >= Some(2)
+    });
+    assert!(ok, "{stats}");
+    let log = gw2.log();
+    let down: Vec<&str> = log.lines().filter(|l| l.contains("bridge down")).collect();
+    println!("without a client certificate: {}", down[0]);
+    assert!(!gw2.log().contains("bridge up"), "{}", gw2.log());
+    let named = down.iter().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("tls")
+            || l.contains("certificate")
+            || l.contains("handshake")
+            || l.contains("alert")
+    });
+    assert!(named, "the log does not name the TLS failure: {down:?}");
+    assert_eq!(sub.messages().len(), 1, "{:?}", sub.messages());
+}
+
+/// Unmounts on drop (lazily, so a still-open file cannot block it).
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes `path` until the file system is full; returns the bytes written.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0x5a; 4096];
+    let mut n = 0;
+    while f.write_all(&chunk).is_ok() {
+        n += chunk.len() as u64;
+    }
+    let _ = f.sync_all();
+    n
+}
+
+#[test]
+fn full_disk_gives_a_clear_error_and_recovers() {
+    const SENT: u64 = 400;
+    let dir = TempDir::new("tmpfs");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (ok, _, err) = run_with_timeout(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+            .arg(&mnt),
+        WAIT,
+    );
+    if !ok {
+        println!("SKIPPED full_disk_gives_a_clear_error_and_recovers: cannot mount a tmpfs: {err}");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let data = mnt.join("data");
+    let (cloud, rec) = cloud();
+    let port = free_port();
+    let cfg = config(
+        port,
+        &mqtt_url(cloud.port),
+        "forward = [\"sensors/#\"]\nqueue = { max_bytes = \"2MB\", segment_size = \"64KB\" }",
+        &format!("data_dir = \"{}\"", data.display()),
+    );
+    let mut gw = Gateway::start_config_keeping_data_dir(&cfg, port);
+    assert!(gw.wait_for_log("bridge up", WAIT), "{}", gw.log());
+    let filler = mnt.join("filler");
+    let filled = fill(&filler);
+    println!("filler: {filled} bytes");
+
+    let rt = runtime();
+    let mut dev = QosDevice::new(gw.port, "dev-full", "sensors/full");
+    dev.inflight = 20;
+    let acks = dev.acks.clone();
+    let device = rt.spawn(async move { dev.run(0..SENT, payload(3, 1024)).await });
+    assert!(
+        gw.wait_for_log("disk full", WAIT),
+        "no clear disk-full error: {}",
+        gw.log()
+    );
+    // PUBACKs stop: wait until the count holds still for a second.
+    let mut last = (acks.load(Ordering::Relaxed), Instant::now());
+    while last.1.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(50));
+        let n = acks.load(Ordering::Relaxed);
+        if n != last.0 {
+            last = (n, Instant::now());
+        }
+    }
+    let stuck_at = last.0;
+    assert!(stuck_at < SENT, "every message was PUBACKed on a full disk");
+    assert!(gw.is_running(), "the gateway died on a full disk");
+    let probe = MosquittoSub::start(gw.port, "probe", &[]);
+    assert!(mosquitto_pub(gw.port, "probe", "still-serving", &[]));
+    assert_eq!(probe.wait_for(1, WAIT), vec!["still-serving"]);
+    let full_lines: Vec<String> = gw
+        .log()
+        .lines()
+        .filter(|l| l.contains("disk full"))
+        .map(str::to_owned)
+        .collect();
+    println!(
+        "disk full: {stuck_at} of {SENT} PUBACKed, {} log lines, e.g. {}",
+        full_lines.len(),
+        full_lines[0]
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let run = rt.block_on(device).expect("device task");
+    assert_eq!(run.error, None);
+    assert_eq!(
+        run.acked.len() as u64,
+        SENT,
+        "PUBACKs after the disk has room again"
+    );
+    assert!(
+        wait_for_all(&rec, 3, &run.acked, Duration::from_secs(30)),
+        "{} arrived",
+        rec.count()
+    );
+    check_delivery(&rec, 3, &run.acked, "full disk");
+    gw.stop();
+}
+
+#[test]
+fn bridge_survives_restart_of_the_cloud_broker() {
+    const SENT: u64 = 30_000;
+    let (mut cloud, rec) = cloud();
+    let gw = gateway(cloud.port, "forward = [\"sensors/#\"]");
+    assert!(gw.wait_for_log("bridge up", WAIT), "{}", gw.log());
+    let rt = runtime();
+    let dev = QosDevice::new(gw.port, "dev-restart", "sensors/restart");
+    let device = rt.spawn(async move { dev.run(0..SENT, payload(4, 64)).await });
+    assert!(
+        rec.wait_until(WAIT, |m| m.len() >= 2_000),
+        "{} arrived",
+        rec.count()
+    );
+    cloud.stop();
+    let at_stop = rec.count();
+    cloud.restart();
+    let run = rt.block_on(device).expect("device task");
+    assert_eq!(run.error, None);
+    assert_eq!(run.acked.len() as u64, SENT);
+    let started = Instant::now();
+    assert!(
+        wait_for_all(&rec, 4, &run.acked, Duration::from_secs(60)),
+        "{} arrived",
+        rec.count()
+    );
+    println!(
+        "cloud broker restarted after {at_stop} arrived; the rest arrived {:?} after the last PUBACK",
+        started.elapsed()
+    );
+    let (arrived, dups) = check_delivery(&rec, 4, &run.acked, "cloud broker restart");
+    assert!(arrived as u64 >= SENT);
+    // One reconnect resends at most the bridge's window (256); mosquitto may redeliver its
+    // own window (20) to the recorder's restored session.
+    assert!(dups <= 256 + 20, "{dups} duplicates after one reconnect");
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        num(s, "queued") == Some(0) && num(s, "reconnects") >= Some(1)
+    });
+    assert!(ok, "{stats}");
+    println!("{dups} duplicates; {stats}");
 }
