@@ -559,6 +559,17 @@ fn reject_new_refuses_v5_devices_with_quota_exceeded() {
     );
     let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "rejected_queue_full") == Some(4));
     assert!(ok, "{stats}");
+    // MQTT 3.1.1 has no way to refuse a message: the device is disconnected, nothing PUBACKed.
+    let rt = runtime();
+    let v3 = QosDevice::new(gw.port, "v3-device", "sensors/v3");
+    let run = rt.block_on(v3.run(0..10, payload(8, 1024)));
+    assert!(run.error.is_some(), "{run:?}");
+    assert_eq!(run.acked, Vec::<u64>::new());
+    assert!(
+        gw.wait_for_log("a bridge queue refused a message", WAIT),
+        "{}",
+        gw.log()
+    );
 
     cloud.restart();
     assert!(
@@ -572,10 +583,12 @@ fn reject_new_refuses_v5_devices_with_quota_exceeded() {
         accepted as usize + dups,
         "refused messages must not arrive"
     );
-    // Drained: there is room again.
+    // Drained: there is room again, for both.
     let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(0));
     assert!(ok, "{stats}");
     assert_eq!(raw.publish_qos1(publish(10_000)), PubAckReason::Success);
+    let run = rt.block_on(v3.run(0..10, payload(8, 1024)));
+    assert_eq!((run.error, run.acked.len()), (None, 10));
 }
 
 /// A CA, a server certificate for IP 127.0.0.1 and a client certificate, made by `openssl`.
@@ -890,4 +903,131 @@ fn bridge_survives_restart_of_the_cloud_broker() {
     });
     assert!(ok, "{stats}");
     println!("{dups} duplicates; {stats}");
+}
+
+#[test]
+fn an_untrusted_server_certificate_keeps_the_bridge_down_and_says_why() {
+    let dir = TempDir::new("pki");
+    let pki = make_pki(dir.path());
+    let other = TempDir::new("pki-other");
+    let other_ca = make_pki(other.path()).ca;
+    let cloud = Mosquitto::start_tls(
+        free_port(),
+        &MosquittoTls {
+            ca: pki.ca.clone(),
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            require_certificate: false,
+        },
+    );
+    let port = free_port();
+    let bridge = format!(
+        "forward = [\"sensors/#\"]\ntls = {{ ca = \"{}\" }}",
+        other_ca.display()
+    );
+    let server = format!("mqtts://127.0.0.1:{}", cloud.port);
+    let gw = Gateway::start_config(&config(port, &server, &bridge, ""), port);
+    assert!(gw.wait_for_log("bridge down", WAIT), "{}", gw.log());
+    let log = gw.log();
+    let down = log
+        .lines()
+        .find(|l| l.contains("bridge down"))
+        .unwrap_or_default();
+    println!("with the wrong CA: {down}");
+    let lower = down.to_ascii_lowercase();
+    assert!(
+        lower.contains("certificate") || lower.contains("issuer"),
+        "the log does not say the server certificate was not trusted: {down}"
+    );
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        !s.contains("\"state\":\"up\"") && s.contains("\"last_error\":\"")
+    });
+    assert!(ok, "{stats}");
+    assert!(!gw.log().contains("bridge up"));
+}
+
+#[test]
+fn mixed_qos_messages_keep_their_order_through_an_outage_and_qos0_can_be_dropped_instead() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    /// Publishes 200 messages on `topic` from one client, QoS 0 and 1 alternating (the last
+    /// one QoS 1), and returns once the 100 PUBACKs arrived: everything was routed by then.
+    async fn alternate(port: u16, topic: &str, device: u64) {
+        let (client, mut ev) = AsyncClient::new(MqttOptions::new("mixed", "127.0.0.1", port), 300);
+        for seq in 0..200u64 {
+            let qos = if seq % 2 == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            client
+                .publish(topic, qos, false, payload(device, 0)(seq))
+                .await
+                .unwrap();
+        }
+        let mut acks = 0;
+        while acks < 100 {
+            match tokio::time::timeout(WAIT, ev.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acks += 1,
+                Ok(Ok(_)) => {}
+                other => panic!("publishing failed after {acks} PUBACKs: {other:?}"),
+            }
+        }
+    }
+
+    // buffer_qos0 = true (the default): QoS 0 waits in the queue with the rest, in order.
+    let (mut cloud, rec) = cloud_down();
+    let gw = gateway(cloud.port, "forward = [\"sensors/#\"]");
+    assert!(gw.wait_for_log("bridge down", WAIT), "{}", gw.log());
+    runtime().block_on(alternate(gw.port, "sensors/mixed", 1));
+    cloud.restart();
+    assert!(
+        rec.wait_until(WAIT, |m| m.len() >= 200),
+        "{} of 200 arrived",
+        rec.count()
+    );
+    let seqs: Vec<u64> = rec.messages().iter().map(|m| parse(m).1).collect();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    drop(gw);
+
+    // buffer_qos0 = false: QoS 0 is dropped (and counted) while the link is down.
+    let (mut cloud, rec) = cloud_down();
+    let gw = gateway(cloud.port, "forward = [\"sensors/#\"]\nbuffer_qos0 = false");
+    assert!(gw.wait_for_log("bridge down", WAIT), "{}", gw.log());
+    runtime().block_on(alternate(gw.port, "sensors/mixed", 2));
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        num(s, "qos0_offline") == Some(100) && num(s, "queued") == Some(100)
+    });
+    assert!(ok, "{stats}");
+    cloud.restart();
+    assert!(
+        rec.wait_until(WAIT, |m| m.len() >= 100),
+        "{} of 100 arrived",
+        rec.count()
+    );
+    let seqs: Vec<u64> = rec.messages().iter().map(|m| parse(m).1).collect();
+    assert_eq!(seqs, (0..200).filter(|s| s % 2 == 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_backlog_survives_a_clean_restart_of_the_gateway() {
+    const SENT: u64 = 5_000;
+    let (mut cloud, rec) = cloud_down();
+    let mut gw = gateway(cloud.port, "forward = [\"sensors/#\"]");
+    let run = runtime().block_on(async {
+        QosDevice::new(gw.port, "dev-clean", "sensors/clean")
+            .run(0..SENT, payload(6, 100))
+            .await
+    });
+    assert_eq!(run.acked.len() as u64, SENT);
+    assert!(gw.stop().is_some_and(|s| s.success()), "{}", gw.log());
+    gw.restart();
+    assert!(
+        gw.wait_for_log(&format!("queued={SENT}"), WAIT),
+        "the reopened queue should hold the backlog: {}",
+        gw.log()
+    );
+    cloud.restart();
+    assert!(wait_for_all(&rec, 6, &run.acked, Duration::from_secs(30)));
+    let (_, dups) = check_delivery(&rec, 6, &run.acked, "clean restart");
+    assert_eq!(dups, 0, "nothing had been sent before the restart");
 }
