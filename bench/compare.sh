@@ -12,6 +12,15 @@
 # $BENCH_KEEP if set. mosquitto runs with its defaults, which leave TCP_NODELAY off (Nagle plus
 # the client's delayed ACK shows in its latency tail); BENCH_MOSQUITTO_NODELAY=1 adds
 # `set_tcp_nodelay true` to its config.
+# Store-and-forward (after the broker loads; BENCH_ONLY=durable runs only these): the edge
+# broker bridges sensors/# to a "cloud" mosquitto on another port, through its queue.
+#   - durable ingest: 100 QoS 1 publishers (8 in flight each) with the uplink down, PUBACK rate and p99, and the
+#     bytes the edge broker wrote to disk per payload byte (/proc/PID/io write_bytes), for
+#     holdfast flush = group | every | interval:500ms, and for mosquitto (its bridge queue is
+#     in memory; `persistence true` only saves it every autosave_interval, so not durable);
+#   - backlog drain: BENCH_DRAIN_COUNT (default 1,000,000) 64-byte messages queued while the
+#     uplink is down, then the cloud broker starts and a subscriber there times the drain;
+#     and 200 MB of 4 KB messages the same way.
 # Needs: cargo, jq, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -88,8 +97,22 @@ start_broker() { # name -> sets BROKER_PID, PORT
     PORT=$(free_port)
     case $1 in
     mosquitto)
-        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000\n' "$PORT" >"$WORK/mosquitto.conf"
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\n' "$PORT" "${MOSQ_QUEUE:-1000}" >"$WORK/mosquitto.conf"
         if [[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]]; then echo "set_tcp_nodelay true" >>"$WORK/mosquitto.conf"; fi
+        if [[ -n ${BRIDGE_PORT:-} ]]; then
+            mkdir -p "$WORK/mosquitto-data"
+            cat >>"$WORK/mosquitto.conf" <<CONF
+persistence true
+persistence_location $WORK/mosquitto-data/
+max_inflight_messages ${BRIDGE_INFLIGHT:-256}
+connection cloud
+address 127.0.0.1:$BRIDGE_PORT
+clientid bench-edge
+cleansession false
+restart_timeout 1 1
+topic sensors/# out 1 "" edge/bench/
+CONF
+        fi
         "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
         ;;
     holdfast)
@@ -112,6 +135,22 @@ max_conn_rate = 100000
 [auth]
 allow_anonymous = true
 TOML
+        if [[ -n ${BRIDGE_PORT:-} ]]; then
+            cat >>"$WORK/holdfast.toml" <<TOML
+
+[[bridges]]
+name = "cloud"
+server = "mqtt://127.0.0.1:$BRIDGE_PORT"
+client_id = "bench-edge"
+remote_prefix = "edge/bench/"
+forward = ["sensors/#"]
+max_inflight = ${BRIDGE_INFLIGHT:-256}
+backoff_min = "100ms"
+backoff_max = "1s"
+queue = { max_bytes = "2GB", flush = "${FLUSH:-group}" }
+TOML
+        fi
+        rm -rf "$WORK/holdfast-data/bridges"
         "$HOLDFAST" run --config "$WORK/holdfast.toml" >>"$WORK/holdfast.log" 2>&1 &
         ;;
     esac
@@ -146,11 +185,14 @@ run_bench() { # broker test args...
     jq -r --arg b "$broker" --arg t "$test" '
         if .error then "   \($b) \($t): ERROR \(.error)"
         elif .mode == "idle" then "   \($b) \($t): \(.established) connections, \(.kb_per_conn) KB each"
+        elif .mode == "ingest" then "   \($b) \($t): \(.ack_rate) PUBACK/s, p99 \(.puback_latency_us.p99) us, disk \(.write_amplification // "-")x payload"
         else "   \($b) \($t): \(.recv_rate) msg/s received, lost \(.lost), reordered \(.reordered), dup \(.duplicates)" end' \
         "$WORK/$broker.$test.json" >&2
 }
 
+ONLY=${BENCH_ONLY:-all}
 for broker in mosquitto holdfast; do
+    [[ $ONLY == all ]] || break
     start_broker "$broker"
     run_bench "$broker" fanin0 fanin --qos 0 --duration "$DURATION"
     run_bench "$broker" fanin1 fanin --qos 1 --duration "$DURATION"
@@ -161,9 +203,84 @@ for broker in mosquitto holdfast; do
     run_bench "$broker" idle idle --connections "$CONNECTIONS" --settle 3s
     stop_broker "$broker"
 done
-start_broker holdfast
-run_bench holdfast flood flood --duration "$DURATION" --sub-reads false
-stop_broker holdfast
+if [[ $ONLY == all ]]; then
+    start_broker holdfast
+    run_bench holdfast flood flood --duration "$DURATION" --sub-reads false
+    stop_broker holdfast
+fi
+
+# ---- store-and-forward ---------------------------------------------------------------------
+
+CLOUD_PID=
+stop_cloud() {
+    if [[ -n $CLOUD_PID ]]; then kill "$CLOUD_PID" 2>/dev/null || true; wait "$CLOUD_PID" 2>/dev/null || true; fi
+    CLOUD_PID=
+}
+trap 'stop_cloud; cleanup' EXIT
+
+durable_ingest() { # broker label [flush]: 100 QoS 1 publishers, uplink down
+    BRIDGE_PORT=$(free_port) FLUSH=${3:-group} start_broker "$1"
+    run_bench "$1" "ingest-$2" ingest --publishers 100 --inflight 8 --duration "$DURATION"
+    stop_broker "$1"
+}
+
+durable_drain() { # broker label count payload: fill with the uplink down, then time the drain
+    local cloud_port run drain_pid=
+    cloud_port=$(free_port)
+    run=$((RANDOM * 32768 + RANDOM))
+    local log_start
+    log_start=$(wc -l <"$WORK/$1.log" 2>/dev/null || echo 0)
+    BRIDGE_PORT=$cloud_port MOSQ_QUEUE=$(($3 + 1000)) start_broker "$1"
+    run_bench "$1" "fill-$2" ingest --publishers 10 --inflight 64 --payload "$4" --count "$3" --run "$run"
+    if [[ $2 != nosub* ]]; then
+        log "$1: drain-$2 ($3 x $4 B to a cloud mosquitto, counted by a QoS 0 subscriber there)"
+        "$BENCH" --json --port "$cloud_port" drain --filter 'edge/bench/#' --expect "$3" --publishers 10 \
+            --run "$run" --qos 0 --idle-timeout 20s >"$WORK/$1.drain-$2.json" 2>>"$WORK/$1.drain-$2.err" &
+        drain_pid=$!
+    else
+        log "$1: drain-$2 ($3 x $4 B to a cloud mosquitto without subscribers, timed by the gateway's log)"
+    fi
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 0\n' \
+        "$cloud_port" "$(($3 + 1000))" >"$WORK/cloud.conf"
+    "$MOSQUITTO" -c "$WORK/cloud.conf" >>"$WORK/cloud.log" 2>&1 &
+    CLOUD_PID=$!
+    if [[ -n $drain_pid ]]; then
+        wait "$drain_pid" || echo "$1 drain-$2: holdfast-bench drain exited $?" >>"$WORK/problems"
+    else
+        # holdfast logs `bridge backlog drained messages=N seconds=S rate=R` when its queue empties.
+        local line=
+        for _ in $(seq 1200); do
+            line=$(tail -n +"$((log_start + 1))" "$WORK/$1.log" | grep -a 'bridge backlog drained' | tail -1 || true)
+            [[ -n $line ]] && break
+            sleep 0.1
+        done
+        jq -cn --arg l "$line" '($l | capture("messages=(?<m>[0-9]+) seconds=\"?(?<s>[0-9.]+)\"? rate=(?<r>[0-9]+)")) as $c
+            | {mode: "drain", unique: ($c.m | tonumber), expect: ($c.m | tonumber), span_s: ($c.s | tonumber),
+               drain_rate: ($c.r | tonumber), lost: 0, duplicates: 0}' >"$WORK/$1.drain-$2.json" 2>/dev/null || true
+        [[ -n $line ]] || echo "$1 drain-$2: no 'bridge backlog drained' line within 120 s" >>"$WORK/problems"
+    fi
+    [[ -s $WORK/$1.drain-$2.json ]] || jq -cn --arg e "$(tail -1 "$WORK/$1.drain-$2.err" 2>/dev/null)" '{error: $e}' >"$WORK/$1.drain-$2.json"
+    jq -r --arg b "$1" --arg t "drain-$2" '"   \($b) \($t): \(.unique // "-") of \(.expect // "-") in \(.span_s // "-") s = \(.drain_rate // "-") msg/s, lost \(.lost // "-"), dup \(.duplicates // "-") \(.error // "")"' \
+        "$WORK/$1.drain-$2.json" >&2
+    stop_cloud
+    stop_broker "$1"
+}
+
+if [[ $ONLY == all || $ONLY == durable ]]; then
+    DRAIN_COUNT=${BENCH_DRAIN_COUNT:-1000000}
+    BIG_COUNT=${BENCH_BIG_COUNT:-51200}
+    if [[ ${BENCH_QUICK:-0} == 1 ]]; then DRAIN_COUNT=100000; BIG_COUNT=5120; fi
+    durable_ingest mosquitto mem
+    for flush in group every interval:500ms; do
+        durable_ingest holdfast "${flush%%:*}" "$flush"
+    done
+    for broker in mosquitto holdfast; do
+        durable_drain "$broker" 64b "$DRAIN_COUNT" 64
+        durable_drain "$broker" 4kb "$BIG_COUNT" 4096
+    done
+    durable_drain holdfast nosub64b "$DRAIN_COUNT" 64
+    durable_drain holdfast nosub4kb "$BIG_COUNT" 4096
+fi
 
 # ---- the table -----------------------------------------------------------------------------
 
@@ -191,43 +308,76 @@ row() { # label test jq-path
     printf '%-44s %16s %16s %10s\n' "$1" "$(fmt "$m")" "$(fmt "$h")" "$(ratio "$m" "$h")"
 }
 
-BIN_SIZE=$(stat -c %s "$HOLDFAST")
-echo
-echo "holdfast vs mosquitto ($("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/ running.*//')$([[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]] && echo ', set_tcp_nodelay true')), loads of $DURATION, $(nproc) CPUs, load average at start $LOADAVG_START, $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "hf/mosq = holdfast / mosquitto; lost = expected deliveries never received (after a 5 s drain)"
-printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
-printf '%s\n' "$(printf '%.0s-' $(seq 89))"
-row "fanin qos0 100->1 msg/s (higher better)" fanin0 .recv_rate
-row "fanin qos0 lost" fanin0 .lost
-row "fanin qos0 reordered / duplicates" fanin0 '"\(.reordered)/\(.duplicates)"'
-row "fanin qos0 latency p50 us" fanin0 .latency_us.p50
-row "fanin qos0 latency p99 us" fanin0 .latency_us.p99
-row "fanin qos1 100->1 msg/s (higher better)" fanin1 .recv_rate
-row "fanin qos1 lost" fanin1 .lost
-row "fanin qos1 reordered / duplicates" fanin1 '"\(.reordered)/\(.duplicates)"'
-row "fanin qos1 PUBACKs" fanin1 .acked
-row "fanin qos1 latency p99 us" fanin1 .latency_us.p99
-row "fanout qos0 1->100 deliveries/s (higher)" fanout0 .recv_rate
-row "fanout qos0 lost" fanout0 .lost
-row "fanout qos0 latency p99 us" fanout0 .latency_us.p99
-row "latency 10k msg/s p50 us (lower better)" latency .latency_us.p50
-row "latency 10k msg/s p90 us" latency .latency_us.p90
-row "latency 10k msg/s p99 us" latency .latency_us.p99
-row "latency 10k msg/s p99.9 us" latency .latency_us.p999
-row "latency 10k msg/s max us" latency .latency_us.max
-row "latency 10k msg/s lost" latency .lost
-row "idle $CONNECTIONS conns established" idle .established
-row "idle conn/s (higher better)" idle .conn_rate
-row "idle RSS KB per connection (lower better)" idle .kb_per_conn
-row "idle RSS after, KB" idle .rss_after_kb
-row "max RSS during fanin qos0, KB" fanin0 .rss.max_kb
-row "max RSS during fanout, KB" fanout0 .rss.max_kb
-printf '%s\n' "$(printf '%.0s-' $(seq 89))"
-echo "holdfast binary (stripped release): $BIN_SIZE bytes  ($(ls -l "$HOLDFAST" | awk '{print $5, $9}'))"
-echo "holdfast flood ($(get holdfast flood .publishers) publishers, qos0, subscriber not reading, $DURATION):" \
-    "sent $(fmt "$(get holdfast flood .sent)") msg ($(fmt "$(get holdfast flood .send_rate)") msg/s), received $(fmt "$(get holdfast flood .received)")," \
-    "RSS start $(fmt "$(get holdfast flood .rss.start_kb)") KB, max $(fmt "$(get holdfast flood .rss.max_kb)") KB," \
-    "end $(fmt "$(get holdfast flood .rss.end_kb)") KB; subscriber closed by broker: $(get holdfast flood .subs_closed_by_broker)"
+if [[ $ONLY == all ]]; then
+    BIN_SIZE=$(stat -c %s "$HOLDFAST")
+    echo
+    echo "holdfast vs mosquitto ($("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/ running.*//')$([[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]] && echo ', set_tcp_nodelay true')), loads of $DURATION, $(nproc) CPUs, load average at start $LOADAVG_START, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "hf/mosq = holdfast / mosquitto; lost = expected deliveries never received (after a 5 s drain)"
+    printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    row "fanin qos0 100->1 msg/s (higher better)" fanin0 .recv_rate
+    row "fanin qos0 lost" fanin0 .lost
+    row "fanin qos0 reordered / duplicates" fanin0 '"\(.reordered)/\(.duplicates)"'
+    row "fanin qos0 latency p50 us" fanin0 .latency_us.p50
+    row "fanin qos0 latency p99 us" fanin0 .latency_us.p99
+    row "fanin qos1 100->1 msg/s (higher better)" fanin1 .recv_rate
+    row "fanin qos1 lost" fanin1 .lost
+    row "fanin qos1 reordered / duplicates" fanin1 '"\(.reordered)/\(.duplicates)"'
+    row "fanin qos1 PUBACKs" fanin1 .acked
+    row "fanin qos1 latency p99 us" fanin1 .latency_us.p99
+    row "fanout qos0 1->100 deliveries/s (higher)" fanout0 .recv_rate
+    row "fanout qos0 lost" fanout0 .lost
+    row "fanout qos0 latency p99 us" fanout0 .latency_us.p99
+    row "latency 10k msg/s p50 us (lower better)" latency .latency_us.p50
+    row "latency 10k msg/s p90 us" latency .latency_us.p90
+    row "latency 10k msg/s p99 us" latency .latency_us.p99
+    row "latency 10k msg/s p99.9 us" latency .latency_us.p999
+    row "latency 10k msg/s max us" latency .latency_us.max
+    row "latency 10k msg/s lost" latency .lost
+    row "idle $CONNECTIONS conns established" idle .established
+    row "idle conn/s (higher better)" idle .conn_rate
+    row "idle RSS KB per connection (lower better)" idle .kb_per_conn
+    row "idle RSS after, KB" idle .rss_after_kb
+    row "max RSS during fanin qos0, KB" fanin0 .rss.max_kb
+    row "max RSS during fanout, KB" fanout0 .rss.max_kb
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    echo "holdfast binary (stripped release): $BIN_SIZE bytes  ($(ls -l "$HOLDFAST" | awk '{print $5, $9}'))"
+    echo "holdfast flood ($(get holdfast flood .publishers) publishers, qos0, subscriber not reading, $DURATION):" \
+        "sent $(fmt "$(get holdfast flood .sent)") msg ($(fmt "$(get holdfast flood .send_rate)") msg/s), received $(fmt "$(get holdfast flood .received)")," \
+        "RSS start $(fmt "$(get holdfast flood .rss.start_kb)") KB, max $(fmt "$(get holdfast flood .rss.max_kb)") KB," \
+        "end $(fmt "$(get holdfast flood .rss.end_kb)") KB; subscriber closed by broker: $(get holdfast flood .subs_closed_by_broker)"
+fi
+
+if [[ $ONLY == all || $ONLY == durable ]]; then
+    drow() { # label mosquitto-file holdfast-file jq-path
+        local m h
+        m=$(get mosquitto "$2" "$4")
+        h=$(get holdfast "$3" "$4")
+        printf '%-44s %16s %16s %10s\n' "$1" "$(fmt "$m")" "$(fmt "$h")" "$(ratio "$m" "$h")"
+    }
+    echo
+    echo "store-and-forward: edge broker bridging sensors/# to a cloud mosquitto; mosquitto's bridge queue is in memory (persistence true saves it only every autosave_interval), holdfast's is on disk."
+    echo "drain = backlog filled while the uplink was down, counted by a QoS 0 subscriber on the cloud mosquitto (which then limits the rate); 'no cloud subscriber' = timed by the gateway until its queue is empty"
+    printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    for flush in group every interval; do
+        drow "ingest qos1 100x8 inflight, flush=$flush PUBACK/s" ingest-mem "ingest-$flush" .ack_rate
+        drow "ingest qos1 flush=$flush PUBACK p99 us" ingest-mem "ingest-$flush" .puback_latency_us.p99
+        drow "ingest qos1 flush=$flush disk bytes/payload" ingest-mem "ingest-$flush" .write_amplification
+    done
+    drow "fill $DRAIN_COUNT x 64 B, PUBACK/s" fill-64b fill-64b .ack_rate
+    drow "drain $DRAIN_COUNT x 64 B msg/s (higher)" drain-64b drain-64b .drain_rate
+    drow "drain 64 B seconds" drain-64b drain-64b .span_s
+    drow "drain 64 B lost / duplicates" drain-64b drain-64b '"\(.lost)/\(.duplicates)"'
+    drow "drain $BIG_COUNT x 4 KB msg/s (higher)" drain-4kb drain-4kb .drain_rate
+    drow "drain 4 KB seconds" drain-4kb drain-4kb .span_s
+    drow "drain 4 KB lost / duplicates" drain-4kb drain-4kb '"\(.lost)/\(.duplicates)"'
+    drow "drain 64 B, no cloud subscriber msg/s" - drain-nosub64b .drain_rate
+    drow "drain 64 B, no cloud subscriber seconds" - drain-nosub64b .span_s
+    drow "drain 4 KB, no cloud subscriber msg/s" - drain-nosub4kb .drain_rate
+    drow "drain 4 KB, no cloud subscriber MB/s" - drain-nosub4kb '(.drain_rate * 4096 / 1048576 | floor)'
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+fi
 
 # Anything odd, in full: errors reported by the tool, loss, reordering, duplicates, crashes.
 {

@@ -2,6 +2,7 @@
 //!
 //! Owns parsing only; it turns flags into `LoadSpec`/`IdleSpec` and never runs anything.
 
+use crate::durable::{DrainSpec, IngestSpec};
 use crate::idle::IdleSpec;
 use crate::load::LoadSpec;
 use crate::stamp::STAMP_LEN;
@@ -66,6 +67,65 @@ pub(crate) enum Command {
     /// Publishers publish as fast as TCP takes it to a subscriber that reads slowly or not at
     /// all; reports the broker's largest RSS (needs --pid).
     Flood(FloodArgs),
+    /// QoS 1 publishers and no subscriber: PUBACK rate and latency, and (with --pid) the bytes
+    /// the broker wrote to disk per payload byte. Measures a gateway's durable ingest.
+    Ingest(IngestArgs),
+    /// One QoS 1 subscriber that counts a backlog of `ingest` messages as it arrives (run it on
+    /// the cloud broker while a gateway drains its queue); reports the drain rate.
+    Drain(DrainArgs),
+}
+
+/// `ingest` flags.
+#[derive(Debug, Args)]
+pub(crate) struct IngestArgs {
+    /// Number of publishers; publisher i publishes on {topic_prefix}/{i}.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) publishers: u32,
+    /// Unacknowledged PUBLISH per publisher.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..65535))]
+    pub(crate) inflight: u16,
+    /// Payload bytes (at least 24).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload: usize,
+    /// How long to publish (ignored with --count).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// Stop after this many acknowledged messages in total (0: run for --duration).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) count: u64,
+    /// Topic prefix.
+    #[arg(long, default_value = "sensors")]
+    pub(crate) topic_prefix: String,
+    /// Run id written into every payload (a `drain` with the same id counts them); default
+    /// random.
+    #[arg(long)]
+    pub(crate) run: Option<u32>,
+}
+
+/// `drain` flags.
+#[derive(Debug, Args)]
+pub(crate) struct DrainArgs {
+    /// Filter to subscribe to at QoS 1.
+    #[arg(long, default_value = "#")]
+    pub(crate) filter: String,
+    /// Distinct messages to wait for.
+    #[arg(long)]
+    pub(crate) expect: u64,
+    /// Publishers of the `ingest` run.
+    #[arg(long, default_value_t = 100)]
+    pub(crate) publishers: u32,
+    /// Run id of the `ingest` run.
+    #[arg(long)]
+    pub(crate) run: u32,
+    /// Stop when nothing arrived for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Stop when the first message has not arrived after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) start_timeout: Duration,
+    /// QoS of the subscription: 1 (default) or 0, which costs the cloud broker least.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub(crate) qos: u8,
 }
 
 /// Flags of every message load.
@@ -238,9 +298,48 @@ impl Command {
                 sub_rate: a.sub_rate,
                 ..a.msg.base("flood")?
             },
-            Command::Idle(_) => return Ok(None),
+            Command::Idle(_) | Command::Ingest(_) | Command::Drain(_) => return Ok(None),
         };
         Ok(Some(spec))
+    }
+
+    /// The `ingest` run this command asks for. Err: a flag that cannot work.
+    pub(crate) fn ingest_spec(&self) -> Result<Option<IngestSpec>, String> {
+        let Command::Ingest(a) = self else {
+            return Ok(None);
+        };
+        if a.payload < STAMP_LEN {
+            return Err(format!("--payload must be at least {STAMP_LEN} bytes"));
+        }
+        Ok(Some(IngestSpec {
+            publishers: a.publishers,
+            inflight: a.inflight,
+            payload: a.payload,
+            duration: a.duration,
+            count: a.count,
+            topic_prefix: a.topic_prefix.clone(),
+            run: a.run.unwrap_or_else(crate::load::run_id),
+        }))
+    }
+
+    /// The `drain` run this command asks for.
+    pub(crate) fn drain_spec(&self) -> Option<DrainSpec> {
+        let Command::Drain(a) = self else {
+            return None;
+        };
+        Some(DrainSpec {
+            filter: a.filter.clone(),
+            expect: a.expect,
+            publishers: a.publishers,
+            run: a.run,
+            idle_timeout: a.idle_timeout,
+            start_timeout: a.start_timeout,
+            qos: if a.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+        })
     }
 
     /// The idle test this command runs, if it is `idle`.
@@ -263,6 +362,8 @@ impl Command {
             Command::Latency(_) => "latency",
             Command::Idle(_) => "idle",
             Command::Flood(_) => "flood",
+            Command::Ingest(_) => "ingest",
+            Command::Drain(_) => "drain",
         }
     }
 }

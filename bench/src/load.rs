@@ -296,7 +296,7 @@ fn assemble(
 }
 
 /// A run id that differs between runs (no need for a good random source).
-fn run_id() -> u32 {
+pub(crate) fn run_id() -> u32 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

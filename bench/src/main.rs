@@ -9,6 +9,8 @@
 //! - `check`: per-subscriber order, gap, duplicate and latency bookkeeping.
 //! - `load`: fanin, fanout, latency and flood: the publisher and subscriber tasks.
 //! - `idle`: many idle connections and the broker's RSS per connection.
+//! - `durable`: store-and-forward loads: QoS 1 ingest (PUBACK rate, latency, disk bytes) and
+//!   the drain of a backlog on the cloud side.
 //! - `rss`: reading and sampling the broker's VmRSS.
 //! - `report`: text and JSON output.
 //! - `error`: the one error type.
@@ -19,6 +21,7 @@
 mod check;
 mod cli;
 mod client;
+mod durable;
 mod error;
 mod idle;
 mod load;
@@ -77,6 +80,22 @@ async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(mode, common.json, &e.to_string()),
         };
     }
+    match cli.command.ingest_spec() {
+        Ok(Some(spec)) => {
+            return match durable::ingest(&target, spec, common.pid).await {
+                Ok(r) => report_json(common.json, r),
+                Err(e) => fail(mode, common.json, &e.to_string()),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return fail(mode, common.json, &e),
+    }
+    if let Some(spec) = cli.command.drain_spec() {
+        return match durable::drain(&target, spec).await {
+            Ok(r) => report_json(common.json, r),
+            Err(e) => fail(mode, common.json, &e.to_string()),
+        };
+    }
     let spec = match cli.command.load_spec() {
         Ok(Some(spec)) => spec,
         Ok(None) => return fail(mode, common.json, "nothing to run"),
@@ -96,6 +115,21 @@ fn print(json: bool, value: serde_json::Value, text: String) {
         println!("{value}");
     } else {
         print!("{text}");
+    }
+}
+
+/// Prints a JSON report (pretty unless --json) and exits 3 when it lists errors.
+fn report_json(json: bool, r: serde_json::Value) -> ExitCode {
+    if json {
+        println!("{r}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    }
+    let errors = r["errors"].as_array().is_some_and(|e| !e.is_empty());
+    if errors || r["timed_out"] == true {
+        ExitCode::from(EXIT_RUN_ERRORS)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

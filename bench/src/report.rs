@@ -36,7 +36,7 @@ impl Latency {
         }
     }
 
-    fn to_json(self) -> Value {
+    pub(crate) fn to_json(self) -> Value {
         json!({
             "count": self.count, "mean": round1(self.mean), "p50": self.p50, "p90": self.p90,
             "p99": self.p99, "p999": self.p999, "max": self.max,

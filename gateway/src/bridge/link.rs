@@ -68,6 +68,8 @@ struct Window {
 
 struct Shared {
     window: Mutex<Window>,
+    /// The backlog found at connect (records, when) until the queue first runs empty.
+    backlog: Mutex<Option<(u64, Instant)>>,
     /// Signalled when acknowledgements free window slots.
     room: tokio::sync::Notify,
 }
@@ -180,6 +182,7 @@ impl Link {
         }
         let shared = Arc::new(Shared {
             window: Mutex::new(Window::default()),
+            backlog: Mutex::new((stats.len > 0).then(|| (stats.len, Instant::now()))),
             room: tokio::sync::Notify::new(),
         });
         let first = stats.first_unacked.unwrap_or(stats.next_seq);
@@ -270,9 +273,13 @@ impl Link {
                     if pkid == 0 {
                         // QoS 0: written to the socket is as acknowledged as it gets.
                         w.outstanding = w.outstanding.saturating_sub(1);
+                        let window_empty = w.outstanding == 0;
                         drop(w);
                         self.acknowledged(seq);
                         shared.room.notify_one();
+                        if window_empty {
+                            self.note_drained(shared);
+                        }
                     } else {
                         w.by_pkid.insert(pkid, seq);
                     }
@@ -299,16 +306,39 @@ impl Link {
     }
 
     fn remote_ack(&self, shared: &Shared, pkid: u16) {
-        let seq = {
+        let (seq, window_empty) = {
             let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
             let Some(seq) = w.by_pkid.remove(&pkid) else {
                 return;
             };
             w.outstanding = w.outstanding.saturating_sub(1);
-            seq
+            (seq, w.outstanding == 0)
         };
         self.acknowledged(seq);
         shared.room.notify_one();
+        if window_empty {
+            self.note_drained(shared);
+        }
+    }
+
+    /// Logs how fast the backlog found at connect drained, once the queue is empty.
+    fn note_drained(&self, shared: &Shared) {
+        let mut backlog = shared.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((count, since)) = *backlog else {
+            return;
+        };
+        if self.outbox.queue.stats().map_or(true, |s| s.len > 0) {
+            return;
+        }
+        *backlog = None;
+        let secs = since.elapsed().as_secs_f64();
+        tracing::info!(
+            bridge = %self.cfg.name,
+            messages = count,
+            seconds = format!("{secs:.3}"),
+            rate = (count as f64 / secs.max(1e-6)) as u64,
+            "bridge backlog drained"
+        );
     }
 
     fn acknowledged(&self, seq: u64) {
