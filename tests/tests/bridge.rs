@@ -1031,3 +1031,56 @@ fn a_backlog_survives_a_clean_restart_of_the_gateway() {
     let (_, dups) = check_delivery(&rec, 6, &run.acked, "clean restart");
     assert_eq!(dups, 0, "nothing had been sent before the restart");
 }
+
+/// Known gateway bug (see the report in the commit message): `bridge/link.rs` subscribes the
+/// downlink filters again after every CONNACK, even when the cloud kept the session
+/// (`session_present`), and a broker must resend retained messages on every SUBSCRIBE
+/// [MQTT-3.8.4-3]; the link then publishes the replay locally as a live message, so every
+/// uplink reconnect re-executes a retained cloud command on the devices.
+#[test]
+#[ignore = "gateway bug: the bridge re-subscribes on every reconnect and replays retained commands"]
+fn a_retained_downlink_command_is_not_replayed_to_local_devices_on_every_uplink_reconnect() {
+    let (mut cloud, _rec) = cloud();
+    let gw = gateway(
+        cloud.port,
+        "forward = [\"sensors/#\"]\nsubscribe = [\"cmd/#\"]",
+    );
+    assert!(gw.wait_for_log("bridge up", WAIT), "{}", gw.log());
+    assert!(cloud.wait_for_log(&format!("gw-001 1 {PREFIX}cmd/#"), WAIT));
+    let local = MosquittoSub::start(gw.port, "cmd/#", &["-v", "-q", "1"]);
+    let retained = ["-q", "1", "-r"];
+    assert!(mosquitto_pub(
+        cloud.port,
+        &format!("{PREFIX}cmd/r"),
+        "open-valve",
+        &retained
+    ));
+    assert_eq!(local.wait_for(1, WAIT), vec!["cmd/r open-valve"]);
+
+    // The uplink drops and comes back; the cloud kept the bridge's session (persistence).
+    cloud.stop();
+    cloud.restart();
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        num(s, "reconnects") >= Some(1) && s.contains("\"state\":\"up\"")
+    });
+    assert!(ok, "{stats}");
+    assert!(mosquitto_pub(
+        cloud.port,
+        &format!("{PREFIX}cmd/m"),
+        "marker",
+        &["-q", "1"]
+    ));
+    let deadline = Instant::now() + WAIT;
+    let got = loop {
+        let m = local.messages();
+        if m.iter().any(|l| l == "cmd/m marker") || Instant::now() >= deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        got,
+        vec!["cmd/r open-valve", "cmd/m marker"],
+        "the retained command was delivered to the device again after the reconnect"
+    );
+}
