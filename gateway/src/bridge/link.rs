@@ -1,4 +1,5 @@
-//! One bridge's connection to its cloud broker (rumqttc, MQTT 3.1.1): connect with backoff,
+//! One bridge's connection to its cloud broker (rumqttc, MQTT 3.1.1 or 5 through [`wire`]):
+//! connect with backoff,
 //! drain the disk queue through an inflight window, acknowledge queue records as the cloud
 //! acknowledges them, and publish downlink messages locally.
 //!
@@ -18,16 +19,13 @@
 use super::backoff::Backoff;
 use super::outbox::{bridge_session_id, Outbox};
 use super::stats::LinkState;
+use super::wire::{self, InMsg, OutMsg, Poller, Sender, WireEvent};
 use crate::broker::message::Message;
 use crate::broker::{persist, Broker};
 use crate::config::BridgeConfig;
-use holdfast_mqtt::ByteStr;
+use holdfast_mqtt::{ByteStr, QoS};
 use holdfast_storage::kv::StoredMessage;
 use holdfast_storage::record;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish,
-    QoS, Request, SubscribeFilter, TlsConfiguration, Transport,
-};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -36,8 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Most payload bytes read from the queue in one go.
 const READ_BATCH_BYTES: usize = 1024 * 1024;
-/// How long a TCP + TLS + CONNECT/CONNACK exchange may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running bridge link.
 #[derive(Debug)]
@@ -144,16 +140,10 @@ impl Link {
         backoff: &mut Backoff,
         connected_before: &mut bool,
     ) -> Result<(), String> {
-        let options = self.options()?;
         let window = usize::from(self.cfg.max_inflight);
-        let (client, mut eventloop) = AsyncClient::new(options, window.max(8));
-        match tokio::time::timeout(CONNECT_TIMEOUT, eventloop.poll()).await {
-            Ok(Ok(Event::Incoming(Incoming::ConnAck(ack))))
-                if ack.code == ConnectReturnCode::Success => {}
-            Ok(Ok(other)) => return Err(format!("unexpected first packet {other:?}")),
-            Ok(Err(e)) => return Err(describe_error(&e)),
-            Err(_) => return Err(format!("no CONNACK within {CONNECT_TIMEOUT:?}")),
-        }
+        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
+        let (client, mut poller) = wire::new_client(&self.cfg, max_packet, window.max(8))?;
+        let session_present = poller.connect().await?;
         backoff.reset();
         if *connected_before {
             self.outbox.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -169,24 +159,14 @@ impl Link {
             queued_bytes = stats.bytes,
             "bridge up"
         );
-        if !self.cfg.subscribe.is_empty() {
-            let qos = qos_of(self.cfg.qos);
-            let filters = self
-                .cfg
-                .subscribe
-                .iter()
-                .map(|f| SubscribeFilter::new(format!("{}{f}", self.cfg.remote_prefix), qos));
-            client
-                .try_subscribe_many(filters)
-                .map_err(|e| format!("cannot subscribe: {e}"))?;
-        }
+        self.subscribe_downlink(&client, session_present)?;
         let shared = Arc::new(Shared {
             window: Mutex::new(Window::default()),
             backlog: Mutex::new((stats.len > 0).then(|| (stats.len, Instant::now()))),
             room: tokio::sync::Notify::new(),
         });
         let first = stats.first_unacked.unwrap_or(stats.next_seq);
-        let resent = self.queue_resends(&mut eventloop, &shared, first, window);
+        let resent = self.queue_resends(&mut poller, &shared, first, window);
         self.outbox
             .stats
             .resent
@@ -199,7 +179,7 @@ impl Link {
             self.cfg.qos,
             self.cfg.remote_prefix.clone(),
         ));
-        let result = self.poll_events(&mut eventloop, &shared).await;
+        let result = self.poll_events(&mut poller, &shared).await;
         if let Ok(mut w) = shared.window.lock() {
             w.closed = true;
         }
@@ -215,11 +195,53 @@ impl Link {
         result
     }
 
+    /// Subscribes the downlink filters, unless the cloud kept a session that already has exactly
+    /// these subscriptions: a SUBSCRIBE makes the broker resend retained messages (MQTT 3.1.1
+    /// cannot opt out; MQTT 5 asks for retained messages on new subscriptions only), and a
+    /// replayed retained command must not reach the devices again on every reconnect.
+    fn subscribe_downlink(&self, client: &Sender, session_present: bool) -> Result<(), String> {
+        let marker = self
+            .broker
+            .config
+            .node
+            .data_dir
+            .join("bridges")
+            .join(format!("{}.subscriptions", self.cfg.name));
+        let wanted = format!(
+            "{}\n{}\n{}\n",
+            self.cfg.client_id,
+            self.cfg.qos,
+            self.cfg
+                .subscribe
+                .iter()
+                .map(|f| format!("{}{f}", self.cfg.remote_prefix))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let known = std::fs::read_to_string(&marker).is_ok_and(|had| had == wanted);
+        if self.cfg.subscribe.is_empty() || (session_present && known) {
+            return Ok(());
+        }
+        let filters = self
+            .cfg
+            .subscribe
+            .iter()
+            .map(|f| format!("{}{f}", self.cfg.remote_prefix))
+            .collect();
+        client.subscribe(filters, self.cfg.qos)?;
+        if !known {
+            if let Err(e) = std::fs::write(&marker, wanted) {
+                tracing::warn!(bridge = %self.cfg.name, path = %marker.display(), error = %e, "cannot record the downlink subscriptions; they will be renewed at every reconnect");
+            }
+        }
+        Ok(())
+    }
+
     /// Puts the oldest unacknowledged records that may have been sent before (at most a
     /// window) into rumqttc's pending list with DUP set; they leave before anything else.
     fn queue_resends(
         &self,
-        eventloop: &mut EventLoop,
+        poller: &mut Poller,
         shared: &Shared,
         first: u64,
         window: usize,
@@ -242,7 +264,7 @@ impl Link {
                 break;
             }
             w.next_read = rec.seq + 1;
-            let Some(mut publish) = to_publish(
+            let Some(publish) = to_publish(
                 &self.outbox,
                 rec.seq,
                 &rec.payload,
@@ -251,21 +273,19 @@ impl Link {
             ) else {
                 continue;
             };
-            publish.dup = publish.qos != QoS::AtMostOnce;
             w.submitted.push_back(rec.seq);
             w.outstanding += 1;
-            eventloop.pending.push_back(Request::Publish(publish));
+            poller.push_resend(publish);
             resent += 1;
         }
         resent
     }
 
     /// Drives the event loop until the connection fails.
-    async fn poll_events(&self, eventloop: &mut EventLoop, shared: &Shared) -> Result<(), String> {
+    async fn poll_events(&self, poller: &mut Poller, shared: &Shared) -> Result<(), String> {
         loop {
-            let event = eventloop.poll().await.map_err(|e| describe_error(&e))?;
-            match event {
-                Event::Outgoing(Outgoing::Publish(pkid)) => {
+            match poller.next().await? {
+                WireEvent::Sent(pkid) => {
                     let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
                     let Some(seq) = w.submitted.pop_front() else {
                         continue;
@@ -284,23 +304,27 @@ impl Link {
                         w.by_pkid.insert(pkid, seq);
                     }
                 }
-                Event::Incoming(Incoming::PubAck(ack)) => self.remote_ack(shared, ack.pkid),
-                Event::Incoming(Incoming::PubComp(comp)) => self.remote_ack(shared, comp.pkid),
-                Event::Incoming(Incoming::Publish(p)) => self.downlink(p),
-                Event::Incoming(Incoming::SubAck(ack)) => {
-                    let refused = ack
-                        .return_codes
-                        .iter()
-                        .filter(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                        .count();
-                    if refused > 0 {
-                        tracing::warn!(bridge = %self.cfg.name, refused, "the cloud broker refused downlink subscriptions");
+                WireEvent::Acked { pkid, refused } => {
+                    if let Some(reason) = refused {
                         self.outbox
                             .stats
-                            .set_error(format!("{refused} downlink subscription(s) refused"));
+                            .dropped_refused_by_cloud
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(bridge = %self.cfg.name, reason, "the cloud broker refused a forwarded message; it is dropped (resending would be refused again)");
                     }
+                    self.remote_ack(shared, pkid);
                 }
-                _ => {}
+                WireEvent::Downlink(m) => self.downlink(m),
+                WireEvent::BadDownlink(why) => {
+                    tracing::warn!(bridge = %self.cfg.name, why, "downlink message ignored");
+                }
+                WireEvent::SubscriptionsRefused(0) | WireEvent::Other => {}
+                WireEvent::SubscriptionsRefused(refused) => {
+                    tracing::warn!(bridge = %self.cfg.name, refused, "the cloud broker refused downlink subscriptions");
+                    self.outbox
+                        .stats
+                        .set_error(format!("{refused} downlink subscription(s) refused"));
+                }
             }
         }
     }
@@ -349,7 +373,7 @@ impl Link {
     }
 
     /// A message from the cloud: strip the prefix and publish it locally.
-    fn downlink(&self, p: Publish) {
+    fn downlink(&self, p: InMsg) {
         let prefix = &self.cfg.remote_prefix;
         let Some(local) = p.topic.strip_prefix(prefix.as_str()) else {
             tracing::warn!(bridge = %self.cfg.name, topic = %p.topic, "downlink message outside remote_prefix ignored");
@@ -360,47 +384,20 @@ impl Link {
             return;
         }
         self.outbox.stats.downlink.fetch_add(1, Ordering::Relaxed);
+        let expires_at = p
+            .properties
+            .message_expiry_interval
+            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
         let message = Message {
             topic: ByteStr::from(local),
             payload: p.payload,
-            qos: from_qos(p.qos),
+            qos: QoS::from_u8(p.qos).unwrap_or(QoS::AtMostOnce),
             retain: p.retain,
-            properties: Default::default(),
+            properties: p.properties,
             publisher: Some(bridge_session_id(self.outbox.index)),
-            expires_at: None,
+            expires_at,
         };
         self.broker.publish_internal(message);
-    }
-
-    fn options(&self) -> Result<MqttOptions, String> {
-        let c = &self.cfg;
-        let mut o = MqttOptions::new(c.client_id.clone(), c.server.host.clone(), c.server.port);
-        o.set_clean_session(false);
-        o.set_keep_alive(c.keepalive);
-        o.set_inflight(c.max_inflight);
-        let max = self.broker.config.mqtt.max_packet_size as usize;
-        // Records carry topic, payload and properties; leave room for the prefix and header.
-        o.set_max_packet_size(max, max + 64 * 1024);
-        if let Some(user) = &c.username {
-            o.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
-        }
-        if let Some(tls) = &c.tls {
-            let read = |path: &std::path::Path, what: &str| {
-                std::fs::read(path)
-                    .map_err(|e| format!("cannot read TLS {what} {}: {e}", path.display()))
-            };
-            let ca = read(&tls.ca, "CA file")?;
-            let client_auth = match (&tls.cert, &tls.key) {
-                (Some(cert), Some(key)) => Some((read(cert, "certificate")?, read(key, "key")?)),
-                _ => None,
-            };
-            o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca,
-                alpn: None,
-                client_auth,
-            }));
-        }
-        Ok(o)
     }
 }
 
@@ -408,7 +405,7 @@ impl Link {
 async fn feed(
     outbox: Arc<Outbox>,
     shared: Arc<Shared>,
-    client: AsyncClient,
+    client: Sender,
     window: usize,
     qos: u8,
     prefix: String,
@@ -454,11 +451,7 @@ async fn feed(
             let Some(p) = publish else {
                 continue;
             };
-            if client
-                .publish_bytes(p.topic, p.qos, p.retain, p.payload)
-                .await
-                .is_err()
-            {
+            if client.publish(p).await.is_err() {
                 return;
             }
         }
@@ -467,7 +460,7 @@ async fn feed(
 
 /// The upstream PUBLISH for a queue record, or `None` (after acknowledging and counting it)
 /// when it cannot be sent: expired in the queue, or damaged.
-fn to_publish(outbox: &Outbox, seq: u64, bytes: &[u8], qos: u8, prefix: &str) -> Option<Publish> {
+fn to_publish(outbox: &Outbox, seq: u64, bytes: &[u8], qos: u8, prefix: &str) -> Option<OutMsg> {
     let stored: StoredMessage = match record::decode(bytes) {
         Ok(m) => m,
         Err(e) => {
@@ -477,41 +470,19 @@ fn to_publish(outbox: &Outbox, seq: u64, bytes: &[u8], qos: u8, prefix: &str) ->
             return None;
         }
     };
-    let Some(message) = persist::from_stored(stored, Instant::now()) else {
+    let now = Instant::now();
+    let Some(message) = persist::from_stored(stored, now) else {
         outbox.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
         let _ = outbox.queue.ack(seq);
         return None;
     };
-    let mut publish = Publish::from_bytes(
-        format!("{prefix}{}", message.topic),
-        qos_of(qos),
-        message.payload,
-    );
-    publish.retain = message.retain;
-    Some(publish)
-}
-
-fn qos_of(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-fn from_qos(q: QoS) -> holdfast_mqtt::QoS {
-    match q {
-        QoS::AtMostOnce => holdfast_mqtt::QoS::AtMostOnce,
-        QoS::AtLeastOnce => holdfast_mqtt::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => holdfast_mqtt::QoS::ExactlyOnce,
-    }
-}
-
-fn describe_error(e: &rumqttc::ConnectionError) -> String {
-    match e {
-        rumqttc::ConnectionError::ConnectionRefused(code) => {
-            format!("the cloud broker refused the connection: {code:?}")
-        }
-        other => other.to_string(),
-    }
+    let mut properties = message.properties.clone();
+    properties.message_expiry_interval = message.remaining_expiry(now);
+    Some(OutMsg {
+        topic: format!("{prefix}{}", message.topic),
+        payload: message.payload,
+        qos,
+        retain: message.retain,
+        properties,
+    })
 }

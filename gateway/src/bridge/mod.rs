@@ -13,14 +13,17 @@
 //! except by the configured `on_full` policy or message expiry, both counted.
 //!
 //! Guarantees: at-least-once to the cloud broker (a crash or lost connection resends from the
-//! oldest unacknowledged record, with DUP), order per (device, topic) kept because each
-//! connection appends its messages in arrival order and the queue drains strictly in order,
-//! and duplicates bounded by one window per reconnect.
+//! oldest unacknowledged record, with DUP on the first window), order per (device, topic) kept
+//! because each connection appends its messages in arrival order and the queue drains strictly
+//! in order. Duplicates are bounded: a lost connection resends at most one window
+//! (`max_inflight`); a crash at most one window plus the acknowledgements not yet persisted
+//! (the ack cursor is written at every queue commit and every 1,024 acks).
 
 pub mod backoff;
 pub mod link;
 pub mod outbox;
 pub mod stats;
+mod wire;
 
 pub use outbox::{Forwarded, Forwarder, Outbox, Refusal};
 
@@ -133,6 +136,7 @@ pub fn publish_stats(broker: &Broker, probe: &mut RateProbe) {
                 "qos0_offline": s.dropped_qos0_offline.load(Ordering::Relaxed),
                 "expired": s.dropped_expired.load(Ordering::Relaxed),
                 "failed": s.dropped_failed.load(Ordering::Relaxed),
+                "refused_by_cloud": s.dropped_refused_by_cloud.load(Ordering::Relaxed),
             },
             "downlink": s.downlink.load(Ordering::Relaxed),
             "reconnects": s.reconnects.load(Ordering::Relaxed),

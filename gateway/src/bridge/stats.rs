@@ -62,6 +62,9 @@ pub struct BridgeStats {
     pub dropped_expired: AtomicU64,
     /// Messages that could not be queued or read back (I/O error, damaged record).
     pub dropped_failed: AtomicU64,
+    /// Messages the cloud broker acknowledged with an MQTT 5 failure reason (not authorized,
+    /// quota exceeded, ...): resending would be refused again, so they are dropped.
+    pub dropped_refused_by_cloud: AtomicU64,
     /// Messages received from the cloud and published locally.
     pub downlink: AtomicU64,
     /// Successful connections after the first.

@@ -276,14 +276,7 @@ fn bridge(
             let text = string(c, n, k)?;
             match text.as_str() {
                 "3.1.1" | "4" => Some(BridgeProtocol::V311),
-                "5" | "5.0" => {
-                    c.report(
-                        n,
-                        k,
-                        "MQTT 5 bridges are not supported by this build yet (use \"3.1.1\")",
-                    );
-                    None
-                }
+                "5" | "5.0" => Some(BridgeProtocol::V5),
                 _ => {
                     c.report(
                         n,
