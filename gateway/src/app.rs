@@ -56,7 +56,7 @@ impl Gateway {
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         warn_on_insecure_defaults(&config);
         let broker = Broker::new(Arc::new(config), auth, shutdown);
-        let store = open_store(&broker.config.node.data_dir);
+        let store = open_store(&broker.config.node.data_dir, broker.config.node.state_cache);
         if let Some(store) = &store {
             let now = std::time::Instant::now();
             let dyn_store: Arc<dyn RetainedStore> = store.clone();
@@ -143,11 +143,20 @@ impl Gateway {
 
 /// Opens the state store under `data_dir`. Without one (a read-only or missing directory the
 /// process cannot create), the gateway still runs, loudly, with retained messages in memory.
-fn open_store(data_dir: &std::path::Path) -> Option<Arc<SledStore>> {
+fn open_store(data_dir: &std::path::Path, cache_bytes: u64) -> Option<Arc<SledStore>> {
     let dir = data_dir.join("state");
     let opened = std::fs::create_dir_all(&dir)
         .map_err(|e| e.to_string())
-        .and_then(|()| SledStore::open(&dir, SledOptions::default()).map_err(|e| e.to_string()));
+        .and_then(|()| {
+            SledStore::open(
+                &dir,
+                SledOptions {
+                    cache_capacity_bytes: cache_bytes,
+                    ..SledOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())
+        });
     match opened {
         Ok(store) => Some(Arc::new(store)),
         Err(e) => {

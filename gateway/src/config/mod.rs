@@ -55,6 +55,10 @@ pub struct NodeConfig {
     /// Where durable state (queues, retained messages, sessions, the admin account) lives;
     /// must be on persistent flash, not tmpfs. Default "/var/lib/holdfast".
     pub data_dir: PathBuf,
+    /// Page cache of the state store (retained messages, sessions), in bytes: small boards
+    /// keep it small, at the cost of disk reads for large retained sets. Default 4MB;
+    /// 256KB..=1GB.
+    pub state_cache: u64,
 }
 
 /// Broker limits and behaviour. Defaults follow EMQX where the design is silent.
@@ -299,6 +303,7 @@ impl Default for NodeConfig {
         NodeConfig {
             name: "holdfast".to_owned(),
             data_dir: PathBuf::from("/var/lib/holdfast"),
+            state_cache: 4 * 1024 * 1024,
         }
     }
 }

@@ -71,6 +71,7 @@ fn the_example_config_mentions_every_key() {
     for key in [
         "name",
         "data_dir",
+        "state_cache",
         "max_packet_size",
         "max_inflight",
         "max_mqueue_len",

@@ -430,7 +430,7 @@ pub(super) fn path_buf(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Path
 
 fn node_section(ctx: &mut Ctx<'_>, node: &Node) -> NodeConfig {
     let defaults = NodeConfig::default();
-    let entries = ctx.open(node, "node", &["name", "data_dir"], &[]);
+    let entries = ctx.open(node, "node", &["name", "data_dir", "state_cache"], &[]);
     NodeConfig {
         name: ctx.get(entries, "node", "name", defaults.name, |ctx, n, key| {
             let name = string(ctx, n, key)?;
@@ -454,6 +454,13 @@ fn node_section(ctx: &mut Ctx<'_>, node: &Node) -> NodeConfig {
             }
         }),
         data_dir: ctx.get(entries, "node", "data_dir", defaults.data_dir, path_buf),
+        state_cache: ctx.get(
+            entries,
+            "node",
+            "state_cache",
+            defaults.state_cache,
+            |c, n, k| size(c, n, k, 256 * KB, 1024 * MB),
+        ),
     }
 }
 
