@@ -7,11 +7,12 @@
 
 use crate::auth::{AuthFileError, Authenticator};
 use crate::broker::listener::{self, BindError};
+use crate::broker::session_persist;
 use crate::broker::{sys, Broker};
 use crate::config::Config;
 use crate::supervise::{self, Supervisor};
 use holdfast_board::{BoardError, SystemdNotify};
-use holdfast_storage::kv::{KvBackend, RetainedStore, SledOptions, SledStore};
+use holdfast_storage::kv::{KvBackend, RetainedStore, SessionStore, SledOptions, SledStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub enum StartError {
 pub struct Gateway {
     broker: Arc<Broker>,
     listeners: Vec<listener::BoundListener>,
-    /// Retained messages (and, with the store-and-forward work, sessions) on disk.
+    /// Retained messages and persistent sessions on disk.
     store: Option<Arc<SledStore>>,
     /// The board task, ready to run once serving starts.
     supervisor: Supervisor,
@@ -57,7 +58,8 @@ impl Gateway {
             let now = std::time::Instant::now();
             let dyn_store: Arc<dyn RetainedStore> = store.clone();
             let loaded = broker.with_router(|r| r.attach_retained_store(dyn_store, now));
-            tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, "state restored");
+            let sessions = broker.with_router(|r| r.attach_session_store(&**store, now));
+            tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, sessions, "state restored");
         }
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
@@ -91,6 +93,13 @@ impl Gateway {
         let tracker = TaskTracker::new();
         let broker = self.broker;
         tracker.spawn(sys::run_timers(broker.clone()));
+        let session_store = self
+            .store
+            .as_ref()
+            .map(|s| -> Arc<dyn SessionStore> { s.clone() });
+        if let Some(store) = &session_store {
+            tracker.spawn(session_persist::run_flusher(broker.clone(), store.clone()));
+        }
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
         }
@@ -118,6 +127,11 @@ impl Gateway {
                 tracing::warn!("the board did not close within the grace period");
             }
         }
+        // The connections have closed: their sessions' last changes go to the store before
+        // its final durable flush.
+        if let Some(store) = &session_store {
+            session_persist::flush_once(&broker, store).await;
+        }
         if let Some(store) = &self.store {
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final flush of the state store failed");
@@ -139,7 +153,7 @@ fn open_store(data_dir: &std::path::Path) -> Option<Arc<SledStore>> {
         Err(e) => {
             tracing::error!(
                 data_dir = %data_dir.display(),
-                "!!! cannot open the state store ({e}): retained messages will NOT survive a restart; fix the directory or pass --data-dir"
+                "!!! cannot open the state store ({e}): retained messages and persistent sessions will NOT survive a restart; fix the directory or pass --data-dir"
             );
             None
         }
