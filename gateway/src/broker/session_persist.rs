@@ -23,25 +23,39 @@
 //!
 //! Writing every delivery through to the store (put when queued, update when sent, remove when
 //! acknowledged: three sled writes and a payload encode per delivery, under the router lock)
-//! would make the persistent subscriber the bottleneck of every publisher. Instead the router
+//! would make a persistent subscriber the bottleneck of every publisher. Instead the router
 //! only journals *which* deliveries of a session changed (a small map insert), and a flusher
-//! task every [`FLUSH_EVERY`] takes the journal under the lock, turning it into owned records
-//! ([`Router::take_session_writes`](super::router::Router::take_session_writes)), and writes them
-//! with the lock released. A delivery queued and acknowledged within one period is never
-//! written at all, so a persistent subscriber that keeps up costs almost no disk writes; one
-//! that is offline or lagging costs one put per message and one remove per acknowledgement.
-//! One task applies the batches in order, so a removal is never overtaken by an older write.
+//! task every [`FLUSH_EVERY`] takes the journals under the lock as owned records
+//! ([`Router::take_session_writes`](super::router::Router::take_session_writes)) and writes them
+//! with the lock released. One task applies the batches in order, so a removal is never
+//! overtaken by an older write, and a slow disk only makes the next batch coalesce more.
+//!
+//! What a flush writes depends on whether the session is connected:
+//! - **offline**: every QoS 1/2 delivery queued for it (one put each, one remove when it is
+//!   acknowledged after the client's return), so an offline subscriber's backlog is on disk;
+//! - **connected**: only inflight deliveries that were already unacknowledged at the previous
+//!   flush (a client that is slow to acknowledge); its queue is written when it disconnects.
+//!   A delivery queued, sent and acknowledged within a period or two is never written, so a
+//!   connected persistent subscriber costs (almost) no disk writes however busy it is.
 //!
 //! # What survives a `kill -9`
 //!
 //! The store as of the last applied batch, once sled has flushed it (in the background every
-//! 500 ms, `SledOptions::flush_every_ms`). So a change to a session (a subscription, a queued or
-//! acknowledged message, a disconnect) survives a `kill -9` that comes more than about
-//! `FLUSH_EVERY` + 500 ms (0.6 s) after it; a crash sooner may lose the newest changes of that
-//! window: a message queued just before it is lost, a message acknowledged just before it is
-//! delivered again (with DUP if it was inflight), never reordered. A graceful stop writes
-//! everything and makes it durable. A power cut is weaker still: sled's flush is not durable
-//! (see `holdfast_storage::kv`), except after the final flush of a graceful stop.
+//! 500 ms, `SledOptions::flush_every_ms`). Exactly:
+//! - session metadata (the session itself, its subscriptions, its expiry and disconnect time)
+//!   changed more than about 0.6 s (`FLUSH_EVERY` + 500 ms) before the crash;
+//! - for a session that was offline: every QoS 1/2 message queued for it more than about 0.6 s
+//!   before the crash, not yet acknowledged;
+//! - for a session that was connected: the QoS 1/2 messages inflight (sent, unacknowledged)
+//!   for more than about 0.7 s (two flushes + 500 ms), resent with DUP and their packet id.
+//!   Messages still queued for a connected session (not yet sent: the client was slower than
+//!   its publishers) are **lost** by a `kill -9`: they are the newest ones, so what does arrive
+//!   is still in order, with no gap before the loss;
+//! - a message acknowledged less than about 0.6 s before the crash may be delivered again.
+//!
+//! A graceful stop closes every connection first, so every session is offline at its final
+//! flush: everything is written and made durable (fsync). A power cut is weaker than a `kill -9`:
+//! sled's background flush is not durable (see `holdfast_storage::kv`).
 //!
 //! # Restore
 //!
@@ -71,11 +85,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// keeps up acknowledges most deliveries before they are written.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
-/// What happened to one pending delivery since the last flush.
+/// What happened to one stored pending delivery since the last flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingOp {
-    /// Queued since the last flush: not in the store yet.
-    New,
     /// In the store, with a handshake state that changed.
     Changed,
     /// In the store, and gone from the session.
@@ -87,17 +99,20 @@ pub enum PendingOp {
 pub struct Journal {
     /// The metadata (expiry, connected or not, subscriptions) must be rewritten.
     pub meta_dirty: bool,
-    /// Pending deliveries that changed, by `seq`. Bounded by the session's queue and inflight
-    /// window plus the deliveries acknowledged within one flush period.
+    /// Deliveries in the store that changed state or left the session, by `seq`.
     pub pending: BTreeMap<u64, PendingOp>,
+    /// QoS 1/2 deliveries the session holds that are not in the store yet, by `seq`. The flag
+    /// is set when a flush saw one inflight on a connected session: it is written at the next
+    /// flush if still unacknowledged. Bounded by the session's queue and inflight window.
+    pub unwritten: BTreeMap<u64, bool>,
 }
 
 impl Journal {
-    /// The journal of a session that starts being persisted: everything it holds is new.
+    /// The journal of a session that starts being persisted: everything it holds is unwritten.
     pub fn for_session(s: &Session) -> Journal {
         let mut j = Journal {
             meta_dirty: true,
-            pending: BTreeMap::new(),
+            ..Journal::default()
         };
         for f in &s.inflight {
             j.queued(&f.delivery);
@@ -111,32 +126,27 @@ impl Journal {
     /// `d` was queued (QoS 0 is never persisted).
     pub fn queued(&mut self, d: &Delivery) {
         if d.qos != QoS::AtMostOnce {
-            self.pending.insert(d.seq, PendingOp::New);
+            self.unwritten.insert(d.seq, false);
         }
     }
 
     /// `d` changed its handshake state.
     pub fn changed(&mut self, d: &Delivery) {
-        if d.qos != QoS::AtMostOnce {
-            self.pending.entry(d.seq).or_insert(PendingOp::Changed);
+        if d.qos != QoS::AtMostOnce && !self.unwritten.contains_key(&d.seq) {
+            self.pending.insert(d.seq, PendingOp::Changed);
         }
     }
 
     /// `d` left the session. One that never reached the store leaves no trace.
     pub fn removed(&mut self, d: &Delivery) {
-        if d.qos == QoS::AtMostOnce {
-            return;
-        }
-        if self.pending.get(&d.seq) == Some(&PendingOp::New) {
-            self.pending.remove(&d.seq);
-        } else {
+        if d.qos != QoS::AtMostOnce && self.unwritten.remove(&d.seq).is_none() {
             self.pending.insert(d.seq, PendingOp::Removed);
         }
     }
 
     /// Nothing to write.
     pub fn is_clean(&self) -> bool {
-        !self.meta_dirty && self.pending.is_empty()
+        !self.meta_dirty && self.pending.is_empty() && self.unwritten.is_empty()
     }
 }
 
@@ -233,25 +243,49 @@ impl SessionWrites {
     }
 }
 
-/// Takes one session's journal as owned records (under the router lock). `None` when clean.
+/// Takes one session's journal as owned records (under the router lock). `None` when there is
+/// nothing to write. An offline session writes everything unwritten; a connected one only the
+/// inflight deliveries a previous flush already saw unacknowledged (see the module docs).
 pub fn take_writes(s: &mut Session, now: Instant, unix_now_ms: u64) -> Option<ClientWrites> {
     let j = s.journal.as_mut()?;
     if j.is_clean() {
         return None;
     }
     let meta = std::mem::take(&mut j.meta_dirty);
-    let pending = std::mem::take(&mut j.pending);
-    let session = meta.then(|| stored_session(s, now, unix_now_ms));
-    let mut put = Vec::new();
+    let mut write = Vec::new();
     let mut remove = Vec::new();
-    for (seq, op) in pending {
+    for (seq, op) in std::mem::take(&mut j.pending) {
         match op {
+            PendingOp::Changed => write.push(seq),
             PendingOp::Removed => remove.push(seq),
-            PendingOp::New | PendingOp::Changed => match stored_pending(s, seq, now) {
-                Some(p) => put.push(p),
-                // Journaled but no longer held (cannot happen: leaving journals `Removed`).
-                None => remove.push(seq),
-            },
+        }
+    }
+    if s.conn.is_none() {
+        write.extend(std::mem::take(&mut j.unwritten).into_keys());
+    } else if !j.unwritten.is_empty() {
+        for f in &s.inflight {
+            let seq = f.delivery.seq;
+            match j.unwritten.get_mut(&seq) {
+                Some(seen) if *seen => {
+                    j.unwritten.remove(&seq);
+                    write.push(seq);
+                }
+                Some(seen) => *seen = true,
+                None => {}
+            }
+        }
+    }
+    if !meta && write.is_empty() && remove.is_empty() {
+        return None;
+    }
+    write.sort_unstable();
+    let session = meta.then(|| stored_session(s, now, unix_now_ms));
+    let mut put = Vec::with_capacity(write.len());
+    for seq in write {
+        match stored_pending(s, seq, now) {
+            Some(p) => put.push(p),
+            // Journaled but no longer held (cannot happen: leaving journals `Removed`).
+            None => remove.push(seq),
         }
     }
     Some(ClientWrites {

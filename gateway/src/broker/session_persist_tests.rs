@@ -279,6 +279,10 @@ fn inflight_deliveries_are_resent_with_dup_and_their_packet_ids_after_a_restart(
     assert_eq!(out.len(), 4);
     assert!(r.puback(sid, 1));
     assert!(r.pubrec(sid, 3, reason::SUCCESS));
+    // Connected: nothing is written until a flush finds a delivery still unacknowledged that
+    // the previous flush had already seen inflight.
+    flush(&mut r, &store, t0);
+    assert!(store.load_pending("sub").unwrap().is_empty());
     flush(&mut r, &store, t0);
     let states: Vec<_> = store
         .load_pending("sub")
@@ -292,10 +296,9 @@ fn inflight_deliveries_are_resent_with_dup_and_their_packet_ids_after_a_restart(
             (Some(2), PendingState::AwaitPubAck),
             (Some(3), PendingState::AwaitPubComp),
             (Some(4), PendingState::AwaitPubRec),
-            (None, PendingState::Queued),
         ]
     );
-    drop(r); // a crash: the connection never said goodbye
+    drop(r); // a crash: the connection never said goodbye; its queue was not written
 
     let (mut r, _) = started(&store, t0);
     let (res, conn) = connect(&mut r, "sub", false, HOUR, t0);
@@ -307,7 +310,39 @@ fn inflight_deliveries_are_resent_with_dup_and_their_packet_ids_after_a_restart(
             ("q1-unacked".to_string(), 2, true),
             ("PUBREL 3".to_string(), 3, false),
             ("q2-unacked".to_string(), 4, true),
-            ("queued".to_string(), 5, false),
+        ]
+    );
+}
+
+#[test]
+fn a_connected_sessions_queue_is_written_when_it_disconnects() {
+    let t0 = Instant::now();
+    let store = MemoryStore::new();
+    let (mut r, _) = started(&store, t0);
+    let (res, conn) = connect(&mut r, "sub", false, HOUR, t0);
+    let sid = res.session_id;
+    sub(&mut r, sid, "t", QoS::AtLeastOnce, None, t0);
+    for i in 0..3 {
+        r.publish(msg("t", &i.to_string(), QoS::AtLeastOnce), t0);
+    }
+    let mut out = Vec::new();
+    r.take_outgoing(sid, conn.conn_id, 1, t0, &mut out);
+    flush(&mut r, &store, t0);
+    assert!(store.load_pending("sub").unwrap().is_empty());
+    r.disconnect(sid, conn.conn_id, None, None, t0);
+    flush(&mut r, &store, t0);
+    let stored: Vec<_> = store
+        .load_pending("sub")
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.seq, p.packet_id, p.state))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (1, Some(1), PendingState::AwaitPubAck),
+            (2, None, PendingState::Queued),
+            (3, None, PendingState::Queued),
         ]
     );
 }
@@ -330,9 +365,10 @@ fn acknowledged_messages_leave_the_store_and_ones_acked_within_a_period_never_re
     let writes = r.take_session_writes(t0);
     assert!(writes.is_empty(), "{writes:?}");
 
-    // Written, then acknowledged: removed at the next flush.
+    // Unacknowledged over two flushes: written; then acknowledged: removed at the next flush.
     r.publish(msg("t", "slow", QoS::AtLeastOnce), t0);
     let sent = drain(&mut r, sid, conn.conn_id, t0);
+    flush(&mut r, &store, t0);
     flush(&mut r, &store, t0);
     assert_eq!(stored_payloads(&store, "sub"), ["slow"]);
     assert!(r.puback(sid, sent[0].1));
