@@ -57,8 +57,9 @@ command -v jq >/dev/null || apt_install jq
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "building"
 (cd "$ROOT" && cargo build --release -p holdfast -p holdfast-bench)
-BENCH=$ROOT/target/release/holdfast-bench
-HOLDFAST=$ROOT/target/release/holdfast
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET_DIR/release/holdfast-bench
+HOLDFAST=$TARGET_DIR/release/holdfast
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-compare.XXXXXX")
 BROKER_PID=

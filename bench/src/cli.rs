@@ -48,6 +48,10 @@ pub(crate) struct Common {
     /// Keep alive sent in CONNECT, seconds (subscribers ping at half of it).
     #[arg(long, global = true, default_value_t = 600)]
     pub(crate) keepalive: u16,
+    /// Subscribers connect with clean session 0 (a persistent session the broker keeps after
+    /// they leave); publishers stay clean.
+    #[arg(long, global = true)]
+    pub(crate) persistent_subs: bool,
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, global = true)]
     pub(crate) threads: Option<usize>,

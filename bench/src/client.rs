@@ -40,6 +40,9 @@ pub(crate) struct Target {
     pub(crate) keep_alive: u16,
     /// Prefix of every client id, unique per run so runs never take over each other's sessions.
     pub(crate) client_prefix: String,
+    /// Subscribers connect with clean session 0, so the broker keeps (and may persist) their
+    /// sessions: the load then measures the cost of persistent sessions.
+    pub(crate) persistent_subscribers: bool,
 }
 
 impl Target {
@@ -63,7 +66,8 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// Opens the TCP connection, sends CONNECT (clean session) and waits for a successful CONNACK.
+    /// Opens the TCP connection, sends CONNECT (clean session, unless
+    /// [`Target::persistent_subscribers`] and a subscriber) and waits for a successful CONNACK.
     pub(crate) async fn connect(target: &Target, role: Role) -> Result<Client, BenchError> {
         let addr = target.addr();
         let stream = match tokio::time::timeout(
@@ -97,7 +101,7 @@ impl Client {
         };
         let connect = Connect {
             protocol: PROTOCOL,
-            clean_start: true,
+            clean_start: !(target.persistent_subscribers && matches!(role, Role::Subscriber(_))),
             keep_alive: target.keep_alive,
             client_id: ByteStr::from(id),
             will: None,

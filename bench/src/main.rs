@@ -70,6 +70,7 @@ async fn run(cli: Cli) -> ExitCode {
         password: common.password.clone(),
         keep_alive: common.keepalive,
         client_prefix: format!("hfb-{:x}", std::process::id()),
+        persistent_subscribers: common.persistent_subs,
     };
     if let Some(spec) = cli.command.idle_spec() {
         return match idle::run(&target, spec, common.pid).await {

@@ -8,11 +8,12 @@
 use crate::auth::{AuthFileError, Authenticator};
 use crate::bridge;
 use crate::broker::listener::{self, BindError};
+use crate::broker::session_persist;
 use crate::broker::{sys, Broker};
 use crate::config::Config;
 use crate::supervise::{self, Supervisor};
 use holdfast_board::{BoardError, SystemdNotify};
-use holdfast_storage::kv::{KvBackend, RetainedStore, SledOptions, SledStore};
+use holdfast_storage::kv::{KvBackend, RetainedStore, SessionStore, SledOptions, SledStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub enum StartError {
 pub struct Gateway {
     broker: Arc<Broker>,
     listeners: Vec<listener::BoundListener>,
-    /// Retained messages (and, with the store-and-forward work, sessions) on disk.
+    /// Retained messages and persistent sessions on disk.
     store: Option<Arc<SledStore>>,
     /// The board task, ready to run once serving starts.
     supervisor: Supervisor,
@@ -61,7 +62,8 @@ impl Gateway {
             let now = std::time::Instant::now();
             let dyn_store: Arc<dyn RetainedStore> = store.clone();
             let loaded = broker.with_router(|r| r.attach_retained_store(dyn_store, now));
-            tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, "state restored");
+            let sessions = broker.with_router(|r| r.attach_session_store(&**store, now));
+            tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, sessions, "state restored");
         }
         if !broker.config.bridges.is_empty() {
             // A bridge without its queue would lose data while looking healthy: refuse to start.
@@ -102,6 +104,13 @@ impl Gateway {
         let broker = self.broker;
         tracker.spawn(sys::run_timers(broker.clone()));
         bridge::spawn_links(&broker, &tracker);
+        let session_store = self
+            .store
+            .as_ref()
+            .map(|s| -> Arc<dyn SessionStore> { s.clone() });
+        if let Some(store) = &session_store {
+            tracker.spawn(session_persist::run_flusher(broker.clone(), store.clone()));
+        }
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
         }
@@ -131,6 +140,11 @@ impl Gateway {
         }
         if let Some(forwarder) = broker.forwarder() {
             bridge::flush_all(forwarder);
+        }
+        // The connections have closed: their sessions' last changes go to the store before
+        // its final durable flush.
+        if let Some(store) = &session_store {
+            session_persist::flush_once(&broker, store).await;
         }
         if let Some(store) = &self.store {
             if let Err(e) = store.flush() {
@@ -162,7 +176,7 @@ fn open_store(data_dir: &std::path::Path, cache_bytes: u64) -> Option<Arc<SledSt
         Err(e) => {
             tracing::error!(
                 data_dir = %data_dir.display(),
-                "!!! cannot open the state store ({e}): retained messages will NOT survive a restart; fix the directory or pass --data-dir"
+                "!!! cannot open the state store ({e}): retained messages and persistent sessions will NOT survive a restart; fix the directory or pass --data-dir"
             );
             None
         }

@@ -74,6 +74,7 @@ fn child_writes_and_flushes_retained_messages_until_killed() {
                 qos: 1,
                 packet_id: None,
                 state: PendingState::Queued,
+                subscription_id: None,
             };
             store.push_pending(CLIENT, &p).expect("push");
             i += 1;

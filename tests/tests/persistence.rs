@@ -1,5 +1,6 @@
 //! State that must survive a restart of the gateway: retained messages (on the sled store in
-//! the data dir). Sessions and the store-and-forward queue follow with the bridge work.
+//! the data dir). Persistent sessions are tested in `persistent_sessions.rs`; the
+//! store-and-forward queue follows with the bridge work.
 
 use holdfast_tests::{mosquitto_pub, Gateway, MosquittoSub};
 use std::time::Duration;

@@ -95,4 +95,7 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifier of the subscription that matched (v5).
     pub subscription_id: Option<NonZeroU32>,
+    /// Position in its session's queue, assigned when queued (0 until then): increasing, never
+    /// reused by the session, the key of the delivery's stored record for a persistent session.
+    pub seq: u64,
 }

@@ -11,6 +11,7 @@ pub mod message;
 pub mod persist;
 pub mod router;
 pub mod session;
+pub mod session_persist;
 pub mod stats;
 pub mod sys;
 
@@ -169,3 +170,5 @@ impl Broker {
 
 #[cfg(test)]
 mod router_tests;
+#[cfg(test)]
+mod session_persist_tests;

@@ -13,12 +13,13 @@
 
 use super::message::{Delivery, Message, SessionId, SessionMap};
 use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
+use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
 use crate::bridge::Forwarder;
 use crate::config::SharedStrategy;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
-use holdfast_storage::kv::RetainedStore;
+use holdfast_storage::kv::{RetainedStore, SessionStore};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -67,6 +68,9 @@ pub struct RouterCounters {
     pub dropped_session_discarded: u64,
     /// Retained-store writes that failed (disk full, I/O error); logged each time.
     pub retained_store_errors: u64,
+    /// Session-store reads and writes that failed (disk full, I/O error); logged each time with
+    /// the client id.
+    pub session_store_errors: u64,
 }
 
 /// A snapshot of sizes for `$SYS` and the stats API.
@@ -166,6 +170,8 @@ pub struct Router {
     retained: HashMap<ByteStr, Arc<Message>>,
     /// Where retained messages are persisted, when the gateway has a data dir.
     retained_store: Option<Arc<dyn RetainedStore>>,
+    /// Which sessions are journaled for the session store, when one is attached.
+    persist: Option<Box<Persistence>>,
     /// Retained topics that count against `max_retained_messages` (all but `$SYS/...`, which
     /// only the broker can publish).
     retained_user: usize,
@@ -194,6 +200,7 @@ impl Router {
             retained: HashMap::new(),
             retained_user: 0,
             retained_store: None,
+            persist: None,
             next_session_id: 1,
             wake: Vec::new(),
             counters: RouterCounters::default(),
@@ -296,6 +303,7 @@ impl Router {
                     if (!s.mqueue.is_empty() || s.resend_pending) && params.conn.should_wake() {
                         self.wake.push(params.conn.clone());
                     }
+                    self.sync_journal(sid);
                     return ConnectResult {
                         session_id: sid,
                         session_present: true,
@@ -318,6 +326,7 @@ impl Router {
         session.window = params.window.max(1);
         self.sessions.insert(sid, Box::new(session));
         self.by_client.insert(params.client_id, sid);
+        self.sync_journal(sid);
         ConnectResult {
             session_id: sid,
             session_present: false,
@@ -383,6 +392,8 @@ impl Router {
             }
             None => {}
         }
+        // A v5 DISCONNECT may have changed the expiry.
+        self.sync_journal(sid);
     }
 
     /// Publishes a will, starting its message expiry now (MQTT 5 §3.1.3.2.4).
@@ -407,7 +418,9 @@ impl Router {
         let Some(pos) = s.inflight.iter().position(|f| f.packet_id == packet_id) else {
             return false;
         };
-        s.inflight.remove(pos);
+        if let Some(done) = s.inflight.remove(pos) {
+            s.note_removed(&done.delivery);
+        }
         true
     }
 
@@ -447,6 +460,11 @@ impl Router {
         let s = self.sessions.remove(&sid)?;
         if self.by_client.get(&s.client_id) == Some(&sid) {
             self.by_client.remove(&s.client_id);
+        }
+        if s.journal.is_some() {
+            if let Some(p) = &mut self.persist {
+                p.forget(sid, &s.client_id);
+            }
         }
         for filter in s.subscriptions.keys() {
             self.remove_subscription_index(sid, filter);
@@ -620,6 +638,175 @@ impl Router {
         }
     }
 
+    /// Restores the sessions stored before (see [`session_persist`]) as offline sessions and
+    /// journals persistent sessions from now on; the caller writes the journals with
+    /// [`Router::take_session_writes`]. Sessions that expired meanwhile, and records that do not
+    /// make sense, are removed from the store with the first write. Returns how many sessions
+    /// were restored.
+    pub fn attach_session_store(&mut self, store: &dyn SessionStore, now: Instant) -> usize {
+        let mut persist = Box::<Persistence>::default();
+        let stored = match store.load_sessions() {
+            Ok(all) => all,
+            Err(e) => {
+                persist.errors += 1;
+                tracing::error!(error = %e, "cannot load persistent sessions; starting without them");
+                Vec::new()
+            }
+        };
+        let unix_now = session_persist::unix_ms_now();
+        let mut restored = 0;
+        for stored in stored {
+            let client_id = ByteStr::from(stored.client_id.as_str());
+            let protocol = session_persist::protocol_from_level(stored.protocol_level);
+            let left = session_persist::remaining_expiry(&stored, unix_now);
+            let (Some(protocol), Some(left)) = (protocol, left) else {
+                if protocol.is_none() {
+                    tracing::warn!(client_id = %client_id, level = stored.protocol_level, "stored session with an unknown protocol level discarded");
+                } else {
+                    tracing::info!(client_id = %client_id, "stored session expired while the gateway was down");
+                }
+                persist.removed.push(client_id);
+                continue;
+            };
+            if self.by_client.contains_key(&client_id) {
+                continue;
+            }
+            let pending = match store.load_pending(&stored.client_id) {
+                Ok(p) => p,
+                Err(e) => {
+                    persist.errors += 1;
+                    tracing::error!(client_id = %client_id, error = %e, "cannot load the queued messages of a persistent session; restoring it without them");
+                    Vec::new()
+                }
+            };
+            let sid = self.next_session_id;
+            self.next_session_id += 1;
+            let mut s = Session::new(sid, client_id.clone(), protocol);
+            s.expiry = Duration::from_secs(u64::from(stored.expiry_secs));
+            s.expires_at = Some(now + left);
+            let mut journal = Journal {
+                // A session connected at the crash gets its disconnect time written now, so
+                // that another crash does not restart its expiry.
+                meta_dirty: stored.disconnected_at_unix_ms.is_none(),
+                ..Journal::default()
+            };
+            let mut subs = Vec::with_capacity(stored.subscriptions.len());
+            for sub in &stored.subscriptions {
+                match session_persist::subscription_from_stored(sub) {
+                    Some(parsed) => subs.push((ByteStr::from(sub.filter.as_str()), parsed)),
+                    None => {
+                        journal.meta_dirty = true;
+                        tracing::warn!(client_id = %client_id, filter = %sub.filter, "stored subscription with an invalid QoS skipped");
+                    }
+                }
+            }
+            for p in pending {
+                let seq = p.seq;
+                s.next_seq = s.next_seq.max(seq.saturating_add(1));
+                let qos = p.qos;
+                match session_persist::pending_from_stored(p, now) {
+                    Some(Restored::Queued(d)) => s.mqueue.push_back(d),
+                    Some(Restored::Inflight(f)) => {
+                        if s.inflight.iter().any(|g| g.packet_id == f.packet_id) {
+                            s.mqueue.push_back(f.delivery);
+                        } else {
+                            s.next_packet_id = f.packet_id.checked_add(1).unwrap_or(1);
+                            s.inflight.push_back(f);
+                        }
+                    }
+                    None => {
+                        // Expired while the gateway was down (or not a QoS 1/2 record at all).
+                        if matches!(qos, 1 | 2) {
+                            self.counters.dropped_expired += 1;
+                        }
+                        journal
+                            .pending
+                            .insert(seq, session_persist::PendingOp::Removed);
+                    }
+                }
+            }
+            // A queued record that sorted before an inflight one (cannot happen unless the
+            // store was edited) keeps its place: the queue must stay in seq order.
+            s.mqueue.make_contiguous().sort_by_key(|d| d.seq);
+            while s.mqueue.len() > self.cfg.max_mqueue_len {
+                if let Some(oldest) = s.mqueue.pop_front() {
+                    journal.removed(&oldest);
+                    self.counters.dropped_queue_full += 1;
+                }
+            }
+            s.journal = Some(Box::new(journal));
+            for (filter, sub) in &subs {
+                s.subscriptions.insert(filter.clone(), *sub);
+            }
+            self.sessions.insert(sid, Box::new(s));
+            self.by_client.insert(client_id, sid);
+            persist.sessions.insert(sid);
+            for (filter, sub) in subs {
+                match topic::parse_shared(&filter) {
+                    Ok(shared) => self.index_subscription(sid, &filter, shared, sub),
+                    Err(_) => {
+                        tracing::warn!(client_id = %stored.client_id, filter = %filter, "stored subscription with an invalid filter skipped");
+                    }
+                }
+            }
+            restored += 1;
+        }
+        self.counters.session_store_errors += std::mem::take(&mut persist.errors);
+        self.persist = Some(persist);
+        restored
+    }
+
+    /// Takes every journaled change as owned store writes, for the caller to apply with the
+    /// lock released ([`SessionWrites::apply`]). Empty when no store is attached.
+    pub fn take_session_writes(&mut self, now: Instant) -> SessionWrites {
+        let Some(p) = &mut self.persist else {
+            return SessionWrites::default();
+        };
+        let unix_now = session_persist::unix_ms_now();
+        let mut writes = SessionWrites {
+            removals: std::mem::take(&mut p.removed),
+            clients: Vec::new(),
+        };
+        for sid in &p.sessions {
+            if let Some(s) = self.sessions.get_mut(sid) {
+                if let Some(w) = session_persist::take_writes(s, now, unix_now) {
+                    writes.clients.push(w);
+                }
+            }
+        }
+        writes
+    }
+
+    /// Counts session-store failures seen outside the lock (already logged).
+    pub fn count_session_store_errors(&mut self, n: u64) {
+        self.counters.session_store_errors += n;
+    }
+
+    /// Makes session `sid`'s journal match whether it is persisted (a store is attached and its
+    /// expiry is above zero), and marks its metadata for rewriting.
+    fn sync_journal(&mut self, sid: SessionId) {
+        let Some(p) = &mut self.persist else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let wanted = !s.expiry.is_zero();
+        match (s.journal.is_some(), wanted) {
+            (true, true) => s.note_meta_changed(),
+            (false, true) => {
+                let journal = Journal::for_session(s);
+                s.journal = Some(Box::new(journal));
+                p.adopt(sid, &s.client_id);
+            }
+            (true, false) => {
+                s.journal = None;
+                p.forget(sid, &s.client_id);
+            }
+            (false, false) => {}
+        }
+    }
+
     /// Adds or replaces subscriptions; returns one SUBACK reason per filter and queues the
     /// retained messages the retain-handling options ask for.
     pub fn subscribe(
@@ -633,6 +820,9 @@ impl Router {
         for (filter, options) in filters {
             let reason = self.subscribe_one(sid, filter, *options, subscription_id, now);
             reasons.push(reason);
+        }
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.note_meta_changed();
         }
         reasons
     }
@@ -671,6 +861,29 @@ impl Router {
             .subscriptions
             .insert(ByteStr::from(filter.as_str()), sub)
             .is_some();
+        let is_shared = shared.is_some();
+        self.index_subscription(sid, filter, shared, sub);
+        if !is_shared {
+            let send_retained = match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+            if send_retained {
+                self.queue_retained(sid, filter, sub, now);
+            }
+        }
+        options.qos as u8
+    }
+
+    /// Adds (or updates) `sid`'s subscription in the plain or shared index.
+    fn index_subscription(
+        &mut self,
+        sid: SessionId,
+        filter: &str,
+        shared: Option<SharedFilter<'_>>,
+        sub: Subscription,
+    ) {
         match shared {
             Some(SharedFilter { group, filter: f }) => {
                 let key = ByteStr::from(group);
@@ -690,17 +903,8 @@ impl Router {
             }
             None => {
                 self.subs.insert(filter, sid, sub);
-                let send_retained = match options.retain_handling {
-                    0 => true,
-                    1 => !existed,
-                    _ => false,
-                };
-                if send_retained {
-                    self.queue_retained(sid, filter, sub, now);
-                }
             }
         }
-        options.qos as u8
     }
 
     fn queue_retained(&mut self, sid: SessionId, filter: &str, sub: Subscription, now: Instant) {
@@ -727,6 +931,7 @@ impl Router {
                 qos: msg.qos.min(sub.options.qos),
                 retain: true,
                 subscription_id: sub.id,
+                seq: 0,
             };
             // Retained messages already own their memory: reuse them for offline sessions.
             enqueue(
@@ -760,6 +965,9 @@ impl Router {
                 .is_some_and(|s| s.subscriptions.remove(filter).is_some());
             if had {
                 self.remove_subscription_index(sid, filter);
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.note_meta_changed();
+                }
                 reasons.push(reason::SUCCESS);
             } else {
                 reasons.push(reason::NO_SUBSCRIPTION_EXISTED);
@@ -806,7 +1014,9 @@ impl Router {
                 return false;
             };
             if head.message.is_expired(now) {
-                s.mqueue.pop_front();
+                if let Some(expired) = s.mqueue.pop_front() {
+                    s.note_removed(&expired);
+                }
                 self.counters.dropped_expired += 1;
                 continue;
             }
@@ -833,6 +1043,7 @@ impl Router {
             } else {
                 InflightState::AwaitPubRec
             };
+            s.note_changed(&delivery);
             s.inflight.push_back(Inflight {
                 packet_id,
                 state,
@@ -869,7 +1080,9 @@ impl Router {
         else {
             return false;
         };
-        s.inflight.remove(pos);
+        if let Some(done) = s.inflight.remove(pos) {
+            s.note_removed(&done.delivery);
+        }
         true
     }
 
@@ -889,9 +1102,14 @@ impl Router {
             return false;
         };
         if reason_code >= 0x80 {
-            s.inflight.remove(pos);
+            if let Some(done) = s.inflight.remove(pos) {
+                s.note_removed(&done.delivery);
+            }
         } else if let Some(f) = s.inflight.get_mut(pos) {
             f.state = InflightState::AwaitPubComp;
+            if let Some(j) = &mut s.journal {
+                j.changed(&f.delivery);
+            }
         }
         true
     }
@@ -960,6 +1178,7 @@ impl Delivery {
             qos: msg.qos.min(sub.options.qos),
             retain: msg.retain && sub.options.retain_as_published,
             subscription_id: sub.id,
+            seq: 0,
         }
     }
 }
@@ -986,7 +1205,9 @@ fn enqueue(
         delivery.message = copy.clone();
     }
     if s.mqueue.len() >= cfg.max_mqueue_len {
-        s.mqueue.pop_front();
+        if let Some(oldest) = s.mqueue.pop_front() {
+            s.note_removed(&oldest);
+        }
         counters.dropped_queue_full += 1;
         s.dropped_since_log += 1;
         let log_due = s
@@ -1003,7 +1224,7 @@ fn enqueue(
             s.last_drop_log = Some(now);
         }
     }
-    s.mqueue.push_back(delivery);
+    s.push_delivery(delivery);
     counters.deliveries_queued += 1;
     if let Some(c) = &s.conn {
         if c.should_wake() {

@@ -6,6 +6,7 @@
 //! grows without bound (`max_mqueue_len`, the inflight window and `max_awaiting_rel` cap it).
 
 use super::message::{Delivery, SessionId};
+use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -156,6 +157,12 @@ pub struct Session {
     pub dropped_since_log: u64,
     /// When the last "mqueue full" line was logged (one line a second at most).
     pub last_drop_log: Option<Instant>,
+    /// The `seq` the next queued delivery gets.
+    pub next_seq: u64,
+    /// What changed since the last store flush, for a session persisted to the session store;
+    /// `None` for sessions that end with their connection or when there is no store. Boxed: most
+    /// sessions have none.
+    pub journal: Option<Box<Journal>>,
 }
 
 impl Session {
@@ -178,6 +185,8 @@ impl Session {
             pending_will: None,
             dropped_since_log: 0,
             last_drop_log: None,
+            next_seq: 1,
+            journal: None,
         }
     }
 
@@ -201,6 +210,37 @@ impl Session {
     /// awaiting PUBCOMP still occupies the client's receive maximum).
     pub fn inflight_len(&self) -> usize {
         self.inflight.len()
+    }
+
+    /// Queues `delivery` at the back with the next `seq`, journaling it for the store.
+    pub fn push_delivery(&mut self, mut delivery: Delivery) {
+        delivery.seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(j) = &mut self.journal {
+            j.queued(&delivery);
+        }
+        self.mqueue.push_back(delivery);
+    }
+
+    /// Journals that `delivery` left the session (acknowledged, dropped or expired).
+    pub fn note_removed(&mut self, delivery: &Delivery) {
+        if let Some(j) = &mut self.journal {
+            j.removed(delivery);
+        }
+    }
+
+    /// Journals that `delivery` changed its handshake state.
+    pub fn note_changed(&mut self, delivery: &Delivery) {
+        if let Some(j) = &mut self.journal {
+            j.changed(delivery);
+        }
+    }
+
+    /// Journals that the metadata (expiry, connection, subscriptions) changed.
+    pub fn note_meta_changed(&mut self) {
+        if let Some(j) = &mut self.journal {
+            j.meta_dirty = true;
+        }
     }
 
     /// The QoS a queued delivery will go out with.

@@ -121,7 +121,8 @@ pub struct StoredPending {
     /// Caller-assigned sequence number; pending messages load back in `seq` order, which is the
     /// order they must be delivered in.
     pub seq: u64,
-    /// The message to deliver.
+    /// The message to deliver; its `retain` is the RETAIN flag to send (retain-as-published or
+    /// a retained message sent on subscribe), not the flag it was published with.
     pub message: StoredMessage,
     /// The QoS it is delivered at (the minimum of the published and the granted QoS).
     pub qos: u8,
@@ -129,6 +130,8 @@ pub struct StoredPending {
     pub packet_id: Option<u16>,
     /// How far its delivery got.
     pub state: PendingState,
+    /// MQTT 5 Subscription Identifier of the subscription that matched, sent with the message.
+    pub subscription_id: Option<u32>,
 }
 
 /// How far the delivery of a pending message got.

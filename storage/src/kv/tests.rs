@@ -51,6 +51,7 @@ fn pending(seq: u64) -> StoredPending {
         qos: 1,
         packet_id: None,
         state: PendingState::Queued,
+        subscription_id: None,
     }
 }
 
