@@ -89,9 +89,16 @@ for arch in "${arches[@]}"; do
     command -v "$(gcc_of "$arch")" >/dev/null 2>&1 || need_pkgs+=("$(gcc_pkg_of "$arch")")
     # A glibc target links Debian's static glibc for that architecture (a musl target brings
     # its own libc.a with the Rust target).
+    # ring (rustls' crypto, used by the bridge's TLS) compiles C: a musl target has no musl
+    # cross headers on Debian, so the cross gcc uses that architecture's glibc headers (ring's
+    # C needs only freestanding ones: stdint.h, string.h); nothing of glibc is linked.
     case "$(triple_of "$arch")" in
         armv7-unknown-linux-gnueabihf)
             [ -f /usr/arm-linux-gnueabihf/lib/libc.a ] || need_pkgs+=(libc6-dev-armhf-cross) ;;
+        aarch64-unknown-linux-musl)
+            [ -f /usr/aarch64-linux-gnu/include/stdint.h ] || need_pkgs+=(libc6-dev-arm64-cross) ;;
+        armv7-unknown-linux-musleabihf)
+            [ -f /usr/arm-linux-gnueabihf/include/stdint.h ] || need_pkgs+=(libc6-dev-armhf-cross) ;;
     esac
     command -v "$(qemu_of "$arch")" >/dev/null 2>&1 || need_pkgs+=(qemu-user-static)
 done

@@ -648,8 +648,10 @@ impl Connection {
             },
             &mut forwarded,
         );
-        if !forwarded.is_empty() {
-            self.held.get_or_insert_with(Box::default).forwarded = forwarded;
+        // Kept only when an acknowledgement of this batch waits on a verdict (QoS 0 forwards
+        // need none, and most batches then allocate nothing).
+        if let Some(held) = self.held.as_mut().filter(|h| !h.deferred.is_empty()) {
+            held.forwarded = forwarded;
         }
         packets.clear();
         if !self.rbuf.is_empty() {
