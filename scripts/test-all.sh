@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
-# peers the black-box tests drive (mosquitto, mosquitto-clients, socat) when missing, builds the
+# peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl) when missing, builds the
 # gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# The bridge's TLS tests make their own CA and certificates with the openssl CLI.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test peers: ${need[*]}"
     SUDO=""

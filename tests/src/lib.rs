@@ -218,9 +218,17 @@ impl Gateway {
         self.child.as_ref().map(Child::id)
     }
 
-    /// True while the process runs.
+    /// True while the process runs. A process found exited is reaped and forgotten, so its
+    /// pid (which the kernel may hand to another process) is never signalled later.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(_))) => {
+                self.child = None;
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Sends `signal` and waits up to `timeout` for the exit status.
@@ -230,6 +238,11 @@ impl Gateway {
         timeout: Duration,
     ) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            // Already exited (and now reaped): its pid may belong to someone else by now.
+            self.child = None;
+            return Some(status);
+        }
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + timeout;
@@ -533,6 +546,9 @@ impl Mosquitto {
 
     fn signal(&mut self, signal: nix::sys::signal::Signal) {
         if let Some(mut child) = self.child.take() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, signal);
             let deadline = Instant::now() + Duration::from_secs(10);
