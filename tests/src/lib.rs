@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod raw5;
+pub mod v4;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -33,6 +34,18 @@ pub fn holdfast_bin() -> PathBuf {
         "holdfast binary not found under {}: run `cargo build -p holdfast` first or set HOLDFAST_BIN",
         target.display()
     );
+}
+
+/// Polls `done` every 25 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 /// A loopback port that was free a moment ago.
@@ -203,14 +216,7 @@ impl Gateway {
 
     /// Waits until the log contains `needle`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        false
+        wait_until(timeout, || self.log().contains(needle))
     }
 
     /// The process id.
@@ -575,14 +581,7 @@ impl Mosquitto {
 
     /// Waits until its log contains `needle` (subscriptions are logged, e.g. `"gw-001 1 edge/#"`).
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        false
+        wait_until(timeout, || self.log().contains(needle))
     }
 }
 

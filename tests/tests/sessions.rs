@@ -1,50 +1,11 @@
 //! Sessions with rumqttc (3.1.1 and 5): persistence, offline queues, takeover, keepalive, order.
 
 use holdfast_tests::Gateway;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use std::time::Duration;
 use tokio::time::timeout;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn options(id: &str, port: u16, clean: bool) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_clean_session(clean);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_inflight(100);
-    o
-}
-
-/// Polls until CONNACK; returns session_present.
-async fn connack(ev: &mut EventLoop) -> bool {
-    loop {
-        match timeout(WAIT, ev.poll())
-            .await
-            .expect("CONNACK in time")
-            .expect("connected")
-        {
-            Event::Incoming(Packet::ConnAck(a)) => return a.session_present,
-            _ => continue,
-        }
-    }
-}
-
-/// Polls until `n` publishes arrived (or the time runs out); returns their payloads.
-async fn collect(ev: &mut EventLoop, n: usize, within: Duration) -> Vec<String> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while got.len() < n {
-        match tokio::time::timeout_at(deadline, ev.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                got.push(String::from_utf8_lossy(&p.payload).into_owned());
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("connection error: {e}"),
-            Err(_) => break,
-        }
-    }
-    got
-}
+use holdfast_tests::v4::{collect, connack, options, WAIT};
 
 /// Polls until the outgoing queue is flushed and acknowledged.
 async fn drive_until_acked(ev: &mut EventLoop, acks: usize) {

@@ -334,53 +334,24 @@ fn bridge(
         integer(c, n, k, 1, 65535)
     });
     let buffer_qos0 = ctx.get(entries, path, "buffer_qos0", true, boolean);
-    let keepalive = ctx.get(
-        entries,
-        path,
-        "keepalive",
-        Duration::from_secs(30),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_secs(5),
-                Duration::from_secs(65535),
-                false,
-            )
-        },
-    );
-    let backoff_min = ctx.get(
-        entries,
-        path,
+    let secs = Duration::from_secs;
+    let mut within = |key: &str, default: Duration, min: Duration, max: Duration| {
+        ctx.get(entries, path, key, default, |c, n, k| {
+            duration(c, n, k, min, max, false)
+        })
+    };
+    let keepalive = within("keepalive", secs(30), secs(5), secs(65535));
+    let backoff_min = within(
         "backoff_min",
-        Duration::from_secs(1),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_millis(10),
-                Duration::from_secs(3600),
-                false,
-            )
-        },
+        secs(1),
+        Duration::from_millis(10),
+        secs(3600),
     );
-    let backoff_max = ctx.get(
-        entries,
-        path,
+    let backoff_max = within(
         "backoff_max",
-        Duration::from_secs(120),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_millis(10),
-                Duration::from_secs(24 * 3600),
-                false,
-            )
-        },
+        secs(120),
+        Duration::from_millis(10),
+        secs(86_400),
     );
     if backoff_max < backoff_min {
         let n = field(entries, "backoff_max").unwrap_or(item);
