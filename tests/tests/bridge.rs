@@ -394,7 +394,11 @@ fn byte_cap_drops_the_oldest_and_keeps_the_rest_in_order() {
         "only {} of 1 MB worth of 1 KB messages kept",
         set.len()
     );
-    let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(0));
+    // The stats are retained and republished every second: wait for a snapshot taken after
+    // the drain (the first one, at start, also says queued 0).
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        num(s, "queued") == Some(0) && num(s, "forwarded") >= Some(set.len() as u64)
+    });
     assert!(ok, "{stats}");
     println!(
         "{SENT} sent, {} arrived ({first}..{SENT}), {dropped} dropped, {dups} duplicates; {stats}",
@@ -583,8 +587,11 @@ fn reject_new_refuses_v5_devices_with_quota_exceeded() {
         accepted as usize + dups,
         "refused messages must not arrive"
     );
-    // Drained: there is room again, for both.
-    let (ok, stats) = wait_stats(gw.port, WAIT, |s| num(s, "queued") == Some(0));
+    // Drained: there is room again, for both (a snapshot taken after the drain: the first one,
+    // at start, also says queued 0).
+    let (ok, stats) = wait_stats(gw.port, WAIT, |s| {
+        num(s, "queued") == Some(0) && num(s, "forwarded") >= Some(accepted)
+    });
     assert!(ok, "{stats}");
     assert_eq!(raw.publish_qos1(publish(10_000)), PubAckReason::Success);
     let run = rt.block_on(v3.run(0..10, payload(8, 1024)));
