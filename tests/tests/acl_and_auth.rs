@@ -7,8 +7,8 @@ use holdfast_tests::{free_port, holdfast_bin, mosquitto_pub, run_with_timeout, G
 use holdfast_tests::{MosquittoSub, TempDir};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Filter, Login, Packet, PubAckReason,
-    Publish, Subscribe, SubscribeReasonCode,
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Filter, LastWill, Login, Packet,
+    PubAckReason, Publish, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use std::io::Write as _;
@@ -303,6 +303,17 @@ fn a_denied_publish_is_dropped_counted_and_v5_qos1_gets_puback_0x87() {
     let got = sub.publishes(2, Duration::from_secs(2));
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(&got[0].topic[..], b"open/a");
+
+    // A will is a later publish: a CONNECT whose will topic the ACL denies is refused (EMQX).
+    let will = LastWill::new("forbidden/will", "bye", QoS::AtMostOnce, false, None);
+    let (_, ack) = Raw::connect(
+        gw.port,
+        "willer",
+        true,
+        ConnectProperties::new(),
+        Some(will),
+    );
+    assert_eq!(ack.code, ConnectReturnCode::NotAuthorized);
 
     let counter = "$SYS/brokers/gw-test/stats/messages/dropped/not_authorized";
     let deadline = Instant::now() + WAIT;

@@ -334,6 +334,11 @@ impl Connection {
             if topic::validate_topic_name(&w.topic).is_err() || w.topic.starts_with('$') {
                 return Err(self.refuse(reason::TOPIC_NAME_INVALID, "invalid will topic"));
             }
+            // A will is a publish the client makes later: EMQX refuses the CONNECT when the ACL
+            // denies its topic (`check_will_acl`), rather than let it slip past the ACL.
+            if self.acl_allows(Action::Publish, &w.topic) == Permission::Deny {
+                return Err(self.refuse(reason::NOT_AUTHORIZED, "will topic denied by the ACL"));
+            }
             let mut properties = w.properties.clone();
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();
