@@ -21,6 +21,8 @@
 #   - backlog drain: BENCH_DRAIN_COUNT (default 1,000,000) 64-byte messages queued while the
 #     uplink is down, then the cloud broker starts and a subscriber there times the drain;
 #     and 200 MB of 4 KB messages the same way.
+# ACL cost (BENCH_ONLY=acl runs only this; BENCH_ACL=1 adds it to the rest): fanin qos0 on
+# holdfast without an ACL and with a generated 10,000-rule one, and the ratio.
 # Needs: cargo, jq, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -135,6 +137,7 @@ max_conn_rate = 100000
 
 [auth]
 allow_anonymous = true
+$([[ -n ${ACL_FILE:-} ]] && printf 'acl_file = "%s"\nacl_nomatch = "deny"\n' "$ACL_FILE")
 TOML
         if [[ -n ${BRIDGE_PORT:-} ]]; then
             cat >>"$WORK/holdfast.toml" <<TOML
@@ -191,6 +194,23 @@ run_bench() { # broker test args...
         "$WORK/$broker.$test.json" >&2
 }
 
+get() { # broker test jq-path -> value or "-"
+    jq -r "if .error then \"ERR\" else ($3 // \"-\") end | tostring" "$WORK/$1.$2.json" 2>/dev/null || echo "-"
+}
+
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/ && a + 0 != 0) printf "%.2f", b / a; else printf "-" }'
+}
+
+fmt() { # thousands separators for integers
+    awk -v v="$1" 'BEGIN {
+        if (v !~ /^[0-9]+$/) { printf "%s", v; exit }
+        s = ""; n = length(v)
+        for (i = 1; i <= n; i++) { s = s substr(v, i, 1); if ((n - i) % 3 == 0 && i < n) s = s "," }
+        printf "%s", s }'
+}
+
 ONLY=${BENCH_ONLY:-all}
 for broker in mosquitto holdfast; do
     [[ $ONLY == all ]] || break
@@ -208,6 +228,55 @@ if [[ $ONLY == all ]]; then
     start_broker holdfast
     run_bench holdfast flood flood --duration "$DURATION" --sub-reads false
     stop_broker holdfast
+fi
+
+# ---- ACL cost (BENCH_ONLY=acl, or BENCH_ACL=1 with the rest) ----------------------------------
+# fanin qos0 on holdfast without an ACL and with a generated 10,000-rule ACL (acl_nomatch deny)
+# whose only rule that matches the bench clients is the last one (allow bench/#). The other
+# 9,999 mix every kind of `who` (other users, other client ids, 10.x networks, all) with topics
+# that share levels with the bench topics (`+/{i}/cmd`), so checks walk real trie branches.
+# Rounds alternate (BENCH_ACL_ROUNDS, default 2) and the best of each side counts.
+
+gen_acl() { # file
+    local i who
+    {
+        for ((i = 0; i < 9999; i++)); do
+            case $((i % 5)) in
+            0) who="{ user = \"user-$i\" }" ;;
+            1) who="{ clientid = \"dev-$i\" }" ;;
+            2) who="{ ipaddr = \"10.$((i / 256 % 256)).$((i % 256)).0/24\" }" ;;
+            *) who='{ all = true }' ;;
+            esac
+            printf '[[rules]]\npermission = "deny"\nwho = %s\naction = "all"\ntopics = ["devices/%d/#", "+/%d/cmd", "eq fleet/%d"]\n\n' "$who" "$i" "$i" "$i"
+        done
+        printf '[[rules]]\npermission = "allow"\nwho = { all = true }\naction = "all"\ntopics = ["bench/#"]\n'
+    } >"$1"
+}
+
+if [[ $ONLY == acl || ${BENCH_ACL:-0} == 1 ]]; then
+    gen_acl "$WORK/acl.toml"
+    log "generated $WORK/acl.toml: $(grep -c '^\[\[rules\]\]' "$WORK/acl.toml") rules"
+    for round in $(seq "${BENCH_ACL_ROUNDS:-2}"); do
+        start_broker holdfast
+        run_bench holdfast "acl-off-$round" fanin --qos 0 --duration "$DURATION"
+        stop_broker holdfast
+        ACL_FILE=$WORK/acl.toml start_broker holdfast
+        run_bench holdfast "acl-on-$round" fanin --qos 0 --duration "$DURATION"
+        stop_broker holdfast
+    done
+    best() { # prefix -> best recv_rate over the rounds
+        for f in "$WORK"/holdfast."$1"-*.json; do jq -r '.recv_rate // 0' "$f"; done | sort -n | tail -1
+    }
+    ACL_OFF=$(best acl-off)
+    ACL_ON=$(best acl-on)
+    echo
+    echo "ACL cost: holdfast fanin qos0 100->1, $DURATION, best of ${BENCH_ACL_ROUNDS:-2} alternating rounds"
+    printf '%-44s %16s\n' "without ACL, msg/s" "$(fmt "$ACL_OFF")"
+    printf '%-44s %16s\n' "10,000-rule ACL (match = last rule), msg/s" "$(fmt "$ACL_ON")"
+    printf '%-44s %16s\n' "with / without" "$(ratio "$ACL_OFF" "$ACL_ON")"
+    for f in "$WORK"/holdfast.acl-*.json; do
+        printf '  %s: %s msg/s\n' "$(basename "$f" .json)" "$(jq -r '.recv_rate // .error' "$f")"
+    done
 fi
 
 # ---- store-and-forward ---------------------------------------------------------------------
@@ -284,23 +353,6 @@ if [[ $ONLY == all || $ONLY == durable ]]; then
 fi
 
 # ---- the table -----------------------------------------------------------------------------
-
-get() { # broker test jq-path -> value or "-"
-    jq -r "if .error then \"ERR\" else ($3 // \"-\") end | tostring" "$WORK/$1.$2.json" 2>/dev/null || echo "-"
-}
-
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a ~ /^-?[0-9.]+$/ && b ~ /^-?[0-9.]+$/ && a + 0 != 0) printf "%.2f", b / a; else printf "-" }'
-}
-
-fmt() { # thousands separators for integers
-    awk -v v="$1" 'BEGIN {
-        if (v !~ /^[0-9]+$/) { printf "%s", v; exit }
-        s = ""; n = length(v)
-        for (i = 1; i <= n; i++) { s = s substr(v, i, 1); if ((n - i) % 3 == 0 && i < n) s = s "," }
-        printf "%s", s }'
-}
 
 row() { # label test jq-path
     local m h

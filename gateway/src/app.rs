@@ -200,7 +200,12 @@ fn warn_on_insecure_defaults(config: &Config) {
             );
         }
     }
-    if !config.auth.allow_anonymous && config.auth.password_file.is_none() {
-        tracing::warn!("no password file and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)");
+    let auth = &config.auth;
+    if !auth.allow_anonymous
+        && auth.password_file.is_none()
+        && auth.clientid_allowlist.is_none()
+        && auth.jwt.is_none()
+    {
+        tracing::warn!("no password file, client-id allowlist or JWT, and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)");
     }
 }

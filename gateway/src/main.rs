@@ -1,4 +1,5 @@
-//! The `holdfast` command line: `run`, `check`, `passwd`.
+//! The `holdfast` command line: `run`, `check`, `passwd`. `run` stops on SIGTERM/SIGINT and
+//! reloads the auth files on SIGHUP.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
@@ -182,6 +183,9 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
+        // Installed before the listeners bind: a SIGHUP sent as soon as the port answers must
+        // reload, not kill (the default action).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
         let gateway = match Gateway::bind(cfg, shutdown.clone()).await {
             Ok(g) => g,
             Err(e) => {
@@ -191,6 +195,14 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             }
         };
         tokio::spawn(wait_for_signal(shutdown));
+        match hup {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(hup, gateway.broker()));
+            }
+            Err(e) => tracing::error!(
+                "cannot install the SIGHUP handler ({e}); auth files will not be reloaded"
+            ),
+        }
         gateway.serve().await;
         ExitCode::SUCCESS
     })
@@ -210,6 +222,21 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// SIGHUP reloads the auth files (password file, client-id allowlist, ACL) without dropping
+/// clients; a broken file keeps the previous one (see `holdfast::ops::reload`).
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    broker: std::sync::Arc<holdfast::broker::Broker>,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received");
+        let broker = broker.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || holdfast::ops::reload(&broker)).await {
+            tracing::error!("reload failed: {e}");
+        }
+    }
 }
 
 fn init_logging(level: &str) {

@@ -1,22 +1,49 @@
-//! Who may connect: the password file, `holdfast passwd`, and the broker's [`Authenticator`].
+//! Who may connect and what they may do: the password file, `holdfast passwd`, the client-id
+//! allowlist, JWT, the ACL ([`acl`]), and the broker's [`Authenticator`] that holds them.
 //!
-//! Owns password hashing and verification (argon2id) and the connect-time decision. It never
-//! runs on the async runtime itself: verification is deliberately slow, so the broker calls
-//! [`Authenticator::check`] through `spawn_blocking`. It never logs a password or a hash.
-//! Authorization (ACLs: who may publish or subscribe where) is not here yet.
+//! Owns password hashing and verification (argon2id), the connect-time decision and the
+//! reload of the auth files ([`reload`]). It never runs on the async runtime itself:
+//! verification is deliberately slow, so the broker calls [`Authenticator::check`] through
+//! `spawn_blocking`. It never logs a password, a hash, a token or a JWT secret.
 
+pub mod acl;
+mod allowlist;
+pub mod jwt;
 mod password_file;
+pub mod reload;
 
 use std::io::{self, BufRead, IsTerminal};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
+pub use acl::{AclHandle, Permission};
+pub use allowlist::ClientIdAllowlist;
 pub use password_file::PasswordFile;
+pub use reload::{ReloadOutcome, ReloadReport};
 
-use crate::config::AuthConfig;
+use crate::config::{AclNomatch, AuthConfig};
+use acl::Acl;
+use jwt::{JwtOutcome, JwtVerifier};
 
-/// What can go wrong with the password file or the `holdfast passwd` command.
+/// What can go wrong with the auth files (password file, allowlist, ACL, JWT key) or the
+/// `holdfast passwd` command.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthFileError {
+    /// The ACL file could not be read or is invalid.
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
+    /// The client-id allowlist could not be read.
+    #[error("cannot read client-id allowlist {}: {source}", path.display())]
+    ReadList {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The JWT settings could not be put in force (the public key file, usually).
+    #[error("auth.jwt: {0}")]
+    Jwt(String),
     /// The password file could not be read (missing, unreadable).
     #[error("cannot read password file {}: {source}", path.display())]
     Read {
@@ -35,7 +62,7 @@ pub enum AuthFileError {
         #[source]
         source: io::Error,
     },
-    /// A line of the password file is not a valid `user:argon2id-hash` entry.
+    /// A line of the password file (or the allowlist) is not valid.
     #[error("{}:{line}: {reason}", path.display())]
     Malformed {
         /// The file.
@@ -189,79 +216,166 @@ fn first_line(mut line: Vec<u8>) -> Vec<u8> {
 pub enum AuthDecision {
     /// Let the client in.
     Allow,
-    /// Wrong user name or password (MQTT 5: 0x86; 3.1.1: return code 4).
+    /// Wrong user name or password, or an invalid token (MQTT 5: 0x86; 3.1.1: return code 4).
     BadCredentials,
     /// No credentials and anonymous access is off (MQTT 5: 0x87; 3.1.1: return code 5).
     NotAuthorized,
 }
 
-/// Decides whether a connecting client may in, from `[auth]` and the password file.
+/// Decides whether a connecting client may in (the authentication chain, in config order:
+/// password file, client-id allowlist, JWT, then anonymous), and holds the ACL that decides
+/// what it may do once in. The files are swapped whole by [`Authenticator::reload`].
 #[derive(Debug)]
 pub struct Authenticator {
-    /// `auth.allow_anonymous`: clients without a user name, and users the file does not list.
+    /// `auth.allow_anonymous`: clients without a user name, and clients no authenticator of
+    /// the chain knows.
     allow_anonymous: bool,
+    /// Where the reloadable files come from.
+    sources: Sources,
     /// The loaded password file, when `auth.password_file` is set.
-    passwords: Option<PasswordFile>,
+    passwords: RwLock<Option<Arc<PasswordFile>>>,
+    /// The loaded client-id allowlist, when `auth.clientid_allowlist` is set.
+    allowlist: RwLock<Option<Arc<ClientIdAllowlist>>>,
+    /// JWT verification, when `auth.jwt` is set.
+    jwt: Option<JwtVerifier>,
+    /// The ACL in force.
+    acl: AclHandle,
+}
+
+/// The files an [`Authenticator`] (re)loads.
+#[derive(Debug, Clone, Default)]
+struct Sources {
+    password_file: Option<PathBuf>,
+    clientid_allowlist: Option<PathBuf>,
+    acl_file: Option<PathBuf>,
+    acl_nomatch: Option<Permission>,
+}
+
+impl Sources {
+    fn nomatch(&self) -> Permission {
+        self.acl_nomatch.unwrap_or(Permission::Allow)
+    }
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock.write().unwrap_or_else(|p| p.into_inner()) = value;
 }
 
 impl Authenticator {
-    /// Builds the authenticator, loading the password file if one is configured; a missing or
-    /// malformed file is an error (fail at start-up, not at the first login).
+    /// Builds the authenticator, loading every configured file; a missing or malformed file
+    /// is an error (fail at start-up, not at the first login).
     pub fn from_config(cfg: &AuthConfig) -> Result<Authenticator, AuthFileError> {
-        let passwords = match &cfg.password_file {
+        let sources = Sources {
+            password_file: cfg.password_file.clone(),
+            clientid_allowlist: cfg.clientid_allowlist.clone(),
+            acl_file: cfg.acl_file.clone(),
+            acl_nomatch: Some(match cfg.acl_nomatch {
+                AclNomatch::Allow => Permission::Allow,
+                AclNomatch::Deny => Permission::Deny,
+            }),
+        };
+        let passwords = match &sources.password_file {
             Some(path) => Some(PasswordFile::load(path)?),
             None => None,
         };
-        Ok(Authenticator::new(cfg.allow_anonymous, passwords))
+        let allowlist = match &sources.clientid_allowlist {
+            Some(path) => Some(Arc::new(ClientIdAllowlist::load(path)?)),
+            None => None,
+        };
+        let acl = match &sources.acl_file {
+            Some(path) => Acl::load(path, sources.nomatch())?,
+            None => Acl::empty(sources.nomatch()),
+        };
+        let jwt = match &cfg.jwt {
+            Some(j) => Some(JwtVerifier::from_config(j)?),
+            None => None,
+        };
+        let mut auth = Authenticator::new(cfg.allow_anonymous, passwords);
+        auth.sources = sources;
+        auth.allowlist = RwLock::new(allowlist);
+        auth.jwt = jwt;
+        auth.acl = AclHandle::new(acl);
+        Ok(auth)
     }
 
-    /// An authenticator over an already loaded password file (tests, reloads).
+    /// An authenticator over an already loaded password file, without ACL rules (tests).
     pub fn new(allow_anonymous: bool, passwords: Option<PasswordFile>) -> Authenticator {
         Authenticator {
             allow_anonymous,
-            passwords,
+            sources: Sources::default(),
+            passwords: RwLock::new(passwords.map(Arc::new)),
+            allowlist: RwLock::new(None),
+            jwt: None,
+            acl: AclHandle::new(Acl::empty(Permission::Allow)),
         }
     }
 
-    /// Decides on a CONNECT's credentials:
-    /// - no user name: `Allow` when anonymous access is on, else `NotAuthorized`;
-    /// - a user the password file lists: `Allow` when the password verifies, else
-    ///   `BadCredentials` (also when no password was sent);
-    /// - a user the file does not list (or no file): `Allow` when anonymous access is on, as
-    ///   EMQX does (an authenticator that does not know the user "ignores" it and the anonymous
-    ///   rule decides), else `BadCredentials`, after the same argon2 work as a wrong password so
-    ///   that timing does not reveal which users exist.
+    /// Decides on a CONNECT's credentials, asking each configured authenticator in turn;
+    /// one that does not know the client passes it on (EMQX's "ignore"):
+    /// 1. password file: a user it lists is `Allow` when the password verifies, else
+    ///    `BadCredentials` (also when no password was sent), and the chain stops;
+    /// 2. client-id allowlist: a listed client id is `Allow`;
+    /// 3. JWT: a password that is a JWT is `Allow` when its signature, algorithm, `exp` (and
+    ///    `username_claim`) check out, else `BadCredentials`;
+    /// 4. nobody knew the client: `Allow` when anonymous access is on, as EMQX does; else
+    ///    `NotAuthorized` without a user name, `BadCredentials` with one (after the same
+    ///    argon2 work as a wrong password, so timing does not reveal which users exist).
     ///
-    /// CPU- and memory-heavy (one argon2id verification, ~19 MiB): call it in
-    /// `spawn_blocking`, and bound how many run at once (each holds its memory while it runs).
-    pub fn check(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthDecision {
-        let Some(user) = username else {
-            return if self.allow_anonymous {
-                AuthDecision::Allow
-            } else {
-                AuthDecision::NotAuthorized
-            };
-        };
-        match &self.passwords {
-            Some(file) if file.contains(user) => match password {
-                Some(password) if file.verify(user, password) => AuthDecision::Allow,
-                _ => AuthDecision::BadCredentials,
-            },
-            _ if self.allow_anonymous => AuthDecision::Allow,
-            Some(file) => {
-                if let Some(password) = password {
-                    // Unknown user: spend the time a wrong password would, then refuse.
-                    let _ = file.verify(user, password);
-                }
-                AuthDecision::BadCredentials
+    /// CPU- and memory-heavy when a password is verified (one argon2id verification,
+    /// ~19 MiB): call it in `spawn_blocking`, and bound how many run at once.
+    pub fn check(
+        &self,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> AuthDecision {
+        let passwords = read(&self.passwords);
+        if let (Some(user), Some(file)) = (username, &passwords) {
+            if file.contains(user) {
+                return match password {
+                    Some(password) if file.verify(user, password) => AuthDecision::Allow,
+                    _ => AuthDecision::BadCredentials,
+                };
             }
-            None => AuthDecision::BadCredentials,
         }
+        if read(&self.allowlist).is_some_and(|l| l.contains(client_id)) {
+            return AuthDecision::Allow;
+        }
+        if let (Some(jwt), Some(token)) = (&self.jwt, password) {
+            match jwt.verify(token, username) {
+                JwtOutcome::Valid => return AuthDecision::Allow,
+                JwtOutcome::Invalid(why) => {
+                    tracing::debug!(client_id, "JWT refused: {why}");
+                    return AuthDecision::BadCredentials;
+                }
+                JwtOutcome::NotAToken => {}
+            }
+        }
+        if self.allow_anonymous {
+            return AuthDecision::Allow;
+        }
+        let Some(user) = username else {
+            return AuthDecision::NotAuthorized;
+        };
+        if let (Some(file), Some(password)) = (&passwords, password) {
+            // Unknown user: spend the time a wrong password would, then refuse.
+            let _ = file.verify(user, password);
+        }
+        AuthDecision::BadCredentials
     }
 
     /// Whether anonymous access is on (the start-up log warns loudly when it is).
     pub fn allows_anonymous(&self) -> bool {
         self.allow_anonymous
+    }
+
+    /// The ACL in force (connections check publishes and subscriptions against it).
+    pub fn acl(&self) -> &AclHandle {
+        &self.acl
     }
 }
 
@@ -281,13 +395,16 @@ mod tests {
     #[test]
     fn a_listed_user_with_the_right_password_is_allowed_and_a_wrong_one_is_refused() {
         let auth = Authenticator::new(false, Some(file_with(&[("alice", "pw")])));
-        assert_eq!(auth.check(Some("alice"), Some(b"pw")), AuthDecision::Allow);
         assert_eq!(
-            auth.check(Some("alice"), Some(b"nope")),
+            auth.check("c", Some("alice"), Some(b"pw")),
+            AuthDecision::Allow
+        );
+        assert_eq!(
+            auth.check("c", Some("alice"), Some(b"nope")),
             AuthDecision::BadCredentials
         );
         assert_eq!(
-            auth.check(Some("alice"), None),
+            auth.check("c", Some("alice"), None),
             AuthDecision::BadCredentials
         );
     }
@@ -296,7 +413,7 @@ mod tests {
     fn a_listed_user_with_a_wrong_password_is_refused_even_when_anonymous_is_allowed() {
         let auth = Authenticator::new(true, Some(file_with(&[("alice", "pw")])));
         assert_eq!(
-            auth.check(Some("alice"), Some(b"nope")),
+            auth.check("c", Some("alice"), Some(b"nope")),
             AuthDecision::BadCredentials
         );
     }
@@ -304,10 +421,13 @@ mod tests {
     #[test]
     fn no_user_name_is_allowed_only_when_anonymous_access_is_on() {
         let closed = Authenticator::new(false, Some(file_with(&[("alice", "pw")])));
-        assert_eq!(closed.check(None, None), AuthDecision::NotAuthorized);
-        assert_eq!(closed.check(None, Some(b"pw")), AuthDecision::NotAuthorized);
+        assert_eq!(closed.check("c", None, None), AuthDecision::NotAuthorized);
+        assert_eq!(
+            closed.check("c", None, Some(b"pw")),
+            AuthDecision::NotAuthorized
+        );
         let open = Authenticator::new(true, None);
-        assert_eq!(open.check(None, None), AuthDecision::Allow);
+        assert_eq!(open.check("c", None, None), AuthDecision::Allow);
         assert!(open.allows_anonymous());
     }
 
@@ -315,17 +435,20 @@ mod tests {
     fn an_unknown_user_is_refused_unless_anonymous_access_is_on_as_in_emqx() {
         let closed = Authenticator::new(false, Some(file_with(&[("alice", "pw")])));
         assert_eq!(
-            closed.check(Some("mallory"), Some(b"pw")),
+            closed.check("c", Some("mallory"), Some(b"pw")),
             AuthDecision::BadCredentials
         );
         let no_file = Authenticator::new(false, None);
         assert_eq!(
-            no_file.check(Some("alice"), Some(b"pw")),
+            no_file.check("c", Some("alice"), Some(b"pw")),
             AuthDecision::BadCredentials
         );
         let open = Authenticator::new(true, Some(file_with(&[("alice", "pw")])));
-        assert_eq!(open.check(Some("mallory"), Some(b"x")), AuthDecision::Allow);
-        assert_eq!(open.check(Some("mallory"), None), AuthDecision::Allow);
+        assert_eq!(
+            open.check("c", Some("mallory"), Some(b"x")),
+            AuthDecision::Allow
+        );
+        assert_eq!(open.check("c", Some("mallory"), None), AuthDecision::Allow);
     }
 
     #[test]
@@ -336,16 +459,21 @@ mod tests {
         let auth = Authenticator::from_config(&AuthConfig {
             allow_anonymous: false,
             password_file: Some(path),
+            ..AuthConfig::default()
         })
         .unwrap();
-        assert_eq!(auth.check(Some("alice"), Some(b"pw")), AuthDecision::Allow);
+        assert_eq!(
+            auth.check("c", Some("alice"), Some(b"pw")),
+            AuthDecision::Allow
+        );
         let missing = Authenticator::from_config(&AuthConfig {
             allow_anonymous: false,
             password_file: Some(dir.path().join("nope")),
+            ..AuthConfig::default()
         });
         assert!(matches!(missing, Err(AuthFileError::Read { .. })));
         let none = Authenticator::from_config(&AuthConfig::default()).unwrap();
-        assert_eq!(none.check(None, None), AuthDecision::NotAuthorized);
+        assert_eq!(none.check("c", None, None), AuthDecision::NotAuthorized);
     }
 
     #[test]

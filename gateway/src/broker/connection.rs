@@ -18,6 +18,7 @@ use super::session::ConnControl;
 use super::stats::{DisconnectReason, ListenerStats};
 use super::sys::{self, ClientInfo};
 use super::Broker;
+use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
 use crate::auth::AuthDecision;
 use crate::bridge::{Forwarded, Forwarder, Refusal};
 use bytes::{Buf, BytesMut};
@@ -135,6 +136,9 @@ struct Connection {
     /// Acknowledgements waiting for a bridge queue's sync; allocated on first use, since most
     /// connections never publish to a bridged topic.
     held: Option<Box<HeldAcks>>,
+    /// This client's view of the ACL, built at its first publish or subscribe (none while
+    /// the gateway has no ACL rules): one pointer.
+    acl: Option<Box<ConnectionAcl>>,
     /// Boxed: only needed at connect and disconnect, not worth carrying inline while idle.
     connected: bool,
     /// CONNECT's keepalive and clean-start flag, for the `$SYS` disconnected event.
@@ -168,6 +172,7 @@ impl Connection {
             outgoing: Vec::new(),
             released: Vec::new(),
             held: None,
+            acl: None,
             connected: false,
             connect_keepalive: 0,
             connect_clean_start: false,
@@ -329,6 +334,11 @@ impl Connection {
             if topic::validate_topic_name(&w.topic).is_err() || w.topic.starts_with('$') {
                 return Err(self.refuse(reason::TOPIC_NAME_INVALID, "invalid will topic"));
             }
+            // A will is a publish the client makes later: EMQX refuses the CONNECT when the ACL
+            // denies its topic (`check_will_acl`), rather than let it slip past the ACL.
+            if self.acl_allows(Action::Publish, &w.topic) == Permission::Deny {
+                return Err(self.refuse(reason::NOT_AUTHORIZED, "will topic denied by the ACL"));
+            }
             let mut properties = w.properties.clone();
             properties.topic_alias = None;
             properties.subscription_identifiers.clear();
@@ -447,17 +457,20 @@ impl Connection {
         let auth = self.broker.auth.clone();
         let username = connect.username.as_ref().map(|u| u.to_string());
         let password = connect.password.clone();
+        let client_id = self.client_id.clone();
         if password.is_none() {
-            return auth.check(username.as_deref(), None);
+            return auth.check(&client_id, username.as_deref(), None);
         }
         // argon2 verification is deliberately slow and memory-hungry: keep it off the reactor
         // threads and bounded in number.
         let Ok(_slot) = self.broker.auth_slots.acquire().await else {
             return AuthDecision::NotAuthorized;
         };
-        tokio::task::spawn_blocking(move || auth.check(username.as_deref(), password.as_deref()))
-            .await
-            .unwrap_or(AuthDecision::NotAuthorized)
+        tokio::task::spawn_blocking(move || {
+            auth.check(&client_id, username.as_deref(), password.as_deref())
+        })
+        .await
+        .unwrap_or(AuthDecision::NotAuthorized)
     }
 
     /// Queues a refusing CONNACK and logs why.
@@ -708,7 +721,26 @@ impl Connection {
                     .properties
                     .subscription_identifier
                     .and_then(NonZeroU32::new);
-                let reasons = r.subscribe(self.session, &sub.filters, id, now);
+                let reasons = match self.acl_denied_filters(&sub.filters) {
+                    None => r.subscribe(self.session, &sub.filters, id, now),
+                    Some(denied) => {
+                        let allowed: Vec<_> = sub
+                            .filters
+                            .iter()
+                            .zip(&denied)
+                            .filter(|(_, &d)| !d)
+                            .map(|(f, _)| f.clone())
+                            .collect();
+                        let mut granted = r.subscribe(self.session, &allowed, id, now).into_iter();
+                        denied
+                            .iter()
+                            .map(|&d| match d {
+                                true => reason::NOT_AUTHORIZED,
+                                false => granted.next().unwrap_or(reason::UNSPECIFIED_ERROR),
+                            })
+                            .collect()
+                    }
+                };
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
                     tracing::debug!(client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "subscribe");
                 }
@@ -798,6 +830,28 @@ impl Connection {
                 Some(reason::PROTOCOL_ERROR),
             ));
         }
+        if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
+            // Dropped and counted; MQTT 5 hears 0x87, 3.1.1 is acknowledged as usual (EMQX).
+            self.broker
+                .traffic
+                .dropped_not_authorized
+                .fetch_add(1, Ordering::Relaxed);
+            let code = if v5 {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            match p.qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self
+                    .replies
+                    .push(pub_resp(Packet::PubAck, p.packet_id, code)),
+                QoS::ExactlyOnce => self
+                    .replies
+                    .push(pub_resp(Packet::PubRec, p.packet_id, code)),
+            }
+            return Ok(());
+        }
         let refused = if p.topic.starts_with("$SYS") {
             Some(reason::NOT_AUTHORIZED)
         } else if topic::topic_levels(&p.topic) > self.broker.config.mqtt.max_topic_levels {
@@ -875,6 +929,34 @@ impl Connection {
                 .push(pub_resp(Packet::PubRec, p.packet_id, code)),
         }
         Ok(())
+    }
+
+    /// The ACL's verdict for this client (see `auth::acl`); a denial is logged at debug with
+    /// the deciding rule's line.
+    fn acl_allows(&mut self, action: Action, topic: &str) -> Permission {
+        let client = ClientIdentity {
+            client_id: self.client_id.as_str(),
+            username: self.username.as_deref(),
+            ip: self.peer.ip(),
+        };
+        let verdict = self
+            .broker
+            .auth
+            .acl()
+            .authorize(&mut self.acl, &client, action, topic);
+        if verdict.permission == Permission::Deny {
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
+        }
+        verdict.permission
+    }
+
+    /// Which filters of a SUBSCRIBE the ACL denies; `None` when it denies none.
+    fn acl_denied_filters<T>(&mut self, filters: &[(ByteStr, T)]) -> Option<Vec<bool>> {
+        let denied: Vec<bool> = filters
+            .iter()
+            .map(|(f, _)| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
+            .collect();
+        denied.contains(&true).then_some(denied)
     }
 
     /// Encodes this batch's replies. A PUBACK/PUBREC whose message went to a bridge waits

@@ -133,4 +133,6 @@ pub struct TrafficStats {
     pub dropped_too_large_for_client: AtomicU64,
     /// Inbound QoS 2 publishes refused because `max_awaiting_rel` was reached.
     pub dropped_awaiting_rel_full: AtomicU64,
+    /// Inbound publishes the ACL denied (dropped; MQTT 5 QoS 1/2 get reason 0x87).
+    pub dropped_not_authorized: AtomicU64,
 }

@@ -102,7 +102,8 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
         + counters.dropped_retained_full
         + counters.dropped_session_discarded
         + t.dropped_too_large_for_client.load(Ordering::Relaxed)
-        + t.dropped_awaiting_rel_full.load(Ordering::Relaxed);
+        + t.dropped_awaiting_rel_full.load(Ordering::Relaxed)
+        + t.dropped_not_authorized.load(Ordering::Relaxed);
     vec![
         ("connections/count", connections as u64),
         ("sessions/count", sizes.sessions as u64),
@@ -135,6 +136,10 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
         (
             "messages/dropped/session_discarded",
             counters.dropped_session_discarded,
+        ),
+        (
+            "messages/dropped/not_authorized",
+            t.dropped_not_authorized.load(Ordering::Relaxed),
         ),
         ("bytes/received", t.bytes_received.load(Ordering::Relaxed)),
         ("bytes/sent", t.bytes_sent.load(Ordering::Relaxed)),

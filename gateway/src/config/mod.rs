@@ -199,8 +199,67 @@ pub struct AuthConfig {
     /// loudly when it is on.
     pub allow_anonymous: bool,
     /// File of `user:argon2id-PHC` lines managed by `holdfast passwd`. Default none, in which
-    /// case only anonymous clients can connect, and only when allowed.
+    /// case only anonymous clients can connect, and only when allowed. Reloaded on SIGHUP.
     pub password_file: Option<PathBuf>,
+    /// File of client ids (one a line, `#` comments) that may connect without credentials,
+    /// checked after the password file. A client id is not a secret: use it for devices that
+    /// cannot carry a password, on a network you trust, together with an ACL. Default none.
+    /// Reloaded on SIGHUP.
+    pub clientid_allowlist: Option<PathBuf>,
+    /// JWT authentication (token in the password field), checked after the allowlist.
+    /// Default none.
+    pub jwt: Option<JwtConfig>,
+    /// The ACL file (TOML `[[rules]]`, first match wins). Default none: no rules, so every
+    /// publish and subscribe gets `acl_nomatch`. Reloaded on SIGHUP.
+    pub acl_file: Option<PathBuf>,
+    /// What a publish or subscribe that no ACL rule matches gets. Default allow, as in EMQX
+    /// (`authorization.no_match`).
+    pub acl_nomatch: AclNomatch,
+}
+
+/// `auth.acl_nomatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AclNomatch {
+    /// Allow what no rule mentions (EMQX's default).
+    #[default]
+    Allow,
+    /// Deny what no rule mentions.
+    Deny,
+}
+
+impl AclNomatch {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AclNomatch::Allow => "allow",
+            AclNomatch::Deny => "deny",
+        }
+    }
+}
+
+/// `auth.jwt`: which tokens are accepted in the CONNECT password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// Shared secret for the HMAC algorithms (HS256/384/512). Never logged.
+    pub secret: Option<String>,
+    /// PEM public key for RS*/PS*/ES* algorithms (read at start-up and on reload).
+    pub public_key: Option<PathBuf>,
+    /// Accepted `alg` values: a token signed with any other is refused. At least one.
+    pub algorithms: Vec<String>,
+    /// When set, the token must carry this claim and it must equal the CONNECT user name, so
+    /// a token issued to one device cannot be used under another device's name.
+    pub username_claim: Option<String>,
+}
+
+impl fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key", &self.public_key)
+            .field("algorithms", &self.algorithms)
+            .field("username_claim", &self.username_claim)
+            .finish()
+    }
 }
 
 /// What gets logged.

@@ -95,6 +95,10 @@ fn the_example_config_mentions_every_key() {
         "max_conn_rate",
         "allow_anonymous",
         "password_file",
+        "clientid_allowlist",
+        "jwt",
+        "acl_file",
+        "acl_nomatch",
         "level",
         "watchdog_device",
         "watchdog_timeout",
@@ -215,13 +219,6 @@ fn keys_the_design_names_but_this_build_lacks_are_errors() {
     assert_eq!(
         problem("[[listeners]]\nbind = \"0.0.0.0:8883\"\ntls = { cert = \"c.pem\" }\n"),
         "holdfast.toml:3: listeners[0].tls: not supported by this build yet"
-    );
-    assert_eq!(
-        problems("[auth]\nacl_file = \"acl.toml\"\nacl_nomatch = \"deny\"\n"),
-        [
-            "holdfast.toml:2: auth.acl_file: not supported by this build yet",
-            "holdfast.toml:3: auth.acl_nomatch: not supported by this build yet",
-        ]
     );
 }
 
@@ -611,6 +608,65 @@ fn auth_settings_are_read_and_an_empty_password_file_is_rejected() {
     assert_eq!(
         problem("[auth]\npassword_file = \"\"\n"),
         "holdfast.toml:2: auth.password_file: must not be empty"
+    );
+}
+
+#[test]
+fn acl_allowlist_and_jwt_settings_are_read() {
+    let config = ok(concat!(
+        "[auth]\n",
+        "acl_file = \"/etc/holdfast/acl.toml\"\n",
+        "acl_nomatch = \"deny\"\n",
+        "clientid_allowlist = \"/etc/holdfast/clientids\"\n",
+        "jwt = { secret = \"s3cret\", public_key = \"/etc/holdfast/jwt.pem\", algorithms = [\"HS256\", \"RS256\", \"ES256\"], username_claim = \"sub\" }\n",
+    ));
+    let auth = &config.auth;
+    assert_eq!(auth.acl_file, Some(PathBuf::from("/etc/holdfast/acl.toml")));
+    assert_eq!(auth.acl_nomatch, AclNomatch::Deny);
+    assert_eq!(
+        auth.clientid_allowlist,
+        Some(PathBuf::from("/etc/holdfast/clientids"))
+    );
+    let jwt = auth.jwt.as_ref().unwrap();
+    assert_eq!(jwt.secret.as_deref(), Some("s3cret"));
+    assert_eq!(jwt.algorithms, ["HS256", "RS256", "ES256"]);
+    assert_eq!(jwt.username_claim.as_deref(), Some("sub"));
+    assert!(
+        !format!("{jwt:?}").contains("s3cret"),
+        "the secret is never shown"
+    );
+    assert_eq!(AuthConfig::default().acl_nomatch, AclNomatch::Allow);
+}
+
+#[test]
+fn bad_acl_and_jwt_settings_are_reported_with_their_keys() {
+    assert_eq!(
+        problem("[auth]\nacl_nomatch = \"maybe\"\n"),
+        "holdfast.toml:2: auth.acl_nomatch: \"maybe\" is not allow or deny"
+    );
+    assert_eq!(
+        problem("[auth]\nacl_file = \"\"\n"),
+        "holdfast.toml:2: auth.acl_file: must not be empty"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { secret = \"s\" }\n"),
+        "holdfast.toml:2: auth.jwt.algorithms: is required: the accepted signature algorithms, e.g. [\"HS256\"] (any of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { secret = \"s\", algorithms = [\"HS265\"] }\n"),
+        "holdfast.toml:2: auth.jwt.algorithms[0]: unknown algorithm \"HS265\" (expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { algorithms = [\"HS256\"] }\n"),
+        "holdfast.toml:2: auth.jwt: an HS algorithm is listed but no secret is set"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { secret = \"s\", algorithms = [\"ES256\"] }\n"),
+        "holdfast.toml:2: auth.jwt: an RS/PS/ES/EdDSA algorithm is listed but no public_key is set"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { secret = \"\", algorithms = [\"HS256\"] }\n"),
+        "holdfast.toml:2: auth.jwt.secret: must not be empty"
     );
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::raw::{Node, Source, Value};
 use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::{
-    AuthConfig, BoardConfig, BoardKind, Config, ListenerConfig, ListenerKind, LogConfig,
-    MqttConfig, NodeConfig, Problem, SharedStrategy, DEFAULTS_ORIGIN,
+    AclNomatch, AuthConfig, BoardConfig, BoardKind, Config, JwtConfig, ListenerConfig,
+    ListenerKind, LogConfig, MqttConfig, NodeConfig, Problem, SharedStrategy, DEFAULTS_ORIGIN,
 };
 
 /// Sections of the design that this build does not implement yet.
@@ -833,9 +833,17 @@ fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
     let entries = ctx.open(
         node,
         path,
-        &["allow_anonymous", "password_file"],
-        &["acl_file", "acl_nomatch"],
+        &[
+            "allow_anonymous",
+            "password_file",
+            "clientid_allowlist",
+            "jwt",
+            "acl_file",
+            "acl_nomatch",
+        ],
+        &[],
     );
+    let optional_path = |c: &mut Ctx<'_>, n: &Node, k: &str| path_buf(c, n, k).map(Some);
     AuthConfig {
         allow_anonymous: ctx.get(entries, path, "allow_anonymous", d.allow_anonymous, boolean),
         password_file: ctx.get(
@@ -843,9 +851,144 @@ fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
             path,
             "password_file",
             d.password_file,
-            |c, n, k| path_buf(c, n, k).map(Some),
+            optional_path,
         ),
+        clientid_allowlist: ctx.get(
+            entries,
+            path,
+            "clientid_allowlist",
+            d.clientid_allowlist,
+            optional_path,
+        ),
+        jwt: ctx.get(entries, path, "jwt", d.jwt, |c, n, k| {
+            jwt(c, n, k).map(Some)
+        }),
+        acl_file: ctx.get(entries, path, "acl_file", d.acl_file, optional_path),
+        acl_nomatch: ctx.get(entries, path, "acl_nomatch", d.acl_nomatch, |c, n, k| {
+            let word = string(c, n, k)?;
+            match word.as_str() {
+                "allow" => Some(AclNomatch::Allow),
+                "deny" => Some(AclNomatch::Deny),
+                _ => {
+                    c.report(n, k, format!("{word:?} is not allow or deny"));
+                    None
+                }
+            }
+        }),
     }
+}
+
+/// JWT algorithms `auth.jwt.algorithms` accepts (jsonwebtoken's names).
+const JWT_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
+    let before = ctx.problem_count();
+    let entries = ctx.open(
+        node,
+        path,
+        &["secret", "public_key", "algorithms", "username_claim"],
+        &[],
+    );
+    if !matches!(node.value, Value::Table(_)) {
+        return None;
+    }
+    let secret = ctx.get(entries, path, "secret", None, |c, n, k| {
+        let text = string(c, n, k)?;
+        if text.is_empty() {
+            c.report(n, k, "must not be empty");
+            return None;
+        }
+        Some(Some(text))
+    });
+    let public_key = ctx.get(entries, path, "public_key", None, |c, n, k| {
+        path_buf(c, n, k).map(Some)
+    });
+    let username_claim = ctx.get(entries, path, "username_claim", None, |c, n, k| {
+        let text = string(c, n, k)?;
+        if text.is_empty() {
+            c.report(n, k, "must not be empty");
+            return None;
+        }
+        Some(Some(text))
+    });
+    let key = format!("{path}.algorithms");
+    let algorithms = match field(entries, "algorithms") {
+        None => {
+            ctx.report(
+                node,
+                &key,
+                format!(
+                    "is required: the accepted signature algorithms, e.g. [\"HS256\"] (any of {})",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+            Vec::new()
+        }
+        Some(n) => jwt_algorithms(ctx, n, &key),
+    };
+    let hmac = algorithms.iter().any(|a| a.starts_with("HS"));
+    let public = algorithms.iter().any(|a| !a.starts_with("HS"));
+    if hmac && field(entries, "secret").is_none() {
+        ctx.report(node, path, "an HS algorithm is listed but no secret is set");
+    }
+    if public && field(entries, "public_key").is_none() {
+        ctx.report(
+            node,
+            path,
+            "an RS/PS/ES/EdDSA algorithm is listed but no public_key is set",
+        );
+    }
+    if ctx.problem_count() != before {
+        return None;
+    }
+    Some(JwtConfig {
+        secret,
+        public_key,
+        algorithms,
+        username_claim,
+    })
+}
+
+fn jwt_algorithms(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Vec<String> {
+    let Value::Array(items) = &node.value else {
+        ctx.report(
+            node,
+            key,
+            format!(
+                "expected an array of algorithm names, found {}",
+                node.value.describe()
+            ),
+        );
+        return Vec::new();
+    };
+    if items.is_empty() {
+        ctx.report(node, key, "must list at least one algorithm");
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(name) = string(ctx, item, &item_key) else {
+            continue;
+        };
+        if !JWT_ALGORITHMS.contains(&name.as_str()) {
+            ctx.report(
+                item,
+                &item_key,
+                format!(
+                    "unknown algorithm {name:?} (expected one of {})",
+                    JWT_ALGORITHMS.join(", ")
+                ),
+            );
+            continue;
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 fn log_section(ctx: &mut Ctx<'_>, node: &Node) -> LogConfig {
