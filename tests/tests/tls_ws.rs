@@ -50,10 +50,6 @@ name = "gw-test"
 {extra_mqtt}
 
 [[listeners]]
-kind = "tcp"
-bind = "127.0.0.1:{tcp}"
-
-[[listeners]]
 kind = "tls"
 bind = "127.0.0.1:{tls}"
 {plain_tls}
@@ -72,6 +68,11 @@ bind = "127.0.0.1:{ws}"
 kind = "wss"
 bind = "127.0.0.1:{wss}"
 {plain_tls}
+
+# Last: the harness waits for this port, and listeners bind in file order.
+[[listeners]]
+kind = "tcp"
+bind = "127.0.0.1:{tcp}"
 
 [auth]
 allow_anonymous = true
@@ -211,9 +212,9 @@ fn tls_versions_are_limited_to_the_configured_ones() {
     let pki = make_pki(dir.path());
     let (tcp, only12, only13) = (free_port(), free_port(), free_port());
     let config = format!(
-        "[[listeners]]\nbind = \"127.0.0.1:{tcp}\"\n\
-         [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{only12}\"\n{}\n\
+        "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{only12}\"\n{}\n\
          [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{only13}\"\n{}\n\
+         [[listeners]]\nbind = \"127.0.0.1:{tcp}\"\n\
          [auth]\nallow_anonymous = true\n",
         tls_table(&pki, ", versions = [\"1.2\"]"),
         tls_table(&pki, ", versions = [\"1.3\"]"),
@@ -605,8 +606,8 @@ fn max_connections_applies_to_a_tls_listener() {
     let pki = make_pki(dir.path());
     let (tcp, tls) = (free_port(), free_port());
     let config = format!(
-        "[[listeners]]\nbind = \"127.0.0.1:{tcp}\"\n\
-         [[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{tls}\"\nmax_connections = 2\n{}\n\
+        "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:{tls}\"\nmax_connections = 2\n{}\n\
+         [[listeners]]\nbind = \"127.0.0.1:{tcp}\"\n\
          [auth]\nallow_anonymous = true\n",
         tls_table(&pki, ""),
     );
