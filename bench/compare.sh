@@ -5,6 +5,7 @@
 #   bash bench/compare.sh                 # 10 s loads, 10,000 idle connections
 #   BENCH_DURATION=30s bash bench/compare.sh
 #   BENCH_QUICK=1 bash bench/compare.sh   # smoke run: 3 s loads, 1,000 idle connections
+#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: durable)
 #
 # Loads, per broker: fanin qos0 (100 -> 1), fanin qos1, fanout qos0 (1 -> 100), latency at
 # 10,000 msg/s, idle connections (on a freshly started broker, so the RSS baseline is clean);
@@ -23,7 +24,13 @@
 #     and 200 MB of 4 KB messages the same way.
 # ACL cost (BENCH_ONLY=acl runs only this; BENCH_ACL=1 adds it to the rest): fanin qos0 on
 # holdfast without an ACL and with a generated 10,000-rule one, and the ratio.
-# Needs: cargo, jq, mosquitto (both apt-installed when missing and running as root).
+# TLS (after the store-and-forward section; BENCH_ONLY=tls runs only these): both brokers on
+# one TLS listener with a P-256 certificate from a CA made here by openssl:
+#   - handshakes/s: 32 loops of TCP connect + full TLS handshake + CONNECT + CONNACK + close,
+#     and the same with session resumption (rustls client session cache / tickets);
+#   - fanin qos0 100 -> 1 over TLS (the bench client encrypts in its own proxy task per
+#     connection, the same for both brokers).
+# Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -101,6 +108,11 @@ start_broker() { # name -> sets BROKER_PID, PORT
     case $1 in
     mosquitto)
         printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\n' "$PORT" "${MOSQ_QUEUE:-1000}" >"$WORK/mosquitto.conf"
+        if [[ -n ${TLS_MODE:-} ]]; then
+            printf 'certfile %s\nkeyfile %s\ncafile %s\n' "$PKI/server.pem" "$PKI/server.key" "$PKI/ca.pem" >>"$WORK/mosquitto.conf"
+            # As root, mosquitto drops to the mosquitto user, which cannot read $WORK.
+            if [[ $(id -u) == 0 ]]; then echo "user root" >>"$WORK/mosquitto.conf"; fi
+        fi
         if [[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]]; then echo "set_tcp_nodelay true" >>"$WORK/mosquitto.conf"; fi
         if [[ -n ${BRIDGE_PORT:-} ]]; then
             mkdir -p "$WORK/mosquitto-data"
@@ -120,6 +132,11 @@ CONF
         ;;
     holdfast)
         mkdir -p "$WORK/holdfast-data"
+        local listener_kind=tcp listener_tls=
+        if [[ -n ${TLS_MODE:-} ]]; then
+            listener_kind=tls
+            listener_tls="tls = { cert = \"$PKI/server.pem\", key = \"$PKI/server.key\", ca = \"$PKI/ca.pem\" }"
+        fi
         cat >"$WORK/holdfast.toml" <<TOML
 [node]
 name = "bench"
@@ -130,10 +147,11 @@ max_mqueue_len = 100000
 sys_interval = "0s"
 
 [[listeners]]
-kind = "tcp"
+kind = "$listener_kind"
 bind = "127.0.0.1:$PORT"
 max_connections = 200000
 max_conn_rate = 100000
+$listener_tls
 
 [auth]
 allow_anonymous = true
@@ -189,6 +207,7 @@ run_bench() { # broker test args...
     jq -r --arg b "$broker" --arg t "$test" '
         if .error then "   \($b) \($t): ERROR \(.error)"
         elif .mode == "idle" then "   \($b) \($t): \(.established) connections, \(.kb_per_conn) KB each"
+        elif .mode == "handshakes" then "   \($b) \($t): \(.handshake_rate) handshakes/s (\(.handshakes) in \(.seconds | floor) s, \(.failed) failed)"
         elif .mode == "ingest" then "   \($b) \($t): \(.ack_rate) PUBACK/s, p99 \(.puback_latency_us.p99) us, disk \(.write_amplification // "-")x payload"
         else "   \($b) \($t): \(.recv_rate) msg/s received, lost \(.lost), reordered \(.reordered), dup \(.duplicates)" end' \
         "$WORK/$broker.$test.json" >&2
@@ -352,6 +371,30 @@ if [[ $ONLY == all || $ONLY == durable ]]; then
     durable_drain holdfast nosub4kb "$BIG_COUNT" 4096
 fi
 
+# ---- TLS -------------------------------------------------------------------------------------
+
+if [[ $ONLY == all || $ONLY == tls ]]; then
+    command -v openssl >/dev/null || apt_install openssl
+    PKI=$WORK/pki
+    mkdir -p "$PKI"
+    (
+        cd "$PKI"
+        ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+        openssl req -x509 -days 2 -subj /CN=bench-ca "${ec[@]}" -keyout ca.key -out ca.pem
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl req -subj /CN=localhost "${ec[@]}" -keyout server.key -out server.csr
+        openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile server.ext -out server.pem
+    ) >"$WORK/openssl.log" 2>&1 || die "openssl failed: $(cat "$WORK/openssl.log")"
+    TLS_ARGS=(--tls-ca "$PKI/ca.pem" --tls-server-name localhost)
+    for broker in mosquitto holdfast; do
+        TLS_MODE=1 start_broker "$broker"
+        run_bench "$broker" tls-hs handshakes --concurrency 32 --duration "$DURATION" "${TLS_ARGS[@]}"
+        run_bench "$broker" tls-hs-resume handshakes --concurrency 32 --duration "$DURATION" --tls-resume "${TLS_ARGS[@]}"
+        run_bench "$broker" tls-fanin0 fanin --qos 0 --duration "$DURATION" "${TLS_ARGS[@]}"
+        stop_broker "$broker"
+    done
+fi
+
 # ---- the table -----------------------------------------------------------------------------
 
 row() { # label test jq-path
@@ -429,6 +472,21 @@ if [[ $ONLY == all || $ONLY == durable ]]; then
     drow "drain 64 B, no cloud subscriber seconds" - drain-nosub64b .span_s
     drow "drain 4 KB, no cloud subscriber msg/s" - drain-nosub4kb .drain_rate
     drow "drain 4 KB, no cloud subscriber MB/s" - drain-nosub4kb '(.drain_rate * 4096 / 1048576 | floor)'
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+fi
+
+if [[ $ONLY == all || $ONLY == tls ]]; then
+    echo
+    echo "TLS (P-256 server certificate, TLS 1.3 negotiated, $DURATION each, $(nproc) CPUs; hf/mosq = holdfast / mosquitto)"
+    printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    row "TLS full handshakes/s, 32 loops (higher)" tls-hs .handshake_rate
+    row "TLS full handshakes failed" tls-hs .failed
+    row "TLS resumed handshakes/s, 32 loops (higher)" tls-hs-resume .handshake_rate
+    row "TLS fanin qos0 100->1 msg/s (higher)" tls-fanin0 .recv_rate
+    row "TLS fanin qos0 lost" tls-fanin0 .lost
+    row "TLS fanin qos0 latency p99 us" tls-fanin0 .latency_us.p99
+    row "TLS max RSS during fanin qos0, KB" tls-fanin0 .rss.max_kb
     printf '%s\n' "$(printf '%.0s-' $(seq 89))"
 fi
 

@@ -55,6 +55,15 @@ pub(crate) struct Common {
     /// Runtime worker threads (default: one per CPU).
     #[arg(long, global = true)]
     pub(crate) threads: Option<usize>,
+    /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true)]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
+    /// Name expected in the broker's certificate (default: --host).
+    #[arg(long, global = true)]
+    pub(crate) tls_server_name: Option<String>,
+    /// Resume TLS sessions (rustls' client session cache); default: every handshake is full.
+    #[arg(long, global = true)]
+    pub(crate) tls_resume: bool,
 }
 
 /// What to run.
@@ -77,6 +86,20 @@ pub(crate) enum Command {
     /// One QoS 1 subscriber that counts a backlog of `ingest` messages as it arrives (run it on
     /// the cloud broker while a gateway drains its queue); reports the drain rate.
     Drain(DrainArgs),
+    /// Loops of TCP connect + TLS handshake + CONNECT + CONNACK + close (needs --tls-ca);
+    /// reports handshakes per second.
+    Handshakes(HandshakesArgs),
+}
+
+/// `handshakes` flags.
+#[derive(Debug, Args)]
+pub(crate) struct HandshakesArgs {
+    /// Loops running at once.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) concurrency: u32,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
 }
 
 /// `ingest` flags.
@@ -302,7 +325,9 @@ impl Command {
                 sub_rate: a.sub_rate,
                 ..a.msg.base("flood")?
             },
-            Command::Idle(_) | Command::Ingest(_) | Command::Drain(_) => return Ok(None),
+            Command::Idle(_) | Command::Ingest(_) | Command::Drain(_) | Command::Handshakes(_) => {
+                return Ok(None)
+            }
         };
         Ok(Some(spec))
     }
@@ -368,6 +393,7 @@ impl Command {
             Command::Flood(_) => "flood",
             Command::Ingest(_) => "ingest",
             Command::Drain(_) => "drain",
+            Command::Handshakes(_) => "handshakes",
         }
     }
 }

@@ -14,7 +14,7 @@ use holdfast_mqtt::{
 use std::io;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// The only protocol level this tool speaks.
 pub(crate) const PROTOCOL: ProtocolVersion = ProtocolVersion::V3_1_1;
@@ -43,6 +43,49 @@ pub(crate) struct Target {
     /// Subscribers connect with clean session 0, so the broker keeps (and may persist) their
     /// sessions: the load then measures the cost of persistent sessions.
     pub(crate) persistent_subscribers: bool,
+    /// Connect over TLS (`--tls-ca`).
+    pub(crate) tls: Option<crate::tls::TlsClient>,
+}
+
+/// A client's socket: TCP, or for TLS our end of a socketpair whose other end a proxy task
+/// encrypts (see `tls`), so the loads' readiness loops are the same for both.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    /// Plain MQTT over TCP.
+    Tcp(TcpStream),
+    /// Plaintext side of a TLS connection.
+    Unix(UnixStream),
+}
+
+impl Conn {
+    /// Waits until a read may succeed.
+    pub(crate) async fn readable(&self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.readable().await,
+            Conn::Unix(s) => s.readable().await,
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.try_read_buf(buf),
+            Conn::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.write_all(buf).await,
+            Conn::Unix(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.shutdown().await,
+            Conn::Unix(s) => s.shutdown().await,
+        }
+    }
 }
 
 impl Target {
@@ -55,8 +98,8 @@ impl Target {
 /// A connected, CONNACKed client.
 #[derive(Debug)]
 pub(crate) struct Client {
-    /// The socket, with TCP_NODELAY set.
-    pub(crate) stream: TcpStream,
+    /// The socket (TCP with TCP_NODELAY set, or the plaintext side of TLS).
+    pub(crate) stream: Conn,
     /// Bytes read and not yet decoded.
     pub(crate) rbuf: BytesMut,
     /// Packets encoded and not yet written; `flush` empties it.
@@ -70,24 +113,37 @@ impl Client {
     /// [`Target::persistent_subscribers`] and a subscriber) and waits for a successful CONNACK.
     pub(crate) async fn connect(target: &Target, role: Role) -> Result<Client, BenchError> {
         let addr = target.addr();
-        let stream = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(err)) => return Err(BenchError::Connect { addr, err }),
-            Err(_) => {
-                return Err(BenchError::ConnectTimeout {
-                    addr,
-                    after: HANDSHAKE_TIMEOUT,
-                })
+        let stream = if let Some(tls) = &target.tls {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(&addr, role)).await {
+                Ok(r) => Conn::Unix(r?),
+                Err(_) => {
+                    return Err(BenchError::ConnectTimeout {
+                        addr,
+                        after: HANDSHAKE_TIMEOUT,
+                    })
+                }
             }
+        } else {
+            let stream = match tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                TcpStream::connect((target.host.as_str(), target.port)),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(err)) => return Err(BenchError::Connect { addr, err }),
+                Err(_) => {
+                    return Err(BenchError::ConnectTimeout {
+                        addr,
+                        after: HANDSHAKE_TIMEOUT,
+                    })
+                }
+            };
+            stream
+                .set_nodelay(true)
+                .map_err(|err| BenchError::io(role, err))?;
+            Conn::Tcp(stream)
         };
-        stream
-            .set_nodelay(true)
-            .map_err(|err| BenchError::io(role, err))?;
         let mut client = Client {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),

@@ -12,6 +12,7 @@
 //! - `durable`: store-and-forward loads: QoS 1 ingest (PUBACK rate, latency, disk bytes) and
 //!   the drain of a backlog on the cloud side.
 //! - `rss`: reading and sampling the broker's VmRSS.
+//! - `tls`: TLS connections (`--tls-ca`) and the `handshakes` load.
 //! - `report`: text and JSON output.
 //! - `error`: the one error type.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ mod load;
 mod report;
 mod rss;
 mod stamp;
+mod tls;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -63,6 +65,32 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let common = &cli.common;
     let mode = cli.command.name();
+    let tls = match &common.tls_ca {
+        Some(ca) => {
+            let name = common.tls_server_name.as_deref().unwrap_or(&common.host);
+            match tls::TlsClient::new(ca, name, common.tls_resume) {
+                Ok(t) => Some(t),
+                Err(e) => return fail(mode, common.json, &e),
+            }
+        }
+        None => None,
+    };
+    if let Command::Handshakes(a) = &cli.command {
+        let Some(tls) = &tls else {
+            return fail(mode, common.json, "handshakes needs --tls-ca");
+        };
+        let spec = tls::HandshakeSpec {
+            concurrency: a.concurrency,
+            duration: a.duration,
+            resume: common.tls_resume,
+        };
+        let addr = format!("{}:{}", common.host, common.port);
+        let prefix = format!("hfb-{:x}", std::process::id());
+        return report_json(
+            common.json,
+            tls::handshakes(tls, &addr, &prefix, spec).await,
+        );
+    }
     let target = Target {
         host: common.host.clone(),
         port: common.port,
@@ -71,6 +99,7 @@ async fn run(cli: Cli) -> ExitCode {
         keep_alive: common.keepalive,
         client_prefix: format!("hfb-{:x}", std::process::id()),
         persistent_subscribers: common.persistent_subs,
+        tls,
     };
     if let Some(spec) = cli.command.idle_spec() {
         return match idle::run(&target, spec, common.pid).await {

@@ -7,7 +7,7 @@
 
 use crate::auth::{AuthFileError, Authenticator};
 use crate::bridge;
-use crate::broker::listener::{self, BindError};
+use crate::broker::listener::{self, ListenerError};
 use crate::broker::session_persist;
 use crate::broker::{sys, Broker};
 use crate::config::Config;
@@ -26,9 +26,9 @@ const GRACE: Duration = Duration::from_secs(5);
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A listener could not bind its address.
+    /// A listener could not bind its address or load its certificate.
     #[error(transparent)]
-    Bind(#[from] BindError),
+    Listener(#[from] ListenerError),
     /// The password file could not be read.
     #[error("auth: {0}")]
     Auth(#[from] AuthFileError),

@@ -6,6 +6,7 @@
 //! never touches a non-loopback address.
 #![forbid(unsafe_code)]
 
+pub mod pki;
 pub mod raw5;
 pub mod v4;
 

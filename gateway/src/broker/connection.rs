@@ -13,9 +13,11 @@
 //! until then, in PUBLISH order, and reading stops while `MAX_HELD_ACKS` are held.
 
 use super::message::{Message, SessionId};
+use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
 use super::session::ConnControl;
 use super::stats::{DisconnectReason, ListenerStats};
+use super::stream::Stream;
 use super::sys::{self, ClientInfo};
 use super::Broker;
 use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
@@ -33,7 +35,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::time::sleep_until;
 
 /// Bytes reserved for each socket read.
@@ -52,14 +53,20 @@ const MAX_HELD_ACKS: usize = 4096;
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 /// Serves one accepted socket until it closes; counts the reason on its listener.
+///
+/// `peer` is the client's real address (for a terminated TLS/WebSocket client, not the
+/// socketpair's); `peer_cert` is the identity of the certificate it presented under mutual TLS.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
+    peer_cert: Option<Box<PeerCert>>,
     broker: Arc<Broker>,
     listener: Arc<ListenerStats>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let mut conn = Connection::new(stream, peer, broker);
+    if let Stream::Tcp(tcp) = &stream {
+        let _ = tcp.set_nodelay(true);
+    }
+    let mut conn = Connection::new(stream, peer, peer_cert, broker);
     let reason = conn.run().await;
     listener.count_shutdown(reason);
 }
@@ -103,8 +110,11 @@ struct Will {
 /// Per-connection state. See the module documentation.
 #[derive(Debug)]
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
+    /// CN and SANs of the client certificate verified under mutual TLS, for authentication
+    /// by certificate; boxed, since most connections have none.
+    peer_cert: Option<Box<PeerCert>>,
     broker: Arc<Broker>,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -147,11 +157,17 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) -> Connection {
+    fn new(
+        stream: Stream,
+        peer: SocketAddr,
+        peer_cert: Option<Box<PeerCert>>,
+        broker: Arc<Broker>,
+    ) -> Connection {
         let conn_id = broker.next_conn_id();
         Connection {
             stream,
             peer,
+            peer_cert,
             broker,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -434,11 +450,18 @@ impl Connection {
             proto_ver = self.protocol.level(),
             clean_start = connect.clean_start,
             session_present = result.session_present,
+            cert_cn = self.peer_cert().and_then(|c| c.cn.as_deref()).unwrap_or(""),
             "client connected"
         );
         sys::client_connected(&self.broker, &self.client_info());
         self.connected = true;
         Ok(())
+    }
+
+    /// The verified client certificate's identity under mutual TLS (CN and SANs), which
+    /// certificate-based authentication may take as the username.
+    fn peer_cert(&self) -> Option<&PeerCert> {
+        self.peer_cert.as_deref()
     }
 
     /// What `$SYS` says about this client; built on demand rather than kept per connection.
@@ -1240,7 +1263,7 @@ enum Wakeup {
 /// Waits for the next [`Wakeup`]. The waker is registered with the control handle before its
 /// flags are read, so a close or delivery signalled concurrently is never missed.
 async fn poll_wakeup(
-    stream: &TcpStream,
+    stream: &Stream,
     ctrl: &ConnControl,
     has_output: bool,
     read: bool,
@@ -1357,7 +1380,7 @@ mod tests {
         let auth = Arc::new(crate::auth::Authenticator::new(true, None));
         let broker = Broker::new(config, auth, tokio_util::sync::CancellationToken::new());
         let stats = Arc::new(ListenerStats::new("t".into(), addr.to_string(), 10));
-        let task = serve(server, peer, broker, stats);
+        let task = serve(Stream::Tcp(server), peer, None, broker, stats);
         let size = std::mem::size_of_val(&task);
         eprintln!(
             "serve future: {size} bytes, Connection: {} bytes",

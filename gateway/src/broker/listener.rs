@@ -1,14 +1,19 @@
-//! TCP listeners: bind, accept within `max_connections` and `max_conn_rate`, spawn connections.
+//! Listeners of every kind: bind, accept within `max_connections` and `max_conn_rate`, spawn.
 //!
-//! Owns the accept loop of each `[[listeners]]` entry. A bind failure is one error naming the
-//! listener and the address; a connection over the cap is closed at once and counted; over the
-//! rate, accepting pauses (EMQX's `max_conn_rate` backpressure) instead of refusing. It never
-//! touches the router.
+//! Owns the accept loop of each `[[listeners]]` entry. A bind failure (or, for `tls`/`wss`, a
+//! certificate that cannot be loaded) is one error naming the listener; a connection over the
+//! cap is closed at once and counted; over the rate, accepting pauses (EMQX's `max_conn_rate`
+//! backpressure) instead of refusing. The limits apply alike to every kind, counted at TCP
+//! accept. A `tcp` socket goes straight to a connection task; the others go to a
+//! [`terminate`](super::terminate) task first. It never touches the router.
 
 use super::connection;
 use super::stats::ListenerStats;
+use super::stream::Stream;
+use super::terminate::{self, Terminator};
+use super::tls::{self, TlsSetupError};
 use super::Broker;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerKind};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +34,31 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// A listener that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Its address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Its TLS settings could not be loaded.
+    #[error("listener {name}: tls: {source}")]
+    Tls {
+        /// Listener name.
+        name: String,
+        /// What is wrong.
+        #[source]
+        source: TlsSetupError,
+    },
+}
+
 /// A bound listener, ready to accept.
 #[derive(Debug)]
 pub struct BoundListener {
     config: ListenerConfig,
     socket: TcpListener,
     stats: Arc<ListenerStats>,
+    /// For `tls`, `ws` and `wss`: what their terminator tasks share.
+    terminator: Option<Arc<Terminator>>,
 }
 
 impl BoundListener {
@@ -44,8 +68,27 @@ impl BoundListener {
     }
 }
 
-/// Binds a listener's socket.
-pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
+/// Loads a listener's TLS settings and binds its socket.
+pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, ListenerError> {
+    let terminator = match config.kind {
+        ListenerKind::Tcp => None,
+        kind => {
+            let acceptor = match &config.tls {
+                Some(settings) => Some(tokio_rustls::TlsAcceptor::from(
+                    tls::server_config(settings).map_err(|source| ListenerError::Tls {
+                        name: config.name.clone(),
+                        source,
+                    })?,
+                )),
+                None => None,
+            };
+            Some(Arc::new(Terminator {
+                kind,
+                listener: config.name.clone(),
+                tls: acceptor,
+            }))
+        }
+    };
     let socket = listen(config.bind).map_err(|source| BindError {
         name: config.name.clone(),
         bind: config.bind,
@@ -63,6 +106,7 @@ pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, BindError> {
         config: config.clone(),
         socket,
         stats,
+        terminator,
     })
 }
 
@@ -86,6 +130,7 @@ pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTrac
         config,
         socket,
         stats,
+        terminator,
     } = listener;
     broker.register_listener(stats.clone());
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -114,11 +159,27 @@ pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTrac
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.current.fetch_add(1, Ordering::Relaxed);
         let (broker2, stats2) = (broker.clone(), stats.clone());
-        tracker.spawn(async move {
-            connection::serve(stream, peer, broker2, stats2.clone()).await;
-            stats2.current.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
-        });
+        match &terminator {
+            None => {
+                tracker.spawn(async move {
+                    connection::serve(Stream::Tcp(stream), peer, None, broker2, stats2.clone())
+                        .await;
+                    stats2.current.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Some(term) => {
+                tracker.spawn(terminate::run(
+                    stream,
+                    peer,
+                    term.clone(),
+                    broker2,
+                    stats2,
+                    permit,
+                    tracker.clone(),
+                ));
+            }
+        }
         if let Some(wait) = rate.take(tokio::time::Instant::now()) {
             tokio::select! {
                 _ = broker.shutdown.cancelled() => break,

@@ -8,12 +8,16 @@
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod peer_cert;
 pub mod persist;
 pub mod router;
 pub mod session;
 pub mod session_persist;
 pub mod stats;
+pub mod stream;
 pub mod sys;
+pub mod terminate;
+pub mod tls;
 
 use crate::auth::Authenticator;
 use crate::bridge::{Forwarded, Forwarder};

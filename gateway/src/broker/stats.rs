@@ -90,6 +90,8 @@ pub struct ListenerStats {
     pub accepted: AtomicU64,
     /// Connections refused at accept (cap or rate).
     pub refused: AtomicU64,
+    /// TLS handshakes or WebSocket upgrades that failed or timed out (`tls`, `ws`, `wss`).
+    pub handshake_failed: AtomicU64,
     shutdown: [AtomicU64; DisconnectReason::ALL.len()],
 }
 
@@ -103,6 +105,7 @@ impl ListenerStats {
             current: AtomicUsize::new(0),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            handshake_failed: AtomicU64::new(0),
             shutdown: Default::default(),
         }
     }

@@ -163,6 +163,9 @@ fn publish_stats(broker: &Broker) {
             let value = l.shutdown_count(reason).to_string().into_bytes();
             broker.publish_internal(sys_message(topic, value, true));
         }
+        let topic = format!("$SYS/brokers/{node}/listeners/{}/handshake_failed", l.name);
+        let value = l.handshake_failed.load(Ordering::Relaxed).to_string();
+        broker.publish_internal(sys_message(topic, value.into_bytes(), true));
     }
 }
 

@@ -166,14 +166,21 @@ pub struct ListenerConfig {
     /// Most new connections accepted per second, so a reconnect storm after an outage cannot
     /// starve established clients. Default 1000; at least 1.
     pub max_conn_rate: u32,
+    /// Certificate, key and client verification; present exactly for `tls` and `wss`.
+    pub tls: Option<ListenerTls>,
 }
 
-/// Transport of a listener. The design also names `tls`, `ws` and `wss`; this build rejects
-/// them with "not supported by this build yet" rather than ignoring them.
+/// Transport of a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
-    /// Plain MQTT over TCP ("tcp").
+    /// Plain MQTT over TCP ("tcp"), default port 1883.
     Tcp,
+    /// MQTT over TLS ("tls"), default port 8883.
+    Tls,
+    /// MQTT over WebSocket on path `/mqtt` ("ws"), default port 8083.
+    Ws,
+    /// MQTT over WebSocket over TLS ("wss"), default port 8084.
+    Wss,
 }
 
 impl ListenerKind {
@@ -181,8 +188,41 @@ impl ListenerKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
         }
     }
+
+    /// Whether this transport runs over TLS (and so needs a `tls` table).
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerKind::Tls | ListenerKind::Wss)
+    }
+
+    /// Whether this transport carries MQTT in WebSocket frames.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerKind::Ws | ListenerKind::Wss)
+    }
+}
+
+/// TLS settings of a `tls` or `wss` listener (rustls with the ring provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// PEM certificate chain the server presents, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that sign client certificates; required with `verify_peer`.
+    pub ca: Option<PathBuf>,
+    /// Ask for a client certificate and verify it against `ca` (mutual TLS). Default false.
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients that send no certificate. Default false (EMQX), so
+    /// such clients fall back to password authentication.
+    pub fail_if_no_peer_cert: bool,
+    /// Accept TLS 1.2. Default true.
+    pub tls12: bool,
+    /// Accept TLS 1.3. Default true.
+    pub tls13: bool,
 }
 
 impl fmt::Display for ListenerKind {
@@ -401,6 +441,7 @@ impl Default for ListenerConfig {
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883)),
             max_connections: 100_000,
             max_conn_rate: 1000,
+            tls: None,
         }
     }
 }

@@ -215,14 +215,6 @@ fn sections_not_built_yet_are_errors_not_silently_ignored() {
 }
 
 #[test]
-fn keys_the_design_names_but_this_build_lacks_are_errors() {
-    assert_eq!(
-        problem("[[listeners]]\nbind = \"0.0.0.0:8883\"\ntls = { cert = \"c.pem\" }\n"),
-        "holdfast.toml:3: listeners[0].tls: not supported by this build yet"
-    );
-}
-
-#[test]
 fn a_section_that_is_not_a_table_is_reported() {
     assert_eq!(
         problem("mqtt = 5\n"),
@@ -497,16 +489,65 @@ fn a_listener_without_bind_is_reported_at_its_header() {
 }
 
 #[test]
-fn listener_kinds_of_the_design_not_built_yet_are_rejected() {
-    for kind in ["tls", "ws", "wss"] {
-        assert_eq!(
-            problem(&format!("[[listeners]]\nkind = \"{kind}\"\nbind = \"0.0.0.0:8883\"\n")),
-            format!("holdfast.toml:2: listeners[0].kind: listener kind \"{kind}\" is not supported by this build yet")
-        );
-    }
+fn an_unknown_listener_kind_is_rejected() {
     assert_eq!(
         problem("[[listeners]]\nkind = \"quic\"\nbind = \"0.0.0.0:8883\"\n"),
         "holdfast.toml:2: listeners[0].kind: unknown listener kind \"quic\" (expected tcp, tls, ws or wss)"
+    );
+}
+
+#[test]
+fn tls_ws_and_wss_listeners_parse_with_their_tls_tables() {
+    let config = ok(concat!(
+        "[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n",
+        "tls = { cert = \"s.pem\", key = \"s.key\", ca = \"ca.pem\", verify_peer = true, fail_if_no_peer_cert = true, versions = [\"1.3\"] }\n",
+        "[[listeners]]\nkind = \"ws\"\nbind = \"0.0.0.0:8083\"\n",
+        "[[listeners]]\nkind = \"wss\"\nbind = \"0.0.0.0:8084\"\n",
+        "tls = { cert = \"s.pem\", key = \"s.key\" }\n",
+    ));
+    let names: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["tls:default", "ws:default", "wss:default"]);
+    assert_eq!(
+        config.listeners[0].tls,
+        Some(ListenerTls {
+            cert: "s.pem".into(),
+            key: "s.key".into(),
+            ca: Some("ca.pem".into()),
+            verify_peer: true,
+            fail_if_no_peer_cert: true,
+            tls12: false,
+            tls13: true,
+        })
+    );
+    assert_eq!(config.listeners[1].tls, None);
+    let wss = config.listeners[2]
+        .tls
+        .as_ref()
+        .map(|t| (t.verify_peer, t.tls12, t.tls13));
+    assert_eq!(wss, Some((false, true, true)));
+}
+
+#[test]
+fn tls_tables_are_required_where_used_refused_elsewhere_and_checked() {
+    assert_eq!(
+        problem("[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n"),
+        "holdfast.toml:1: listeners[0].tls: is required for a tls listener, e.g. tls = { cert = \"server.pem\", key = \"server.key\" }"
+    );
+    assert_eq!(
+        problem("[[listeners]]\nbind = \"0.0.0.0:1883\"\ntls = { cert = \"c.pem\", key = \"k.pem\" }\n"),
+        "holdfast.toml:3: listeners[0].tls: a tcp listener does not use TLS (use kind = \"tls\" or \"wss\")"
+    );
+    assert_eq!(
+        problems("[[listeners]]\nkind = \"wss\"\nbind = \"0.0.0.0:8084\"\ntls = { cert = \"c.pem\", verify_peer = true, fail_if_no_peer_cert = true, versions = [\"1.1\"] }\n"),
+        [
+            "holdfast.toml:4: listeners[0].tls.key: is required: the PEM private key of cert",
+            "holdfast.toml:4: listeners[0].tls.ca: is required with verify_peer = true: the PEM CA that signs client certificates",
+            "holdfast.toml:4: listeners[0].tls.versions: unknown TLS version \"1.1\" (expected \"1.2\" or \"1.3\")",
+        ]
+    );
+    assert_eq!(
+        problem("[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\ntls = { cert = \"c.pem\", key = \"k.pem\", fail_if_no_peer_cert = true }\n"),
+        "holdfast.toml:4: listeners[0].tls.fail_if_no_peer_cert: needs verify_peer = true (no certificate is asked for otherwise)"
     );
 }
 
@@ -763,7 +804,7 @@ max_infligh = 3
 idle_timeout = "15"
 
 [[listeners]]
-kind = "tls"
+kind = "quic"
 bind = "0.0.0.0:8883"
 
 [[listeners]]

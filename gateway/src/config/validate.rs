@@ -12,7 +12,8 @@ use super::raw::{Node, Source, Value};
 use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::{
     AclNomatch, AuthConfig, BoardConfig, BoardKind, Config, JwtConfig, ListenerConfig,
-    ListenerKind, LogConfig, MqttConfig, NodeConfig, Problem, SharedStrategy, DEFAULTS_ORIGIN,
+    ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem, SharedStrategy,
+    DEFAULTS_ORIGIN,
 };
 
 /// Sections of the design that this build does not implement yet.
@@ -613,6 +614,7 @@ struct Partial<'n> {
     bind: Option<(SocketAddr, &'n Node)>,
     max_connections: usize,
     max_conn_rate: u32,
+    tls: Option<ListenerTls>,
 }
 
 fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
@@ -638,8 +640,15 @@ fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
         let entries = ctx.open(
             item,
             &path,
-            &["name", "kind", "bind", "max_connections", "max_conn_rate"],
-            &["tls"],
+            &[
+                "name",
+                "kind",
+                "bind",
+                "max_connections",
+                "max_conn_rate",
+                "tls",
+            ],
+            &[],
         );
         if !matches!(item.value, Value::Table(_)) {
             continue;
@@ -704,6 +713,27 @@ fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
             d.max_conn_rate,
             |c, n, k| integer(c, n, k, 1, i64::from(u32::MAX)),
         );
+        let tls_path = format!("{path}.tls");
+        let tls = match (kind, field(entries, "tls")) {
+            (Some(k), Some(n)) if !k.is_tls() => {
+                ctx.report(
+                    n,
+                    &tls_path,
+                    format!("a {k} listener does not use TLS (use kind = \"tls\" or \"wss\")"),
+                );
+                None
+            }
+            (Some(k), None) if k.is_tls() => {
+                ctx.report(
+                    item,
+                    &tls_path,
+                    format!("is required for a {k} listener, e.g. tls = {{ cert = \"server.pem\", key = \"server.key\" }}"),
+                );
+                None
+            }
+            (_, Some(n)) => listener_tls(ctx, n, &tls_path),
+            (_, None) => None,
+        };
         partials.push(Partial {
             index,
             item,
@@ -712,6 +742,7 @@ fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
             bind,
             max_connections,
             max_conn_rate,
+            tls,
         });
     }
     check_binds(ctx, &partials);
@@ -723,19 +754,14 @@ fn listeners_section(ctx: &mut Ctx<'_>, node: &Node) -> Vec<ListenerConfig> {
     }
 }
 
-/// The transport a `kind` value names; the design's other kinds are reported as not built yet.
+/// The transport a `kind` value names.
 fn listener_kind(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<ListenerKind> {
     let word = string(ctx, node, key)?;
     match word.as_str() {
         "tcp" => Some(ListenerKind::Tcp),
-        "tls" | "ws" | "wss" => {
-            ctx.report(
-                node,
-                key,
-                format!("listener kind {word:?} is not supported by this build yet"),
-            );
-            None
-        }
+        "tls" => Some(ListenerKind::Tls),
+        "ws" => Some(ListenerKind::Ws),
+        "wss" => Some(ListenerKind::Wss),
         _ => {
             ctx.report(
                 node,
@@ -745,6 +771,110 @@ fn listener_kind(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<ListenerKi
             None
         }
     }
+}
+
+/// A listener's `tls` table: files, client verification and protocol versions.
+fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTls> {
+    let entries = ctx.open(
+        node,
+        path,
+        &[
+            "cert",
+            "key",
+            "ca",
+            "verify_peer",
+            "fail_if_no_peer_cert",
+            "versions",
+        ],
+        &[],
+    );
+    let Value::Table(_) = node.value else {
+        return None;
+    };
+    let mut ok = true;
+    let mut required = |ctx: &mut Ctx<'_>, key: &str, what: &str| {
+        let got = match field(entries, key) {
+            Some(n) => path_buf(ctx, n, &join(path, key)),
+            None => {
+                ctx.report(node, &join(path, key), format!("is required: {what}"));
+                None
+            }
+        };
+        ok &= got.is_some();
+        got
+    };
+    let cert = required(ctx, "cert", "the PEM certificate chain the server presents");
+    let key = required(ctx, "key", "the PEM private key of cert");
+    let ca = ctx.get(entries, path, "ca", None, |c, n, k| {
+        path_buf(c, n, k).map(Some)
+    });
+    let verify_peer = ctx.get(entries, path, "verify_peer", false, boolean);
+    let fail_if_no_peer_cert = ctx.get(entries, path, "fail_if_no_peer_cert", false, boolean);
+    if verify_peer && ca.is_none() && field(entries, "ca").is_none() {
+        ctx.report(
+            node,
+            &join(path, "ca"),
+            "is required with verify_peer = true: the PEM CA that signs client certificates",
+        );
+        ok = false;
+    }
+    if fail_if_no_peer_cert && !verify_peer {
+        ctx.report(
+            node,
+            &join(path, "fail_if_no_peer_cert"),
+            "needs verify_peer = true (no certificate is asked for otherwise)",
+        );
+        ok = false;
+    }
+    let (mut tls12, mut tls13) = (true, true);
+    if let Some(n) = field(entries, "versions") {
+        let key = join(path, "versions");
+        match &n.value {
+            Value::Array(items) if !items.is_empty() => {
+                (tls12, tls13) = (false, false);
+                for item in items {
+                    match string(ctx, item, &key).as_deref() {
+                        Some("1.2") => tls12 = true,
+                        Some("1.3") => tls13 = true,
+                        Some(other) => {
+                            ctx.report(
+                                item,
+                                &key,
+                                format!(
+                                    "unknown TLS version {other:?} (expected \"1.2\" or \"1.3\")"
+                                ),
+                            );
+                            ok = false;
+                        }
+                        None => ok = false,
+                    }
+                }
+            }
+            other => {
+                ctx.report(
+                    n,
+                    &key,
+                    format!(
+                        "expected a non-empty list such as [\"1.2\", \"1.3\"], found {}",
+                        other.describe()
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(ListenerTls {
+        cert: cert?,
+        key: key?,
+        ca,
+        verify_peer,
+        fail_if_no_peer_cert,
+        tls12,
+        tls13,
+    })
 }
 
 /// Two listeners cannot bind the same port on the same address, nor a specific address and
@@ -812,6 +942,9 @@ fn name_listeners(ctx: &mut Ctx<'_>, partials: &[Partial<'_>]) -> Vec<ListenerCo
             continue;
         }
         let Some((bind, _)) = p.bind else { continue };
+        if kind.is_tls() && p.tls.is_none() {
+            continue;
+        }
         out.push((
             ListenerConfig {
                 name,
@@ -819,6 +952,7 @@ fn name_listeners(ctx: &mut Ctx<'_>, partials: &[Partial<'_>]) -> Vec<ListenerCo
                 bind,
                 max_connections: p.max_connections,
                 max_conn_rate: p.max_conn_rate,
+                tls: p.tls.clone(),
             },
             p.item,
             p.index,
