@@ -653,3 +653,59 @@ fn tls_sessions_resume_with_1_2_and_1_3() {
         );
     }
 }
+
+/// `tls.peer_cert_as_username = "cn"`: with anonymous access off and no password file, a client
+/// with a verified certificate is let in by it, under its CN as user name (seen in `$SYS`); one
+/// without a certificate (allowed through TLS: fail_if_no_peer_cert = false) has no credentials
+/// and is refused.
+#[test]
+fn a_verified_client_certificate_logs_in_under_its_cn() {
+    let dir = TempDir::new("pki");
+    let pki = make_pki(dir.path());
+    let (tcp, certs) = (free_port(), free_port());
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n\
+         [[listeners]]\nkind = \"tls\"\nname = \"certs\"\nbind = \"127.0.0.1:{certs}\"\n{}\n\
+         [[listeners]]\nbind = \"127.0.0.1:{tcp}\"\n",
+        tls_table(&pki, ", verify_peer = true, peer_cert_as_username = \"cn\""),
+    );
+    let gw = Gateway::start_config(&config, tcp);
+    let ca = pki.ca.display().to_string();
+    let (cert, key) = (
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let with_cert = [
+        "--cafile",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
+    let events = MosquittoSub::start(
+        certs,
+        "$SYS/brokers/gw-test/clients/+/connected",
+        &with_cert,
+    );
+    assert!(mosquitto_pub(certs, "t/cert", "by-cert", &with_cert));
+    let seen = events.wait_for(2, Duration::from_secs(10));
+    assert!(
+        seen.iter()
+            .any(|e| e.contains(&format!("\"username\":\"{CLIENT_CN}\""))),
+        "no connected event with the certificate's CN as user name: {seen:?}\n{}",
+        gw.log()
+    );
+    // No certificate: TLS lets it through, CONNECT has no credentials, anonymous is off.
+    assert!(!mosquitto_pub(
+        certs,
+        "t/cert",
+        "no-cert",
+        &["--cafile", ca.as_str()]
+    ));
+    assert!(
+        gw.wait_for_log("connection refused: not authorized", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
+}

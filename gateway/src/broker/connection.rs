@@ -333,7 +333,16 @@ impl Connection {
         self.client_id = client_id.clone();
         self.username = connect.username.as_ref().map(|u| u.as_str().into());
 
-        let decision = self.authenticate(&connect).await;
+        let cert_login = self.peer_cert().and_then(|c| c.login.clone());
+        let decision = match cert_login {
+            // The listener verified the certificate against its CA and names the client by it
+            // (tls.peer_cert_as_username): that is the authentication.
+            Some(name) => {
+                self.username = Some(name.into_boxed_str());
+                AuthDecision::Allow
+            }
+            None => self.authenticate(&connect).await,
+        };
         match decision {
             AuthDecision::Allow => {}
             AuthDecision::BadCredentials => {

@@ -86,6 +86,7 @@ pub async fn bind(config: &ListenerConfig) -> Result<BoundListener, ListenerErro
                 kind,
                 listener: config.name.clone(),
                 tls: acceptor,
+                cert_login: config.tls.as_ref().and_then(|t| t.peer_cert_as_username),
             }))
         }
     };

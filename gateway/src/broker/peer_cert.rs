@@ -19,6 +19,9 @@ pub struct PeerCert {
     pub cn: Option<String>,
     /// Subject alternative names, in certificate order (at most 32).
     pub sans: Vec<SubjectAltName>,
+    /// The user name this certificate logs in as, when the listener has
+    /// `peer_cert_as_username`: the client is then authenticated by the certificate.
+    pub login: Option<String>,
 }
 
 /// One subject alternative name.
@@ -35,6 +38,18 @@ pub enum SubjectAltName {
 }
 
 impl PeerCert {
+    /// The name `identity` picks from this certificate (`None` when it has no such part).
+    pub fn identity(&self, identity: crate::config::CertIdentity) -> Option<String> {
+        match identity {
+            crate::config::CertIdentity::Cn => self.cn.clone(),
+            crate::config::CertIdentity::San => self.sans.iter().find_map(|s| match s {
+                SubjectAltName::Dns(name) => Some(name.clone()),
+                _ => None,
+            }),
+        }
+        .filter(|name| !name.is_empty())
+    }
+
     /// Reads the CN and SANs of a DER certificate; `None` when it is not one.
     pub fn from_der(der: &[u8]) -> Option<PeerCert> {
         let (_, cert) = expect(&mut Der(der), SEQUENCE)?;
@@ -52,6 +67,7 @@ impl PeerCert {
         let mut out = PeerCert {
             cn: common_name(subject),
             sans: Vec::new(),
+            login: None,
         };
         let _spki = tbs.next()?;
         while let Some((tag, value)) = tbs.next() {

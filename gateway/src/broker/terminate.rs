@@ -25,6 +25,7 @@ use super::peer_cert::PeerCert;
 use super::stats::ListenerStats;
 use super::stream::Stream;
 use super::Broker;
+use crate::config::CertIdentity;
 use crate::config::ListenerKind;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
@@ -60,6 +61,8 @@ pub struct Terminator {
     pub listener: String,
     /// Present for `tls` and `wss`.
     pub tls: Option<TlsAcceptor>,
+    /// `tls.peer_cert_as_username`: which part of a verified client certificate logs in.
+    pub cert_login: Option<CertIdentity>,
 }
 
 impl std::fmt::Debug for Terminator {
@@ -161,12 +164,12 @@ async fn handshake(
         }
         (ListenerKind::Tls, Some(acceptor)) => {
             let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-            let cert = peer_cert(&tls);
+            let cert = peer_cert(&tls, term.cert_login);
             Ok((Client::Tls(Box::new(tls)), cert))
         }
         (ListenerKind::Wss, Some(acceptor)) => {
             let tls = acceptor.accept(tcp).await.map_err(HandshakeError::Tls)?;
-            let cert = peer_cert(&tls);
+            let cert = peer_cert(&tls, term.cert_login);
             let ws = upgrade(tls, max_message).await?;
             Ok((Client::Wss(Box::new(ws)), cert))
         }
@@ -176,11 +179,14 @@ async fn handshake(
     }
 }
 
-/// The identity of the verified client certificate, if the client presented one.
-fn peer_cert(tls: &TlsStream<TcpStream>) -> Option<Box<PeerCert>> {
+/// The identity of the verified client certificate, if the client presented one, with the
+/// user name it logs in as when the listener authenticates by certificate.
+fn peer_cert(tls: &TlsStream<TcpStream>, login: Option<CertIdentity>) -> Option<Box<PeerCert>> {
     let (_, conn) = tls.get_ref();
     let leaf = conn.peer_certificates()?.first()?;
-    PeerCert::from_der(leaf.as_ref()).map(Box::new)
+    let mut cert = PeerCert::from_der(leaf.as_ref())?;
+    cert.login = login.and_then(|identity| cert.identity(identity));
+    Some(Box::new(cert))
 }
 
 /// The WebSocket upgrade: `GET /mqtt` with an MQTT subprotocol, else an HTTP error (404 for

@@ -223,6 +223,20 @@ pub struct ListenerTls {
     pub tls12: bool,
     /// Accept TLS 1.3. Default true.
     pub tls13: bool,
+    /// With `verify_peer`: a client that presents a verified certificate is authenticated by
+    /// it, and this part of the certificate becomes its user name (for the ACL's `user` rules
+    /// and `%u`), whatever CONNECT says (EMQX's `peer_cert_as_username`). Default none: the
+    /// certificate only opens the TLS session and CONNECT's credentials are checked as usual.
+    pub peer_cert_as_username: Option<CertIdentity>,
+}
+
+/// Which part of a client certificate names the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// The subject's common name ("cn").
+    Cn,
+    /// The first DNS subject alternative name ("san").
+    San,
 }
 
 impl fmt::Display for ListenerKind {

@@ -500,7 +500,7 @@ fn an_unknown_listener_kind_is_rejected() {
 fn tls_ws_and_wss_listeners_parse_with_their_tls_tables() {
     let config = ok(concat!(
         "[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n",
-        "tls = { cert = \"s.pem\", key = \"s.key\", ca = \"ca.pem\", verify_peer = true, fail_if_no_peer_cert = true, versions = [\"1.3\"] }\n",
+        "tls = { cert = \"s.pem\", key = \"s.key\", ca = \"ca.pem\", verify_peer = true, fail_if_no_peer_cert = true, versions = [\"1.3\"], peer_cert_as_username = \"cn\" }\n",
         "[[listeners]]\nkind = \"ws\"\nbind = \"0.0.0.0:8083\"\n",
         "[[listeners]]\nkind = \"wss\"\nbind = \"0.0.0.0:8084\"\n",
         "tls = { cert = \"s.pem\", key = \"s.key\" }\n",
@@ -517,6 +517,7 @@ fn tls_ws_and_wss_listeners_parse_with_their_tls_tables() {
             fail_if_no_peer_cert: true,
             tls12: false,
             tls13: true,
+            peer_cert_as_username: Some(CertIdentity::Cn),
         })
     );
     assert_eq!(config.listeners[1].tls, None);
@@ -1102,4 +1103,25 @@ fn bridge_names_are_unique_and_flush_intervals_parse() {
         QueueFlush::Interval(std::time::Duration::from_millis(250))
     );
     assert_eq!(one.bridges[0].server.host, "::1");
+}
+
+#[test]
+fn peer_cert_as_username_needs_verify_peer_and_a_known_part() {
+    let errors = problems(concat!(
+        "[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8883\"\n",
+        "tls = { cert = \"s.pem\", key = \"s.key\", peer_cert_as_username = \"cn\" }\n",
+        "[[listeners]]\nkind = \"tls\"\nbind = \"0.0.0.0:8884\"\n",
+        "tls = { cert = \"s.pem\", key = \"s.key\", ca = \"ca.pem\", verify_peer = true, peer_cert_as_username = \"dn\" }\n",
+    ))
+    .join("\n");
+    assert!(
+        errors.contains("listeners[0].tls.peer_cert_as_username: needs verify_peer = true"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains(
+            "listeners[1].tls.peer_cert_as_username: unknown \"dn\" (expected \"cn\" or \"san\")"
+        ),
+        "{errors}"
+    );
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use super::raw::{Node, Source, Value};
 use super::units::{format_duration, format_size, parse_duration, parse_size};
 use super::{
-    AclNomatch, AuthConfig, BoardConfig, BoardKind, Config, JwtConfig, ListenerConfig,
-    ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem, SharedStrategy,
-    DEFAULTS_ORIGIN,
+    AclNomatch, AuthConfig, BoardConfig, BoardKind, CertIdentity, Config, JwtConfig,
+    ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem,
+    SharedStrategy, DEFAULTS_ORIGIN,
 };
 
 /// Sections of the design that this build does not implement yet.
@@ -785,6 +785,7 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
             "verify_peer",
             "fail_if_no_peer_cert",
             "versions",
+            "peer_cert_as_username",
         ],
         &[],
     );
@@ -863,6 +864,33 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
             }
         }
     }
+    let peer_cert_as_username =
+        ctx.get(
+            entries,
+            path,
+            "peer_cert_as_username",
+            None,
+            |c, n, k| match string(c, n, k)?.as_str() {
+                "cn" => Some(Some(CertIdentity::Cn)),
+                "san" => Some(Some(CertIdentity::San)),
+                other => {
+                    c.report(
+                        n,
+                        k,
+                        format!("unknown {other:?} (expected \"cn\" or \"san\")"),
+                    );
+                    None
+                }
+            },
+        );
+    if peer_cert_as_username.is_some() && !verify_peer {
+        ctx.report(
+            node,
+            &join(path, "peer_cert_as_username"),
+            "needs verify_peer = true (no certificate is asked for otherwise)",
+        );
+        ok = false;
+    }
     if !ok {
         return None;
     }
@@ -874,6 +902,7 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
         fail_if_no_peer_cert,
         tls12,
         tls13,
+        peer_cert_as_username,
     })
 }
 
