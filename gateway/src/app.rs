@@ -10,7 +10,7 @@ use crate::bridge;
 use crate::broker::listener::{self, ListenerError};
 use crate::broker::session_persist;
 use crate::broker::{sys, Broker};
-use crate::config::Config;
+use crate::config::{Config, ListenerKind};
 use crate::supervise::{self, Supervisor};
 use holdfast_board::{BoardError, SystemdNotify};
 use holdfast_storage::kv::{KvBackend, RetainedStore, SessionStore, SledOptions, SledStore};
@@ -199,6 +199,21 @@ fn warn_on_insecure_defaults(config: &Config) {
                 "!!! anonymous MQTT access is ENABLED on non-loopback addresses: anyone who can reach them can publish and subscribe; set auth.allow_anonymous = false and use a password file"
             );
         }
+    }
+    // Plain MQTT (tcp, ws) on an address other than loopback: passwords and tokens cross the
+    // plant network in clear text.
+    let plain: Vec<String> = config
+        .listeners
+        .iter()
+        .filter(|l| matches!(l.kind, ListenerKind::Tcp | ListenerKind::Ws))
+        .filter(|l| !l.bind.ip().is_loopback())
+        .map(|l| format!("{} on {}", l.name, l.bind))
+        .collect();
+    if !plain.is_empty() {
+        tracing::warn!(
+            listeners = %plain.join(", "),
+            "!!! plain (unencrypted) MQTT is enabled on non-loopback addresses: credentials and messages cross the network in clear text; prefer kind = \"tls\" or \"wss\" listeners there"
+        );
     }
     let auth = &config.auth;
     if !auth.allow_anonymous
