@@ -11,6 +11,7 @@ use crate::broker::listener::{self, ListenerError};
 use crate::broker::session_persist;
 use crate::broker::{sys, Broker};
 use crate::config::{Config, ListenerKind};
+use crate::ctl;
 use crate::supervise::{self, Supervisor};
 use holdfast_board::{BoardError, SystemdNotify};
 use holdfast_storage::kv::{KvBackend, RetainedStore, SessionStore, SledOptions, SledStore};
@@ -113,6 +114,17 @@ impl Gateway {
         }
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
+        }
+        // The control socket is an operator's convenience: without it the gateway still runs.
+        let ctl_path = ctl::socket_path(&broker.config.node.data_dir);
+        match ctl::server::bind(&ctl_path) {
+            Ok(socket) => {
+                tracker.spawn(ctl::server::run(socket, broker.clone(), tracker.clone()));
+            }
+            Err(e) => tracing::error!(
+                socket = %ctl_path.display(),
+                "cannot open the control socket ({e}); holdfast ctl will not reach this gateway"
+            ),
         }
         // Sends READY=1 to systemd: the listeners are bound and accepting.
         let board = match self.supervisor.spawn() {

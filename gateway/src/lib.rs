@@ -3,7 +3,7 @@
 //! Layout: `config` turns TOML + environment into typed config, `auth` decides who may connect,
 //! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `bridge` the
 //! store-and-forward links to cloud brokers, `ops` the operations service layer (reload, and
-//! what `holdfast ctl` and the web UI will call), `supervise`
+//! what `holdfast ctl` and the web UI call), `ctl` the control socket and its client, `supervise`
 //! is the board task (watchdog fed only while healthy, LEDs, systemd, board `$SYS`), `app`
 //! wires them together and owns shutdown.
 #![forbid(unsafe_code)]
@@ -15,5 +15,6 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod config;
+pub mod ctl;
 pub mod ops;
 pub mod supervise;

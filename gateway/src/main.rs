@@ -1,4 +1,4 @@
-//! The `holdfast` command line: `run`, `check`, `passwd`. `run` stops on SIGTERM/SIGINT and
+//! The `holdfast` command line: `run`, `check`, `passwd`, `ctl`. `run` stops on SIGTERM/SIGINT and
 //! reloads the auth files on SIGHUP.
 #![forbid(unsafe_code)]
 
@@ -43,6 +43,23 @@ enum Command {
     },
     /// Print an example config with every key and its default.
     ExampleConfig,
+    /// Talk to the running gateway over its control socket ({data_dir}/ctl.sock).
+    Ctl {
+        /// Control socket (default: {data_dir}/ctl.sock of the config).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Data directory of the gateway (its socket is DIR/ctl.sock).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Config file whose node.data_dir holds the socket.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON answer.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
     /// Manage the password file (argon2id hashes).
     Passwd {
         #[command(subcommand)]
@@ -54,6 +71,43 @@ enum Command {
     Resolve {
         /// Host name, optionally with :PORT.
         host: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Listeners: address, connections, shutdown counts by reason.
+    Listeners,
+    /// Clients: list, show or kick.
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+    },
+    /// Every subscription (client id, filter, QoS).
+    Subscriptions,
+    /// Retained messages (topic, payload size).
+    Retained,
+    /// Broker statistics (the numbers $SYS publishes).
+    Stats,
+    /// Bridges: state, queue, forwarded, reconnects, last error.
+    Bridges,
+    /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
+    Reload,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientsAction {
+    /// Every session.
+    List,
+    /// One session and its subscriptions.
+    Show {
+        /// Client id.
+        client_id: String,
+    },
+    /// Close a client's connection (MQTT 5 clients get DISCONNECT 0x98).
+    Kick {
+        /// Client id.
+        client_id: String,
     },
 }
 
@@ -93,6 +147,13 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Resolve { host } => resolve(&host),
+        Command::Ctl {
+            socket,
+            data_dir,
+            config,
+            json,
+            command,
+        } => ctl(socket, data_dir, config, json, command),
         Command::Passwd { action } => {
             let cmd = match action {
                 PasswdAction::Add { user, file } => PasswdCommand::Add { user, file },
@@ -109,6 +170,54 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn ctl(
+    socket: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    config_path: Option<PathBuf>,
+    json: bool,
+    command: CtlCommand,
+) -> ExitCode {
+    use holdfast::ctl::{client, socket_path, Request};
+    let path = match (socket, data_dir) {
+        (Some(socket), _) => socket,
+        (None, Some(dir)) => socket_path(&dir),
+        (None, None) => match config::load(config_path.as_deref(), std::env::vars()) {
+            Ok(cfg) => socket_path(&cfg.node.data_dir),
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let req = match command {
+        CtlCommand::Listeners => Request::Listeners,
+        CtlCommand::Clients { action } => match action {
+            ClientsAction::List => Request::Clients,
+            ClientsAction::Show { client_id } => Request::Client { client_id },
+            ClientsAction::Kick { client_id } => Request::Kick { client_id },
+        },
+        CtlCommand::Subscriptions => Request::Subscriptions,
+        CtlCommand::Retained => Request::Retained,
+        CtlCommand::Stats => Request::Stats,
+        CtlCommand::Bridges => Request::Bridges,
+        CtlCommand::Reload => Request::Reload,
+    };
+    match client::request(&path, &req) {
+        Ok(answer) => {
+            if json {
+                println!("{answer}");
+            } else {
+                print!("{}", client::format(&req, &answer));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

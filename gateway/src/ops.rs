@@ -2,11 +2,17 @@
 //!
 //! Owns the entry points that SIGHUP, `holdfast ctl` and the web UI share, so each action has
 //! one implementation and one log format whoever asks for it. Each function is synchronous and
-//! may block briefly on file I/O: async callers run it in `spawn_blocking`. It never exits the
-//! process and never drops clients.
+//! may block briefly on file I/O: async callers run it in `spawn_blocking`. Listings take the
+//! router lock once and are bounded by [`MAX_ROWS`]. It never exits the process and drops a
+//! client only when asked to ([`kick`]).
 
 use crate::auth::ReloadReport;
-use crate::broker::Broker;
+use crate::broker::router::{ClientRow, RetainedRow, Rows, SubscriptionRow};
+use crate::broker::stats::DisconnectReason;
+use crate::broker::{sys, Broker};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 /// Reloads the password file, the client-id allowlist and the ACL file (`holdfast ctl
 /// reload`, SIGHUP). A broken file keeps its previous version in force and is reported (and
@@ -15,4 +21,144 @@ use crate::broker::Broker;
 pub fn reload(broker: &Broker) -> ReloadReport {
     tracing::info!("reloading the auth files");
     broker.auth.reload()
+}
+
+/// The most rows one listing returns (`holdfast ctl clients list`, `subscriptions`,
+/// `retained`); the answer says when it was cut short.
+pub const MAX_ROWS: usize = 10_000;
+
+/// One listener's counters (`holdfast ctl listeners`), as in the EMQX FAQ.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerView {
+    /// Listener name ("tcp:default").
+    pub name: String,
+    /// Address it is bound to.
+    pub listen_on: String,
+    /// True while the gateway accepts on it (until shutdown starts).
+    pub running: bool,
+    /// Connections open now.
+    pub current_conn: usize,
+    /// Configured connection cap.
+    pub max_conns: usize,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections refused at accept (cap or rate).
+    pub refused: u64,
+    /// Failed TLS handshakes or WebSocket upgrades.
+    pub handshake_failed: u64,
+    /// Connections ended since start, by reason (every reason, zeros included).
+    pub shutdown_count: BTreeMap<&'static str, u64>,
+}
+
+/// Every listener's counters, in config order.
+pub fn listeners(broker: &Broker) -> Vec<ListenerView> {
+    let running = !broker.shutdown.is_cancelled();
+    broker
+        .listener_stats()
+        .iter()
+        .map(|l| ListenerView {
+            name: l.name.clone(),
+            listen_on: l.listen_on.clone(),
+            running,
+            current_conn: l.current.load(Ordering::Relaxed),
+            max_conns: l.max_connections,
+            accepted: l.accepted.load(Ordering::Relaxed),
+            refused: l.refused.load(Ordering::Relaxed),
+            handshake_failed: l.handshake_failed.load(Ordering::Relaxed),
+            shutdown_count: DisconnectReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), l.shutdown_count(*r)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Sessions by client id, at most [`MAX_ROWS`].
+pub fn clients(broker: &Broker) -> Rows<ClientRow> {
+    broker.with_router(|r| r.client_infos(MAX_ROWS))
+}
+
+/// One session with its subscriptions, if the client id has one.
+pub fn client(broker: &Broker, client_id: &str) -> Option<(ClientRow, Vec<SubscriptionRow>)> {
+    broker.with_router(|r| {
+        let row = r.client_info(client_id)?;
+        let subs = r
+            .subscriptions_of(client_id)
+            .into_iter()
+            .map(|(filter, options)| SubscriptionRow {
+                client_id: client_id.to_owned(),
+                filter,
+                qos: options.qos as u8,
+            })
+            .collect();
+        Some((row, subs))
+    })
+}
+
+/// Closes the connection of `client_id` with DISCONNECT 0x98 (administrative action); false
+/// when no connection serves it.
+pub fn kick(broker: &Broker, client_id: &str) -> bool {
+    let kicked = broker.with_router(|r| r.kick(client_id));
+    if kicked {
+        tracing::info!(client_id, "kicking the client (operator request)");
+    }
+    kicked
+}
+
+/// Every subscription, at most [`MAX_ROWS`].
+pub fn subscriptions(broker: &Broker) -> Rows<SubscriptionRow> {
+    broker.with_router(|r| r.subscriptions_all(MAX_ROWS))
+}
+
+/// Retained messages, at most [`MAX_ROWS`].
+pub fn retained(broker: &Broker) -> Rows<RetainedRow> {
+    broker.with_router(|r| r.retained_list(MAX_ROWS))
+}
+
+/// The broker statistics, the same numbers `$SYS/brokers/{node}/stats/...` publishes.
+pub fn stats(broker: &Broker) -> Vec<(&'static str, u64)> {
+    sys::stats_snapshot(broker)
+}
+
+/// One bridge's state and counters (`holdfast ctl bridges`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeView {
+    /// Bridge name.
+    pub name: String,
+    /// Link state ("up", "connecting", ...).
+    pub state: &'static str,
+    /// Messages waiting in its queue.
+    pub queued: u64,
+    /// Bytes waiting in its queue.
+    pub queued_bytes: u64,
+    /// Messages the cloud broker acknowledged.
+    pub forwarded: u64,
+    /// Times the link reconnected.
+    pub reconnects: u64,
+    /// The last connection error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Every bridge (none without `[[bridges]]`).
+pub fn bridges(broker: &Broker) -> Vec<BridgeView> {
+    let Some(forwarder) = broker.forwarder() else {
+        return Vec::new();
+    };
+    forwarder
+        .outboxes()
+        .iter()
+        .map(|o| {
+            let s = &o.stats;
+            let q = o.queue.stats().unwrap_or_default();
+            BridgeView {
+                name: o.name.clone(),
+                state: s.state().as_str(),
+                queued: q.len,
+                queued_bytes: q.bytes,
+                forwarded: s.forwarded.load(Ordering::Relaxed),
+                reconnects: s.reconnects.load(Ordering::Relaxed),
+                last_error: s.last_error(),
+            }
+        })
+        .collect()
 }

@@ -15,7 +15,7 @@
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
-use super::session::ConnControl;
+use super::session::{ConnControl, ConnMeta};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
@@ -406,6 +406,13 @@ impl Connection {
         self.keep_alive =
             Duration::from_secs_f32(f32::from(connect.keep_alive) * cfg.keepalive_multiplier);
 
+        self.ctrl.set_meta(ConnMeta {
+            peer: self.peer,
+            username: self.username.as_deref().map(str::to_string),
+            connected_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        });
         let result = self.broker.with_router(|r: &mut Router| {
             r.connect(ConnectParams {
                 client_id: client_id.clone(),

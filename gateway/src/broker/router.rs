@@ -1286,3 +1286,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+mod inspect;
+pub use inspect::{ClientRow, RetainedRow, Rows, SubscriptionRow};

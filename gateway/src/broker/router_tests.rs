@@ -1965,3 +1965,53 @@ mod ordering_property {
         }
     }
 }
+
+#[test]
+fn kick_closes_only_that_connection_with_administrative_action() {
+    let mut r = router();
+    let (_a, ca) = connect(&mut r, "a", true, Duration::ZERO);
+    let (_b, cb) = connect(&mut r, "b", true, Duration::ZERO);
+    assert!(r.kick("a"));
+    assert!(ca.is_closing());
+    assert_eq!(
+        ca.close_reason.load(Ordering::Relaxed),
+        reason::ADMINISTRATIVE_ACTION
+    );
+    assert!(!cb.is_closing());
+    assert!(!r.kick("a"), "already closing");
+    assert!(!r.kick("nobody"));
+}
+
+#[test]
+fn operator_listings_are_sorted_and_cut_at_the_limit() {
+    let t0 = Instant::now();
+    let mut r = router();
+    for id in ["c", "a", "b"] {
+        let (sid, _c) = connect(&mut r, id, true, Duration::ZERO);
+        sub(&mut r, sid, &format!("t/{id}"), QoS::AtLeastOnce, t0);
+        r.publish(
+            msg(&format!("t/{id}"), "xyz", QoS::AtMostOnce, true, None),
+            t0,
+        );
+    }
+    let clients = r.client_infos(2);
+    let ids: Vec<&str> = clients.rows.iter().map(|c| c.client_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(clients.truncated);
+    assert_eq!(clients.total, 3);
+    assert_eq!(clients.rows[0].subscriptions, 1);
+    assert_eq!(clients.rows[0].protocol, 5);
+
+    let subs = r.subscriptions_all(10);
+    assert!(!subs.truncated);
+    assert_eq!(subs.rows.len(), 3);
+    assert_eq!(subs.rows[2].filter, "t/c");
+    assert_eq!(subs.rows[2].qos, 1);
+
+    let retained = r.retained_list(1);
+    assert_eq!(retained.rows[0].topic, "t/a");
+    assert_eq!(retained.rows[0].payload_size, 3);
+    assert!(retained.truncated);
+    assert_eq!(r.client_info("b").map(|c| c.connected), Some(true));
+    assert!(r.client_info("z").is_none());
+}

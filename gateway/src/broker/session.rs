@@ -10,9 +10,10 @@ use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The broker's handle on the connection that currently serves a session.
@@ -35,6 +36,20 @@ pub struct ConnControl {
     pub close_reason: AtomicU8,
     /// Set with a takeover by a clean-start connection: the session was discarded, not resumed.
     pub discarded: AtomicBool,
+    /// Who is on the other end, set once at CONNECT, for `holdfast ctl clients`. Boxed: the
+    /// router's own tests never set it, and an idle connection stays small.
+    meta: OnceLock<Box<ConnMeta>>,
+}
+
+/// What the operator sees about a connection (`holdfast ctl clients`).
+#[derive(Debug, Clone)]
+pub struct ConnMeta {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The user name it connected with.
+    pub username: Option<String>,
+    /// When CONNECT was accepted, in seconds since the Unix epoch.
+    pub connected_at: u64,
 }
 
 impl ConnControl {
@@ -47,7 +62,18 @@ impl ConnControl {
             closing: AtomicBool::new(false),
             close_reason: AtomicU8::new(0),
             discarded: AtomicBool::new(false),
+            meta: OnceLock::new(),
         })
+    }
+
+    /// Records who is on the other end (once; later calls are ignored).
+    pub fn set_meta(&self, meta: ConnMeta) {
+        let _ = self.meta.set(Box::new(meta));
+    }
+
+    /// Who is on the other end, once CONNECT was accepted.
+    pub fn meta(&self) -> Option<&ConnMeta> {
+        self.meta.get().map(|b| &**b)
     }
 
     /// Asks the connection to close, sending `reason` to v5 clients.

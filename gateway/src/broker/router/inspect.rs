@@ -1,0 +1,162 @@
+//! Read-only views of the router for operators (`holdfast ctl`, the web UI), and `kick`.
+//!
+//! Owns the row shapes the operations layer reports. Every listing is bounded by a caller's
+//! limit and says when it was cut short, so a gateway with a million sessions answers in one
+//! short lock hold. Nothing here changes routing state except [`Router::kick`], which only asks
+//! a connection to close.
+
+use super::Router;
+use holdfast_mqtt::reason;
+use serde::Serialize;
+
+/// A bounded listing: the first `limit` rows in order, and whether more were left out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rows<T> {
+    /// The rows, sorted.
+    pub rows: Vec<T>,
+    /// How many there are in all.
+    pub total: usize,
+    /// True when `rows` holds fewer than `total`.
+    pub truncated: bool,
+}
+
+impl<T> Rows<T> {
+    fn sorted_and_cut(
+        mut rows: Vec<T>,
+        limit: usize,
+        key: impl Fn(&T, &T) -> std::cmp::Ordering,
+    ) -> Rows<T> {
+        let total = rows.len();
+        rows.sort_by(key);
+        rows.truncate(limit);
+        Rows {
+            truncated: rows.len() < total,
+            rows,
+            total,
+        }
+    }
+}
+
+/// One session as the operator sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientRow {
+    /// MQTT client identifier.
+    pub client_id: String,
+    /// User name of the current connection, if any.
+    pub username: Option<String>,
+    /// Peer address of the current connection.
+    pub peer: Option<String>,
+    /// Protocol level (3, 4, 5).
+    pub protocol: u8,
+    /// True while a connection serves the session.
+    pub connected: bool,
+    /// Unix seconds when the current connection was accepted.
+    pub connected_at: Option<u64>,
+    /// Deliveries waiting in the session queue.
+    pub queued: usize,
+    /// Deliveries sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Subscriptions the session holds.
+    pub subscriptions: usize,
+}
+
+/// One subscription.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubscriptionRow {
+    /// Subscriber.
+    pub client_id: String,
+    /// Topic filter (shared ones as `$share/group/filter`).
+    pub filter: String,
+    /// Maximum QoS granted.
+    pub qos: u8,
+}
+
+/// One retained message.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RetainedRow {
+    /// Topic it is retained on.
+    pub topic: String,
+    /// Payload size in bytes.
+    pub payload_size: usize,
+    /// QoS it was published with.
+    pub qos: u8,
+}
+
+impl Router {
+    fn client_row(&self, s: &super::Session) -> ClientRow {
+        let meta = s.conn.as_ref().and_then(|c| c.meta());
+        ClientRow {
+            client_id: s.client_id.to_string(),
+            username: meta.and_then(|m| m.username.clone()),
+            peer: meta.map(|m| m.peer.to_string()),
+            protocol: s.protocol.level(),
+            connected: s.is_connected(),
+            connected_at: meta.map(|m| m.connected_at),
+            queued: s.mqueue.len(),
+            inflight: s.inflight.len(),
+            subscriptions: s.subscriptions.len(),
+        }
+    }
+
+    /// Every session (bridges' internal ones included), by client id, at most `limit`.
+    pub fn client_infos(&self, limit: usize) -> Rows<ClientRow> {
+        let rows = self.sessions.values().map(|s| self.client_row(s)).collect();
+        Rows::sorted_and_cut(rows, limit, |a, b| a.client_id.cmp(&b.client_id))
+    }
+
+    /// The session of `client_id`, if there is one.
+    pub fn client_info(&self, client_id: &str) -> Option<ClientRow> {
+        let sid = self.by_client.get(client_id)?;
+        self.sessions.get(sid).map(|s| self.client_row(s))
+    }
+
+    /// Every subscription, by client id then filter, at most `limit`.
+    pub fn subscriptions_all(&self, limit: usize) -> Rows<SubscriptionRow> {
+        let rows = self
+            .sessions
+            .values()
+            .flat_map(|s| {
+                s.subscriptions.iter().map(|(f, sub)| SubscriptionRow {
+                    client_id: s.client_id.to_string(),
+                    filter: f.to_string(),
+                    qos: sub.options.qos as u8,
+                })
+            })
+            .collect();
+        Rows::sorted_and_cut(rows, limit, |a, b| {
+            (&a.client_id, &a.filter).cmp(&(&b.client_id, &b.filter))
+        })
+    }
+
+    /// Retained messages by topic, at most `limit`.
+    pub fn retained_list(&self, limit: usize) -> Rows<RetainedRow> {
+        let rows = self
+            .retained
+            .iter()
+            .map(|(t, m)| RetainedRow {
+                topic: t.to_string(),
+                payload_size: m.payload.len(),
+                qos: m.qos as u8,
+            })
+            .collect();
+        Rows::sorted_and_cut(rows, limit, |a, b| a.topic.cmp(&b.topic))
+    }
+
+    /// Closes the connection serving `client_id` (v5 clients get DISCONNECT 0x98,
+    /// administrative action; the listener counts it as `kicked`). False when no connection
+    /// serves that client id. The session itself follows its normal expiry.
+    pub fn kick(&mut self, client_id: &str) -> bool {
+        let conn = self
+            .by_client
+            .get(client_id)
+            .and_then(|sid| self.sessions.get(sid))
+            .and_then(|s| s.conn.as_ref());
+        match conn {
+            Some(c) if !c.is_closing() => {
+                c.close_with(reason::ADMINISTRATIVE_ACTION);
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `holdfast ctl`: the local control API of a running gateway and its command-line client.
+//!
+//! Owns the wire protocol: one JSON [`Request`] line in, one JSON line out, over a Unix socket
+//! (`{data_dir}/ctl.sock`, mode 0600). A success is a JSON object without an `error` key; a
+//! failure is `{"error": "..."}`. The server ([`server`]) answers through the operations layer
+//! ([`crate::ops`]) and never reaches into the router itself; the client ([`client`]) only
+//! formats what the server says.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The largest request line the server reads; a longer one is refused.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The socket's file name inside the data directory.
+pub const SOCKET_NAME: &str = "ctl.sock";
+
+/// Where a gateway with `data_dir` listens.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// One request to the control API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Listener counters.
+    Listeners,
+    /// Every session.
+    Clients,
+    /// One session and its subscriptions.
+    Client {
+        /// The client id.
+        client_id: String,
+    },
+    /// Close one client's connection (DISCONNECT 0x98).
+    Kick {
+        /// The client id.
+        client_id: String,
+    },
+    /// Every subscription.
+    Subscriptions,
+    /// Every retained message (topic and size).
+    Retained,
+    /// Broker statistics.
+    Stats,
+    /// Bridge states and queues.
+    Bridges,
+    /// Reload the auth files.
+    Reload,
+}
+
+/// Parses one request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// The `{"error": ...}` answer.
+pub fn error_response(message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_line_round_trips_through_json() {
+        let req = Request::Kick {
+            client_id: "dev-1".into(),
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(line, r#"{"cmd":"kick","client_id":"dev-1"}"#);
+        assert_eq!(parse_request(line.as_bytes()).unwrap(), req);
+        assert_eq!(
+            parse_request(br#"{"cmd":"listeners"}"#).unwrap(),
+            Request::Listeners
+        );
+    }
+
+    #[test]
+    fn garbage_unknown_commands_and_missing_fields_are_errors() {
+        for bad in [
+            &b"hello"[..],
+            br#"{"cmd":"format_disk"}"#,
+            br#"{"cmd":"kick"}"#,
+            b"",
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert!(err.starts_with("bad request: "), "{err}");
+        }
+    }
+}

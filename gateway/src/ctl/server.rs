@@ -1,0 +1,173 @@
+//! The control socket server: answers `holdfast ctl` on `{data_dir}/ctl.sock`.
+//!
+//! Owns the socket file (removed and re-created at start with mode 0600, removed at shutdown)
+//! and the per-request bounds: one request line of at most [`MAX_REQUEST`] bytes, answered
+//! within [`REQUEST_TIMEOUT`], at most [`MAX_CONCURRENT`] requests at once. It must never take
+//! the gateway down: a bad request gets `{"error": ...}` and the socket keeps serving. It talks
+//! to the broker only through [`crate::ops`].
+
+use super::{error_response, parse_request, Request, MAX_REQUEST};
+use crate::broker::Broker;
+use crate::ops;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// How long one request may take, reading and answering included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Requests served at once; more wait in the accept queue.
+pub const MAX_CONCURRENT: usize = 8;
+
+/// A bound control socket, ready to serve.
+#[derive(Debug)]
+pub struct CtlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+/// Binds the control socket at `path`, replacing a stale one, readable by the owner only.
+pub fn bind(path: &Path) -> std::io::Result<CtlSocket> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(CtlSocket {
+        listener,
+        path: path.to_owned(),
+    })
+}
+
+/// Serves requests until shutdown, then removes the socket file.
+pub async fn run(socket: CtlSocket, broker: Arc<Broker>, tracker: TaskTracker) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    tracing::info!(socket = %socket.path.display(), "control socket listening");
+    loop {
+        let permit = tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            accepted = socket.listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let broker = broker.clone();
+        tracker.spawn(async move {
+            if tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, &broker))
+                .await
+                .is_err()
+            {
+                tracing::debug!("control request timed out");
+            }
+            drop(permit);
+        });
+    }
+    if let Err(e) = std::fs::remove_file(&socket.path) {
+        tracing::debug!(error = %e, "cannot remove the control socket");
+    }
+}
+
+async fn serve_one(stream: UnixStream, broker: &Arc<Broker>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    let answer = match reader.read_until(b'\n', &mut line).await {
+        Err(e) => error_response(&format!("cannot read the request: {e}")),
+        Ok(_) if line.len() > MAX_REQUEST => {
+            error_response(&format!("request larger than {MAX_REQUEST} bytes"))
+        }
+        Ok(_) => match parse_request(line.trim_ascii()) {
+            Ok(req) => answer(req, broker).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad control request");
+                error_response(&e)
+            }
+        },
+    };
+    let mut out = answer.to_string().into_bytes();
+    out.push(b'\n');
+    if let Err(e) = write.write_all(&out).await {
+        tracing::debug!(error = %e, "cannot write the control answer");
+    }
+    let _ = write.shutdown().await;
+}
+
+fn to_value(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or_else(|e| error_response(&format!("cannot encode: {e}")))
+}
+
+/// The answer to one request (the JSON the client formats).
+pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
+    match req {
+        Request::Listeners => json!({ "listeners": to_value(ops::listeners(broker)) }),
+        Request::Clients => json!({ "clients": to_value(ops::clients(broker)) }),
+        Request::Client { client_id } => match ops::client(broker, &client_id) {
+            Some((client, subscriptions)) => {
+                json!({ "client": to_value(client), "subscriptions": to_value(subscriptions) })
+            }
+            None => error_response(&format!("no session with client id {client_id:?}")),
+        },
+        Request::Kick { client_id } => {
+            if ops::kick(broker, &client_id) {
+                json!({ "kicked": client_id })
+            } else {
+                error_response(&format!("no connected client with id {client_id:?}"))
+            }
+        }
+        Request::Subscriptions => {
+            json!({ "subscriptions": to_value(ops::subscriptions(broker)) })
+        }
+        Request::Retained => json!({ "retained": to_value(ops::retained(broker)) }),
+        Request::Stats => {
+            let stats: serde_json::Map<String, Value> = ops::stats(broker)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                .collect();
+            json!({ "stats": stats })
+        }
+        Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
+        Request::Reload => {
+            let broker = broker.clone();
+            match tokio::task::spawn_blocking(move || ops::reload(&broker)).await {
+                Ok(report) => json!({ "reload": {
+                    "ok": report.is_ok(),
+                    "password_file": outcome(&report.password_file),
+                    "clientid_allowlist": outcome(&report.clientid_allowlist),
+                    "acl_file": outcome(&report.acl_file),
+                }}),
+                Err(e) => error_response(&format!("reload failed: {e}")),
+            }
+        }
+    }
+}
+
+fn outcome(o: &crate::auth::ReloadOutcome) -> String {
+    use crate::auth::ReloadOutcome;
+    match o {
+        ReloadOutcome::NotConfigured => "not configured".to_owned(),
+        ReloadOutcome::Reloaded { entries } => format!("reloaded ({entries} entries)"),
+        ReloadOutcome::Kept { error } => format!("kept the previous version: {error}"),
+    }
+}

@@ -1,0 +1,225 @@
+//! `holdfast ctl` against a running gateway: listeners, clients (list, show, kick),
+//! subscriptions, retained, stats, reload, a garbage request on the control socket, and a
+//! gateway that is not running.
+
+use holdfast_tests::{
+    holdfast_bin, mosquitto_pub, run_with_timeout, wait_until, Gateway, MosquittoSub, TempDir,
+};
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The control socket of a gateway started with `--data-dir <dir>/data`, once it exists.
+fn socket(gw: &Gateway) -> PathBuf {
+    let path = gw.dir.path().join("data").join("ctl.sock");
+    assert!(
+        wait_until(WAIT, || path.exists()),
+        "no control socket at {}; log:\n{}",
+        path.display(),
+        gw.log()
+    );
+    path
+}
+
+/// Runs `holdfast ctl --socket SOCK ARGS...`: (success, stdout, stderr).
+fn ctl(sock: &PathBuf, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(holdfast_bin());
+    cmd.arg("ctl").arg("--socket").arg(sock).args(args);
+    run_with_timeout(&mut cmd, WAIT)
+}
+
+/// `holdfast ctl --json ...`, which must succeed, parsed.
+fn ctl_json(sock: &PathBuf, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let (ok, out, err) = ctl(sock, &all);
+    assert!(ok, "ctl {args:?} failed: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {out}"))
+}
+
+#[test]
+fn listeners_and_clients_show_a_connected_client_and_kick_disconnects_it() {
+    let gw = Gateway::start();
+    let sock = socket(&gw);
+    let out_dir = TempDir::new("kick");
+    let mut sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.port.to_string()])
+        .args(["-V", "5", "-i", "kick-me", "-t", "k/#", "-d"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out_dir.path().join("out")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    assert!(wait_until(WAIT, || {
+        ctl_json(&sock, &["clients", "list"])["clients"]["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["client_id"] == "kick-me"))
+    }));
+
+    let listeners = ctl_json(&sock, &["listeners"]);
+    let l = &listeners["listeners"][0];
+    assert_eq!(l["current_conn"], 1, "{listeners}");
+    assert_eq!(l["running"], true);
+    assert_eq!(l["listen_on"], format!("127.0.0.1:{}", gw.port));
+    let (ok, table, _) = ctl(&sock, &["listeners"]);
+    assert!(ok && table.starts_with("NAME"), "{table}");
+
+    let (ok, list, _) = ctl(&sock, &["clients", "list"]);
+    assert!(ok, "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.starts_with("kick-me"))
+        .expect(&list);
+    assert!(row.contains("127.0.0.1:") && row.contains(" 5 "), "{row}");
+    let show = ctl_json(&sock, &["clients", "show", "kick-me"]);
+    assert_eq!(show["client"]["connected"], true, "{show}");
+    assert_eq!(show["client"]["protocol"], 5);
+    assert_eq!(show["subscriptions"][0]["filter"], "k/#");
+
+    let (ok, out, err) = ctl(&sock, &["clients", "kick", "kick-me"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "kicked kick-me\n");
+    let exited = wait_until(WAIT, || matches!(sub.try_wait(), Ok(Some(_))));
+    if !exited {
+        let _ = sub.kill();
+    }
+    let _ = sub.wait();
+    assert!(exited, "mosquitto_sub -V 5 did not exit after the kick");
+    assert!(
+        gw.wait_for_log("reason=\"kicked\"", WAIT) || gw.wait_for_log("reason=kicked", WAIT),
+        "{}",
+        gw.log()
+    );
+    assert!(wait_until(WAIT, || {
+        ctl_json(&sock, &["listeners"])["listeners"][0]["shutdown_count"]["kicked"] == 1
+    }));
+    let listeners = ctl_json(&sock, &["listeners"]);
+    assert_eq!(listeners["listeners"][0]["current_conn"], 0, "{listeners}");
+
+    let (ok, _, err) = ctl(&sock, &["clients", "kick", "nobody"]);
+    assert!(!ok);
+    assert!(err.contains("no connected client"), "{err}");
+}
+
+#[test]
+fn subscriptions_retained_stats_and_reload_report_what_was_made() {
+    let gw = Gateway::start();
+    let sock = socket(&gw);
+    let _sub = MosquittoSub::start(gw.port, "sensors/+/temp", &["-i", "watcher", "-q", "1"]);
+    assert!(mosquitto_pub(gw.port, "sensors/a/temp", "21.5", &["-r"]));
+    assert!(mosquitto_pub(gw.port, "sensors/b/temp", "1234567", &["-r"]));
+
+    let subs = ctl_json(&sock, &["subscriptions"]);
+    let rows = subs["subscriptions"]["rows"].as_array().expect("rows");
+    assert!(
+        rows.iter().any(|r| r["client_id"] == "watcher"
+            && r["filter"] == "sensors/+/temp"
+            && r["qos"] == 1),
+        "{subs}"
+    );
+    assert_eq!(subs["subscriptions"]["truncated"], false);
+
+    assert!(wait_until(WAIT, || {
+        ctl_json(&sock, &["retained"])["retained"]["rows"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["topic"] == "sensors/b/temp"))
+    }));
+    let (ok, table, _) = ctl(&sock, &["retained"]);
+    assert!(ok, "{table}");
+    let a = table
+        .lines()
+        .find(|l| l.starts_with("sensors/a/temp"))
+        .expect(&table);
+    assert!(a.split_whitespace().nth(1) == Some("4"), "{table}");
+    let b = table
+        .lines()
+        .find(|l| l.starts_with("sensors/b/temp"))
+        .expect(&table);
+    assert!(b.split_whitespace().nth(1) == Some("7"), "{table}");
+
+    let stats = ctl_json(&sock, &["stats"]);
+    assert_eq!(stats["stats"]["subscriptions/count"], 1, "{stats}");
+    assert!(
+        stats["stats"]["retained/count"].as_u64() >= Some(2),
+        "{stats}"
+    );
+    assert!(
+        stats["stats"]["messages/received"].as_u64() >= Some(2),
+        "{stats}"
+    );
+    let (ok, text, _) = ctl(&sock, &["stats"]);
+    assert!(ok && text.contains("uptime_seconds"), "{text}");
+
+    let (ok, out, err) = ctl(&sock, &["reload"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("password_file") && out.contains("not configured"),
+        "{out}"
+    );
+    assert!(gw.wait_for_log("reloading the auth files", WAIT));
+
+    let (ok, out, err) = ctl(&sock, &["bridges"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "no bridges configured\n");
+}
+
+#[test]
+fn a_garbage_request_gets_an_error_and_the_gateway_keeps_serving() {
+    let gw = Gateway::start();
+    let sock = socket(&gw);
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    for garbage in [
+        &b"hello there\n"[..],
+        b"{\"cmd\":\"rm -rf\"}\n",
+        &[0xff; 70_000][..],
+    ] {
+        let mut s = UnixStream::connect(&sock).expect("connect");
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        // The server may answer and close before it read everything of a huge request.
+        let _ = s.write_all(garbage);
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).expect("an answer");
+        let v: Value = serde_json::from_str(line.trim()).expect("JSON answer");
+        assert!(v["error"].is_string(), "{line}");
+    }
+    // A client that connects and says nothing does not block the others.
+    let _silent = UnixStream::connect(&sock).expect("connect");
+    let stats = ctl_json(&sock, &["stats"]);
+    assert!(stats["stats"]["uptime_seconds"].is_u64());
+    assert!(mosquitto_pub(gw.port, "still/up", "x", &[]));
+}
+
+#[test]
+fn ctl_against_a_stopped_gateway_exits_non_zero_with_a_clear_message() {
+    let mut gw = Gateway::start();
+    let sock = socket(&gw);
+    assert!(gw.stop().is_some_and(|s| s.success()));
+    assert!(!sock.exists(), "the socket file outlived the gateway");
+    let (ok, out, err) = ctl(&sock, &["listeners"]);
+    assert!(!ok);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot reach the gateway at {}: ",
+            sock.display()
+        )),
+        "{err}"
+    );
+
+    // The default socket comes from --data-dir.
+    let data = gw.dir.path().join("data");
+    let mut cmd = Command::new(holdfast_bin());
+    cmd.args(["ctl", "--data-dir"]).arg(&data).arg("stats");
+    let (ok, _, err) = run_with_timeout(&mut cmd, WAIT);
+    assert!(!ok);
+    assert!(err.contains(&sock.display().to_string()), "{err}");
+}
