@@ -6,6 +6,7 @@
 //! across an `.await`.
 
 pub mod connection;
+pub mod limiter;
 pub mod listener;
 pub mod message;
 pub mod peer_cert;

@@ -1141,6 +1141,18 @@ impl Router {
             .is_some_and(|s| s.awaiting_rel.remove(&packet_id))
     }
 
+    /// How many subscriptions `sid` holds (for `mqtt.max_subscriptions`).
+    pub fn subscription_count(&self, sid: SessionId) -> usize {
+        self.sessions.get(&sid).map_or(0, |s| s.subscriptions.len())
+    }
+
+    /// Whether `sid` already holds `filter` (subscribing again only replaces its options).
+    pub fn has_subscription(&self, sid: SessionId, filter: &str) -> bool {
+        self.sessions
+            .get(&sid)
+            .is_some_and(|s| s.subscriptions.contains_key(filter))
+    }
+
     /// The session's subscriptions (for the API).
     pub fn subscriptions_of(&self, client_id: &str) -> Vec<(String, SubscriptionOptions)> {
         let Some(s) = self
