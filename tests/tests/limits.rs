@@ -1,13 +1,16 @@
 //! Per-client limits: `mqtt.messages_rate` / `mqtt.bytes_rate` token buckets (back-pressure,
 //! nothing lost, other clients unaffected) and `mqtt.max_subscriptions` (SUBACK 0x80 for
-//! 3.1.1, 0x97 quota exceeded for v5).
+//! 3.1.1, 0x97 quota exceeded for v5) and `mqtt.force_shutdown.max_mqueue_len`.
 //!
 //! Publishers are bare 3.1.1 sockets that write every PUBLISH in one go, as fast as the kernel
 //! takes them; the subscriber is `mosquitto_sub`.
 
 use holdfast_tests::raw5::Raw;
 use holdfast_tests::{Gateway, MosquittoSub};
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Subscribe, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Filter, Packet, Subscribe,
+    SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -214,4 +217,39 @@ fn max_subscriptions_refuses_the_filters_over_the_limit_per_client() {
         other => panic!("expected SUBACK, got {other:?}"),
     }
     assert!(gw.wait_for_log("max_subscriptions reached", WAIT));
+}
+
+#[test]
+fn force_shutdown_disconnects_a_client_whose_queue_reaches_the_limit() {
+    let gw =
+        Gateway::start_with_mqtt("max_mqueue_len = 10\nforce_shutdown = { max_mqueue_len = 3 }");
+    // A v5 subscriber with a receive maximum of 1 that never acknowledges: one message goes
+    // in flight, the rest queue.
+    let mut properties = ConnectProperties::new();
+    properties.receive_maximum = Some(1);
+    let (mut slow, ack) = Raw::connect(gw.port, "slow", true, properties, None);
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    slow.subscribe_one("fs/t", QoS::AtLeastOnce);
+
+    let mut publisher = connect_311(gw.port, "pub");
+    for id in 1..=4u16 {
+        let mut body = Vec::new();
+        string("fs/t", &mut body);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(b"m");
+        publisher
+            .write_all(&packet(0x32, &body))
+            .expect("send PUBLISH");
+    }
+    assert_eq!(
+        slow.closed_within(WAIT),
+        Some(DisconnectReasonCode::QuotaExceeded)
+    );
+    assert!(gw.wait_for_log("force_shutdown: mqueue length reached", WAIT));
+    let counted = holdfast_tests::wait_until(WAIT, || {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("client disconnected") && l.contains("force_shutdown"))
+    });
+    assert!(counted, "{}", gw.log());
 }

@@ -583,6 +583,7 @@ impl Connection {
                         }
                         reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
                         reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
+                        reason::QUOTA_EXCEEDED => DisconnectReason::ForceShutdown,
                         _ => DisconnectReason::Kicked,
                     };
                     return Close::new(reason, Some(code));

@@ -75,6 +75,7 @@ impl Broker {
             max_retained_payload: m.max_retained_payload as usize,
             shared_strategy: m.shared_subscription_strategy,
             max_topic_levels: m.max_topic_levels,
+            force_shutdown_mqueue_len: m.force_shutdown_mqueue_len,
         });
         Arc::new(Broker {
             router: Mutex::new(router),

@@ -43,6 +43,9 @@ pub struct RouterConfig {
     pub shared_strategy: SharedStrategy,
     /// Deepest topic or filter accepted.
     pub max_topic_levels: usize,
+    /// A connected session whose queue reaches this length has its connection closed with
+    /// 0x97 quota exceeded (`mqtt.force_shutdown.max_mqueue_len`); 0 = never.
+    pub force_shutdown_mqueue_len: usize,
 }
 
 /// Broker-wide counters kept under the router lock.
@@ -1238,6 +1241,13 @@ fn enqueue(
     }
     s.push_delivery(delivery);
     counters.deliveries_queued += 1;
+    let limit = cfg.force_shutdown_mqueue_len;
+    if let Some(c) = s.conn.as_ref().filter(|c| !c.is_closing()) {
+        if limit > 0 && s.mqueue.len() >= limit {
+            tracing::warn!(client_id = %s.client_id, queued = s.mqueue.len(), max_mqueue_len = limit, "force_shutdown: mqueue length reached");
+            c.close_with(reason::QUOTA_EXCEEDED);
+        }
+    }
     if let Some(c) = &s.conn {
         if c.should_wake() {
             wake.push(c.clone());

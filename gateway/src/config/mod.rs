@@ -129,6 +129,11 @@ pub struct MqttConfig {
     /// Inbound PUBLISH bytes (whole packets) per second per client, as `messages_rate`.
     /// Default none = unlimited.
     pub bytes_rate: Option<RateLimit>,
+    /// `mqtt.force_shutdown.max_mqueue_len`: a connected client whose session queue reaches
+    /// this many messages is disconnected (v5 DISCONNECT 0x97, reason `force_shutdown`)
+    /// instead of silently losing the oldest; only meaningful up to `max_mqueue_len`.
+    /// Default 0 = off. (`max_heap_size` is not supported.)
+    pub force_shutdown_mqueue_len: usize,
 }
 
 /// A per-client token bucket: `rate` tokens a second, holding at most `burst`. Both are at
@@ -453,6 +458,7 @@ impl Default for MqttConfig {
             max_subscriptions: 0,
             messages_rate: None,
             bytes_rate: None,
+            force_shutdown_mqueue_len: 0,
         }
     }
 }

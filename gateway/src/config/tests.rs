@@ -92,6 +92,7 @@ fn the_example_config_mentions_every_key() {
         "max_subscriptions",
         "messages_rate",
         "bytes_rate",
+        "force_shutdown",
         "kind",
         "bind",
         "max_connections",
@@ -484,6 +485,21 @@ fn per_client_limits_parse_emqx_rate_burst_pairs() {
     );
     assert_eq!(Config::default().mqtt.messages_rate, None);
     assert_eq!(Config::default().mqtt.bytes_rate, None);
+}
+
+#[test]
+fn force_shutdown_takes_a_queue_length_and_not_yet_a_heap_size() {
+    let config = ok("[mqtt]\nforce_shutdown = { max_mqueue_len = 500 }\n");
+    assert_eq!(config.mqtt.force_shutdown_mqueue_len, 500);
+    assert_eq!(Config::default().mqtt.force_shutdown_mqueue_len, 0);
+    assert_eq!(
+        mqtt("force_shutdown = { max_heap_size = \"32MB\" }"),
+        "holdfast.toml:2: mqtt.force_shutdown.max_heap_size: not supported by this build yet"
+    );
+    assert_eq!(
+        mqtt("force_shutdown = { max_mqueue_len = -1 }"),
+        "holdfast.toml:2: mqtt.force_shutdown.max_mqueue_len: must be at least 0, got -1"
+    );
 }
 
 #[test]

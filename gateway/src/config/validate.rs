@@ -494,6 +494,7 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_subscriptions",
             "messages_rate",
             "bytes_rate",
+            "force_shutdown",
         ],
         &[],
     );
@@ -589,6 +590,16 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
         bytes_rate: ctx.get(entries, path, "bytes_rate", d.bytes_rate, |c, n, k| {
             rate_limit(c, n, k, RateUnit::Bytes).map(Some)
         }),
+        force_shutdown_mqueue_len: match field(entries, "force_shutdown") {
+            None => d.force_shutdown_mqueue_len,
+            Some(node) => {
+                let path = "mqtt.force_shutdown";
+                let entries = ctx.open(node, path, &["max_mqueue_len"], &["max_heap_size"]);
+                ctx.get(entries, path, "max_mqueue_len", d.force_shutdown_mqueue_len, |c, n, k| {
+                    integer(c, n, k, 0, i64::MAX)
+                })
+            }
+        },
     }
 }
 
