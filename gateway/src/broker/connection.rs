@@ -12,6 +12,7 @@
 //! synced it (`flush = "group" | "every"`): its PUBACK/PUBREC, and every one after it, is held
 //! until then, in PUBLISH order, and reading stops while `MAX_HELD_ACKS` are held.
 
+use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
@@ -131,8 +132,9 @@ struct Connection {
     client_alias_max: u16,
     /// The client's maximum packet size (v5); larger deliveries are dropped.
     client_max_packet: u32,
-    /// Session expiry set by a v5 DISCONNECT.
-    expiry_override: Option<Duration>,
+    /// Session expiry set by a v5 DISCONNECT, in seconds (the packet's unit; 8 bytes less
+    /// than a `Duration` in every connection).
+    expiry_override: Option<u32>,
     /// True when the session may still hold deliveries we did not take (buffer was full).
     drain_more: bool,
     /// Decoded packets awaiting the router lock (reused).
@@ -149,6 +151,9 @@ struct Connection {
     /// This client's view of the ACL, built at its first publish or subscribe (none while
     /// the gateway has no ACL rules): one pointer.
     acl: Option<Box<ConnectionAcl>>,
+    /// Inbound rate limits (`mqtt.messages_rate`, `mqtt.bytes_rate`): one pointer, allocated
+    /// only when a limit is configured.
+    limits: Option<Box<Limits>>,
     /// Boxed: only needed at connect and disconnect, not worth carrying inline while idle.
     connected: bool,
     /// CONNECT's keepalive and clean-start flag, for the `$SYS` disconnected event.
@@ -189,6 +194,7 @@ impl Connection {
             released: Vec::new(),
             held: None,
             acl: None,
+            limits: None,
             connected: false,
             connect_keepalive: 0,
             connect_clean_start: false,
@@ -471,6 +477,13 @@ impl Connection {
         );
         sys::client_connected(&self.broker, &self.client_info());
         self.connected = true;
+        self.limits =
+            InboundLimiter::new(cfg.messages_rate, cfg.bytes_rate, Instant::now()).map(|inbound| {
+                Box::new(Limits {
+                    inbound,
+                    paused_until: None,
+                })
+            });
         Ok(())
     }
 
@@ -553,6 +566,11 @@ impl Connection {
             if let Err(close) = self.flush_now() {
                 return close;
             }
+            if let Some(at) = self.limits.as_ref().and_then(|l| l.paused_until) {
+                if keepalive.deadline() != at {
+                    keepalive.as_mut().reset(at);
+                }
+            }
             let room = self.wbuf.len() < self.outbound_limit();
             if room && self.drain_more {
                 self.drain_outgoing();
@@ -566,7 +584,8 @@ impl Connection {
                 let keepalive = keepalive.as_mut();
                 // Input stops while too many acknowledgements wait for a sync: the devices'
                 // inflight windows then hold the rest back.
-                let read = room && self.held_len() < MAX_HELD_ACKS;
+                // A rate limit's empty bucket stops it too, until the refill timer fires.
+                let read = room && self.held_len() < MAX_HELD_ACKS && !self.is_paused();
                 let held = self.held.as_deref();
                 poll_wakeup(stream, ctrl, has_output, read, room, held, keepalive).await
             };
@@ -580,6 +599,7 @@ impl Connection {
                         }
                         reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
                         reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
+                        reason::QUOTA_EXCEEDED => DisconnectReason::ForceShutdown,
                         _ => DisconnectReason::Kicked,
                     };
                     return Close::new(reason, Some(code));
@@ -601,6 +621,19 @@ impl Connection {
                 },
                 Wakeup::Deliveries => self.drain_outgoing(),
                 Wakeup::Durable => self.release_held(),
+                Wakeup::KeepAlive if self.is_paused() => {
+                    // The timer stood for the refill of a rate limit's bucket: resume with the
+                    // input that waited, which counts as traffic for the keepalive.
+                    keepalive
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.keepalive_window());
+                    if let Some(l) = self.limits.as_mut() {
+                        l.paused_until = None;
+                    }
+                    if let Err(close) = self.handle_input() {
+                        return close;
+                    }
+                }
                 Wakeup::KeepAlive => {
                     tracing::info!(peer = %self.peer, client_id = %self.client_id, "closed: keepalive_timeout");
                     return Close::new(
@@ -647,9 +680,23 @@ impl Connection {
     fn handle_input(&mut self) -> Result<(), Close> {
         let mut failure = None;
         let max = self.max_packet_size();
+        let now = self.limits.is_some().then(Instant::now);
         loop {
+            if let Some(now) = now {
+                if self.pause_if_limited(now) {
+                    break;
+                }
+            }
+            let before = self.rbuf.len();
             match decode(&mut self.rbuf, self.protocol, max) {
-                Ok(Some(p)) => self.inbound.push(p),
+                Ok(Some(p)) => {
+                    if let (Packet::Publish(_), Some(l), Some(now)) =
+                        (&p, self.limits.as_mut(), now)
+                    {
+                        l.inbound.charge_publish(before - self.rbuf.len(), now);
+                    }
+                    self.inbound.push(p)
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.log_parse_failure(&e);
@@ -667,6 +714,29 @@ impl Connection {
         }
         self.drain_outgoing();
         Ok(())
+    }
+
+    /// True while a rate limit's bucket is empty; records until when (see `Limits`). Input waits in
+    /// the read buffer and the socket meanwhile (back-pressure: nothing is dropped).
+    fn pause_if_limited(&mut self, now: Instant) -> bool {
+        let Some(l) = self.limits.as_mut() else {
+            return false;
+        };
+        let Some(at) = l.inbound.resume_at(now) else {
+            l.paused_until = None;
+            return false;
+        };
+        if l.paused_until.is_none() {
+            tracing::trace!(peer = %self.peer, client_id = %self.client_id, "rate limited: reading paused");
+        }
+        l.paused_until = Some(tokio::time::Instant::from_std(at));
+        true
+    }
+
+    fn is_paused(&self) -> bool {
+        self.limits
+            .as_ref()
+            .is_some_and(|l| l.paused_until.is_some())
     }
 
     fn apply_inbound(&mut self) -> Result<(), Close> {
@@ -760,22 +830,29 @@ impl Connection {
                     .properties
                     .subscription_identifier
                     .and_then(NonZeroU32::new);
-                let reasons = match self.acl_denied_filters(&sub.filters) {
+                let mut refused = self.acl_denied_filters(&sub.filters).map(|denied| {
+                    denied
+                        .iter()
+                        .map(|&d| d.then_some(reason::NOT_AUTHORIZED))
+                        .collect::<Vec<_>>()
+                });
+                self.refuse_over_quota(r, &sub.filters, &mut refused);
+                let reasons = match refused {
                     None => r.subscribe(self.session, &sub.filters, id, now),
-                    Some(denied) => {
+                    Some(refused) => {
                         let allowed: Vec<_> = sub
                             .filters
                             .iter()
-                            .zip(&denied)
-                            .filter(|(_, &d)| !d)
+                            .zip(&refused)
+                            .filter(|(_, code)| code.is_none())
                             .map(|(f, _)| f.clone())
                             .collect();
                         let mut granted = r.subscribe(self.session, &allowed, id, now).into_iter();
-                        denied
+                        refused
                             .iter()
-                            .map(|&d| match d {
-                                true => reason::NOT_AUTHORIZED,
-                                false => granted.next().unwrap_or(reason::UNSPECIFIED_ERROR),
+                            .map(|&code| match code {
+                                Some(code) => code,
+                                None => granted.next().unwrap_or(reason::UNSPECIFIED_ERROR),
                             })
                             .collect()
                     }
@@ -805,10 +882,7 @@ impl Connection {
             }
             Packet::Disconnect(d) => {
                 if let Some(secs) = d.properties.session_expiry_interval {
-                    self.expiry_override = Some(
-                        Duration::from_secs(u64::from(secs))
-                            .min(self.broker.config.mqtt.session_expiry),
-                    );
+                    self.expiry_override = Some(secs);
                 }
                 Err(Close {
                     reason: DisconnectReason::Normal,
@@ -996,6 +1070,41 @@ impl Connection {
             .map(|(f, _)| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
             .collect();
         denied.contains(&true).then_some(denied)
+    }
+
+    /// Marks the filters of a SUBSCRIBE that would take this client over
+    /// `mqtt.max_subscriptions` (0x97 quota exceeded; 3.1.1 hears 0x80). Filters it already
+    /// holds, or that are refused already, do not count; the first filters win.
+    fn refuse_over_quota<T>(
+        &self,
+        r: &Router,
+        filters: &[(ByteStr, T)],
+        refused: &mut Option<Vec<Option<u8>>>,
+    ) {
+        let max = self.broker.config.mqtt.max_subscriptions;
+        if max == 0 {
+            return;
+        }
+        let mut held = r.subscription_count(self.session);
+        let mut over = 0;
+        let marks = refused.get_or_insert_with(|| vec![None; filters.len()]);
+        for ((filter, _), mark) in filters.iter().zip(marks.iter_mut()) {
+            if mark.is_some() || r.has_subscription(self.session, filter) {
+                continue;
+            }
+            if held >= max {
+                *mark = Some(reason::QUOTA_EXCEEDED);
+                over += 1;
+            } else {
+                held += 1;
+            }
+        }
+        if over > 0 {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, over, max, "subscribe refused: max_subscriptions reached");
+        }
+        if marks.iter().all(Option::is_none) {
+            *refused = None;
+        }
     }
 
     /// Encodes this batch's replies. A PUBACK/PUBREC whose message went to a bridge waits
@@ -1224,7 +1333,10 @@ impl Connection {
         } else {
             None
         };
-        let (sid, conn_id, expiry) = (self.session, self.ctrl.conn_id, self.expiry_override);
+        let (sid, conn_id) = (self.session, self.ctrl.conn_id);
+        let expiry = self.expiry_override.map(|secs| {
+            Duration::from_secs(u64::from(secs)).min(self.broker.config.mqtt.session_expiry)
+        });
         let now = Instant::now();
         self.broker
             .with_router(|r| r.disconnect(sid, conn_id, will, expiry, now));
@@ -1326,6 +1438,17 @@ async fn poll_wakeup(
         Poll::Pending
     })
     .await
+}
+
+/// Inbound rate limiting of one connection (see `limiter`).
+#[derive(Debug)]
+struct Limits {
+    /// The token buckets.
+    inbound: InboundLimiter,
+    /// While a bucket is empty: when reading resumes. The packet loop's keepalive timer is
+    /// set to it meanwhile (we are the ones not reading, so keepalive cannot expire), which
+    /// keeps the connection task from carrying a second timer.
+    paused_until: Option<tokio::time::Instant>,
 }
 
 /// Acknowledgements waiting for bridge queue syncs, and this batch's bridge verdicts.

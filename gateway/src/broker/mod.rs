@@ -6,6 +6,7 @@
 //! across an `.await`.
 
 pub mod connection;
+pub mod limiter;
 pub mod listener;
 pub mod message;
 pub mod peer_cert;
@@ -74,6 +75,7 @@ impl Broker {
             max_retained_payload: m.max_retained_payload as usize,
             shared_strategy: m.shared_subscription_strategy,
             max_topic_levels: m.max_topic_levels,
+            force_shutdown_mqueue_len: m.force_shutdown_mqueue_len,
         });
         Arc::new(Broker {
             router: Mutex::new(router),

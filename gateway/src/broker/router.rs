@@ -43,6 +43,9 @@ pub struct RouterConfig {
     pub shared_strategy: SharedStrategy,
     /// Deepest topic or filter accepted.
     pub max_topic_levels: usize,
+    /// A connected session whose queue reaches this length has its connection closed with
+    /// 0x97 quota exceeded (`mqtt.force_shutdown.max_mqueue_len`); 0 = never.
+    pub force_shutdown_mqueue_len: usize,
 }
 
 /// Broker-wide counters kept under the router lock.
@@ -1141,6 +1144,18 @@ impl Router {
             .is_some_and(|s| s.awaiting_rel.remove(&packet_id))
     }
 
+    /// How many subscriptions `sid` holds (for `mqtt.max_subscriptions`).
+    pub fn subscription_count(&self, sid: SessionId) -> usize {
+        self.sessions.get(&sid).map_or(0, |s| s.subscriptions.len())
+    }
+
+    /// Whether `sid` already holds `filter` (subscribing again only replaces its options).
+    pub fn has_subscription(&self, sid: SessionId, filter: &str) -> bool {
+        self.sessions
+            .get(&sid)
+            .is_some_and(|s| s.subscriptions.contains_key(filter))
+    }
+
     /// The session's subscriptions (for the API).
     pub fn subscriptions_of(&self, client_id: &str) -> Vec<(String, SubscriptionOptions)> {
         let Some(s) = self
@@ -1226,6 +1241,13 @@ fn enqueue(
     }
     s.push_delivery(delivery);
     counters.deliveries_queued += 1;
+    let limit = cfg.force_shutdown_mqueue_len;
+    if let Some(c) = s.conn.as_ref().filter(|c| !c.is_closing()) {
+        if limit > 0 && s.mqueue.len() >= limit {
+            tracing::warn!(client_id = %s.client_id, queued = s.mqueue.len(), max_mqueue_len = limit, "force_shutdown: mqueue length reached");
+            c.close_with(reason::QUOTA_EXCEEDED);
+        }
+    }
     if let Some(c) = &s.conn {
         if c.should_wake() {
             wake.push(c.clone());

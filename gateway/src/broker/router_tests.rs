@@ -42,6 +42,7 @@ fn config() -> RouterConfig {
         max_retained_payload: 1024,
         shared_strategy: SharedStrategy::RoundRobin,
         max_topic_levels: 8,
+        force_shutdown_mqueue_len: 0,
     }
 }
 
@@ -433,6 +434,35 @@ fn packet_ids_wrap_after_65535_and_skip_ids_still_inflight() {
     // After 65535 it wraps to 1, which is taken, so 2.
     let wrap = seen.iter().position(|&id| id == u16::MAX).unwrap();
     assert_eq!(seen[wrap + 1], 2);
+}
+
+#[test]
+fn force_shutdown_closes_a_connected_client_whose_queue_reaches_the_limit() {
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_mqueue_len: 10,
+        force_shutdown_mqueue_len: 3,
+        ..config()
+    });
+    // A window of 1: the first message goes in flight, the rest queue.
+    let (res, c) = connect_with(&mut r, "slow", true, Duration::ZERO, 1);
+    let s = res.session_id;
+    sub(&mut r, s, "t", QoS::AtLeastOnce, t0);
+    let mut out = Vec::new();
+    r.publish(msg("t", "0", QoS::AtLeastOnce, false, None), t0);
+    r.take_outgoing(s, c.conn_id, 10, t0, &mut out);
+    assert_eq!(out.len(), 1);
+    for i in 1..3 {
+        r.publish(msg("t", &i.to_string(), QoS::AtLeastOnce, false, None), t0);
+    }
+    assert!(!c.is_closing(), "two queued: below the limit");
+    r.publish(msg("t", "3", QoS::AtLeastOnce, false, None), t0);
+    assert!(c.is_closing());
+    assert_eq!(
+        c.close_reason.load(Ordering::Relaxed),
+        reason::QUOTA_EXCEEDED
+    );
+    assert_eq!(r.counters().dropped_queue_full, 0, "nothing dropped");
 }
 
 #[test]

@@ -36,6 +36,7 @@ fn config() -> RouterConfig {
         max_retained_payload: 1024,
         shared_strategy: SharedStrategy::RoundRobin,
         max_topic_levels: 8,
+        force_shutdown_mqueue_len: 0,
     }
 }
 

@@ -33,11 +33,13 @@ pub enum DisconnectReason {
     /// A bridge queue could not take a message from an MQTT 3.1.1 client, which has no way
     /// to hear a refusal: it is disconnected and resends its unacknowledged messages later.
     QueueFull,
+    /// The session queue of a connected client reached `mqtt.force_shutdown.max_mqueue_len`.
+    ForceShutdown,
 }
 
 impl DisconnectReason {
     /// Every reason, in report order.
-    pub const ALL: [DisconnectReason; 12] = [
+    pub const ALL: [DisconnectReason; 13] = [
         DisconnectReason::KeepaliveTimeout,
         DisconnectReason::TcpClosed,
         DisconnectReason::Normal,
@@ -50,6 +52,7 @@ impl DisconnectReason {
         DisconnectReason::NotAuthorized,
         DisconnectReason::Shutdown,
         DisconnectReason::QueueFull,
+        DisconnectReason::ForceShutdown,
     ];
 
     /// The name used in logs, `$SYS` and the API.
@@ -67,6 +70,7 @@ impl DisconnectReason {
             DisconnectReason::NotAuthorized => "not_authorized",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::QueueFull => "queue_full",
+            DisconnectReason::ForceShutdown => "force_shutdown",
         }
     }
 

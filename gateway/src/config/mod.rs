@@ -23,6 +23,7 @@ pub use bridges::{
 };
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -117,6 +118,32 @@ pub struct MqttConfig {
     /// client's queue into it, so a slow reader backs up into its bounded session queue rather
     /// than into unbounded socket buffers. Default 1MB; 1KB..=256MB.
     pub outbound_buffer: u32,
+    /// Subscriptions one client may hold; a SUBSCRIBE beyond it gets 0x80 (3.1.1) or 0x97
+    /// quota exceeded (v5) for the filters over the limit. Bounds what one client can add to
+    /// the trie. Default 0 = unlimited.
+    pub max_subscriptions: usize,
+    /// Inbound PUBLISH packets per second per client, as a token bucket (EMQX's
+    /// `"rate,burst"`); an empty bucket pauses reading from that client's socket until it
+    /// refills (back-pressure, nothing dropped). Default none = unlimited.
+    pub messages_rate: Option<RateLimit>,
+    /// Inbound PUBLISH bytes (whole packets) per second per client, as `messages_rate`.
+    /// Default none = unlimited.
+    pub bytes_rate: Option<RateLimit>,
+    /// `mqtt.force_shutdown.max_mqueue_len`: a connected client whose session queue reaches
+    /// this many messages is disconnected (v5 DISCONNECT 0x97, reason `force_shutdown`)
+    /// instead of silently losing the oldest; only meaningful up to `max_mqueue_len`.
+    /// Default 0 = off. (`max_heap_size` is not supported.)
+    pub force_shutdown_mqueue_len: usize,
+}
+
+/// A per-client token bucket: `rate` tokens a second, holding at most `burst`. Both are at
+/// least 1, so a configured limit always lets traffic through eventually.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Tokens added per second (messages or bytes).
+    pub rate: NonZeroU64,
+    /// Bucket size: what a client that has been quiet may send at once.
+    pub burst: NonZeroU64,
 }
 
 /// How a shared subscription group picks the member that gets a message.
@@ -442,6 +469,10 @@ impl Default for MqttConfig {
             sys_interval: Duration::from_secs(60),
             max_awaiting_rel: 100,
             outbound_buffer: MB,
+            max_subscriptions: 0,
+            messages_rate: None,
+            bytes_rate: None,
+            force_shutdown_mqueue_len: 0,
         }
     }
 }

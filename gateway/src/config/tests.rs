@@ -89,6 +89,10 @@ fn the_example_config_mentions_every_key() {
         "sys_interval",
         "max_awaiting_rel",
         "outbound_buffer",
+        "max_subscriptions",
+        "messages_rate",
+        "bytes_rate",
+        "force_shutdown",
         "kind",
         "bind",
         "max_connections",
@@ -447,6 +451,76 @@ fn client_id_topic_alias_and_level_limits_have_protocol_ranges() {
     assert_eq!(
         mqtt("max_topic_levels = 0"),
         "holdfast.toml:2: mqtt.max_topic_levels: must be between 1 and 65535, got 0"
+    );
+}
+
+#[test]
+fn per_client_limits_parse_emqx_rate_burst_pairs() {
+    let nz = |n| std::num::NonZeroU64::new(n).unwrap();
+    let config = ok(
+        "[mqtt]\nmax_subscriptions = 10\nmessages_rate = \"1000,2000\"\nbytes_rate = \"1MB, 2MB\"\n",
+    );
+    assert_eq!(config.mqtt.max_subscriptions, 10);
+    assert_eq!(
+        config.mqtt.messages_rate,
+        Some(RateLimit {
+            rate: nz(1000),
+            burst: nz(2000)
+        })
+    );
+    assert_eq!(
+        config.mqtt.bytes_rate,
+        Some(RateLimit {
+            rate: nz(1024 * 1024),
+            burst: nz(2 * 1024 * 1024)
+        })
+    );
+    let alone = ok("[mqtt]\nmessages_rate = \"50\"\n");
+    assert_eq!(
+        alone.mqtt.messages_rate,
+        Some(RateLimit {
+            rate: nz(50),
+            burst: nz(50)
+        })
+    );
+    assert_eq!(Config::default().mqtt.messages_rate, None);
+    assert_eq!(Config::default().mqtt.bytes_rate, None);
+}
+
+#[test]
+fn force_shutdown_takes_a_queue_length_and_not_yet_a_heap_size() {
+    let config = ok("[mqtt]\nforce_shutdown = { max_mqueue_len = 500 }\n");
+    assert_eq!(config.mqtt.force_shutdown_mqueue_len, 500);
+    assert_eq!(Config::default().mqtt.force_shutdown_mqueue_len, 0);
+    assert_eq!(
+        mqtt("force_shutdown = { max_heap_size = \"32MB\" }"),
+        "holdfast.toml:2: mqtt.force_shutdown.max_heap_size: not supported by this build yet"
+    );
+    assert_eq!(
+        mqtt("force_shutdown = { max_mqueue_len = -1 }"),
+        "holdfast.toml:2: mqtt.force_shutdown.max_mqueue_len: must be at least 0, got -1"
+    );
+}
+
+#[test]
+fn a_bad_rate_is_reported_with_its_key_and_line() {
+    assert_eq!(
+        mqtt("messages_rate = \"1000,0\""),
+        "holdfast.toml:2: mqtt.messages_rate: \"1000,0\": rate and burst must be at least 1 (leave the key out for no limit)"
+    );
+    assert_eq!(
+        mqtt("messages_rate = \"1MB,2MB\""),
+        "holdfast.toml:2: mqtt.messages_rate: \"1MB,2MB\" is not \"rate,burst\": \"1MB\" is not a whole number, e.g. \"1000,2000\""
+    );
+    assert!(mqtt("bytes_rate = \"1,2,3\"").contains("at most one comma"));
+    assert!(mqtt("bytes_rate = \"fast\"").starts_with("holdfast.toml:2: mqtt.bytes_rate: "));
+    assert_eq!(
+        mqtt("bytes_rate = 1000"),
+        "holdfast.toml:2: mqtt.bytes_rate: expected a string, found the integer 1000"
+    );
+    assert_eq!(
+        mqtt("max_subscriptions = -1"),
+        "holdfast.toml:2: mqtt.max_subscriptions: must be at least 0, got -1"
     );
 }
 

@@ -1,9 +1,14 @@
 //! Human-readable sizes ("256MB") and durations ("15s") as written in the config file.
 //!
-//! Owns only the two small parsers and their inverse formatting for error messages; it never
+//! Also EMQX's `"rate,burst"` pairs for per-client token buckets.
+//!
+//! Owns only the small parsers and their inverse formatting for error messages; it never
 //! decides what range a setting may take (that is `validate`'s job).
 
+use std::num::NonZeroU64;
 use std::time::Duration;
+
+use super::RateLimit;
 
 /// One kibibyte. The config's "KB" is 1024 bytes, as in EMQX's config ("1KB" = 1024).
 const KB: u64 = 1024;
@@ -39,6 +44,49 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// What the tokens of a [`RateLimit`] count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateUnit {
+    /// Messages: plain whole numbers ("1000,2000").
+    Messages,
+    /// Bytes: sizes with an optional unit ("1MB,2MB").
+    Bytes,
+}
+
+/// Parses EMQX's `"rate,burst"` (per second; `"rate"` alone means burst = rate). Both must be
+/// at least 1.
+pub(crate) fn parse_rate(text: &str, unit: RateUnit) -> Result<RateLimit, String> {
+    let example = match unit {
+        RateUnit::Messages => "\"1000,2000\"",
+        RateUnit::Bytes => "\"1MB,2MB\"",
+    };
+    let mut parts = text.split(',');
+    let rate = parts.next().unwrap_or_default();
+    let burst = parts.next().unwrap_or(rate);
+    if parts.next().is_some() {
+        return Err(format!(
+            "{text:?} is not \"rate,burst\": expected at most one comma, e.g. {example}"
+        ));
+    }
+    let number = |part: &str| -> Result<NonZeroU64, String> {
+        let part = part.trim();
+        let value = match unit {
+            RateUnit::Messages => part.parse::<u64>().map_err(|_| {
+                format!("{text:?} is not \"rate,burst\": {part:?} is not a whole number, e.g. {example}")
+            })?,
+            RateUnit::Bytes => parse_size(part)
+                .map_err(|e| format!("{text:?} is not \"rate,burst\": {e}"))?,
+        };
+        NonZeroU64::new(value).ok_or_else(|| {
+            format!("{text:?}: rate and burst must be at least 1 (leave the key out for no limit)")
+        })
+    };
+    Ok(RateLimit {
+        rate: number(rate)?,
+        burst: number(burst)?,
+    })
 }
 
 /// Formats a byte count the way a person would write it in the config: the largest unit that

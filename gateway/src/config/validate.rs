@@ -9,11 +9,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Node, Source, Value};
-use super::units::{format_duration, format_size, parse_duration, parse_size};
+use super::units::{
+    format_duration, format_size, parse_duration, parse_rate, parse_size, RateUnit,
+};
 use super::{
     AclNomatch, AuthConfig, BoardConfig, BoardKind, CertIdentity, Config, JwtConfig,
     ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem,
-    SharedStrategy, DEFAULTS_ORIGIN,
+    RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
 };
 
 /// Sections of the design that this build does not implement yet.
@@ -489,6 +491,10 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "sys_interval",
             "max_awaiting_rel",
             "outbound_buffer",
+            "max_subscriptions",
+            "messages_rate",
+            "bytes_rate",
+            "force_shutdown",
         ],
         &[],
     );
@@ -575,6 +581,37 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
         outbound_buffer: ctx.get(entries, path, "outbound_buffer", d.outbound_buffer, |c, n, k| {
             size(c, n, k, KB, MQTT_MAX_PACKET)
         }),
+        max_subscriptions: ctx.get(entries, path, "max_subscriptions", d.max_subscriptions, |c, n, k| {
+            integer(c, n, k, 0, i64::MAX)
+        }),
+        messages_rate: ctx.get(entries, path, "messages_rate", d.messages_rate, |c, n, k| {
+            rate_limit(c, n, k, RateUnit::Messages).map(Some)
+        }),
+        bytes_rate: ctx.get(entries, path, "bytes_rate", d.bytes_rate, |c, n, k| {
+            rate_limit(c, n, k, RateUnit::Bytes).map(Some)
+        }),
+        force_shutdown_mqueue_len: match field(entries, "force_shutdown") {
+            None => d.force_shutdown_mqueue_len,
+            Some(node) => {
+                let path = "mqtt.force_shutdown";
+                let entries = ctx.open(node, path, &["max_mqueue_len"], &["max_heap_size"]);
+                ctx.get(entries, path, "max_mqueue_len", d.force_shutdown_mqueue_len, |c, n, k| {
+                    integer(c, n, k, 0, i64::MAX)
+                })
+            }
+        },
+    }
+}
+
+/// A `"rate,burst"` string (EMQX's notation) for a per-client token bucket.
+fn rate_limit(ctx: &mut Ctx<'_>, node: &Node, key: &str, unit: RateUnit) -> Option<RateLimit> {
+    let text = string(ctx, node, key)?;
+    match parse_rate(&text, unit) {
+        Ok(limit) => Some(limit),
+        Err(message) => {
+            ctx.report(node, key, message);
+            None
+        }
     }
 }
 
