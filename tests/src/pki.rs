@@ -37,6 +37,12 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// Generates the PKI into `dir`.
 pub fn make_pki(dir: &Path) -> Pki {
+    make_pki_with_client(dir, CLIENT_CN)
+}
+
+/// Generates the PKI into `dir`, the client certificate with CN `client_cn` (a bridge test
+/// names the gateway by it, as mosquitto's `use_identity_as_username` will).
+pub fn make_pki_with_client(dir: &Path, client_cn: &str) -> Pki {
     let ec = [
         "-newkey",
         "ec",
@@ -63,7 +69,7 @@ pub fn make_pki(dir: &Path) -> Pki {
         ),
         (
             "client",
-            CLIENT_CN,
+            client_cn,
             "subjectAltName=DNS:client.local\nextendedKeyUsage=clientAuth\n",
         ),
     ] {

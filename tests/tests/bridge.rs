@@ -7,6 +7,7 @@
 //! "Uplink down" is a stopped mosquitto whose saved session still holds the recorder's
 //! subscription, so nothing forwarded later can arrive before the subscriber is there.
 
+use holdfast_tests::pki::{make_pki, make_pki_with_client};
 use holdfast_tests::raw5::Raw;
 use holdfast_tests::{
     free_port, mosquitto_pub, run_with_timeout, CloudRecorder, Gateway, Mosquitto, MosquittoSub,
@@ -598,97 +599,10 @@ fn reject_new_refuses_v5_devices_with_quota_exceeded() {
     assert_eq!((run.error, run.acked.len()), (None, 10));
 }
 
-/// A CA, a server certificate for IP 127.0.0.1 and a client certificate, made by `openssl`.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let (ok, out, err) = run_with_timeout(
-        Command::new("openssl").current_dir(dir).args(args),
-        Duration::from_secs(30),
-    );
-    assert!(ok, "openssl {args:?} failed: {out}{err}");
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=holdfast-test-ca",
-    ];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    for (name, cn, ext) in [
-        (
-            "server",
-            "127.0.0.1",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        ),
-        ("client", "gw-001", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let mut req = vec!["req", "-subj"];
-        let subj = format!("/CN={cn}");
-        req.push(&subj);
-        req.extend(ec);
-        let (key, csr, pem, extfile) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        req.extend(["-keyout", &key, "-out", &csr]);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                &extfile,
-                "-out",
-                &pem,
-            ],
-        );
-    }
-    Pki {
-        ca: dir.join("ca.pem"),
-        server_cert: dir.join("server.pem"),
-        server_key: dir.join("server.key"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
-    }
-}
-
 #[test]
 fn mtls_bridge_to_mosquitto() {
     let dir = TempDir::new("pki");
-    let pki = make_pki(dir.path());
+    let pki = make_pki_with_client(dir.path(), "gw-001");
     let cloud = Mosquitto::start_tls(
         free_port(),
         &MosquittoTls {
