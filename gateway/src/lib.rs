@@ -18,3 +18,4 @@ pub mod config;
 pub mod ctl;
 pub mod ops;
 pub mod supervise;
+pub mod trace;

@@ -93,6 +93,53 @@ enum CtlCommand {
     Bridges,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
+    /// Write every log line (debug included) of one client, topic or address to a file.
+    Trace {
+        #[command(subcommand)]
+        action: TraceAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceAction {
+    /// Start a trace: `trace start client dev-1 /tmp/dev-1.log`.
+    Start {
+        /// What to follow.
+        kind: TraceKindArg,
+        /// Client id, topic filter (`sensors/+/temp`), or address / CIDR network.
+        value: String,
+        /// File to write (created or truncated; relative to the current directory).
+        file: PathBuf,
+        /// Size limit of the file ("64MB" by default); further lines are counted, not written.
+        #[arg(long)]
+        max_size: Option<String>,
+    },
+    /// Stop every trace, or only the one of KIND VALUE.
+    Stop {
+        /// Only traces of this kind.
+        kind: Option<TraceKindArg>,
+        /// Only the trace of this value.
+        value: Option<String>,
+    },
+    /// The running traces.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TraceKindArg {
+    Client,
+    Topic,
+    Ip,
+}
+
+impl From<TraceKindArg> for holdfast::trace::TraceKind {
+    fn from(k: TraceKindArg) -> Self {
+        match k {
+            TraceKindArg::Client => Self::Client,
+            TraceKindArg::Topic => Self::Topic,
+            TraceKindArg::Ip => Self::Ip,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +252,13 @@ fn ctl(
         CtlCommand::Stats => Request::Stats,
         CtlCommand::Bridges => Request::Bridges,
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Trace { action } => match trace_request(action) {
+            Ok(req) => req,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
     };
     match client::request(&path, &req) {
         Ok(answer) => {
@@ -220,6 +274,32 @@ fn ctl(
             ExitCode::FAILURE
         }
     }
+}
+
+/// The control request of a `ctl trace` command; the file is made absolute here, since the
+/// gateway runs in another directory.
+fn trace_request(action: TraceAction) -> Result<holdfast::ctl::Request, String> {
+    use holdfast::ctl::Request;
+    Ok(match action {
+        TraceAction::Start {
+            kind,
+            value,
+            file,
+            max_size,
+        } => Request::TraceStart {
+            kind: kind.into(),
+            value,
+            file: std::path::absolute(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+            max_bytes: max_size
+                .map(|s| config::parse_size(&s).map_err(|e| format!("--max-size: {e}")))
+                .transpose()?,
+        },
+        TraceAction::Stop { kind, value } => Request::TraceStop {
+            kind: kind.map(Into::into),
+            value,
+        },
+        TraceAction::List => Request::TraceList,
+    })
 }
 
 fn resolve(host: &str) -> ExitCode {
@@ -348,14 +428,20 @@ async fn reload_on_sighup(
     }
 }
 
+/// The console log at `level`, plus the trace layer that `holdfast ctl trace` feeds (debug
+/// lines of the traced client, topic or address go to the trace's file, not to the console).
 fn init_logging(level: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let console = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(console)
+        .with(holdfast::trace::layer())
         .init();
 }

@@ -10,6 +10,7 @@ use crate::auth::ReloadReport;
 use crate::broker::router::{ClientRow, RetainedRow, Rows, SubscriptionRow};
 use crate::broker::stats::DisconnectReason;
 use crate::broker::{sys, Broker};
+use crate::trace::{self, TraceInfo, TraceKind, TraceSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -21,6 +22,23 @@ use std::sync::atomic::Ordering;
 pub fn reload(broker: &Broker) -> ReloadReport {
     tracing::info!("reloading the auth files");
     broker.auth.reload()
+}
+
+/// Starts a trace (`holdfast ctl trace start`): the file is open when this returns. Blocks on
+/// file I/O.
+pub fn trace_start(spec: TraceSpec) -> Result<TraceInfo, String> {
+    trace::traces().start(spec)
+}
+
+/// Stops the matching traces (all when `kind` is `None`) and waits until their files are
+/// complete; returns what each wrote.
+pub fn trace_stop(kind: Option<TraceKind>, value: Option<&str>) -> Vec<TraceInfo> {
+    trace::traces().stop(kind, value)
+}
+
+/// The running traces.
+pub fn trace_list() -> Vec<TraceInfo> {
+    trace::traces().list()
 }
 
 /// The most rows one listing returns (`holdfast ctl clients list`, `subscriptions`,

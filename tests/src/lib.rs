@@ -109,6 +109,8 @@ pub struct Gateway {
     config_path: PathBuf,
     /// Pass `--data-dir <dir>/data` (false when the config sets its own).
     use_data_dir_flag: bool,
+    /// Its `RUST_LOG` (`HOLDFAST_TEST_LOG`, or debug).
+    rust_log: String,
 }
 
 /// Config of a gateway for tests: anonymous allowed, one loopback listener on `port`.
@@ -153,7 +155,22 @@ impl Gateway {
         Gateway::launch(config, port, false)
     }
 
+    /// Starts a gateway logging at `rust_log` (a `RUST_LOG` value) instead of debug.
+    pub fn start_config_logging_at(config: &str, port: u16, rust_log: &str) -> Gateway {
+        Gateway::launch_logging_at(config, port, true, rust_log.to_owned())
+    }
+
     fn launch(config: &str, port: u16, use_data_dir_flag: bool) -> Gateway {
+        let rust_log = std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "debug".into());
+        Gateway::launch_logging_at(config, port, use_data_dir_flag, rust_log)
+    }
+
+    fn launch_logging_at(
+        config: &str,
+        port: u16,
+        use_data_dir_flag: bool,
+        rust_log: String,
+    ) -> Gateway {
         let dir = TempDir::new("gw");
         let config_path = dir.path().join("holdfast.toml");
         std::fs::write(&config_path, config).expect("write config");
@@ -164,6 +181,7 @@ impl Gateway {
             config_path,
             dir,
             use_data_dir_flag,
+            rust_log,
         };
         gw.spawn();
         gw
@@ -182,10 +200,7 @@ impl Gateway {
             cmd.arg("--data-dir").arg(&data);
         }
         let child = cmd
-            .env(
-                "RUST_LOG",
-                std::env::var("HOLDFAST_TEST_LOG").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("RUST_LOG", &self.rust_log)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log fd"))
             .stderr(log)

@@ -223,3 +223,172 @@ fn ctl_against_a_stopped_gateway_exits_non_zero_with_a_clear_message() {
     assert!(!ok);
     assert!(err.contains(&sock.display().to_string()), "{err}");
 }
+
+/// The lines of a trace file that are log lines (not its `#` header and footer).
+fn trace_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_client_trace_writes_that_clients_debug_lines_only_while_the_console_stays_at_info() {
+    let port = holdfast_tests::free_port();
+    let gw = Gateway::start_config_logging_at(&holdfast_tests::test_config(port, ""), port, "info");
+    let sock = socket(&gw);
+    let dir = TempDir::new("trace-client");
+    let file = dir.path().join("traced.log");
+    let (ok, out, err) = ctl(
+        &sock,
+        &["trace", "start", "client", "traced", file.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("tracing client traced into"), "{out}");
+    let (ok, _, err) = ctl(&sock, &["trace", "start", "client", "traced", "/tmp/x"]);
+    assert!(!ok && err.contains("running already"), "{err}");
+    let (ok, _, err) = ctl(&sock, &["trace", "start", "topic", "a/#/b", "/tmp/x"]);
+    assert!(!ok && err.contains("not a topic filter"), "{err}");
+
+    let traced = MosquittoSub::start(gw.port, "t/#", &["-i", "traced", "-q", "1"]);
+    let other = MosquittoSub::start(gw.port, "t/#", &["-i", "other", "-q", "1"]);
+    assert!(mosquitto_pub(
+        gw.port,
+        "t/1",
+        "hello",
+        &["-i", "pub-1", "-q", "1"]
+    ));
+    assert_eq!(traced.wait_for(1, WAIT), ["hello"]);
+    assert_eq!(other.wait_for(1, WAIT), ["hello"]);
+    let list = ctl_json(&sock, &["trace", "list"]);
+    assert_eq!(list["traces"][0]["value"], "traced", "{list}");
+    // The writer flushes whenever its queue runs empty: the file is readable while tracing.
+    assert!(wait_until(WAIT, || trace_lines(&file)
+        .iter()
+        .any(|l| l.contains("PUBACK in"))));
+    drop(traced);
+
+    let stopped = ctl_json(&sock, &["trace", "stop"]);
+    assert_eq!(stopped["stopped"][0]["kind"], "client", "{stopped}");
+    let written = stopped["stopped"][0]["lines"].as_u64().unwrap();
+    let lines = trace_lines(&file);
+    assert_eq!(lines.len() as u64, written, "{lines:#?}");
+    for want in [
+        "DEBUG holdfast::broker::connection: CONNECT",
+        "INFO holdfast::broker::connection: client connected",
+        "DEBUG holdfast::broker::connection: SUBSCRIBE",
+        "DEBUG holdfast::broker::connection: PUBLISH out",
+        "DEBUG holdfast::broker::connection: PUBACK in",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(want)),
+            "no {want:?} in {lines:#?}"
+        );
+    }
+    for line in &lines {
+        assert!(line.contains("client_id=traced"), "{line}");
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("# trace stopped"), "{text}");
+    assert!(
+        !text.contains("client_id=other") && !text.contains("pub-1"),
+        "{text}"
+    );
+    // The console stays at its level: no debug line reached the gateway's log.
+    assert!(!gw.log().contains("DEBUG"), "{}", gw.log());
+    assert!(gw.log().contains("trace started") && gw.log().contains("trace stopped"));
+
+    // After the stop, nothing more is written.
+    assert!(mosquitto_pub(
+        gw.port,
+        "t/2",
+        "x",
+        &["-i", "traced", "-q", "1"]
+    ));
+    assert_eq!(trace_lines(&file).len() as u64, written);
+    let (ok, _, err) = ctl(&sock, &["trace", "stop"]);
+    assert!(!ok && err.contains("no such trace"), "{err}");
+}
+
+#[test]
+fn a_topic_trace_follows_matching_topics_and_an_ip_trace_one_address() {
+    let gw = Gateway::start();
+    let sock = socket(&gw);
+    let dir = TempDir::new("trace-topic");
+    let topic_file = dir.path().join("topic.log");
+    let ip_file = dir.path().join("ip.log");
+    // A relative path is taken relative to ctl's working directory.
+    let mut cmd = Command::new(holdfast_bin());
+    cmd.current_dir(dir.path())
+        .args(["ctl", "--socket"])
+        .arg(&sock)
+        .args(["trace", "start", "topic", "plant/a/#", "topic.log"]);
+    let (ok, _, err) = run_with_timeout(&mut cmd, WAIT);
+    assert!(ok, "{err}");
+    let (ok, _, err) = ctl(
+        &sock,
+        &[
+            "trace",
+            "start",
+            "ip",
+            "127.0.0.2",
+            ip_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+
+    let sub = MosquittoSub::start(gw.port, "plant/#", &["-i", "watcher"]);
+    assert!(mosquitto_pub(
+        gw.port,
+        "plant/a/temp",
+        "21",
+        &["-i", "from-one"]
+    ));
+    assert!(mosquitto_pub(
+        gw.port,
+        "plant/b/temp",
+        "22",
+        &["-i", "from-one-b"]
+    ));
+    assert!(mosquitto_pub(
+        gw.port,
+        "plant/b/temp",
+        "23",
+        &["-i", "from-two", "-A", "127.0.0.2"]
+    ));
+    assert_eq!(sub.wait_for(3, WAIT).len(), 3);
+    let stopped = ctl_json(&sock, &["trace", "stop", "topic"]);
+    assert_eq!(stopped["stopped"].as_array().unwrap().len(), 1, "{stopped}");
+    assert_eq!(
+        ctl_json(&sock, &["trace", "list"])["traces"][0]["kind"],
+        "ip"
+    );
+    ctl_json(&sock, &["trace", "stop", "ip", "127.0.0.2"]);
+
+    let lines = trace_lines(&topic_file);
+    // The publish in (from-one) and the delivery out (watcher) of plant/a/temp; nothing of b.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("PUBLISH in") && l.contains("client_id=from-one ")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("PUBLISH out") && l.contains("client_id=watcher")),
+        "{lines:#?}"
+    );
+    for l in &lines {
+        assert!(l.contains("topic=plant/a/temp"), "{l}");
+    }
+
+    let lines = trace_lines(&ip_file);
+    assert!(lines.iter().any(|l| l.contains("PUBLISH in")), "{lines:#?}");
+    for l in &lines {
+        assert!(l.contains("peer=127.0.0.2:"), "{l}");
+        assert!(!l.contains("client_id=from-one"), "{l}");
+    }
+}

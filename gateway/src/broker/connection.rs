@@ -12,6 +12,7 @@
 //! synced it (`flush = "group" | "every"`): its PUBACK/PUBREC, and every one after it, is held
 //! until then, in PUBLISH order, and reading stops while `MAX_HELD_ACKS` are held.
 
+use super::auto_subscribe;
 use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
@@ -24,6 +25,7 @@ use super::Broker;
 use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
 use crate::auth::AuthDecision;
 use crate::bridge::{Forwarded, Forwarder, Refusal};
+use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};
 use holdfast_mqtt::{
     decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
@@ -338,6 +340,16 @@ impl Connection {
         }
         self.client_id = client_id.clone();
         self.username = connect.username.as_ref().map(|u| u.as_str().into());
+        tracing::debug!(
+            peer = %self.peer,
+            client_id = %self.client_id,
+            username = self.username.as_deref().unwrap_or(""),
+            proto_ver = self.protocol.level(),
+            keepalive = connect.keep_alive,
+            clean_start = connect.clean_start,
+            will = connect.will.as_ref().map_or("", |w| w.topic.as_str()),
+            "CONNECT"
+        );
 
         let cert_login = self.peer_cert().and_then(|c| c.login.clone());
         let decision = match cert_login {
@@ -477,6 +489,9 @@ impl Connection {
         );
         sys::client_connected(&self.broker, &self.client_info());
         self.connected = true;
+        if !config.auto_subscribe.is_empty() {
+            self.subscribe_by_broker(&config.auto_subscribe);
+        }
         self.limits =
             InboundLimiter::new(cfg.messages_rate, cfg.bytes_rate, Instant::now()).map(|inbound| {
                 Box::new(Limits {
@@ -485,6 +500,35 @@ impl Connection {
                 })
             });
         Ok(())
+    }
+
+    /// Subscription by broker: subscribes the client to the `[[auto_subscribe]]` topics, as
+    /// if it had sent SUBSCRIBE right after CONNECT (retained messages follow the CONNACK).
+    fn subscribe_by_broker(&mut self, rules: &[AutoSubscribe]) {
+        let (filters, skipped) = auto_subscribe::subscriptions_for(
+            rules,
+            &self.client_id,
+            self.username.as_deref(),
+            self.protocol.is_v5(),
+        );
+        for (template, why) in skipped {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, template, "auto subscribe skipped: {}", why.as_str());
+        }
+        if filters.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let session = self.session;
+        let reasons = self
+            .broker
+            .with_router(|r| r.subscribe(session, &filters, None, now));
+        for ((filter, opts), code) in filters.iter().zip(&reasons) {
+            if *code >= 0x80 {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "auto subscribe refused");
+            } else {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "auto SUBSCRIBE");
+            }
+        }
     }
 
     /// The verified client certificate's identity under mutual TLS (CN and SANs), which
@@ -788,12 +832,15 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.apply_publish(r, p, now),
             Packet::PubAck(ack) => {
-                if !r.puback(self.session, ack.packet_id) {
-                    tracing::debug!(client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                if r.puback(self.session, ack.packet_id) {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, reason = ack.reason, "PUBACK in");
+                } else {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
                 }
                 Ok(())
             }
             Packet::PubRec(rec) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rec.packet_id, reason = rec.reason, "PUBREC in");
                 let found = r.pubrec(self.session, rec.packet_id, rec.reason);
                 if !found || rec.reason < 0x80 {
                     self.replies.push(Packet::PubRel(PubResp {
@@ -809,11 +856,13 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(comp) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = comp.packet_id, "PUBCOMP in");
                 r.pubcomp(self.session, comp.packet_id);
                 Ok(())
             }
             Packet::PubRel(rel) => {
                 let found = r.pubrel(self.session, rel.packet_id);
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rel.packet_id, found, "PUBREL in");
                 self.replies.push(Packet::PubComp(PubResp {
                     packet_id: rel.packet_id,
                     reason: if found || !v5 {
@@ -858,7 +907,7 @@ impl Connection {
                     }
                 };
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
-                    tracing::debug!(client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "subscribe");
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
                 }
                 self.replies.push(Packet::SubAck(SubAck {
                     packet_id: sub.packet_id,
@@ -869,6 +918,9 @@ impl Connection {
             }
             Packet::Unsubscribe(unsub) => {
                 let reasons = r.unsubscribe(self.session, &unsub.filters);
+                for (filter, code) in unsub.filters.iter().zip(&reasons) {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "UNSUBSCRIBE");
+                }
                 self.replies.push(Packet::UnsubAck(UnsubAck {
                     packet_id: unsub.packet_id,
                     reasons,
@@ -877,10 +929,12 @@ impl Connection {
                 Ok(())
             }
             Packet::PingReq => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, "PINGREQ");
                 self.replies.push(Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(d) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, reason = d.reason, "DISCONNECT in");
                 if let Some(secs) = d.properties.session_expiry_interval {
                     self.expiry_override = Some(secs);
                 }
@@ -943,6 +997,17 @@ impl Connection {
                 Some(reason::PROTOCOL_ERROR),
             ));
         }
+        tracing::debug!(
+            peer = %self.peer,
+            client_id = %self.client_id,
+            topic = %p.topic,
+            qos = p.qos as u8,
+            retain = p.retain,
+            dup = p.dup,
+            packet_id = p.packet_id,
+            bytes = p.payload.len(),
+            "PUBLISH in"
+        );
         if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
             // Dropped and counted; MQTT 5 hears 0x87, 3.1.1 is acknowledged as usual (EMQX).
             self.broker
@@ -999,7 +1064,7 @@ impl Connection {
         }
         let mut code = reason::SUCCESS;
         if let Some(refusal) = refused {
-            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish refused");
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, topic = %p.topic, "publish refused");
             code = refusal;
         } else {
             p.properties.subscription_identifiers.clear();
@@ -1293,7 +1358,7 @@ impl Connection {
         };
         let start = self.wbuf.len();
         if let Err(e) = holdfast_mqtt::encode_publish_ref(&publish, self.protocol, &mut self.wbuf) {
-            tracing::error!(client_id = %self.client_id, topic = %msg.topic, "cannot encode delivery: {e}");
+            tracing::error!(peer = %self.peer, client_id = %self.client_id, topic = %msg.topic, "cannot encode delivery: {e}");
             self.wbuf.truncate(start);
             return;
         }
@@ -1304,7 +1369,7 @@ impl Connection {
                 .traffic
                 .dropped_too_large_for_client
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(client_id = %self.client_id, topic = %msg.topic, "dropped: larger than the client's maximum packet size");
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, topic = %msg.topic, "dropped: larger than the client's maximum packet size");
             if packet_id != 0 {
                 self.released.push(packet_id);
             }
@@ -1316,6 +1381,17 @@ impl Connection {
                 .outbound
                 .insert(ByteStr::from(msg.topic.as_str()), alias);
         }
+        tracing::debug!(
+            peer = %self.peer,
+            client_id = %self.client_id,
+            topic = %msg.topic,
+            qos = delivery.qos as u8,
+            retain = delivery.retain,
+            dup,
+            packet_id,
+            bytes = msg.payload.len(),
+            "PUBLISH out"
+        );
     }
 
     /// Ends a connected session: DISCONNECT for v5 when due, flush, unbind the session,

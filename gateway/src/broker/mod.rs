@@ -5,6 +5,7 @@
 //! wakes the connections that got deliveries after releasing it. Nothing here holds the lock
 //! across an `.await`.
 
+pub mod auto_subscribe;
 pub mod connection;
 pub mod limiter;
 pub mod listener;

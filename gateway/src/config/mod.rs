@@ -12,12 +12,14 @@
 //! `lwm2m`, `modbus`, `serial`, `web`) are errors, not silently ignored: a gateway that
 //! drops a bridge config on the floor would lose data while looking healthy.
 
+mod auto_subscribe;
 mod bridges;
 mod env;
 mod raw;
 mod units;
 mod validate;
 
+pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSubscribe};
 pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
@@ -26,6 +28,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use units::parse_size;
 
 /// The whole gateway configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +48,9 @@ pub struct Config {
     pub board: BoardConfig,
     /// Upstream links to cloud brokers (`[[bridges]]`); none by default.
     pub bridges: Vec<BridgeConfig>,
+    /// Topics every client is subscribed to when it connects (`[[auto_subscribe]]`); none by
+    /// default.
+    pub auto_subscribe: Vec<AutoSubscribe>,
 }
 
 /// Identity and local storage of this gateway.
@@ -434,6 +440,7 @@ impl Default for Config {
             log: LogConfig::default(),
             board: BoardConfig::default(),
             bridges: Vec::new(),
+            auto_subscribe: Vec::new(),
         }
     }
 }

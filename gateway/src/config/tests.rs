@@ -1199,3 +1199,50 @@ fn peer_cert_as_username_needs_verify_peer_and_a_known_part() {
         "{errors}"
     );
 }
+
+// ---- auto_subscribe ----
+
+#[test]
+fn auto_subscribe_entries_take_a_template_and_subscription_options() {
+    let config = ok(r#"
+[[auto_subscribe]]
+topic = "devices/%c/commands"
+qos = 1
+
+[[auto_subscribe]]
+topic = "users/%u/#"
+retain_handling = 2
+no_local = true
+"#);
+    assert_eq!(config.auto_subscribe.len(), 2);
+    assert_eq!(config.auto_subscribe[0].topic, "devices/%c/commands");
+    assert_eq!(config.auto_subscribe[0].qos, 1);
+    assert_eq!(config.auto_subscribe[0].retain_handling, 0);
+    assert!(config.auto_subscribe[1].no_local);
+    assert_eq!(config.auto_subscribe[1].retain_handling, 2);
+    assert!(Config::default().auto_subscribe.is_empty());
+}
+
+#[test]
+fn bad_auto_subscribe_entries_are_reported_with_their_line() {
+    assert_eq!(
+        problem("[[auto_subscribe]]\ntopic = \"devices/%i\"\n"),
+        "holdfast.toml:2: auto_subscribe[0].topic: unknown placeholder %i in \"devices/%i\" (use %c for the client id, %u for the username)"
+    );
+    assert_eq!(
+        problem("[[auto_subscribe]]\nqos = 1\n"),
+        "holdfast.toml:1: auto_subscribe[0].topic: is required, e.g. topic = \"devices/%c/commands\""
+    );
+    assert_eq!(
+        problem("[[auto_subscribe]]\ntopic = \"a\"\nqos = 3\n"),
+        "holdfast.toml:3: auto_subscribe[0].qos: must be between 0 and 2, got 3"
+    );
+    assert_eq!(
+        problem("[[auto_subscribe]]\ntopic = \"a/#/b\"\n"),
+        "holdfast.toml:2: auto_subscribe[0].topic: \"a/#/b\" is not a topic filter: '#' must be the last level of a topic filter"
+    );
+    assert_eq!(
+        problem("auto_subscribe = \"x\"\n"),
+        "holdfast.toml:1: auto_subscribe: expected an array of tables ([[auto_subscribe]]), found the string \"x\""
+    );
+}

@@ -16,7 +16,7 @@ const KB: u64 = 1024;
 /// Parses a size: a whole number of bytes, optionally followed by a unit
 /// (`B`, `KB`, `MB`, `GB`, case-insensitive, binary multiples; `K`/`M`/`G` and `KiB`/`MiB`/`GiB`
 /// are accepted as aliases). "512B", "64KB", "1MB", "2 GB" and "4096" are all sizes.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let digits_end = trimmed
         .find(|c: char| !c.is_ascii_digit())

@@ -201,6 +201,30 @@ pub fn format(req: &Request, answer: &Value) -> String {
                 }),
             )
         }
+        Request::TraceStart { .. } => {
+            let t = &answer["started"];
+            format!(
+                "tracing {} {} into {}\n",
+                text(&t["kind"]),
+                text(&t["value"]),
+                text(&t["file"])
+            )
+        }
+        Request::TraceStop { .. } => {
+            let mut out = trace_rows(&answer["stopped"]);
+            out.push_str("stopped\n");
+            out
+        }
+        Request::TraceList => {
+            let n = answer["traces"].as_array().map_or(0, Vec::len);
+            let mut out = if n == 0 {
+                String::new()
+            } else {
+                trace_rows(&answer["traces"])
+            };
+            out.push_str(&format!("{n} trace(s) running\n"));
+            out
+        }
         Request::Reload => {
             let r = &answer["reload"];
             let mut out = String::new();
@@ -210,6 +234,33 @@ pub fn format(req: &Request, answer: &Value) -> String {
             out
         }
     }
+}
+
+fn trace_rows(rows: &Value) -> String {
+    let list = rows.as_array().cloned().unwrap_or_default();
+    table(
+        &[
+            "KIND",
+            "VALUE",
+            "FILE",
+            "LINES",
+            "DROPPED_BEHIND",
+            "DROPPED_SIZE",
+        ],
+        list.iter().map(|t| {
+            [
+                "kind",
+                "value",
+                "file",
+                "lines",
+                "dropped_queue_full",
+                "dropped_size_limit",
+            ]
+            .iter()
+            .map(|k| text(&t[*k]))
+            .collect()
+        }),
+    )
 }
 
 /// A bounded listing (`{"rows": [...], "total": n, "truncated": bool}`) as a table.

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod server;
 
+use crate::trace::TraceKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,29 @@ pub enum Request {
     Bridges,
     /// Reload the auth files.
     Reload,
+    /// Start writing one client's, topic's or address's log lines (debug included) to a file.
+    TraceStart {
+        /// What to follow.
+        kind: TraceKind,
+        /// The client id, topic filter, or address/CIDR network.
+        value: String,
+        /// Absolute path of the file.
+        file: PathBuf,
+        /// Size limit of the file in bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bytes: Option<u64>,
+    },
+    /// Stop the traces of one kind and value, or every trace.
+    TraceStop {
+        /// Only traces of this kind.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        kind: Option<TraceKind>,
+        /// Only the trace of this value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
+    /// The running traces.
+    TraceList,
 }
 
 /// Parses one request line.
@@ -78,6 +102,33 @@ mod tests {
         assert_eq!(
             parse_request(br#"{"cmd":"listeners"}"#).unwrap(),
             Request::Listeners
+        );
+    }
+
+    #[test]
+    fn trace_requests_name_their_kind_in_snake_case() {
+        let req = Request::TraceStart {
+            kind: TraceKind::Ip,
+            value: "10.0.0.0/8".into(),
+            file: "/tmp/t.log".into(),
+            max_bytes: None,
+        };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            line,
+            r#"{"cmd":"trace_start","kind":"ip","value":"10.0.0.0/8","file":"/tmp/t.log"}"#
+        );
+        assert_eq!(parse_request(line.as_bytes()).unwrap(), req);
+        assert_eq!(
+            parse_request(br#"{"cmd":"trace_stop"}"#).unwrap(),
+            Request::TraceStop {
+                kind: None,
+                value: None
+            }
+        );
+        assert!(
+            parse_request(br#"{"cmd":"trace_start","kind":"mac","value":"x","file":"/t"}"#)
+                .is_err()
         );
     }
 

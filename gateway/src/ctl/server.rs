@@ -9,6 +9,7 @@
 use super::{error_response, parse_request, Request, MAX_REQUEST};
 use crate::broker::Broker;
 use crate::ops;
+use crate::trace::TraceSpec;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -148,6 +149,9 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
             json!({ "stats": stats })
         }
         Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
+        req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
+            answer_trace(req).await
+        }
         Request::Reload => {
             let broker = broker.clone();
             match tokio::task::spawn_blocking(move || ops::reload(&broker)).await {
@@ -160,6 +164,39 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
                 Err(e) => error_response(&format!("reload failed: {e}")),
             }
         }
+    }
+}
+
+/// Trace requests open, flush and close files: they run off the async workers.
+async fn answer_trace(req: Request) -> Value {
+    let work = move || match req {
+        Request::TraceStart {
+            kind,
+            value,
+            file,
+            max_bytes,
+        } => match ops::trace_start(TraceSpec {
+            kind,
+            value,
+            file,
+            max_bytes,
+        }) {
+            Ok(info) => json!({ "started": to_value(info) }),
+            Err(e) => error_response(&e),
+        },
+        Request::TraceStop { kind, value } => {
+            let stopped = ops::trace_stop(kind, value.as_deref());
+            if stopped.is_empty() {
+                error_response("no such trace is running")
+            } else {
+                json!({ "stopped": to_value(stopped) })
+            }
+        }
+        _ => json!({ "traces": to_value(ops::trace_list()) }),
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => error_response(&format!("trace request failed: {e}")),
     }
 }
 
