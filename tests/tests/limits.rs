@@ -253,3 +253,50 @@ fn force_shutdown_disconnects_a_client_whose_queue_reaches_the_limit() {
     });
     assert!(counted, "{}", gw.log());
 }
+
+#[test]
+fn force_shutdown_disconnects_a_client_whose_queued_bytes_reach_max_heap_size() {
+    // 64 KB of messages held for one client at most; the queue length limit is far away.
+    let gw = Gateway::start_with_mqtt(
+        "max_mqueue_len = 10000\nforce_shutdown = { max_heap_size = \"64KB\" }",
+    );
+    let mut properties = ConnectProperties::new();
+    properties.receive_maximum = Some(1);
+    let (mut slow, ack) = Raw::connect(gw.port, "hoarder", true, properties, None);
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    slow.subscribe_one("heap/t", QoS::AtLeastOnce);
+    // A subscriber that keeps up with the same traffic is not touched.
+    let keeps_up = MosquittoSub::start(gw.port, "heap/t", &["-i", "keeps-up", "-q", "1"]);
+
+    let mut publisher = connect_311(gw.port, "pub");
+    let payload = vec![b'x'; 4096];
+    // 15 x 4 KB stay below 64 KB; the 16th held message reaches it. Paced, so that the
+    // subscriber that keeps up never holds more than a message or two.
+    for id in 1..=40u16 {
+        std::thread::sleep(Duration::from_millis(10));
+        let mut body = Vec::new();
+        string("heap/t", &mut body);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(&payload);
+        publisher
+            .write_all(&packet(0x32, &body))
+            .expect("send PUBLISH");
+    }
+    assert_eq!(
+        slow.closed_within(WAIT),
+        Some(DisconnectReasonCode::QuotaExceeded)
+    );
+    assert!(gw.wait_for_log("force_shutdown: max_heap_size reached", WAIT));
+    assert_eq!(keeps_up.wait_for(40, WAIT).len(), 40);
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("max_heap_size reached"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    // Closed as soon as the bytes held reached the limit, not later: 16 x (4 KB + overhead).
+    assert!(line.contains("queued=15 inflight=1"), "{line}");
+    assert!(!gw
+        .log()
+        .contains("client_id=keeps-up reason=\"force_shutdown\""));
+}

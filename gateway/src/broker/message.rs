@@ -84,6 +84,18 @@ impl Message {
     }
 }
 
+/// What a queued delivery costs beyond its topic and payload (the delivery, its share of the
+/// message and its properties), for `max_heap_size` accounting.
+const DELIVERY_OVERHEAD: usize = 128;
+
+impl Delivery {
+    /// Roughly the memory a session holds for this delivery: the topic and the payload (counted
+    /// in full even when other subscribers share them) plus a fixed overhead.
+    pub fn held_bytes(&self) -> usize {
+        self.message.topic.len() + self.message.payload.len() + DELIVERY_OVERHEAD
+    }
+}
+
 /// One message queued for one subscriber.
 #[derive(Debug, Clone)]
 pub struct Delivery {

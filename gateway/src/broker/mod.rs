@@ -77,6 +77,8 @@ impl Broker {
             shared_strategy: m.shared_subscription_strategy,
             max_topic_levels: m.max_topic_levels,
             force_shutdown_mqueue_len: m.force_shutdown_mqueue_len,
+            force_shutdown_heap_size: usize::try_from(m.force_shutdown_heap_size)
+                .unwrap_or(usize::MAX),
         });
         Arc::new(Broker {
             router: Mutex::new(router),

@@ -46,6 +46,9 @@ pub struct RouterConfig {
     /// A connected session whose queue reaches this length has its connection closed with
     /// 0x97 quota exceeded (`mqtt.force_shutdown.max_mqueue_len`); 0 = never.
     pub force_shutdown_mqueue_len: usize,
+    /// A connected client whose queued and inflight messages hold this many bytes is
+    /// disconnected the same way (`mqtt.force_shutdown.max_heap_size`); 0 = never.
+    pub force_shutdown_heap_size: usize,
 }
 
 /// Broker-wide counters kept under the router lock.
@@ -380,7 +383,15 @@ impl Router {
         s.expires_at = Some(now + s.expiry);
         if !self.cfg.mqueue_store_qos0 {
             let before = s.mqueue.len();
-            s.mqueue.retain(|d| d.qos != QoS::AtMostOnce);
+            let mut freed = 0;
+            s.mqueue.retain(|d| {
+                let keep = d.qos != QoS::AtMostOnce;
+                if !keep {
+                    freed += d.held_bytes();
+                }
+                keep
+            });
+            s.held_bytes = s.held_bytes.saturating_sub(freed);
             self.counters.dropped_qos0_offline += (before - s.mqueue.len()) as u64;
         }
         match will {
@@ -708,13 +719,13 @@ impl Router {
                 s.next_seq = s.next_seq.max(seq.saturating_add(1));
                 let qos = p.qos;
                 match session_persist::pending_from_stored(p, now) {
-                    Some(Restored::Queued(d)) => s.mqueue.push_back(d),
+                    Some(Restored::Queued(d)) => s.restore(d),
                     Some(Restored::Inflight(f)) => {
                         if s.inflight.iter().any(|g| g.packet_id == f.packet_id) {
-                            s.mqueue.push_back(f.delivery);
+                            s.restore(f.delivery);
                         } else {
                             s.next_packet_id = f.packet_id.checked_add(1).unwrap_or(1);
-                            s.inflight.push_back(f);
+                            s.restore_inflight(f);
                         }
                     }
                     None => {
@@ -734,6 +745,7 @@ impl Router {
             while s.mqueue.len() > self.cfg.max_mqueue_len {
                 if let Some(oldest) = s.mqueue.pop_front() {
                     journal.removed(&oldest);
+                    s.note_sent(&oldest);
                     self.counters.dropped_queue_full += 1;
                 }
             }
@@ -1025,6 +1037,7 @@ impl Router {
             }
             if head.qos == QoS::AtMostOnce {
                 if let Some(delivery) = s.mqueue.pop_front() {
+                    s.note_sent(&delivery);
                     out.push(Outgoing::Publish {
                         delivery,
                         packet_id: 0,
@@ -1242,9 +1255,13 @@ fn enqueue(
     s.push_delivery(delivery);
     counters.deliveries_queued += 1;
     let limit = cfg.force_shutdown_mqueue_len;
+    let heap_limit = cfg.force_shutdown_heap_size;
     if let Some(c) = s.conn.as_ref().filter(|c| !c.is_closing()) {
         if limit > 0 && s.mqueue.len() >= limit {
             tracing::warn!(client_id = %s.client_id, queued = s.mqueue.len(), max_mqueue_len = limit, "force_shutdown: mqueue length reached");
+            c.close_with(reason::QUOTA_EXCEEDED);
+        } else if heap_limit > 0 && s.held_bytes >= heap_limit {
+            tracing::warn!(client_id = %s.client_id, held_bytes = s.held_bytes, max_heap_size = heap_limit, queued = s.mqueue.len(), inflight = s.inflight.len(), "force_shutdown: max_heap_size reached");
             c.close_with(reason::QUOTA_EXCEEDED);
         }
     }

@@ -43,6 +43,7 @@ fn config() -> RouterConfig {
         shared_strategy: SharedStrategy::RoundRobin,
         max_topic_levels: 8,
         force_shutdown_mqueue_len: 0,
+        force_shutdown_heap_size: 0,
     }
 }
 
@@ -463,6 +464,53 @@ fn force_shutdown_closes_a_connected_client_whose_queue_reaches_the_limit() {
         reason::QUOTA_EXCEEDED
     );
     assert_eq!(r.counters().dropped_queue_full, 0, "nothing dropped");
+}
+
+#[test]
+fn force_shutdown_closes_a_client_whose_queued_bytes_reach_max_heap_size() {
+    let t0 = Instant::now();
+    let payload = "x".repeat(1000);
+    // Each delivery holds its topic, its payload and a fixed overhead: ~1.1 KB here.
+    let one = msg("t", &payload, QoS::AtLeastOnce, false, None);
+    let per = one.topic.len() + one.payload.len() + 128;
+    let mut r = Router::new(RouterConfig {
+        max_mqueue_len: 1000,
+        force_shutdown_heap_size: 5 * per,
+        ..config()
+    });
+    let (res, c) = connect_with(&mut r, "slow", true, Duration::ZERO, 2);
+    let s = res.session_id;
+    sub(&mut r, s, "t", QoS::AtLeastOnce, t0);
+    // QoS 0 sent at once and acknowledged QoS 1 free what they held: the client keeps up.
+    let mut out = Vec::new();
+    for _ in 0..20 {
+        r.publish(msg("t", &payload, QoS::AtMostOnce, false, None), t0);
+        r.publish(msg("t", &payload, QoS::AtLeastOnce, false, None), t0);
+        out.clear();
+        r.take_outgoing(s, c.conn_id, 10, t0, &mut out);
+        for o in &out {
+            if let Outgoing::Publish { packet_id, .. } = o {
+                if *packet_id != 0 {
+                    assert!(r.puback(s, *packet_id));
+                }
+            }
+        }
+    }
+    assert!(!c.is_closing(), "a client that keeps up holds nothing");
+    // Now it stops reading: 2 in flight + 2 queued are below the limit, the 5th reaches it.
+    for _ in 0..4 {
+        r.publish(msg("t", &payload, QoS::AtLeastOnce, false, None), t0);
+    }
+    out.clear();
+    r.take_outgoing(s, c.conn_id, 10, t0, &mut out);
+    assert_eq!(out.len(), 2, "the window is 2");
+    assert!(!c.is_closing(), "4 held: below the limit");
+    r.publish(msg("t", &payload, QoS::AtLeastOnce, false, None), t0);
+    assert!(c.is_closing());
+    assert_eq!(
+        c.close_reason.load(Ordering::Relaxed),
+        reason::QUOTA_EXCEEDED
+    );
 }
 
 #[test]

@@ -185,6 +185,9 @@ pub struct Session {
     pub last_drop_log: Option<Instant>,
     /// The `seq` the next queued delivery gets.
     pub next_seq: u64,
+    /// Bytes of the messages queued or in flight for this session, as
+    /// [`Delivery::held_bytes`] counts them (`mqtt.force_shutdown.max_heap_size`).
+    pub held_bytes: usize,
     /// What changed since the last store flush, for a session persisted to the session store;
     /// `None` for sessions that end with their connection or when there is no store. Boxed: most
     /// sessions have none.
@@ -212,6 +215,7 @@ impl Session {
             dropped_since_log: 0,
             last_drop_log: None,
             next_seq: 1,
+            held_bytes: 0,
             journal: None,
         }
     }
@@ -245,14 +249,34 @@ impl Session {
         if let Some(j) = &mut self.journal {
             j.queued(&delivery);
         }
+        self.held_bytes += delivery.held_bytes();
         self.mqueue.push_back(delivery);
+    }
+
+    /// Puts a delivery restored from the session store back in the queue (or, with
+    /// `inflight`, in the window) without journaling it again.
+    pub fn restore(&mut self, delivery: Delivery) {
+        self.held_bytes += delivery.held_bytes();
+        self.mqueue.push_back(delivery);
+    }
+
+    /// As [`restore`](Self::restore), into the inflight window.
+    pub fn restore_inflight(&mut self, inflight: Inflight) {
+        self.held_bytes += inflight.delivery.held_bytes();
+        self.inflight.push_back(inflight);
     }
 
     /// Journals that `delivery` left the session (acknowledged, dropped or expired).
     pub fn note_removed(&mut self, delivery: &Delivery) {
+        self.note_sent(delivery);
         if let Some(j) = &mut self.journal {
             j.removed(delivery);
         }
+    }
+
+    /// A QoS 0 delivery went out: the session no longer holds it (nothing to journal).
+    pub fn note_sent(&mut self, delivery: &Delivery) {
+        self.held_bytes = self.held_bytes.saturating_sub(delivery.held_bytes());
     }
 
     /// Journals that `delivery` changed its handshake state.

@@ -37,6 +37,7 @@ fn config() -> RouterConfig {
         shared_strategy: SharedStrategy::RoundRobin,
         max_topic_levels: 8,
         force_shutdown_mqueue_len: 0,
+        force_shutdown_heap_size: 0,
     }
 }
 

@@ -140,6 +140,11 @@ pub struct MqttConfig {
     /// instead of silently losing the oldest; only meaningful up to `max_mqueue_len`.
     /// Default 0 = off. (`max_heap_size` is not supported.)
     pub force_shutdown_mqueue_len: usize,
+    /// `mqtt.force_shutdown.max_heap_size`: a connected client whose queued and inflight
+    /// messages hold this many bytes (topic + payload + a fixed overhead each) is disconnected
+    /// the same way. Its socket buffers are bounded apart (`max_packet_size`,
+    /// `outbound_buffer`). Default 0: off.
+    pub force_shutdown_heap_size: u64,
 }
 
 /// A per-client token bucket: `rate` tokens a second, holding at most `burst`. Both are at
@@ -480,6 +485,7 @@ impl Default for MqttConfig {
             messages_rate: None,
             bytes_rate: None,
             force_shutdown_mqueue_len: 0,
+            force_shutdown_heap_size: 0,
         }
     }
 }

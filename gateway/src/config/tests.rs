@@ -488,13 +488,19 @@ fn per_client_limits_parse_emqx_rate_burst_pairs() {
 }
 
 #[test]
-fn force_shutdown_takes_a_queue_length_and_not_yet_a_heap_size() {
+fn force_shutdown_takes_a_queue_length_and_a_heap_size() {
     let config = ok("[mqtt]\nforce_shutdown = { max_mqueue_len = 500 }\n");
     assert_eq!(config.mqtt.force_shutdown_mqueue_len, 500);
+    assert_eq!(config.mqtt.force_shutdown_heap_size, 0);
     assert_eq!(Config::default().mqtt.force_shutdown_mqueue_len, 0);
+    let config = ok("[mqtt]\nforce_shutdown = { max_heap_size = \"32MB\" }\n");
+    assert_eq!(config.mqtt.force_shutdown_heap_size, 32 * 1024 * 1024);
+    assert_eq!(config.mqtt.force_shutdown_mqueue_len, 0);
+    assert!(mqtt("force_shutdown = { max_heap_size = \"32 parsecs\" }")
+        .starts_with("holdfast.toml:2: mqtt.force_shutdown.max_heap_size: "));
     assert_eq!(
-        mqtt("force_shutdown = { max_heap_size = \"32MB\" }"),
-        "holdfast.toml:2: mqtt.force_shutdown.max_heap_size: not supported by this build yet"
+        mqtt("force_shutdown = { max_heap_sise = 1 }"),
+        "holdfast.toml:2: mqtt.force_shutdown.max_heap_sise: unknown key (did you mean \"max_heap_size\"?)"
     );
     assert_eq!(
         mqtt("force_shutdown = { max_mqueue_len = -1 }"),

@@ -600,14 +600,30 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             None => d.force_shutdown_mqueue_len,
             Some(node) => {
                 let path = "mqtt.force_shutdown";
-                let entries = ctx.open(node, path, &["max_mqueue_len"], &["max_heap_size"]);
+                let entries = ctx.open(node, path, FORCE_SHUTDOWN_KEYS, &[]);
                 ctx.get(entries, path, "max_mqueue_len", d.force_shutdown_mqueue_len, |c, n, k| {
                     integer(c, n, k, 0, i64::MAX)
                 })
             }
         },
+        force_shutdown_heap_size: match field(entries, "force_shutdown") {
+            None => d.force_shutdown_heap_size,
+            Some(node) => {
+                let path = "mqtt.force_shutdown";
+                let entries = match &node.value {
+                    Value::Table(entries) => entries.as_slice(),
+                    _ => &[],
+                };
+                ctx.get(entries, path, "max_heap_size", d.force_shutdown_heap_size, |c, n, k| {
+                    size(c, n, k, 0, u64::MAX)
+                })
+            }
+        },
     }
 }
+
+/// Keys of `mqtt.force_shutdown`.
+const FORCE_SHUTDOWN_KEYS: &[&str] = &["max_mqueue_len", "max_heap_size"];
 
 /// A `"rate,burst"` string (EMQX's notation) for a per-client token bucket.
 fn rate_limit(ctx: &mut Ctx<'_>, node: &Node, key: &str, unit: RateUnit) -> Option<RateLimit> {
