@@ -17,6 +17,7 @@ mod env;
 mod raw;
 mod units;
 mod validate;
+mod webhooks;
 
 pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
@@ -26,6 +27,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use webhooks::{EventSet, PayloadEncoding, WebhookConfig, WebhookEvent, WebhookUrl};
 
 /// The whole gateway configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +47,8 @@ pub struct Config {
     pub board: BoardConfig,
     /// Upstream links to cloud brokers (`[[bridges]]`); none by default.
     pub bridges: Vec<BridgeConfig>,
+    /// HTTP endpoints that get broker events as JSON (`[[webhooks]]`); none by default.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -434,6 +438,7 @@ impl Default for Config {
             log: LogConfig::default(),
             board: BoardConfig::default(),
             bridges: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }

@@ -73,6 +73,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "log",
             "board",
             "bridges",
+            "webhooks",
         ],
         &[],
     );
@@ -113,6 +114,10 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         Some(n) => super::bridges::bridges_section(&mut ctx, n, &node.name),
         None => Vec::new(),
     };
+    let webhooks = match field(entries, "webhooks") {
+        Some(n) => super::webhooks::webhooks_section(&mut ctx, n),
+        None => Vec::new(),
+    };
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -129,6 +134,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         log,
         board,
         bridges,
+        webhooks,
     })
 }
 
