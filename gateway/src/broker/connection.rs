@@ -16,7 +16,7 @@ use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
-use super::session::{ConnControl, ConnMeta};
+use super::session::{ConnControl, ConnMeta, InflightState};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
@@ -476,6 +476,7 @@ impl Connection {
             "client connected"
         );
         sys::client_connected(&self.broker, &self.client_info());
+        self.broker.webhooks.client_connected(|| self.client_info());
         self.connected = true;
         self.limits =
             InboundLimiter::new(cfg.messages_rate, cfg.bytes_rate, Instant::now()).map(|inbound| {
@@ -788,6 +789,12 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.apply_publish(r, p, now),
             Packet::PubAck(ack) => {
+                self.broker.webhooks.message_acked(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    ack.packet_id,
+                    || r.inflight_delivery(self.session, ack.packet_id, InflightState::AwaitPubAck),
+                );
                 if !r.puback(self.session, ack.packet_id) {
                     tracing::debug!(client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
                 }
@@ -809,6 +816,18 @@ impl Connection {
                 Ok(())
             }
             Packet::PubComp(comp) => {
+                self.broker.webhooks.message_acked(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    comp.packet_id,
+                    || {
+                        r.inflight_delivery(
+                            self.session,
+                            comp.packet_id,
+                            InflightState::AwaitPubComp,
+                        )
+                    },
+                );
                 r.pubcomp(self.session, comp.packet_id);
                 Ok(())
             }
@@ -860,6 +879,12 @@ impl Connection {
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
                     tracing::debug!(client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "subscribe");
                 }
+                self.broker.webhooks.session_subscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &sub.filters,
+                    &reasons,
+                );
                 self.replies.push(Packet::SubAck(SubAck {
                     packet_id: sub.packet_id,
                     reasons,
@@ -869,6 +894,12 @@ impl Connection {
             }
             Packet::Unsubscribe(unsub) => {
                 let reasons = r.unsubscribe(self.session, &unsub.filters);
+                self.broker.webhooks.session_unsubscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &unsub.filters,
+                    &reasons,
+                );
                 self.replies.push(Packet::UnsubAck(UnsubAck {
                     packet_id: unsub.packet_id,
                     reasons,
@@ -949,6 +980,15 @@ impl Connection {
                 .traffic
                 .dropped_not_authorized
                 .fetch_add(1, Ordering::Relaxed);
+            self.broker.webhooks.message_dropped(
+                "not_authorized",
+                Some(&self.client_id),
+                self.username.as_deref(),
+                &p.topic,
+                p.qos,
+                p.retain,
+                &p.payload,
+            );
             let code = if v5 {
                 reason::NOT_AUTHORIZED
             } else {
@@ -1016,6 +1056,11 @@ impl Connection {
                 publisher: Some(self.session),
                 expires_at,
             });
+            self.broker.webhooks.message_publish(
+                &self.client_id,
+                self.username.as_deref(),
+                &message,
+            );
             let before = r.forwards_len();
             if r.publish(message, now) == 0 && v5 {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
@@ -1316,6 +1361,12 @@ impl Connection {
                 .outbound
                 .insert(ByteStr::from(msg.topic.as_str()), alias);
         }
+        self.broker.webhooks.message_delivered(
+            &self.client_id,
+            self.username.as_deref(),
+            &delivery,
+            |sid| self.broker.with_router(|r| r.client_id_of(sid)),
+        );
     }
 
     /// Ends a connected session: DISCONNECT for v5 when due, flush, unbind the session,
@@ -1343,6 +1394,9 @@ impl Connection {
         tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
         if self.connected {
             sys::client_disconnected(&self.broker, &self.client_info(), close.reason);
+            self.broker
+                .webhooks
+                .client_disconnected(|| self.client_info(), close.reason);
         }
         close.reason
     }
