@@ -10,6 +10,7 @@ headers of interest to --out + ".headers" (one JSON object a line).
 
   --fail-first N   answer 500 to the first N requests (to test retries)
   --sleep S        wait S seconds before answering each request (to test the bounded queue)
+  --cert F --key K serve HTTPS with this PEM certificate chain and key
 """
 
 import argparse
@@ -25,6 +26,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--fail-first", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--cert")
+    ap.add_argument("--key")
     args = ap.parse_args()
 
     lock = threading.Lock()
@@ -65,6 +68,11 @@ def main():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if args.cert:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(server.server_address[1]))

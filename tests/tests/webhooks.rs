@@ -4,6 +4,7 @@
 //!
 //! Every test starts its own gateway and sink on free loopback ports and stops both.
 
+use holdfast_tests::pki::make_pki;
 use holdfast_tests::{
     free_port, holdfast_bin, mosquitto_pub, run_with_timeout, test_config, wait_until, Gateway,
     MosquittoSub, TempDir,
@@ -438,6 +439,27 @@ fn a_slow_or_dead_endpoint_drops_and_counts_but_never_slows_the_broker() {
         .filter(|l| l.contains("webhook event dropped") && l.contains("dead"))
         .count();
     assert!((1..=3).contains(&lines), "{lines} failure lines");
+}
+
+#[test]
+fn https_endpoints_are_verified_against_the_configured_ca() {
+    let dir = TempDir::new("whpki");
+    let pki = make_pki(dir.path());
+    let cert = pki.server_cert.display().to_string();
+    let key = pki.server_key.display().to_string();
+    let sink = Sink::start(&["--cert", &cert, "--key", &key]);
+    let gw = gateway(&format!(
+        "[[webhooks]]\nname = \"tls\"\nurl = \"https://127.0.0.1:{}/hook\"\nca = \"{}\"\nevents = [\"message.publish\"]\n",
+        sink.port,
+        pki.ca.display()
+    ));
+    for i in 0..3 {
+        assert!(mosquitto_pub(gw.port, "secure/t", &format!("m{i}"), &[]));
+    }
+    let ev = sink.wait_for(3);
+    let payloads: Vec<_> = ev.iter().map(|e| e["payload"].as_str().unwrap()).collect();
+    assert_eq!(payloads, ["bTA=", "bTE=", "bTI="]);
+    assert_eq!(counter(&gw, "tls", "failed"), 0);
 }
 
 #[test]
