@@ -11,6 +11,8 @@ headers of interest to --out + ".headers" (one JSON object a line).
   --fail-first N   answer 500 to the first N requests (to test retries)
   --sleep S        wait S seconds before answering each request (to test the bounded queue)
   --cert F --key K serve HTTPS with this PEM certificate chain and key
+  --close          close each connection after its response without saying so (a keep-alive
+                   connection the endpoint dropped while idle)
 """
 
 import argparse
@@ -26,6 +28,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--fail-first", type=int, default=0)
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--close", action="store_true")
     ap.add_argument("--cert")
     ap.add_argument("--key")
     args = ap.parse_args()
@@ -59,12 +62,15 @@ def main():
                             "authorization": self.headers.get("authorization"),
                             "host": self.headers.get("host"),
                             "path": self.path,
+                            "peer_port": self.client_address[1],
                         }) + "\n")
             reply = b"ok" if ok else b"try again"
             self.send_response(200 if ok else 500)
             self.send_header("content-length", str(len(reply)))
             self.end_headers()
             self.wfile.write(reply)
+            if args.close:
+                self.close_connection = True
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True

@@ -293,6 +293,31 @@ fn all_eight_events_arrive_with_emqx_fields() {
     assert_eq!(h["authorization"], "Bearer t0ken");
     assert_eq!(h["host"], format!("127.0.0.1:{}", sink.port));
     assert_eq!(h["path"], "/hook");
+    // Keep-alive: the events travelled over at most `pool_size` (4) connections.
+    let connections: std::collections::HashSet<u64> = sink
+        .headers()
+        .iter()
+        .map(|h| h["peer_port"].as_u64().unwrap())
+        .collect();
+    assert!(
+        (1..=4).contains(&connections.len()),
+        "{} connections for {} events",
+        connections.len(),
+        ev.len()
+    );
+    // `holdfast ctl stats` shows the counters too.
+    let sock = gw.dir.path().join("data").join("ctl.sock");
+    let (ok, out, err) = run_with_timeout(
+        Command::new(holdfast_bin())
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&sock)
+            .arg("stats"),
+        Duration::from_secs(10),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("webhooks/all/sent"), "{out}");
+    assert!(out.contains("webhooks/all/dropped_queue_full"), "{out}");
     assert_eq!(counter(&gw, "all", "failed"), 0);
 }
 
@@ -343,6 +368,25 @@ fn a_failing_endpoint_is_retried_until_it_accepts() {
     assert_eq!(wait_counter(&gw, "flaky", "sent", |v| v == 1), 1);
     assert_eq!(counter(&gw, "flaky", "retries"), 2);
     assert_eq!(counter(&gw, "flaky", "failed"), 0);
+}
+
+#[test]
+fn a_kept_alive_connection_the_endpoint_dropped_is_replaced_without_a_retry() {
+    let sink = Sink::start(&["--close"]);
+    let gw = gateway(&format!(
+        "[[webhooks]]\nname = \"h\"\nurl = \"{}\"\nevents = [\"message.publish\"]\npool_size = 1\n",
+        sink.url()
+    ));
+    for i in 0..5 {
+        assert!(mosquitto_pub(gw.port, "t", &format!("{i}"), &[]));
+        sink.wait_for(i + 1);
+        // Give the closed socket time to look alive-but-dead to the next request.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(sink.wait_for(5).len(), 5);
+    assert_eq!(wait_counter(&gw, "h", "sent", |v| v == 5), 5);
+    assert_eq!(counter(&gw, "h", "retries"), 0);
+    assert_eq!(sink.requests(), 5);
 }
 
 #[test]

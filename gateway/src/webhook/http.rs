@@ -171,7 +171,20 @@ impl Endpoint {
         conn: &mut Option<SendRequest<Full<Bytes>>>,
         body: Bytes,
     ) -> Result<(), PostError> {
-        let result = tokio::time::timeout(self.timeout, self.try_post(conn, body)).await;
+        // A kept-alive connection the endpoint closed meanwhile fails the request before any
+        // answer: that is not the endpoint failing, so retry at once on a fresh connection.
+        let reused = conn.as_ref().is_some_and(|c| !c.is_closed());
+        let attempt = async {
+            match self.try_post(conn, body.clone()).await {
+                Err(PostError::Http(e)) if reused => {
+                    tracing::debug!(webhook = %self.name, "kept-alive connection failed ({e}); reconnecting");
+                    *conn = None;
+                    self.try_post(conn, body).await
+                }
+                other => other,
+            }
+        };
+        let result = tokio::time::timeout(self.timeout, attempt).await;
         let result = result.unwrap_or(Err(PostError::Timeout));
         if result.is_err() {
             *conn = None;
