@@ -13,6 +13,7 @@ use crate::broker::{sys, Broker};
 use crate::config::{Config, ListenerKind};
 use crate::ctl;
 use crate::supervise::{self, Supervisor};
+use crate::webhook;
 use holdfast_board::{BoardError, SystemdNotify};
 use holdfast_storage::kv::{KvBackend, RetainedStore, SessionStore, SledOptions, SledStore};
 use std::net::SocketAddr;
@@ -36,6 +37,9 @@ pub enum StartError {
     /// A bridge's queue could not be opened.
     #[error(transparent)]
     Bridge(#[from] bridge::OpenError),
+    /// A webhook's TLS settings could not be loaded (its CA file, the system roots).
+    #[error(transparent)]
+    Webhook(#[from] webhook::SetupError),
     /// The board could not be opened (its watchdog device, usually).
     #[error("board: {0} (set board.watchdog_device = \"\" to run without a hardware watchdog)")]
     Board(#[from] BoardError),
@@ -50,6 +54,8 @@ pub struct Gateway {
     store: Option<Arc<SledStore>>,
     /// The board task, ready to run once serving starts.
     supervisor: Supervisor,
+    /// The webhooks' endpoints, ready for their workers once serving starts.
+    webhooks: Vec<webhook::Endpoint>,
 }
 
 impl Gateway {
@@ -72,6 +78,7 @@ impl Gateway {
                 bridge::open_outboxes(&broker.config.bridges, &broker.config.node.data_dir)?;
             broker.set_forwarder(Arc::new(forwarder));
         }
+        let webhooks = webhook::endpoints(&broker.config.webhooks)?;
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
@@ -85,6 +92,7 @@ impl Gateway {
             listeners,
             supervisor,
             store,
+            webhooks,
         })
     }
 
@@ -105,6 +113,7 @@ impl Gateway {
         let broker = self.broker;
         tracker.spawn(sys::run_timers(broker.clone()));
         bridge::spawn_links(&broker, &tracker);
+        webhook::spawn(&broker.webhooks, self.webhooks, &tracker, &broker.shutdown);
         let session_store = self
             .store
             .as_ref()

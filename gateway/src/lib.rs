@@ -3,7 +3,7 @@
 //! Layout: `config` turns TOML + environment into typed config, `auth` decides who may connect,
 //! `broker` is the MQTT broker (router, sessions, listeners, connections, `$SYS`), `bridge` the
 //! store-and-forward links to cloud brokers, `ops` the operations service layer (reload, and
-//! what `holdfast ctl` and the web UI call), `ctl` the control socket and its client, `supervise`
+//! what `holdfast ctl` and the web UI call), `ctl` the control socket and its client, `webhook` posts broker events to HTTP endpoints, `supervise`
 //! is the board task (watchdog fed only while healthy, LEDs, systemd, board `$SYS`), `app`
 //! wires them together and owns shutdown.
 #![forbid(unsafe_code)]
@@ -19,3 +19,4 @@ pub mod ctl;
 pub mod ops;
 pub mod supervise;
 pub mod trace;
+pub mod webhook;

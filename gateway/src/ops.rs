@@ -138,6 +138,25 @@ pub fn stats(broker: &Broker) -> Vec<(&'static str, u64)> {
     sys::stats_snapshot(broker)
 }
 
+/// Every webhook's counters as `webhooks/{name}/{counter}` -> value (`holdfast ctl stats`),
+/// the numbers `$SYS/brokers/{node}/webhooks/{name}/...` publishes.
+pub fn webhook_stats(broker: &Broker) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for h in broker.webhooks.snapshot() {
+        for (counter, value) in [
+            ("events", h.events),
+            ("sent", h.sent),
+            ("failed", h.failed),
+            ("dropped_queue_full", h.dropped_queue_full),
+            ("retries", h.retries),
+            ("queued", h.queued),
+        ] {
+            out.push((format!("webhooks/{}/{counter}", h.name), value));
+        }
+    }
+    out
+}
+
 /// One bridge's state and counters (`holdfast ctl bridges`).
 #[derive(Debug, Clone, Serialize)]
 pub struct BridgeView {

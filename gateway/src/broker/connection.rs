@@ -17,7 +17,7 @@ use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
-use super::session::{ConnControl, ConnMeta};
+use super::session::{ConnControl, ConnMeta, InflightState};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
@@ -488,6 +488,7 @@ impl Connection {
             "client connected"
         );
         sys::client_connected(&self.broker, &self.client_info());
+        self.broker.webhooks.client_connected(|| self.client_info());
         self.connected = true;
         if !config.auto_subscribe.is_empty() {
             self.subscribe_by_broker(&config.auto_subscribe);
@@ -832,6 +833,12 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.apply_publish(r, p, now),
             Packet::PubAck(ack) => {
+                self.broker.webhooks.message_acked(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    ack.packet_id,
+                    || r.inflight_delivery(self.session, ack.packet_id, InflightState::AwaitPubAck),
+                );
                 if r.puback(self.session, ack.packet_id) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, reason = ack.reason, "PUBACK in");
                 } else {
@@ -857,6 +864,18 @@ impl Connection {
             }
             Packet::PubComp(comp) => {
                 tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = comp.packet_id, "PUBCOMP in");
+                self.broker.webhooks.message_acked(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    comp.packet_id,
+                    || {
+                        r.inflight_delivery(
+                            self.session,
+                            comp.packet_id,
+                            InflightState::AwaitPubComp,
+                        )
+                    },
+                );
                 r.pubcomp(self.session, comp.packet_id);
                 Ok(())
             }
@@ -909,6 +928,12 @@ impl Connection {
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
                 }
+                self.broker.webhooks.session_subscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &sub.filters,
+                    &reasons,
+                );
                 self.replies.push(Packet::SubAck(SubAck {
                     packet_id: sub.packet_id,
                     reasons,
@@ -921,6 +946,12 @@ impl Connection {
                 for (filter, code) in unsub.filters.iter().zip(&reasons) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "UNSUBSCRIBE");
                 }
+                self.broker.webhooks.session_unsubscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &unsub.filters,
+                    &reasons,
+                );
                 self.replies.push(Packet::UnsubAck(UnsubAck {
                     packet_id: unsub.packet_id,
                     reasons,
@@ -1014,6 +1045,15 @@ impl Connection {
                 .traffic
                 .dropped_not_authorized
                 .fetch_add(1, Ordering::Relaxed);
+            self.broker.webhooks.message_dropped(
+                "not_authorized",
+                Some(&self.client_id),
+                self.username.as_deref(),
+                &p.topic,
+                p.qos,
+                p.retain,
+                &p.payload,
+            );
             let code = if v5 {
                 reason::NOT_AUTHORIZED
             } else {
@@ -1081,6 +1121,11 @@ impl Connection {
                 publisher: Some(self.session),
                 expires_at,
             });
+            self.broker.webhooks.message_publish(
+                &self.client_id,
+                self.username.as_deref(),
+                &message,
+            );
             let before = r.forwards_len();
             if r.publish(message, now) == 0 && v5 {
                 code = reason::NO_MATCHING_SUBSCRIBERS;
@@ -1392,6 +1437,12 @@ impl Connection {
             bytes = msg.payload.len(),
             "PUBLISH out"
         );
+        self.broker.webhooks.message_delivered(
+            &self.client_id,
+            self.username.as_deref(),
+            &delivery,
+            |sid| self.broker.with_router(|r| r.client_id_of(sid)),
+        );
     }
 
     /// Ends a connected session: DISCONNECT for v5 when due, flush, unbind the session,
@@ -1419,6 +1470,9 @@ impl Connection {
         tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
         if self.connected {
             sys::client_disconnected(&self.broker, &self.client_info(), close.reason);
+            self.broker
+                .webhooks
+                .client_disconnected(|| self.client_info(), close.reason);
         }
         close.reason
     }

@@ -24,6 +24,7 @@ pub mod tls;
 use crate::auth::Authenticator;
 use crate::bridge::{Forwarded, Forwarder};
 use crate::config::Config;
+use crate::webhook::Webhooks;
 use message::Message;
 use router::{Router, RouterConfig};
 use stats::{ListenerStats, TrafficStats};
@@ -56,6 +57,9 @@ pub struct Broker {
     pub auth_slots: tokio::sync::Semaphore,
     next_conn_id: AtomicU64,
     next_client_id: AtomicU64,
+    /// Posts broker events to the `[[webhooks]]` endpoints; every hook is one branch when
+    /// none is configured.
+    pub webhooks: Arc<Webhooks>,
     /// The bridges' queues, once opened (none without `[[bridges]]`).
     forwarder: OnceLock<Arc<Forwarder>>,
 }
@@ -68,7 +72,8 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Arc<Broker> {
         let m = &config.mqtt;
-        let router = Router::new(RouterConfig {
+        let webhooks = Arc::new(Webhooks::new(&config.webhooks, &config.node.name));
+        let mut router = Router::new(RouterConfig {
             max_mqueue_len: m.max_mqueue_len,
             mqueue_store_qos0: m.mqueue_store_qos0,
             retain_available: m.retain_available,
@@ -80,8 +85,12 @@ impl Broker {
             force_shutdown_heap_size: usize::try_from(m.force_shutdown_heap_size)
                 .unwrap_or(usize::MAX),
         });
+        if webhooks.wants(crate::config::WebhookEvent::MessageDropped) {
+            router.set_webhooks(webhooks.clone());
+        }
         Arc::new(Broker {
             router: Mutex::new(router),
+            webhooks,
             config,
             auth,
             traffic: TrafficStats::default(),

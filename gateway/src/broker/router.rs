@@ -16,6 +16,7 @@ use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session,
 use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
 use crate::bridge::Forwarder;
 use crate::config::SharedStrategy;
+use crate::webhook::Webhooks;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
@@ -192,6 +193,9 @@ pub struct Router {
     /// Messages routed under this lock that bridges want, in routing order; the broker appends
     /// them to the bridge queues after releasing the lock.
     forwards: Vec<Arc<Message>>,
+    /// Told about messages dropped for lack of subscribers; none unless a webhook wants
+    /// `message.dropped`.
+    webhooks: Option<Arc<Webhooks>>,
 }
 
 impl Router {
@@ -213,6 +217,7 @@ impl Router {
             rng: 0x9E37_79B9_7F4A_7C15,
             forwarder: None,
             forwards: Vec::new(),
+            webhooks: None,
         }
     }
 
@@ -220,6 +225,37 @@ impl Router {
     /// [`take_forwards`](Self::take_forwards).
     pub fn set_forwarder(&mut self, forwarder: Arc<Forwarder>) {
         self.forwarder = Some(forwarder);
+    }
+
+    /// From now on, messages nobody subscribed to are posted as `message.dropped`.
+    pub fn set_webhooks(&mut self, webhooks: Arc<Webhooks>) {
+        self.webhooks = Some(webhooks);
+    }
+
+    /// The client id of session `sid`, if it still exists (for webhook events).
+    pub fn client_id_of(&self, sid: SessionId) -> Option<String> {
+        self.sessions.get(&sid).map(|s| s.client_id.to_string())
+    }
+
+    /// The delivery inflight under `packet_id` in `state` on session `sid`, and its
+    /// publisher's client id: what `message.acked` reports, looked up before the ack releases it.
+    pub fn inflight_delivery(
+        &self,
+        sid: SessionId,
+        packet_id: u16,
+        state: InflightState,
+    ) -> Option<(Delivery, Option<String>)> {
+        let s = self.sessions.get(&sid)?;
+        let f = s
+            .inflight
+            .iter()
+            .find(|f| f.packet_id == packet_id && f.state == state)?;
+        let from = f
+            .delivery
+            .message
+            .publisher
+            .and_then(|p| self.client_id_of(p));
+        Some((f.delivery.clone(), from))
     }
 
     /// Messages collected for the bridges, in routing order.
@@ -530,6 +566,7 @@ impl Router {
             wake,
             counters,
             rng,
+            webhooks,
             ..
         } = self;
         // One owned copy shared by every offline session that queues the message.
@@ -558,6 +595,20 @@ impl Router {
         });
         if matched == 0 {
             counters.dropped_no_subscribers += 1;
+            if let Some(w) = webhooks {
+                let from = msg.publisher.and_then(|p| sessions.get(&p));
+                let from = from.map(|s| s.client_id.as_str());
+                let m = &*msg;
+                w.message_dropped(
+                    "no_subscribers",
+                    from,
+                    None,
+                    &m.topic,
+                    m.qos,
+                    m.retain,
+                    &m.payload,
+                );
+            }
         }
         matched
     }

@@ -167,6 +167,11 @@ fn publish_stats(broker: &Broker) {
         let value = l.handshake_failed.load(Ordering::Relaxed).to_string();
         broker.publish_internal(sys_message(topic, value.into_bytes(), true));
     }
+    // $SYS/brokers/{node}/webhooks/{name}/{events,sent,failed,dropped_queue_full,retries,queued}
+    for (name, value) in crate::ops::webhook_stats(broker) {
+        let topic = format!("$SYS/brokers/{node}/{name}");
+        broker.publish_internal(sys_message(topic, value.to_string().into_bytes(), true));
+    }
 }
 
 /// Runs until shutdown: every second expires sessions and publishes due wills; every

@@ -101,7 +101,9 @@ fn open(path: &Path) -> Result<BufReader<File>, TlsSetupError> {
         })
 }
 
-fn read_certs(path: &Path) -> Result<Vec<pki_types::CertificateDer<'static>>, TlsSetupError> {
+pub(crate) fn read_certs(
+    path: &Path,
+) -> Result<Vec<pki_types::CertificateDer<'static>>, TlsSetupError> {
     let certs = rustls_pemfile::certs(&mut open(path)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsSetupError::Read {

@@ -18,6 +18,7 @@ mod env;
 mod raw;
 mod units;
 mod validate;
+mod webhooks;
 
 pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSubscribe};
 pub use bridges::{
@@ -29,6 +30,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 pub use units::parse_size;
+pub use webhooks::{EventSet, PayloadEncoding, WebhookConfig, WebhookEvent, WebhookUrl};
 
 /// The whole gateway configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,8 @@ pub struct Config {
     /// Topics every client is subscribed to when it connects (`[[auto_subscribe]]`); none by
     /// default.
     pub auto_subscribe: Vec<AutoSubscribe>,
+    /// HTTP endpoints that get broker events as JSON (`[[webhooks]]`); none by default.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -446,6 +450,7 @@ impl Default for Config {
             board: BoardConfig::default(),
             bridges: Vec::new(),
             auto_subscribe: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 }

@@ -1252,3 +1252,172 @@ fn bad_auto_subscribe_entries_are_reported_with_their_line() {
         "holdfast.toml:1: auto_subscribe: expected an array of tables ([[auto_subscribe]]), found the string \"x\""
     );
 }
+
+// ---- webhooks ----
+
+/// The example's commented `[[webhooks]]` block, uncommented.
+fn example_webhook() -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in example_toml().lines() {
+        if line == "# [[webhooks]]" {
+            inside = true;
+        }
+        if inside {
+            if !line.starts_with("# ") || line.starts_with("# #") {
+                if line.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            out.push_str(&line[2..]);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn the_example_webhook_parses_with_every_documented_value() {
+    let text = example_webhook();
+    assert!(text.contains("[[webhooks]]"), "{text}");
+    for key in WEBHOOK_EXAMPLE_KEYS {
+        assert!(text.contains(&format!("{key} = ")), "example lacks {key}");
+    }
+    let config = ok(&text);
+    let w = &config.webhooks[0];
+    assert_eq!(w.name, "audit");
+    assert_eq!(
+        w.url,
+        WebhookUrl {
+            tls: true,
+            host: "hooks.example.com".into(),
+            port: 443,
+            path: "/mqtt".into()
+        }
+    );
+    assert!(w.events.contains(WebhookEvent::MessagePublish));
+    assert!(!w.events.contains(WebhookEvent::MessageDropped));
+    assert_eq!(w.topics, vec!["sensors/#"]);
+    assert_eq!(
+        w.headers,
+        vec![("Authorization".to_owned(), "Bearer secret".to_owned())]
+    );
+    assert_eq!(w.timeout, Duration::from_secs(5));
+    assert_eq!((w.max_retries, w.queue_size, w.pool_size), (3, 10_000, 4));
+    assert_eq!(w.payload_encoding, PayloadEncoding::Base64);
+    assert_eq!(w.ca, Some(PathBuf::from("/etc/holdfast/hooks-ca.pem")));
+}
+
+const WEBHOOK_EXAMPLE_KEYS: [&str; 11] = [
+    "name",
+    "url",
+    "events",
+    "topics",
+    "headers",
+    "timeout",
+    "max_retries",
+    "queue_size",
+    "pool_size",
+    "payload_encoding",
+    "ca",
+];
+
+#[test]
+fn a_minimal_webhook_posts_every_event_for_every_topic() {
+    let config = ok("[[webhooks]]\nname = \"h\"\nurl = \"http://127.0.0.1:8080\"\n");
+    let w = &config.webhooks[0];
+    assert_eq!(w.events, EventSet::ALL);
+    for e in WebhookEvent::ALL {
+        assert!(w.events.contains(e), "{}", e.as_str());
+    }
+    assert_eq!(w.topics, vec!["#"]);
+    assert_eq!(w.url.path, "/");
+    assert_eq!(w.url.port, 8080);
+    assert!(!w.url.tls);
+    assert!(w.headers.is_empty() && w.ca.is_none());
+    assert_eq!(w.payload_encoding, PayloadEncoding::Base64);
+}
+
+#[test]
+fn webhook_urls_parse_hosts_ports_and_paths() {
+    let u = webhooks::parse_url("https://[::1]/a/b?x=1").unwrap();
+    assert_eq!(
+        (u.host.as_str(), u.port, u.path.as_str()),
+        ("::1", 443, "/a/b?x=1")
+    );
+    let u = webhooks::parse_url("http://h:81?q").unwrap();
+    assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("h", 81, "/?q"));
+    for bad in [
+        "ftp://h/",
+        "http://",
+        "http://h:0/",
+        "http://h:99999/",
+        "http://u:p@h/",
+        "http://h /x",
+        "http://[::1/",
+    ] {
+        assert!(webhooks::parse_url(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn webhook_mistakes_are_reported_with_their_lines_and_keys() {
+    let errors = problems(concat!(
+        "[[webhooks]]\n",
+        "name = \"a b\"\n",
+        "url = \"htp://x\"\n",
+        "events = [\"message.publish\", \"message.bounced\"]\n",
+        "topics = [\"a/#/b\"]\n",
+        "headers = { Host = \"x\", \"Bad Name\" = \"y\", X-Ok = \"a\\nb\" }\n",
+        "timeout = \"0s\"\n",
+        "max_retries = 100\n",
+        "queue_size = 0\n",
+        "pool_size = 65\n",
+        "payload_encoding = \"hex\"\n",
+        "[[webhooks]]\n",
+        "name = \"b\"\n",
+        "url = \"http://h/\"\n",
+        "[[webhooks]]\n",
+        "name = \"b\"\n",
+        "url = \"http://h/\"\n",
+        "[[webhooks]]\n",
+        "events = []\n",
+        "[[webhooks]]\n",
+        "name = \"c\"\n",
+        "url = \"http://h/\"\n",
+        "ca = \"ca.pem\"\n",
+    ))
+    .join("\n");
+    for expected in [
+        "holdfast.toml:2: webhooks[0].name: \"a b\" is not a webhook name",
+        "holdfast.toml:3: webhooks[0].url: \"htp://x\" is not a webhook URL",
+        "holdfast.toml:4: webhooks[0].events[1]: unknown event \"message.bounced\"",
+        "holdfast.toml:5: webhooks[0].topics[0]: \"a/#/b\" is not a topic filter",
+        "holdfast.toml:6: webhooks[0].headers.Host: Host is set by the gateway",
+        "holdfast.toml:6: webhooks[0].headers.Bad Name: \"Bad Name\" is not a header name",
+        "holdfast.toml:6: webhooks[0].headers.X-Ok: a header value must not contain control characters",
+        "holdfast.toml:7: webhooks[0].timeout: must be at least 100ms",
+        "holdfast.toml:8: webhooks[0].max_retries: must be between 0 and 20, got 100",
+        "holdfast.toml:9: webhooks[0].queue_size: must be between 1 and 1000000, got 0",
+        "holdfast.toml:10: webhooks[0].pool_size: must be between 1 and 64, got 65",
+        "holdfast.toml:11: webhooks[0].payload_encoding: unknown encoding \"hex\"",
+        "holdfast.toml:16: webhooks[2].name: webhook name \"b\" is already used by webhooks[1]",
+        "holdfast.toml:18: webhooks[3].name: is required",
+        "holdfast.toml:18: webhooks[3].url: is required",
+        "holdfast.toml:19: webhooks[3].events: must name at least one event",
+        "holdfast.toml:23: webhooks[4].ca: a CA is set but the url is http://",
+    ] {
+        assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+    }
+}
+
+#[test]
+fn webhooks_can_be_set_from_the_environment() {
+    let config = parse(
+        "[[webhooks]]\nname = \"h\"\nurl = \"http://127.0.0.1:1/\"\n",
+        FILE,
+        env(&[("HOLDFAST__WEBHOOKS__0__QUEUE_SIZE", "7")]),
+    );
+    assert_eq!(config.map(|c| c.webhooks[0].queue_size), Ok(7));
+}

@@ -74,6 +74,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "board",
             "bridges",
             "auto_subscribe",
+            "webhooks",
         ],
         &[],
     );
@@ -118,6 +119,10 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         Some(n) => super::auto_subscribe::auto_subscribe_section(&mut ctx, n),
         None => Vec::new(),
     };
+    let webhooks = match field(entries, "webhooks") {
+        Some(n) => super::webhooks::webhooks_section(&mut ctx, n),
+        None => Vec::new(),
+    };
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -135,6 +140,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         board,
         bridges,
         auto_subscribe,
+        webhooks,
     })
 }
 

@@ -142,10 +142,13 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
         }
         Request::Retained => json!({ "retained": to_value(ops::retained(broker)) }),
         Request::Stats => {
-            let stats: serde_json::Map<String, Value> = ops::stats(broker)
+            let mut stats: serde_json::Map<String, Value> = ops::stats(broker)
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), Value::from(v)))
                 .collect();
+            for (k, v) in ops::webhook_stats(broker) {
+                stats.insert(k, Value::from(v));
+            }
             json!({ "stats": stats })
         }
         Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
