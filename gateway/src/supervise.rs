@@ -249,6 +249,7 @@ impl Supervisor {
             retain: true,
             properties: PublishProperties::default(),
             publisher: None,
+            publisher_client_id: None,
             expires_at: None,
         };
         let broker = self.broker.clone();

@@ -181,8 +181,6 @@ fn all_eight_events_arrive_with_emqx_fields() {
     let (sub, mut conn) = client("sub-1", gw.port);
     sub.subscribe("t/#", QoS::AtLeastOnce).unwrap();
     until(&mut conn, |p| matches!(p, Packet::SubAck(_)));
-    // The publisher stays connected until the end: `from_clientid` is resolved from its
-    // session, which a clean-session publisher takes with it when it leaves.
     let (publisher, mut pconn) = client("pub-1", gw.port);
     publisher
         .publish("t/1", QoS::AtLeastOnce, false, "hello")
@@ -199,6 +197,17 @@ fn all_eight_events_arrive_with_emqx_fields() {
         "lost",
         &["-i", "pub-2"]
     ));
+    // The message names its publisher even when the publisher left before the delivery.
+    assert!(mosquitto_pub(
+        gw.port,
+        "t/2",
+        "bye",
+        &["-i", "pub-3", "-q", "1"]
+    ));
+    until(
+        &mut conn,
+        |p| matches!(p, Packet::Publish(p) if p.topic == "t/2"),
+    );
     sub.unsubscribe("t/#").unwrap();
     until(&mut conn, |p| matches!(p, Packet::UnsubAck(_)));
     // Let the PUBACK and UNSUBSCRIBE settle, then leave.
@@ -271,6 +280,9 @@ fn all_eight_events_arrive_with_emqx_fields() {
         (&dl["topic"], &dl["qos"], &dl["payload"]),
         (&"t/1".into(), &1.into(), &"hello".into())
     );
+    let late = of_kind(&ev, "message.delivered");
+    let late = late.iter().find(|e| e["topic"] == "t/2").unwrap();
+    assert_eq!(late["from_clientid"], "pub-3");
     let a = of_kind(&ev, "message.acked")[0];
     assert_eq!(
         (&a["clientid"], &a["from_clientid"], &a["topic"]),

@@ -395,6 +395,7 @@ impl Link {
             retain: p.retain,
             properties: p.properties,
             publisher: Some(bridge_session_id(self.outbox.index)),
+            publisher_client_id: None,
             expires_at,
         };
         self.broker.publish_internal(message);

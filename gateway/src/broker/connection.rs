@@ -396,6 +396,7 @@ impl Connection {
                     retain: w.retain,
                     properties,
                     publisher: None,
+                    publisher_client_id: Some(client_id.clone()),
                     expires_at,
                 }),
                 delay: Duration::from_secs(u64::from(w.will_delay_interval.unwrap_or(0))),
@@ -1119,6 +1120,7 @@ impl Connection {
                 retain: p.retain,
                 properties: p.properties,
                 publisher: Some(self.session),
+                publisher_client_id: Some(self.client_id.clone()),
                 expires_at,
             });
             self.broker.webhooks.message_publish(
@@ -1441,7 +1443,6 @@ impl Connection {
             &self.client_id,
             self.username.as_deref(),
             &delivery,
-            |sid| self.broker.with_router(|r| r.client_id_of(sid)),
         );
     }
 

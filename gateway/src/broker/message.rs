@@ -54,6 +54,9 @@ pub struct Message {
     pub properties: PublishProperties,
     /// Who published it, for no-local subscriptions; `None` for broker-made messages ($SYS, wills).
     pub publisher: Option<SessionId>,
+    /// The publishing client's id (webhooks' `from_clientid`), kept here so that it outlives
+    /// the publisher's session; `None` for broker-made messages and bridge downlinks.
+    pub publisher_client_id: Option<ByteStr>,
     /// When the v5 message expiry interval runs out; `None` = never.
     pub expires_at: Option<Instant>,
 }

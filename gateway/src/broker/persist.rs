@@ -78,6 +78,7 @@ pub fn from_stored(s: StoredMessage, now: Instant) -> Option<Message> {
         retain: s.retain,
         properties,
         publisher: None,
+        publisher_client_id: None,
         expires_at,
     })
 }
@@ -103,6 +104,7 @@ mod tests {
                 ..PublishProperties::default()
             },
             publisher: Some(7),
+            publisher_client_id: None,
             expires_at: Some(now + Duration::from_secs(60)),
         };
         let back = from_stored(to_stored(&msg, now), now).expect("not expired");
@@ -131,6 +133,7 @@ mod tests {
                 retain: true,
                 properties: PublishProperties::default(),
                 publisher: None,
+                publisher_client_id: None,
                 expires_at: None,
             },
             now,

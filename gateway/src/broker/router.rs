@@ -233,29 +233,19 @@ impl Router {
     }
 
     /// The client id of session `sid`, if it still exists (for webhook events).
-    pub fn client_id_of(&self, sid: SessionId) -> Option<String> {
-        self.sessions.get(&sid).map(|s| s.client_id.to_string())
-    }
-
-    /// The delivery inflight under `packet_id` in `state` on session `sid`, and its
-    /// publisher's client id: what `message.acked` reports, looked up before the ack releases it.
+    /// The delivery inflight under `packet_id` in `state` on session `sid`: what
+    /// `message.acked` reports, looked up before the ack releases it.
     pub fn inflight_delivery(
         &self,
         sid: SessionId,
         packet_id: u16,
         state: InflightState,
-    ) -> Option<(Delivery, Option<String>)> {
+    ) -> Option<Delivery> {
         let s = self.sessions.get(&sid)?;
-        let f = s
-            .inflight
+        s.inflight
             .iter()
-            .find(|f| f.packet_id == packet_id && f.state == state)?;
-        let from = f
-            .delivery
-            .message
-            .publisher
-            .and_then(|p| self.client_id_of(p));
-        Some((f.delivery.clone(), from))
+            .find(|f| f.packet_id == packet_id && f.state == state)
+            .map(|f| f.delivery.clone())
     }
 
     /// Messages collected for the bridges, in routing order.

@@ -103,6 +103,7 @@ fn msg(
         retain,
         properties: PublishProperties::default(),
         publisher,
+        publisher_client_id: None,
         expires_at: None,
     })
 }

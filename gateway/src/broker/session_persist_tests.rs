@@ -95,6 +95,7 @@ fn msg(topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
         retain: false,
         properties: PublishProperties::default(),
         publisher: None,
+        publisher_client_id: None,
         expires_at: None,
     })
 }

@@ -46,6 +46,7 @@ pub(crate) fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Mess
         retain,
         properties: PublishProperties::default(),
         publisher: None,
+        publisher_client_id: None,
         expires_at: None,
     }
 }

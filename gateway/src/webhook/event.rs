@@ -66,8 +66,8 @@ pub struct MessageDetail {
     pub retain: bool,
     /// Payload (an owned copy: an event must not pin the connection's read buffer).
     pub payload: Bytes,
-    /// The publisher, for delivered and acked (`None` for broker-made messages such as wills,
-    /// or when the publisher's session is gone).
+    /// The publisher, for delivered and acked (`None` for `$SYS` messages and bridge
+    /// downlinks).
     pub from_clientid: Option<String>,
     /// Packet id of the delivery (acked only).
     pub packet_id: Option<u16>,

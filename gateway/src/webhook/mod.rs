@@ -25,7 +25,7 @@ mod http;
 pub use event::{unix_millis, Detail, Event, MessageDetail};
 pub use http::{Endpoint, SetupError};
 
-use crate::broker::message::{Delivery, Message, SessionId};
+use crate::broker::message::{Delivery, Message};
 use crate::broker::stats::DisconnectReason;
 use crate::broker::sys::ClientInfo;
 use crate::config::{EventSet, WebhookConfig, WebhookEvent};
@@ -250,26 +250,18 @@ impl Webhooks {
         });
     }
 
-    /// `message.delivered`: a delivery written to a subscriber's connection. `from` resolves
-    /// the publisher's session to its client id; it runs only when the event is wanted.
+    /// `message.delivered`: a delivery written to a subscriber's connection.
     #[inline]
-    pub fn message_delivered(
-        &self,
-        clientid: &str,
-        username: Option<&str>,
-        delivery: &Delivery,
-        from: impl FnOnce(SessionId) -> Option<String>,
-    ) {
+    pub fn message_delivered(&self, clientid: &str, username: Option<&str>, delivery: &Delivery) {
         let msg = &delivery.message;
         if !self.wants(WebhookEvent::MessageDelivered)
             || !self.wants_message(WebhookEvent::MessageDelivered, &msg.topic)
         {
             return;
         }
-        let from_clientid = msg.publisher.and_then(from);
         self.emit(WebhookEvent::MessageDelivered, Some(&msg.topic), || {
             let mut extra = MessageDetail::default_extra();
-            extra.from_clientid = from_clientid;
+            extra.from_clientid = msg.publisher_client_id.as_ref().map(|c| c.to_string());
             message_event(
                 WebhookEvent::MessageDelivered,
                 clientid,
@@ -291,18 +283,18 @@ impl Webhooks {
         clientid: &str,
         username: Option<&str>,
         packet_id: u16,
-        delivery: impl FnOnce() -> Option<(Delivery, Option<String>)>,
+        delivery: impl FnOnce() -> Option<Delivery>,
     ) {
         if !self.wants(WebhookEvent::MessageAcked) {
             return;
         }
-        let Some((delivery, from_clientid)) = delivery() else {
+        let Some(delivery) = delivery() else {
             return;
         };
         let msg = &delivery.message;
         self.emit(WebhookEvent::MessageAcked, Some(&msg.topic), || {
             let mut extra = MessageDetail::default_extra();
-            extra.from_clientid = from_clientid;
+            extra.from_clientid = msg.publisher_client_id.as_ref().map(|c| c.to_string());
             extra.packet_id = Some(packet_id);
             message_event(
                 WebhookEvent::MessageAcked,

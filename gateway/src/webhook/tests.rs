@@ -38,6 +38,7 @@ fn message(topic_name: &str) -> Message {
         retain: false,
         properties: PublishProperties::default(),
         publisher: Some(1),
+        publisher_client_id: Some(ByteStr::from("pub-1")),
         expires_at: None,
     }
 }
@@ -163,7 +164,7 @@ fn a_full_queue_drops_new_events_and_counts_them() {
 }
 
 #[test]
-fn delivered_resolves_the_publisher_only_when_wanted() {
+fn delivered_names_the_publisher_only_when_wanted() {
     let w = Webhooks::new(
         &[hook("h", &[WebhookEvent::MessageDelivered], &["a/#"], 10)],
         "gw",
@@ -175,10 +176,8 @@ fn delivered_resolves_the_publisher_only_when_wanted() {
         subscription_id: None,
         seq: 0,
     };
-    w.message_delivered("sub", None, &delivery("b"), |_| panic!("not wanted"));
-    w.message_delivered("sub", Some("u"), &delivery("a/1"), |sid| {
-        Some(format!("pub-{sid}"))
-    });
+    w.message_delivered("sub", None, &delivery("b"));
+    w.message_delivered("sub", Some("u"), &delivery("a/1"));
     let events = drain(&w, 0);
     assert_eq!(events.len(), 1);
     let Detail::Message(d) = &events[0].detail else {
