@@ -327,6 +327,22 @@ fn check_upgrade(request: &Request, mut response: Response) -> Result<Response, 
     }
 }
 
+/// The next bytes the connection wrote to its end of the socketpair; `None` at its end (or an
+/// error). The buffer is allocated only once bytes are there, so an idle client holds no
+/// [`PROXY_CHUNK`] in this direction (most clients are idle sensors).
+async fn read_when_ready(rx: &tokio::net::unix::OwnedReadHalf) -> Option<BytesMut> {
+    loop {
+        rx.readable().await.ok()?;
+        let mut buf = BytesMut::with_capacity(PROXY_CHUNK);
+        match rx.try_read_buf(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => return Some(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Copies bytes both ways between a TLS client and the connection's socketpair end. Ends
 /// when the connection closes its end; when the client closes first, the connection sees EOF
 /// and closes, which ends the other direction.
@@ -335,7 +351,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let (mut conn_rx, mut conn_tx) = ours.into_split();
+    let (conn_rx, mut conn_tx) = ours.into_split();
     let up = async {
         let mut buf = BytesMut::new();
         loop {
@@ -352,17 +368,10 @@ where
         let _ = conn_tx.shutdown().await;
     };
     let down = async {
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(PROXY_CHUNK);
-            match conn_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        while let Some(buf) = read_when_ready(&conn_rx).await {
             if client_tx.write_all(&buf).await.is_err() || client_tx.flush().await.is_err() {
                 return;
             }
-            buf.clear();
         }
         // close_notify; bounded, since a client that stopped reading would never take it.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client_tx.shutdown()).await;
@@ -380,7 +389,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut ws_tx, mut ws_rx) = ws.split();
-    let (mut conn_rx, mut conn_tx) = ours.into_split();
+    let (conn_rx, mut conn_tx) = ours.into_split();
     let up = async {
         while let Some(message) = ws_rx.next().await {
             let data = match message {
@@ -396,18 +405,8 @@ where
         let _ = conn_tx.shutdown().await;
     };
     let down = async {
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(PROXY_CHUNK);
-            match conn_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if ws_tx
-                .send(Message::Binary(buf.split().freeze()))
-                .await
-                .is_err()
-            {
+        while let Some(buf) = read_when_ready(&conn_rx).await {
+            if ws_tx.send(Message::Binary(buf.freeze())).await.is_err() {
                 return;
             }
         }
