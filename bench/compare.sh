@@ -5,7 +5,7 @@
 #   bash bench/compare.sh                 # 10 s loads, 10,000 idle connections
 #   BENCH_DURATION=30s bash bench/compare.sh
 #   BENCH_QUICK=1 bash bench/compare.sh   # smoke run: 3 s loads, 1,000 idle connections
-#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: durable)
+#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: durable, idle)
 #
 # Loads, per broker: fanin qos0 (100 -> 1), fanin qos1, fanout qos0 (1 -> 100), latency at
 # 10,000 msg/s, idle connections (on a freshly started broker, so the RSS baseline is clean);
@@ -30,6 +30,9 @@
 #     and the same with session resumption (rustls client session cache / tickets);
 #   - fanin qos0 100 -> 1 over TLS (the bench client encrypts in its own proxy task per
 #     connection, the same for both brokers).
+# Idle by transport (after TLS; BENCH_ONLY=idle runs these and the plain idle test): idle
+# connections over TLS and over WebSocket (holdfast-bench --ws) on a fresh broker each, RSS per
+# connection. A mosquitto built without websockets gets an error row instead of a number.
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -108,6 +111,7 @@ start_broker() { # name -> sets BROKER_PID, PORT
     case $1 in
     mosquitto)
         printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\n' "$PORT" "${MOSQ_QUEUE:-1000}" >"$WORK/mosquitto.conf"
+        if [[ -n ${WS_MODE:-} ]]; then echo "protocol websockets" >>"$WORK/mosquitto.conf"; fi
         if [[ -n ${TLS_MODE:-} ]]; then
             printf 'certfile %s\nkeyfile %s\ncafile %s\n' "$PKI/server.pem" "$PKI/server.key" "$PKI/ca.pem" >>"$WORK/mosquitto.conf"
             # As root, mosquitto drops to the mosquitto user, which cannot read $WORK.
@@ -137,6 +141,7 @@ CONF
             listener_kind=tls
             listener_tls="tls = { cert = \"$PKI/server.pem\", key = \"$PKI/server.key\", ca = \"$PKI/ca.pem\" }"
         fi
+        if [[ -n ${WS_MODE:-} ]]; then listener_kind=$([[ -n ${TLS_MODE:-} ]] && echo wss || echo ws); fi
         cat >"$WORK/holdfast.toml" <<TOML
 [node]
 name = "bench"
@@ -373,7 +378,8 @@ fi
 
 # ---- TLS -------------------------------------------------------------------------------------
 
-if [[ $ONLY == all || $ONLY == tls ]]; then
+make_pki() { # a CA and a P-256 server certificate for 127.0.0.1/localhost in $PKI, once
+    [[ -n ${PKI:-} && -f $PKI/server.pem ]] && return
     command -v openssl >/dev/null || apt_install openssl
     PKI=$WORK/pki
     mkdir -p "$PKI"
@@ -385,12 +391,59 @@ if [[ $ONLY == all || $ONLY == tls ]]; then
         openssl req -subj /CN=localhost "${ec[@]}" -keyout server.key -out server.csr
         openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile server.ext -out server.pem
     ) >"$WORK/openssl.log" 2>&1 || die "openssl failed: $(cat "$WORK/openssl.log")"
+}
+
+if [[ $ONLY == all || $ONLY == tls ]]; then
+    make_pki
     TLS_ARGS=(--tls-ca "$PKI/ca.pem" --tls-server-name localhost)
     for broker in mosquitto holdfast; do
         TLS_MODE=1 start_broker "$broker"
         run_bench "$broker" tls-hs handshakes --concurrency 32 --duration "$DURATION" "${TLS_ARGS[@]}"
         run_bench "$broker" tls-hs-resume handshakes --concurrency 32 --duration "$DURATION" --tls-resume "${TLS_ARGS[@]}"
         run_bench "$broker" tls-fanin0 fanin --qos 0 --duration "$DURATION" "${TLS_ARGS[@]}"
+        stop_broker "$broker"
+    done
+fi
+
+# ---- idle connections over TLS and WebSocket (BENCH_ONLY=idle runs only these) ---------------
+
+# Debian's mosquitto may be built without websockets: it then reads `protocol websockets` but
+# cannot open the listener. Probe once, so the table says so instead of the script dying.
+mosquitto_has_websockets() {
+    local port pid ok=1
+    port=$(free_port)
+    printf 'listener %s 127.0.0.1\nprotocol websockets\nallow_anonymous true\n' "$port" >"$WORK/mosquitto-ws-probe.conf"
+    "$MOSQUITTO" -c "$WORK/mosquitto-ws-probe.conf" >"$WORK/mosquitto-ws-probe.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 20); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then ok=0; break; fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    return $ok
+}
+
+if [[ $ONLY == all || $ONLY == idle ]]; then
+    make_pki
+    IDLE_TLS_ARGS=(--tls-ca "$PKI/ca.pem" --tls-server-name localhost)
+    for broker in mosquitto holdfast; do
+        if [[ $ONLY == idle ]]; then
+            start_broker "$broker"
+            run_bench "$broker" idle idle --connections "$CONNECTIONS" --settle 3s
+            stop_broker "$broker"
+        fi
+        TLS_MODE=1 start_broker "$broker"
+        run_bench "$broker" idle-tls idle --connections "$CONNECTIONS" --settle 3s "${IDLE_TLS_ARGS[@]}"
+        stop_broker "$broker"
+        if [[ $broker == mosquitto ]] && ! mosquitto_has_websockets; then
+            log "mosquitto: no websockets support in this build; idle-ws skipped"
+            jq -cn '{error: "this mosquitto cannot open a websockets listener (built without websockets)"}' >"$WORK/mosquitto.idle-ws.json"
+            continue
+        fi
+        WS_MODE=1 start_broker "$broker"
+        run_bench "$broker" idle-ws idle --connections "$CONNECTIONS" --settle 3s --ws
         stop_broker "$broker"
     done
 fi
@@ -487,6 +540,19 @@ if [[ $ONLY == all || $ONLY == tls ]]; then
     row "TLS fanin qos0 lost" tls-fanin0 .lost
     row "TLS fanin qos0 latency p99 us" tls-fanin0 .latency_us.p99
     row "TLS max RSS during fanin qos0, KB" tls-fanin0 .rss.max_kb
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+fi
+
+if [[ $ONLY == all || $ONLY == idle ]]; then
+    echo
+    echo "idle connections by transport ($(fmt "$CONNECTIONS") each, 3 s settle, broker RSS; TLS: P-256, TLS 1.3; WS: path /mqtt, subprotocol mqtt; hf/mosq = holdfast / mosquitto)"
+    printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    for t in idle idle-tls idle-ws; do
+        row "$t conns established" "$t" .established
+        row "$t RSS KB per connection (lower better)" "$t" .kb_per_conn
+        row "$t RSS after, KB" "$t" .rss_after_kb
+    done
     printf '%s\n' "$(printf '%.0s-' $(seq 89))"
 fi
 

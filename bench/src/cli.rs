@@ -64,6 +64,9 @@ pub(crate) struct Common {
     /// Resume TLS sessions (rustls' client session cache); default: every handshake is full.
     #[arg(long, global = true)]
     pub(crate) tls_resume: bool,
+    /// Connect over WebSocket (`GET /mqtt`, subprotocol `mqtt`); with --tls-ca, over WSS.
+    #[arg(long, global = true)]
+    pub(crate) ws: bool,
 }
 
 /// What to run.

@@ -45,6 +45,8 @@ pub(crate) struct Target {
     pub(crate) persistent_subscribers: bool,
     /// Connect over TLS (`--tls-ca`).
     pub(crate) tls: Option<crate::tls::TlsClient>,
+    /// Connect over WebSocket (`--ws`; WSS with `tls`).
+    pub(crate) ws: bool,
 }
 
 /// A client's socket: TCP, or for TLS our end of a socketpair whose other end a proxy task
@@ -113,7 +115,18 @@ impl Client {
     /// [`Target::persistent_subscribers`] and a subscriber) and waits for a successful CONNACK.
     pub(crate) async fn connect(target: &Target, role: Role) -> Result<Client, BenchError> {
         let addr = target.addr();
-        let stream = if let Some(tls) = &target.tls {
+        let stream = if target.ws {
+            let connect = crate::ws::connect(&addr, target.tls.as_ref(), role);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, connect).await {
+                Ok(r) => Conn::Unix(r?),
+                Err(_) => {
+                    return Err(BenchError::ConnectTimeout {
+                        addr,
+                        after: HANDSHAKE_TIMEOUT,
+                    })
+                }
+            }
+        } else if let Some(tls) = &target.tls {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.connect(&addr, role)).await {
                 Ok(r) => Conn::Unix(r?),
                 Err(_) => {

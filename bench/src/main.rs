@@ -13,6 +13,7 @@
 //!   the drain of a backlog on the cloud side.
 //! - `rss`: reading and sampling the broker's VmRSS.
 //! - `tls`: TLS connections (`--tls-ca`) and the `handshakes` load.
+//! - `ws`: WebSocket connections (`--ws`, WSS with `--tls-ca`).
 //! - `report`: text and JSON output.
 //! - `error`: the one error type.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ mod report;
 mod rss;
 mod stamp;
 mod tls;
+mod ws;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -100,6 +102,7 @@ async fn run(cli: Cli) -> ExitCode {
         client_prefix: format!("hfb-{:x}", std::process::id()),
         persistent_subscribers: common.persistent_subs,
         tls,
+        ws: common.ws,
     };
     if let Some(spec) = cli.command.idle_spec() {
         return match idle::run(&target, spec, common.pid).await {

@@ -67,7 +67,7 @@ impl TlsClient {
     }
 
     /// TCP connect + TLS handshake.
-    async fn handshake(
+    pub(crate) async fn handshake(
         &self,
         addr: &str,
         role: Role,

@@ -63,6 +63,7 @@ impl Gateway {
     pub async fn bind(config: Config, shutdown: CancellationToken) -> Result<Gateway, StartError> {
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         warn_on_insecure_defaults(&config);
+        raise_nofile_limit();
         let broker = Broker::new(Arc::new(config), auth, shutdown);
         let store = open_store(&broker.config.node.data_dir, broker.config.node.state_cache);
         if let Some(store) = &store {
@@ -204,7 +205,19 @@ fn open_store(data_dir: &std::path::Path, cache_bytes: u64) -> Option<Arc<SledSt
     }
 }
 
+/// Logs each of [`startup_warnings`] at warn level (`holdfast check` prints the same list).
 fn warn_on_insecure_defaults(config: &Config) {
+    for warning in startup_warnings(config) {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// The start-up security warnings for `config`, one sentence each: anonymous access (loudly
+/// when a non-loopback listener exposes it), plain MQTT (tcp, ws) on a non-loopback address,
+/// and an auth section that refuses everyone. Empty for a config with nothing to warn about.
+/// `run` logs them at start-up and `holdfast check` prints them, so both say the same.
+pub fn startup_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
     if config.auth.allow_anonymous {
         let exposed: Vec<String> = config
             .listeners
@@ -213,12 +226,12 @@ fn warn_on_insecure_defaults(config: &Config) {
             .map(|l| l.bind.to_string())
             .collect();
         if exposed.is_empty() {
-            tracing::warn!("anonymous MQTT access is ENABLED (auth.allow_anonymous = true), on loopback listeners only");
+            warnings.push("anonymous MQTT access is ENABLED (auth.allow_anonymous = true), on loopback listeners only".to_owned());
         } else {
-            tracing::warn!(
-                listeners = %exposed.join(", "),
-                "!!! anonymous MQTT access is ENABLED on non-loopback addresses: anyone who can reach them can publish and subscribe; set auth.allow_anonymous = false and use a password file"
-            );
+            warnings.push(format!(
+                "!!! anonymous MQTT access is ENABLED on non-loopback addresses ({}): anyone who can reach them can publish and subscribe; set auth.allow_anonymous = false and use a password file",
+                exposed.join(", ")
+            ));
         }
     }
     // Plain MQTT (tcp, ws) on an address other than loopback: passwords and tokens cross the
@@ -231,10 +244,10 @@ fn warn_on_insecure_defaults(config: &Config) {
         .map(|l| format!("{} on {}", l.name, l.bind))
         .collect();
     if !plain.is_empty() {
-        tracing::warn!(
-            listeners = %plain.join(", "),
-            "!!! plain (unencrypted) MQTT is enabled on non-loopback addresses: credentials and messages cross the network in clear text; prefer kind = \"tls\" or \"wss\" listeners there"
-        );
+        warnings.push(format!(
+            "!!! plain (unencrypted) MQTT is enabled on non-loopback addresses ({}): credentials and messages cross the network in clear text; prefer kind = \"tls\" or \"wss\" listeners there",
+            plain.join(", ")
+        ));
     }
     let auth = &config.auth;
     if !auth.allow_anonymous
@@ -242,6 +255,101 @@ fn warn_on_insecure_defaults(config: &Config) {
         && auth.clientid_allowlist.is_none()
         && auth.jwt.is_none()
     {
-        tracing::warn!("no password file, client-id allowlist or JWT, and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)");
+        warnings.push("no password file, client-id allowlist or JWT, and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)".to_owned());
+    }
+    warnings
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit. Every client is a descriptor (three on
+/// a tls or ws listener: the socket and both ends of its socketpair), and the usual soft
+/// default of 1,024 would cap the broker at a few hundred clients while the hard limit allows
+/// far more (mosquitto's docs leave this to the admin; we do it once at start-up).
+fn raise_nofile_limit() {
+    let before = rlimit::Resource::NOFILE.get().ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => tracing::debug!(
+            ?before,
+            soft,
+            "RLIMIT_NOFILE soft limit raised to the hard limit"
+        ),
+        Err(e) => {
+            tracing::debug!(?before, error = %e, "cannot raise the RLIMIT_NOFILE soft limit; keeping it")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    fn config(text: &str) -> Config {
+        match config::parse(text, "test.toml", Vec::new()) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn listener(kind: &str, bind: &str) -> String {
+        format!("[[listeners]]\nkind = \"{kind}\"\nbind = \"{bind}\"\n")
+    }
+
+    #[test]
+    fn plain_tcp_on_every_address_with_anonymous_access_gives_both_loud_warnings() {
+        let w = startup_warnings(&config(&format!(
+            "{}\n[auth]\nallow_anonymous = true\n",
+            listener("tcp", "0.0.0.0:1883")
+        )));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "!!! anonymous MQTT access is ENABLED on non-loopback addresses (0.0.0.0:1883)"
+            ),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("!!! plain (unencrypted) MQTT is enabled on non-loopback addresses (tcp:default on 0.0.0.0:1883)"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn loopback_listeners_get_no_plain_text_warning_and_a_quiet_anonymous_one() {
+        let w = startup_warnings(&config(&format!(
+            "{}{}\n[auth]\nallow_anonymous = true\n",
+            listener("tcp", "127.0.0.1:1883"),
+            listener("ws", "[::1]:8083")
+        )));
+        assert_eq!(
+            w,
+            ["anonymous MQTT access is ENABLED (auth.allow_anonymous = true), on loopback listeners only"]
+        );
+    }
+
+    #[test]
+    fn ws_on_a_lan_address_is_plain_text_but_tls_and_wss_are_not() {
+        let w = startup_warnings(&config(&format!(
+            "{}{}\n[auth]\nclientid_allowlist = \"/etc/holdfast/ids\"\n",
+            listener("ws", "192.168.1.10:8083"),
+            listener("tcp", "127.0.0.1:1883")
+        )));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("(ws:default on 192.168.1.10:8083)"), "{w:?}");
+
+        let tls = "tls = { cert = \"/c.pem\", key = \"/k.pem\" }\n";
+        let w = startup_warnings(&config(&format!(
+            "{}{tls}{}{tls}\n[auth]\nclientid_allowlist = \"/etc/holdfast/ids\"\n",
+            listener("tls", "0.0.0.0:8883"),
+            listener("wss", "0.0.0.0:8084")
+        )));
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn the_defaults_warn_of_plain_tcp_everywhere_and_of_refusing_every_client() {
+        let w = startup_warnings(&Config::default());
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("plain (unencrypted) MQTT"), "{w:?}");
+        assert!(w[1].contains("every MQTT client will be refused"), "{w:?}");
     }
 }

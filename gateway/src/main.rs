@@ -336,7 +336,11 @@ fn resolve(host: &str) -> ExitCode {
 
 fn check(path: PathBuf) -> ExitCode {
     match config::load(Some(&path), std::env::vars()) {
-        Ok(_) => {
+        Ok(cfg) => {
+            // The same security warnings `run` logs at start-up (nothing is bound here).
+            for warning in holdfast::app::startup_warnings(&cfg) {
+                eprintln!("warning: {warning}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }

@@ -114,3 +114,28 @@ pub fn make_pki_with_client(dir: &Path, client_cn: &str) -> Pki {
         client_key: dir.join("client.key"),
     }
 }
+
+/// Which kind of signing key [`make_key_pair`] generates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// RSA 2048 (for RS256/PS256 tokens).
+    Rsa,
+    /// ECDSA on P-256 (for ES256 tokens).
+    P256,
+}
+
+/// Generates a key pair into `dir` as `{name}.key` (PKCS#8 PEM private key) and `{name}.pub`
+/// (SubjectPublicKeyInfo PEM); returns their paths (private, public).
+pub fn make_key_pair(dir: &Path, name: &str, kind: KeyKind) -> (PathBuf, PathBuf) {
+    let (key, public) = (format!("{name}.key"), format!("{name}.pub"));
+    let opts: [&str; 4] = match kind {
+        KeyKind::Rsa => ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        KeyKind::P256 => ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    };
+    let mut gen = vec!["genpkey"];
+    gen.extend(opts);
+    gen.extend(["-out", &key]);
+    openssl(dir, &gen);
+    openssl(dir, &["pkey", "-in", &key, "-pubout", "-out", &public]);
+    (dir.join(key), dir.join(public))
+}

@@ -2,6 +2,7 @@
 //! allowlist, JWT), black-box: the built gateway, mosquitto clients for MQTT 3.1.1 and a bare
 //! MQTT 5 client for exact reason codes; SIGHUP reloads while clients stay connected.
 
+use holdfast_tests::pki::{make_key_pair, KeyKind};
 use holdfast_tests::raw5::Raw;
 use holdfast_tests::{free_port, holdfast_bin, mosquitto_pub, run_with_timeout, Gateway};
 use holdfast_tests::{MosquittoSub, TempDir};
@@ -543,4 +544,126 @@ fn jwt_in_the_password_is_accepted_when_valid_and_refused_when_expired_or_forged
     assert!(pub_311(gw.port, &["-t", "t", "-u", "dev-1", "-P", &good]).0);
     let (ok, err) = pub_311(gw.port, &["-t", "t", "-u", "dev-1", "-P", &expired]);
     assert!(!ok && err.contains("bad user name or password"), "{err}");
+}
+
+/// Signs `claims` with the PEM private key at `key` (RSA for RS256, P-256 for ES256).
+fn sign_with(alg: Algorithm, key: &Path, claims: &serde_json::Value) -> String {
+    let pem = std::fs::read(key).expect("read the private key");
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+        other => panic!("no test signer for {other:?}"),
+    }
+    .expect("parse the private key");
+    encode(&Header::new(alg), claims, &key).expect("sign a token")
+}
+
+/// A JWS with `"alg": "none"` and no signature.
+fn unsigned(claims: &serde_json::Value) -> String {
+    format!(
+        "{}.{}.",
+        base64_url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64_url(claims.to_string().as_bytes())
+    )
+}
+
+/// base64url without padding (RFC 7515 §2), enough for the `alg: none` token.
+fn base64_url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i)) as usize & 63]));
+        }
+    }
+    out
+}
+
+/// One asymmetric algorithm end to end: the gateway holds only the public key of `kind` (made
+/// by openssl), the test signs with the private key; a valid token is accepted (3.1.1 and 5),
+/// while a token signed by another key of the same kind, an expired one, an HS256 token whose
+/// HMAC secret is the gateway's public key (algorithm confusion), an unsigned `alg: none`
+/// token and a token of the other asymmetric family are refused with 4 / 0x86; no credentials
+/// at all are 5 / 0x87.
+fn asymmetric_jwt_end_to_end(alg: Algorithm, kind: KeyKind, other: (Algorithm, KeyKind)) {
+    let dir = TempDir::new("jwt-keys");
+    let (key, public) = make_key_pair(dir.path(), "gw", kind);
+    let (stranger, _) = make_key_pair(dir.path(), "stranger", kind);
+    let (other_key, _) = make_key_pair(dir.path(), "other", other.1);
+    let gw = closed_gateway(&format!(
+        "jwt = {{ public_key = {:?}, algorithms = [\"{alg:?}\"], username_claim = \"sub\" }}\n",
+        public.display().to_string()
+    ));
+    let claims = serde_json::json!({ "sub": "dev-1", "exp": now() + 600 });
+    let good = sign_with(alg, &key, &claims);
+    let by_stranger = sign_with(alg, &stranger, &claims);
+    let expired = sign_with(
+        alg,
+        &key,
+        &serde_json::json!({ "sub": "dev-1", "exp": now() - 3600 }),
+    );
+    let public_pem = std::fs::read(&public).expect("read the public key");
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .expect("sign a token");
+    let wrong_family = sign_with(other.0, &other_key, &claims);
+
+    let code = |user: &str, token: &str| connect_v5(gw.port, "j", Some((user, token))).1.code;
+    assert_eq!(code("dev-1", &good), ConnectReturnCode::Success, "{alg:?}");
+    for (what, token) in [
+        ("signed by another key", &by_stranger),
+        ("expired", &expired),
+        ("HS256 with the public key as secret", &confused),
+        ("alg none", &unsigned(&claims)),
+        ("of the other family", &wrong_family),
+    ] {
+        assert_eq!(
+            code("dev-1", token),
+            ConnectReturnCode::BadUserNamePassword,
+            "{alg:?}: a token {what} must be refused with 0x86"
+        );
+    }
+    // The claim names the user the token was issued to.
+    assert_eq!(code("dev-2", &good), ConnectReturnCode::BadUserNamePassword);
+    assert_eq!(
+        connect_v5(gw.port, "j", None).1.code,
+        ConnectReturnCode::NotAuthorized
+    );
+
+    // MQTT 3.1.1 (mosquitto_pub): return codes 0, 4 and 5.
+    let (ok, err) = pub_311(gw.port, &["-t", "t", "-u", "dev-1", "-P", &good]);
+    assert!(ok, "{alg:?}: {err}");
+    for token in [&by_stranger, &expired, &confused] {
+        let (ok, err) = pub_311(gw.port, &["-t", "t", "-u", "dev-1", "-P", token]);
+        assert!(!ok && err.contains("bad user name or password"), "{err}");
+    }
+    let (ok, err) = pub_311(gw.port, &["-t", "t"]);
+    assert!(!ok && err.contains("not authorised"), "{err}");
+    // The token never reaches the log.
+    assert!(!gw.log().contains(&good), "a token was logged");
+}
+
+#[test]
+fn rs256_tokens_signed_by_the_configured_rsa_key_are_accepted_and_all_others_refused() {
+    asymmetric_jwt_end_to_end(
+        Algorithm::RS256,
+        KeyKind::Rsa,
+        (Algorithm::ES256, KeyKind::P256),
+    );
+}
+
+#[test]
+fn es256_tokens_signed_by_the_configured_p256_key_are_accepted_and_all_others_refused() {
+    asymmetric_jwt_end_to_end(
+        Algorithm::ES256,
+        KeyKind::P256,
+        (Algorithm::RS256, KeyKind::Rsa),
+    );
 }

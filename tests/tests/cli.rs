@@ -147,3 +147,99 @@ fn run_with_no_config_uses_the_built_in_defaults() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("every MQTT client will be refused"), "{log}");
 }
+
+/// `holdfast check` on a config; returns (exit success, stdout, stderr).
+fn check(config: &str) -> (bool, String, String) {
+    let dir = TempDir::new("check-warn");
+    let cfg = dir.path().join("holdfast.toml");
+    std::fs::write(&cfg, config).unwrap();
+    run_with_timeout(
+        Command::new(holdfast_bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&cfg),
+        Duration::from_secs(10),
+    )
+}
+
+#[test]
+fn check_prints_the_start_up_security_warnings_for_plain_tcp_and_anonymous_access() {
+    // Nothing is bound by check, so the non-loopback address is only ever read.
+    let (ok, out, err) = check(
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"0.0.0.0:1883\"\n\n[auth]\nallow_anonymous = true\n",
+    );
+    assert!(ok && out.contains(": OK"), "{out}{err}");
+    assert!(
+        err.contains("warning: !!! anonymous MQTT access is ENABLED on non-loopback addresses (0.0.0.0:1883)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: !!! plain (unencrypted) MQTT is enabled on non-loopback addresses (tcp:default on 0.0.0.0:1883)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+}
+
+#[test]
+fn check_of_a_loopback_only_config_prints_no_plain_tcp_warning() {
+    let (ok, out, err) = check(
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\n[auth]\nallow_anonymous = true\n",
+    );
+    assert!(ok && out.contains(": OK"), "{out}{err}");
+    assert!(!err.contains("plain (unencrypted)"), "{err}");
+    assert_eq!(
+        err.trim(),
+        "warning: anonymous MQTT access is ENABLED (auth.allow_anonymous = true), on loopback listeners only"
+    );
+    // With a password file instead, a loopback-only config is silent.
+    let (ok, _, err) = check(
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1883\"\n\n[auth]\npassword_file = \"/etc/holdfast/passwd\"\n",
+    );
+    assert!(ok && err.is_empty(), "{err}");
+}
+
+/// (soft, hard) "Max open files" of a running process, from /proc.
+fn nofile_of(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = line["Max open files".len()..].split_whitespace().collect();
+    (fields[0].to_owned(), fields[1].to_owned())
+}
+
+#[test]
+fn run_raises_its_soft_nofile_limit_to_the_hard_limit() {
+    let port = free_port();
+    let dir = TempDir::new("nofile");
+    // A shell lowers the soft limit to 512, then becomes holdfast (same pid).
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\""])
+        .arg(holdfast_bin())
+        .arg("run")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("HOLDFAST__LISTENERS__0__BIND", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = holdfast_tests::wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20));
+    let (soft, hard) = nofile_of(child.id());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    assert!(up, "holdfast did not listen");
+    if hard == "unlimited" {
+        // The kernel refuses an unlimited soft NOFILE; nothing to compare against.
+        eprintln!("hard RLIMIT_NOFILE is unlimited here; skipped");
+        return;
+    }
+    assert_ne!(
+        hard, "512",
+        "the hard limit must be above the lowered soft one"
+    );
+    assert_eq!(soft, hard, "soft RLIMIT_NOFILE not raised");
+}

@@ -179,6 +179,71 @@ async fn handshake(
     }
 }
 
+/// What [`ws_session`] saw: whether the upgrade succeeded and the MQTT bytes that reached
+/// the connection's end of the socketpair.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct WsSession {
+    /// The upgrade error, as it would be logged; `None` when the upgrade succeeded.
+    pub refused: Option<String>,
+    /// Bytes the connection side read (at most `MAX_DRAINED` of them are kept).
+    pub mqtt_bytes: Vec<u8>,
+}
+
+/// The most bytes [`ws_session`] keeps of what reached the MQTT side.
+const MAX_DRAINED: usize = 64 * 1024;
+
+/// Fuzzing and tests only: runs a `ws` listener's terminator over `client`, any byte stream
+/// (the fuzz target's is a `tokio::io::duplex`): the real upgrade ([`upgrade`], path and
+/// subprotocol checks) and the real frame proxy ([`proxy_ws`]) to a Unix socketpair whose
+/// other end stands in for the connection task: it is drained, and answers the first bytes
+/// with a CONNACK so the proxy's other direction runs too. Production goes through [`run`].
+#[doc(hidden)]
+pub async fn ws_session<S>(client: S, max_message: usize) -> WsSession
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let ws = match upgrade(client, max_message).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            return WsSession {
+                refused: Some(e.to_string()),
+                mqtt_bytes: Vec::new(),
+            }
+        }
+    };
+    let (ours, mut theirs) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            return WsSession {
+                refused: Some(format!("socketpair: {e}")),
+                mqtt_bytes: Vec::new(),
+            }
+        }
+    };
+    let connection = async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut answered = false;
+        while let Ok(n @ 1..) = theirs.read(&mut buf).await {
+            let room = MAX_DRAINED.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+            if !answered {
+                answered = true;
+                if theirs.write_all(&[0x20, 2, 0, 0]).await.is_err() {
+                    break;
+                }
+            }
+        }
+        kept
+    };
+    let ((), mqtt_bytes) = tokio::join!(proxy_ws(ws, ours), connection);
+    WsSession {
+        refused: None,
+        mqtt_bytes,
+    }
+}
+
 /// The identity of the verified client certificate, if the client presented one, with the
 /// user name it logs in as when the listener authenticates by certificate.
 fn peer_cert(tls: &TlsStream<TcpStream>, login: Option<CertIdentity>) -> Option<Box<PeerCert>> {
@@ -262,6 +327,22 @@ fn check_upgrade(request: &Request, mut response: Response) -> Result<Response, 
     }
 }
 
+/// The next bytes the connection wrote to its end of the socketpair; `None` at its end (or an
+/// error). The buffer is allocated only once bytes are there, so an idle client holds no
+/// [`PROXY_CHUNK`] in this direction (most clients are idle sensors).
+async fn read_when_ready(rx: &tokio::net::unix::OwnedReadHalf) -> Option<BytesMut> {
+    loop {
+        rx.readable().await.ok()?;
+        let mut buf = BytesMut::with_capacity(PROXY_CHUNK);
+        match rx.try_read_buf(&mut buf) {
+            Ok(0) => return None,
+            Ok(_) => return Some(buf),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Copies bytes both ways between a TLS client and the connection's socketpair end. Ends
 /// when the connection closes its end; when the client closes first, the connection sees EOF
 /// and closes, which ends the other direction.
@@ -270,7 +351,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let (mut conn_rx, mut conn_tx) = ours.into_split();
+    let (conn_rx, mut conn_tx) = ours.into_split();
     let up = async {
         let mut buf = BytesMut::new();
         loop {
@@ -287,17 +368,10 @@ where
         let _ = conn_tx.shutdown().await;
     };
     let down = async {
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(PROXY_CHUNK);
-            match conn_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+        while let Some(buf) = read_when_ready(&conn_rx).await {
             if client_tx.write_all(&buf).await.is_err() || client_tx.flush().await.is_err() {
                 return;
             }
-            buf.clear();
         }
         // close_notify; bounded, since a client that stopped reading would never take it.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client_tx.shutdown()).await;
@@ -315,7 +389,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut ws_tx, mut ws_rx) = ws.split();
-    let (mut conn_rx, mut conn_tx) = ours.into_split();
+    let (conn_rx, mut conn_tx) = ours.into_split();
     let up = async {
         while let Some(message) = ws_rx.next().await {
             let data = match message {
@@ -331,18 +405,8 @@ where
         let _ = conn_tx.shutdown().await;
     };
     let down = async {
-        let mut buf = BytesMut::new();
-        loop {
-            buf.reserve(PROXY_CHUNK);
-            match conn_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if ws_tx
-                .send(Message::Binary(buf.split().freeze()))
-                .await
-                .is_err()
-            {
+        while let Some(buf) = read_when_ready(&conn_rx).await {
+            if ws_tx.send(Message::Binary(buf.freeze())).await.is_err() {
                 return;
             }
         }
@@ -352,5 +416,149 @@ where
     tokio::select! {
         _ = &mut down => {}
         _ = up => down.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Runs [`ws_session`] with `input` as everything the client sends, as a client does it:
+    /// the request head (up to the first blank line), then, once the reply head is in, the
+    /// rest (tungstenite refuses frames pipelined behind the request, "Junk after client
+    /// request", as RFC 6455 §4.1 has a client wait for the reply). Returns the session and
+    /// everything the client received. The clock is paused, so a side waiting for the
+    /// other (a request head the server still finds incomplete) times out at once.
+    fn session(input: &[u8]) -> (WsSession, Vec<u8>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let split = input
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(input.len(), |i| i + 4);
+        let (head, rest) = input.split_at(split);
+        rt.block_on(async {
+            let (client, server) = tokio::io::duplex(16 * 1024);
+            let client_side = async move {
+                let (mut rx, mut tx) = tokio::io::split(client);
+                let mut got = Vec::new();
+                let _ = tx.write_all(head).await;
+                let mut byte = [0u8; 1];
+                while !rest.is_empty() && !got.ends_with(b"\r\n\r\n") {
+                    let read = tokio::time::timeout(Duration::from_secs(1), rx.read(&mut byte));
+                    match read.await {
+                        Ok(Ok(1)) => got.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let _ = tx.write_all(rest).await;
+                // Take the replies before closing, as a client does (a WebSocket whose peer
+                // half-closed is done: tungstenite sends nothing after reading EOF).
+                let mut buf = [0u8; 4096];
+                while let Ok(Ok(n @ 1..)) =
+                    tokio::time::timeout(Duration::from_secs(1), rx.read(&mut buf)).await
+                {
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = tx.shutdown().await;
+                let _ = rx.read_to_end(&mut got).await;
+                got
+            };
+            tokio::join!(ws_session(server, 1024), client_side)
+        })
+    }
+
+    fn request(path: &str, protocol: Option<&str>) -> Vec<u8> {
+        let protocol = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+        )
+        .into_bytes()
+    }
+
+    /// A masked client frame (RFC 6455 §5.2) with a payload under 126 bytes.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    const CONNECT: &[u8] = &[
+        0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b'c',
+    ];
+
+    #[test]
+    fn an_upgrade_on_mqtt_path_carries_a_connect_frame_to_the_connection_and_its_reply_back() {
+        let mut input = request("/mqtt", Some("mqtt"));
+        input.extend(frame(0x2, CONNECT));
+        let (s, got) = session(&input);
+        assert_eq!(s.refused, None);
+        assert_eq!(s.mqtt_bytes, CONNECT);
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        assert!(text.contains("ec-websocket-protocol: mqtt"), "{text}");
+        let connack = [0x82, 4, 0x20, 2, 0, 0];
+        assert!(got.windows(6).any(|w| w == connack), "{got:?}");
+    }
+
+    #[test]
+    fn another_path_is_refused_with_404_and_nothing_reaches_the_connection() {
+        let mut input = request("/ws", Some("mqtt"));
+        input.extend(frame(0x2, CONNECT));
+        let (s, got) = session(&input);
+        assert!(s.refused.as_deref().unwrap_or("").contains("404"), "{s:?}");
+        assert!(s.mqtt_bytes.is_empty());
+        assert!(got.starts_with(b"HTTP/1.1 404"), "{got:?}");
+    }
+
+    #[test]
+    fn an_unsupported_or_missing_subprotocol_is_refused_with_400() {
+        for protocol in [Some("chat, superchat"), None] {
+            let (s, got) = session(&request("/mqtt", protocol));
+            assert!(s.refused.as_deref().unwrap_or("").contains("400"), "{s:?}");
+            assert!(got.starts_with(b"HTTP/1.1 400"), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn a_text_frame_ends_the_session_and_garbage_is_refused() {
+        let mut input = request("/mqtt", Some("mqtt-v5"));
+        input.extend(frame(0x1, b"hello"));
+        input.extend(frame(0x2, CONNECT));
+        let (s, _) = session(&input);
+        assert_eq!(s.refused, None);
+        assert!(s.mqtt_bytes.is_empty(), "{s:?}");
+
+        for garbage in [
+            &b"\x10\x0d\x00\x04MQTT"[..],
+            b"",
+            b"GET /mqtt HTTP/1.1\r\n\r\n",
+            &[0xff; 300],
+        ] {
+            let (s, _) = session(garbage);
+            assert!(s.refused.is_some(), "{garbage:?}: {s:?}");
+            assert!(s.mqtt_bytes.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_message_cap_ends_the_session() {
+        let mut input = request("/mqtt", Some("mqtt"));
+        // 2,000 bytes, over the 1,024 cap of `session`: 16-bit extended length.
+        let payload = vec![0u8; 2000];
+        input.extend([0x82, 0x80 | 126, 0x07, 0xd0, 0, 0, 0, 0]);
+        input.extend(&payload);
+        let (s, _) = session(&input);
+        assert_eq!(s.refused, None);
+        assert!(s.mqtt_bytes.is_empty(), "{}", s.mqtt_bytes.len());
     }
 }
