@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_mqtt::topic;
-
 use super::raw::{Node, Value};
-use super::validate::{boolean, duration, field, integer, path_buf, size, string, Ctx};
+use super::validate::{
+    boolean, duration, field, integer, path_buf, size, string, topic_filters, Ctx,
+};
 
 const MB: u64 = 1024 * 1024;
 
@@ -320,6 +320,9 @@ fn bridge(
         }
         Some(prefix)
     });
+    let filters = |c: &mut Ctx<'_>, n: &Node, k: &str| {
+        topic_filters(c, n, k, "shared subscriptions cannot be bridged")
+    };
     let forward = ctx.get(entries, path, "forward", Vec::new(), filters);
     let subscribe = ctx.get(entries, path, "subscribe", Vec::new(), filters);
     if forward.is_empty() && subscribe.is_empty() {
@@ -469,49 +472,6 @@ pub(crate) fn parse_server(text: &str) -> Result<ServerAddr, String> {
         host: host.to_owned(),
         port,
     })
-}
-
-fn filters(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Vec<String>> {
-    let Value::Array(items) = &node.value else {
-        ctx.report(
-            node,
-            key,
-            format!(
-                "expected an array of topic filters, found {}",
-                node.value.describe()
-            ),
-        );
-        return None;
-    };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let item_key = format!("{key}[{i}]");
-        let Some(filter) = string(ctx, item, &item_key) else {
-            ok = false;
-            continue;
-        };
-        if let Err(e) = topic::validate_topic_filter(&filter) {
-            ctx.report(
-                item,
-                &item_key,
-                format!("{filter:?} is not a topic filter: {e}"),
-            );
-            ok = false;
-            continue;
-        }
-        if filter.starts_with("$share/") || filter.starts_with("$queue/") {
-            ctx.report(
-                item,
-                &item_key,
-                format!("{filter:?}: shared subscriptions cannot be bridged"),
-            );
-            ok = false;
-            continue;
-        }
-        out.push(filter);
-    }
-    ok.then_some(out)
 }
 
 fn queue(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> BridgeQueueConfig {

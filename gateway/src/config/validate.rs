@@ -17,6 +17,7 @@ use super::{
     ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem,
     RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
 };
+use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
 const UNSUPPORTED_SECTIONS: &[&str] = &["coap", "lwm2m", "modbus", "serial", "web"];
@@ -282,6 +283,51 @@ pub(super) fn string(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<String
             None
         }
     }
+}
+
+/// An array of MQTT topic filters; `shared` says why a `$share/` or `$queue/` filter is
+/// refused where it is. Every bad element is reported; `None` if any was bad.
+pub(super) fn topic_filters(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    key: &str,
+    shared: &str,
+) -> Option<Vec<String>> {
+    let Value::Array(items) = &node.value else {
+        ctx.report(
+            node,
+            key,
+            format!(
+                "expected an array of topic filters, found {}",
+                node.value.describe()
+            ),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(filter) = string(ctx, item, &item_key) else {
+            ok = false;
+            continue;
+        };
+        let problem = if let Err(e) = topic::validate_topic_filter(&filter) {
+            Some(format!("{filter:?} is not a topic filter: {e}"))
+        } else if filter.starts_with("$share/") || filter.starts_with("$queue/") {
+            Some(format!("{filter:?}: {shared}"))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => {
+                ctx.report(item, &item_key, problem);
+                ok = false;
+            }
+            None => out.push(filter),
+        }
+    }
+    ok.then_some(out)
 }
 
 pub(super) fn boolean(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<bool> {

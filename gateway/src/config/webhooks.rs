@@ -7,10 +7,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_mqtt::topic;
-
 use super::raw::{Node, Value};
-use super::validate::{duration, field, integer, path_buf, string, Ctx};
+use super::validate::{duration, field, integer, path_buf, string, topic_filters, Ctx};
 
 /// One webhook (`[[webhooks]]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -483,46 +481,13 @@ fn event_set(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<EventSet> {
 }
 
 fn filters(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Vec<String>> {
-    let Value::Array(items) = &node.value else {
-        ctx.report(
-            node,
-            key,
-            format!(
-                "expected an array of topic filters, found {}",
-                node.value.describe()
-            ),
-        );
-        return None;
-    };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let item_key = format!("{key}[{i}]");
-        let Some(filter) = string(ctx, item, &item_key) else {
-            ok = false;
-            continue;
-        };
-        if let Err(e) = topic::validate_topic_filter(&filter) {
-            ctx.report(
-                item,
-                &item_key,
-                format!("{filter:?} is not a topic filter: {e}"),
-            );
-            ok = false;
-            continue;
-        }
-        if filter.starts_with("$share/") || filter.starts_with("$queue/") {
-            ctx.report(
-                item,
-                &item_key,
-                format!("{filter:?}: a shared subscription is not a topic filter here"),
-            );
-            ok = false;
-            continue;
-        }
-        out.push(filter);
-    }
-    if ok && out.is_empty() {
+    let out = topic_filters(
+        ctx,
+        node,
+        key,
+        "a shared subscription is not a topic filter here",
+    )?;
+    if out.is_empty() {
         ctx.report(
             node,
             key,
@@ -530,7 +495,7 @@ fn filters(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Vec<String>> {
         );
         return None;
     }
-    ok.then_some(out)
+    Some(out)
 }
 
 fn headers(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Vec<(String, String)>> {
