@@ -33,6 +33,9 @@
 # Idle by transport (after TLS; BENCH_ONLY=idle runs these and the plain idle test): idle
 # connections over TLS and over WebSocket (holdfast-bench --ws) on a fresh broker each, RSS per
 # connection. A mosquitto built without websockets gets an error row instead of a number.
+# The bench client spends 3 descriptors on each TLS/WS connection (socket + its proxy's
+# socketpair), so these use min(BENCH_CONNECTIONS, open-files limit / 4) connections
+# (BENCH_TRANSPORT_CONNECTIONS overrides).
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -50,6 +53,7 @@ die() { printf 'compare.sh: %s\n' "$*" >&2; exit 1; }
 # 10,000 sockets on each side need more than the usual 1,024 descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log "open files limit: $(ulimit -n)"
+TRANSPORT_CONNECTIONS=${BENCH_TRANSPORT_CONNECTIONS:-$(( CONNECTIONS < $(ulimit -n) / 4 ? CONNECTIONS : $(ulimit -n) / 4 ))}
 
 apt_install() {
     [[ $(id -u) == 0 ]] || die "$1 is missing; install it (apt-get install $1)"
@@ -435,7 +439,7 @@ if [[ $ONLY == all || $ONLY == idle ]]; then
             stop_broker "$broker"
         fi
         TLS_MODE=1 start_broker "$broker"
-        run_bench "$broker" idle-tls idle --connections "$CONNECTIONS" --settle 3s "${IDLE_TLS_ARGS[@]}"
+        run_bench "$broker" idle-tls idle --connections "$TRANSPORT_CONNECTIONS" --settle 3s "${IDLE_TLS_ARGS[@]}"
         stop_broker "$broker"
         if [[ $broker == mosquitto ]] && ! mosquitto_has_websockets; then
             log "mosquitto: no websockets support in this build; idle-ws skipped"
@@ -443,7 +447,7 @@ if [[ $ONLY == all || $ONLY == idle ]]; then
             continue
         fi
         WS_MODE=1 start_broker "$broker"
-        run_bench "$broker" idle-ws idle --connections "$CONNECTIONS" --settle 3s --ws
+        run_bench "$broker" idle-ws idle --connections "$TRANSPORT_CONNECTIONS" --settle 3s --ws
         stop_broker "$broker"
     done
 fi
@@ -545,7 +549,7 @@ fi
 
 if [[ $ONLY == all || $ONLY == idle ]]; then
     echo
-    echo "idle connections by transport ($(fmt "$CONNECTIONS") each, 3 s settle, broker RSS; TLS: P-256, TLS 1.3; WS: path /mqtt, subprotocol mqtt; hf/mosq = holdfast / mosquitto)"
+    echo "idle connections by transport (tcp $(fmt "$CONNECTIONS"), tls and ws $(fmt "$TRANSPORT_CONNECTIONS") each, 3 s settle, broker RSS; TLS: P-256, TLS 1.3; WS: path /mqtt, subprotocol mqtt; hf/mosq = holdfast / mosquitto)"
     printf '%-44s %16s %16s %10s\n' "metric" "mosquitto" "holdfast" "hf/mosq"
     printf '%s\n' "$(printf '%.0s-' $(seq 89))"
     for t in idle idle-tls idle-ws; do

@@ -301,13 +301,17 @@ async fn rumqttc_publishes_and_receives_over_tls_with_a_client_certificate() {
             client_auth: Some((cert, key)),
         },
     ));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 10);
     client
         .subscribe("r/tls", rumqttc::QoS::AtLeastOnce)
         .await
         .unwrap();
+    // A small message, then one of 300 KB: many TLS records, each proxied in chunks.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     let mut published = false;
     let got = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut got = Vec::new();
         loop {
             match events.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) if !published => {
@@ -316,9 +320,16 @@ async fn rumqttc_publishes_and_receives_over_tls_with_a_client_certificate() {
                         .publish("r/tls", rumqttc::QoS::AtLeastOnce, false, "via-rumqttc")
                         .await
                         .unwrap();
+                    client
+                        .publish("r/tls", rumqttc::QoS::AtLeastOnce, false, big.clone())
+                        .await
+                        .unwrap();
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    return p.payload.to_vec();
+                    got.push(p.payload.to_vec());
+                    if got.len() == 2 {
+                        return got;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => panic!("rumqttc over TLS: {e}"),
@@ -327,7 +338,8 @@ async fn rumqttc_publishes_and_receives_over_tls_with_a_client_certificate() {
     })
     .await
     .expect("no message over TLS");
-    assert_eq!(got, b"via-rumqttc");
+    assert_eq!(got[0], b"via-rumqttc");
+    assert!(got[1] == big, "the 300 KB payload came back changed");
     drop(rig);
 }
 

@@ -28,7 +28,7 @@ use super::Broker;
 use crate::config::CertIdentity;
 use crate::config::ListenerKind;
 use bytes::BytesMut;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,6 +46,8 @@ use tokio_util::task::TaskTracker;
 
 /// Bytes moved per read in each direction: one TLS record's worth of plaintext.
 pub const PROXY_CHUNK: usize = 16 * 1024;
+/// What an idle TLS client's proxy waits to read into; a full one means more is coming.
+const IDLE_READ: usize = 512;
 /// The path MQTT over WebSocket is served on (EMQX's default).
 pub const WS_PATH: &str = "/mqtt";
 /// Subprotocols accepted, as EMQX's `supported_subprotocols` default.
@@ -353,17 +355,58 @@ where
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (conn_rx, mut conn_tx) = ours.into_split();
     let up = async {
-        let mut buf = BytesMut::new();
+        // A client that sends little at a time (most are idle sensors) is waited on with
+        // IDLE_READ bytes; one that fills that gets a PROXY_CHUNK buffer, kept while its reads
+        // stay large and dropped after the first small one.
+        let mut small = [0u8; IDLE_READ];
+        let mut chunk: Option<BytesMut> = None;
         loop {
-            buf.reserve(PROXY_CHUNK);
-            match client_rx.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            if conn_tx.write_all(&buf).await.is_err() {
+            let (sent, more) = match chunk.as_mut() {
+                Some(buf) => {
+                    buf.clear();
+                    let n = match client_rx.read_buf(buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    (conn_tx.write_all(buf).await, n >= IDLE_READ)
+                }
+                None => {
+                    let n = match client_rx.read(&mut small).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    if n < small.len() {
+                        (conn_tx.write_all(&small[..n]).await, false)
+                    } else {
+                        // More is probably there already: take it in the same write.
+                        let mut buf = BytesMut::with_capacity(PROXY_CHUNK);
+                        buf.extend_from_slice(&small);
+                        let mut ended = false;
+                        while buf.len() < PROXY_CHUNK {
+                            match client_rx.read_buf(&mut buf).now_or_never() {
+                                None => break,
+                                Some(Ok(0)) | Some(Err(_)) => {
+                                    ended = true;
+                                    break;
+                                }
+                                Some(Ok(_)) => {}
+                            }
+                        }
+                        let sent = conn_tx.write_all(&buf).await;
+                        if ended {
+                            break;
+                        }
+                        chunk = Some(buf);
+                        (sent, true)
+                    }
+                }
+            };
+            if sent.is_err() {
                 break;
             }
-            buf.clear();
+            if !more {
+                chunk = None;
+            }
         }
         let _ = conn_tx.shutdown().await;
     };
