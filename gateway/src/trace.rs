@@ -18,6 +18,7 @@
 use crate::auth::acl::Cidr;
 use holdfast_mqtt::topic;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write as _};
@@ -108,19 +109,16 @@ impl Matcher {
 
     fn matches(&self, fields: &EventFields) -> bool {
         match self {
-            Matcher::Client(id) => fields.client_id.as_deref() == Some(id.as_str()),
+            Matcher::Client(id) => fields.client_id.get() == Some(id.as_str()),
             Matcher::Topic(want) => {
-                fields
-                    .topic
-                    .as_deref()
-                    .is_some_and(|t| topic::matches(want, t))
-                    || fields.filter.as_deref().is_some_and(|f| {
+                fields.topic.get().is_some_and(|t| topic::matches(want, t))
+                    || fields.filter.get().is_some_and(|f| {
                         f == want || (!topic::has_wildcards(f) && topic::matches(want, f))
                     })
             }
             Matcher::Ip(net) => fields
                 .peer
-                .as_deref()
+                .get()
                 .and_then(peer_ip)
                 .is_some_and(|ip| net.contains(ip)),
         }
@@ -363,13 +361,24 @@ impl Traces {
         if list.is_empty() {
             return;
         }
-        let mut fields = EventFields::default();
-        event.record(&mut fields);
-        let mut line: Option<String> = None;
-        for trace in list.iter().filter(|t| t.matcher.matches(&fields)) {
-            let line = line.get_or_insert_with(|| format_line(event.metadata(), &fields));
-            trace.offer(line.clone());
-        }
+        // Most events match no trace: a first pass records only the four matched fields, into
+        // buffers reused by the thread; the whole line is formatted only for a match.
+        let _ = SCRATCH.try_with(|scratch| {
+            let Ok(mut fields) = scratch.try_borrow_mut() else {
+                return;
+            };
+            fields.reset(false);
+            event.record(&mut *fields);
+            if !list.iter().any(|t| t.matcher.matches(&fields)) {
+                return;
+            }
+            fields.reset(true);
+            event.record(&mut *fields);
+            let line = format_line(event.metadata(), &fields);
+            for trace in list.iter().filter(|t| t.matcher.matches(&fields)) {
+                trace.offer(line.clone());
+            }
+        });
     }
 }
 
@@ -480,41 +489,86 @@ fn format_line(meta: &Metadata<'_>, fields: &EventFields) -> String {
     line
 }
 
-/// The fields of one event: the ones traces match on, the message, and the rest as `k=v`.
+thread_local! {
+    /// The field buffers of the events a thread logs while a trace runs.
+    static SCRATCH: RefCell<EventFields> = RefCell::new(EventFields::default());
+}
+
+/// One recorded field value, its buffer kept from event to event.
+#[derive(Debug, Default)]
+struct Slot {
+    text: String,
+    set: bool,
+}
+
+impl Slot {
+    fn get(&self) -> Option<&str> {
+        self.set.then_some(self.text.as_str())
+    }
+}
+
+/// The fields of one event: the ones traces match on and, when `full`, the message and every
+/// field as `k=v` for the line.
 #[derive(Debug, Default)]
 struct EventFields {
-    client_id: Option<String>,
-    peer: Option<String>,
-    topic: Option<String>,
-    filter: Option<String>,
+    client_id: Slot,
+    peer: Slot,
+    topic: Slot,
+    filter: Slot,
+    full: bool,
     message: String,
     rest: String,
 }
 
 impl EventFields {
-    fn put(&mut self, field: &Field, value: String) {
-        match field.name() {
-            "message" => {
-                self.message = value;
-                return;
-            }
-            "client_id" => self.client_id = Some(value.clone()),
-            "peer" => self.peer = Some(value.clone()),
-            "topic" => self.topic = Some(value.clone()),
-            "filter" => self.filter = Some(value.clone()),
-            _ => {}
+    fn reset(&mut self, full: bool) {
+        for slot in [
+            &mut self.client_id,
+            &mut self.peer,
+            &mut self.topic,
+            &mut self.filter,
+        ] {
+            slot.text.clear();
+            slot.set = false;
         }
-        let _ = write!(self.rest, " {}={}", field.name(), value);
+        self.message.clear();
+        self.rest.clear();
+        self.full = full;
+    }
+
+    fn put(&mut self, field: &Field, write: impl Fn(&mut String)) {
+        let slot = match field.name() {
+            "client_id" => Some(&mut self.client_id),
+            "peer" => Some(&mut self.peer),
+            "topic" => Some(&mut self.topic),
+            "filter" => Some(&mut self.filter),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            slot.text.clear();
+            write(&mut slot.text);
+            slot.set = true;
+        }
+        if self.full {
+            if field.name() == "message" {
+                write(&mut self.message);
+            } else {
+                let _ = write!(self.rest, " {}=", field.name());
+                write(&mut self.rest);
+            }
+        }
     }
 }
 
 impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, value.to_owned());
+        self.put(field, |s| s.push_str(value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, format!("{value:?}"));
+        self.put(field, |s| {
+            let _ = write!(s, "{value:?}");
+        });
     }
 }
 
@@ -571,11 +625,18 @@ impl<S> Filter<S> for TraceFilter {
 mod tests {
     use super::*;
 
+    fn slot(value: Option<&str>) -> Slot {
+        Slot {
+            text: value.unwrap_or_default().to_owned(),
+            set: value.is_some(),
+        }
+    }
+
     fn fields(client: Option<&str>, peer: Option<&str>, topic: Option<&str>) -> EventFields {
         EventFields {
-            client_id: client.map(str::to_owned),
-            peer: peer.map(str::to_owned),
-            topic: topic.map(str::to_owned),
+            client_id: slot(client),
+            peer: slot(peer),
+            topic: slot(topic),
             ..EventFields::default()
         }
     }
@@ -595,11 +656,11 @@ mod tests {
         assert!(m.matches(&fields(None, None, Some("sensors/a/temp"))));
         assert!(!m.matches(&fields(None, None, Some("sensors/a/hum"))));
         let mut sub = fields(Some("x"), None, None);
-        sub.filter = Some("sensors/+/temp".into());
+        sub.filter = slot(Some("sensors/+/temp"));
         assert!(m.matches(&sub));
-        sub.filter = Some("sensors/b/temp".into());
+        sub.filter = slot(Some("sensors/b/temp"));
         assert!(m.matches(&sub));
-        sub.filter = Some("sensors/#".into());
+        sub.filter = slot(Some("sensors/#"));
         assert!(!m.matches(&sub));
         assert!(Matcher::new(TraceKind::Topic, "a/#/b").is_err());
     }
