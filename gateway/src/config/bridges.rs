@@ -192,6 +192,8 @@ pub(super) fn bridges_section(
         return Vec::new();
     };
     let mut out: Vec<BridgeConfig> = Vec::new();
+    // Index in the file of each entry of `out` (invalid entries are left out of `out`).
+    let mut indices: Vec<usize> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let path = format!("bridges[{index}]");
         let entries = ctx.open(item, &path, BRIDGE_KEYS, &[]);
@@ -199,7 +201,11 @@ pub(super) fn bridges_section(
             continue;
         }
         if let Some(bridge) = bridge(ctx, item, entries, &path, node_name) {
-            if let Some(first) = out.iter().position(|b| b.name == bridge.name) {
+            if let Some(first) = out
+                .iter()
+                .position(|b| b.name == bridge.name)
+                .map(|i| indices[i])
+            {
                 let n = field(entries, "name").unwrap_or(item);
                 ctx.report(
                     n,
@@ -211,6 +217,7 @@ pub(super) fn bridges_section(
                 );
             }
             out.push(bridge);
+            indices.push(index);
         }
     }
     out

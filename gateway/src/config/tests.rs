@@ -1177,6 +1177,13 @@ fn bridge_names_are_unique_and_flush_intervals_parse() {
         errors.contains("bridges[1].name: bridge name \"a\" is already used by bridges[0]"),
         "{errors}"
     );
+    // An invalid entry before them does not shift the index the message names.
+    let text = "[[bridges]]\nname = \"bad\"\nserver = \"http://h\"\n[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"x\"]\n[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"y\"]\n";
+    let errors = problems(text).join("\n");
+    assert!(
+        errors.contains("bridges[2].name: bridge name \"a\" is already used by bridges[1]"),
+        "{errors}"
+    );
     let one = ok("[[bridges]]\nname = \"a\"\nserver = \"mqtt://[::1]:1999\"\nforward = [\"x\"]\nqueue = { flush = \"interval:250ms\" }\n");
     assert_eq!(
         one.bridges[0].queue.flush,
