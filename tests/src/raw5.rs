@@ -76,7 +76,7 @@ impl Raw {
 
     pub fn send(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
-        packet.write(&mut out).expect("encode a packet");
+        packet.write(&mut out, None).expect("encode a packet");
         self.stream.write_all(&out).expect("write to the gateway");
     }
 
@@ -231,7 +231,7 @@ impl Raw {
             let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.clone(), None);
             p.pkid = first_pkid + i as u16;
             p.retain = retain;
-            Packet::Publish(p).write(&mut out).expect("encode");
+            Packet::Publish(p).write(&mut out, None).expect("encode");
         }
         self.stream.write_all(&out).expect("write to the gateway");
         for i in 0..payloads.len() {

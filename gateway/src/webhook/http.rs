@@ -270,14 +270,17 @@ fn tls_connector(
             }
         }
         None => {
-            let certs = rustls_native_certs::load_native_certs()
-                .map_err(|e| tls_err(format!("cannot read the system CA roots: {e}")))?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(tls_err(
-                    "no system CA roots found (set `ca` to the PEM file of the endpoint's CA)"
-                        .into(),
-                ));
+                let why = found
+                    .errors
+                    .first()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default();
+                return Err(tls_err(format!(
+                    "no system CA roots found{why} (set `ca` to the PEM file of the endpoint's CA)"
+                )));
             }
         }
     }
