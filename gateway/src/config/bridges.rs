@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Node, Value};
+use super::units::parse_authority;
 use super::validate::{
     boolean, duration, field, integer, path_buf, size, string, topic_filters, Ctx,
 };
@@ -453,32 +454,8 @@ pub(crate) fn parse_server(text: &str) -> Result<ServerAddr, String> {
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let Some((host, after)) = v6.split_once(']') else {
-            return Err(format!("{text:?}: unclosed '[' in the host"));
-        };
-        (host, after.strip_prefix(':'))
-    } else {
-        match rest.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
-        }
-    };
-    if host.is_empty() || host.contains(['/', '@', ' ', '?']) {
-        return Err(format!("{text:?}: missing or invalid host"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => port,
-            _ => return Err(format!("{text:?}: port must be 1..65535")),
-        },
-    };
-    Ok(ServerAddr {
-        tls,
-        host: host.to_owned(),
-        port,
-    })
+    let (host, port) = parse_authority(text, rest, default_port)?;
+    Ok(ServerAddr { tls, host, port })
 }
 
 fn queue(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> BridgeQueueConfig {

@@ -1428,3 +1428,19 @@ fn webhooks_can_be_set_from_the_environment() {
     );
     assert_eq!(config.map(|c| c.webhooks[0].queue_size), Ok(7));
 }
+
+#[test]
+fn bridge_and_webhook_addresses_share_one_host_and_port_parser() {
+    assert_eq!(
+        bridges::parse_server("mqtts://[fd00::1]:8884").map(|s| (s.host, s.port)),
+        Ok(("fd00::1".to_owned(), 8884))
+    );
+    assert_eq!(
+        webhooks::parse_url("https://[fd00::1]/hook").map(|u| (u.host, u.port)),
+        Ok(("fd00::1".to_owned(), 443))
+    );
+    for bad in ["mqtt://[::1]x", "mqtt://h]:1883", "mqtt://[::1"] {
+        assert!(bridges::parse_server(bad).is_err(), "{bad}");
+    }
+    assert!(webhooks::parse_url("http://[::1]x/").is_err());
+}

@@ -175,6 +175,40 @@ pub(crate) fn format_duration(duration: Duration) -> String {
     out
 }
 
+/// The `host[:port]` part of a URL-like address (`[v6]:port` for IPv6), with `default_port`
+/// when it names none; `text` is the whole value, for the messages.
+pub(crate) fn parse_authority(
+    text: &str,
+    authority: &str,
+    default_port: u16,
+) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((host, after)) = v6.split_once(']') else {
+            return Err(format!("{text:?}: unclosed '[' in the host"));
+        };
+        if !after.is_empty() && !after.starts_with(':') {
+            return Err(format!("{text:?}: invalid text after the IPv6 address"));
+        }
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || host.contains(['/', '@', ' ', '?', '[', ']']) {
+        return Err(format!("{text:?}: missing or invalid host"));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => match p.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return Err(format!("{text:?}: port must be 1..65535")),
+        },
+    };
+    Ok((host.to_owned(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

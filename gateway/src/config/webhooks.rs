@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Node, Value};
+use super::units::parse_authority;
 use super::validate::{duration, field, integer, path_buf, string, topic_filters, Ctx};
 
 /// One webhook (`[[webhooks]]`).
@@ -401,33 +402,10 @@ pub(crate) fn parse_url(text: &str) -> Result<WebhookUrl, String> {
         ));
     }
     let default_port = if tls { 443 } else { 80 };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let Some((host, after)) = v6.split_once(']') else {
-            return Err(format!("{text:?}: unclosed '[' in the host"));
-        };
-        if !after.is_empty() && !after.starts_with(':') {
-            return Err(format!("{text:?}: invalid text after the IPv6 address"));
-        }
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() || host.contains(['/', ' ', '[', ']']) {
-        return Err(format!("{text:?}: missing or invalid host"));
-    }
-    let port = match port {
-        None => default_port,
-        Some(p) => match p.parse::<u16>() {
-            Ok(port) if port > 0 => port,
-            _ => return Err(format!("{text:?}: port must be 1..65535")),
-        },
-    };
+    let (host, port) = parse_authority(text, authority, default_port)?;
     Ok(WebhookUrl {
         tls,
-        host: host.to_owned(),
+        host,
         port,
         path,
     })
