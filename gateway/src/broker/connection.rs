@@ -1060,15 +1060,7 @@ impl Connection {
             } else {
                 reason::SUCCESS
             };
-            match p.qos {
-                QoS::AtMostOnce => {}
-                QoS::AtLeastOnce => self
-                    .replies
-                    .push(pub_resp(Packet::PubAck, p.packet_id, code)),
-                QoS::ExactlyOnce => self
-                    .replies
-                    .push(pub_resp(Packet::PubRec, p.packet_id, code)),
-            }
+            self.acknowledge(p.qos, p.packet_id, code);
             return Ok(());
         }
         let refused = if p.topic.starts_with("$SYS") {
@@ -1144,16 +1136,17 @@ impl Connection {
         if !v5 && code >= 0x80 {
             code = reason::SUCCESS;
         }
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self
-                .replies
-                .push(pub_resp(Packet::PubAck, p.packet_id, code)),
-            QoS::ExactlyOnce => self
-                .replies
-                .push(pub_resp(Packet::PubRec, p.packet_id, code)),
-        }
+        self.acknowledge(p.qos, p.packet_id, code);
         Ok(())
+    }
+
+    /// Queues the PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound PUBLISH with `code`.
+    fn acknowledge(&mut self, qos: QoS, packet_id: u16, code: u8) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.replies.push(pub_resp(Packet::PubAck, packet_id, code)),
+            QoS::ExactlyOnce => self.replies.push(pub_resp(Packet::PubRec, packet_id, code)),
+        }
     }
 
     /// The ACL's verdict for this client (see `auth::acl`); a denial is logged at debug with
