@@ -200,13 +200,15 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn downlink_command_reaches_a_local_subscriber_without_the_prefix() {
     let (cloud, rec) = cloud();
+    // Overlapping forward and subscribe filters need MQTT 5 (No Local); 3.1.1 refuses them.
     let gw = gateway(
         cloud.port,
-        "forward = [\"sensors/#\", \"cmd/#\"]\nsubscribe = [\"cmd/#\"]",
+        "protocol = \"5\"\nforward = [\"sensors/#\", \"cmd/#\"]\nsubscribe = [\"cmd/#\"]",
     );
     assert!(gw.wait_for_log("bridge up", WAIT), "{}", gw.log());
     assert!(
-        cloud.wait_for_log(&format!("gw-001 1 {PREFIX}cmd/#"), WAIT),
+        cloud.wait_for_log(&format!("gw-001 1 {PREFIX}cmd/#"), WAIT)
+            || cloud.wait_for_log(&format!("gw-001 {PREFIX}cmd/#"), WAIT),
         "the bridge did not subscribe upstream: {}",
         cloud.log()
     );
@@ -220,8 +222,9 @@ fn downlink_command_reaches_a_local_subscriber_without_the_prefix() {
     ));
     assert_eq!(local.wait_for(1, WAIT), vec!["cmd/x open-valve"]);
 
-    // A local command goes up once (forward matches cmd/#); the cloud echoes it back down
-    // (the bridge subscribes edge/gw-001/cmd/#) and that copy must not go up again.
+    // A local command goes up once (forward matches cmd/#); the cloud must not echo it back
+    // down (the bridge subscribes edge/gw-001/cmd/# with No Local), and the downlink cmd/x
+    // must not go back up.
     assert!(mosquitto_pub(gw.port, "cmd/y", "local-y", &["-q", "1"]));
     let cmd_y = format!("{PREFIX}cmd/y");
     assert!(rec.wait_until(WAIT, |m| m.iter().any(|r| r.topic == cmd_y)));
@@ -250,7 +253,12 @@ fn downlink_command_reaches_a_local_subscriber_without_the_prefix() {
     assert!(rec.wait_until(WAIT, |m| m.iter().any(|r| r.topic == marker)));
     let topics: Vec<String> = rec.messages().into_iter().map(|r| r.topic).collect();
     let count = |t: &str| topics.iter().filter(|x| *x == t).count();
-    println!("local subscriber saw cmd/y {echoed} time(s) (1 local + the cloud's echo)");
+    assert_eq!(
+        echoed,
+        1,
+        "the cloud echoed cmd/y back down: {:?}",
+        local.messages()
+    );
     assert_eq!(
         count(&format!("{PREFIX}cmd/x")),
         1,
@@ -906,8 +914,25 @@ fn mixed_qos_messages_keep_their_order_through_an_outage_and_qos0_can_be_dropped
         "{} of 200 arrived",
         rec.count()
     );
+    // Each message goes up at min(its QoS, the bridge's), in queue order. The cloud (mosquitto)
+    // then sends QoS 0 straight to its subscriber while QoS 1 waits behind the subscriber's
+    // inflight window, so the recorder sees each QoS class in order, not the interleaving.
     let seqs: Vec<u64> = rec.messages().iter().map(|m| parse(m).1).collect();
-    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    let class = |odd: u64| {
+        seqs.iter()
+            .copied()
+            .filter(|s| s % 2 == odd)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(seqs.len(), 200, "{seqs:?}");
+    assert_eq!(
+        class(0),
+        (0..200).filter(|s| s % 2 == 0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        class(1),
+        (0..200).filter(|s| s % 2 == 1).collect::<Vec<_>>()
+    );
     drop(gw);
 
     // buffer_qos0 = false: QoS 0 is dropped (and counted) while the link is down.

@@ -1,39 +1,53 @@
-//! One bridge's connection to its cloud broker (rumqttc, MQTT 3.1.1 or 5 through [`wire`]):
-//! connect with backoff,
-//! drain the disk queue through an inflight window, acknowledge queue records as the cloud
-//! acknowledges them, and publish downlink messages locally.
+//! One bridge's link to its cloud broker: connect with backoff, drain the disk queue through
+//! the session's window, acknowledge queue records as the cloud answers them, dead-letter what
+//! the cloud refuses, and publish downlink messages locally.
 //!
-//! Owns the network side of a bridge. A record leaves the queue only when the cloud broker has
-//! acknowledged it (PUBACK/PUBCOMP; for QoS 0, once written), so a lost connection, a `kill -9`
-//! or a power cut means "send again from the oldest unacknowledged", never "lost". Each
-//! connection gets a fresh rumqttc event loop, so rumqttc itself never resends anything (its
-//! per-message resend throttle would drain a backlog one message per tick); the resends are ours,
-//! in queue order, the ones that may have reached the cloud before flagged DUP.
+//! Owns the I/O loop of a bridge and the two small files that carry its MQTT session across
+//! restarts: `{data_dir}/bridges/{name}.session` (QoS 2 handshake state, see
+//! [`Persisted`]) and `{data_dir}/bridges/{name}.subscriptions` (the downlink filters the
+//! cloud confirmed with a SUBACK). The protocol rules live in [`super::session`] (sans-IO),
+//! the socket in [`super::net`]. It never holds the router lock, and never touches the queue's
+//! files except through [`GroupCommit`](holdfast_storage::queue::GroupCommit).
 //!
-//! Two tasks per connection: the poller owns the event loop and is never cancelled mid-write
-//! (rumqttc's poll is not cancel-safe while it flushes), the feeder reads the queue and hands
-//! publishes to rumqttc's request channel while the window has room. They share the window
-//! under a short std mutex. It never holds the router lock, and never touches the queue's files
-//! except through [`GroupCommit`](holdfast_storage::queue::GroupCommit).
+//! A record leaves the queue only when the cloud answered it (PUBACK/PUBCOMP, or a refusal
+//! that is counted as dead-lettered; QoS 0 once written and flushed), so a lost connection, a
+//! `kill -9` or a power cut means "send again from the oldest unanswered", never "lost". Resends
+//! carry DUP and the record's own packet id. One task per connection, one `select!` over
+//! reading, writing, new queue data, keepalive and shutdown; every branch is cancel-safe.
+//!
+//! The session file is written (temporary file + rename, no fsync) before any packet that
+//! depends on it leaves: it survives `kill -9`; a power cut may lose the last change, which
+//! can cost one duplicate QoS 2 delivery upstream or downstream, never a lost message.
 
 use super::backoff::Backoff;
+use super::net::{self, Conn, NetError};
 use super::outbox::{bridge_session_id, Outbox};
+use super::session::{Event, Limits, OutMsg, Persisted, Refusal, Session};
 use super::stats::LinkState;
-use super::wire::{self, InMsg, OutMsg, Poller, Sender, WireEvent};
 use crate::broker::message::Message;
 use crate::broker::{persist, Broker};
 use crate::config::BridgeConfig;
-use holdfast_mqtt::{ByteStr, QoS};
+use bytes::BytesMut;
+use holdfast_mqtt::{encode, ByteStr, Packet, Publish, QoS};
 use holdfast_storage::kv::StoredMessage;
 use holdfast_storage::record;
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Most payload bytes read from the queue in one go.
 const READ_BATCH_BYTES: usize = 1024 * 1024;
+/// Most records read from the queue in one go.
+const READ_BATCH_RECORDS: usize = 512;
+/// Encoded bytes waiting for the socket before the link stops reading the queue.
+const WRITE_BUFFER_HIGH: usize = 256 * 1024;
+/// A connection that lasted this long resets the reconnect backoff; one that drops sooner
+/// (a cloud that accepts and then closes) keeps backing off.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// A running bridge link.
 #[derive(Debug)]
@@ -45,29 +59,28 @@ pub struct Link {
     /// Records below this seq may have been sent before (earlier connection or process):
     /// they go out with DUP set.
     resend_below: u64,
+    session: Session,
+    session_file: PathBuf,
+    subscriptions_file: PathBuf,
 }
 
-/// The window shared by a connection's poller and feeder.
-#[derive(Debug, Default)]
-struct Window {
-    /// Seqs handed to rumqttc, in order, not yet seen leaving as `Outgoing::Publish`.
-    submitted: VecDeque<u64>,
-    /// Packet id -> seq for publishes awaiting the cloud's acknowledgement.
-    by_pkid: HashMap<u16, u64>,
-    /// Submitted and not yet acknowledged.
-    outstanding: usize,
-    /// The next seq the feeder reads.
+/// One connection's working state.
+struct Conveyor {
+    conn: Conn,
+    wbuf: BytesMut,
+    /// True after a write until a flush completed (TLS keeps bytes in its own buffer).
+    unflushed: bool,
+    /// QoS 0 records in `wbuf`: acknowledged once it is written and flushed.
+    qos0_written: Vec<u64>,
+    /// The next seq to read from the queue.
     next_read: u64,
-    /// Set when the connection ends: the feeder stops.
-    closed: bool,
-}
-
-struct Shared {
-    window: Mutex<Window>,
     /// The backlog found at connect (records, when) until the queue first runs empty.
-    backlog: Mutex<Option<(u64, Instant)>>,
-    /// Signalled when acknowledgements free window slots.
-    room: tokio::sync::Notify,
+    backlog: Option<(u64, Instant)>,
+    /// Downlink filters the cloud confirmed.
+    subscribed: BTreeSet<String>,
+    last_in: Instant,
+    last_out: Instant,
+    ping_sent: Option<Instant>,
 }
 
 impl Link {
@@ -80,12 +93,27 @@ impl Link {
     ) -> Link {
         // Everything on disk at start-up may have reached the cloud before a crash.
         let resend_below = outbox.queue.stats().map(|s| s.next_seq).unwrap_or(u64::MAX);
+        let dir = broker.config.node.data_dir.join("bridges");
+        let session_file = dir.join(format!("{}.session", cfg.name));
+        let subscriptions_file = dir.join(format!("{}.subscriptions", cfg.name));
+        let restored = load_session(&session_file, &cfg.name);
+        let session = Session::new(
+            net::protocol(&cfg),
+            Limits {
+                max_inflight: cfg.max_inflight,
+                max_packet: cfg.max_packet_size,
+            },
+            restored,
+        );
         Link {
             cfg,
             outbox,
             broker,
             shutdown,
             resend_below,
+            session,
+            session_file,
+            subscriptions_file,
         }
     }
 
@@ -96,13 +124,17 @@ impl Link {
         let shutdown = self.shutdown.clone();
         loop {
             self.outbox.stats.set_state(LinkState::Connecting);
+            let mut up_since = None;
             let outcome = tokio::select! {
-                outcome = self.connection(&mut backoff, &mut connected_before) => outcome,
-                () = shutdown.cancelled() => Err("shutting down".to_owned()),
+                outcome = self.connection(&mut up_since, &mut connected_before) => outcome,
+                () = shutdown.cancelled() => Ok(()),
             };
             if self.shutdown.is_cancelled() {
                 self.outbox.stats.set_state(LinkState::Stopped);
                 return;
+            }
+            if up_since.is_some_and(|t: Instant| t.elapsed() >= STABLE_AFTER) {
+                backoff.reset();
             }
             self.outbox.stats.set_state(LinkState::Down);
             self.outbox
@@ -111,7 +143,7 @@ impl Link {
                 .fetch_add(1, Ordering::Relaxed);
             let why = match outcome {
                 Ok(()) => "connection closed".to_owned(),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             self.outbox.stats.set_error(why.clone());
             let delay = backoff.next_delay(rand::random::<f64>());
@@ -137,14 +169,12 @@ impl Link {
     /// One connection, from TCP connect to its end. `Err` says why it ended.
     async fn connection(
         &mut self,
-        backoff: &mut Backoff,
+        up_since: &mut Option<Instant>,
         connected_before: &mut bool,
-    ) -> Result<(), String> {
-        let window = usize::from(self.cfg.max_inflight);
-        let max_packet = self.broker.config.mqtt.max_packet_size as usize;
-        let (client, mut poller) = wire::new_client(&self.cfg, max_packet, window.max(8))?;
-        let session_present = poller.connect().await?;
-        backoff.reset();
+    ) -> Result<(), NetError> {
+        let max_in = self.broker.config.mqtt.max_packet_size as usize;
+        let (conn, connack) = net::connect(&self.cfg, max_in).await?;
+        *up_since = Some(Instant::now());
         if *connected_before {
             self.outbox.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -155,206 +185,303 @@ impl Link {
             bridge = %self.cfg.name,
             server = %self.cfg.server,
             client_id = %self.cfg.client_id,
+            session_present = connack.session_present,
             queued = stats.len,
             queued_bytes = stats.bytes,
             "bridge up"
         );
-        self.subscribe_downlink(&client, session_present)?;
-        let shared = Arc::new(Shared {
-            window: Mutex::new(Window::default()),
-            backlog: Mutex::new((stats.len > 0).then(|| (stats.len, Instant::now()))),
-            room: tokio::sync::Notify::new(),
-        });
-        let first = stats.first_unacked.unwrap_or(stats.next_seq);
-        let resent = self.queue_resends(&mut poller, &shared, first, window);
-        self.outbox
-            .stats
-            .resent
-            .fetch_add(resent as u64, Ordering::Relaxed);
-        let feeder = tokio::spawn(feed(
-            self.outbox.clone(),
-            shared.clone(),
-            client.clone(),
-            window,
-            self.cfg.qos,
-            self.cfg.remote_prefix.clone(),
-        ));
-        let result = self.poll_events(&mut poller, &shared).await;
-        if let Ok(mut w) = shared.window.lock() {
-            w.closed = true;
+        let resume = self.session.on_connack(&connack);
+        for seq in resume.delivered {
+            self.acknowledged(seq);
         }
-        shared.room.notify_one();
-        feeder.abort();
-        // Whatever was submitted in this connection may have arrived: DUP next time.
-        let sent_up_to = shared
-            .window
-            .lock()
-            .map(|w| w.next_read)
-            .unwrap_or(u64::MAX);
-        self.resend_below = self.resend_below.max(sent_up_to);
+        let mut c = Conveyor {
+            conn,
+            wbuf: BytesMut::with_capacity(16 * 1024),
+            unflushed: false,
+            qos0_written: Vec::new(),
+            next_read: stats.first_unacked.unwrap_or(stats.next_seq),
+            backlog: (stats.len > 0).then(|| (stats.len, Instant::now())),
+            subscribed: BTreeSet::new(),
+            last_in: Instant::now(),
+            last_out: Instant::now(),
+            ping_sent: None,
+        };
+        let protocol = self.session.protocol();
+        for p in &resume.pubrels {
+            encode(p, protocol, &mut c.wbuf)?;
+        }
+        if !resume.pubrels.is_empty() {
+            tracing::info!(bridge = %self.cfg.name, count = resume.pubrels.len(), "resuming QoS 2 flows at PUBREL");
+        }
+        self.persist_session();
+        self.subscribe_downlink(&mut c, connack.session_present)?;
+        let result = self.pump(&mut c).await;
+        // Whatever was handed to this connection may have arrived: DUP next time.
+        self.resend_below = self.resend_below.max(c.next_read);
         result
     }
 
-    /// Subscribes the downlink filters, unless the cloud kept a session that already has exactly
-    /// these subscriptions: a SUBSCRIBE makes the broker resend retained messages (MQTT 3.1.1
-    /// cannot opt out; MQTT 5 asks for retained messages on new subscriptions only), and a
-    /// replayed retained command must not reach the devices again on every reconnect.
-    fn subscribe_downlink(&self, client: &Sender, session_present: bool) -> Result<(), String> {
-        let marker = self
-            .broker
-            .config
-            .node
-            .data_dir
-            .join("bridges")
-            .join(format!("{}.subscriptions", self.cfg.name));
-        let wanted = format!(
-            "{}\n{}\n{}\n",
-            self.cfg.client_id,
-            self.cfg.qos,
-            self.cfg
-                .subscribe
-                .iter()
-                .map(|f| format!("{}{f}", self.cfg.remote_prefix))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        let known = std::fs::read_to_string(&marker).is_ok_and(|had| had == wanted);
-        if self.cfg.subscribe.is_empty() || (session_present && known) {
+    /// The I/O loop of one connection.
+    async fn pump(&mut self, c: &mut Conveyor) -> Result<(), NetError> {
+        let keepalive = self.cfg.keepalive;
+        let mut tick = tokio::time::interval((keepalive / 4).max(Duration::from_millis(500)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut events = Vec::new();
+        loop {
+            let caught_up = self.fill(c)?;
+            let outbox = self.outbox.clone();
+            let Conveyor {
+                conn,
+                wbuf,
+                unflushed,
+                ..
+            } = c;
+            let Conn {
+                reader,
+                writer,
+                rbuf,
+                ..
+            } = conn;
+            let must_write = !wbuf.is_empty() || *unflushed;
+            tokio::select! {
+                read = reader.read_buf(rbuf) => {
+                    if read? == 0 {
+                        return Err(NetError::Closed);
+                    }
+                    c.last_in = Instant::now();
+                    c.ping_sent = None;
+                    while let Some(packet) = c.conn.decode_next()? {
+                        self.session.on_packet(packet, &mut events);
+                    }
+                    for event in events.drain(..) {
+                        self.on_event(c, event)?;
+                    }
+                    self.persist_session();
+                }
+                written = async {
+                    if !wbuf.is_empty() {
+                        writer.write_buf(wbuf).await?;
+                        *unflushed = true;
+                    }
+                    if wbuf.is_empty() {
+                        writer.flush().await?;
+                        *unflushed = false;
+                    }
+                    Ok::<(), std::io::Error>(())
+                }, if must_write => {
+                    written?;
+                    c.last_out = Instant::now();
+                    if c.wbuf.is_empty() && !c.unflushed {
+                        for seq in std::mem::take(&mut c.qos0_written) {
+                            self.acknowledged(seq);
+                        }
+                        self.note_progress(c);
+                    }
+                }
+                () = outbox.new_data.notified(), if caught_up => {}
+                _ = tick.tick() => self.keep_alive(c)?,
+            }
+        }
+    }
+
+    /// Reads records into the write buffer while the window and the buffer have room.
+    /// Returns true when the queue has nothing more to send (the caller waits for new data).
+    fn fill(&mut self, c: &mut Conveyor) -> Result<bool, NetError> {
+        let protocol = self.session.protocol();
+        while c.wbuf.len() < WRITE_BUFFER_HIGH {
+            if !self.session.has_room_for(c.next_read) {
+                return Ok(false);
+            }
+            let records = match self.outbox.queue.read(
+                c.next_read,
+                READ_BATCH_RECORDS,
+                READ_BATCH_BYTES,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(bridge = %self.cfg.name, error = %e, "cannot read the bridge queue");
+                    self.outbox.stats.set_error(format!("queue: {e}"));
+                    return Ok(false);
+                }
+            };
+            if records.is_empty() {
+                self.note_progress(c);
+                return Ok(true);
+            }
+            for rec in records {
+                if !self.session.has_room_for(rec.seq) || c.wbuf.len() >= WRITE_BUFFER_HIGH {
+                    break;
+                }
+                c.next_read = rec.seq + 1;
+                if self.session.is_released(rec.seq) {
+                    continue;
+                }
+                let Some((msg, topic)) = self.to_publish(rec.seq, &rec.payload) else {
+                    continue;
+                };
+                let dup = rec.seq < self.resend_below;
+                match self.session.publish(rec.seq, msg, dup) {
+                    Ok(packet) => {
+                        encode(&packet, protocol, &mut c.wbuf)?;
+                        if let Packet::Publish(Publish {
+                            qos: QoS::AtMostOnce,
+                            ..
+                        }) = packet
+                        {
+                            c.qos0_written.push(rec.seq);
+                        }
+                        if dup {
+                            self.outbox.stats.resent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(refusal) => self.dead_letter(rec.seq, &refusal, Some(&topic)),
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn on_event(&mut self, c: &mut Conveyor, event: Event) -> Result<(), NetError> {
+        match event {
+            Event::Send(p) => encode(&p, self.session.protocol(), &mut c.wbuf)?,
+            Event::Delivered(seq) => self.acknowledged(seq),
+            Event::Refused(seq, refusal) => self.dead_letter(seq, &refusal, None),
+            Event::Downlink(p) => self.downlink(p),
+            Event::Subscribed(results) => {
+                for (filter, result) in results {
+                    match result {
+                        Ok(_) => {
+                            c.subscribed.insert(filter);
+                        }
+                        Err(code) => {
+                            tracing::warn!(bridge = %self.cfg.name, filter, reason = %super::session::reason_name(code), "the cloud broker refused a downlink subscription");
+                            self.outbox.stats.set_error(format!(
+                                "downlink subscription {filter} refused ({})",
+                                super::session::reason_name(code)
+                            ));
+                        }
+                    }
+                }
+                self.save_subscriptions(&c.subscribed);
+            }
+            Event::Violation(why) => return Err(NetError::Protocol(why)),
+        }
+        Ok(())
+    }
+
+    /// Sends PINGREQ when the link was quiet; gives up when the cloud stopped answering.
+    fn keep_alive(&mut self, c: &mut Conveyor) -> Result<(), NetError> {
+        let keepalive = self.cfg.keepalive;
+        if let Some(sent) = c.ping_sent {
+            if sent.elapsed() >= keepalive {
+                return Err(NetError::Protocol(format!(
+                    "no answer to PINGREQ within {keepalive:?}"
+                )));
+            }
             return Ok(());
         }
-        let filters = self
+        if c.last_out.elapsed() >= keepalive / 2 || c.last_in.elapsed() >= keepalive / 2 {
+            encode(&Packet::PingReq, self.session.protocol(), &mut c.wbuf)?;
+            c.ping_sent = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Subscribes the downlink filters the cloud session does not have yet (all of them
+    /// without a session), and unsubscribes the ones the config no longer has. A filter
+    /// counts as subscribed only after a successful SUBACK, so a connection lost before it
+    /// subscribes again next time. Re-subscribing is avoided because a SUBSCRIBE makes a
+    /// 3.1.1 broker resend retained messages, and a replayed retained command must not reach
+    /// the devices again at every reconnect.
+    fn subscribe_downlink(
+        &mut self,
+        c: &mut Conveyor,
+        session_present: bool,
+    ) -> Result<(), NetError> {
+        c.subscribed = if session_present {
+            self.load_subscriptions()
+        } else {
+            BTreeSet::new()
+        };
+        let wanted: BTreeSet<String> = self
             .cfg
             .subscribe
             .iter()
             .map(|f| format!("{}{f}", self.cfg.remote_prefix))
             .collect();
-        client.subscribe(filters, self.cfg.qos)?;
-        if !known {
-            if let Err(e) = std::fs::write(&marker, wanted) {
-                tracing::warn!(bridge = %self.cfg.name, path = %marker.display(), error = %e, "cannot record the downlink subscriptions; they will be renewed at every reconnect");
+        let stale: Vec<String> = c.subscribed.difference(&wanted).cloned().collect();
+        let missing: Vec<String> = wanted.difference(&c.subscribed).cloned().collect();
+        let protocol = self.session.protocol();
+        if !stale.is_empty() {
+            for f in &stale {
+                c.subscribed.remove(f);
             }
+            let p = self.session.unsubscribe(stale);
+            encode(&p, protocol, &mut c.wbuf)?;
+        }
+        self.save_subscriptions(&c.subscribed);
+        if !missing.is_empty() {
+            let qos = QoS::from_u8(self.cfg.qos).unwrap_or(QoS::AtLeastOnce);
+            let p = self.session.subscribe(missing, qos);
+            encode(&p, protocol, &mut c.wbuf)?;
         }
         Ok(())
     }
 
-    /// Puts the oldest unacknowledged records that may have been sent before (at most a
-    /// window) into rumqttc's pending list with DUP set; they leave before anything else.
-    fn queue_resends(
-        &self,
-        poller: &mut Poller,
-        shared: &Shared,
-        first: u64,
-        window: usize,
-    ) -> usize {
-        let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
-        w.next_read = first;
-        if first >= self.resend_below {
-            return 0;
-        }
-        let records = match self.outbox.queue.read(first, window, READ_BATCH_BYTES) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(bridge = %self.cfg.name, error = %e, "cannot read the bridge queue");
-                return 0;
-            }
-        };
-        let mut resent = 0;
-        for rec in records {
-            if rec.seq >= self.resend_below {
-                break;
-            }
-            w.next_read = rec.seq + 1;
-            let Some(publish) = to_publish(
-                &self.outbox,
-                rec.seq,
-                &rec.payload,
-                self.cfg.qos,
-                &self.cfg.remote_prefix,
-            ) else {
-                continue;
-            };
-            w.submitted.push_back(rec.seq);
-            w.outstanding += 1;
-            poller.push_resend(publish);
-            resent += 1;
-        }
-        resent
+    /// The first lines of the subscriptions file: what the filters below were subscribed as.
+    fn subscriptions_header(&self) -> String {
+        format!(
+            "{}\n{} no_local={}\n",
+            self.cfg.client_id,
+            self.cfg.qos,
+            self.session.protocol().is_v5()
+        )
     }
 
-    /// Drives the event loop until the connection fails.
-    async fn poll_events(&self, poller: &mut Poller, shared: &Shared) -> Result<(), String> {
-        loop {
-            match poller.next().await? {
-                WireEvent::Sent(pkid) => {
-                    let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
-                    let Some(seq) = w.submitted.pop_front() else {
-                        continue;
-                    };
-                    if pkid == 0 {
-                        // QoS 0: written to the socket is as acknowledged as it gets.
-                        w.outstanding = w.outstanding.saturating_sub(1);
-                        let window_empty = w.outstanding == 0;
-                        drop(w);
-                        self.acknowledged(seq);
-                        shared.room.notify_one();
-                        if window_empty {
-                            self.note_drained(shared);
-                        }
-                    } else {
-                        w.by_pkid.insert(pkid, seq);
-                    }
-                }
-                WireEvent::Acked { pkid, refused } => {
-                    if let Some(reason) = refused {
-                        self.outbox
-                            .stats
-                            .dropped_refused_by_cloud
-                            .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(bridge = %self.cfg.name, reason, "the cloud broker refused a forwarded message; it is dropped (resending would be refused again)");
-                    }
-                    self.remote_ack(shared, pkid);
-                }
-                WireEvent::Downlink(m) => self.downlink(m),
-                WireEvent::BadDownlink(why) => {
-                    tracing::warn!(bridge = %self.cfg.name, why, "downlink message ignored");
-                }
-                WireEvent::SubscriptionsRefused(0) | WireEvent::Other => {}
-                WireEvent::SubscriptionsRefused(refused) => {
-                    tracing::warn!(bridge = %self.cfg.name, refused, "the cloud broker refused downlink subscriptions");
-                    self.outbox
-                        .stats
-                        .set_error(format!("{refused} downlink subscription(s) refused"));
-                }
-            }
+    fn load_subscriptions(&self) -> BTreeSet<String> {
+        let Ok(text) = std::fs::read_to_string(&self.subscriptions_file) else {
+            return BTreeSet::new();
+        };
+        match text.strip_prefix(&self.subscriptions_header()) {
+            Some(rest) => rest.lines().map(str::to_owned).collect(),
+            None => BTreeSet::new(),
         }
     }
 
-    fn remote_ack(&self, shared: &Shared, pkid: u16) {
-        let (seq, window_empty) = {
-            let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(seq) = w.by_pkid.remove(&pkid) else {
-                return;
-            };
-            w.outstanding = w.outstanding.saturating_sub(1);
-            (seq, w.outstanding == 0)
-        };
-        self.acknowledged(seq);
-        shared.room.notify_one();
-        if window_empty {
-            self.note_drained(shared);
+    fn save_subscriptions(&self, subscribed: &BTreeSet<String>) {
+        let mut text = self.subscriptions_header();
+        for f in subscribed {
+            text.push_str(f);
+            text.push('\n');
+        }
+        if let Err(e) = write_replace(&self.subscriptions_file, text.as_bytes()) {
+            tracing::warn!(bridge = %self.cfg.name, path = %self.subscriptions_file.display(), error = %e, "cannot record the downlink subscriptions; they will be renewed at the next reconnect");
+        }
+    }
+
+    /// Writes the session state if it changed; before any packet that depends on it leaves.
+    fn persist_session(&mut self) {
+        if !self.session.take_dirty() {
+            return;
+        }
+        let text = self.session.persisted().encode();
+        if let Err(e) = write_replace(&self.session_file, text.as_bytes()) {
+            tracing::error!(bridge = %self.cfg.name, path = %self.session_file.display(), error = %e, "cannot save the bridge's QoS 2 state; a restart may deliver a QoS 2 message twice");
+            self.outbox
+                .stats
+                .set_error(format!("cannot save session state: {e}"));
         }
     }
 
     /// Logs how fast the backlog found at connect drained, once the queue is empty.
-    fn note_drained(&self, shared: &Shared) {
-        let mut backlog = shared.backlog.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((count, since)) = *backlog else {
+    fn note_progress(&self, c: &mut Conveyor) {
+        let Some((count, since)) = c.backlog else {
             return;
         };
         if self.outbox.queue.stats().map_or(true, |s| s.len > 0) {
             return;
         }
-        *backlog = None;
+        c.backlog = None;
         let secs = since.elapsed().as_secs_f64();
         tracing::info!(
             bridge = %self.cfg.name,
@@ -372,10 +499,70 @@ impl Link {
         }
     }
 
-    /// A message from the cloud: strip the prefix and publish it locally.
-    fn downlink(&self, p: InMsg) {
+    /// A record the cloud refused or cannot take: out of the queue, counted, logged.
+    fn dead_letter(&self, seq: u64, refusal: &Refusal, topic: Option<&str>) {
+        let key = refusal.key();
+        if self.outbox.stats.note_dead_letter(&key) {
+            tracing::warn!(
+                bridge = %self.cfg.name,
+                seq,
+                topic = topic.unwrap_or("?"),
+                reason = %refusal,
+                dead_lettered_total = self.outbox.stats.dead_lettered.load(Ordering::Relaxed),
+                "dead-lettered: the cloud broker cannot take this message; it is dropped and the queue goes on"
+            );
+        }
+        self.outbox
+            .stats
+            .set_error(format!("dead-lettered: {refusal}"));
+        if let Err(e) = self.outbox.queue.ack(seq) {
+            tracing::error!(bridge = %self.cfg.name, seq, error = %e, "cannot remove a dead-lettered record from the queue");
+        }
+    }
+
+    /// The upstream message for a queue record and its local topic, or `None` (after
+    /// acknowledging and counting it) when it cannot be sent: expired in the queue, or damaged.
+    fn to_publish(&self, seq: u64, bytes: &[u8]) -> Option<(OutMsg, String)> {
+        let outbox = &self.outbox;
+        let stored: StoredMessage = match record::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(bridge = %outbox.name, seq, error = %e, "damaged bridge queue record skipped");
+                outbox.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
+                let _ = outbox.queue.ack(seq);
+                return None;
+            }
+        };
+        let now = Instant::now();
+        let Some(message) = persist::from_stored(stored, now) else {
+            outbox.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
+            let _ = outbox.queue.ack(seq);
+            return None;
+        };
         let prefix = &self.cfg.remote_prefix;
-        let Some(local) = p.topic.strip_prefix(prefix.as_str()) else {
+        let mut properties = message.properties.clone();
+        properties.message_expiry_interval = message.remaining_expiry(now);
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        // A reply to the request must come back through the bridge: its topic is remote too.
+        if let Some(rt) = &properties.response_topic {
+            properties.response_topic = Some(ByteStr::from(format!("{prefix}{rt}")));
+        }
+        let bridge_qos = QoS::from_u8(self.cfg.qos).unwrap_or(QoS::AtLeastOnce);
+        let msg = OutMsg {
+            topic: ByteStr::from(format!("{prefix}{}", message.topic)),
+            payload: message.payload,
+            qos: message.qos.min(bridge_qos),
+            retain: message.retain,
+            properties,
+        };
+        Some((msg, message.topic.to_string()))
+    }
+
+    /// A message from the cloud: strip the prefix and publish it locally.
+    fn downlink(&self, p: Publish) {
+        let prefix = &self.cfg.remote_prefix;
+        let Some(local) = p.topic.as_str().strip_prefix(prefix.as_str()) else {
             tracing::warn!(bridge = %self.cfg.name, topic = %p.topic, "downlink message outside remote_prefix ignored");
             return;
         };
@@ -384,16 +571,25 @@ impl Link {
             return;
         }
         self.outbox.stats.downlink.fetch_add(1, Ordering::Relaxed);
-        let expires_at = p
-            .properties
+        let mut properties = p.properties;
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        if let Some(rt) = &properties.response_topic {
+            if let Some(local_rt) = rt.as_str().strip_prefix(prefix.as_str()) {
+                if !local_rt.is_empty() {
+                    properties.response_topic = Some(ByteStr::from(local_rt));
+                }
+            }
+        }
+        let expires_at = properties
             .message_expiry_interval
             .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
         let message = Message {
             topic: ByteStr::from(local),
             payload: p.payload,
-            qos: QoS::from_u8(p.qos).unwrap_or(QoS::AtMostOnce),
+            qos: p.qos,
             retain: p.retain,
-            properties: p.properties,
+            properties,
             publisher: Some(bridge_session_id(self.outbox.index)),
             publisher_client_id: None,
             expires_at,
@@ -402,88 +598,24 @@ impl Link {
     }
 }
 
-/// Reads the queue into rumqttc's request channel while the window has room.
-async fn feed(
-    outbox: Arc<Outbox>,
-    shared: Arc<Shared>,
-    client: Sender,
-    window: usize,
-    qos: u8,
-    prefix: String,
-) {
-    loop {
-        let (room, from) = {
-            let w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
-            if w.closed {
-                return;
-            }
-            (window.saturating_sub(w.outstanding), w.next_read)
-        };
-        if room == 0 {
-            shared.room.notified().await;
-            continue;
-        }
-        let records = match outbox.queue.read(from, room, READ_BATCH_BYTES) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(bridge = %outbox.name, error = %e, "cannot read the bridge queue");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if records.is_empty() {
-            // A permit left by an append since the read above makes this return at once.
-            outbox.new_data.notified().await;
-            continue;
-        }
-        for rec in records {
-            let publish = to_publish(&outbox, rec.seq, &rec.payload, qos, &prefix);
-            {
-                let mut w = shared.window.lock().unwrap_or_else(|p| p.into_inner());
-                if w.closed {
-                    return;
-                }
-                w.next_read = rec.seq + 1;
-                if publish.is_some() {
-                    w.submitted.push_back(rec.seq);
-                    w.outstanding += 1;
-                }
-            }
-            let Some(p) = publish else {
-                continue;
-            };
-            if client.publish(p).await.is_err() {
-                return;
-            }
+/// The session state the last run left, or an empty one (logged when the file is damaged).
+fn load_session(path: &std::path::Path, bridge: &str) -> Persisted {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Persisted::decode(&text).unwrap_or_else(|why| {
+            tracing::error!(bridge, path = %path.display(), why, "damaged bridge session file ignored; QoS 2 flows in progress restart from PUBLISH");
+            Persisted::default()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted::default(),
+        Err(e) => {
+            tracing::error!(bridge, path = %path.display(), error = %e, "cannot read the bridge session file");
+            Persisted::default()
         }
     }
 }
 
-/// The upstream PUBLISH for a queue record, or `None` (after acknowledging and counting it)
-/// when it cannot be sent: expired in the queue, or damaged.
-fn to_publish(outbox: &Outbox, seq: u64, bytes: &[u8], qos: u8, prefix: &str) -> Option<OutMsg> {
-    let stored: StoredMessage = match record::decode(bytes) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::error!(bridge = %outbox.name, seq, error = %e, "damaged bridge queue record skipped");
-            outbox.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
-            let _ = outbox.queue.ack(seq);
-            return None;
-        }
-    };
-    let now = Instant::now();
-    let Some(message) = persist::from_stored(stored, now) else {
-        outbox.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
-        let _ = outbox.queue.ack(seq);
-        return None;
-    };
-    let mut properties = message.properties.clone();
-    properties.message_expiry_interval = message.remaining_expiry(now);
-    Some(OutMsg {
-        topic: format!("{prefix}{}", message.topic),
-        payload: message.payload,
-        qos,
-        retain: message.retain,
-        properties,
-    })
+/// Replaces `path` with `bytes` (temporary file + rename: never a torn file).
+fn write_replace(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }

@@ -21,9 +21,10 @@
 
 pub mod backoff;
 pub mod link;
+mod net;
 pub mod outbox;
+mod session;
 pub mod stats;
-mod wire;
 
 pub use outbox::{Forwarded, Forwarder, Outbox, Refusal};
 
@@ -136,8 +137,9 @@ pub fn publish_stats(broker: &Broker, probe: &mut RateProbe) {
                 "qos0_offline": s.dropped_qos0_offline.load(Ordering::Relaxed),
                 "expired": s.dropped_expired.load(Ordering::Relaxed),
                 "failed": s.dropped_failed.load(Ordering::Relaxed),
-                "refused_by_cloud": s.dropped_refused_by_cloud.load(Ordering::Relaxed),
             },
+            "dead_lettered": s.dead_lettered.load(Ordering::Relaxed),
+            "dead_letter_reasons": s.dead_letter_reasons(),
             "downlink": s.downlink.load(Ordering::Relaxed),
             "reconnects": s.reconnects.load(Ordering::Relaxed),
             "connect_failures": s.connect_failures.load(Ordering::Relaxed),

@@ -4,6 +4,7 @@
 //! Owns plain atomics and the last error; never blocks, never logs more than once a second per
 //! kind of drop (a full queue under a flood must not flood the log too).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -62,9 +63,12 @@ pub struct BridgeStats {
     pub dropped_expired: AtomicU64,
     /// Messages that could not be queued or read back (I/O error, damaged record).
     pub dropped_failed: AtomicU64,
-    /// Messages the cloud broker acknowledged with an MQTT 5 failure reason (not authorized,
-    /// quota exceeded, ...): resending would be refused again, so they are dropped.
-    pub dropped_refused_by_cloud: AtomicU64,
+    /// Records the cloud refused (a PUBACK/PUBREC failure reason: not authorized, quota
+    /// exceeded, ...) or cannot take (larger than its maximum packet size): resending would
+    /// be refused again, so they leave the queue, counted by reason and logged.
+    pub dead_lettered: AtomicU64,
+    dead_letter_reasons: Mutex<BTreeMap<String, u64>>,
+    last_dead_letter_log: Mutex<Option<Instant>>,
     /// Messages received from the cloud and published locally.
     pub downlink: AtomicU64,
     /// Successful connections after the first.
@@ -128,13 +132,39 @@ impl BridgeStats {
         }
     }
 
-    fn log_due(&self) -> bool {
-        let mut last = self.last_drop_log.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            return false;
-        }
-        *last = Some(now);
-        true
+    /// Counts one dead-lettered record under `reason`; true when it is time to log (the
+    /// first, then at most once a second).
+    pub fn note_dead_letter(&self, reason: &str) -> bool {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        *self
+            .dead_letter_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason.to_owned())
+            .or_default() += 1;
+        due(&self.last_dead_letter_log)
     }
+
+    /// Dead-lettered records by reason.
+    pub fn dead_letter_reasons(&self) -> BTreeMap<String, u64> {
+        self.dead_letter_reasons
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn log_due(&self) -> bool {
+        due(&self.last_drop_log)
+    }
+}
+
+/// True at most once a second per `last`.
+fn due(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        return false;
+    }
+    *last = Some(now);
+    true
 }

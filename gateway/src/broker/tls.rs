@@ -119,7 +119,7 @@ pub(crate) fn read_certs(
     Ok(certs)
 }
 
-fn read_key(path: &Path) -> Result<pki_types::PrivateKeyDer<'static>, TlsSetupError> {
+pub(crate) fn read_key(path: &Path) -> Result<pki_types::PrivateKeyDer<'static>, TlsSetupError> {
     match rustls_pemfile::private_key(&mut open(path)?) {
         Ok(Some(key)) => Ok(key),
         Ok(None) => Err(TlsSetupError::Empty {

@@ -12,6 +12,7 @@ use super::units::parse_authority;
 use super::validate::{
     boolean, duration, field, integer, path_buf, size, string, topic_filters, Ctx,
 };
+use holdfast_mqtt::topic;
 
 const MB: u64 = 1024 * 1024;
 
@@ -45,6 +46,11 @@ pub struct BridgeConfig {
     /// Forwarded messages sent and not yet acknowledged by the cloud broker (1..=65535).
     /// Default 256: enough to fill a long link, small enough to bound resends.
     pub max_inflight: u16,
+    /// The largest packet the cloud broker takes, for clouds that cannot say so (MQTT 3.1.1;
+    /// an MQTT 5 cloud's CONNACK Maximum Packet Size applies too, the smaller wins). A record
+    /// larger than this is dead-lettered (counted, logged) instead of blocking the queue.
+    /// Default none (AWS IoT Core: "128KB").
+    pub max_packet_size: Option<usize>,
     /// Whether QoS 0 messages are queued while the uplink is down (true) or dropped and
     /// counted (false). While it is up they always go through the queue, behind the backlog,
     /// so per-topic order holds whatever the QoS. Default true.
@@ -168,6 +174,7 @@ const BRIDGE_KEYS: &[&str] = &[
     "qos",
     "max_inflight",
     "buffer_qos0",
+    "max_packet_size",
     "keepalive",
     "backoff_min",
     "backoff_max",
@@ -345,6 +352,26 @@ fn bridge(
         integer(c, n, k, 1, 65535)
     });
     let buffer_qos0 = ctx.get(entries, path, "buffer_qos0", true, boolean);
+    let max_packet_size = ctx.get(entries, path, "max_packet_size", None, |c, n, k| {
+        size(c, n, k, 64, 256 * MB).map(Some)
+    });
+    if protocol == BridgeProtocol::V311 {
+        // MQTT 3.1.1 has no No Local: the cloud would send every forwarded message that a
+        // subscribe filter also matches straight back down (an echo to local subscribers).
+        for f in &forward {
+            if let Some(s) = subscribe.iter().find(|s| topic::filters_overlap(f, s)) {
+                let n = field(entries, "subscribe").unwrap_or(item);
+                ctx.report(
+                    n,
+                    &format!("{path}.subscribe"),
+                    format!(
+                        "subscribe filter {s:?} overlaps forward filter {f:?}: with protocol = \"3.1.1\" the cloud echoes forwarded messages back down (use protocol = \"5\", which sets No Local, or make the filters disjoint)"
+                    ),
+                );
+                break;
+            }
+        }
+    }
     let secs = Duration::from_secs;
     let mut within = |key: &str, default: Duration, min: Duration, max: Duration| {
         ctx.get(entries, path, key, default, |c, n, k| {
@@ -412,6 +439,7 @@ fn bridge(
         subscribe,
         qos,
         max_inflight,
+        max_packet_size,
         buffer_qos0,
         keepalive,
         backoff_min,

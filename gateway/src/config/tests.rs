@@ -1444,3 +1444,22 @@ fn bridge_and_webhook_addresses_share_one_host_and_port_parser() {
     }
     assert!(webhooks::parse_url("http://[::1]x/").is_err());
 }
+
+#[test]
+fn overlapping_forward_and_subscribe_need_mqtt5_and_max_packet_size_parses() {
+    let base = "[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"sensors/#\", \"cmd/+/x\"]\nsubscribe = [\"cmd/a/#\"]\n";
+    let errors = problems(base).join("\n");
+    assert!(
+        errors.contains("holdfast.toml:5: bridges[0].subscribe: subscribe filter \"cmd/a/#\" overlaps forward filter \"cmd/+/x\""),
+        "{errors}"
+    );
+    // MQTT 5 subscribes with No Local: no echo, so the overlap is allowed.
+    let v5 = ok(&format!(
+        "{base}protocol = \"5\"\nmax_packet_size = \"128KB\"\n"
+    ));
+    assert_eq!(v5.bridges[0].max_packet_size, Some(128 * 1024));
+    // Disjoint filters are fine under 3.1.1.
+    ok("[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"sensors/#\"]\nsubscribe = [\"cmd/#\"]\n");
+    let errors = problems("[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"x\"]\nmax_packet_size = \"1B\"\n").join("\n");
+    assert!(errors.contains("bridges[0].max_packet_size"), "{errors}");
+}

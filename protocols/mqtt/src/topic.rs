@@ -149,6 +149,36 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// True when some topic name matches both filters (both expected valid, see [`matches`]).
+///
+/// Used to refuse configurations where what goes out on one filter comes back on another
+/// (a bridge's `forward` and `subscribe`), and to find deny rules a wildcard would cross.
+/// `$`-topics follow [`matches`]: `#` and `$SYS/#` do not overlap.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    let mut a_levels = a.split('/');
+    let mut b_levels = b.split('/');
+    let mut first = true;
+    loop {
+        let x = a_levels.next();
+        let y = b_levels.next();
+        if first {
+            let wild = |l: Option<&str>| matches!(l, Some("+" | "#"));
+            let dollar = |l: Option<&str>| l.is_some_and(|l| l.starts_with('$'));
+            if (wild(x) && dollar(y)) || (wild(y) && dollar(x)) {
+                return false;
+            }
+            first = false;
+        }
+        match (x, y) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 /// A shared subscription split into its group and the filter it subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SharedFilter<'a> {
@@ -561,10 +591,40 @@ mod tests {
         length_ok && prefix.iter().zip(&t).all(|(p, l)| *p == "+" || p == l)
     }
 
+    #[test]
+    fn overlap_of_fixed_filter_pairs() {
+        for (a, b, want) in [
+            ("cmd/#", "cmd/#", true),
+            ("cmd/#", "cmd", true),
+            ("cmd/+", "cmd/x/y", false),
+            ("cmd/+/y", "cmd/x/+", true),
+            ("sensors/#", "cmd/#", false),
+            ("#", "cmd/x", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/b", "a/b/c", false),
+            ("a/b", "a/+", true),
+            ("a/+", "a/b/#", true),
+            ("a", "a/+", false),
+        ] {
+            assert_eq!(filters_overlap(a, b), want, "{a} vs {b}");
+            assert_eq!(filters_overlap(b, a), want, "{b} vs {a}");
+        }
+    }
+
     proptest! {
         #[test]
         fn matching_agrees_with_a_naive_reference(filter in valid_filter(), topic in plain_topic()) {
             prop_assert_eq!(matches(&filter, &topic), reference_matches(&filter, &topic));
+        }
+
+        #[test]
+        fn filters_that_share_a_topic_overlap(a in valid_filter(), b in valid_filter(), topic in plain_topic()) {
+            if matches(&a, &topic) && matches(&b, &topic) {
+                prop_assert!(filters_overlap(&a, &b), "{a} and {b} both match {topic}");
+            }
+            prop_assert_eq!(filters_overlap(&a, &b), filters_overlap(&b, &a));
         }
 
         #[test]
