@@ -137,6 +137,8 @@ struct Connection {
     /// Session expiry set by a v5 DISCONNECT, in seconds (the packet's unit; 8 bytes less
     /// than a `Duration` in every connection).
     expiry_override: Option<u32>,
+    /// MQTT 5 CONNECT asked for no session expiry (0 or absent).
+    connect_expiry_zero: bool,
     /// True when the session may still hold deliveries we did not take (buffer was full).
     drain_more: bool,
     /// Decoded packets awaiting the router lock (reused).
@@ -189,6 +191,7 @@ impl Connection {
             client_alias_max: 0,
             client_max_packet: u32::MAX,
             expiry_override: None,
+            connect_expiry_zero: false,
             drain_more: false,
             inbound: Vec::new(),
             replies: Vec::new(),
@@ -351,6 +354,21 @@ impl Connection {
             "CONNECT"
         );
 
+        if v5 && connect.properties.authentication_method.is_some() {
+            // Enhanced authentication (AUTH exchanges) is not supported: MQTT 5 §3.1.2.11.9
+            // wants 0x8C, not a CONNACK that ignores the method the client relies on.
+            return Err(self.refuse(
+                reason::BAD_AUTHENTICATION_METHOD,
+                "enhanced authentication (authentication method) is not supported",
+            ));
+        }
+        if v5 && !cfg.retain_available && connect.will.as_ref().is_some_and(|w| w.retain) {
+            // MQTT 5 §3.2.2.3.5: a retained will cannot be honoured.
+            return Err(self.refuse(
+                reason::RETAIN_NOT_SUPPORTED,
+                "retained will while retain_available = false",
+            ));
+        }
         let cert_login = self.peer_cert().and_then(|c| c.login.clone());
         let decision = match cert_login {
             // The listener verified the certificate against its CA and names the client by it
@@ -403,6 +421,8 @@ impl Connection {
             });
         }
 
+        self.connect_expiry_zero =
+            v5 && connect.properties.session_expiry_interval.unwrap_or(0) == 0;
         let requested_expiry = if v5 {
             Duration::from_secs(u64::from(
                 connect.properties.session_expiry_interval.unwrap_or(0),
@@ -580,12 +600,13 @@ impl Connection {
             properties: Properties::default(),
         });
         self.queue_packet(&ack);
-        let reason =
-            if code == reason::CLIENT_IDENTIFIER_NOT_VALID || code == reason::TOPIC_NAME_INVALID {
-                DisconnectReason::ProtocolError
-            } else {
-                DisconnectReason::NotAuthorized
-            };
+        let reason = match code {
+            reason::CLIENT_IDENTIFIER_NOT_VALID
+            | reason::TOPIC_NAME_INVALID
+            | reason::BAD_AUTHENTICATION_METHOD
+            | reason::RETAIN_NOT_SUPPORTED => DisconnectReason::ProtocolError,
+            _ => DisconnectReason::NotAuthorized,
+        };
         Close::new(reason, None)
     }
 
@@ -895,6 +916,18 @@ impl Connection {
                 Ok(())
             }
             Packet::Subscribe(sub) => {
+                if sub
+                    .filters
+                    .iter()
+                    .any(|(f, o)| o.no_local && matches!(topic::parse_shared(f), Ok(Some(_))))
+                {
+                    // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
+                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: No Local on a shared subscription");
+                    return Err(Close::new(
+                        DisconnectReason::ProtocolError,
+                        Some(reason::PROTOCOL_ERROR),
+                    ));
+                }
                 let id = sub
                     .properties
                     .subscription_identifier
@@ -968,6 +1001,15 @@ impl Connection {
             Packet::Disconnect(d) => {
                 tracing::debug!(peer = %self.peer, client_id = %self.client_id, reason = d.reason, "DISCONNECT in");
                 if let Some(secs) = d.properties.session_expiry_interval {
+                    if secs > 0 && self.connect_expiry_zero {
+                        // MQTT-3.14.2-2: a session that was to end with the connection cannot
+                        // be turned into a lasting one at DISCONNECT.
+                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: DISCONNECT sets a session expiry after CONNECT asked for none");
+                        return Err(Close::new(
+                            DisconnectReason::ProtocolError,
+                            Some(reason::PROTOCOL_ERROR),
+                        ));
+                    }
                     self.expiry_override = Some(secs);
                 }
                 Err(Close {
@@ -1022,6 +1064,14 @@ impl Connection {
                     .insert(alias, ByteStr::from(p.topic.as_str()));
             }
         }
+        if p.retain && v5 && !self.broker.config.mqtt.retain_available {
+            // MQTT 5 §3.3.1.3: the CONNACK said Retain Available = 0.
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: RETAIN=1 while retain_available = false");
+            return Err(Close::new(
+                DisconnectReason::ProtocolError,
+                Some(reason::RETAIN_NOT_SUPPORTED),
+            ));
+        }
         if p.topic.is_empty() {
             tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: empty topic without alias");
             return Err(Close::new(
@@ -1070,7 +1120,9 @@ impl Connection {
         } else {
             None
         };
-        if p.qos == QoS::ExactlyOnce {
+        // A refused QoS 2 PUBLISH gets a failing PUBREC, which ends its flow (no PUBREL
+        // follows): its packet id is never taken, so the client may reuse it at once.
+        if p.qos == QoS::ExactlyOnce && (refused.is_none() || !v5) {
             match r.receive_qos2(
                 self.session,
                 p.packet_id,
@@ -1229,6 +1281,10 @@ impl Connection {
         let mut deferred = deferred.into_iter().peekable();
         let mut forwarded: Vec<Option<Forwarded>> = forwarded.into_iter().map(Some).collect();
         let mut outcome = Ok(());
+        // QoS 2 ids whose message a bridge refused: never acknowledged as received, so a
+        // resend (3.1.1, after the disconnect below) or a new message with the id is taken
+        // as new (MQTT-4.3.3-9), not as a duplicate of something that was never queued.
+        let mut release = Vec::new();
         for (i, mut reply) in replies.into_iter().enumerate() {
             let verdict = match deferred.peek() {
                 Some(&(at, ordinal)) if at == i => {
@@ -1240,6 +1296,9 @@ impl Connection {
             let mut needs = Vec::new();
             if let Some(verdict) = verdict {
                 if let Some(refusal) = verdict.refused {
+                    if let Packet::PubRec(rec) = &reply {
+                        release.push(rec.packet_id);
+                    }
                     if !self.protocol.is_v5() {
                         tracing::warn!(peer = %self.peer, client_id = %self.client_id, reason = ?refusal, "closing: a bridge queue refused a message and MQTT 3.1.1 cannot say so");
                         outcome = Err(Close::new(DisconnectReason::QueueFull, None));
@@ -1269,6 +1328,14 @@ impl Connection {
             } else {
                 self.queue_packet(&reply);
             }
+        }
+        if !release.is_empty() {
+            let session = self.session;
+            self.broker.with_router(|r| {
+                for id in release {
+                    r.pubrel(session, id);
+                }
+            });
         }
         self.release_held();
         outcome

@@ -113,4 +113,16 @@ pub struct Delivery {
     /// Position in its session's queue, assigned when queued (0 until then): increasing, never
     /// reused by the session, the key of the delivery's stored record for a persistent session.
     pub seq: u64,
+    /// The shared-subscription group it came through, so a member that leaves can hand it to
+    /// another member (MQTT 5 §4.8.2). Not persisted: a restored delivery stays with its session.
+    pub shared: Option<Arc<SharedKey>>,
+}
+
+/// A shared-subscription group: the real filter and the share name (`$share/{group}/{filter}`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SharedKey {
+    /// The filter without the `$share/{group}/` prefix.
+    pub filter: ByteStr,
+    /// The share name.
+    pub group: ByteStr,
 }

@@ -11,7 +11,7 @@
 //! 0 message never overtakes a QoS 1 message that waits for inflight room), so messages from one
 //! client on one topic reach every subscriber in arrival order whatever their QoS.
 
-use super::message::{Delivery, Message, SessionId, SessionMap};
+use super::message::{Delivery, Message, SessionId, SessionMap, SharedKey};
 use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
 use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
 use crate::bridge::Forwarder;
@@ -73,6 +73,9 @@ pub struct RouterCounters {
     pub dropped_retained_full: u64,
     /// Queued or inflight messages discarded with their session (clean start, expiry).
     pub dropped_session_discarded: u64,
+    /// Messages handed from a shared-subscription member that left (or went offline) to
+    /// another member of its group.
+    pub shared_redispatched: u64,
     /// Retained-store writes that failed (disk full, I/O error); logged each time.
     pub retained_store_errors: u64,
     /// Session-store reads and writes that failed (disk full, I/O error); logged each time with
@@ -159,6 +162,8 @@ pub enum Qos2Receive {
 /// Members of one shared-subscription group for one filter.
 #[derive(Debug, Default)]
 struct SharedGroup {
+    /// Which group this is; every delivery through it carries a copy.
+    key: Arc<SharedKey>,
     /// (session, subscription) in join order.
     members: Vec<(SessionId, Subscription)>,
     /// Round-robin cursor; a `Cell` so matching can advance it through a shared borrow.
@@ -407,6 +412,10 @@ impl Router {
             return;
         }
         s.expires_at = Some(now + s.expiry);
+        self.redistribute_from_offline(sid, now);
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if !self.cfg.mqueue_store_qos0 {
             let before = s.mqueue.len();
             let mut freed = 0;
@@ -434,6 +443,39 @@ impl Router {
         }
         // A v5 DISCONNECT may have changed the expiry.
         self.sync_journal(sid);
+    }
+
+    /// A shared-subscription member went offline (its session stays): the messages queued
+    /// for it through a group with a connected member go there instead of waiting for it
+    /// (MQTT 5 §4.8.2 allows it; EMQX redispatches too). What was already sent stays.
+    fn redistribute_from_offline(&mut self, sid: SessionId, now: Instant) {
+        let keys: Vec<Arc<SharedKey>> = {
+            let Some(s) = self.sessions.get(&sid) else {
+                return;
+            };
+            let mut keys: Vec<Arc<SharedKey>> = Vec::new();
+            for k in s.mqueue.iter().filter_map(|d| d.shared.as_ref()) {
+                if !keys.iter().any(|have| Arc::ptr_eq(have, k)) {
+                    keys.push(k.clone());
+                }
+            }
+            keys.retain(|k| {
+                self.shared
+                    .get(&k.filter, &k.group)
+                    .is_some_and(|g| other_member(&self.sessions, g, sid, true).is_some())
+            });
+            keys
+        };
+        if keys.is_empty() {
+            return;
+        }
+        let taken = self.take_shared_queued(sid, |k| keys.iter().any(|have| **have == *k));
+        let left = self.redistribute(sid, taken, true, now);
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            for d in left {
+                s.push_delivery(d);
+            }
+        }
     }
 
     /// Publishes a will, starting its message expiry now (MQTT 5 §3.1.3.2.4).
@@ -509,8 +551,101 @@ impl Router {
         for filter in s.subscriptions.keys() {
             self.remove_subscription_index(sid, filter);
         }
-        self.counters.dropped_session_discarded += (s.mqueue.len() + s.inflight.len()) as u64;
-        s.pending_will.map(|w| w.message)
+        // What came through a shared subscription goes to another member of its group: every
+        // queued message, and the QoS 1 ones sent but not acknowledged. A QoS 2 message already
+        // sent must not go to anyone else (MQTT-4.8.2-5).
+        let mut s = s;
+        let mut movable: Vec<Delivery> = Vec::new();
+        let mut discarded = 0;
+        for d in s.mqueue.drain(..) {
+            if d.shared.is_some() {
+                movable.push(d);
+            } else {
+                discarded += 1;
+            }
+        }
+        for f in s.inflight.drain(..) {
+            if f.delivery.shared.is_some() && f.state == InflightState::AwaitPubAck {
+                movable.push(f.delivery);
+            } else {
+                discarded += 1;
+            }
+        }
+        let left = self.redistribute(sid, movable, false, Instant::now());
+        self.counters.dropped_session_discarded += (discarded + left.len()) as u64;
+        s.pending_will.take().map(|w| w.message)
+    }
+
+    /// Hands deliveries that came through a shared subscription to another member of their
+    /// group (a connected one first; with `connected_only`, only a connected one). Returns
+    /// those that found nobody, in order.
+    fn redistribute(
+        &mut self,
+        from: SessionId,
+        deliveries: Vec<Delivery>,
+        connected_only: bool,
+        now: Instant,
+    ) -> Vec<Delivery> {
+        let Router {
+            cfg,
+            sessions,
+            shared,
+            wake,
+            counters,
+            ..
+        } = self;
+        let mut left = Vec::new();
+        for d in deliveries {
+            let target = d.shared.as_ref().and_then(|key| {
+                let group = shared.get(&key.filter, &key.group)?;
+                other_member(sessions, group, from, connected_only)
+            });
+            let Some((sid, sub)) = target else {
+                left.push(d);
+                continue;
+            };
+            let Some(s) = sessions.get_mut(&sid) else {
+                left.push(d);
+                continue;
+            };
+            let mut moved = Delivery::live(&d.message, &sub);
+            moved.shared = d.shared.clone();
+            tracing::debug!(client_id = %s.client_id, topic = %d.message.topic, "shared subscription: message handed to another member");
+            let mut offline_copy = None;
+            if enqueue(cfg, counters, wake, s, moved, &mut offline_copy, now) {
+                counters.shared_redispatched += 1;
+            }
+        }
+        left
+    }
+
+    /// Takes the queued deliveries of `sid` that came through a shared group where `take`
+    /// says so (journaling their removal).
+    fn take_shared_queued(
+        &mut self,
+        sid: SessionId,
+        take: impl Fn(&SharedKey) -> bool,
+    ) -> Vec<Delivery> {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return Vec::new();
+        };
+        if !s.mqueue.iter().any(|d| d.shared.is_some()) {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(s.mqueue.len());
+        for d in std::mem::take(&mut s.mqueue) {
+            if d.shared.as_deref().is_some_and(&take) {
+                taken.push(d);
+            } else {
+                kept.push_back(d);
+            }
+        }
+        s.mqueue = kept;
+        for d in &taken {
+            s.note_removed(d);
+        }
+        taken
     }
 
     fn remove_subscription_index(&mut self, sid: SessionId, filter: &str) -> bool {
@@ -579,7 +714,8 @@ impl Router {
                 matched += 1;
                 // Retained messages are never sent to shared subscriptions on subscribe; a
                 // live message keeps retain-as-published semantics like any other.
-                let delivery = Delivery::live(&msg, &sub);
+                let mut delivery = Delivery::live(&msg, &sub);
+                delivery.shared = Some(group.key.clone());
                 enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
             }
         });
@@ -951,6 +1087,10 @@ impl Router {
                     }
                 } else {
                     let g = SharedGroup {
+                        key: Arc::new(SharedKey {
+                            filter: ByteStr::from(f),
+                            group: key.clone(),
+                        }),
                         members: vec![(sid, sub)],
                         next: Cell::new(0),
                     };
@@ -988,6 +1128,7 @@ impl Router {
                 retain: true,
                 subscription_id: sub.id,
                 seq: 0,
+                shared: None,
             };
             // Retained messages already own their memory: reuse them for offline sessions.
             enqueue(
@@ -1023,6 +1164,20 @@ impl Router {
                 self.remove_subscription_index(sid, filter);
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.note_meta_changed();
+                }
+                if let Ok(Some(sf)) = topic::parse_shared(filter) {
+                    // What waits in the queue for this group goes to the members that stay.
+                    let has_others = self
+                        .shared
+                        .get(sf.filter, &ByteStr::from(sf.group))
+                        .is_some_and(|g| !g.members.is_empty());
+                    if has_others {
+                        let taken = self.take_shared_queued(sid, |k| {
+                            k.filter.as_str() == sf.filter && k.group.as_str() == sf.group
+                        });
+                        let left = self.redistribute(sid, taken, false, Instant::now());
+                        self.counters.dropped_session_discarded += left.len() as u64;
+                    }
                 }
                 reasons.push(reason::SUCCESS);
             } else {
@@ -1248,6 +1403,7 @@ impl Delivery {
             retain: msg.retain && sub.options.retain_as_published,
             subscription_id: sub.id,
             seq: 0,
+            shared: None,
         }
     }
 }
@@ -1359,6 +1515,25 @@ fn pick_member(
         group.next.set(chosen + 1);
     }
     group.members.get(chosen).copied()
+}
+
+/// A member of `group` other than `not`: a connected one first, else (unless
+/// `connected_only`) any whose session exists.
+fn other_member(
+    sessions: &SessionMap<Box<Session>>,
+    group: &SharedGroup,
+    not: SessionId,
+    connected_only: bool,
+) -> Option<(SessionId, Subscription)> {
+    let others = || group.members.iter().filter(|(sid, _)| *sid != not);
+    others()
+        .find(|(sid, _)| sessions.get(sid).is_some_and(|s| s.is_connected()))
+        .or_else(|| {
+            (!connected_only)
+                .then(|| others().find(|(sid, _)| sessions.contains_key(sid)))
+                .flatten()
+        })
+        .copied()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

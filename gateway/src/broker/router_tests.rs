@@ -1562,6 +1562,92 @@ fn a_session_leaving_removes_it_from_its_shared_groups() {
     );
 }
 
+/// Two members of `$share/g/t` at `qos`: "leaver" (session ends with its connection, window 2)
+/// and "stayer" (persistent); 6 messages round robin, the leaver's first two sent.
+fn shared_pair(
+    r: &mut Router,
+    qos: QoS,
+    leaver_expiry: Duration,
+    t0: Instant,
+) -> [(SessionId, Arc<ConnControl>); 2] {
+    let (leaver, lc) = connect_with(r, "leaver", true, leaver_expiry, 2);
+    let leaver = (leaver.session_id, lc);
+    assert!(sub(r, leaver.0, "$share/g/t", qos, t0) < 0x80);
+    let (stayer, sc) = connect(r, "stayer", false, HOUR);
+    assert!(sub(r, stayer, "$share/g/t", qos, t0) < 0x80);
+    for i in 0..6 {
+        r.publish(msg("t", &i.to_string(), qos, false, None), t0);
+    }
+    // The leaver got 0, 2, 4 and sends two of them (its window).
+    let sent = publishes(&drain(r, leaver.0, leaver.1.conn_id, t0));
+    assert_eq!(sent.len(), 2);
+    [leaver, (stayer, sc)]
+}
+
+#[test]
+fn a_shared_member_whose_session_ends_hands_its_queued_and_unacked_qos1_to_the_group() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let [leaver, stayer] = shared_pair(&mut r, QoS::AtLeastOnce, Duration::ZERO, t0);
+    disconnect(&mut r, leaver.0, &leaver.1, t0);
+    let got = drained_payloads(&mut r, stayer.0, stayer.1.conn_id, t0);
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["0", "1", "2", "3", "4", "5"], "{got:?}");
+    assert_eq!(r.counters().shared_redispatched, 3);
+    assert_eq!(r.counters().dropped_session_discarded, 0);
+}
+
+#[test]
+fn a_sent_qos2_message_is_never_handed_to_another_member() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let [leaver, stayer] = shared_pair(&mut r, QoS::ExactlyOnce, Duration::ZERO, t0);
+    disconnect(&mut r, leaver.0, &leaver.1, t0);
+    let got = drained_payloads(&mut r, stayer.0, stayer.1.conn_id, t0);
+    // 0 and 2 were sent to the leaver at QoS 2 (MQTT-4.8.2-5); only the queued 4 moves.
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["1", "3", "4", "5"], "{got:?}");
+    assert_eq!(r.counters().dropped_session_discarded, 2);
+}
+
+#[test]
+fn unsubscribing_from_a_shared_group_hands_the_queued_messages_to_the_members_left() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let [leaver, stayer] = shared_pair(&mut r, QoS::AtLeastOnce, HOUR, t0);
+    assert_eq!(unsub(&mut r, leaver.0, "$share/g/t"), reason::SUCCESS);
+    let got = drained_payloads(&mut r, stayer.0, stayer.1.conn_id, t0);
+    assert_eq!(got, ["1", "3", "5", "4"]);
+    // The two it had in flight stay with it (it may still acknowledge them).
+    assert_eq!(r.sizes().inflight, 2 + 4);
+}
+
+#[test]
+fn a_persistent_shared_member_going_offline_lets_a_connected_member_take_its_queue() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let [leaver, stayer] = shared_pair(&mut r, QoS::AtLeastOnce, HOUR, t0);
+    disconnect(&mut r, leaver.0, &leaver.1, t0);
+    assert_eq!(
+        drained_payloads(&mut r, stayer.0, stayer.1.conn_id, t0),
+        ["1", "3", "5", "4"]
+    );
+    // Back: only its two unacknowledged messages come again (DUP), not the one moved.
+    let (back, bc) = connect(&mut r, "leaver", false, HOUR);
+    assert_eq!(back, leaver.0);
+    let again = publishes(&drain(&mut r, back, bc.conn_id, t0));
+    assert_eq!(again.len(), 2);
+    // With no connected member left, an offline member keeps its queue.
+    let (solo, sc) = connect(&mut r, "solo", false, HOUR);
+    sub(&mut r, solo, "$share/h/u", QoS::AtLeastOnce, t0);
+    disconnect(&mut r, solo, &sc, t0);
+    r.publish(msg("u", "kept", QoS::AtLeastOnce, false, None), t0);
+    let (solo2, sc2) = connect(&mut r, "solo", false, HOUR);
+    assert_eq!(drained_payloads(&mut r, solo2, sc2.conn_id, t0), ["kept"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // SUBSCRIBE / UNSUBSCRIBE answers
 // ---------------------------------------------------------------------------------------------

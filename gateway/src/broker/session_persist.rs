@@ -431,6 +431,7 @@ pub fn pending_from_stored(p: StoredPending, now: Instant) -> Option<Restored> {
         retain,
         subscription_id: p.subscription_id.and_then(NonZeroU32::new),
         seq: p.seq,
+        shared: None,
     };
     let state = match (p.state, qos) {
         (PendingState::AwaitPubAck, QoS::AtLeastOnce) => InflightState::AwaitPubAck,

@@ -138,6 +138,7 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
             "messages/dropped/session_discarded",
             counters.dropped_session_discarded,
         ),
+        ("messages/shared_redispatched", counters.shared_redispatched),
         (
             "messages/dropped/not_authorized",
             t.dropped_not_authorized.load(Ordering::Relaxed),

@@ -175,6 +175,7 @@ fn delivered_names_the_publisher_only_when_wanted() {
         retain: false,
         subscription_id: None,
         seq: 0,
+        shared: None,
     };
     w.message_delivered("sub", None, &delivery("b"));
     w.message_delivered("sub", Some("u"), &delivery("a/1"));

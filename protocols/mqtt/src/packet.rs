@@ -174,6 +174,8 @@ pub mod reason {
     pub const SERVER_BUSY: u8 = 0x89;
     /// DISCONNECT: server shutting down.
     pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    /// CONNACK: bad authentication method (enhanced authentication is not supported).
+    pub const BAD_AUTHENTICATION_METHOD: u8 = 0x8C;
     /// DISCONNECT: keep alive timeout.
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     /// DISCONNECT: session taken over.
