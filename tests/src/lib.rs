@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pki;
+pub mod proxy;
 pub mod raw5;
 pub mod v4;
 
@@ -495,15 +496,21 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts a plain TCP broker on `port` and waits until it listens.
     pub fn start(port: u16) -> Mosquitto {
-        Mosquitto::launch(port, None)
+        Mosquitto::launch(port, None, "")
+    }
+
+    /// Starts a plain TCP broker on `port` with `extra_conf` appended to its mosquitto.conf
+    /// (whole lines, e.g. `"max_packet_size 1024\n"` or `"acl_file /path\n"`).
+    pub fn start_with(port: u16, extra_conf: &str) -> Mosquitto {
+        Mosquitto::launch(port, None, extra_conf)
     }
 
     /// Starts a TLS broker on `port` and waits until it listens.
     pub fn start_tls(port: u16, tls: &MosquittoTls) -> Mosquitto {
-        Mosquitto::launch(port, Some(tls))
+        Mosquitto::launch(port, Some(tls), "")
     }
 
-    fn launch(port: u16, tls: Option<&MosquittoTls>) -> Mosquitto {
+    fn launch(port: u16, tls: Option<&MosquittoTls>, extra_conf: &str) -> Mosquitto {
         let dir = TempDir::new("mosquitto");
         let mut conf = format!(
             "listener {port} 127.0.0.1\n\
@@ -513,6 +520,7 @@ impl Mosquitto {
              persistence_location {}/\n\
              autosave_interval 3600\n\
              max_queued_messages 0\n\
+             queue_qos0_messages true\n\
              set_tcp_nodelay true\n\
              log_dest file {}\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
@@ -529,6 +537,10 @@ impl Mosquitto {
                 t.require_certificate,
                 t.require_certificate,
             ));
+        }
+        conf.push_str(extra_conf);
+        if !conf.ends_with('\n') {
+            conf.push('\n');
         }
         std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
         let mut m = Mosquitto {

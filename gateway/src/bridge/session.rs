@@ -420,7 +420,7 @@ impl Session {
     }
 
     fn sub_id(&mut self) -> u16 {
-        self.next_sub_id = if self.next_sub_id >= u16::MAX {
+        self.next_sub_id = if self.next_sub_id == u16::MAX {
             PUBLISH_IDS + 1
         } else {
             self.next_sub_id + 1
