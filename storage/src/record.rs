@@ -34,10 +34,29 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
 
 /// Decodes a record written by [`encode`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
-    let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+    let (version, body) = split_version(bytes)?;
     if version != FORMAT_VERSION {
         return Err(RecordError::UnknownVersion(version));
     }
+    decode_body(body)
+}
+
+/// Encodes `value` behind `version`: for a record type whose layout grew (the reader picks
+/// the layout by [`split_version`]).
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, RecordError> {
+    let mut out = vec![version];
+    out.extend_from_slice(&postcard::to_allocvec(value)?);
+    Ok(out)
+}
+
+/// The version byte and the body of a record.
+pub fn split_version(bytes: &[u8]) -> Result<(u8, &[u8]), RecordError> {
+    let (&version, body) = bytes.split_first().ok_or(RecordError::Empty)?;
+    Ok((version, body))
+}
+
+/// Decodes a body as `T` (after [`split_version`] chose `T`).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, RecordError> {
     Ok(postcard::from_bytes(body)?)
 }
 

@@ -310,11 +310,10 @@ impl Router {
                 )
             });
             if will_due {
-                if let Some(w) = self
-                    .sessions
-                    .get_mut(&sid)
-                    .and_then(|s| s.pending_will.take())
-                {
+                if let Some(w) = self.sessions.get_mut(&sid).and_then(|s| {
+                    s.note_meta_changed();
+                    s.pending_will.take()
+                }) {
                     self.publish_will(w.message, now);
                 }
             }
@@ -516,6 +515,7 @@ impl Router {
                 if now >= w.publish_at {
                     due_wills.push(w.message.clone());
                     s.pending_will = None;
+                    s.note_meta_changed();
                 }
             }
             if s.expires_at.is_some_and(|at| now >= at) {
@@ -875,6 +875,26 @@ impl Router {
             let mut s = Session::new(sid, client_id.clone(), protocol);
             s.expiry = Duration::from_secs(u64::from(stored.expiry_secs));
             s.expires_at = Some(now + left);
+            s.awaiting_rel = stored
+                .awaiting_rel
+                .iter()
+                .copied()
+                .filter(|&id| id != 0)
+                .collect();
+            if let Some(w) = &stored.pending_will {
+                let due_in = w.publish_at_unix_ms.saturating_sub(unix_now);
+                match super::persist::from_stored(w.message.clone(), now) {
+                    Some(message) => {
+                        s.pending_will = Some(PendingWill {
+                            message: Arc::new(message),
+                            publish_at: now + Duration::from_millis(due_in),
+                        });
+                    }
+                    None => {
+                        tracing::info!(client_id = %client_id, "stored delayed will expired while the gateway was down")
+                    }
+                }
+            }
             let mut journal = Journal {
                 // A session connected at the crash gets its disconnect time written now, so
                 // that another crash does not restart its expiry.
@@ -1343,14 +1363,20 @@ impl Router {
             return Qos2Receive::Full;
         }
         s.awaiting_rel.insert(packet_id);
+        // Persisted with the session: after a restart the resend is still a duplicate.
+        s.note_meta_changed();
         Qos2Receive::New
     }
 
     /// PUBREL from the client. False when the packet id was not awaiting release.
     pub fn pubrel(&mut self, sid: SessionId, packet_id: u16) -> bool {
-        self.sessions
-            .get_mut(&sid)
-            .is_some_and(|s| s.awaiting_rel.remove(&packet_id))
+        self.sessions.get_mut(&sid).is_some_and(|s| {
+            let found = s.awaiting_rel.remove(&packet_id);
+            if found {
+                s.note_meta_changed();
+            }
+            found
+        })
     }
 
     /// How many subscriptions `sid` holds (for `mqtt.max_subscriptions`).

@@ -16,8 +16,9 @@
 //! and its QoS 1/2 deliveries, queued or inflight, with their packet id and handshake state.
 //! Sessions that end with their connection and QoS 0 deliveries are never written. An MQTT 5
 //! clean start with an expiry above zero is persisted like any other session that outlives its
-//! connection (EMQX keys session persistence on the expiry, not on the clean-start flag). Pending
-//! wills and inbound QoS 2 packet ids awaiting PUBREL are not persisted.
+//! connection (EMQX keys session persistence on the expiry, not on the clean-start flag). Its
+//! pending (delayed) will and the inbound QoS 2 packet ids awaiting PUBREL are part of the
+//! metadata, so a restart neither loses the will nor takes a QoS 2 resend for a new message.
 //!
 //! # Design: journal in the router, writes outside it, coalesced
 //!
@@ -73,7 +74,7 @@ use super::session::{Inflight, InflightState, Session, Subscription};
 use super::Broker;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
-    PendingState, SessionStore, StoredPending, StoredSession, StoredSubscription,
+    PendingState, SessionStore, StoredPending, StoredSession, StoredSubscription, StoredWill,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
@@ -329,12 +330,24 @@ pub fn stored_session(s: &Session, now: Instant, unix_now_ms: u64) -> StoredSess
         })
         .collect();
     subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+    let mut awaiting_rel: Vec<u16> = s.awaiting_rel.iter().copied().collect();
+    awaiting_rel.sort_unstable();
+    let pending_will = s.pending_will.as_ref().map(|w| {
+        let due_in = w.publish_at.saturating_duration_since(now);
+        StoredWill {
+            message: persist::to_stored(&w.message, now),
+            publish_at_unix_ms: unix_now_ms
+                .saturating_add(u64::try_from(due_in.as_millis()).unwrap_or(u64::MAX)),
+        }
+    });
     StoredSession {
         client_id: s.client_id.to_string(),
         protocol_level: s.protocol.level(),
         expiry_secs: u32::try_from(s.expiry.as_secs()).unwrap_or(u32::MAX),
         disconnected_at_unix_ms,
         subscriptions,
+        awaiting_rel,
+        pending_will,
     }
 }
 

@@ -483,6 +483,8 @@ fn stored_session(
             retain_handling: 0,
             subscription_id: None,
         }],
+        awaiting_rel: Vec::new(),
+        pending_will: None,
     }
 }
 
@@ -683,4 +685,82 @@ fn without_a_store_nothing_is_journaled() {
     offline_subscriber(&mut r, "sub", QoS::AtLeastOnce, t0);
     r.publish(msg("t", "x", QoS::AtLeastOnce), t0);
     assert!(r.take_session_writes(t0).is_empty());
+}
+
+#[test]
+fn qos2_ids_awaiting_pubrel_and_a_delayed_will_survive_a_restart() {
+    let store = MemoryStore::default();
+    let t0 = Instant::now();
+    let (mut r, _) = started(&store, t0);
+    let (res, conn) = connect(&mut r, "dev", false, HOUR, t0);
+    let sid = res.session_id;
+    assert_eq!(r.receive_qos2(sid, 7, 100), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(sid, 8, 100), Qos2Receive::New);
+    assert!(r.pubrel(sid, 8));
+    let will = msg("wills/dev", "gone", QoS::AtLeastOnce);
+    r.disconnect(
+        sid,
+        conn.conn_id,
+        Some((will, Duration::from_secs(600))),
+        None,
+        t0,
+    );
+    flush(&mut r, &store, t0);
+    let stored = store.load_sessions().unwrap();
+    assert_eq!(stored[0].awaiting_rel, vec![7]);
+    assert!(stored[0].pending_will.is_some());
+
+    // Restart: the resend of 7 is a duplicate, 8 is new; the will still waits for its delay.
+    let (mut r, restored) = started(&store, t0);
+    assert_eq!(restored, 1);
+    let (res, _conn) = connect(&mut r, "watcher", true, Duration::ZERO, t0);
+    sub(
+        &mut r,
+        res.session_id,
+        "wills/#",
+        QoS::AtLeastOnce,
+        None,
+        t0,
+    );
+    let (back, _c) = connect(&mut r, "dev", false, HOUR, t0);
+    assert_eq!(
+        r.receive_qos2(back.session_id, 7, 100),
+        Qos2Receive::Duplicate
+    );
+    assert_eq!(r.receive_qos2(back.session_id, 8, 100), Qos2Receive::New);
+    // The resume cancelled the will: it is not published, and not stored any more.
+    r.tick(t0 + Duration::from_secs(601));
+    flush(&mut r, &store, t0);
+    assert!(store.load_sessions().unwrap()[0].pending_will.is_none());
+}
+
+#[test]
+fn a_delayed_will_due_while_the_gateway_was_down_is_published_after_the_restart() {
+    let store = MemoryStore::default();
+    let t0 = Instant::now();
+    let (mut r, _) = started(&store, t0);
+    let (res, conn) = connect(&mut r, "dev", false, HOUR, t0);
+    let will = msg("wills/dev", "gone", QoS::AtLeastOnce);
+    r.disconnect(
+        res.session_id,
+        conn.conn_id,
+        Some((will, Duration::from_secs(1))),
+        None,
+        t0,
+    );
+    flush(&mut r, &store, t0);
+    let mut stored = store.load_sessions().unwrap();
+    // As if the gateway had been down for longer than the delay.
+    if let Some(w) = stored[0].pending_will.as_mut() {
+        w.publish_at_unix_ms -= 5_000;
+    }
+    store.put_session(&stored[0]).unwrap();
+    let (mut r, _) = started(&store, t0);
+    let (w, wc) = connect(&mut r, "watcher", true, Duration::ZERO, t0);
+    sub(&mut r, w.session_id, "wills/#", QoS::AtLeastOnce, None, t0);
+    r.tick(t0);
+    assert_eq!(
+        payloads(&drain(&mut r, w.session_id, wc.conn_id, t0)),
+        ["gone"]
+    );
 }

@@ -96,6 +96,62 @@ pub struct StoredSession {
     pub disconnected_at_unix_ms: Option<u64>,
     /// The subscriptions to restore into the router on start.
     pub subscriptions: Vec<StoredSubscription>,
+    /// Inbound QoS 2 packet ids the client was sent a PUBREC for and whose PUBREL is due:
+    /// after a restart its PUBLISH resend is still a duplicate, not a new message.
+    pub awaiting_rel: Vec<u16>,
+    /// A will waiting for its delay interval.
+    pub pending_will: Option<StoredWill>,
+}
+
+/// A will waiting for its delay interval (MQTT 5 will delay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWill {
+    /// The will message.
+    pub message: StoredMessage,
+    /// When it is due (Unix ms); published at start when already past.
+    pub publish_at_unix_ms: u64,
+}
+
+/// The record version of [`StoredSession`] written today (2: `awaiting_rel` and
+/// `pending_will` were added; version 1 records load with neither).
+pub const SESSION_RECORD_VERSION: u8 = 2;
+
+/// [`StoredSession`] as version 1 records hold it.
+#[derive(Debug, Clone, Deserialize)]
+struct StoredSessionV1 {
+    client_id: String,
+    protocol_level: u8,
+    expiry_secs: u32,
+    disconnected_at_unix_ms: Option<u64>,
+    subscriptions: Vec<StoredSubscription>,
+}
+
+impl StoredSession {
+    /// Encodes the session as a version [`SESSION_RECORD_VERSION`] record.
+    pub fn encode_record(&self) -> Result<Vec<u8>, RecordError> {
+        crate::record::encode_as(SESSION_RECORD_VERSION, self)
+    }
+
+    /// Decodes a session record of any version this build knows.
+    pub fn decode_record(bytes: &[u8]) -> Result<StoredSession, RecordError> {
+        let (version, body) = crate::record::split_version(bytes)?;
+        match version {
+            1 => {
+                let v1: StoredSessionV1 = crate::record::decode_body(body)?;
+                Ok(StoredSession {
+                    client_id: v1.client_id,
+                    protocol_level: v1.protocol_level,
+                    expiry_secs: v1.expiry_secs,
+                    disconnected_at_unix_ms: v1.disconnected_at_unix_ms,
+                    subscriptions: v1.subscriptions,
+                    awaiting_rel: Vec::new(),
+                    pending_will: None,
+                })
+            }
+            SESSION_RECORD_VERSION => crate::record::decode_body(body),
+            other => Err(RecordError::UnknownVersion(other)),
+        }
+    }
 }
 
 /// One subscription of a persistent session, with its MQTT 5 options.

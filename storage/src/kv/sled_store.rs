@@ -165,10 +165,20 @@ impl SledStore {
         iter: sled::Iter,
         check: impl Fn(&[u8], &T) -> Result<(), String>,
     ) -> Result<Vec<T>, KvError> {
+        self.load_with(tree, iter, |v| record::decode::<T>(v), check)
+    }
+
+    fn load_with<T>(
+        &self,
+        tree: &'static str,
+        iter: sled::Iter,
+        decode: impl Fn(&[u8]) -> Result<T, record::RecordError>,
+        check: impl Fn(&[u8], &T) -> Result<(), String>,
+    ) -> Result<Vec<T>, KvError> {
         let mut out = Vec::new();
         for item in iter {
             let (key, value) = item?;
-            let outcome = record::decode::<T>(&value)
+            let outcome = decode(&value)
                 .map_err(|e| e.to_string())
                 .and_then(|v| check(&key, &v).map(|()| v));
             match outcome {
@@ -277,7 +287,10 @@ impl RetainedStore for SledStore {
 impl SessionStore for SledStore {
     fn put_session(&self, s: &StoredSession) -> Result<(), KvError> {
         keys::pending_prefix(&s.client_id)?;
-        let value = encode(SESSIONS, s)?;
+        let value = s.encode_record().map_err(|source| KvError::Encode {
+            tree: SESSIONS,
+            source,
+        })?;
         self.sessions.insert(s.client_id.as_bytes(), value)?;
         Ok(())
     }
@@ -295,13 +308,18 @@ impl SessionStore for SledStore {
     }
 
     fn load_sessions(&self) -> Result<Vec<StoredSession>, KvError> {
-        self.load(SESSIONS, self.sessions.iter(), |key, s: &StoredSession| {
-            if key == s.client_id.as_bytes() {
-                Ok(())
-            } else {
-                Err(format!("holds client id {:?}", s.client_id))
-            }
-        })
+        self.load_with(
+            SESSIONS,
+            self.sessions.iter(),
+            StoredSession::decode_record,
+            |key, s: &StoredSession| {
+                if key == s.client_id.as_bytes() {
+                    Ok(())
+                } else {
+                    Err(format!("holds client id {:?}", s.client_id))
+                }
+            },
+        )
     }
 
     fn push_pending(&self, client_id: &str, p: &StoredPending) -> Result<(), KvError> {

@@ -41,7 +41,46 @@ fn session(client_id: &str, filters: &[&str]) -> StoredSession {
                 subscription_id: Some(i as u32 + 1),
             })
             .collect(),
+        awaiting_rel: vec![7, 65535],
+        pending_will: Some(StoredWill {
+            message: message("will/t", b"gone"),
+            publish_at_unix_ms: 1_700_000_030_000,
+        }),
     }
+}
+
+#[test]
+fn version_1_session_records_still_load_and_new_ones_keep_the_qos2_ids_and_the_will() {
+    /// The version 1 layout, as a build before `awaiting_rel` wrote it.
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        client_id: &'a str,
+        protocol_level: u8,
+        expiry_secs: u32,
+        disconnected_at_unix_ms: Option<u64>,
+        subscriptions: &'a [StoredSubscription],
+    }
+    let full = session("c1", &["a/#", "$share/g/b"]);
+    let old = record::encode(&V1 {
+        client_id: &full.client_id,
+        protocol_level: full.protocol_level,
+        expiry_secs: full.expiry_secs,
+        disconnected_at_unix_ms: full.disconnected_at_unix_ms,
+        subscriptions: &full.subscriptions,
+    })
+    .unwrap();
+    assert_eq!(old[0], 1);
+    let back = StoredSession::decode_record(&old).unwrap();
+    assert_eq!(back.subscriptions, full.subscriptions);
+    assert!(back.awaiting_rel.is_empty() && back.pending_will.is_none());
+
+    let dir = TempDir::new().unwrap();
+    let store = sled_store(&dir);
+    store.put_session(&full).unwrap();
+    drop(store);
+    let store = sled_store(&dir);
+    assert_eq!(store.load_sessions().unwrap(), vec![full]);
+    assert!(StoredSession::decode_record(&[9, 0]).is_err());
 }
 
 fn pending(seq: u64) -> StoredPending {
