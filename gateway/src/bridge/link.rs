@@ -4,9 +4,9 @@
 //!
 //! Owns the I/O loop of a bridge and the two small files that carry its MQTT session across
 //! restarts: `{data_dir}/bridges/{name}.session` (QoS 2 handshake state, see
-//! [`Persisted`]) and `{data_dir}/bridges/{name}.subscriptions` (the downlink filters the
-//! cloud confirmed with a SUBACK). The protocol rules live in [`super::session`] (sans-IO),
-//! the socket in [`super::net`]. It never holds the router lock, and never touches the queue's
+//! `Persisted`) and `{data_dir}/bridges/{name}.subscriptions` (the downlink filters the
+//! cloud confirmed with a SUBACK). The protocol rules live in `session` (sans-IO),
+//! the socket in `net`. It never holds the router lock, and never touches the queue's
 //! files except through [`GroupCommit`](holdfast_storage::queue::GroupCommit).
 //!
 //! A record leaves the queue only when the cloud answered it (PUBACK/PUBCOMP, or a refusal

@@ -13,11 +13,18 @@
 //! except by the configured `on_full` policy or message expiry, both counted.
 //!
 //! Guarantees: at-least-once to the cloud broker (a crash or lost connection resends from the
-//! oldest unacknowledged record, with DUP on the first window), order per (device, topic) kept
-//! because each connection appends its messages in arrival order and the queue drains strictly
-//! in order. Duplicates are bounded: a lost connection resends at most one window
-//! (`max_inflight`); a crash at most one window plus the acknowledgements not yet persisted
-//! (the ack cursor is written at every queue commit and every 1,024 acks).
+//! oldest unanswered record, with DUP and the packet id of its first send, so the cloud's
+//! duplicate detection holds; QoS 2 resumes at PUBREL), order per (device, topic) kept because
+//! each connection appends its messages in arrival order and the queue drains strictly in
+//! order. The uplink never wedges: a record the cloud refuses or cannot take is dead-lettered
+//! (counted by reason, logged) and the queue goes on. Duplicates are bounded: a lost
+//! connection resends at most one window (`max_inflight`); a crash at most one window plus the
+//! acknowledgements not yet persisted (the ack cursor is written at every queue commit and
+//! every 1,024 acks).
+//!
+//! Layout: [`outbox`] (queue side, in the broker), [`link`] (the I/O loop of one bridge),
+//! `session` (the MQTT client rules, sans-IO), `net` (socket, TLS, CONNECT), [`backoff`],
+//! [`stats`].
 
 pub mod backoff;
 pub mod link;
