@@ -56,7 +56,6 @@ pub struct Broker {
     /// milliseconds, so a connection storm must queue here instead of exhausting memory.
     pub auth_slots: tokio::sync::Semaphore,
     next_conn_id: AtomicU64,
-    next_client_id: AtomicU64,
     /// Posts broker events to the `[[webhooks]]` endpoints; every hook is one branch when
     /// none is configured.
     pub webhooks: Arc<Webhooks>,
@@ -99,7 +98,6 @@ impl Broker {
             shutdown,
             auth_slots: tokio::sync::Semaphore::new(AUTH_CONCURRENCY),
             next_conn_id: AtomicU64::new(1),
-            next_client_id: AtomicU64::new(1),
             forwarder: OnceLock::new(),
         })
     }
@@ -157,9 +155,17 @@ impl Broker {
     }
 
     /// A client id for a v5 client that sent an empty one.
+    ///
+    /// 128 random bits (a CSPRNG), never one a session holds: a per-process counter would hand
+    /// a restored session's id (and its queued messages) to a stranger after a restart
+    /// (MQTT-3.2.2-16).
     pub fn assign_client_id(&self) -> String {
-        let n = self.next_client_id.fetch_add(1, Ordering::Relaxed);
-        format!("holdfast-{}-{n}", self.config.node.name)
+        loop {
+            let id = format!("holdfast-{:032x}", rand::random::<u128>());
+            if !self.with_router(|r| r.has_client(&id)) {
+                return id;
+            }
+        }
     }
 
     /// Publishes a broker-made message (no publisher; QoS 0 unless asked).

@@ -1379,6 +1379,11 @@ impl Router {
         })
     }
 
+    /// True when a session (connected or not) has this client id.
+    pub fn has_client(&self, client_id: &str) -> bool {
+        self.by_client.contains_key(client_id)
+    }
+
     /// How many subscriptions `sid` holds (for `mqtt.max_subscriptions`).
     pub fn subscription_count(&self, sid: SessionId) -> usize {
         self.sessions.get(&sid).map_or(0, |s| s.subscriptions.len())
