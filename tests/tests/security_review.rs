@@ -42,7 +42,10 @@ fn assigned_client_ids_never_repeat_after_a_restart() {
     assert!(stranger.next_publish(Duration::from_millis(500)).is_none());
     // 128 random bits, not a counter.
     let hex = id.rsplit('-').next().unwrap_or_default();
-    assert!(hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    assert!(
+        hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
     // Bob's session is still his.
     let mut props = ConnectProperties::new();
     props.session_expiry_interval = Some(3600);
