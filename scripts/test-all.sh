@@ -22,4 +22,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo build --locked -p holdfast
-cargo test --locked --workspace -- --test-threads="${HOLDFAST_TEST_THREADS:-4}"
+cargo test --locked --workspace --no-fail-fast -- --test-threads="${HOLDFAST_TEST_THREADS:-4}"

@@ -316,6 +316,13 @@ impl Link {
                 if self.session.is_released(rec.seq) {
                     continue;
                 }
+                if self.session.is_done(rec.seq) {
+                    // Completed upstream before a crash took its acknowledgement with it.
+                    if let Err(e) = self.outbox.queue.ack(rec.seq) {
+                        tracing::error!(bridge = %self.cfg.name, seq = rec.seq, error = %e, "cannot acknowledge a completed record");
+                    }
+                    continue;
+                }
                 let Some((msg, topic)) = self.to_publish(rec.seq, &rec.payload) else {
                     continue;
                 };
@@ -461,6 +468,9 @@ impl Link {
 
     /// Writes the session state if it changed; before any packet that depends on it leaves.
     fn persist_session(&mut self) {
+        if let Ok(q) = self.outbox.queue.stats() {
+            self.session.forget_done_through(q.acks_persisted_through);
+        }
         if !self.session.take_dirty() {
             return;
         }

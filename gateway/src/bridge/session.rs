@@ -13,7 +13,9 @@
 //!   a reconnect or a restart, carries the id of the first send (with DUP), and the cloud's
 //!   duplicate detection works. The window never spans more seqs than there are publish ids.
 //! - QoS 2 uplink: PUBLISH -> PUBREC -> PUBREL -> PUBCOMP. Once a PUBREC arrived, the record is
-//!   "released": the PUBLISH is never sent again, only the PUBREL, until a PUBCOMP ends it.
+//!   "released": the PUBLISH is never sent again, only the PUBREL, until a PUBCOMP ends it; a
+//!   completed record stays "done" until the queue's acknowledgement of it is on disk, so a
+//!   crash that brings it back from the queue does not send it twice.
 //! - A PUBACK or PUBREC with a failure reason (>= 0x80) is an answer: the record is refused
 //!   (dead-lettered by the link), its slot is free, and no PUBREL follows (MQTT 5 §4.3.3).
 //! - QoS 2 downlink: a PUBLISH is handed to the local broker once per packet id until its
@@ -136,6 +138,10 @@ enum Stage {
 pub(super) struct Persisted {
     /// Uplink QoS 2 records whose PUBREL was (or is about to be) sent.
     pub(super) released: BTreeSet<u64>,
+    /// Uplink QoS 2 records the cloud completed (PUBCOMP) whose queue acknowledgement may not
+    /// be on disk yet: after a crash the queue may hand them out again, and they must not go
+    /// up a second time. Dropped once the queue's persisted ack cursor passes them.
+    pub(super) done: BTreeSet<u64>,
     /// Downlink QoS 2 packet ids handed to the local broker and awaiting their PUBREL.
     pub(super) incoming: BTreeSet<u16>,
 }
@@ -146,6 +152,9 @@ impl Persisted {
         let mut out = String::from("holdfast-bridge-session 1\n");
         for seq in &self.released {
             out.push_str(&format!("rel {seq}\n"));
+        }
+        for seq in &self.done {
+            out.push_str(&format!("done {seq}\n"));
         }
         for id in &self.incoming {
             out.push_str(&format!("in {id}\n"));
@@ -165,6 +174,9 @@ impl Persisted {
             match line.split_once(' ') {
                 Some(("rel", seq)) => {
                     p.released.insert(seq.parse().map_err(|_| bad())?);
+                }
+                Some(("done", seq)) => {
+                    p.done.insert(seq.parse().map_err(|_| bad())?);
                 }
                 Some(("in", id)) => {
                     let id: u16 = id.parse().map_err(|_| bad())?;
@@ -209,6 +221,8 @@ pub(super) struct Session {
     flights: BTreeMap<u64, Stage>,
     /// Downlink QoS 2 ids awaiting PUBREL.
     incoming: BTreeSet<u16>,
+    /// QoS 2 records completed upstream, until the queue's ack of them is on disk.
+    done: BTreeSet<u64>,
     /// SUBSCRIBE/UNSUBSCRIBE awaiting their ack: packet id -> filters.
     pending_subs: HashMap<u16, Vec<String>>,
     pending_unsubs: HashMap<u16, Vec<String>>,
@@ -235,6 +249,7 @@ impl Session {
             limits,
             flights,
             incoming: restored.incoming,
+            done: restored.done,
             pending_subs: HashMap::new(),
             pending_unsubs: HashMap::new(),
             next_sub_id: PUBLISH_IDS,
@@ -261,6 +276,22 @@ impl Session {
                 .map(|(seq, _)| *seq)
                 .collect(),
             incoming: self.incoming.clone(),
+            done: self.done.clone(),
+        }
+    }
+
+    /// True when record `seq` was completed upstream (QoS 2) and must not be sent again: the
+    /// link acknowledges it in the queue instead.
+    pub(super) fn is_done(&self, seq: u64) -> bool {
+        self.done.contains(&seq)
+    }
+
+    /// Forgets the completed records whose queue acknowledgement is on disk (at or below
+    /// `persisted`: the queue will never hand them out again).
+    pub(super) fn forget_done_through(&mut self, persisted: u64) {
+        if self.done.first().is_some_and(|&first| first <= persisted) {
+            self.done = self.done.split_off(&(persisted + 1));
+            self.dirty = true;
         }
     }
 
@@ -504,6 +535,7 @@ impl Session {
             return;
         };
         self.flights.remove(&seq);
+        self.done.insert(seq);
         self.dirty = true;
         out.push(Event::Delivered(seq));
     }

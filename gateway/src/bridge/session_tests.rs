@@ -114,6 +114,14 @@ fn qos2_resumes_at_pubrel_after_a_reconnect_and_never_resends_the_publish() {
     assert!(matches!(ev[..], [Event::Delivered(7)]));
     assert!(s.take_dirty());
     assert!(s.persisted().released.is_empty());
+    // Done until the queue's acknowledgement is on disk: a crash before that must not send
+    // the record again when the queue hands it out once more.
+    assert!(s.is_done(7));
+    assert_eq!(s.persisted().done, BTreeSet::from([7]));
+    s.forget_done_through(6);
+    assert!(s.is_done(7) && !s.take_dirty());
+    s.forget_done_through(7);
+    assert!(!s.is_done(7) && s.take_dirty());
 }
 
 #[test]
@@ -352,6 +360,7 @@ fn damaged_session_files_are_refused() {
     let p = Persisted {
         released: BTreeSet::from([1, u64::MAX]),
         incoming: BTreeSet::from([1, 65535]),
+        done: BTreeSet::from([0, 9]),
     };
     assert_eq!(Persisted::decode(&p.encode()), Ok(p));
 }

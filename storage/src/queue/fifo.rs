@@ -777,6 +777,7 @@ impl SegmentQueue {
             rejected: self.rejected,
             corrupt_records_skipped: self.corrupt_records_skipped(),
             segments: self.segments.len(),
+            acks_persisted_through: self.cursor.persisted,
         }
     }
 

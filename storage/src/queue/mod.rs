@@ -203,6 +203,9 @@ pub struct QueueStats {
     pub corrupt_records_skipped: u64,
     /// Segment files on disk.
     pub segments: usize,
+    /// Every record at or below this one is acknowledged in the `ack` file: a crash cannot
+    /// bring it back (acks above it may be redelivered after a crash).
+    pub acks_persisted_through: u64,
 }
 
 /// Why a queue operation failed.
