@@ -257,6 +257,13 @@ pub fn startup_warnings(config: &Config) -> Vec<String> {
     {
         warnings.push("no password file, client-id allowlist or JWT, and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)".to_owned());
     }
+    if auth
+        .jwt
+        .as_ref()
+        .is_some_and(|j| j.username_claim.is_none())
+    {
+        warnings.push("auth.jwt has no username_claim: a token proves nothing about the CONNECT user name, so clients it admits have no user name for ACL `user` rules, `%u` or session ownership (set username_claim, e.g. \"sub\")".to_owned());
+    }
     warnings
 }
 

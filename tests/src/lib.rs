@@ -134,6 +134,40 @@ allow_anonymous = true
     )
 }
 
+/// Writes a password file under `dir` with these `(user, password)` pairs, through
+/// `holdfast passwd add` (argon2id); returns its path.
+pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {
+    use std::io::Write as _;
+    let file = dir.join("passwd");
+    for (user, password) in users {
+        let mut child = Command::new(holdfast_bin())
+            .args(["passwd", "add", user, "--file"])
+            .arg(&file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run holdfast passwd");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(format!("{password}\n").as_bytes())
+                .expect("write the password");
+        }
+        assert!(child.wait().expect("holdfast passwd").success());
+    }
+    file
+}
+
+/// [`test_config`] whose `[auth]` also has `password_file`: anonymous clients still get in,
+/// and the users in the file are verified (only a verified user name counts as one).
+pub fn test_config_with_users(port: u16, extra_mqtt: &str, passwd: &Path) -> String {
+    format!(
+        "{}password_file = {:?}\n",
+        test_config(port, extra_mqtt),
+        passwd.display().to_string()
+    )
+}
+
 impl Gateway {
     /// Starts a gateway with a default test config (anonymous on, loopback).
     pub fn start() -> Gateway {

@@ -41,17 +41,24 @@ bind = "127.0.0.1:{port}"
 
 /// Starts a gateway whose ACL file holds `acl`; returns the gateway, the file (rewrite it and
 /// SIGHUP to reload) and the directory that keeps it.
+/// Anonymous access is on; observer, alice and bob (password "pw") are verified users: only a
+/// verified user name drives `user` rules.
 fn with_acl(acl: &str, nomatch: &str) -> (Gateway, PathBuf, TempDir) {
     let dir = TempDir::new("acl");
     let path = dir.path().join("acl.toml");
     std::fs::write(&path, acl).expect("write acl");
+    let passwd = holdfast_tests::password_file(
+        dir.path(),
+        &[("observer", "pw"), ("alice", "pw"), ("bob", "pw")],
+    );
     let port = free_port();
     let gw = Gateway::start_config(
         &config(
             port,
             &format!(
-                "allow_anonymous = true\nacl_file = {:?}\nacl_nomatch = {nomatch:?}\n",
-                path.display().to_string()
+                "allow_anonymous = true\nacl_file = {:?}\nacl_nomatch = {nomatch:?}\npassword_file = {:?}\n",
+                path.display().to_string(),
+                passwd.display().to_string()
             ),
         ),
         port,
@@ -149,6 +156,7 @@ fn acl_rules_decide_publishes_by_user_client_id_ip_and_client_id_placeholder() {
         rule("allow", OBSERVER, "subscribe", "[\"#\"]"),
         rule("deny", "{ clientid = \"blocked\" }", "all", "[\"#\"]"),
         rule("allow", "{ user = \"alice\" }", "publish", "[\"alice/#\"]"),
+        rule("allow", "{ user = \"carol\" }", "publish", "[\"carol/#\"]"),
         rule("deny", "{ ipaddr = \"10.0.0.0/8\" }", "all", "[\"#\"]"),
         rule(
             "allow",
@@ -171,11 +179,18 @@ fn acl_rules_decide_publishes_by_user_client_id_ip_and_client_id_placeholder() {
     ]
     .concat();
     let (gw, _acl, _dir) = with_acl(&acl, "deny");
-    let sub = MosquittoSub::start(gw.port, "#", &["-u", "observer", "-v"]);
+    let sub = MosquittoSub::start(gw.port, "#", &["-u", "observer", "-P", "pw", "-v"]);
     let attempts: &[(&[&str], &str, bool)] = &[
-        (&["-u", "alice"], "alice/1", true),
-        (&["-u", "bob"], "alice/2", false),
-        (&["-u", "alice", "-i", "blocked"], "alice/3", false),
+        (&["-u", "alice", "-P", "pw"], "alice/1", true),
+        (&["-u", "bob", "-P", "pw"], "alice/2", false),
+        (
+            &["-u", "alice", "-P", "pw", "-i", "blocked"],
+            "alice/3",
+            false,
+        ),
+        // A user name nobody verified (carol is not in the password file) is no user:
+        // anonymous gets in, carol's rule does not apply.
+        (&["-u", "carol"], "carol/9", false),
         (&[], "local/4", true),
         (&[], "nolocal/5", false),
         (&["-i", "c1"], "devices/c1/6", true),

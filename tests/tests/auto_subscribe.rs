@@ -2,12 +2,19 @@
 //! topics when it connects, gets retained messages there, and cannot widen the subscription
 //! with a wildcard in its own client id.
 
-use holdfast_tests::{free_port, mosquitto_pub, test_config, wait_until, Gateway, MosquittoSub};
+use holdfast_tests::{
+    free_port, mosquitto_pub, password_file, test_config_with_users, wait_until, Gateway,
+    MosquittoSub, TempDir,
+};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn gateway() -> Gateway {
+/// The gateway, and the directory of its password file (alice / pw: `%u` needs a verified
+/// user name).
+fn gateway() -> (Gateway, TempDir) {
+    let dir = TempDir::new("users");
+    let passwd = password_file(dir.path(), &[("alice", "pw")]);
     let port = free_port();
     let config = format!(
         r#"{}
@@ -19,14 +26,14 @@ qos = 1
 topic = "users/%u/inbox"
 qos = 0
 "#,
-        test_config(port, "")
+        test_config_with_users(port, "", &passwd)
     );
-    Gateway::start_config(&config, port)
+    (Gateway::start_config(&config, port), dir)
 }
 
 #[test]
 fn a_connecting_client_gets_its_own_topics_and_their_retained_messages() {
-    let gw = gateway();
+    let (gw, _users) = gateway();
     // Retained before the client ever connects: delivered right after its CONNACK.
     assert!(mosquitto_pub(
         gw.port,
@@ -40,7 +47,7 @@ fn a_connecting_client_gets_its_own_topics_and_their_retained_messages() {
     let sub = MosquittoSub::start(
         gw.port,
         "unrelated/topic",
-        &["-i", "dev-1", "-u", "alice", "-q", "1", "-v"],
+        &["-i", "dev-1", "-u", "alice", "-P", "pw", "-q", "1", "-v"],
     );
     assert_eq!(sub.wait_for(1, WAIT), ["devices/dev-1/commands reboot"]);
     assert!(mosquitto_pub(gw.port, "users/alice/inbox", "hi alice", &[]));
@@ -77,7 +84,7 @@ fn a_connecting_client_gets_its_own_topics_and_their_retained_messages() {
 
 #[test]
 fn a_wildcard_client_id_or_a_missing_username_gets_no_subscription_from_that_template() {
-    let gw = gateway();
+    let (gw, _users) = gateway();
     let evil = MosquittoSub::start(gw.port, "unrelated/topic", &["-i", "#", "-v"]);
     assert!(wait_until(WAIT, || gw
         .log()

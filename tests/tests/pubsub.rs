@@ -82,13 +82,20 @@ fn dollar_topics_are_not_matched_by_a_leading_wildcard() {
 
 #[test]
 fn connected_and_disconnected_events_carry_the_client_details() {
-    let gw = Gateway::start();
+    // Only a verified user name is reported: bob is in the password file.
+    let dir = holdfast_tests::TempDir::new("users");
+    let passwd = holdfast_tests::password_file(dir.path(), &[("bob", "pw")]);
+    let port = holdfast_tests::free_port();
+    let gw = Gateway::start_config(
+        &holdfast_tests::test_config_with_users(port, "", &passwd),
+        port,
+    );
     let sub = MosquittoSub::start(gw.port, "$SYS/brokers/gw-test/clients/#", &["-v"]);
     assert!(mosquitto_pub(
         gw.port,
         "t",
         "x",
-        &["-i", "event-client", "-u", "bob", "-k", "42"]
+        &["-i", "event-client", "-u", "bob", "-P", "pw", "-k", "42"]
     ));
     let got = sub.wait_for(2, WAIT);
     let connected = got

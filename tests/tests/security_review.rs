@@ -3,8 +3,11 @@
 //! get that it must not.
 
 use holdfast_tests::raw5::Raw;
-use holdfast_tests::Gateway;
-use rumqttc::v5::mqttbytes::v5::{ConnectProperties, ConnectReturnCode, Packet, Publish};
+use holdfast_tests::{free_port, password_file, Gateway, TempDir};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Filter, Login, Packet, Publish,
+    Subscribe, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use std::time::Duration;
 
@@ -55,4 +58,176 @@ fn assigned_client_ids_never_repeat_after_a_restart() {
         Packet::Publish(p) => assert_eq!(&p.payload[..], b"unlock"),
         other => panic!("expected bob's command, got {other:?}"),
     }
+}
+
+/// A gateway with a password file (bob, alice, ops; password "pw"), this ACL (`acl_nomatch =
+/// "deny"`) and anonymous access as given. Returns it with the directory holding its files.
+fn gateway_with(acl: &str, anonymous: bool) -> (Gateway, TempDir) {
+    let dir = TempDir::new("security");
+    let passwd = password_file(dir.path(), &[("bob", "pw"), ("alice", "pw"), ("ops", "pw")]);
+    let acl_path = dir.path().join("acl.toml");
+    std::fs::write(&acl_path, acl).expect("write the ACL");
+    let port = free_port();
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\
+         [auth]\nallow_anonymous = {anonymous}\npassword_file = {:?}\nacl_file = {:?}\nacl_nomatch = \"deny\"\n",
+        passwd.display().to_string(),
+        acl_path.display().to_string()
+    );
+    (Gateway::start_config(&config, port), dir)
+}
+
+fn rule(permission: &str, user: &str, action: &str, topic: &str) -> String {
+    format!(
+        "[[rules]]\npermission = \"{permission}\"\nwho = {{ user = \"{user}\" }}\naction = \"{action}\"\ntopics = [\"{topic}\"]\n\n"
+    )
+}
+
+/// A v5 CONNECT with a session expiry of an hour and optional credentials.
+fn login(
+    port: u16,
+    client_id: &str,
+    clean_start: bool,
+    user: Option<(&str, &str)>,
+) -> (Raw, ConnAck) {
+    let mut raw = Raw::open(port);
+    let mut props = ConnectProperties::new();
+    props.session_expiry_interval = Some(3600);
+    raw.send(Packet::Connect(
+        Connect {
+            keep_alive: 60,
+            client_id: client_id.to_owned(),
+            clean_start,
+            properties: Some(props),
+        },
+        None,
+        user.map(|(u, p)| Login::new(u, p)),
+    ));
+    match raw.expect(WAIT) {
+        Packet::ConnAck(ack) => (raw, ack),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+fn suback(raw: &mut Raw, filter: &str) -> SubscribeReasonCode {
+    raw.send(Packet::Subscribe(Subscribe {
+        pkid: 7,
+        filters: vec![Filter::new(filter, QoS::AtLeastOnce)],
+        properties: None,
+    }));
+    match raw.expect(WAIT) {
+        Packet::SubAck(ack) => ack.return_codes[0],
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn publish_as_ops(port: u16, topic: &str, payload: &str) {
+    let (mut ops, ack) = login(port, "ops", true, Some(("ops", "pw")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    let mut p = Publish::new(topic, QoS::AtLeastOnce, payload.to_owned(), None);
+    p.pkid = 1;
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    let reason = ops.publish_qos1(p);
+    assert!(
+        matches!(
+            reason,
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+        ),
+        "{reason:?}"
+    );
+}
+
+fn acl_for_bob_and_alice() -> String {
+    [
+        rule("allow", "bob", "subscribe", "users/bob/#"),
+        rule("allow", "alice", "subscribe", "users/alice/#"),
+        rule("allow", "ops", "publish", "users/#"),
+    ]
+    .concat()
+}
+
+#[test]
+fn a_persistent_session_cannot_be_taken_over_by_another_user_who_knows_its_client_id() {
+    let (gw, _dir) = gateway_with(&acl_for_bob_and_alice(), false);
+    let (mut bob, ack) = login(gw.port, "bob-sensor", true, Some(("bob", "pw")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(matches!(
+        suback(&mut bob, "users/bob/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+    bob.disconnect();
+    publish_as_ops(gw.port, "users/bob/cmd", "unlock");
+    // Alice's own SUBSCRIBE to bob's topics is denied; resuming bob's session must be too.
+    let (mut alice, ack) = login(gw.port, "alice-phone", true, Some(("alice", "pw")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(!matches!(
+        suback(&mut alice, "users/bob/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+    for clean_start in [false, true] {
+        let (mut thief, ack) = login(gw.port, "bob-sensor", clean_start, Some(("alice", "pw")));
+        assert_eq!(
+            ack.code,
+            ConnectReturnCode::NotAuthorized,
+            "clean_start {clean_start}"
+        );
+        assert!(!matches!(
+            thief.read(Duration::from_millis(300)),
+            Ok(Packet::Publish(_))
+        ));
+    }
+    // Bob's session and his command are intact.
+    let (mut bob, ack) = login(gw.port, "bob-sensor", false, Some(("bob", "pw")));
+    assert!(ack.session_present);
+    let p = bob.next_publish(WAIT).expect("bob's command");
+    assert_eq!(&p.payload[..], b"unlock");
+}
+
+#[test]
+fn an_unverified_user_name_drives_no_user_rule() {
+    // Anonymous access is on; "dashboard" is not in the password file, so whoever claims it
+    // is just anonymous.
+    let acl = [
+        rule("allow", "dashboard", "subscribe", "users/#"),
+        rule("allow", "ops", "publish", "users/#"),
+    ]
+    .concat();
+    let (gw, _dir) = gateway_with(&acl, true);
+    let (mut claimer, ack) = login(gw.port, "device-7", true, Some(("dashboard", "")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(!matches!(
+        suback(&mut claimer, "users/bob/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+}
+
+#[test]
+fn a_resumed_session_keeps_only_the_subscriptions_the_acl_still_allows() {
+    let (gw, dir) = gateway_with(&acl_for_bob_and_alice(), false);
+    let (mut bob, _) = login(gw.port, "bob-sensor", true, Some(("bob", "pw")));
+    assert!(matches!(
+        suback(&mut bob, "users/bob/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+    bob.disconnect();
+    // The ACL no longer lets bob read there (reloaded with SIGHUP while he is away).
+    let acl = [rule("allow", "ops", "publish", "users/#")].concat();
+    std::fs::write(dir.path().join("acl.toml"), acl).expect("rewrite the ACL");
+    let pid = gw.pid().expect("running");
+    nix_sighup(pid);
+    assert!(gw.wait_for_log("reload", WAIT), "{}", gw.log());
+    let (mut bob, ack) = login(gw.port, "bob-sensor", false, Some(("bob", "pw")));
+    assert!(ack.session_present);
+    publish_as_ops(gw.port, "users/bob/cmd", "after");
+    assert!(
+        bob.next_publish(Duration::from_millis(800)).is_none(),
+        "a restored subscription the ACL denies still delivered"
+    );
+    assert!(gw.log().contains("restored subscription denied by the ACL"));
+}
+
+fn nix_sighup(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
 }

@@ -105,11 +105,17 @@ impl Drop for Sink {
 /// A gateway (node gw-test, $SYS every second) with the given `[[webhooks]]` blocks.
 fn gateway(webhooks: &str) -> Gateway {
     let port = free_port();
+    // alice / pw is a verified user (a user name nobody verified is not reported).
+    let dir = holdfast_tests::TempDir::new("users");
+    let passwd = holdfast_tests::password_file(dir.path(), &[("alice", "pw")]);
     let config = format!(
         "{}\n{webhooks}\n",
-        test_config(port, "sys_interval = \"1s\"")
+        holdfast_tests::test_config_with_users(port, "sys_interval = \"1s\"", &passwd)
     );
-    Gateway::start_config(&config, port)
+    let gw = Gateway::start_config(&config, port);
+    // The gateway read the file at start; the directory may go.
+    drop(dir);
+    gw
 }
 
 /// The retained `$SYS/brokers/gw-test/webhooks/{name}/{counter}` value.
@@ -150,7 +156,7 @@ fn wait_counter(gw: &Gateway, name: &str, c: &str, done: impl Fn(u64) -> bool) -
 fn client(id: &str, port: u16) -> (Client, Connection) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_credentials("alice", "");
+    opts.set_credentials("alice", "pw");
     Client::new(opts, 10)
 }
 

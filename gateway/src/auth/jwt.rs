@@ -166,6 +166,11 @@ impl JwtVerifier {
         }
         JwtOutcome::Valid
     }
+
+    /// True when a valid token also proves the user name (`username_claim` is set).
+    pub fn checks_username(&self) -> bool {
+        self.username_claim.is_some()
+    }
 }
 
 #[cfg(test)]

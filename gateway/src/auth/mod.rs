@@ -214,12 +214,36 @@ fn first_line(mut line: Vec<u8>) -> Vec<u8> {
 /// The connect-time decision, mapped by the broker onto CONNACK reason codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthDecision {
-    /// Let the client in.
-    Allow,
+    /// Let the client in; how it was let in says whether its CONNECT user name was verified.
+    Allow(Admitted),
     /// Wrong user name or password, or an invalid token (MQTT 5: 0x86; 3.1.1: return code 4).
     BadCredentials,
     /// No credentials and anonymous access is off (MQTT 5: 0x87; 3.1.1: return code 5).
     NotAuthorized,
+}
+
+/// Which authenticator let a client in. Only a verified user name may drive ACL `user` rules,
+/// `%u` templates and a persistent session's ownership: a name that nobody checked is just
+/// text the client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// The password file verified user name and password.
+    Password,
+    /// A JWT whose `username_claim` equals the user name.
+    TokenWithUser,
+    /// A JWT without a `username_claim`: the token is valid, the user name is not checked.
+    Token,
+    /// The client-id allowlist (the user name is not checked).
+    AllowedClientId,
+    /// Anonymous access (`auth.allow_anonymous`).
+    Anonymous,
+}
+
+impl Admitted {
+    /// True when the CONNECT user name was verified.
+    pub fn verified_user(self) -> bool {
+        matches!(self, Admitted::Password | Admitted::TokenWithUser)
+    }
 }
 
 /// Decides whether a connecting client may in (the authentication chain, in config order:
@@ -337,17 +361,22 @@ impl Authenticator {
         if let (Some(user), Some(file)) = (username, &passwords) {
             if file.contains(user) {
                 return match password {
-                    Some(password) if file.verify(user, password) => AuthDecision::Allow,
+                    Some(password) if file.verify(user, password) => {
+                        AuthDecision::Allow(Admitted::Password)
+                    }
                     _ => AuthDecision::BadCredentials,
                 };
             }
         }
         if read(&self.allowlist).is_some_and(|l| l.contains(client_id)) {
-            return AuthDecision::Allow;
+            return AuthDecision::Allow(Admitted::AllowedClientId);
         }
         if let (Some(jwt), Some(token)) = (&self.jwt, password) {
             match jwt.verify(token, username) {
-                JwtOutcome::Valid => return AuthDecision::Allow,
+                JwtOutcome::Valid if jwt.checks_username() => {
+                    return AuthDecision::Allow(Admitted::TokenWithUser)
+                }
+                JwtOutcome::Valid => return AuthDecision::Allow(Admitted::Token),
                 JwtOutcome::Invalid(why) => {
                     tracing::debug!(client_id, "JWT refused: {why}");
                     return AuthDecision::BadCredentials;
@@ -356,7 +385,7 @@ impl Authenticator {
             }
         }
         if self.allow_anonymous {
-            return AuthDecision::Allow;
+            return AuthDecision::Allow(Admitted::Anonymous);
         }
         let Some(user) = username else {
             return AuthDecision::NotAuthorized;
@@ -397,7 +426,7 @@ mod tests {
         let auth = Authenticator::new(false, Some(file_with(&[("alice", "pw")])));
         assert_eq!(
             auth.check("c", Some("alice"), Some(b"pw")),
-            AuthDecision::Allow
+            AuthDecision::Allow(Admitted::Password)
         );
         assert_eq!(
             auth.check("c", Some("alice"), Some(b"nope")),
@@ -427,7 +456,10 @@ mod tests {
             AuthDecision::NotAuthorized
         );
         let open = Authenticator::new(true, None);
-        assert_eq!(open.check("c", None, None), AuthDecision::Allow);
+        assert_eq!(
+            open.check("c", None, None),
+            AuthDecision::Allow(Admitted::Anonymous)
+        );
         assert!(open.allows_anonymous());
     }
 
@@ -444,11 +476,16 @@ mod tests {
             AuthDecision::BadCredentials
         );
         let open = Authenticator::new(true, Some(file_with(&[("alice", "pw")])));
+        // Let in, but as anonymous: the name "mallory" was not verified by anyone.
         assert_eq!(
             open.check("c", Some("mallory"), Some(b"x")),
-            AuthDecision::Allow
+            AuthDecision::Allow(Admitted::Anonymous)
         );
-        assert_eq!(open.check("c", Some("mallory"), None), AuthDecision::Allow);
+        assert_eq!(
+            open.check("c", Some("mallory"), None),
+            AuthDecision::Allow(Admitted::Anonymous)
+        );
+        assert!(!Admitted::Anonymous.verified_user() && Admitted::Password.verified_user());
     }
 
     #[test]
@@ -464,7 +501,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             auth.check("c", Some("alice"), Some(b"pw")),
-            AuthDecision::Allow
+            AuthDecision::Allow(Admitted::Password)
         );
         let missing = Authenticator::from_config(&AuthConfig {
             allow_anonymous: false,

@@ -120,7 +120,7 @@ impl Authenticator {
 mod tests {
     use super::*;
     use crate::auth::acl::{Action, ClientIdentity, Permission};
-    use crate::auth::AuthDecision;
+    use crate::auth::{Admitted, AuthDecision};
     use crate::config::AuthConfig;
     use std::fs;
 
@@ -169,9 +169,12 @@ mod tests {
         assert_eq!(check("t"), Permission::Deny);
         assert_eq!(
             auth.check("x", Some("alice"), Some(b"two")),
-            AuthDecision::Allow
+            AuthDecision::Allow(Admitted::Password)
         );
-        assert_eq!(auth.check("plc-2", None, None), AuthDecision::Allow);
+        assert_eq!(
+            auth.check("plc-2", None, None),
+            AuthDecision::Allow(Admitted::AllowedClientId)
+        );
 
         // Broken files: the previous versions stay.
         fs::write(&acl, "[[rules]]\npermission = \"allow\"\nwho = { all = true }\naction = \"publsh\"\ntopics = [\"t\"]\n").unwrap();
@@ -199,9 +202,12 @@ mod tests {
         assert_eq!(check("t"), Permission::Deny);
         assert_eq!(
             auth.check("x", Some("alice"), Some(b"two")),
-            AuthDecision::Allow
+            AuthDecision::Allow(Admitted::Password)
         );
-        assert_eq!(auth.check("plc-2", None, None), AuthDecision::Allow);
+        assert_eq!(
+            auth.check("plc-2", None, None),
+            AuthDecision::Allow(Admitted::AllowedClientId)
+        );
     }
 
     #[test]

@@ -17,13 +17,13 @@ use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
-use super::session::{ConnControl, ConnMeta, InflightState};
+use super::session::{ConnControl, ConnMeta, InflightState, Owner};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
 use super::Broker;
 use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
-use crate::auth::AuthDecision;
+use crate::auth::{Admitted, AuthDecision};
 use crate::bridge::{Forwarded, Forwarder, Refusal};
 use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};
@@ -375,12 +375,20 @@ impl Connection {
             // (tls.peer_cert_as_username): that is the authentication.
             Some(name) => {
                 self.username = Some(name.into_boxed_str());
-                AuthDecision::Allow
+                AuthDecision::Allow(Admitted::Password)
             }
             None => self.authenticate(&connect).await,
         };
         match decision {
-            AuthDecision::Allow => {}
+            AuthDecision::Allow(admitted) => {
+                if !admitted.verified_user() {
+                    if let Some(claimed) = self.username.take() {
+                        // Nobody checked it: it must not drive ACL `user` rules, `%u` or the
+                        // session's ownership.
+                        tracing::debug!(peer = %self.peer, client_id = %self.client_id, claimed = %claimed, admitted = ?admitted, "user name not verified: ignored");
+                    }
+                }
+            }
             AuthDecision::BadCredentials => {
                 return Err(
                     self.refuse(reason::BAD_USERNAME_OR_PASSWORD, "bad username or password")
@@ -461,13 +469,24 @@ impl Connection {
                 window,
                 conn: self.ctrl.clone(),
                 now: Instant::now(),
+                owner: Owner::of(self.username.as_deref()),
+                on_owner_mismatch: cfg.session_owner_mismatch,
             })
         });
+        if result.refused_owner {
+            return Err(self.refuse(
+                reason::NOT_AUTHORIZED,
+                "the client id's session belongs to another identity",
+            ));
+        }
         if let Some(old) = result.replaced {
             old.discarded.store(connect.clean_start, Ordering::Relaxed);
             old.close_with(reason::SESSION_TAKEN_OVER);
         }
         self.session = result.session_id;
+        if result.session_present {
+            self.recheck_restored_subscriptions();
+        }
         // Shutdown closes connected sessions through the router (`close_all`); one that
         // registered just after that sweep closes itself here.
         if self.broker.shutdown.is_cancelled() {
@@ -522,6 +541,25 @@ impl Connection {
                 })
             });
         Ok(())
+    }
+
+    /// A resumed session's subscriptions were granted to an earlier connection: those the ACL
+    /// in force denies this one (the rules changed, or `%c`/`ipaddr` rules decide otherwise
+    /// now) are removed before anything is delivered through them.
+    fn recheck_restored_subscriptions(&mut self) {
+        let session = self.session;
+        let filters = self.broker.with_router(|r| r.subscription_filters(session));
+        let denied: Vec<ByteStr> = filters
+            .into_iter()
+            .filter(|f| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
+            .collect();
+        if denied.is_empty() {
+            return;
+        }
+        for f in &denied {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, filter = %f, "restored subscription denied by the ACL: removed");
+        }
+        self.broker.with_router(|r| r.unsubscribe(session, &denied));
     }
 
     /// Subscription by broker: subscribes the client to the `[[auto_subscribe]]` topics, as
@@ -1209,11 +1247,21 @@ impl Connection {
             username: self.username.as_deref(),
             ip: self.peer.ip(),
         };
-        let verdict = self
+        let mut verdict = self
             .broker
             .auth
             .acl()
             .authorize(&mut self.acl, &client, action, topic);
+        if verdict.line.is_none()
+            && verdict.permission == Permission::Allow
+            && action == Action::Subscribe
+            && is_sys_filter(topic)
+            && !self.peer.ip().is_loopback()
+        {
+            // `$SYS` names every client, its user and its address: without a rule that allows
+            // it, only local tools (loopback) may read it, as in EMQX's default acl.conf.
+            verdict.permission = Permission::Deny;
+        }
         if verdict.permission == Permission::Deny {
             tracing::debug!(peer = %self.peer, client_id = %self.client_id, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
         }
@@ -1672,6 +1720,15 @@ struct HeldAck {
     packet: Packet,
     /// `(bridge, seq)` that must be durable first; empty when it only waits for its turn.
     needs: Vec<(usize, u64)>,
+}
+
+/// True for a subscription to the broker's `$SYS` tree (shared or not).
+fn is_sys_filter(filter: &str) -> bool {
+    let target = match topic::parse_shared(filter) {
+        Ok(Some(shared)) => shared.filter,
+        _ => filter,
+    };
+    target.starts_with("$SYS")
 }
 
 fn set_reason(packet: &mut Packet, code: u8) {

@@ -12,10 +12,12 @@
 //! client on one topic reach every subscriber in arrival order whatever their QoS.
 
 use super::message::{Delivery, Message, SessionId, SessionMap, SharedKey};
-use super::session::{ConnControl, Inflight, InflightState, PendingWill, Session, Subscription};
+use super::session::{
+    ConnControl, Inflight, InflightState, Owner, PendingWill, Session, Subscription,
+};
 use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
 use crate::bridge::Forwarder;
-use crate::config::SharedStrategy;
+use crate::config::{OwnerMismatch, SharedStrategy};
 use crate::webhook::Webhooks;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
@@ -117,6 +119,10 @@ pub struct ConnectParams {
     pub conn: Arc<ConnControl>,
     /// When the CONNECT was accepted (the router never reads the clock itself).
     pub now: Instant,
+    /// The connecting identity: a session it did not create is not its to take.
+    pub owner: Owner,
+    /// What happens when `owner` is not the existing session's owner.
+    pub on_owner_mismatch: OwnerMismatch,
 }
 
 /// The router's answer to a CONNECT.
@@ -130,6 +136,9 @@ pub struct ConnectResult {
     pub replaced: Option<Arc<ConnControl>>,
     /// True when an existing session was thrown away because of clean start.
     pub discarded: bool,
+    /// True when the session of this client id belongs to another identity and
+    /// `OwnerMismatch::Refuse` applies: nothing was changed; the caller refuses the CONNECT.
+    pub refused_owner: bool,
 }
 
 /// One thing for a connection to send, taken from its session.
@@ -322,9 +331,40 @@ impl Router {
                     self.publish_will(w, now);
                 }
             }
+            let mut clean_start = params.clean_start;
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                match &s.owner {
+                    Owner::Unclaimed => {
+                        s.owner = params.owner.clone();
+                        s.note_meta_changed();
+                    }
+                    owner if *owner == params.owner => {}
+                    owner => {
+                        tracing::warn!(
+                            client_id = %params.client_id,
+                            session_owner = ?owner,
+                            connecting = ?params.owner,
+                            policy = ?params.on_owner_mismatch,
+                            "a CONNECT for a session another identity created"
+                        );
+                        match params.on_owner_mismatch {
+                            OwnerMismatch::Refuse => {
+                                return ConnectResult {
+                                    session_id: 0,
+                                    session_present: false,
+                                    replaced: None,
+                                    discarded: false,
+                                    refused_owner: true,
+                                };
+                            }
+                            OwnerMismatch::Discard => clean_start = true,
+                        }
+                    }
+                }
+            }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 replaced = s.conn.take();
-                if !params.clean_start {
+                if !clean_start {
                     s.conn = Some(params.conn.clone());
                     s.protocol = params.protocol;
                     s.expiry = params.session_expiry;
@@ -345,6 +385,7 @@ impl Router {
                         session_present: true,
                         replaced,
                         discarded: false,
+                        refused_owner: false,
                     };
                 }
             }
@@ -357,6 +398,7 @@ impl Router {
         let sid = self.next_session_id;
         self.next_session_id += 1;
         let mut session = Session::new(sid, params.client_id.clone(), params.protocol);
+        session.owner = params.owner;
         session.conn = Some(params.conn);
         session.expiry = params.session_expiry;
         session.window = params.window.max(1);
@@ -368,6 +410,7 @@ impl Router {
             session_present: false,
             replaced,
             discarded,
+            refused_owner: false,
         }
     }
 
@@ -881,6 +924,11 @@ impl Router {
                 .copied()
                 .filter(|&id| id != 0)
                 .collect();
+            s.owner = match &stored.owner {
+                None => Owner::Unclaimed,
+                Some(None) => Owner::Anonymous,
+                Some(Some(user)) => Owner::User(ByteStr::from(user.as_str())),
+            };
             if let Some(w) = &stored.pending_will {
                 let due_in = w.publish_at_unix_ms.saturating_sub(unix_now);
                 match super::persist::from_stored(w.message.clone(), now) {
@@ -1377,6 +1425,14 @@ impl Router {
             }
             found
         })
+    }
+
+    /// The filters `sid` is subscribed to (shared ones as `$share/g/f`).
+    pub fn subscription_filters(&self, sid: SessionId) -> Vec<ByteStr> {
+        self.sessions
+            .get(&sid)
+            .map(|s| s.subscriptions.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// True when a session (connected or not) has this client id.

@@ -8,6 +8,7 @@
 use super::message::*;
 use super::router::*;
 use super::session::*;
+use crate::config::OwnerMismatch;
 use crate::config::SharedStrategy;
 use bytes::Bytes;
 use holdfast_mqtt::{
@@ -68,6 +69,8 @@ fn connect_with(
         window,
         conn: conn.clone(),
         now: Instant::now(),
+        owner: Owner::Anonymous,
+        on_owner_mismatch: OwnerMismatch::Refuse,
     });
     (result, conn)
 }
@@ -2179,4 +2182,70 @@ fn operator_listings_are_sorted_and_cut_at_the_limit() {
     assert!(retained.truncated);
     assert_eq!(r.client_info("b").map(|c| c.connected), Some(true));
     assert!(r.client_info("z").is_none());
+}
+
+fn connect_as(
+    r: &mut Router,
+    client_id: &str,
+    owner: Owner,
+    clean_start: bool,
+    policy: OwnerMismatch,
+) -> (ConnectResult, Arc<ConnControl>) {
+    let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
+    let result = r.connect(ConnectParams {
+        client_id: ByteStr::from(client_id),
+        protocol: ProtocolVersion::V5,
+        clean_start,
+        session_expiry: HOUR,
+        window: 32,
+        conn: conn.clone(),
+        now: Instant::now(),
+        owner,
+        on_owner_mismatch: policy,
+    });
+    (result, conn)
+}
+
+#[test]
+fn a_session_belongs_to_the_identity_that_created_it() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let bob = || Owner::User(ByteStr::from("bob"));
+    let alice = || Owner::User(ByteStr::from("alice"));
+    let (res, conn) = connect_as(&mut r, "bob-sensor", bob(), false, OwnerMismatch::Refuse);
+    sub(&mut r, res.session_id, "users/bob/#", QoS::AtLeastOnce, t0);
+    disconnect(&mut r, res.session_id, &conn, t0);
+    r.publish(
+        msg("users/bob/cmd", "unlock", QoS::AtLeastOnce, false, None),
+        t0,
+    );
+    // Alice knows the client id: refused, with or without clean start, and nothing changes.
+    for clean in [false, true] {
+        let (denied, _) = connect_as(&mut r, "bob-sensor", alice(), clean, OwnerMismatch::Refuse);
+        assert!(denied.refused_owner);
+        assert!(denied.replaced.is_none() && !denied.discarded);
+    }
+    // Anonymous is another identity too.
+    let (denied, _) = connect_as(
+        &mut r,
+        "bob-sensor",
+        Owner::Anonymous,
+        false,
+        OwnerMismatch::Refuse,
+    );
+    assert!(denied.refused_owner);
+    // Bob resumes and gets his command.
+    let (back, bc) = connect_as(&mut r, "bob-sensor", bob(), false, OwnerMismatch::Refuse);
+    assert!(back.session_present && !back.refused_owner);
+    assert_eq!(
+        drained_payloads(&mut r, back.session_id, bc.conn_id, t0),
+        ["unlock"]
+    );
+    // Under `discard`, alice gets a fresh session of her own; bob's is gone.
+    let (fresh, _) = connect_as(&mut r, "bob-sensor", alice(), false, OwnerMismatch::Discard);
+    assert!(!fresh.session_present && !fresh.refused_owner && fresh.discarded);
+    assert_eq!(
+        r.subscription_filters(fresh.session_id),
+        Vec::<ByteStr>::new()
+    );
 }

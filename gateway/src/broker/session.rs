@@ -188,10 +188,34 @@ pub struct Session {
     /// Bytes of the messages queued or in flight for this session, as
     /// [`Delivery::held_bytes`] counts them (`mqtt.force_shutdown.max_heap_size`).
     pub held_bytes: usize,
+    /// The identity that created it.
+    pub owner: Owner,
     /// What changed since the last store flush, for a session persisted to the session store;
     /// `None` for sessions that end with their connection or when there is no store. Boxed: most
     /// sessions have none.
     pub journal: Option<Box<Journal>>,
+}
+
+/// Who a session belongs to: the identity that created it. Only that identity may resume,
+/// take over or discard it (see `mqtt.session_owner_mismatch`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Owner {
+    /// Restored from a store written before sessions had owners: the first identity that
+    /// resumes it claims it.
+    #[default]
+    Unclaimed,
+    /// Created by a client whose user name nobody verified (anonymous access, the client-id
+    /// allowlist, a JWT without `username_claim`): any such client with the id may resume it.
+    Anonymous,
+    /// Created by this verified user (password file, client certificate, JWT claim).
+    User(ByteStr),
+}
+
+impl Owner {
+    /// The owner for a connection with this verified user name (`None`: nobody verified it).
+    pub fn of(verified_user: Option<&str>) -> Owner {
+        verified_user.map_or(Owner::Anonymous, |u| Owner::User(ByteStr::from(u)))
+    }
 }
 
 impl Session {
@@ -216,6 +240,7 @@ impl Session {
             last_drop_log: None,
             next_seq: 1,
             held_bytes: 0,
+            owner: Owner::Unclaimed,
             journal: None,
         }
     }

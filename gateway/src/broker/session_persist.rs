@@ -70,7 +70,7 @@
 
 use super::message::{BuildIdHasher, Delivery, Message, SessionId};
 use super::persist;
-use super::session::{Inflight, InflightState, Session, Subscription};
+use super::session::{Inflight, InflightState, Owner, Session, Subscription};
 use super::Broker;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
@@ -348,6 +348,11 @@ pub fn stored_session(s: &Session, now: Instant, unix_now_ms: u64) -> StoredSess
         subscriptions,
         awaiting_rel,
         pending_will,
+        owner: match &s.owner {
+            Owner::Unclaimed => None,
+            Owner::Anonymous => Some(None),
+            Owner::User(u) => Some(Some(u.to_string())),
+        },
     }
 }
 

@@ -9,6 +9,7 @@ use super::message::*;
 use super::router::*;
 use super::session::*;
 use super::session_persist::{self, SessionWrites};
+use crate::config::OwnerMismatch;
 use crate::config::SharedStrategy;
 use bytes::Bytes;
 use holdfast_mqtt::{
@@ -69,6 +70,8 @@ fn connect(
         window: 32,
         conn: conn.clone(),
         now,
+        owner: Owner::Anonymous,
+        on_owner_mismatch: OwnerMismatch::Refuse,
     });
     (result, conn)
 }
@@ -485,6 +488,7 @@ fn stored_session(
         }],
         awaiting_rel: Vec::new(),
         pending_will: None,
+        owner: None,
     }
 }
 

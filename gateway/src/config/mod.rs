@@ -119,6 +119,12 @@ pub struct MqttConfig {
     /// How a message to a shared subscription group (`$share/g/t`) picks its one receiver.
     /// Default round_robin.
     pub shared_subscription_strategy: SharedStrategy,
+    /// What a CONNECT gets when its client id names a session another identity created
+    /// (a different verified user, or a verified user for an anonymous session): "refuse"
+    /// (CONNACK not authorized; the session is untouched) or "discard" (the old session is
+    /// dropped, as with clean start). Default refuse: a client id is easy to learn, a session
+    /// and its queued messages are not its taker's.
+    pub session_owner_mismatch: OwnerMismatch,
     /// How often `$SYS` statistics are published; zero disables them. Default 60s; 0 or >= 1s.
     pub sys_interval: Duration,
     /// Incoming QoS 2 messages per client awaiting PUBREL; bounds what a client that never
@@ -159,6 +165,17 @@ pub struct RateLimit {
     pub rate: NonZeroU64,
     /// Bucket size: what a client that has been quiet may send at once.
     pub burst: NonZeroU64,
+}
+
+/// What a CONNECT gets when its client id names a session another identity created
+/// (`mqtt.session_owner_mismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OwnerMismatch {
+    /// CONNACK "not authorized"; the session and its connection are left alone.
+    #[default]
+    Refuse,
+    /// The old session is discarded (as with clean start) and the newcomer gets a fresh one.
+    Discard,
 }
 
 /// How a shared subscription group picks the member that gets a message.
@@ -483,6 +500,7 @@ impl Default for MqttConfig {
             max_retained_messages: 100_000,
             max_retained_payload: MB,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
+            session_owner_mismatch: OwnerMismatch::Refuse,
             sys_interval: Duration::from_secs(60),
             max_awaiting_rel: 100,
             outbound_buffer: MB,

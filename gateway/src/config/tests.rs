@@ -86,6 +86,7 @@ fn the_example_config_mentions_every_key() {
         "max_retained_messages",
         "max_retained_payload",
         "shared_subscription_strategy",
+        "session_owner_mismatch",
         "sys_interval",
         "max_awaiting_rel",
         "outbound_buffer",

@@ -14,8 +14,8 @@ use super::units::{
 };
 use super::{
     AclNomatch, AuthConfig, BoardConfig, BoardKind, CertIdentity, Config, JwtConfig,
-    ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, Problem,
-    RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
+    ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, OwnerMismatch,
+    Problem, RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
 };
 use holdfast_mqtt::topic;
 
@@ -546,6 +546,7 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_retained_messages",
             "max_retained_payload",
             "shared_subscription_strategy",
+            "session_owner_mismatch",
             "sys_interval",
             "max_awaiting_rel",
             "outbound_buffer",
@@ -624,6 +625,27 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
                             format!(
                                 "unknown strategy {word:?} (expected round_robin, random or hash_clientid)"
                             ),
+                        );
+                        None
+                    }
+                }
+            },
+        ),
+        session_owner_mismatch: ctx.get(
+            entries,
+            path,
+            "session_owner_mismatch",
+            d.session_owner_mismatch,
+            |c, n, k| {
+                let word = string(c, n, k)?;
+                match word.as_str() {
+                    "refuse" => Some(OwnerMismatch::Refuse),
+                    "discard" => Some(OwnerMismatch::Discard),
+                    _ => {
+                        c.report(
+                            n,
+                            k,
+                            format!("unknown policy {word:?} (expected refuse or discard)"),
                         );
                         None
                     }

@@ -101,6 +101,10 @@ pub struct StoredSession {
     pub awaiting_rel: Vec<u16>,
     /// A will waiting for its delay interval.
     pub pending_will: Option<StoredWill>,
+    /// Who created the session: `None` when unknown (a version 1 record: the first identity
+    /// to resume it claims it), `Some(None)` a client whose user name was not verified,
+    /// `Some(Some(user))` that verified user.
+    pub owner: Option<Option<String>>,
 }
 
 /// A will waiting for its delay interval (MQTT 5 will delay).
@@ -112,8 +116,8 @@ pub struct StoredWill {
     pub publish_at_unix_ms: u64,
 }
 
-/// The record version of [`StoredSession`] written today (2: `awaiting_rel` and
-/// `pending_will` were added; version 1 records load with neither).
+/// The record version of [`StoredSession`] written today (2: `awaiting_rel`, `pending_will`
+/// and `owner` were added; version 1 records load with none of them).
 pub const SESSION_RECORD_VERSION: u8 = 2;
 
 /// [`StoredSession`] as version 1 records hold it.
@@ -146,6 +150,7 @@ impl StoredSession {
                     subscriptions: v1.subscriptions,
                     awaiting_rel: Vec::new(),
                     pending_will: None,
+                    owner: None,
                 })
             }
             SESSION_RECORD_VERSION => crate::record::decode_body(body),

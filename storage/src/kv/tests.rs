@@ -46,6 +46,7 @@ fn session(client_id: &str, filters: &[&str]) -> StoredSession {
             message: message("will/t", b"gone"),
             publish_at_unix_ms: 1_700_000_030_000,
         }),
+        owner: Some(Some("alice".to_owned())),
     }
 }
 
@@ -73,6 +74,7 @@ fn version_1_session_records_still_load_and_new_ones_keep_the_qos2_ids_and_the_w
     let back = StoredSession::decode_record(&old).unwrap();
     assert_eq!(back.subscriptions, full.subscriptions);
     assert!(back.awaiting_rel.is_empty() && back.pending_will.is_none());
+    assert_eq!(back.owner, None, "a version 1 session has no known owner");
 
     let dir = TempDir::new().unwrap();
     let store = sled_store(&dir);
