@@ -231,3 +231,82 @@ fn nix_sighup(pid: u32) {
         .args(["-HUP", &pid.to_string()])
         .status();
 }
+
+#[test]
+fn a_login_flood_neither_starves_a_real_login_nor_eats_memory() {
+    let dir = TempDir::new("flood");
+    let passwd = password_file(dir.path(), &[("alice", "pw")]);
+    let port = free_port();
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\
+         [auth]\nallow_anonymous = false\npassword_file = {:?}\n",
+        passwd.display().to_string()
+    );
+    let gw = Gateway::start_config(&config, port);
+    let rss_before = gw.rss_kib().expect("rss");
+    let connect = move |id: &str, password: &str| {
+        let mut raw = Raw::open(port);
+        raw.send(Packet::Connect(
+            Connect {
+                keep_alive: 60,
+                client_id: id.to_owned(),
+                clean_start: true,
+                properties: None,
+            },
+            None,
+            Some(Login::new("alice", password)),
+        ));
+        raw
+    };
+    // 400 logins that hang up at once: none of them may cost an argon2 run later.
+    for i in 0..400 {
+        drop(connect(&format!("ghost-{i}"), "wrong"));
+    }
+    // 50 wrong passwords that wait for their answer, 10 at a time.
+    let threads: Vec<_> = (0..10)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    let mut raw = connect(&format!("guess-{t}-{i}"), "wrong");
+                    match raw.read(Duration::from_secs(15)) {
+                        Ok(Packet::ConnAck(a)) => assert_ne!(a.code, ConnectReturnCode::Success),
+                        other => panic!("expected a refusing CONNACK, got {other:?}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    // The real user gets in while that goes on (a busy refusal says "try again").
+    let mut admitted = false;
+    for _ in 0..40 {
+        let mut raw = connect("alice-1", "pw");
+        match raw.read(WAIT) {
+            Ok(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Success => {
+                admitted = true;
+                break;
+            }
+            Ok(Packet::ConnAck(a)) if a.code == ConnectReturnCode::ServerBusy => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => panic!("alice: {other:?}"),
+        }
+    }
+    assert!(admitted, "the real login never got through");
+    for t in threads {
+        t.join().expect("guessers");
+    }
+    // Two check workers keep one argon2 buffer (~19 MiB) each; nothing else stays.
+    let rss_after = gw.rss_kib().expect("rss");
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    println!("RSS {rss_before} -> {rss_after} KiB after 450 failed logins");
+    assert!(
+        grown_mib < 80,
+        "RSS grew by {grown_mib} MiB ({rss_before} -> {rss_after} KiB)"
+    );
+    let log = gw.log();
+    let checked = log.matches("bad username or password").count();
+    assert!(
+        checked <= 60,
+        "{checked} password checks ran: the 400 clients that hung up were checked too"
+    );
+}

@@ -10,6 +10,7 @@ pub mod acl;
 mod allowlist;
 pub mod jwt;
 mod password_file;
+pub mod pool;
 pub mod reload;
 
 use std::io::{self, BufRead, IsTerminal};
@@ -19,6 +20,7 @@ use std::sync::{Arc, RwLock};
 pub use acl::{AclHandle, Permission};
 pub use allowlist::ClientIdAllowlist;
 pub use password_file::PasswordFile;
+pub use pool::{Busy, CheckPool};
 pub use reload::{ReloadOutcome, ReloadReport};
 
 use crate::config::{AclNomatch, AuthConfig};

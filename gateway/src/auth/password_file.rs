@@ -9,10 +9,46 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
 
 use super::AuthFileError;
+
+/// The largest argon2 memory cost a hash in the file may ask for (KiB): a line with more is
+/// refused rather than allowed to take the board's memory at every login.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+
+/// Verifies `password` against an argon2 PHC hash with this thread's reused working memory
+/// (see `auth::pool`); `None` when the hash is not an argon2 hash this build can check.
+fn verify_with_reused_memory(password: &[u8], parsed: &PasswordHash<'_>) -> Option<bool> {
+    let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+    let version = parsed
+        .version
+        .map_or(Ok(Version::V0x13), Version::try_from)
+        .ok()?;
+    let params = Params::try_from(parsed).ok()?;
+    if params.m_cost() > MAX_M_COST_KIB {
+        tracing::warn!(
+            m_cost_kib = params.m_cost(),
+            max = MAX_M_COST_KIB,
+            "password hash asks for too much memory; refused"
+        );
+        return Some(false);
+    }
+    let expected = parsed.hash?;
+    let mut salt = [0u8; 64];
+    let salt = parsed.salt?.decode_b64(&mut salt).ok()?;
+    let blocks = params.block_count();
+    let argon2 = Argon2::new(algorithm, version, params);
+    let mut out = vec![0u8; expected.len()];
+    super::pool::with_argon2_memory(blocks, |memory| {
+        argon2
+            .hash_password_into_with_memory(password, salt, &mut out, memory)
+            .ok()
+    })?;
+    // `Output` compares in constant time.
+    Some(argon2::password_hash::Output::new(&out).ok()? == expected)
+}
 
 /// Verified against when the user is unknown, so that "no such user" takes as long as "wrong
 /// password" and response times do not reveal which user names exist. Its salt and output are
@@ -139,7 +175,7 @@ impl PasswordFile {
         let Ok(parsed) = PasswordHash::new(hash) else {
             return false;
         };
-        let matches = Argon2::default().verify_password(password, &parsed).is_ok();
+        let matches = verify_with_reused_memory(password, &parsed).unwrap_or(false);
         known && matches
     }
 

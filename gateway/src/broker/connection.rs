@@ -377,7 +377,23 @@ impl Connection {
                 self.username = Some(name.into_boxed_str());
                 AuthDecision::Allow(Admitted::Password)
             }
-            None => self.authenticate(&connect).await,
+            None => match self.authenticate(&connect).await {
+                Ok(decision) => decision,
+                Err(NoCheck::Busy) => {
+                    self.broker
+                        .traffic
+                        .logins_refused_busy
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(self.refuse(
+                        reason::SERVER_BUSY,
+                        "password checks are saturated (auth.max_pending_checks / auth.check_timeout)",
+                    ));
+                }
+                Err(NoCheck::Gone) => {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, "client left while its login waited");
+                    return Err(Close::new(DisconnectReason::TcpClosed, None));
+                }
+            },
         };
         match decision {
             AuthDecision::Allow(admitted) => {
@@ -609,24 +625,47 @@ impl Connection {
         }
     }
 
-    async fn authenticate(&self, connect: &Connect) -> AuthDecision {
+    /// Runs the authentication chain. A password is checked by the check workers (argon2id);
+    /// a login that finds their queue full, or waits longer than `auth.check_timeout`, is
+    /// refused as busy, and one whose client hangs up while it waits is dropped (its check
+    /// never runs).
+    async fn authenticate(&mut self, connect: &Connect) -> Result<AuthDecision, NoCheck> {
         let auth = self.broker.auth.clone();
         let username = connect.username.as_ref().map(|u| u.to_string());
         let password = connect.password.clone();
-        let client_id = self.client_id.clone();
         if password.is_none() {
-            return auth.check(&client_id, username.as_deref(), None);
+            // No argon2 without a password (a listed user without one is simply refused).
+            return Ok(auth.check(&self.client_id, username.as_deref(), None));
         }
-        // argon2 verification is deliberately slow and memory-hungry: keep it off the reactor
-        // threads and bounded in number.
-        let Ok(_slot) = self.broker.auth_slots.acquire().await else {
-            return AuthDecision::NotAuthorized;
-        };
-        tokio::task::spawn_blocking(move || {
-            auth.check(&client_id, username.as_deref(), password.as_deref())
-        })
-        .await
-        .unwrap_or(AuthDecision::NotAuthorized)
+        let reply = self
+            .broker
+            .auth_checks
+            .submit(&self.client_id, username.as_deref(), password.as_deref())
+            .map_err(|_| NoCheck::Busy)?;
+        tokio::pin!(reply);
+        let deadline =
+            sleep_until(tokio::time::Instant::now() + self.broker.config.auth.check_timeout);
+        tokio::pin!(deadline);
+        let max_buffered = self.max_packet_size();
+        loop {
+            tokio::select! {
+                decision = &mut reply => return decision.map_err(|_| NoCheck::Busy),
+                () = &mut deadline => return Err(NoCheck::Busy),
+                r = self.stream.readable(), if self.rbuf.len() < max_buffered => {
+                    if r.is_err() {
+                        return Err(NoCheck::Gone);
+                    }
+                    // Whatever the client sent after CONNECT stays buffered for later; an end of
+                    // stream means nobody waits for the answer any more.
+                    match self.try_read(CONNECT_CHUNK) {
+                        Ok(0) => return Err(NoCheck::Gone),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(NoCheck::Gone),
+                    }
+                }
+            }
+        }
     }
 
     /// Queues a refusing CONNACK and logs why.
@@ -1729,6 +1768,15 @@ fn is_sys_filter(filter: &str) -> bool {
         _ => filter,
     };
     target.starts_with("$SYS")
+}
+
+/// Why a login got no decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NoCheck {
+    /// The check workers' queue was full, or the check did not finish in time.
+    Busy,
+    /// The client closed the connection while it waited.
+    Gone,
 }
 
 fn set_reason(packet: &mut Packet, code: u8) {

@@ -33,9 +33,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Password checks (argon2id) allowed to run at once.
-const AUTH_CONCURRENCY: usize = 2;
-
 /// Shared state of a running broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -52,9 +49,9 @@ pub struct Broker {
     pub started_at: Instant,
     /// Cancelled when the gateway shuts down.
     pub shutdown: CancellationToken,
-    /// Bounds concurrent password checks: each argon2id verification takes ~19 MiB and tens of
-    /// milliseconds, so a connection storm must queue here instead of exhausting memory.
-    pub auth_slots: tokio::sync::Semaphore,
+    /// The password-check workers: a fixed number of threads and a bounded queue, so a login
+    /// storm is refused as busy instead of exhausting memory or starving real logins.
+    pub auth_checks: Arc<crate::auth::CheckPool>,
     next_conn_id: AtomicU64,
     /// Posts broker events to the `[[webhooks]]` endpoints; every hook is one branch when
     /// none is configured.
@@ -90,13 +87,17 @@ impl Broker {
         Arc::new(Broker {
             router: Mutex::new(router),
             webhooks,
+            auth_checks: crate::auth::CheckPool::start(
+                auth.clone(),
+                config.auth.check_workers,
+                config.auth.max_pending_checks,
+            ),
             config,
             auth,
             traffic: TrafficStats::default(),
             listeners: Mutex::new(Vec::new()),
             started_at: Instant::now(),
             shutdown,
-            auth_slots: tokio::sync::Semaphore::new(AUTH_CONCURRENCY),
             next_conn_id: AtomicU64::new(1),
             forwarder: OnceLock::new(),
         })

@@ -142,4 +142,7 @@ pub struct TrafficStats {
     pub dropped_awaiting_rel_full: AtomicU64,
     /// Inbound publishes the ACL denied (dropped; MQTT 5 QoS 1/2 get reason 0x87).
     pub dropped_not_authorized: AtomicU64,
+    /// Logins refused as "server busy": the password-check queue was full or the check did
+    /// not finish within `auth.check_timeout`.
+    pub logins_refused_busy: AtomicU64,
 }

@@ -305,7 +305,7 @@ impl fmt::Display for ListenerKind {
 }
 
 /// Who may connect over MQTT.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
     /// Whether clients without a username (and, following EMQX, users the password file does
     /// not list) may connect. Default false: secure by default; the start-up log should warn
@@ -328,6 +328,30 @@ pub struct AuthConfig {
     /// What a publish or subscribe that no ACL rule matches gets. Default allow, as in EMQX
     /// (`authorization.no_match`).
     pub acl_nomatch: AclNomatch,
+    /// Threads that verify passwords (argon2id: ~19 MiB and tens of milliseconds each; every
+    /// thread keeps its 19 MiB). Default 2; 1..=64.
+    pub check_workers: usize,
+    /// Logins that may wait for a check worker; one more is refused at once as "server busy"
+    /// (MQTT 5: 0x89, 3.1.1: return code 3). Default 32; 1..=100000.
+    pub max_pending_checks: usize,
+    /// How long a login waits for its check before it is refused as busy. Default 5s.
+    pub check_timeout: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            allow_anonymous: false,
+            password_file: None,
+            clientid_allowlist: None,
+            jwt: None,
+            acl_file: None,
+            acl_nomatch: AclNomatch::default(),
+            check_workers: 2,
+            max_pending_checks: 32,
+            check_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// `auth.acl_nomatch`.

@@ -1136,11 +1136,44 @@ fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
             "jwt",
             "acl_file",
             "acl_nomatch",
+            "check_workers",
+            "max_pending_checks",
+            "check_timeout",
         ],
         &[],
     );
     let optional_path = |c: &mut Ctx<'_>, n: &Node, k: &str| path_buf(c, n, k).map(Some);
     AuthConfig {
+        check_workers: ctx.get(
+            entries,
+            path,
+            "check_workers",
+            d.check_workers,
+            |c, n, k| integer(c, n, k, 1, 64),
+        ),
+        max_pending_checks: ctx.get(
+            entries,
+            path,
+            "max_pending_checks",
+            d.max_pending_checks,
+            |c, n, k| integer(c, n, k, 1, 100_000),
+        ),
+        check_timeout: ctx.get(
+            entries,
+            path,
+            "check_timeout",
+            d.check_timeout,
+            |c, n, k| {
+                duration(
+                    c,
+                    n,
+                    k,
+                    Duration::from_millis(100),
+                    Duration::from_secs(120),
+                    false,
+                )
+            },
+        ),
         allow_anonymous: ctx.get(entries, path, "allow_anonymous", d.allow_anonymous, boolean),
         password_file: ctx.get(
             entries,
