@@ -379,6 +379,12 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
         // Installed before the listeners bind: a SIGHUP sent as soon as the port answers must
         // reload, not kill (the default action).
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        // SIGTERM and SIGINT too: one that arrives as soon as the port answers must stop the
+        // gateway cleanly, not kill it.
+        let stop_signals = (
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+        );
         let gateway = match Gateway::bind(cfg, shutdown.clone()).await {
             Ok(g) => g,
             Err(e) => {
@@ -387,7 +393,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(wait_for_signal(shutdown));
+        tokio::spawn(wait_for_signal(stop_signals, shutdown));
         match hup {
             Ok(hup) => {
                 tokio::spawn(reload_on_sighup(hup, gateway.broker()));
@@ -401,12 +407,14 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+async fn wait_for_signal(
+    signals: (
+        std::io::Result<tokio::signal::unix::Signal>,
+        std::io::Result<tokio::signal::unix::Signal>,
+    ),
+    shutdown: CancellationToken,
+) {
+    let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

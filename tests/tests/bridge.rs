@@ -903,20 +903,43 @@ fn mixed_qos_messages_keep_their_order_through_an_outage_and_qos0_can_be_dropped
         }
     }
 
-    // buffer_qos0 = true (the default): QoS 0 waits in the queue with the rest, in order.
-    let (mut cloud, rec) = cloud_down();
-    let gw = gateway(cloud.port, "forward = [\"sensors/#\"]");
+    // buffer_qos0 = true (the default): QoS 0 waits in the queue with the rest, in order. The
+    // outage is a proxy that refuses the link; it also shows the order on the wire.
+    use holdfast_tests::proxy::{Direction, Proxy};
+    let (cloud, rec) = cloud();
+    let proxy = Proxy::start(cloud.port);
+    proxy.set_accepting(false);
+    let gw = gateway(proxy.port, "forward = [\"sensors/#\"]");
     assert!(gw.wait_for_log("bridge down", WAIT), "{}", gw.log());
     runtime().block_on(alternate(gw.port, "sensors/mixed", 1));
-    cloud.restart();
+    proxy.set_accepting(true);
+    let first_sends = |frames: &[holdfast_tests::proxy::Frame]| -> Vec<(u64, u8)> {
+        frames
+            .iter()
+            .filter(|f| f.dir == Direction::Up && f.kind == 3 && !f.dup)
+            .filter_map(|f| {
+                let text = String::from_utf8_lossy(f.payload.as_deref()?).into_owned();
+                let seq = text.split(':').nth(1)?.parse().ok()?;
+                Some((seq, f.qos))
+            })
+            .collect()
+    };
+    assert!(
+        proxy.wait_for(WAIT, |f| first_sends(f).len() >= 200),
+        "{} of 200 went up",
+        first_sends(&proxy.frames()).len()
+    );
+    // Each message goes up at min(its QoS, the bridge's), in publish order.
+    let wire = first_sends(&proxy.frames());
+    let expected: Vec<(u64, u8)> = (0..200u64).map(|s| (s, (s % 2) as u8)).collect();
+    assert_eq!(wire, expected);
+    // The cloud (mosquitto) then sends QoS 0 straight to its subscriber while QoS 1 waits
+    // behind the subscriber's inflight window, so the recorder sees each QoS class in order.
     assert!(
         rec.wait_until(WAIT, |m| m.len() >= 200),
         "{} of 200 arrived",
         rec.count()
     );
-    // Each message goes up at min(its QoS, the bridge's), in queue order. The cloud (mosquitto)
-    // then sends QoS 0 straight to its subscriber while QoS 1 waits behind the subscriber's
-    // inflight window, so the recorder sees each QoS class in order, not the interleaving.
     let seqs: Vec<u64> = rec.messages().iter().map(|m| parse(m).1).collect();
     let class = |odd: u64| {
         seqs.iter()

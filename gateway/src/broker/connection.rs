@@ -16,7 +16,7 @@ use super::auto_subscribe;
 use super::limiter::InboundLimiter;
 use super::message::{Message, SessionId};
 use super::peer_cert::PeerCert;
-use super::router::{ConnectParams, Outgoing, Qos2Receive, Router};
+use super::router::{ConnectParams, ConnectRefusal, Outgoing, Qos2Receive, Router};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
@@ -489,11 +489,17 @@ impl Connection {
                 on_owner_mismatch: cfg.session_owner_mismatch,
             })
         });
-        if result.refused_owner {
-            return Err(self.refuse(
-                reason::NOT_AUTHORIZED,
-                "the client id's session belongs to another identity",
-            ));
+        match result.refused {
+            Some(ConnectRefusal::NotOwner) => {
+                return Err(self.refuse(
+                    reason::NOT_AUTHORIZED,
+                    "the client id's session belongs to another identity",
+                ));
+            }
+            Some(ConnectRefusal::TooManySessions) => {
+                return Err(self.refuse(reason::QUOTA_EXCEEDED, "max_sessions reached"));
+            }
+            None => {}
         }
         if let Some(old) = result.replaced {
             old.discarded.store(connect.clean_start, Ordering::Relaxed);

@@ -42,6 +42,13 @@ pub struct RouterConfig {
     pub max_retained_messages: usize,
     /// Cap on one retained payload.
     pub max_retained_payload: usize,
+    /// Cap on the topic and payload bytes of all retained messages together.
+    pub max_retained_bytes: usize,
+    /// Cap on sessions (connected and offline); a CONNECT that needs one more is refused.
+    pub max_sessions: usize,
+    /// Cap on the bytes a session holds queued and in flight (as `Delivery::held_bytes`
+    /// counts them); a full queue drops its oldest, as with `max_mqueue_len`.
+    pub max_mqueue_bytes: usize,
     /// How a shared-subscription group picks its member.
     pub shared_strategy: SharedStrategy,
     /// Deepest topic or filter accepted.
@@ -136,9 +143,17 @@ pub struct ConnectResult {
     pub replaced: Option<Arc<ConnControl>>,
     /// True when an existing session was thrown away because of clean start.
     pub discarded: bool,
-    /// True when the session of this client id belongs to another identity and
-    /// `OwnerMismatch::Refuse` applies: nothing was changed; the caller refuses the CONNECT.
-    pub refused_owner: bool,
+    /// Set when the CONNECT must be refused; nothing was changed.
+    pub refused: Option<ConnectRefusal>,
+}
+
+/// Why the router refused a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The session of this client id belongs to another identity (`OwnerMismatch::Refuse`).
+    NotOwner,
+    /// A new session would exceed `max_sessions`.
+    TooManySessions,
 }
 
 /// One thing for a connection to send, taken from its session.
@@ -196,6 +211,8 @@ pub struct Router {
     /// Retained topics that count against `max_retained_messages` (all but `$SYS/...`, which
     /// only the broker can publish).
     retained_user: usize,
+    /// Topic + payload bytes of those retained messages (`max_retained_bytes`).
+    retained_user_bytes: usize,
     next_session_id: SessionId,
     /// Connections to wake once the lock is released.
     wake: Vec<Arc<ConnControl>>,
@@ -223,6 +240,7 @@ impl Router {
             shared: SubscriptionTrie::new(),
             retained: HashMap::new(),
             retained_user: 0,
+            retained_user_bytes: 0,
             retained_store: None,
             persist: None,
             next_session_id: 1,
@@ -354,7 +372,7 @@ impl Router {
                                     session_present: false,
                                     replaced: None,
                                     discarded: false,
-                                    refused_owner: true,
+                                    refused: Some(ConnectRefusal::NotOwner),
                                 };
                             }
                             OwnerMismatch::Discard => clean_start = true,
@@ -385,7 +403,7 @@ impl Router {
                         session_present: true,
                         replaced,
                         discarded: false,
-                        refused_owner: false,
+                        refused: None,
                     };
                 }
             }
@@ -394,6 +412,20 @@ impl Router {
                 self.publish_will(pending, now);
             }
             discarded = true;
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            tracing::warn!(client_id = %params.client_id, max_sessions = self.cfg.max_sessions, "connection refused: max_sessions reached");
+            if let Some(conn) = replaced.take() {
+                // The old connection's session was just discarded: it cannot stay bound.
+                conn.close_with(reason::SESSION_TAKEN_OVER);
+            }
+            return ConnectResult {
+                session_id: 0,
+                session_present: false,
+                replaced: None,
+                discarded,
+                refused: Some(ConnectRefusal::TooManySessions),
+            };
         }
         let sid = self.next_session_id;
         self.next_session_id += 1;
@@ -410,7 +442,7 @@ impl Router {
             session_present: false,
             replaced,
             discarded,
-            refused_owner: false,
+            refused: None,
         }
     }
 
@@ -790,15 +822,29 @@ impl Router {
         // user-facing `max_retained_messages`.
         let counted = !msg.topic.starts_with("$SYS/");
         if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() && counted {
-                self.retained_user -= 1;
-                self.persist_retained_removal(&msg.topic);
+            if let Some(old) = self.retained.remove(&msg.topic) {
+                if counted {
+                    self.retained_user -= 1;
+                    self.retained_user_bytes =
+                        self.retained_user_bytes.saturating_sub(retained_size(&old));
+                    self.persist_retained_removal(&msg.topic);
+                }
             }
             return;
         }
-        let is_new = !self.retained.contains_key(&msg.topic);
+        let old_size = self.retained.get(&msg.topic).map(|m| retained_size(m));
+        let is_new = old_size.is_none();
+        // Only user topics count against `max_retained_bytes` (and are in the running total).
+        let bytes_after = if counted {
+            self.retained_user_bytes
+                .saturating_sub(old_size.unwrap_or(0))
+                + retained_size(msg)
+        } else {
+            self.retained_user_bytes
+        };
         if msg.payload.len() > self.cfg.max_retained_payload
             || (counted && is_new && self.retained_user >= self.cfg.max_retained_messages)
+            || (counted && bytes_after > self.cfg.max_retained_bytes)
         {
             self.counters.dropped_retained_full += 1;
             tracing::warn!(topic = %msg.topic, "retained message not stored: retained store full or payload too large");
@@ -811,8 +857,11 @@ impl Router {
             self.persist_retained(&stored);
         }
         self.retained.insert(stored.topic.clone(), Arc::new(stored));
-        if counted && is_new {
-            self.retained_user += 1;
+        if counted {
+            self.retained_user_bytes = bytes_after;
+            if is_new {
+                self.retained_user += 1;
+            }
         }
     }
 
@@ -831,14 +880,20 @@ impl Router {
         for s in stored {
             let topic = s.topic.clone();
             match super::persist::from_stored(s, now) {
-                Some(msg) if self.retained_user < self.cfg.max_retained_messages => {
-                    if self
-                        .retained
-                        .insert(msg.topic.clone(), Arc::new(msg))
-                        .is_none()
-                    {
-                        self.retained_user += 1;
+                Some(msg)
+                    if self.retained_user < self.cfg.max_retained_messages
+                        && self.retained_user_bytes + retained_size(&msg)
+                            <= self.cfg.max_retained_bytes =>
+                {
+                    let size = retained_size(&msg);
+                    match self.retained.insert(msg.topic.clone(), Arc::new(msg)) {
+                        None => self.retained_user += 1,
+                        Some(old) => {
+                            self.retained_user_bytes =
+                                self.retained_user_bytes.saturating_sub(retained_size(&old));
+                        }
                     }
+                    self.retained_user_bytes += size;
                     loaded += 1;
                 }
                 _ => {
@@ -1516,6 +1571,38 @@ fn enqueue(
         let copy = offline_copy.get_or_insert_with(|| Arc::new(delivery.message.detached()));
         delivery.message = copy.clone();
     }
+    let incoming = delivery.held_bytes();
+    let mut over_bytes = false;
+    while s.held_bytes + incoming > cfg.max_mqueue_bytes && !s.mqueue.is_empty() {
+        // Bytes first: a few large messages must not pin more than the session may hold.
+        if let Some(oldest) = s.mqueue.pop_front() {
+            s.note_removed(&oldest);
+            counters.dropped_queue_full += 1;
+            s.dropped_since_log += 1;
+            over_bytes = true;
+        }
+    }
+    if s.held_bytes + incoming > cfg.max_mqueue_bytes {
+        // Even alone it does not fit (its inflight window holds the rest): not queued.
+        counters.dropped_queue_full += 1;
+        s.dropped_since_log += 1;
+        return false;
+    }
+    if over_bytes {
+        let log_due = s
+            .last_drop_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if log_due {
+            tracing::warn!(
+                client_id = %s.client_id,
+                dropped = s.dropped_since_log,
+                max_mqueue_bytes = cfg.max_mqueue_bytes,
+                "dropped: mqueue full (bytes)"
+            );
+            s.dropped_since_log = 0;
+            s.last_drop_log = Some(now);
+        }
+    }
     if s.mqueue.len() >= cfg.max_mqueue_len {
         if let Some(oldest) = s.mqueue.pop_front() {
             s.note_removed(&oldest);
@@ -1621,6 +1708,11 @@ fn other_member(
                 .flatten()
         })
         .copied()
+}
+
+/// What a retained message counts against `max_retained_bytes`.
+fn retained_size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -36,6 +36,9 @@ fn secs(n: u64) -> Duration {
 /// Limits small enough to hit in a test, policies as the broker's defaults.
 fn config() -> RouterConfig {
     RouterConfig {
+        max_retained_bytes: usize::MAX,
+        max_sessions: usize::MAX,
+        max_mqueue_bytes: usize::MAX,
         max_mqueue_len: 100,
         mqueue_store_qos0: false,
         retain_available: true,
@@ -2222,7 +2225,7 @@ fn a_session_belongs_to_the_identity_that_created_it() {
     // Alice knows the client id: refused, with or without clean start, and nothing changes.
     for clean in [false, true] {
         let (denied, _) = connect_as(&mut r, "bob-sensor", alice(), clean, OwnerMismatch::Refuse);
-        assert!(denied.refused_owner);
+        assert_eq!(denied.refused, Some(ConnectRefusal::NotOwner));
         assert!(denied.replaced.is_none() && !denied.discarded);
     }
     // Anonymous is another identity too.
@@ -2233,19 +2236,64 @@ fn a_session_belongs_to_the_identity_that_created_it() {
         false,
         OwnerMismatch::Refuse,
     );
-    assert!(denied.refused_owner);
+    assert_eq!(denied.refused, Some(ConnectRefusal::NotOwner));
     // Bob resumes and gets his command.
     let (back, bc) = connect_as(&mut r, "bob-sensor", bob(), false, OwnerMismatch::Refuse);
-    assert!(back.session_present && !back.refused_owner);
+    assert!(back.session_present && back.refused.is_none());
     assert_eq!(
         drained_payloads(&mut r, back.session_id, bc.conn_id, t0),
         ["unlock"]
     );
     // Under `discard`, alice gets a fresh session of her own; bob's is gone.
     let (fresh, _) = connect_as(&mut r, "bob-sensor", alice(), false, OwnerMismatch::Discard);
-    assert!(!fresh.session_present && !fresh.refused_owner && fresh.discarded);
+    assert!(!fresh.session_present && fresh.refused.is_none() && fresh.discarded);
     assert_eq!(
         r.subscription_filters(fresh.session_id),
         Vec::<ByteStr>::new()
     );
+}
+
+#[test]
+fn retained_bytes_sessions_and_queued_bytes_are_capped() {
+    let t0 = Instant::now();
+    // Retained: 20 bytes in all (topic + payload).
+    let mut r = Router::new(RouterConfig {
+        max_retained_bytes: 20,
+        ..config()
+    });
+    r.publish(msg("r/a", "0123456789", QoS::AtMostOnce, true, None), t0); // 13 bytes
+    r.publish(msg("r/b", "0123456789", QoS::AtMostOnce, true, None), t0); // +13: refused
+    assert_eq!(r.counters().dropped_retained_full, 1);
+    r.publish(msg("r/a", "", QoS::AtMostOnce, true, None), t0); // cleared: room again
+    r.publish(msg("r/b", "0123456789", QoS::AtMostOnce, true, None), t0);
+    assert_eq!(r.counters().dropped_retained_full, 1);
+    assert_eq!(r.sizes().retained, 1);
+
+    // Sessions: two at most; a third client is refused, a returning one is not.
+    let mut r = Router::new(RouterConfig {
+        max_sessions: 2,
+        ..config()
+    });
+    let (a, ac) = connect(&mut r, "a", false, HOUR);
+    connect(&mut r, "b", false, HOUR);
+    let (third, _) = connect_with(&mut r, "c", true, Duration::ZERO, 32);
+    assert_eq!(third.refused, Some(ConnectRefusal::TooManySessions));
+    disconnect(&mut r, a, &ac, t0);
+    let (back, _) = connect_with(&mut r, "a", false, HOUR, 32);
+    assert!(back.refused.is_none() && back.session_present);
+
+    // Queued bytes: each 1,000-byte delivery holds ~1,130 bytes; 3,000 hold two of them.
+    let mut r = Router::new(RouterConfig {
+        max_mqueue_bytes: 3_000,
+        ..config()
+    });
+    let (s, c) = connect(&mut r, "slow", false, HOUR);
+    sub(&mut r, s, "big", QoS::AtLeastOnce, t0);
+    disconnect(&mut r, s, &c, t0);
+    let body = "x".repeat(1000);
+    for _ in 0..5 {
+        r.publish(msg("big", &body, QoS::AtLeastOnce, false, None), t0);
+    }
+    assert_eq!(r.sizes().queued, 2);
+    assert_eq!(r.counters().dropped_queue_full, 3);
 }

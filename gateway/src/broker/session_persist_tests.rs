@@ -30,6 +30,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 
 fn config() -> RouterConfig {
     RouterConfig {
+        max_retained_bytes: usize::MAX,
+        max_sessions: usize::MAX,
+        max_mqueue_bytes: usize::MAX,
         max_mqueue_len: 100,
         mqueue_store_qos0: false,
         retain_available: true,

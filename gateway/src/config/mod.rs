@@ -99,11 +99,12 @@ pub struct MqttConfig {
     /// A client silent for keepalive x this factor is disconnected (MQTT says 1.5). Default
     /// 1.5; 1.0..=1000.0.
     pub keepalive_multiplier: f32,
-    /// Longest client id accepted, in bytes. Default 65535; 23..=65535 (MQTT requires servers
-    /// to accept at least 23).
+    /// Longest client id accepted, in bytes. Default 256 (it is stored with every persistent
+    /// session and named in logs and `$SYS`); 23..=65535 (MQTT requires servers to accept at
+    /// least 23).
     pub max_clientid_len: usize,
     /// Topic aliases a client may use towards us (MQTT 5 Topic Alias Maximum); each alias holds
-    /// a topic in memory, so this bounds that table. Default 65535; 0 disables inbound aliases.
+    /// a topic in memory, so this bounds that table. Default 16; 0 disables inbound aliases.
     pub max_topic_alias: u16,
     /// Most levels a topic name or filter may have; bounds trie depth and matching cost.
     /// Default 128; 1..=65535.
@@ -136,8 +137,18 @@ pub struct MqttConfig {
     pub outbound_buffer: u32,
     /// Subscriptions one client may hold; a SUBSCRIBE beyond it gets 0x80 (3.1.1) or 0x97
     /// quota exceeded (v5) for the filters over the limit. Bounds what one client can add to
-    /// the trie. Default 0 = unlimited.
+    /// the trie. Default 100; 0 = unlimited.
     pub max_subscriptions: usize,
+    /// Topic and payload bytes of all retained messages together (`$SYS` aside); a new or
+    /// larger retained message that would pass it is not stored (counted). Default 64MB.
+    pub max_retained_bytes: u64,
+    /// Sessions (connected and offline) the broker holds; a CONNECT that needs a new one
+    /// beyond it is refused (MQTT 5: 0x97 quota exceeded, 3.1.1: 3). Default 50,000.
+    pub max_sessions: usize,
+    /// Bytes one session may hold queued and in flight (topic + payload + ~128 B each); a
+    /// message that would pass it drops the oldest queued ones, as `max_mqueue_len` does
+    /// (counted). Default 16MB.
+    pub max_mqueue_bytes: u64,
     /// Inbound PUBLISH packets per second per client, as a token bucket (EMQX's
     /// `"rate,burst"`); an empty bucket pauses reading from that client's socket until it
     /// refills (back-pressure, nothing dropped). Default none = unlimited.
@@ -517,8 +528,8 @@ impl Default for MqttConfig {
             session_expiry: Duration::from_secs(2 * 3600),
             idle_timeout: Duration::from_secs(15),
             keepalive_multiplier: 1.5,
-            max_clientid_len: 65535,
-            max_topic_alias: 65535,
+            max_clientid_len: 256,
+            max_topic_alias: 16,
             max_topic_levels: 128,
             retain_available: true,
             max_retained_messages: 100_000,
@@ -528,7 +539,10 @@ impl Default for MqttConfig {
             sys_interval: Duration::from_secs(60),
             max_awaiting_rel: 100,
             outbound_buffer: MB,
-            max_subscriptions: 0,
+            max_subscriptions: 100,
+            max_retained_bytes: 64 * u64::from(MB),
+            max_sessions: 50_000,
+            max_mqueue_bytes: 16 * u64::from(MB),
             messages_rate: None,
             bytes_rate: None,
             force_shutdown_mqueue_len: 0,

@@ -545,6 +545,9 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "retain_available",
             "max_retained_messages",
             "max_retained_payload",
+            "max_retained_bytes",
+            "max_sessions",
+            "max_mqueue_bytes",
             "shared_subscription_strategy",
             "session_owner_mismatch",
             "sys_interval",
@@ -663,6 +666,15 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
         }),
         max_subscriptions: ctx.get(entries, path, "max_subscriptions", d.max_subscriptions, |c, n, k| {
             integer(c, n, k, 0, i64::MAX)
+        }),
+        max_retained_bytes: ctx.get(entries, path, "max_retained_bytes", d.max_retained_bytes, |c, n, k| {
+            size(c, n, k, 1, u64::MAX)
+        }),
+        max_sessions: ctx.get(entries, path, "max_sessions", d.max_sessions, |c, n, k| {
+            integer(c, n, k, 1, i64::MAX)
+        }),
+        max_mqueue_bytes: ctx.get(entries, path, "max_mqueue_bytes", d.max_mqueue_bytes, |c, n, k| {
+            size(c, n, k, 1024, u64::MAX)
         }),
         messages_rate: ctx.get(entries, path, "messages_rate", d.messages_rate, |c, n, k| {
             rate_limit(c, n, k, RateUnit::Messages).map(Some)
