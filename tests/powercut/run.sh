@@ -82,6 +82,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt_install "${need[@]}"
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+# qemu-io (the disk-image check after each cut) must be there whatever the installs above did
+# to the qemu packages (a qemu-system upgrade has been seen to leave it out).
+command -v qemu-io >/dev/null 2>&1 || apt_install qemu-utils
 
 # A venv with paho-mqtt (the device client). A Debian python3 needs python3-venv for this.
 venv="$work/venv"
