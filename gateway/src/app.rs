@@ -64,6 +64,7 @@ impl Gateway {
         let auth = Arc::new(Authenticator::from_config(&config.auth)?);
         warn_on_insecure_defaults(&config);
         raise_nofile_limit();
+        protect_state(&config.node.data_dir);
         let broker = Broker::new(Arc::new(config), auth, shutdown);
         let store = open_store(&broker.config.node.data_dir, broker.config.node.state_cache);
         if let Some(store) = &store {
@@ -177,6 +178,33 @@ impl Gateway {
     }
 }
 
+/// Everything the gateway writes is its own: umask 077 (files 0600, directories 0700: the
+/// session store holds queued messages, the bridge queues hold payloads, the setup files hold
+/// secrets), and a data directory this process owns is made 0700 if it was wider.
+fn protect_state(data_dir: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    if let Err(e) = std::fs::create_dir_all(data_dir) {
+        // Reported where it matters (the state store, the bridge queues).
+        tracing::debug!(data_dir = %data_dir.display(), error = %e, "cannot create the data directory yet");
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(data_dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && meta.uid() == nix::unistd::geteuid().as_raw() {
+        match std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)) {
+            Ok(()) => {
+                tracing::warn!(data_dir = %data_dir.display(), was = format!("{mode:o}"), "data directory was readable by others: now 0700")
+            }
+            Err(e) => {
+                tracing::warn!(data_dir = %data_dir.display(), mode = format!("{mode:o}"), error = %e, "data directory is readable by others and cannot be restricted")
+            }
+        }
+    }
+}
+
 /// Opens the state store under `data_dir`. Without one (a read-only or missing directory the
 /// process cannot create), the gateway still runs, loudly, with retained messages in memory.
 fn open_store(data_dir: &std::path::Path, cache_bytes: u64) -> Option<Arc<SledStore>> {
@@ -257,6 +285,22 @@ pub fn startup_warnings(config: &Config) -> Vec<String> {
     {
         warnings.push("no password file, client-id allowlist or JWT, and anonymous access is off: every MQTT client will be refused (holdfast passwd add USER --file FILE, then set auth.password_file)".to_owned());
     }
+    for w in &config.webhooks {
+        let loopback = w
+            .url
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+            || w.url.host == "localhost";
+        if !w.url.tls && !w.headers.is_empty() && !loopback {
+            warnings.push(format!(
+                "webhook {} posts to {} over plain http with {} header(s): whatever they carry (Authorization, tokens) crosses the network in clear text; use https",
+                w.name,
+                w.url.redacted(),
+                w.headers.len()
+            ));
+        }
+    }
     if auth
         .jwt
         .as_ref()
@@ -299,6 +343,32 @@ mod tests {
 
     fn listener(kind: &str, bind: &str) -> String {
         format!("[[listeners]]\nkind = \"{kind}\"\nbind = \"{bind}\"\n")
+    }
+
+    #[test]
+    fn webhook_headers_over_plain_http_and_jwt_without_username_claim_are_warned_of() {
+        let base = format!(
+            "{}\n[auth]\nallow_anonymous = true\njwt = {{ secret = \"0123456789abcdef0123456789abcdef\", algorithms = [\"HS256\"] }}\n",
+            listener("tcp", "127.0.0.1:1883")
+        );
+        let hook = |url: &str| {
+            format!("[[webhooks]]\nname = \"h\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer t\" }}\n")
+        };
+        let w = startup_warnings(&config(&format!(
+            "{base}{}",
+            hook("http://hooks.example.com/in?token=s3cret")
+        )));
+        let joined = w.join("\n");
+        assert!(joined.contains("webhook h posts to http://hooks.example.com:80/in?... over plain http with 1 header(s)"), "{joined}");
+        assert!(!joined.contains("s3cret"), "{joined}");
+        assert!(
+            joined.contains("auth.jwt has no username_claim"),
+            "{joined}"
+        );
+        for quiet in ["https://hooks.example.com/in", "http://127.0.0.1:8080/in"] {
+            let w = startup_warnings(&config(&format!("{base}{}", hook(quiet)))).join("\n");
+            assert!(!w.contains("plain http"), "{quiet}: {w}");
+        }
     }
 
     #[test]

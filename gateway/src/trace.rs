@@ -228,7 +228,7 @@ pub struct TraceSpec {
     pub kind: TraceKind,
     /// The client id, topic filter, or address/CIDR network.
     pub value: String,
-    /// Absolute path of the file to write (created or truncated, mode 0600).
+    /// Absolute path of the file to write (created, mode 0600; an existing path is refused).
     pub file: PathBuf,
     /// Size limit of the file in bytes (default [`DEFAULT_MAX_BYTES`]).
     #[serde(default)]
@@ -255,7 +255,7 @@ impl Traces {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a trace; the file is created (or truncated) before this returns.
+    /// Starts a trace; the file is created (never an existing one) before this returns.
     pub fn start(&self, spec: TraceSpec) -> Result<TraceInfo, String> {
         let matcher = Matcher::new(spec.kind, &spec.value)?;
         if !spec.file.is_absolute() {
@@ -382,14 +382,25 @@ impl Traces {
     }
 }
 
+/// Creates the trace file; never opens an existing path. `O_CREAT | O_EXCL` also refuses a
+/// symlink (even a dangling one), so `ctl trace start` run by root cannot be pointed at
+/// `/etc/shadow` or any other file to truncate and fill.
 fn open_trace_file(path: &Path) -> Result<File, String> {
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                format!(
+                    "cannot open {}: it exists (a trace writes a new file: remove it or pick another name)",
+                    path.display()
+                )
+            } else {
+                format!("cannot open {}: {e}", path.display())
+            }
+        })
 }
 
 /// A trace file that goes quiet after its first write error (logged once).
@@ -623,6 +634,24 @@ impl<S> Filter<S> for TraceFilter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_trace_never_opens_an_existing_file_or_follows_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        let link = dir.path().join("trace.log");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = open_trace_file(&link).unwrap_err();
+        assert!(err.contains("exists"), "{err}");
+        assert!(open_trace_file(&victim).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+        let dangling = dir.path().join("dangling.log");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        assert!(open_trace_file(&dangling).is_err());
+        assert!(!dir.path().join("nowhere").exists());
+        assert!(open_trace_file(&dir.path().join("fresh.log")).is_ok());
+    }
     use super::*;
 
     fn slot(value: Option<&str>) -> Slot {

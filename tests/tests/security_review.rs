@@ -310,3 +310,59 @@ fn a_login_flood_neither_starves_a_real_login_nor_eats_memory() {
         "{checked} password checks ran: the 400 clients that hung up were checked too"
     );
 }
+
+#[test]
+fn a_client_id_with_wildcards_cannot_shape_sys_topics() {
+    let gw = Gateway::start();
+    let sub = holdfast_tests::MosquittoSub::start(
+        gw.port,
+        "$SYS/brokers/gw-test/clients/+/connected",
+        &["-v"],
+    );
+    let _evil = Raw::connected(gw.port, "evil/#");
+    let got = sub.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("$SYS/brokers/gw-test/clients/evil%2F%23/connected "),
+        "{got:?}"
+    );
+    assert!(got[0].contains("\"clientid\":\"evil/#\""), "{got:?}");
+}
+
+#[test]
+fn the_state_directory_and_everything_in_it_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("private");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let port = free_port();
+    let config = format!(
+        "[node]\nname = \"gw-test\"\ndata_dir = {:?}\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n[auth]\nallow_anonymous = true\n",
+        data.display().to_string()
+    );
+    let gw = Gateway::start_config_keeping_data_dir(&config, port);
+    // A persistent session with a queued message, so the session store has written.
+    let (mut s, _) = Raw::connect_with_expiry(port, "keeper", true, 3600);
+    s.subscribe_one("k", QoS::AtLeastOnce);
+    s.disconnect();
+    let mut p = Publish::new("k", QoS::AtLeastOnce, "kept", None);
+    p.pkid = 1;
+    Raw::connected(port, "pub").publish_qos1(p);
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut seen = 0;
+    let mut stack = vec![data.clone()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let mode = meta.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        seen += 1;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("read_dir") {
+                stack.push(entry.expect("entry").path());
+            }
+        }
+    }
+    assert!(seen > 3, "only {seen} entries under the data dir");
+    drop(gw);
+}

@@ -51,7 +51,28 @@ pub(crate) fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Mess
     }
 }
 
-/// Publishes `$SYS/brokers/{node}/clients/{clientid}/connected`.
+/// A client id as one topic level: `%`, `/`, `+`, `#` and NUL percent-encoded (`%25`, `%2F`,
+/// `%2B`, `%23`, `%00`), so `evil/#` cannot make a topic name with a wildcard or an extra level
+/// (MQTT-3.3.2-2). The JSON body keeps the id as it is.
+pub fn topic_level(id: &str) -> std::borrow::Cow<'_, str> {
+    if !id.contains(['%', '/', '+', '#', '\0']) {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for ch in id.chars() {
+        match ch {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            '+' => out.push_str("%2B"),
+            '#' => out.push_str("%23"),
+            '\0' => out.push_str("%00"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Publishes `$SYS/brokers/{node}/clients/{clientid}/connected` (the id as [`topic_level`]).
 pub fn client_connected(broker: &Broker, info: &ClientInfo) {
     let body = json!({
         "clientid": info.client_id,
@@ -65,12 +86,13 @@ pub fn client_connected(broker: &Broker, info: &ClientInfo) {
     });
     let topic = format!(
         "$SYS/brokers/{}/clients/{}/connected",
-        broker.config.node.name, info.client_id
+        broker.config.node.name,
+        topic_level(&info.client_id)
     );
     broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
 }
 
-/// Publishes `$SYS/brokers/{node}/clients/{clientid}/disconnected`.
+/// Publishes `$SYS/brokers/{node}/clients/{clientid}/disconnected` (as [`topic_level`]).
 pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: DisconnectReason) {
     let body = json!({
         "clientid": info.client_id,
@@ -83,7 +105,8 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
     });
     let topic = format!(
         "$SYS/brokers/{}/clients/{}/disconnected",
-        broker.config.node.name, info.client_id
+        broker.config.node.name,
+        topic_level(&info.client_id)
     );
     broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
 }
@@ -217,6 +240,24 @@ pub async fn run_timers(broker: Arc<Broker>) {
             last_stats = now;
             publish_stats(&broker);
             crate::bridge::publish_stats(&broker, &mut bridge_rates);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::topic_level;
+    use holdfast_mqtt::topic::validate_topic_name;
+
+    #[test]
+    fn client_ids_become_one_plain_topic_level() {
+        assert_eq!(topic_level("sensor-1"), "sensor-1");
+        assert_eq!(topic_level("evil/#"), "evil%2F%23");
+        assert_eq!(topic_level("a+b%c"), "a%2Bb%25c");
+        for id in ["evil/#", "+", "#", "a/b/c", "%2F"] {
+            let topic = format!("$SYS/brokers/gw/clients/{}/connected", topic_level(id));
+            assert_eq!(validate_topic_name(&topic), Ok(()), "{topic}");
+            assert_eq!(topic.matches('/').count(), 5, "{topic}");
         }
     }
 }

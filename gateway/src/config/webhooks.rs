@@ -58,6 +58,17 @@ pub struct WebhookUrl {
     pub path: String,
 }
 
+impl WebhookUrl {
+    /// The URL for logs: the query (where tokens tend to live) replaced by `?...`.
+    pub fn redacted(&self) -> String {
+        let full = self.to_string();
+        match full.split_once('?') {
+            Some((base, _)) => format!("{base}?..."),
+            None => full,
+        }
+    }
+}
+
 impl std::fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let scheme = if self.tls { "https" } else { "http" };

@@ -94,6 +94,7 @@ pub struct Endpoint {
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
     headers: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    /// The URL for logs, its query redacted.
     url: String,
 }
 
@@ -143,7 +144,7 @@ impl Endpoint {
             tls,
             headers,
             timeout: cfg.timeout,
-            url: url.to_string(),
+            url: url.redacted(),
         })
     }
 
