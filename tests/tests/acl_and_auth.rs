@@ -524,14 +524,14 @@ fn hs256(secret: &str, claims: serde_json::Value) -> String {
 #[test]
 fn jwt_in_the_password_is_accepted_when_valid_and_refused_when_expired_or_forged() {
     let gw = closed_gateway(
-        "jwt = { secret = \"gw-secret\", algorithms = [\"HS256\"], username_claim = \"sub\" }\n",
+        "jwt = { secret = \"gw-secret-gw-secret-gw-secret-gw-secret\", algorithms = [\"HS256\"], username_claim = \"sub\" }\n",
     );
     let good = hs256(
-        "gw-secret",
+        "gw-secret-gw-secret-gw-secret-gw-secret",
         serde_json::json!({ "sub": "dev-1", "exp": now() + 600 }),
     );
     let expired = hs256(
-        "gw-secret",
+        "gw-secret-gw-secret-gw-secret-gw-secret",
         serde_json::json!({ "sub": "dev-1", "exp": now() - 3600 }),
     );
     let forged = hs256(

@@ -33,6 +33,16 @@ pub struct JwtVerifier {
     ec: Option<DecodingKey>,
     ed: Option<DecodingKey>,
     username_claim: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    max_lifetime: Option<std::time::Duration>,
+}
+
+/// Seconds since 1970 (0 when the clock is before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl fmt::Debug for JwtVerifier {
@@ -121,6 +131,9 @@ impl JwtVerifier {
             hmac,
             algorithms,
             username_claim: cfg.username_claim.clone(),
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            max_lifetime: cfg.max_lifetime,
         })
     }
 
@@ -151,11 +164,34 @@ impl JwtVerifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        let mut required = vec!["exp"];
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = &self.audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         let claims = match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
             Ok(data) => data.claims,
             Err(e) => return JwtOutcome::Invalid(e.to_string()),
         };
+        if let Some(max) = self.max_lifetime {
+            let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+            let from = claims
+                .get("iat")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or_else(unix_now);
+            let lifetime = exp.map(|e| e.saturating_sub(from));
+            if lifetime.is_none_or(|l| l > max.as_secs()) {
+                return JwtOutcome::Invalid(format!(
+                    "token lifetime {lifetime:?} s is longer than max_lifetime ({} s)",
+                    max.as_secs()
+                ));
+            }
+        }
         if let Some(claim) = &self.username_claim {
             let value = claims.get(claim).and_then(serde_json::Value::as_str);
             if value.is_none() || value != username {
@@ -192,6 +228,9 @@ mod tests {
             public_key: None,
             algorithms: algorithms.iter().map(|a| a.to_string()).collect(),
             username_claim: claim.map(str::to_owned),
+            issuer: None,
+            audience: None,
+            max_lifetime: None,
         })
         .unwrap()
     }
@@ -281,6 +320,9 @@ mod tests {
             public_key: key,
             algorithms: vec![alg.to_owned()],
             username_claim: None,
+            issuer: None,
+            audience: None,
+            max_lifetime: None,
         };
         let err = JwtVerifier::from_config(&cfg("RS256", Some(path.clone()))).unwrap_err();
         assert!(err.to_string().contains("key.pem"), "{err}");
@@ -289,5 +331,35 @@ mod tests {
         assert!(err.to_string().contains("cannot read public_key"), "{err}");
         let err = JwtVerifier::from_config(&cfg("ES256", None)).unwrap_err();
         assert!(err.to_string().contains("no public_key"), "{err}");
+    }
+
+    #[test]
+    fn issuer_audience_and_max_lifetime_are_enforced_when_set() {
+        let v = JwtVerifier::from_config(&JwtConfig {
+            secret: Some("s3cret".to_owned()),
+            public_key: None,
+            algorithms: vec!["HS256".to_owned()],
+            username_claim: None,
+            issuer: Some("plant-idp".to_owned()),
+            audience: Some("holdfast".to_owned()),
+            max_lifetime: Some(std::time::Duration::from_secs(3600)),
+        })
+        .unwrap();
+        let t = |claims: serde_json::Value| token(Algorithm::HS256, "s3cret", claims);
+        let good =
+            json!({ "exp": now() + 600, "iat": now(), "iss": "plant-idp", "aud": "holdfast" });
+        assert_eq!(v.verify(&t(good), None), JwtOutcome::Valid);
+        for bad in [
+            json!({ "exp": now() + 600, "iss": "other", "aud": "holdfast" }),
+            json!({ "exp": now() + 600, "iss": "plant-idp", "aud": "someone-else" }),
+            json!({ "exp": now() + 600, "iss": "plant-idp" }),
+            json!({ "exp": now() + 86_400 * 365, "iat": now(), "iss": "plant-idp", "aud": "holdfast" }),
+            json!({ "exp": now() + 86_400, "iss": "plant-idp", "aud": "holdfast" }),
+        ] {
+            assert!(
+                matches!(v.verify(&t(bad.clone()), None), JwtOutcome::Invalid(_)),
+                "{bad}"
+            );
+        }
     }
 }

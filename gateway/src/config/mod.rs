@@ -397,6 +397,13 @@ pub struct JwtConfig {
     /// When set, the token must carry this claim and it must equal the CONNECT user name, so
     /// a token issued to one device cannot be used under another device's name.
     pub username_claim: Option<String>,
+    /// When set, the token's `iss` must equal it.
+    pub issuer: Option<String>,
+    /// When set, the token's `aud` must name it.
+    pub audience: Option<String>,
+    /// When set, a token may be valid for at most this long (`exp - iat`, or `exp - now` when
+    /// it has no `iat`): a stolen long-lived token is refused.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl fmt::Debug for JwtConfig {
@@ -406,6 +413,9 @@ impl fmt::Debug for JwtConfig {
             .field("public_key", &self.public_key)
             .field("algorithms", &self.algorithms)
             .field("username_claim", &self.username_claim)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }

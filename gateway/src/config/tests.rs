@@ -747,7 +747,7 @@ fn acl_allowlist_and_jwt_settings_are_read() {
         "acl_file = \"/etc/holdfast/acl.toml\"\n",
         "acl_nomatch = \"deny\"\n",
         "clientid_allowlist = \"/etc/holdfast/clientids\"\n",
-        "jwt = { secret = \"s3cret\", public_key = \"/etc/holdfast/jwt.pem\", algorithms = [\"HS256\", \"RS256\", \"ES256\"], username_claim = \"sub\" }\n",
+        "jwt = { secret = \"s3cret-s3cret-s3cret-s3cret-s3cret\", public_key = \"/etc/holdfast/jwt.pem\", algorithms = [\"HS256\", \"RS256\", \"ES256\"], username_claim = \"sub\", issuer = \"idp\", audience = \"holdfast\", max_lifetime = \"1h\" }\n",
     ));
     let auth = &config.auth;
     assert_eq!(auth.acl_file, Some(PathBuf::from("/etc/holdfast/acl.toml")));
@@ -757,7 +757,13 @@ fn acl_allowlist_and_jwt_settings_are_read() {
         Some(PathBuf::from("/etc/holdfast/clientids"))
     );
     let jwt = auth.jwt.as_ref().unwrap();
-    assert_eq!(jwt.secret.as_deref(), Some("s3cret"));
+    assert_eq!(
+        jwt.secret.as_deref(),
+        Some("s3cret-s3cret-s3cret-s3cret-s3cret")
+    );
+    assert_eq!(jwt.issuer.as_deref(), Some("idp"));
+    assert_eq!(jwt.audience.as_deref(), Some("holdfast"));
+    assert_eq!(jwt.max_lifetime, Some(std::time::Duration::from_secs(3600)));
     assert_eq!(jwt.algorithms, ["HS256", "RS256", "ES256"]);
     assert_eq!(jwt.username_claim.as_deref(), Some("sub"));
     assert!(
@@ -778,11 +784,11 @@ fn bad_acl_and_jwt_settings_are_reported_with_their_keys() {
         "holdfast.toml:2: auth.acl_file: must not be empty"
     );
     assert_eq!(
-        problem("[auth]\njwt = { secret = \"s\" }\n"),
+        problem("[auth]\njwt = { secret = \"0123456789abcdef0123456789abcdef\" }\n"),
         "holdfast.toml:2: auth.jwt.algorithms: is required: the accepted signature algorithms, e.g. [\"HS256\"] (any of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
     );
     assert_eq!(
-        problem("[auth]\njwt = { secret = \"s\", algorithms = [\"HS265\"] }\n"),
+        problem("[auth]\njwt = { secret = \"0123456789abcdef0123456789abcdef\", algorithms = [\"HS265\"] }\n"),
         "holdfast.toml:2: auth.jwt.algorithms[0]: unknown algorithm \"HS265\" (expected one of HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA)"
     );
     assert_eq!(
@@ -790,12 +796,16 @@ fn bad_acl_and_jwt_settings_are_reported_with_their_keys() {
         "holdfast.toml:2: auth.jwt: an HS algorithm is listed but no secret is set"
     );
     assert_eq!(
-        problem("[auth]\njwt = { secret = \"s\", algorithms = [\"ES256\"] }\n"),
+        problem("[auth]\njwt = { secret = \"0123456789abcdef0123456789abcdef\", algorithms = [\"ES256\"] }\n"),
         "holdfast.toml:2: auth.jwt: an RS/PS/ES/EdDSA algorithm is listed but no public_key is set"
     );
     assert_eq!(
         problem("[auth]\njwt = { secret = \"\", algorithms = [\"HS256\"] }\n"),
-        "holdfast.toml:2: auth.jwt.secret: must not be empty"
+        "holdfast.toml:2: auth.jwt.secret: must be at least 32 bytes (got 0): a short HMAC secret can be guessed from one captured token"
+    );
+    assert_eq!(
+        problem("[auth]\njwt = { secret = \"s3cret\", algorithms = [\"HS256\"] }\n"),
+        "holdfast.toml:2: auth.jwt.secret: must be at least 32 bytes (got 6): a short HMAC secret can be guessed from one captured token"
     );
 }
 

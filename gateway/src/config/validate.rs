@@ -1219,6 +1219,9 @@ fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
     }
 }
 
+/// Shortest `auth.jwt.secret` accepted, in bytes (RFC 7518 §3.2: at least the hash size).
+const JWT_MIN_SECRET: usize = 32;
+
 /// JWT algorithms `auth.jwt.algorithms` accepts (jsonwebtoken's names).
 const JWT_ALGORITHMS: &[&str] = &[
     "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
@@ -1230,7 +1233,15 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
     let entries = ctx.open(
         node,
         path,
-        &["secret", "public_key", "algorithms", "username_claim"],
+        &[
+            "secret",
+            "public_key",
+            "algorithms",
+            "username_claim",
+            "issuer",
+            "audience",
+            "max_lifetime",
+        ],
         &[],
     );
     if !matches!(node.value, Value::Table(_)) {
@@ -1238,11 +1249,41 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
     }
     let secret = ctx.get(entries, path, "secret", None, |c, n, k| {
         let text = string(c, n, k)?;
+        if text.len() < JWT_MIN_SECRET {
+            // RFC 7518 §3.2: an HS256 key must be at least as long as the hash (256 bits);
+            // a short shared secret can be brute-forced from one captured token.
+            c.report(
+                n,
+                k,
+                format!(
+                    "must be at least {JWT_MIN_SECRET} bytes (got {}): a short HMAC secret can be guessed from one captured token",
+                    text.len()
+                ),
+            );
+            return None;
+        }
+        Some(Some(text))
+    });
+    let nonempty = |c: &mut Ctx<'_>, n: &Node, k: &str| {
+        let text = string(c, n, k)?;
         if text.is_empty() {
             c.report(n, k, "must not be empty");
             return None;
         }
         Some(Some(text))
+    };
+    let issuer = ctx.get(entries, path, "issuer", None, nonempty);
+    let audience = ctx.get(entries, path, "audience", None, nonempty);
+    let max_lifetime = ctx.get(entries, path, "max_lifetime", None, |c, n, k| {
+        duration(
+            c,
+            n,
+            k,
+            Duration::from_secs(1),
+            Duration::from_secs(10 * 365 * 86_400),
+            false,
+        )
+        .map(Some)
     });
     let public_key = ctx.get(entries, path, "public_key", None, |c, n, k| {
         path_buf(c, n, k).map(Some)
@@ -1290,6 +1331,9 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
         public_key,
         algorithms,
         username_claim,
+        issuer,
+        audience,
+        max_lifetime,
     })
 }
 
