@@ -366,3 +366,33 @@ fn the_state_directory_and_everything_in_it_is_private() {
     assert!(seen > 3, "only {seen} entries under the data dir");
     drop(gw);
 }
+
+#[test]
+fn a_wildcard_subscription_does_not_get_around_a_deny_rule() {
+    let acl = "[[rules]]\npermission = \"deny\"\nwho = { all = true }\naction = \"subscribe\"\ntopics = [\"secret/#\"]\n";
+    let dir = TempDir::new("wildcard");
+    let acl_path = dir.path().join("acl.toml");
+    std::fs::write(&acl_path, acl).expect("write the ACL");
+    let port = free_port();
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\
+         [auth]\nallow_anonymous = true\nacl_file = {:?}\nacl_nomatch = \"allow\"\n",
+        acl_path.display().to_string()
+    );
+    let gw = Gateway::start_config(&config, port);
+    let mut spy = Raw::connected(gw.port, "spy");
+    for filter in ["#", "+/+", "secret/#"] {
+        assert!(
+            !matches!(suback(&mut spy, filter), SubscribeReasonCode::Success(_)),
+            "{filter} was granted"
+        );
+    }
+    assert!(matches!(
+        suback(&mut spy, "sensors/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+    let mut p = Publish::new("secret/plans", QoS::AtLeastOnce, "plans", None);
+    p.pkid = 1;
+    Raw::connected(gw.port, "leaker").publish_qos1(p);
+    assert!(spy.next_publish(Duration::from_millis(500)).is_none());
+}

@@ -345,6 +345,9 @@ pub struct Acl {
     by_client: HashMap<Box<str>, Arc<[Entry]>>,
     publish: SharedIndex,
     subscribe: SharedIndex,
+    /// `all`/`ipaddr` deny rules for subscribe with a wildcard-matched topic, in rule order:
+    /// the ones a wildcard subscription could cross (see [`ClientAcl::check`]).
+    subscribe_denies: Vec<(u32, Box<str>)>,
     templated: Vec<Templated>,
 }
 
@@ -413,6 +416,7 @@ impl Acl {
             by_client: HashMap::new(),
             publish: SharedIndex::new(),
             subscribe: SharedIndex::new(),
+            subscribe_denies: Vec::new(),
             templated: Vec::new(),
         }
     }
@@ -513,6 +517,9 @@ impl Acl {
                         }
                         if actions.covers(Action::Subscribe) {
                             acl.subscribe.insert(rule, &entry.topic);
+                            if permission == Permission::Deny && !entry.topic.exact {
+                                acl.subscribe_denies.push((rule, entry.topic.text.clone()));
+                            }
                         }
                     }
                 }
@@ -682,6 +689,19 @@ impl ClientAcl {
             Action::Subscribe => &self.acl.subscribe,
         };
         best = shared.first(&self.acl.rules, target, self.ip, best);
+        let allowed = self
+            .acl
+            .rules
+            .get(best as usize)
+            .map_or(self.acl.nomatch, |m| m.permission)
+            == Permission::Allow;
+        if action == Action::Subscribe && allowed {
+            // A wildcard subscription must not receive what a deny rule before the deciding
+            // one withholds: `#` would otherwise read `secret/plans` past `deny secret/#`.
+            if let Some(deny) = self.crossing_deny(target, best) {
+                best = deny;
+            }
+        }
         match self.acl.rules.get(best as usize) {
             Some(meta) => Verdict {
                 permission: meta.permission,
@@ -692,6 +712,46 @@ impl ClientAcl {
                 line: None,
             },
         }
+    }
+}
+
+impl ClientAcl {
+    /// The first deny rule before rule `before` that applies to this client, covers subscribe
+    /// and whose (wildcard) topic overlaps the filter `target`.
+    fn crossing_deny(&self, target: &str, before: u32) -> Option<u32> {
+        let rules = &self.acl.rules;
+        let denies = |rule: u32| {
+            rules
+                .get(rule as usize)
+                .is_some_and(|m| m.permission == Permission::Deny)
+        };
+        let mut first: Option<u32> = None;
+        for group in [self.user.as_deref(), self.client.as_deref()]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&*self.expanded))
+        {
+            if let Some(e) = group.iter().find(|e| {
+                e.rule < before
+                    && e.actions.covers(Action::Subscribe)
+                    && !e.topic.exact
+                    && denies(e.rule)
+                    && topic::filters_overlap(&e.topic.text, target)
+            }) {
+                first = Some(first.map_or(e.rule, |f| f.min(e.rule)));
+            }
+        }
+        let shared = self.acl.subscribe_denies.iter().find(|(rule, text)| {
+            *rule < before
+                && rules
+                    .get(*rule as usize)
+                    .is_some_and(|m| m.network.is_none_or(|n| n.contains(self.ip)))
+                && topic::filters_overlap(text, target)
+        });
+        if let Some(&(rule, _)) = shared {
+            first = Some(first.map_or(rule, |f| f.min(rule)));
+        }
+        first
     }
 }
 

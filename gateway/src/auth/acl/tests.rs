@@ -537,3 +537,49 @@ fn a_handle_hands_out_a_new_view_after_a_replace_and_none_without_rules() {
     assert_ne!(slot.as_ref().map(|s| s.generation), first);
     assert_eq!(handle.current().len(), 1);
 }
+
+#[test]
+fn a_wildcard_subscription_cannot_cross_an_earlier_deny_rule() {
+    let rules = r##"
+[[rules]]
+permission = "allow"
+who = { user = "dashboard" }
+action = "subscribe"
+topics = ["#"]
+
+[[rules]]
+permission = "deny"
+who = { all = true }
+action = "subscribe"
+topics = ["secret/#"]
+
+[[rules]]
+permission = "deny"
+who = { user = "bob" }
+action = "all"
+topics = ["plant/+/recipes"]
+"##;
+    let a = acl(rules, Allow);
+    let anyone = client("c1", None, LOCAL);
+    for (filter, want) in [
+        ("#", Deny),
+        ("+/+", Deny),
+        ("secret/plans", Deny),
+        ("sensors/#", Allow),
+        ("sensors/+/temp", Allow),
+        // `+/temp` would receive `secret/temp`.
+        ("+/temp", Deny),
+        ("$SYS/#", Allow),
+    ] {
+        assert_eq!(a.check(&anyone, Subscribe, filter), want, "{filter}");
+    }
+    // The dashboard's allow comes first: it may read everything, secrets included.
+    let dashboard = client("d", Some("dashboard"), LOCAL);
+    assert_eq!(a.check(&dashboard, Subscribe, "#"), Allow);
+    // A user rule crosses too, for that user only.
+    let bob = client("b", Some("bob"), LOCAL);
+    assert_eq!(a.check(&bob, Subscribe, "plant/#"), Deny);
+    assert_eq!(a.check(&anyone, Subscribe, "plant/#"), Allow);
+    // Publishing is decided per topic name: nothing to cross.
+    assert_eq!(a.check(&anyone, Publish, "sensors/t"), Allow);
+}
