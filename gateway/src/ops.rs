@@ -21,7 +21,54 @@ use std::sync::atomic::Ordering;
 /// their next publish or subscribe.
 pub fn reload(broker: &Broker) -> ReloadReport {
     tracing::info!("reloading the auth files");
-    broker.auth.reload()
+    let report = broker.auth.reload();
+    recheck_connected(broker);
+    report
+}
+
+/// After a reload, what connected clients hold must still be theirs: a client whose user the
+/// password file no longer lists is disconnected, and a subscription the ACL now denies is
+/// removed (offline sessions are checked when they resume).
+fn recheck_connected(broker: &Broker) {
+    use crate::auth::acl::{self, Action, ClientIdentity};
+    let connected = broker.with_router(|r| r.connected_sessions());
+    let acl_now = broker.auth.acl().current();
+    for (sid, client_id, meta, filters) in connected {
+        if meta.password_user {
+            if let Some(user) = meta.username.as_deref() {
+                if !broker.auth.password_file_lists(user) {
+                    tracing::warn!(client_id = %client_id, user, "user removed from the password file: disconnected");
+                    broker.with_router(|r| r.kick(&client_id));
+                    continue;
+                }
+            }
+        }
+        let client = ClientIdentity {
+            client_id: client_id.as_str(),
+            username: meta.username.as_deref(),
+            ip: meta.peer.ip(),
+        };
+        let view = acl_now.for_client(&client);
+        let denied: Vec<holdfast_mqtt::ByteStr> = filters
+            .into_iter()
+            .filter(|f| {
+                let verdict = acl::local_only_sys(
+                    view.check(Action::Subscribe, f),
+                    Action::Subscribe,
+                    f,
+                    meta.peer.ip(),
+                );
+                verdict.permission == crate::auth::Permission::Deny
+            })
+            .collect();
+        if denied.is_empty() {
+            continue;
+        }
+        for f in &denied {
+            tracing::warn!(client_id = %client_id, filter = %f, "subscription denied by the reloaded ACL: removed");
+        }
+        broker.with_router(|r| r.unsubscribe(sid, &denied));
+    }
 }
 
 /// Starts a trace (`holdfast ctl trace start`): the file is open when this returns. Blocks on

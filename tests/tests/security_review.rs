@@ -396,3 +396,57 @@ fn a_wildcard_subscription_does_not_get_around_a_deny_rule() {
     Raw::connected(gw.port, "leaker").publish_qos1(p);
     assert!(spy.next_publish(Duration::from_millis(500)).is_none());
 }
+
+#[test]
+fn a_reload_disconnects_removed_users_and_drops_subscriptions_the_acl_now_denies() {
+    let acl = [
+        rule("allow", "alice", "subscribe", "users/alice/#"),
+        rule("allow", "alice", "subscribe", "shared/#"),
+        rule("allow", "ops", "publish", "#"),
+    ]
+    .concat();
+    let (gw, dir) = gateway_with(&acl, false);
+    let (mut alice, ack) = login(gw.port, "alice-1", true, Some(("alice", "pw")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    assert!(matches!(
+        suback(&mut alice, "shared/#"),
+        SubscribeReasonCode::Success(_)
+    ));
+    let (mut bob, ack) = login(gw.port, "bob-1", true, Some(("bob", "pw")));
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    // The operator takes shared/# away from alice and removes bob.
+    let acl = [
+        rule("allow", "alice", "subscribe", "users/alice/#"),
+        rule("allow", "ops", "publish", "#"),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("acl.toml"), acl).expect("rewrite the ACL");
+    let (ok, _, err) = holdfast_tests::run_with_timeout(
+        std::process::Command::new(holdfast_tests::holdfast_bin())
+            .args(["passwd", "remove", "bob", "--file"])
+            .arg(dir.path().join("passwd")),
+        WAIT,
+    );
+    assert!(ok, "{err}");
+    nix_sighup(gw.pid().expect("running"));
+    // Panics if bob's connection stays open; v5 hears DISCONNECT 0x98 (administrative action).
+    assert_eq!(
+        bob.closed_within(WAIT),
+        Some(rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::AdministrativeAction)
+    );
+    assert!(
+        gw.wait_for_log("user removed from the password file", WAIT),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        gw.wait_for_log("subscription denied by the reloaded ACL", WAIT),
+        "{}",
+        gw.log()
+    );
+    publish_as_ops(gw.port, "shared/x", "for alice?");
+    assert!(
+        alice.next_publish(Duration::from_millis(500)).is_none(),
+        "the reloaded ACL did not apply to alice's subscription"
+    );
+}

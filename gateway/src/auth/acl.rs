@@ -755,6 +755,24 @@ impl ClientAcl {
     }
 }
 
+/// `$SYS` names every client, its user and its address: a subscription to it that no rule
+/// decided (`acl_nomatch` allowed it) is allowed only to local tools (a loopback peer), as in
+/// EMQX's default acl.conf.
+pub fn local_only_sys(verdict: Verdict, action: Action, filter: &str, ip: IpAddr) -> Verdict {
+    if verdict.line.is_none()
+        && verdict.permission == Permission::Allow
+        && action == Action::Subscribe
+        && subscription_target(filter).starts_with("$SYS")
+        && !ip.is_loopback()
+    {
+        return Verdict {
+            permission: Permission::Deny,
+            line: None,
+        };
+    }
+    verdict
+}
+
 /// The ACL in force, swapped whole by a reload. Connections keep a [`ClientAcl`] and rebuild
 /// it when the generation moves on.
 #[derive(Debug)]

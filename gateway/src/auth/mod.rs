@@ -399,6 +399,11 @@ impl Authenticator {
         AuthDecision::BadCredentials
     }
 
+    /// Whether the password file in force lists `user`.
+    pub fn password_file_lists(&self, user: &str) -> bool {
+        read(&self.passwords).is_some_and(|f| f.contains(user))
+    }
+
     /// Whether anonymous access is on (the start-up log warns loudly when it is).
     pub fn allows_anonymous(&self) -> bool {
         self.allow_anonymous

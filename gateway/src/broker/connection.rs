@@ -395,6 +395,8 @@ impl Connection {
                 }
             },
         };
+        let password_user = decision == AuthDecision::Allow(Admitted::Password)
+            && self.peer_cert().and_then(|c| c.login.as_ref()).is_none();
         match decision {
             AuthDecision::Allow(admitted) => {
                 if !admitted.verified_user() {
@@ -475,6 +477,7 @@ impl Connection {
             connected_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            password_user,
         });
         let result = self.broker.with_router(|r: &mut Router| {
             r.connect(ConnectParams {
@@ -1297,16 +1300,7 @@ impl Connection {
             .auth
             .acl()
             .authorize(&mut self.acl, &client, action, topic);
-        if verdict.line.is_none()
-            && verdict.permission == Permission::Allow
-            && action == Action::Subscribe
-            && is_sys_filter(topic)
-            && !self.peer.ip().is_loopback()
-        {
-            // `$SYS` names every client, its user and its address: without a rule that allows
-            // it, only local tools (loopback) may read it, as in EMQX's default acl.conf.
-            verdict.permission = Permission::Deny;
-        }
+        verdict = crate::auth::acl::local_only_sys(verdict, action, topic, self.peer.ip());
         if verdict.permission == Permission::Deny {
             tracing::debug!(peer = %self.peer, client_id = %self.client_id, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
         }
@@ -1765,15 +1759,6 @@ struct HeldAck {
     packet: Packet,
     /// `(bridge, seq)` that must be durable first; empty when it only waits for its turn.
     needs: Vec<(usize, u64)>,
-}
-
-/// True for a subscription to the broker's `$SYS` tree (shared or not).
-fn is_sys_filter(filter: &str) -> bool {
-    let target = match topic::parse_shared(filter) {
-        Ok(Some(shared)) => shared.filter,
-        _ => filter,
-    };
-    target.starts_with("$SYS")
 }
 
 /// Why a login got no decision.

@@ -50,6 +50,8 @@ pub struct ConnMeta {
     pub username: Option<String>,
     /// When CONNECT was accepted, in seconds since the Unix epoch.
     pub connected_at: u64,
+    /// The password file verified `username` (a reload that removes the user disconnects it).
+    pub password_user: bool,
 }
 
 impl ConnControl {

@@ -6,7 +6,10 @@
 //! a connection to close.
 
 use super::Router;
+use crate::broker::message::SessionId;
+use crate::broker::session::ConnMeta;
 use holdfast_mqtt::reason;
+use holdfast_mqtt::ByteStr;
 use serde::Serialize;
 
 /// A bounded listing: the first `limit` rows in order, and whether more were left out.
@@ -140,6 +143,23 @@ impl Router {
             })
             .collect();
         Rows::sorted_and_cut(rows, limit, |a, b| a.topic.cmp(&b.topic))
+    }
+
+    /// Every connected session: its id, client id, connection details and subscriptions
+    /// (for the re-check after a reload of the auth files).
+    pub fn connected_sessions(&self) -> Vec<(SessionId, ByteStr, ConnMeta, Vec<ByteStr>)> {
+        self.sessions
+            .values()
+            .filter_map(|s| {
+                let meta = s.conn.as_ref()?.meta()?.clone();
+                Some((
+                    s.id,
+                    s.client_id.clone(),
+                    meta,
+                    s.subscriptions.keys().cloned().collect(),
+                ))
+            })
+            .collect()
     }
 
     /// Closes the connection serving `client_id` (v5 clients get DISCONNECT 0x98,
