@@ -239,9 +239,10 @@ fn a_login_flood_neither_starves_a_real_login_nor_eats_memory() {
     let port = free_port();
     let config = format!(
         "[node]\nname = \"gw-test\"\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\
-         [auth]\nallow_anonymous = false\npassword_file = {:?}\n",
+         [auth]\nallow_anonymous = false\npassword_file = {:?}\nmax_login_failures = 0\n",
         passwd.display().to_string()
     );
+    // The failed-login limit is off here: this measures the check workers alone.
     let gw = Gateway::start_config(&config, port);
     let rss_before = gw.rss_kib().expect("rss");
     let connect = move |id: &str, password: &str| {
@@ -449,4 +450,37 @@ fn a_reload_disconnects_removed_users_and_drops_subscriptions_the_acl_now_denies
         alice.next_publish(Duration::from_millis(500)).is_none(),
         "the reloaded ACL did not apply to alice's subscription"
     );
+}
+
+#[test]
+fn repeated_wrong_passwords_lock_that_user_from_that_address_only() {
+    let dir = TempDir::new("lockout");
+    let passwd = password_file(dir.path(), &[("alice", "pw"), ("bob", "pw")]);
+    let port = free_port();
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\
+         [auth]\nallow_anonymous = false\npassword_file = {:?}\nmax_login_failures = 3\nlogin_failure_window = \"2s\"\n",
+        passwd.display().to_string()
+    );
+    let gw = Gateway::start_config(&config, port);
+    let attempt = |user: &str, password: &str| {
+        let (_raw, ack) = login(port, &format!("{user}-dev"), true, Some((user, password)));
+        ack.code
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            attempt("alice", "guess"),
+            ConnectReturnCode::BadUserNamePassword
+        );
+    }
+    // Locked: even the right password is refused, without a check, for the window.
+    assert_eq!(
+        attempt("alice", "pw"),
+        ConnectReturnCode::BadUserNamePassword
+    );
+    assert!(gw.log().contains("too many failed logins"), "{}", gw.log());
+    // Bob, from the same address, is not affected.
+    assert_eq!(attempt("bob", "pw"), ConnectReturnCode::Success);
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(attempt("alice", "pw"), ConnectReturnCode::Success);
 }

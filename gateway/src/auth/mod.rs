@@ -9,6 +9,7 @@
 pub mod acl;
 mod allowlist;
 pub mod jwt;
+pub mod lockout;
 mod password_file;
 pub mod pool;
 pub mod reload;

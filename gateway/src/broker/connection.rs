@@ -377,6 +377,22 @@ impl Connection {
                 self.username = Some(name.into_boxed_str());
                 AuthDecision::Allow(Admitted::Password)
             }
+            None if connect.password.is_some()
+                && connect.username.as_ref().is_some_and(|u| {
+                    self.broker
+                        .login_lockout
+                        .is_locked(self.peer.ip(), u.as_str(), Instant::now())
+                }) =>
+            {
+                self.broker
+                    .traffic
+                    .logins_refused_locked
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(self.refuse(
+                    reason::BAD_USERNAME_OR_PASSWORD,
+                    "too many failed logins for this user from this address (auth.max_login_failures)",
+                ));
+            }
             None => match self.authenticate(&connect).await {
                 Ok(decision) => decision,
                 Err(NoCheck::Busy) => {
@@ -397,6 +413,13 @@ impl Connection {
         };
         let password_user = decision == AuthDecision::Allow(Admitted::Password)
             && self.peer_cert().and_then(|c| c.login.as_ref()).is_none();
+        if password_user {
+            if let Some(user) = connect.username.as_ref() {
+                self.broker
+                    .login_lockout
+                    .succeeded(self.peer.ip(), user.as_str());
+            }
+        }
         match decision {
             AuthDecision::Allow(admitted) => {
                 if !admitted.verified_user() {
@@ -408,6 +431,15 @@ impl Connection {
                 }
             }
             AuthDecision::BadCredentials => {
+                if let Some(user) = connect.username.as_ref() {
+                    if self.broker.login_lockout.failed(
+                        self.peer.ip(),
+                        user.as_str(),
+                        Instant::now(),
+                    ) {
+                        tracing::warn!(peer = %self.peer, user = %user, "too many failed logins: this user is refused from this address for auth.login_failure_window");
+                    }
+                }
                 return Err(
                     self.refuse(reason::BAD_USERNAME_OR_PASSWORD, "bad username or password")
                 );

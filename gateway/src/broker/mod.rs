@@ -52,6 +52,8 @@ pub struct Broker {
     /// The password-check workers: a fixed number of threads and a bounded queue, so a login
     /// storm is refused as busy instead of exhausting memory or starving real logins.
     pub auth_checks: Arc<crate::auth::CheckPool>,
+    /// Failed logins per (address, user), `auth.max_login_failures`.
+    pub login_lockout: crate::auth::lockout::Lockout,
     next_conn_id: AtomicU64,
     /// Posts broker events to the `[[webhooks]]` endpoints; every hook is one branch when
     /// none is configured.
@@ -90,6 +92,10 @@ impl Broker {
         Arc::new(Broker {
             router: Mutex::new(router),
             webhooks,
+            login_lockout: crate::auth::lockout::Lockout::new(
+                config.auth.max_login_failures,
+                config.auth.login_failure_window,
+            ),
             auth_checks: crate::auth::CheckPool::start(
                 auth.clone(),
                 config.auth.check_workers,

@@ -145,4 +145,7 @@ pub struct TrafficStats {
     /// Logins refused as "server busy": the password-check queue was full or the check did
     /// not finish within `auth.check_timeout`.
     pub logins_refused_busy: AtomicU64,
+    /// Logins refused without a check: too many wrong passwords for that user from that
+    /// address (`auth.max_login_failures`).
+    pub logins_refused_locked: AtomicU64,
 }

@@ -170,6 +170,10 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
             "logins/refused_busy",
             t.logins_refused_busy.load(Ordering::Relaxed),
         ),
+        (
+            "logins/refused_locked",
+            t.logins_refused_locked.load(Ordering::Relaxed),
+        ),
         ("bytes/received", t.bytes_received.load(Ordering::Relaxed)),
         ("bytes/sent", t.bytes_sent.load(Ordering::Relaxed)),
         ("uptime_seconds", broker.started_at.elapsed().as_secs()),

@@ -347,6 +347,12 @@ pub struct AuthConfig {
     pub max_pending_checks: usize,
     /// How long a login waits for its check before it is refused as busy. Default 5s.
     pub check_timeout: Duration,
+    /// Wrong passwords for one user name from one address within `login_failure_window`
+    /// after which that pair is refused without a check until the window has passed.
+    /// Default 10; 0 turns it off.
+    pub max_login_failures: u32,
+    /// See `max_login_failures`. Default 1m.
+    pub login_failure_window: Duration,
 }
 
 impl Default for AuthConfig {
@@ -361,6 +367,8 @@ impl Default for AuthConfig {
             check_workers: 2,
             max_pending_checks: 32,
             check_timeout: Duration::from_secs(5),
+            max_login_failures: 10,
+            login_failure_window: Duration::from_secs(60),
         }
     }
 }

@@ -110,6 +110,8 @@ fn the_example_config_mentions_every_key() {
         "check_workers",
         "max_pending_checks",
         "check_timeout",
+        "max_login_failures",
+        "login_failure_window",
         "level",
         "watchdog_device",
         "watchdog_timeout",

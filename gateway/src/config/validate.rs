@@ -1151,11 +1151,36 @@ fn auth_section(ctx: &mut Ctx<'_>, node: &Node) -> AuthConfig {
             "check_workers",
             "max_pending_checks",
             "check_timeout",
+            "max_login_failures",
+            "login_failure_window",
         ],
         &[],
     );
     let optional_path = |c: &mut Ctx<'_>, n: &Node, k: &str| path_buf(c, n, k).map(Some);
     AuthConfig {
+        max_login_failures: ctx.get(
+            entries,
+            path,
+            "max_login_failures",
+            d.max_login_failures,
+            |c, n, k| integer(c, n, k, 0, 1_000_000),
+        ),
+        login_failure_window: ctx.get(
+            entries,
+            path,
+            "login_failure_window",
+            d.login_failure_window,
+            |c, n, k| {
+                duration(
+                    c,
+                    n,
+                    k,
+                    Duration::from_secs(1),
+                    Duration::from_secs(86_400),
+                    false,
+                )
+            },
+        ),
         check_workers: ctx.get(
             entries,
             path,
