@@ -238,6 +238,105 @@ fn warn_on_insecure_defaults(config: &Config) {
     for warning in startup_warnings(config) {
         tracing::warn!("{warning}");
     }
+    for warning in tls_files(config, unix_now()).warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// What reading the TLS files of a config found.
+#[derive(Debug, Default)]
+pub struct TlsFiles {
+    /// Files that cannot be used (the gateway would not start, or a bridge not connect).
+    pub errors: Vec<String>,
+    /// Certificates expired, not yet valid, or expiring within 30 days.
+    pub warnings: Vec<String>,
+}
+
+/// Warn this long before a certificate expires.
+const EXPIRY_NOTICE_SECS: i64 = 30 * 86_400;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Reads every TLS file the config names (listener certificates and keys, client CAs and
+/// CRLs, bridge CAs and client certificates, webhook CAs) the way the gateway will, and
+/// checks the validity period of every certificate it presents. `holdfast check` prints both
+/// lists; `run` logs the warnings (its start fails on the errors anyway).
+pub fn tls_files(config: &Config, now: i64) -> TlsFiles {
+    let mut out = TlsFiles::default();
+    let mut expiry = |who: &str, path: &std::path::Path| {
+        let Ok(certs) = crate::broker::tls::read_certs(path) else {
+            return;
+        };
+        let Some((not_before, not_after)) = certs
+            .first()
+            .and_then(|c| crate::broker::peer_cert::validity(c.as_ref()))
+        else {
+            return;
+        };
+        let days = |secs: i64| secs.abs() / 86_400;
+        if not_after <= now {
+            out.warnings.push(format!(
+                "{who}: certificate {} EXPIRED {} day(s) ago: clients will refuse it",
+                path.display(),
+                days(now - not_after)
+            ));
+        } else if not_after - now <= EXPIRY_NOTICE_SECS {
+            out.warnings.push(format!(
+                "{who}: certificate {} expires in {} day(s): renew it",
+                path.display(),
+                days(not_after - now)
+            ));
+        }
+        if not_before > now {
+            out.warnings.push(format!(
+                "{who}: certificate {} is not valid for another {} day(s) (is the clock right?)",
+                path.display(),
+                days(not_before - now)
+            ));
+        }
+    };
+    for l in &config.listeners {
+        let Some(tls) = &l.tls else {
+            continue;
+        };
+        let who = format!("listener {}", l.name);
+        if let Err(e) = crate::broker::tls::server_config(tls) {
+            out.errors.push(format!("{who}: {e}"));
+            continue;
+        }
+        expiry(&who, &tls.cert);
+    }
+    for b in &config.bridges {
+        let Some(tls) = &b.tls else {
+            continue;
+        };
+        let who = format!("bridge {}", b.name);
+        for path in [Some(&tls.ca), tls.cert.as_ref()].into_iter().flatten() {
+            if let Err(e) = crate::broker::tls::read_certs(path) {
+                out.errors.push(format!("{who}: {e}"));
+            }
+        }
+        if let Some(key) = &tls.key {
+            if let Err(e) = crate::broker::tls::read_key(key) {
+                out.errors.push(format!("{who}: {e}"));
+            }
+        }
+        if let Some(cert) = &tls.cert {
+            expiry(&who, cert);
+        }
+    }
+    for w in &config.webhooks {
+        if let Some(ca) = &w.ca {
+            if let Err(e) = crate::broker::tls::read_certs(ca) {
+                out.errors.push(format!("webhook {}: {e}", w.name));
+            }
+        }
+    }
+    out
 }
 
 /// The start-up security warnings for `config`, one sentence each: anonymous access (loudly

@@ -341,6 +341,20 @@ fn check(path: PathBuf) -> ExitCode {
             for warning in holdfast::app::startup_warnings(&cfg) {
                 eprintln!("warning: {warning}");
             }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let tls = holdfast::app::tls_files(&cfg, now);
+            for warning in &tls.warnings {
+                eprintln!("warning: {warning}");
+            }
+            if !tls.errors.is_empty() {
+                for e in &tls.errors {
+                    eprintln!("{}: {e}", path.display());
+                }
+                eprintln!("{} problem(s) found", tls.errors.len());
+                return ExitCode::from(EXIT_CONFIG);
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }

@@ -484,3 +484,60 @@ fn repeated_wrong_passwords_lock_that_user_from_that_address_only() {
     std::thread::sleep(Duration::from_millis(2100));
     assert_eq!(attempt("alice", "pw"), ConnectReturnCode::Success);
 }
+
+#[test]
+fn check_reads_the_tls_files_and_warns_of_a_certificate_about_to_expire() {
+    let dir = TempDir::new("tlscheck");
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    let (ok, _, err) = holdfast_tests::run_with_timeout(
+        std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=gw",
+                "-days",
+                "10",
+                "-keyout",
+            ])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        WAIT,
+    );
+    assert!(ok, "openssl: {err}");
+    let config = |key: &std::path::Path| {
+        let path = dir.path().join("holdfast.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[listeners]]\nkind = \"tls\"\nbind = \"127.0.0.1:8883\"\ntls = {{ cert = {:?}, key = {:?} }}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        )
+        .expect("write config");
+        holdfast_tests::run_with_timeout(
+            std::process::Command::new(holdfast_tests::holdfast_bin())
+                .arg("check")
+                .arg("--config")
+                .arg(&path),
+            WAIT,
+        )
+    };
+    let (ok, out, err) = config(&key);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("listener tls:") && err.contains("expires in "),
+        "{err}"
+    );
+    let (ok, _, err) = config(&dir.path().join("missing.key"));
+    assert!(!ok, "a missing key passed the check");
+    assert!(err.contains("missing.key"), "{err}");
+}

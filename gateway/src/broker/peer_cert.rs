@@ -79,6 +79,52 @@ impl PeerCert {
     }
 }
 
+/// The validity period of a DER certificate as Unix seconds `(not_before, not_after)`; `None`
+/// when it cannot be read. For warnings only (rustls/webpki decides validity).
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = expect(&mut Der(der), SEQUENCE)?;
+    let (_, tbs) = expect(&mut Der(cert), SEQUENCE)?;
+    let mut tbs = Der(tbs);
+    let (tag, _) = tbs.next()?;
+    if tag == 0xa0 {
+        let _serial = tbs.next()?;
+    }
+    let _signature = tbs.next()?;
+    let _issuer = tbs.next()?;
+    let (_, validity) = expect(&mut tbs, SEQUENCE)?;
+    let mut v = Der(validity);
+    let (t1, nb) = v.next()?;
+    let (t2, na) = v.next()?;
+    Some((asn1_time(t1, nb)?, asn1_time(t2, na)?))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18) as Unix seconds.
+fn asn1_time(tag: u8, value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        0x17 if text.len() == 12 => {
+            let yy: i64 = text.get(0..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        0x18 if text.len() == 14 => (text.get(0..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, min, sec) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
 const SEQUENCE: u8 = 0x30;
 const SET: u8 = 0x31;
 const OID: u8 = 0x06;
@@ -241,6 +287,19 @@ mod tests {
             out.extend_from_slice(&bytes[1..chunk.len()]);
         }
         out
+    }
+
+    #[test]
+    fn the_validity_period_is_read_in_unix_seconds() {
+        let der = decode_base64(CERT);
+        // openssl x509 -dates: Nov 23 15:40:19 2026 GMT .. Nov 20 15:40:19 2036 GMT.
+        assert_eq!(validity(&der), Some((1_795_448_419, 2_110_808_419)));
+        assert_eq!(asn1_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(asn1_time(0x18, b"20000229235959Z"), Some(951_868_799));
+        assert_eq!(asn1_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(asn1_time(0x17, b"701301000000Z"), None);
+        assert_eq!(asn1_time(0x18, b"garbage"), None);
+        assert_eq!(validity(&der[..40]), None);
     }
 
     #[test]
