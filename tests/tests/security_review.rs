@@ -541,3 +541,72 @@ fn check_reads_the_tls_files_and_warns_of_a_certificate_about_to_expire() {
     assert!(!ok, "a missing key passed the check");
     assert!(err.contains("missing.key"), "{err}");
 }
+
+#[test]
+fn a_client_certificate_the_crl_revokes_is_refused() {
+    use holdfast_tests::pki::make_pki;
+    let dir = TempDir::new("crl");
+    let pki = make_pki(dir.path());
+    // Revoke the client certificate and publish the CA's CRL.
+    std::fs::write(
+        dir.path().join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .expect("ca.cnf");
+    std::fs::write(dir.path().join("index.txt"), "").expect("index");
+    std::fs::write(dir.path().join("crlnumber"), "01\n").expect("crlnumber");
+    let openssl = |args: &[&str]| {
+        let (ok, out, err) = holdfast_tests::run_with_timeout(
+            std::process::Command::new("openssl")
+                .current_dir(dir.path())
+                .args(args),
+            WAIT,
+        );
+        assert!(ok, "openssl {args:?}: {out}{err}");
+    };
+    let ca_args = [
+        "ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+    ];
+    openssl(&[&ca_args[..], &["-revoke", "client.pem"]].concat());
+    openssl(&[&ca_args[..], &["-gencrl", "-out", "crl.pem"]].concat());
+    let (tls_crl, tls_plain, tcp) = (free_port(), free_port(), free_port());
+    let table = |crl: bool| {
+        format!(
+            "tls = {{ cert = {:?}, key = {:?}, ca = {:?}, verify_peer = true, fail_if_no_peer_cert = true{} }}",
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string(),
+            pki.ca.display().to_string(),
+            if crl {
+                format!(", crl = {:?}", dir.path().join("crl.pem").display().to_string())
+            } else {
+                String::new()
+            }
+        )
+    };
+    let config = format!(
+        "[node]\nname = \"gw-test\"\n\
+         [[listeners]]\nkind = \"tls\"\nname = \"with-crl\"\nbind = \"127.0.0.1:{tls_crl}\"\n{}\n\
+         [[listeners]]\nkind = \"tls\"\nname = \"no-crl\"\nbind = \"127.0.0.1:{tls_plain}\"\n{}\n\
+         [[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{tcp}\"\n\
+         [auth]\nallow_anonymous = true\n",
+        table(true),
+        table(false)
+    );
+    let _gw = Gateway::start_config(&config, tcp);
+    let publish = |port: u16| {
+        let ca = pki.ca.display().to_string();
+        let cert = pki.client_cert.display().to_string();
+        let key = pki.client_key.display().to_string();
+        holdfast_tests::mosquitto_pub(
+            port,
+            "t",
+            "x",
+            &["--cafile", &ca, "--cert", &cert, "--key", &key],
+        )
+    };
+    assert!(
+        publish(tls_plain),
+        "the certificate works where no CRL is set"
+    );
+    assert!(!publish(tls_crl), "a revoked certificate was accepted");
+}

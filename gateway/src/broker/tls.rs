@@ -1,6 +1,6 @@
 //! TLS server settings of a `tls`/`wss` listener: PEM files -> a rustls `ServerConfig`.
 //!
-//! Owns loading the certificate chain, private key and client CA, the protocol versions,
+//! Owns loading the certificate chain, private key, client CA and its CRLs, the protocol versions,
 //! client-certificate verification (`verify_peer`, `fail_if_no_peer_cert`) and session
 //! resumption (a bounded server-side session cache for TLS 1.2 session ids and stateless,
 //! rotating tickets for both versions). It runs once per listener at start-up, so a bad file is
@@ -67,6 +67,9 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Tls
             }
             let mut verifier =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if let Some(crl) = &tls.crl {
+                verifier = verifier.with_crls(read_crls(crl)?);
+            }
             if !tls.fail_if_no_peer_cert {
                 verifier = verifier.allow_unauthenticated();
             }
@@ -117,6 +120,25 @@ pub(crate) fn read_certs(
         });
     }
     Ok(certs)
+}
+
+/// The certificate revocation lists in a PEM file (at least one).
+fn read_crls(
+    path: &Path,
+) -> Result<Vec<pki_types::CertificateRevocationListDer<'static>>, TlsSetupError> {
+    let crls = rustls_pemfile::crls(&mut open(path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsSetupError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+    if crls.is_empty() {
+        return Err(TlsSetupError::Empty {
+            file: path.display().to_string(),
+            what: "PEM certificate revocation list",
+        });
+    }
+    Ok(crls)
 }
 
 pub(crate) fn read_key(path: &Path) -> Result<pki_types::PrivateKeyDer<'static>, TlsSetupError> {

@@ -286,6 +286,9 @@ pub struct ListenerTls {
     pub ca: Option<PathBuf>,
     /// Ask for a client certificate and verify it against `ca` (mutual TLS). Default false.
     pub verify_peer: bool,
+    /// PEM certificate revocation list(s) of `ca`: a client certificate they revoke is
+    /// refused at the handshake. Needs `verify_peer`. Default none. Read at start-up.
+    pub crl: Option<PathBuf>,
     /// With `verify_peer`: refuse clients that send no certificate. Default false (EMQX), so
     /// such clients fall back to password authentication.
     pub fail_if_no_peer_cert: bool,

@@ -603,6 +603,7 @@ fn tls_ws_and_wss_listeners_parse_with_their_tls_tables() {
             key: "s.key".into(),
             ca: Some("ca.pem".into()),
             verify_peer: true,
+            crl: None,
             fail_if_no_peer_cert: true,
             tls12: false,
             tls13: true,

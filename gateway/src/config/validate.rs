@@ -931,6 +931,7 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
             "fail_if_no_peer_cert",
             "versions",
             "peer_cert_as_username",
+            "crl",
         ],
         &[],
     );
@@ -956,6 +957,17 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
     });
     let verify_peer = ctx.get(entries, path, "verify_peer", false, boolean);
     let fail_if_no_peer_cert = ctx.get(entries, path, "fail_if_no_peer_cert", false, boolean);
+    let crl = ctx.get(entries, path, "crl", None, |c, n, k| {
+        path_buf(c, n, k).map(Some)
+    });
+    if crl.is_some() && !verify_peer {
+        ctx.report(
+            node,
+            &join(path, "crl"),
+            "needs verify_peer = true (no client certificate is checked otherwise)",
+        );
+        ok = false;
+    }
     if verify_peer && ca.is_none() && field(entries, "ca").is_none() {
         ctx.report(
             node,
@@ -1044,6 +1056,7 @@ fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTl
         key: key?,
         ca,
         verify_peer,
+        crl,
         fail_if_no_peer_cert,
         tls12,
         tls13,
