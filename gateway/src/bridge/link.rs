@@ -516,7 +516,7 @@ impl Link {
             tracing::warn!(
                 bridge = %self.cfg.name,
                 seq,
-                topic = topic.unwrap_or("?"),
+                topic = %crate::broker::short(topic.unwrap_or("?")),
                 reason = %refusal,
                 dead_lettered_total = self.outbox.stats.dead_lettered.load(Ordering::Relaxed),
                 "dead-lettered: the cloud broker cannot take this message; it is dropped and the queue goes on"
@@ -573,11 +573,11 @@ impl Link {
     fn downlink(&self, p: Publish) {
         let prefix = &self.cfg.remote_prefix;
         let Some(local) = p.topic.as_str().strip_prefix(prefix.as_str()) else {
-            tracing::warn!(bridge = %self.cfg.name, topic = %p.topic, "downlink message outside remote_prefix ignored");
+            tracing::warn!(bridge = %self.cfg.name, topic = %crate::broker::short(&p.topic), "downlink message outside remote_prefix ignored");
             return;
         };
         if local.is_empty() || holdfast_mqtt::topic::validate_topic_name(local).is_err() {
-            tracing::warn!(bridge = %self.cfg.name, topic = %p.topic, "downlink message with an invalid local topic ignored");
+            tracing::warn!(bridge = %self.cfg.name, topic = %crate::broker::short(&p.topic), "downlink message with an invalid local topic ignored");
             return;
         }
         self.outbox.stats.downlink.fetch_add(1, Ordering::Relaxed);

@@ -185,7 +185,7 @@ impl Outbox {
         let bytes = match record::encode(&persist::to_stored(msg, now)) {
             Ok(b) => b,
             Err(e) => {
-                tracing::error!(bridge = %self.name, topic = %msg.topic, error = %e, "cannot encode a message for the bridge queue");
+                tracing::error!(bridge = %self.name, topic = %crate::broker::short(&msg.topic), error = %e, "cannot encode a message for the bridge queue");
                 self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
                 return Err(Refusal::Failed);
             }
@@ -207,7 +207,7 @@ impl Outbox {
             Err(e) => {
                 self.stats.dropped_failed.fetch_add(1, Ordering::Relaxed);
                 self.stats.set_error(format!("queue: {e}"));
-                tracing::error!(bridge = %self.name, topic = %msg.topic, error = %e, "cannot queue a message for the bridge");
+                tracing::error!(bridge = %self.name, topic = %crate::broker::short(&msg.topic), error = %e, "cannot queue a message for the bridge");
                 Err(Refusal::Failed)
             }
         }

@@ -1584,7 +1584,7 @@ impl Connection {
         };
         let start = self.wbuf.len();
         if let Err(e) = holdfast_mqtt::encode_publish_ref(&publish, self.protocol, &mut self.wbuf) {
-            tracing::error!(peer = %self.peer, client_id = %self.client_id, topic = %msg.topic, "cannot encode delivery: {e}");
+            tracing::error!(peer = %self.peer, client_id = %self.client_id, topic = %super::short(&msg.topic), "cannot encode delivery: {e}");
             self.wbuf.truncate(start);
             return;
         }
@@ -1595,7 +1595,7 @@ impl Connection {
                 .traffic
                 .dropped_too_large_for_client
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, topic = %msg.topic, "dropped: larger than the client's maximum packet size");
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, topic = %super::short(&msg.topic), "dropped: larger than the client's maximum packet size");
             if packet_id != 0 {
                 self.released.push(packet_id);
             }

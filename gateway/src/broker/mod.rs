@@ -33,6 +33,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Most bytes of a topic or client id written into a log line at info level and above.
+pub const LOG_TEXT_MAX: usize = 1024;
+
+/// `text` cut to [`LOG_TEXT_MAX`] bytes (at a character boundary) with the length left out,
+/// so a 64 KiB topic cannot make every warning about it 64 KiB long.
+pub fn short(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= LOG_TEXT_MAX {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = LOG_TEXT_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...(+{} bytes)", &text[..end], text.len() - end))
+}
+
 /// Shared state of a running broker.
 #[derive(Debug)]
 pub struct Broker {
@@ -206,3 +222,17 @@ impl Broker {
 mod router_tests;
 #[cfg(test)]
 mod session_persist_tests;
+
+#[cfg(test)]
+mod short_tests {
+    #[test]
+    fn long_log_text_is_cut_at_a_character_boundary() {
+        assert_eq!(super::short("a/b"), "a/b");
+        let long = "é".repeat(1000);
+        let cut = super::short(&long);
+        assert!(
+            cut.len() < 1100 && cut.ends_with("...(+976 bytes)"),
+            "{cut}"
+        );
+    }
+}

@@ -847,7 +847,7 @@ impl Router {
             || (counted && bytes_after > self.cfg.max_retained_bytes)
         {
             self.counters.dropped_retained_full += 1;
-            tracing::warn!(topic = %msg.topic, "retained message not stored: retained store full or payload too large");
+            tracing::warn!(topic = %super::short(&msg.topic), "retained message not stored: retained store full or payload too large");
             return;
         }
         // Stored without the publisher, so no-local never hides a retained message.
@@ -898,7 +898,7 @@ impl Router {
                 }
                 _ => {
                     if let Err(e) = store.remove(&topic) {
-                        tracing::warn!(topic = %topic, error = %e, "cannot remove a stale retained message");
+                        tracing::warn!(topic = %super::short(&topic), error = %e, "cannot remove a stale retained message");
                     }
                 }
             }
@@ -913,7 +913,7 @@ impl Router {
             // for what survives a kill -9 and what a power cut).
             if let Err(e) = store.put(&super::persist::to_stored(msg, Instant::now())) {
                 self.counters.retained_store_errors += 1;
-                tracing::error!(topic = %msg.topic, error = %e, "retained message not persisted");
+                tracing::error!(topic = %super::short(&msg.topic), error = %e, "retained message not persisted");
             }
         }
     }
@@ -922,7 +922,7 @@ impl Router {
         if let Some(store) = &self.retained_store {
             if let Err(e) = store.remove(topic) {
                 self.counters.retained_store_errors += 1;
-                tracing::error!(topic = %topic, error = %e, "retained message removal not persisted");
+                tracing::error!(topic = %super::short(&topic), error = %e, "retained message removal not persisted");
             }
         }
     }
