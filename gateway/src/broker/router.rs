@@ -922,7 +922,7 @@ impl Router {
         if let Some(store) = &self.retained_store {
             if let Err(e) = store.remove(topic) {
                 self.counters.retained_store_errors += 1;
-                tracing::error!(topic = %super::short(&topic), error = %e, "retained message removal not persisted");
+                tracing::error!(topic = %super::short(topic), error = %e, "retained message removal not persisted");
             }
         }
     }
