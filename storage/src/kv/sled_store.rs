@@ -87,6 +87,9 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// How long [`SledStore::open`] waits for the directory's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     ///
@@ -103,12 +106,27 @@ impl SledStore {
                 "flush_every_ms must be above 0 (None turns background flushes off)",
             ));
         }
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&dir)
             .cache_capacity(options.cache_capacity_bytes)
             .flush_every_ms(options.flush_every_ms)
-            .mode(sled::Mode::LowSpace)
-            .open()?;
+            .mode(sled::Mode::LowSpace);
+        // A store of the same directory that was just dropped may still hold its file lock
+        // for a moment (sled's flusher thread lets go of the database last): wait for it,
+        // bounded, instead of failing. Another live process holding it fails after the wait.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let retained = db.open_tree(RETAINED)?;
         let sessions = db.open_tree(SESSIONS)?;
         let pending = db.open_tree(PENDING)?;
