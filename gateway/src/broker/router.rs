@@ -365,7 +365,16 @@ impl Router {
                             policy = ?params.on_owner_mismatch,
                             "a CONNECT for a session another identity created"
                         );
-                        match params.on_owner_mismatch {
+                        // A verified user never resumes a session nobody verified (anyone could
+                        // have planted it), and is not locked out by it either: it starts afresh.
+                        let squatted =
+                            *owner == Owner::Anonymous && matches!(params.owner, Owner::User(_));
+                        let policy = if squatted {
+                            OwnerMismatch::Discard
+                        } else {
+                            params.on_owner_mismatch
+                        };
+                        match policy {
                             OwnerMismatch::Refuse => {
                                 return ConnectResult {
                                     session_id: 0,

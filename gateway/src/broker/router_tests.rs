@@ -2244,6 +2244,29 @@ fn a_session_belongs_to_the_identity_that_created_it() {
         drained_payloads(&mut r, back.session_id, bc.conn_id, t0),
         ["unlock"]
     );
+    // An anonymous session cannot lock a verified user out of its client id (squatting): the
+    // user starts afresh, without what the squatter left there.
+    let (squat, sc) = connect_as(
+        &mut r,
+        "carol-meter",
+        Owner::Anonymous,
+        false,
+        OwnerMismatch::Refuse,
+    );
+    sub(&mut r, squat.session_id, "#", QoS::AtLeastOnce, t0);
+    disconnect(&mut r, squat.session_id, &sc, t0);
+    let carol = || Owner::User(ByteStr::from("carol"));
+    let (mine, _) = connect_as(&mut r, "carol-meter", carol(), false, OwnerMismatch::Refuse);
+    assert!(mine.refused.is_none() && !mine.session_present && mine.discarded);
+    // ...and the other way round stays refused.
+    let (back, _) = connect_as(
+        &mut r,
+        "carol-meter",
+        Owner::Anonymous,
+        false,
+        OwnerMismatch::Refuse,
+    );
+    assert_eq!(back.refused, Some(ConnectRefusal::NotOwner));
     // Under `discard`, alice gets a fresh session of her own; bob's is gone.
     let (fresh, _) = connect_as(&mut r, "bob-sensor", alice(), false, OwnerMismatch::Discard);
     assert!(!fresh.session_present && fresh.refused.is_none() && fresh.discarded);
