@@ -96,6 +96,7 @@ impl Broker {
             max_retained_bytes: usize::try_from(m.max_retained_bytes).unwrap_or(usize::MAX),
             max_sessions: m.max_sessions,
             max_mqueue_bytes: usize::try_from(m.max_mqueue_bytes).unwrap_or(usize::MAX),
+            max_queued_bytes_total: usize::try_from(m.max_queued_bytes_total).unwrap_or(usize::MAX),
             shared_strategy: m.shared_subscription_strategy,
             max_topic_levels: m.max_topic_levels,
             force_shutdown_mqueue_len: m.force_shutdown_mqueue_len,

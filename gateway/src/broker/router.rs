@@ -49,6 +49,9 @@ pub struct RouterConfig {
     /// Cap on the bytes a session holds queued and in flight (as `Delivery::held_bytes`
     /// counts them); a full queue drops its oldest, as with `max_mqueue_len`.
     pub max_mqueue_bytes: usize,
+    /// Cap on those bytes summed over every session: a delivery that would pass it is not
+    /// queued (counted as `mqueue_full`).
+    pub max_queued_bytes_total: usize,
     /// How a shared-subscription group picks its member.
     pub shared_strategy: SharedStrategy,
     /// Deepest topic or filter accepted.
@@ -213,6 +216,8 @@ pub struct Router {
     retained_user: usize,
     /// Topic + payload bytes of those retained messages (`max_retained_bytes`).
     retained_user_bytes: usize,
+    /// Every session's `held_bytes`, summed (`max_queued_bytes_total`).
+    held_total: Arc<std::sync::atomic::AtomicUsize>,
     next_session_id: SessionId,
     /// Connections to wake once the lock is released.
     wake: Vec<Arc<ConnControl>>,
@@ -241,6 +246,7 @@ impl Router {
             retained: HashMap::new(),
             retained_user: 0,
             retained_user_bytes: 0,
+            held_total: Arc::default(),
             retained_store: None,
             persist: None,
             next_session_id: 1,
@@ -439,6 +445,7 @@ impl Router {
         let sid = self.next_session_id;
         self.next_session_id += 1;
         let mut session = Session::new(sid, params.client_id.clone(), params.protocol);
+        session.held_total = self.held_total.clone();
         session.owner = params.owner;
         session.conn = Some(params.conn);
         session.expiry = params.session_expiry;
@@ -509,7 +516,7 @@ impl Router {
                 }
                 keep
             });
-            s.held_bytes = s.held_bytes.saturating_sub(freed);
+            s.sub_held(freed);
             self.counters.dropped_qos0_offline += (before - s.mqueue.len()) as u64;
         }
         match will {
@@ -980,6 +987,7 @@ impl Router {
             let sid = self.next_session_id;
             self.next_session_id += 1;
             let mut s = Session::new(sid, client_id.clone(), protocol);
+            s.held_total = self.held_total.clone();
             s.expiry = Duration::from_secs(u64::from(stored.expiry_secs));
             s.expires_at = Some(now + left);
             s.awaiting_rel = stored
@@ -1499,6 +1507,11 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// Bytes every session holds queued and in flight, summed (`max_queued_bytes_total`).
+    pub fn held_bytes_total(&self) -> usize {
+        self.held_total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// True when a session (connected or not) has this client id.
     pub fn has_client(&self, client_id: &str) -> bool {
         self.by_client.contains_key(client_id)
@@ -1595,6 +1608,28 @@ fn enqueue(
         // Even alone it does not fit (its inflight window holds the rest): not queued.
         counters.dropped_queue_full += 1;
         s.dropped_since_log += 1;
+        return false;
+    }
+    let total = s.held_total.load(std::sync::atomic::Ordering::Relaxed);
+    if total + incoming > cfg.max_queued_bytes_total {
+        // The sessions together hold all the broker may: this one gets nothing more until
+        // they drain (a slow or offline subscriber cannot take the board's memory).
+        counters.dropped_queue_full += 1;
+        s.dropped_since_log += 1;
+        let log_due = s
+            .last_drop_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if log_due {
+            tracing::warn!(
+                client_id = %s.client_id,
+                dropped = s.dropped_since_log,
+                held_total = total,
+                max_queued_bytes_total = cfg.max_queued_bytes_total,
+                "dropped: every session together holds max_queued_bytes_total"
+            );
+            s.dropped_since_log = 0;
+            s.last_drop_log = Some(now);
+        }
         return false;
     }
     if over_bytes {

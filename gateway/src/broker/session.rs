@@ -12,7 +12,7 @@ use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -196,6 +196,9 @@ pub struct Session {
     /// `None` for sessions that end with their connection or when there is no store. Boxed: most
     /// sessions have none.
     pub journal: Option<Box<Journal>>,
+    /// The router-wide sum of every session's `held_bytes` (`mqtt.max_queued_bytes_total`);
+    /// kept equal by [`Session::add_held`] / [`Session::sub_held`] and by dropping a session.
+    pub held_total: Arc<AtomicUsize>,
 }
 
 /// Who a session belongs to: the identity that created it. Only that identity may resume,
@@ -244,6 +247,7 @@ impl Session {
             held_bytes: 0,
             owner: Owner::Unclaimed,
             journal: None,
+            held_total: Arc::default(),
         }
     }
 
@@ -276,20 +280,33 @@ impl Session {
         if let Some(j) = &mut self.journal {
             j.queued(&delivery);
         }
-        self.held_bytes += delivery.held_bytes();
+        self.add_held(delivery.held_bytes());
         self.mqueue.push_back(delivery);
+    }
+
+    /// Counts `n` more bytes held, here and in the router-wide total.
+    pub fn add_held(&mut self, n: usize) {
+        self.held_bytes += n;
+        self.held_total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` fewer bytes held (never below zero), here and in the router-wide total.
+    pub fn sub_held(&mut self, n: usize) {
+        let n = n.min(self.held_bytes);
+        self.held_bytes -= n;
+        self.held_total.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Puts a delivery restored from the session store back in the queue (or, with
     /// `inflight`, in the window) without journaling it again.
     pub fn restore(&mut self, delivery: Delivery) {
-        self.held_bytes += delivery.held_bytes();
+        self.add_held(delivery.held_bytes());
         self.mqueue.push_back(delivery);
     }
 
     /// As [`restore`](Self::restore), into the inflight window.
     pub fn restore_inflight(&mut self, inflight: Inflight) {
-        self.held_bytes += inflight.delivery.held_bytes();
+        self.add_held(inflight.delivery.held_bytes());
         self.inflight.push_back(inflight);
     }
 
@@ -303,7 +320,7 @@ impl Session {
 
     /// A QoS 0 delivery went out: the session no longer holds it (nothing to journal).
     pub fn note_sent(&mut self, delivery: &Delivery) {
-        self.held_bytes = self.held_bytes.saturating_sub(delivery.held_bytes());
+        self.sub_held(delivery.held_bytes());
     }
 
     /// Journals that `delivery` changed its handshake state.
@@ -323,5 +340,15 @@ impl Session {
     /// The QoS a queued delivery will go out with.
     pub fn head_qos(&self) -> Option<QoS> {
         self.mqueue.front().map(|d| d.qos)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // What it still held leaves the router-wide total with it.
+        self.held_total.fetch_sub(
+            self.held_bytes.min(self.held_total.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
     }
 }

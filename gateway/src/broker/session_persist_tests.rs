@@ -33,6 +33,7 @@ fn config() -> RouterConfig {
         max_retained_bytes: usize::MAX,
         max_sessions: usize::MAX,
         max_mqueue_bytes: usize::MAX,
+        max_queued_bytes_total: usize::MAX,
         max_mqueue_len: 100,
         mqueue_store_qos0: false,
         retain_available: true,

@@ -113,7 +113,8 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
 
 /// The stats published under `$SYS/brokers/{node}/stats/...`, name -> value.
 pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
-    let (sizes, counters) = broker.with_router(|r| (r.sizes(), r.counters()));
+    let (sizes, counters, held_total) =
+        broker.with_router(|r| (r.sizes(), r.counters(), r.held_bytes_total()));
     let t = &broker.traffic;
     let connections: usize = broker
         .listener_stats()
@@ -136,6 +137,7 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
         ("retained/count", sizes.retained as u64),
         ("messages/queued", sizes.queued as u64),
         ("messages/inflight", sizes.inflight as u64),
+        ("messages/held_bytes", held_total as u64),
         (
             "messages/received",
             t.publish_received.load(Ordering::Relaxed),

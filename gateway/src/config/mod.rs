@@ -149,6 +149,10 @@ pub struct MqttConfig {
     /// message that would pass it drops the oldest queued ones, as `max_mqueue_len` does
     /// (counted). Default 16MB.
     pub max_mqueue_bytes: u64,
+    /// Those bytes summed over every session: a message that would pass it is not queued for
+    /// the session it was for (counted as mqueue_full), so slow or offline subscribers
+    /// together cannot take the board's memory. Default 128MB.
+    pub max_queued_bytes_total: u64,
     /// Inbound PUBLISH packets per second per client, as a token bucket (EMQX's
     /// `"rate,burst"`); an empty bucket pauses reading from that client's socket until it
     /// refills (back-pressure, nothing dropped). Default none = unlimited.
@@ -564,6 +568,7 @@ impl Default for MqttConfig {
             max_retained_bytes: 64 * u64::from(MB),
             max_sessions: 50_000,
             max_mqueue_bytes: 16 * u64::from(MB),
+            max_queued_bytes_total: 128 * u64::from(MB),
             messages_rate: None,
             bytes_rate: None,
             force_shutdown_mqueue_len: 0,

@@ -88,6 +88,7 @@ fn the_example_config_mentions_every_key() {
         "max_retained_bytes",
         "max_sessions",
         "max_mqueue_bytes",
+        "max_queued_bytes_total",
         "shared_subscription_strategy",
         "session_owner_mismatch",
         "sys_interval",

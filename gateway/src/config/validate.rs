@@ -548,6 +548,7 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_retained_bytes",
             "max_sessions",
             "max_mqueue_bytes",
+            "max_queued_bytes_total",
             "shared_subscription_strategy",
             "session_owner_mismatch",
             "sys_interval",
@@ -676,6 +677,13 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
         max_mqueue_bytes: ctx.get(entries, path, "max_mqueue_bytes", d.max_mqueue_bytes, |c, n, k| {
             size(c, n, k, 1024, u64::MAX)
         }),
+        max_queued_bytes_total: ctx.get(
+            entries,
+            path,
+            "max_queued_bytes_total",
+            d.max_queued_bytes_total,
+            |c, n, k| size(c, n, k, 1024, u64::MAX),
+        ),
         messages_rate: ctx.get(entries, path, "messages_rate", d.messages_rate, |c, n, k| {
             rate_limit(c, n, k, RateUnit::Messages).map(Some)
         }),
