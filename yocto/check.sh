@@ -120,6 +120,7 @@ fi
 # --- tmpfiles and udev --------------------------------------------------------------------------
 has "$files/holdfast.tmpfiles" '^d /var/lib/holdfast 0750 holdfast holdfast' "tmpfiles creates the data dir for holdfast"
 has "$files/99-holdfast.rules" 'KERNEL=="watchdog\*".*GROUP="holdfast"' "udev gives holdfast the watchdog"
+has "$files/99-holdfast.rules" 'KERNEL=="watchdog", SUBSYSTEM=="misc".*GROUP="holdfast"' "udev gives holdfast /dev/watchdog (misc device)"
 has "$files/99-holdfast.rules" 'SUBSYSTEM=="leds"' "udev gives holdfast the LEDs"
 
 # --- default config ---------------------------------------------------------------------------

@@ -110,6 +110,12 @@ pub trait Board: Send + fmt::Debug {
     /// A clean exit: disarms the hardware watchdog with the magic close and turns the LEDs
     /// off. Not calling it (a crash) leaves the watchdog armed, which is the point.
     fn close(&mut self) -> Result<(), BoardError>;
+
+    /// What is degraded on this board, one sentence each (a watchdog that could not be
+    /// opened, ...): shown to the technician, never a reason to stop.
+    fn alarms(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

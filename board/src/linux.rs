@@ -22,6 +22,9 @@ pub struct LinuxBoardConfig {
     pub watchdog_device: Option<PathBuf>,
     /// Timeout asked of the watchdog driver (whole seconds; the driver may cap it).
     pub watchdog_timeout: Duration,
+    /// A watchdog that cannot be opened stops the start (true) or only raises an alarm and
+    /// leaves supervision to systemd's watchdog (false).
+    pub watchdog_required: bool,
     /// LEDs that show the gateway's state.
     pub leds: LedNames,
     /// The data directory whose free space health reports.
@@ -39,14 +42,31 @@ pub struct LinuxBoard {
     leds: LedSet,
     /// For health's free space.
     data_dir: PathBuf,
+    /// What is degraded (see [`Board::alarms`]).
+    alarms: Vec<String>,
 }
 
 impl LinuxBoard {
-    /// Opens the watchdog (arming it) and finds the LEDs. A watchdog that cannot be opened is
-    /// an error (the integrator asked for one); a missing LED is only logged.
+    /// Opens the watchdog (arming it) and finds the LEDs. A watchdog that cannot be opened
+    /// (absent, busy because systemd's `RuntimeWatchdogSec` holds it, no permission) is an
+    /// error only with `watchdog_required`; otherwise it is logged and raised as an alarm and
+    /// the gateway runs on (systemd's watchdog still restarts a hung service): a board must
+    /// never boot-loop over its watchdog. A missing LED is only logged.
     pub fn open(config: LinuxBoardConfig) -> Result<LinuxBoard, BoardError> {
+        let mut alarms = Vec::new();
         let watchdog = match &config.watchdog_device {
-            Some(path) => Some(Watchdog::open(path, config.watchdog_timeout)?),
+            Some(path) => match Watchdog::open(path, config.watchdog_timeout) {
+                Ok(w) => Some(w),
+                Err(e) if config.watchdog_required => return Err(e),
+                Err(e) => {
+                    let alarm = format!(
+                        "no hardware watchdog: {e}; running without it (set board.watchdog_required = true to refuse to start instead)"
+                    );
+                    tracing::error!("{alarm}");
+                    alarms.push(alarm);
+                    None
+                }
+            },
             None => None,
         };
         let leds = LedSet::open(&config.roots.sys, &config.leds);
@@ -55,6 +75,7 @@ impl LinuxBoard {
             watchdog,
             leds,
             data_dir: config.data_dir,
+            alarms,
         })
     }
 }
@@ -94,6 +115,10 @@ impl Board for LinuxBoard {
             None => Ok(()),
         }
     }
+
+    fn alarms(&self) -> Vec<String> {
+        self.alarms.clone()
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +131,7 @@ mod tests {
             roots: tree.roots(),
             watchdog_device: watchdog,
             watchdog_timeout: Duration::from_secs(15),
+            watchdog_required: false,
             leds: LedNames {
                 status: Some("act".into()),
                 uplink: None,
@@ -113,6 +139,20 @@ mod tests {
             },
             data_dir: tree.path().to_owned(),
         }
+    }
+
+    #[test]
+    fn a_watchdog_that_cannot_be_opened_is_an_alarm_unless_it_is_required() {
+        let tree = FakeTree::new();
+        let missing = tree.path().join("no-such-watchdog");
+        let board = LinuxBoard::open(config(&tree, Some(missing.clone()))).expect("degraded");
+        assert_eq!(board.watchdog_timeout(), None);
+        let alarms = board.alarms();
+        assert_eq!(alarms.len(), 1);
+        assert!(alarms[0].contains("no hardware watchdog"), "{alarms:?}");
+        let mut required = config(&tree, Some(missing));
+        required.watchdog_required = true;
+        assert!(LinuxBoard::open(required).is_err());
     }
 
     #[test]
@@ -148,9 +188,11 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_watchdog_device_fails_the_open() {
+    fn a_missing_required_watchdog_device_fails_the_open() {
         let tree = FakeTree::new();
-        let err = LinuxBoard::open(config(&tree, Some(tree.path().join("nope")))).unwrap_err();
+        let mut cfg = config(&tree, Some(tree.path().join("nope")));
+        cfg.watchdog_required = true;
+        let err = LinuxBoard::open(cfg).unwrap_err();
         assert!(matches!(err, BoardError::WatchdogOpen { .. }));
     }
 }

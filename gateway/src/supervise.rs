@@ -68,6 +68,7 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
             roots,
             watchdog_device: b.watchdog_device.clone(),
             watchdog_timeout: b.watchdog_timeout,
+            watchdog_required: b.watchdog_required,
             leds: LedNames {
                 status: b.led_status.clone(),
                 uplink: b.led_uplink.clone(),
@@ -163,9 +164,24 @@ impl Supervisor {
         );
         self.publish_json(&format!("$SYS/brokers/{node}/board/identity"), &identity);
         self.board.indicate(Indication::Running);
-        self.publish(&format!("$SYS/brokers/{node}/board/status"), "running");
+        let alarms = self.board.alarms();
+        // What systemd shows as the service's status while running: degraded says why.
+        let running = if alarms.is_empty() {
+            "running".to_owned()
+        } else {
+            format!("running, degraded: {}", alarms.join("; "))
+        };
+        self.publish_json(&format!("$SYS/brokers/{node}/board/alarms"), &alarms);
+        self.publish(
+            &format!("$SYS/brokers/{node}/board/status"),
+            if alarms.is_empty() {
+                "running"
+            } else {
+                "degraded"
+            },
+        );
         self.notify.ready();
-        self.notify.status("running");
+        self.notify.status(&running);
 
         let feed_period = self.feed_period();
         // A period that never fires stands in for "off" so one select! covers every case.
@@ -192,8 +208,11 @@ impl Supervisor {
                             if !healthy {
                                 tracing::info!("runtime healthy again; feeding the watchdog");
                                 self.board.indicate(Indication::Running);
-                                self.publish(&format!("$SYS/brokers/{node}/board/status"), "running");
-                                self.notify.status("running");
+                                self.publish(
+                                    &format!("$SYS/brokers/{node}/board/status"),
+                                    if alarms.is_empty() { "running" } else { "degraded" },
+                                );
+                                self.notify.status(&running);
                                 healthy = true;
                             }
                             if let Err(e) = self.board.keepalive() {

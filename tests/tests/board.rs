@@ -220,11 +220,55 @@ fn a_linux_board_feeds_its_watchdog_tells_systemd_and_publishes_identity_and_hea
 }
 
 #[test]
-fn a_watchdog_device_that_cannot_be_opened_is_a_start_error_naming_it() {
-    let dir = TempDir::new("board-missing");
+fn a_watchdog_device_that_cannot_be_opened_degrades_the_gateway_with_an_alarm() {
+    let dir = TempDir::new("board-degraded");
+    fake_board(dir.path());
+    // The device is gone (absent, busy or forbidden all fail the same open).
+    std::fs::remove_file(dir.path().join("watchdog")).unwrap();
     let port = free_port();
     let cfg = dir.path().join("holdfast.toml");
     std::fs::write(&cfg, config(dir.path(), port)).unwrap();
+    let child = Command::new(holdfast_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = holdfast_tests::wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20));
+    let alarm = if up {
+        sub_one(port, "$SYS/brokers/gw-board/board/alarms")
+    } else {
+        String::new()
+    };
+    let status = if up {
+        sub_one(port, "$SYS/brokers/gw-board/board/status")
+    } else {
+        String::new()
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(up, "the gateway did not start without its watchdog: {log}");
+    assert!(alarm.contains("no hardware watchdog"), "{alarm}");
+    assert_eq!(status.trim(), "degraded");
+    assert!(log.contains("running without it"), "{log}");
+}
+
+#[test]
+fn a_required_watchdog_that_cannot_be_opened_is_a_start_error_naming_it() {
+    let dir = TempDir::new("board-missing");
+    let port = free_port();
+    let cfg = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &cfg,
+        config(dir.path(), port).replace("[board]\n", "[board]\nwatchdog_required = true\n"),
+    )
+    .unwrap();
     // No fake tree: the watchdog file does not exist.
     let (ok, _, err) = run_with_timeout(
         Command::new(holdfast_bin())

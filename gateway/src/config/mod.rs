@@ -457,6 +457,10 @@ pub struct BoardConfig {
     /// itself healthy for this long. Whole seconds, 1s..=1h; drivers may cap it (the Raspberry
     /// Pi's at 15s, hence the default 15s).
     pub watchdog_timeout: Duration,
+    /// A watchdog device that cannot be opened stops the start (true), or is logged, raised
+    /// as an alarm (`$SYS/brokers/{node}/board/alarms`, systemd `STATUS=`) and the gateway
+    /// runs on under systemd's watchdog (false, the default: never a boot loop).
+    pub watchdog_required: bool,
     /// How often health (temperature, load, memory, disk, uptime) is published under `$SYS/brokers/{node}/board/health`. Default 60s; 0 disables, else >= 1s.
     pub health_interval: Duration,
     /// LED (a name under /sys/class/leds) that blinks while booting and is lit while running.
@@ -504,6 +508,7 @@ impl Default for BoardConfig {
             kind: BoardKind::Host,
             watchdog_device: Some(PathBuf::from("/dev/watchdog")),
             watchdog_timeout: Duration::from_secs(15),
+            watchdog_required: false,
             health_interval: Duration::from_secs(60),
             led_status: None,
             led_uplink: None,

@@ -116,6 +116,7 @@ fn the_example_config_mentions_every_key() {
         "level",
         "watchdog_device",
         "watchdog_timeout",
+        "watchdog_required",
         "health_interval",
         "led_status",
         "led_uplink",

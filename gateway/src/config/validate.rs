@@ -1449,6 +1449,7 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "kind",
             "watchdog_device",
             "watchdog_timeout",
+            "watchdog_required",
             "health_interval",
             "led_status",
             "led_uplink",
@@ -1485,6 +1486,13 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
                 let text = text.trim();
                 Some((!text.is_empty()).then(|| PathBuf::from(text)))
             },
+        ),
+        watchdog_required: ctx.get(
+            entries,
+            path,
+            "watchdog_required",
+            d.watchdog_required,
+            boolean,
         ),
         watchdog_timeout: ctx.get(
             entries,
