@@ -12,9 +12,12 @@
 //! - the event loop answers: a probe task spawned on the runtime gets the router's lock and
 //!   reports back within the deadline (a wedged scheduler, all workers blocked, or a
 //!   deadlocked or long-held router lock all fail it);
-//! - the data directory is writable: a blocking task rewrites and `fdatasync`s a small probe
+//! - the data directory answers: a blocking task rewrites and `fdatasync`s a small probe
 //!   file there, at most every [`STORAGE_PROBE_PERIOD`] to spare the flash, and must finish
-//!   within the deadline (a read-only remount, a full disk or a hung flash device fail it).
+//!   within the deadline. Only a write that *hangs* fails the check; a write that fails (a
+//!   read-only remount, a full disk, an I/O error) degrades the gateway instead: an alarm in
+//!   `$SYS/brokers/{node}/board/alarms`, `board/status = degraded`, systemd `STATUS=`, and the
+//!   watchdog still fed, since a reset cannot mend the card and would only loop.
 //!
 //! At most one probe of each kind is in flight: a probe that never returns is not stacked up
 //! behind, it just keeps the check failing. When the check fails the LEDs show a fault and
@@ -164,22 +167,9 @@ impl Supervisor {
         );
         self.publish_json(&format!("$SYS/brokers/{node}/board/identity"), &identity);
         self.board.indicate(Indication::Running);
-        let alarms = self.board.alarms();
+        let mut alarms = self.board.alarms();
         // What systemd shows as the service's status while running: degraded says why.
-        let running = if alarms.is_empty() {
-            "running".to_owned()
-        } else {
-            format!("running, degraded: {}", alarms.join("; "))
-        };
-        self.publish_json(&format!("$SYS/brokers/{node}/board/alarms"), &alarms);
-        self.publish(
-            &format!("$SYS/brokers/{node}/board/status"),
-            if alarms.is_empty() {
-                "running"
-            } else {
-                "degraded"
-            },
-        );
+        let mut running = self.show_alarms(&node, &alarms);
         self.notify.ready();
         self.notify.status(&running);
 
@@ -215,6 +205,16 @@ impl Supervisor {
                                 self.notify.status(&running);
                                 healthy = true;
                             }
+                            let mut now_alarms = self.board.alarms();
+                            now_alarms.extend(checker.storage_alarm());
+                            if now_alarms != alarms {
+                                for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
+                                    tracing::error!("{a}; still serving (nothing is reset for it)");
+                                }
+                                alarms = now_alarms;
+                                running = self.show_alarms(&node, &alarms);
+                                self.notify.status(&running);
+                            }
                             if let Err(e) = self.board.keepalive() {
                                 tracing::error!("{e}");
                             }
@@ -244,6 +244,24 @@ impl Supervisor {
         self.publish(&format!("$SYS/brokers/{node}/board/status"), "stopping");
         if let Err(e) = self.board.close() {
             tracing::error!("{e}");
+        }
+    }
+
+    /// Publishes the alarms and the status they imply; returns the systemd status line.
+    fn show_alarms(&self, node: &str, alarms: &[String]) -> String {
+        self.publish_json(&format!("$SYS/brokers/{node}/board/alarms"), &alarms);
+        self.publish(
+            &format!("$SYS/brokers/{node}/board/status"),
+            if alarms.is_empty() {
+                "running"
+            } else {
+                "degraded"
+            },
+        );
+        if alarms.is_empty() {
+            "running".to_owned()
+        } else {
+            format!("running, degraded: {}", alarms.join("; "))
         }
     }
 
@@ -363,9 +381,9 @@ impl SelfCheck {
                 ));
             }
         }
-        if let Some(e) = &self.storage_error {
-            return Err(e.clone());
-        }
+        // A storage probe that *failed* (read-only remount, full disk, I/O error) is not a hung
+        // runtime: the gateway keeps serving from memory and says so (`storage_alarm`); a reset
+        // would not mend the card and would loop. Only a write that hangs (above) stops feeding.
         match runtime {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(e),
@@ -374,6 +392,15 @@ impl SelfCheck {
                 self.deadline.as_millis()
             )),
         }
+    }
+}
+
+impl SelfCheck {
+    /// The last storage failure, while the data directory keeps failing its probe.
+    fn storage_alarm(&self) -> Option<String> {
+        self.storage_error
+            .as_ref()
+            .map(|e| format!("storage degraded: {e}"))
     }
 }
 

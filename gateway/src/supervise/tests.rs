@@ -156,25 +156,40 @@ async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unwritable_data_dir_stops_the_feeding() {
+async fn an_unwritable_data_dir_degrades_the_gateway_but_keeps_feeding() {
     let fx = Fixture::new();
-    // A regular file where the data directory should be: nothing can be created under it.
+    // A regular file where the data directory should be: nothing can be created under it
+    // (as on a read-only or worn-out card). A reset would not mend it: no boot loop.
     let data = fx.dir.path().join("not-a-dir");
     std::fs::write(&data, b"").unwrap();
     let shutdown = CancellationToken::new();
     let gw = Gateway::bind(fx.config(&data), shutdown.clone())
         .await
         .unwrap();
+    let broker = gw.broker();
     let serving = tokio::spawn(gw.serve());
-    fx.wait_for_led("fault", "1");
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(
-        fx.keepalives().is_empty(),
-        "fed although the data dir is unwritable"
-    );
+    let n = fx.wait_for_feeds_beyond(0);
+    fx.wait_for_feeds_beyond(n);
+    assert_eq!(fx.led("fault"), "0");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alarms = loop {
+        let alarms = broker
+            .with_router(|r| r.retained_payload("$SYS/brokers/gw-test/board/alarms"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if alarms.contains("storage degraded") || Instant::now() >= deadline {
+            break alarms;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(alarms.contains("storage degraded"), "{alarms}");
+    let status = broker
+        .with_router(|r| r.retained_payload("$SYS/brokers/gw-test/board/status"))
+        .unwrap_or_default();
+    assert_eq!(&status[..], b"degraded");
     shutdown.cancel();
     serving.await.unwrap();
-    assert_eq!(fx.keepalives(), b"V");
+    assert_eq!(fx.keepalives().last(), Some(&b'V'));
 }
 
 #[tokio::test]

@@ -162,6 +162,11 @@ impl Router {
             .collect()
     }
 
+    /// The payload of the retained message on `topic`, if any.
+    pub fn retained_payload(&self, topic: &str) -> Option<bytes::Bytes> {
+        self.retained.get(topic).map(|m| m.payload.clone())
+    }
+
     /// Closes the connection serving `client_id` (v5 clients get DISCONNECT 0x98,
     /// administrative action; the listener counts it as `kicked`). False when no connection
     /// serves that client id. The session itself follows its normal expiry.
