@@ -134,6 +134,60 @@ allow_anonymous = true
     )
 }
 
+/// One message on `topic` (a retained one arrives at once), read with `mosquitto_sub` within
+/// 5 s; `None` when none came.
+pub fn retained_once(port: u16, topic: &str) -> Option<String> {
+    let port = port.to_string();
+    let (ok, out, _) = run_with_timeout(
+        Command::new("mosquitto_sub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ]),
+        Duration::from_secs(8),
+    );
+    ok.then(|| out.trim().to_owned())
+}
+
+/// Polls [`retained_once`] until its text satisfies `done`; returns whether it did and the last
+/// text seen.
+pub fn wait_retained(
+    port: u16,
+    topic: &str,
+    timeout: Duration,
+    done: impl Fn(&str) -> bool,
+) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(s) = retained_once(port, topic) {
+            if done(&s) {
+                return (true, s);
+            }
+            last = s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (false, last)
+}
+
+/// The unsigned number after `"key":` in a flat-enough JSON text.
+pub fn json_u64(json: &str, key: &str) -> Option<u64> {
+    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 /// Writes a password file under `dir` with these `(user, password)` pairs, through
 /// `holdfast passwd add` (argon2id); returns its path.
 pub fn password_file(dir: &Path, users: &[(&str, &str)]) -> PathBuf {

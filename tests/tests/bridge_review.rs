@@ -22,7 +22,7 @@ use holdfast_tests::{
     Mosquitto, MosquittoSub, TempDir,
 };
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 const PREFIX: &str = "edge/gw-001/";
@@ -91,52 +91,12 @@ fn check(config: &str) -> (bool, String) {
     (ok, format!("{out}{err}"))
 }
 
-/// The latest `$SYS/.../bridges/cloud/stats` JSON (retained, refreshed every second).
-fn bridge_stats(port: u16) -> Option<String> {
-    let port = port.to_string();
-    let (ok, out, _) = run_with_timeout(
-        Command::new("mosquitto_sub").args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-t",
-            STATS,
-            "-C",
-            "1",
-            "-W",
-            "5",
-        ]),
-        Duration::from_secs(8),
-    );
-    ok.then(|| out.trim().to_owned())
-}
-
 /// Waits until the stats JSON satisfies `done`; returns whether it did and the last one seen.
 fn wait_stats(port: u16, timeout: Duration, done: impl Fn(&str) -> bool) -> (bool, String) {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        if let Some(s) = bridge_stats(port) {
-            if done(&s) {
-                return (true, s);
-            }
-            last = s;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    (false, last)
+    holdfast_tests::wait_retained(port, STATS, timeout, done)
 }
 
-/// The unsigned number after `"key":` in a flat-enough JSON text.
-fn num(json: &str, key: &str) -> Option<u64> {
-    let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let digits: String = json[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
+use holdfast_tests::json_u64 as num;
 
 /// Whether the stats say `dead_lettered` is `n` and name at least one reason.
 fn dead_lettered(json: &str, n: u64) -> bool {

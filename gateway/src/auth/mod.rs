@@ -232,6 +232,9 @@ pub enum AuthDecision {
 pub enum Admitted {
     /// The password file verified user name and password.
     Password,
+    /// The listener verified a client certificate that names the client
+    /// (`tls.peer_cert_as_username`).
+    Certificate,
     /// A JWT whose `username_claim` equals the user name.
     TokenWithUser,
     /// A JWT without a `username_claim`: the token is valid, the user name is not checked.
@@ -245,7 +248,10 @@ pub enum Admitted {
 impl Admitted {
     /// True when the CONNECT user name was verified.
     pub fn verified_user(self) -> bool {
-        matches!(self, Admitted::Password | Admitted::TokenWithUser)
+        matches!(
+            self,
+            Admitted::Password | Admitted::Certificate | Admitted::TokenWithUser
+        )
     }
 }
 

@@ -10,7 +10,6 @@
 
 use super::{AuthDecision, Authenticator};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -35,8 +34,6 @@ pub enum Busy {
 #[derive(Debug)]
 pub struct CheckPool {
     tx: SyncSender<Job>,
-    /// Checks skipped because the client had stopped waiting.
-    pub skipped: AtomicU64,
 }
 
 impl std::fmt::Debug for Job {
@@ -54,17 +51,13 @@ impl CheckPool {
     pub fn start(auth: Arc<Authenticator>, workers: usize, queue: usize) -> Arc<CheckPool> {
         let (tx, rx) = sync_channel::<Job>(queue);
         let rx = Arc::new(Mutex::new(rx));
-        let pool = Arc::new(CheckPool {
-            tx,
-            skipped: AtomicU64::new(0),
-        });
+        let pool = Arc::new(CheckPool { tx });
         for i in 0..workers.max(1) {
             let rx = Arc::clone(&rx);
             let auth = Arc::clone(&auth);
-            let weak = Arc::downgrade(&pool);
             if let Err(e) = std::thread::Builder::new()
                 .name(format!("auth-{i}"))
-                .spawn(move || worker(&rx, &auth, &weak))
+                .spawn(move || worker(&rx, &auth))
             {
                 tracing::error!(error = %e, "cannot start a password-check thread");
             }
@@ -95,7 +88,7 @@ impl CheckPool {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<Job>>, auth: &Authenticator, pool: &std::sync::Weak<CheckPool>) {
+fn worker(rx: &Mutex<Receiver<Job>>, auth: &Authenticator) {
     loop {
         let job = {
             let Ok(rx) = rx.lock() else {
@@ -108,9 +101,6 @@ fn worker(rx: &Mutex<Receiver<Job>>, auth: &Authenticator, pool: &std::sync::Wea
         };
         if job.reply.is_closed() {
             // The client hung up or gave up waiting: no argon2 for nobody.
-            if let Some(p) = pool.upgrade() {
-                p.skipped.fetch_add(1, Ordering::Relaxed);
-            }
             continue;
         }
         let decision = auth.check(

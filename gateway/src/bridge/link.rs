@@ -468,8 +468,11 @@ impl Link {
 
     /// Writes the session state if it changed; before any packet that depends on it leaves.
     fn persist_session(&mut self) {
-        if let Ok(q) = self.outbox.queue.stats() {
-            self.session.forget_done_through(q.acks_persisted_through);
+        // Only QoS 2 leaves "done" records; a QoS 0/1 bridge never takes the queue's lock here.
+        if self.session.has_done() {
+            if let Ok(q) = self.outbox.queue.stats() {
+                self.session.forget_done_through(q.acks_persisted_through);
+            }
         }
         if !self.session.take_dirty() {
             return;

@@ -286,6 +286,11 @@ impl Session {
         self.done.contains(&seq)
     }
 
+    /// True while some completed record waits for its queue acknowledgement to be on disk.
+    pub(super) fn has_done(&self) -> bool {
+        !self.done.is_empty()
+    }
+
     /// Forgets the completed records whose queue acknowledgement is on disk (at or below
     /// `persisted`: the queue will never hand them out again).
     pub(super) fn forget_done_through(&mut self, persisted: u64) {

@@ -375,7 +375,7 @@ impl Connection {
             // (tls.peer_cert_as_username): that is the authentication.
             Some(name) => {
                 self.username = Some(name.into_boxed_str());
-                AuthDecision::Allow(Admitted::Password)
+                AuthDecision::Allow(Admitted::Certificate)
             }
             None if connect.password.is_some()
                 && connect.username.as_ref().is_some_and(|u| {
@@ -411,8 +411,7 @@ impl Connection {
                 }
             },
         };
-        let password_user = decision == AuthDecision::Allow(Admitted::Password)
-            && self.peer_cert().and_then(|c| c.login.as_ref()).is_none();
+        let password_user = decision == AuthDecision::Allow(Admitted::Password);
         if password_user {
             if let Some(user) = connect.username.as_ref() {
                 self.broker

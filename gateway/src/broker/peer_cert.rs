@@ -52,16 +52,7 @@ impl PeerCert {
 
     /// Reads the CN and SANs of a DER certificate; `None` when it is not one.
     pub fn from_der(der: &[u8]) -> Option<PeerCert> {
-        let (_, cert) = expect(&mut Der(der), SEQUENCE)?;
-        let (_, tbs) = expect(&mut Der(cert), SEQUENCE)?;
-        let mut tbs = Der(tbs);
-        let (tag, _) = tbs.next()?;
-        if tag == 0xa0 {
-            // [0] version; the serial number follows.
-            let _serial = tbs.next()?;
-        }
-        let _signature = tbs.next()?;
-        let _issuer = tbs.next()?;
+        let mut tbs = tbs_at_validity(der)?;
         let _validity = tbs.next()?;
         let (_, subject) = expect(&mut tbs, SEQUENCE)?;
         let mut out = PeerCert {
@@ -82,20 +73,27 @@ impl PeerCert {
 /// The validity period of a DER certificate as Unix seconds `(not_before, not_after)`; `None`
 /// when it cannot be read. For warnings only (rustls/webpki decides validity).
 pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, validity) = expect(&mut tbs_at_validity(der)?, SEQUENCE)?;
+    let mut v = Der(validity);
+    let (t1, nb) = v.next()?;
+    let (t2, na) = v.next()?;
+    Some((asn1_time(t1, nb)?, asn1_time(t2, na)?))
+}
+
+/// A cursor over a certificate's TBSCertificate, past version, serial, signature and issuer:
+/// its next item is the validity, then the subject.
+fn tbs_at_validity(der: &[u8]) -> Option<Der<'_>> {
     let (_, cert) = expect(&mut Der(der), SEQUENCE)?;
     let (_, tbs) = expect(&mut Der(cert), SEQUENCE)?;
     let mut tbs = Der(tbs);
     let (tag, _) = tbs.next()?;
     if tag == 0xa0 {
+        // [0] version; the serial number follows.
         let _serial = tbs.next()?;
     }
     let _signature = tbs.next()?;
     let _issuer = tbs.next()?;
-    let (_, validity) = expect(&mut tbs, SEQUENCE)?;
-    let mut v = Der(validity);
-    let (t1, nb) = v.next()?;
-    let (t2, na) = v.next()?;
-    Some((asn1_time(t1, nb)?, asn1_time(t2, na)?))
+    Some(tbs)
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`, 0x17) or GeneralizedTime (`YYYYMMDDHHMMSSZ`, 0x18) as Unix seconds.

@@ -1616,35 +1616,25 @@ fn enqueue(
         // they drain (a slow or offline subscriber cannot take the board's memory).
         counters.dropped_queue_full += 1;
         s.dropped_since_log += 1;
-        let log_due = s
-            .last_drop_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
-        if log_due {
+        if let Some(dropped) = s.take_drop_log(now) {
             tracing::warn!(
                 client_id = %s.client_id,
-                dropped = s.dropped_since_log,
+                dropped,
                 held_total = total,
                 max_queued_bytes_total = cfg.max_queued_bytes_total,
                 "dropped: every session together holds max_queued_bytes_total"
             );
-            s.dropped_since_log = 0;
-            s.last_drop_log = Some(now);
         }
         return false;
     }
     if over_bytes {
-        let log_due = s
-            .last_drop_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
-        if log_due {
+        if let Some(dropped) = s.take_drop_log(now) {
             tracing::warn!(
                 client_id = %s.client_id,
-                dropped = s.dropped_since_log,
+                dropped,
                 max_mqueue_bytes = cfg.max_mqueue_bytes,
                 "dropped: mqueue full (bytes)"
             );
-            s.dropped_since_log = 0;
-            s.last_drop_log = Some(now);
         }
     }
     if s.mqueue.len() >= cfg.max_mqueue_len {
@@ -1653,18 +1643,13 @@ fn enqueue(
         }
         counters.dropped_queue_full += 1;
         s.dropped_since_log += 1;
-        let log_due = s
-            .last_drop_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
-        if log_due {
+        if let Some(dropped) = s.take_drop_log(now) {
             tracing::warn!(
                 client_id = %s.client_id,
-                dropped = s.dropped_since_log,
+                dropped,
                 max_mqueue_len = cfg.max_mqueue_len,
                 "dropped: mqueue full"
             );
-            s.dropped_since_log = 0;
-            s.last_drop_log = Some(now);
         }
     }
     s.push_delivery(delivery);

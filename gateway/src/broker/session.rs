@@ -323,6 +323,19 @@ impl Session {
         self.sub_held(delivery.held_bytes());
     }
 
+    /// The drops counted since the last "dropped" line, when a line is due (at most one a
+    /// second per session); the count starts again from zero then.
+    pub fn take_drop_log(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last_drop_log
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last_drop_log = Some(now);
+        Some(std::mem::take(&mut self.dropped_since_log))
+    }
+
     /// Journals that `delivery` changed its handshake state.
     pub fn note_changed(&mut self, delivery: &Delivery) {
         if let Some(j) = &mut self.journal {
