@@ -610,3 +610,53 @@ fn a_client_certificate_the_crl_revokes_is_refused() {
     );
     assert!(!publish(tls_crl), "a revoked certificate was accepted");
 }
+
+/// Many sessions with long filters (each within `max_subscriptions`) must not take the board's
+/// memory and flash: topics and filters are capped in bytes, and every session's subscriptions
+/// together are capped by `max_subscription_bytes_total`.
+#[test]
+fn long_topics_are_refused_and_all_subscriptions_together_are_bounded_in_bytes() {
+    use rumqttc::v5::mqttbytes::v5::{PubAckReason, Unsubscribe};
+    let gw = Gateway::start_with_mqtt("max_subscription_bytes_total = \"64KB\"\n");
+    // The default max_topic_len (4096): a longer topic name or filter is refused.
+    let long = format!("t/{}", "x".repeat(4100));
+    let mut raw = Raw::connected(gw.port, "long-topics");
+    assert_eq!(
+        suback(&mut raw, &long),
+        SubscribeReasonCode::TopicFilterInvalid
+    );
+    let mut p = Publish::new(long.as_str(), QoS::AtLeastOnce, "x", None);
+    p.pkid = 1;
+    assert_eq!(raw.publish_qos1(p), PubAckReason::TopicNameInvalid);
+    // 4000-byte filters count 4064 bytes each: 16 fit in 64 KiB across any number of
+    // sessions; the 17th is refused with quota exceeded, whoever asks.
+    let filter = |s: usize, n: usize| format!("f/{s}/{n}/{}", "y".repeat(3994));
+    let mut codes = Vec::new();
+    let mut sessions = Vec::new();
+    for s in 0..6 {
+        let (mut c, ack) = login(gw.port, &format!("filler-{s}"), true, None);
+        assert_eq!(ack.code, ConnectReturnCode::Success);
+        for n in 0..3 {
+            assert_eq!(filter(s, n).len(), 4000);
+            codes.push(suback(&mut c, &filter(s, n)));
+        }
+        sessions.push(c);
+    }
+    let granted = codes
+        .iter()
+        .filter(|c| matches!(c, SubscribeReasonCode::Success(_)))
+        .count();
+    assert_eq!(granted, 16, "{codes:?}");
+    assert_eq!(codes[16..], [SubscribeReasonCode::QuotaExceeded; 2]);
+    // Room comes back when a subscription goes.
+    sessions[0].send(Packet::Unsubscribe(Unsubscribe {
+        pkid: 9,
+        filters: vec![filter(0, 0)],
+        properties: None,
+    }));
+    assert!(matches!(sessions[0].expect(WAIT), Packet::UnsubAck(_)));
+    assert!(matches!(
+        suback(&mut sessions[5], &filter(5, 2)),
+        SubscribeReasonCode::Success(_)
+    ));
+}

@@ -449,7 +449,12 @@ impl Connection {
         }
 
         if let Some(w) = &connect.will {
-            if topic::validate_topic_name(&w.topic).is_err() || w.topic.starts_with('$') {
+            let m = &self.broker.config.mqtt;
+            if topic::validate_topic_name(&w.topic).is_err()
+                || w.topic.starts_with('$')
+                || w.topic.len() > m.max_topic_len
+                || topic::topic_levels(&w.topic) > m.max_topic_levels
+            {
                 return Err(self.refuse(reason::TOPIC_NAME_INVALID, "invalid will topic"));
             }
             // A will is a publish the client makes later: EMQX refuses the CONNECT when the ACL
@@ -1232,7 +1237,9 @@ impl Connection {
         }
         let refused = if p.topic.starts_with("$SYS") {
             Some(reason::NOT_AUTHORIZED)
-        } else if topic::topic_levels(&p.topic) > self.broker.config.mqtt.max_topic_levels {
+        } else if topic::topic_levels(&p.topic) > self.broker.config.mqtt.max_topic_levels
+            || p.topic.len() > self.broker.config.mqtt.max_topic_len
+        {
             Some(reason::TOPIC_NAME_INVALID)
         } else {
             None

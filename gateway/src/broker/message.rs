@@ -89,7 +89,7 @@ impl Message {
 
 /// What a queued delivery costs beyond its topic and payload (the delivery, its share of the
 /// message and its properties), for `max_heap_size` accounting.
-const DELIVERY_OVERHEAD: usize = 128;
+pub(crate) const DELIVERY_OVERHEAD: usize = 128;
 
 impl Delivery {
     /// Roughly the memory a session holds for this delivery: the topic and the payload (counted

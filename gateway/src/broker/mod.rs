@@ -99,6 +99,9 @@ impl Broker {
             max_queued_bytes_total: usize::try_from(m.max_queued_bytes_total).unwrap_or(usize::MAX),
             shared_strategy: m.shared_subscription_strategy,
             max_topic_levels: m.max_topic_levels,
+            max_topic_len: m.max_topic_len,
+            max_subscription_bytes_total: usize::try_from(m.max_subscription_bytes_total)
+                .unwrap_or(usize::MAX),
             force_shutdown_mqueue_len: m.force_shutdown_mqueue_len,
             force_shutdown_heap_size: usize::try_from(m.force_shutdown_heap_size)
                 .unwrap_or(usize::MAX),

@@ -56,6 +56,11 @@ pub struct RouterConfig {
     pub shared_strategy: SharedStrategy,
     /// Deepest topic or filter accepted.
     pub max_topic_levels: usize,
+    /// Longest filter accepted, in bytes (a shared one with its prefix).
+    pub max_topic_len: usize,
+    /// Cap on the bytes of every session's subscriptions together, as
+    /// [`subscription_cost`] counts them.
+    pub max_subscription_bytes_total: usize,
     /// A connected session whose queue reaches this length has its connection closed with
     /// 0x97 quota exceeded (`mqtt.force_shutdown.max_mqueue_len`); 0 = never.
     pub force_shutdown_mqueue_len: usize,
@@ -104,6 +109,8 @@ pub struct RouterSizes {
     pub connected: usize,
     /// Subscriptions (plain and shared).
     pub subscriptions: usize,
+    /// What they hold, as `max_subscription_bytes_total` counts it.
+    pub subscription_bytes: usize,
     /// Retained messages.
     pub retained: usize,
     /// Deliveries waiting in all session queues.
@@ -218,6 +225,9 @@ pub struct Router {
     retained_user_bytes: usize,
     /// Every session's `held_bytes`, summed (`max_queued_bytes_total`).
     held_total: Arc<std::sync::atomic::AtomicUsize>,
+    /// Every session's subscriptions, as [`subscription_cost`] counts them
+    /// (`max_subscription_bytes_total`).
+    subscription_bytes: usize,
     next_session_id: SessionId,
     /// Connections to wake once the lock is released.
     wake: Vec<Arc<ConnControl>>,
@@ -247,6 +257,7 @@ impl Router {
             retained_user: 0,
             retained_user_bytes: 0,
             held_total: Arc::default(),
+            subscription_bytes: 0,
             retained_store: None,
             persist: None,
             next_session_id: 1,
@@ -311,6 +322,7 @@ impl Router {
         let mut sizes = RouterSizes {
             sessions: self.sessions.len(),
             subscriptions: self.subs.len(),
+            subscription_bytes: self.subscription_bytes,
             retained: self.retained.len(),
             ..RouterSizes::default()
         };
@@ -339,13 +351,13 @@ impl Router {
             let (expired, will_due) = self.sessions.get(&sid).map_or((false, false), |s| {
                 (
                     s.expires_at.is_some_and(|at| now >= at),
-                    s.pending_will.as_ref().is_some_and(|w| now >= w.publish_at),
+                    s.pending_will().is_some_and(|w| now >= w.publish_at),
                 )
             });
             if will_due {
                 if let Some(w) = self.sessions.get_mut(&sid).and_then(|s| {
                     s.note_meta_changed();
-                    s.pending_will.take()
+                    s.take_pending_will()
                 }) {
                     self.publish_will(w.message, now);
                 }
@@ -403,7 +415,7 @@ impl Router {
                     s.expiry = params.session_expiry;
                     s.expires_at = None;
                     s.window = params.window.max(1);
-                    s.pending_will = None;
+                    s.take_pending_will();
                     s.resend_pending = !s.inflight.is_empty();
                     params
                         .conn
@@ -524,10 +536,19 @@ impl Router {
                 self.publish_will(msg, now);
             }
             Some((message, delay)) => {
-                s.pending_will = Some(PendingWill {
-                    message,
-                    publish_at: now + delay.min(s.expiry),
-                });
+                let bytes = super::session::will_bytes(&message);
+                let total = self.held_total.load(std::sync::atomic::Ordering::Relaxed);
+                if total + bytes > self.cfg.max_queued_bytes_total {
+                    // Kept, it would take memory the cap promises: published now, it reaches
+                    // whoever has room (the bridges do) instead.
+                    tracing::warn!(client_id = %super::short(&s.client_id), held_total = total, "delayed will published at once: max_queued_bytes_total reached");
+                    self.publish_will(message, now);
+                } else {
+                    s.set_pending_will(PendingWill {
+                        message,
+                        publish_at: now + delay.min(s.expiry),
+                    });
+                }
             }
             None => {}
         }
@@ -602,10 +623,9 @@ impl Router {
         let mut due_wills = Vec::new();
         let mut expired = Vec::new();
         for s in self.sessions.values_mut() {
-            if let Some(w) = &s.pending_will {
-                if now >= w.publish_at {
-                    due_wills.push(w.message.clone());
-                    s.pending_will = None;
+            if s.pending_will().is_some_and(|w| now >= w.publish_at) {
+                if let Some(w) = s.take_pending_will() {
+                    due_wills.push(w.message);
                     s.note_meta_changed();
                 }
             }
@@ -641,6 +661,9 @@ impl Router {
         }
         for filter in s.subscriptions.keys() {
             self.remove_subscription_index(sid, filter);
+            self.subscription_bytes = self
+                .subscription_bytes
+                .saturating_sub(subscription_cost(filter));
         }
         // What came through a shared subscription goes to another member of its group: every
         // queued message, and the QoS 1 ones sent but not acknowledged. A QoS 2 message already
@@ -664,7 +687,7 @@ impl Router {
         }
         let left = self.redistribute(sid, movable, false, Instant::now());
         self.counters.dropped_session_discarded += (discarded + left.len()) as u64;
-        s.pending_will.take().map(|w| w.message)
+        s.take_pending_will().map(|w| w.message)
     }
 
     /// Hands deliveries that came through a shared subscription to another member of their
@@ -1005,7 +1028,7 @@ impl Router {
                 let due_in = w.publish_at_unix_ms.saturating_sub(unix_now);
                 match super::persist::from_stored(w.message.clone(), now) {
                     Some(message) => {
-                        s.pending_will = Some(PendingWill {
+                        s.set_pending_will(PendingWill {
                             message: Arc::new(message),
                             publish_at: now + Duration::from_millis(due_in),
                         });
@@ -1068,7 +1091,9 @@ impl Router {
             }
             s.journal = Some(Box::new(journal));
             for (filter, sub) in &subs {
-                s.subscriptions.insert(filter.clone(), *sub);
+                if s.subscriptions.insert(filter.clone(), *sub).is_none() {
+                    self.subscription_bytes += subscription_cost(filter);
+                }
             }
             self.sessions.insert(sid, Box::new(s));
             self.by_client.insert(client_id, sid);
@@ -1175,7 +1200,9 @@ impl Router {
         if shared.is_none() && topic::validate_topic_filter(real_filter).is_err() {
             return reason::TOPIC_FILTER_INVALID;
         }
-        if topic::topic_levels(real_filter) > self.cfg.max_topic_levels {
+        if topic::topic_levels(real_filter) > self.cfg.max_topic_levels
+            || filter.len() > self.cfg.max_topic_len
+        {
             return reason::TOPIC_FILTER_INVALID;
         }
         if shared.is_some() && options.no_local {
@@ -1188,11 +1215,21 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return reason::UNSPECIFIED_ERROR;
         };
+        let cost = subscription_cost(filter);
+        if !s.subscriptions.contains_key(filter.as_str())
+            && self.subscription_bytes + cost > self.cfg.max_subscription_bytes_total
+        {
+            tracing::warn!(client_id = %super::short(&s.client_id), filter = %super::short(filter), total = self.subscription_bytes, max = self.cfg.max_subscription_bytes_total, "subscribe refused: max_subscription_bytes_total reached");
+            return reason::QUOTA_EXCEEDED;
+        }
         // An owned copy: the filter came from a read buffer it would otherwise pin.
         let existed = s
             .subscriptions
             .insert(ByteStr::from(filter.as_str()), sub)
             .is_some();
+        if !existed {
+            self.subscription_bytes += cost;
+        }
         let is_shared = shared.is_some();
         self.index_subscription(sid, filter, shared, sub);
         if !is_shared {
@@ -1287,11 +1324,14 @@ impl Router {
     pub fn unsubscribe(&mut self, sid: SessionId, filters: &[ByteStr]) -> Vec<u8> {
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in filters {
-            let valid = match topic::parse_shared(filter) {
-                Ok(Some(shared)) => topic::topic_levels(shared.filter) <= self.cfg.max_topic_levels,
-                Ok(None) => topic::topic_levels(filter) <= self.cfg.max_topic_levels,
-                Err(_) => false,
-            };
+            let valid = filter.len() <= self.cfg.max_topic_len
+                && match topic::parse_shared(filter) {
+                    Ok(Some(shared)) => {
+                        topic::topic_levels(shared.filter) <= self.cfg.max_topic_levels
+                    }
+                    Ok(None) => topic::topic_levels(filter) <= self.cfg.max_topic_levels,
+                    Err(_) => false,
+                };
             if !valid {
                 reasons.push(reason::TOPIC_FILTER_INVALID);
                 continue;
@@ -1301,6 +1341,9 @@ impl Router {
                 .get_mut(&sid)
                 .is_some_and(|s| s.subscriptions.remove(filter).is_some());
             if had {
+                self.subscription_bytes = self
+                    .subscription_bytes
+                    .saturating_sub(subscription_cost(filter));
                 self.remove_subscription_index(sid, filter);
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.note_meta_changed();
@@ -1737,6 +1780,12 @@ fn other_member(
                 .flatten()
         })
         .copied()
+}
+
+/// What one subscription counts against `max_subscription_bytes_total`: its filter and the
+/// map, trie and store entries that carry it.
+pub fn subscription_cost(filter: &str) -> usize {
+    filter.len() + 64
 }
 
 /// What a retained message counts against `max_retained_bytes`.

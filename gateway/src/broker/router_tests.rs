@@ -40,6 +40,8 @@ fn config() -> RouterConfig {
         max_sessions: usize::MAX,
         max_mqueue_bytes: usize::MAX,
         max_queued_bytes_total: usize::MAX,
+        max_topic_len: 65535,
+        max_subscription_bytes_total: usize::MAX,
         max_mqueue_len: 100,
         mqueue_store_qos0: false,
         retain_available: true,
@@ -1832,6 +1834,8 @@ fn sizes_counts_sessions_connections_subscriptions_retained_queued_and_inflight(
             sessions: 3,
             connected: 2,
             subscriptions: 5,
+            // "t", "u/#", "$share/g/t", "$queue/t", "t": 23 bytes, 64 more each.
+            subscription_bytes: 23 + 5 * 64,
             retained: 2,
             // a: 3 of 5 left after 2 went inflight; b: 5 as the only member of $share/g;
             // c (offline): 5 on its plain subscription plus 5 as the only member of $queue.
@@ -2371,4 +2375,85 @@ fn the_queued_bytes_total_returns_to_zero_when_everything_is_delivered() {
         ack(&mut r, s, &sent);
     }
     assert_eq!(r.held_bytes_total(), 0);
+}
+
+#[test]
+fn subscription_bytes_are_capped_over_all_sessions_and_given_back_by_unsubscribe_and_expiry() {
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_subscription_bytes_total: 3 * (10 + 64),
+        max_topic_len: 10,
+        ..config()
+    });
+    let (a, ac) = connect(&mut r, "a", false, Duration::from_secs(1));
+    let (b, _) = connect(&mut r, "b", false, HOUR);
+    let opts = |f: &str| (ByteStr::from(f), opts(QoS::AtLeastOnce));
+    // Too long for max_topic_len, whatever the room.
+    assert_eq!(
+        r.subscribe(a, &[opts("aaaaaaaaaaa")], None, t0),
+        [reason::TOPIC_FILTER_INVALID]
+    );
+    assert_eq!(
+        r.subscribe(a, &[opts("aaaaaaaaa1"), opts("aaaaaaaaa2")], None, t0),
+        [1, 1]
+    );
+    // Subscribing again to a filter held already costs nothing.
+    assert_eq!(
+        r.subscribe(b, &[opts("bbbbbbbbb1"), opts("bbbbbbbbb2")], None, t0),
+        [1, reason::QUOTA_EXCEEDED]
+    );
+    assert_eq!(r.subscribe(a, &[opts("aaaaaaaaa1")], None, t0), [1]);
+    assert_eq!(r.sizes().subscription_bytes, 3 * 74);
+    assert_eq!(
+        r.unsubscribe(a, &[ByteStr::from("aaaaaaaaa2")]),
+        [reason::SUCCESS]
+    );
+    assert_eq!(r.subscribe(b, &[opts("bbbbbbbbb2")], None, t0), [1]);
+    // An expired session gives its subscriptions' bytes back.
+    disconnect(&mut r, a, &ac, t0);
+    r.tick(t0 + Duration::from_secs(2));
+    assert_eq!(r.sizes().subscription_bytes, 2 * 74);
+    assert_eq!(r.subscribe(b, &[opts("bbbbbbbbb3")], None, t0), [1]);
+}
+
+#[test]
+fn a_pending_will_counts_as_held_bytes_and_fires_at_once_when_they_are_full() {
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_queued_bytes_total: 2 * (6 + 100 + 128),
+        ..config()
+    });
+    let (w, wc) = connect(&mut r, "watcher", false, HOUR);
+    sub(&mut r, w, "will/#", QoS::AtLeastOnce, t0);
+    let mut held = Vec::new();
+    for n in 0..3 {
+        let (s, c) = connect(&mut r, &format!("dev-{n}"), false, HOUR);
+        let will = msg(
+            &format!("will/{n}"),
+            &"x".repeat(100),
+            QoS::AtLeastOnce,
+            false,
+            None,
+        );
+        r.disconnect(
+            s,
+            c.conn_id,
+            Some((will, Duration::from_secs(60))),
+            None,
+            t0,
+        );
+        held.push(r.held_bytes_total());
+    }
+    // Two wills wait for their delay, each counted; the third would pass the cap and is
+    // published now, reaching whoever has room: not the watcher, whose queue counts against
+    // the same full total (a bridge would still take it).
+    assert_eq!(held[0], 6 + 100 + 128);
+    assert_eq!(held[1], 2 * (6 + 100 + 128));
+    assert_eq!(held[2], held[1]);
+    assert_eq!(r.counters().messages_routed, 1);
+    assert_eq!(r.counters().dropped_queue_full, 1);
+    assert!(drained_payloads(&mut r, w, wc.conn_id, t0).is_empty());
+    // When the delays end, the two held wills go out and free their bytes.
+    r.tick(t0 + Duration::from_secs(61));
+    assert_eq!(r.counters().messages_routed, 3);
 }

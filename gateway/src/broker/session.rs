@@ -140,6 +140,11 @@ pub struct Inflight {
     pub delivery: Delivery,
 }
 
+/// What a pending will counts as held: as a queued delivery of it would.
+pub fn will_bytes(message: &super::message::Message) -> usize {
+    message.topic.len() + message.payload.len() + super::message::DELIVERY_OVERHEAD
+}
+
 /// A will waiting for its delay (v5 will delay interval) or the end of the session.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
@@ -179,8 +184,10 @@ pub struct Session {
     pub window: usize,
     /// Set after a reconnect: inflight entries must be resent (DUP) before anything new.
     pub resend_pending: bool,
-    /// A will waiting for its delay interval.
-    pub pending_will: Option<PendingWill>,
+    /// A will waiting for its delay interval; set and taken only through
+    /// [`Session::set_pending_will`] and [`Session::take_pending_will`], which count its bytes
+    /// as held (`max_queued_bytes_total`).
+    pending_will: Option<PendingWill>,
     /// Messages dropped because the queue was full, since the last log line about it.
     pub dropped_since_log: u64,
     /// When the last "mqueue full" line was logged (one line a second at most).
@@ -282,6 +289,25 @@ impl Session {
         }
         self.add_held(delivery.held_bytes());
         self.mqueue.push_back(delivery);
+    }
+
+    /// The will waiting for its delay, if any.
+    pub fn pending_will(&self) -> Option<&PendingWill> {
+        self.pending_will.as_ref()
+    }
+
+    /// Holds `will` until its delay ends (replacing any earlier one), counting its bytes.
+    pub fn set_pending_will(&mut self, will: PendingWill) {
+        self.take_pending_will();
+        self.add_held(will_bytes(&will.message));
+        self.pending_will = Some(will);
+    }
+
+    /// Takes the pending will, if any, no longer counting its bytes.
+    pub fn take_pending_will(&mut self) -> Option<PendingWill> {
+        let will = self.pending_will.take()?;
+        self.sub_held(will_bytes(&will.message));
+        Some(will)
     }
 
     /// Counts `n` more bytes held, here and in the router-wide total.

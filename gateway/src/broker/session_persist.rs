@@ -332,7 +332,7 @@ pub fn stored_session(s: &Session, now: Instant, unix_now_ms: u64) -> StoredSess
     subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
     let mut awaiting_rel: Vec<u16> = s.awaiting_rel.iter().copied().collect();
     awaiting_rel.sort_unstable();
-    let pending_will = s.pending_will.as_ref().map(|w| {
+    let pending_will = s.pending_will().map(|w| {
         let due_in = w.publish_at.saturating_duration_since(now);
         StoredWill {
             message: persist::to_stored(&w.message, now),

@@ -34,6 +34,8 @@ fn config() -> RouterConfig {
         max_sessions: usize::MAX,
         max_mqueue_bytes: usize::MAX,
         max_queued_bytes_total: usize::MAX,
+        max_topic_len: 65535,
+        max_subscription_bytes_total: usize::MAX,
         max_mqueue_len: 100,
         mqueue_store_qos0: false,
         retain_available: true,

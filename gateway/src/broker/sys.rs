@@ -134,6 +134,7 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
         ("sessions/count", sizes.sessions as u64),
         ("sessions/connected", sizes.connected as u64),
         ("subscriptions/count", sizes.subscriptions as u64),
+        ("subscriptions/bytes", sizes.subscription_bytes as u64),
         ("retained/count", sizes.retained as u64),
         ("messages/queued", sizes.queued as u64),
         ("messages/inflight", sizes.inflight as u64),

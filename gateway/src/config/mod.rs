@@ -109,6 +109,15 @@ pub struct MqttConfig {
     /// Most levels a topic name or filter may have; bounds trie depth and matching cost.
     /// Default 128; 1..=65535.
     pub max_topic_levels: usize,
+    /// Longest topic name or filter accepted, in bytes (a shared filter with its
+    /// `$share/{group}/` prefix). A longer PUBLISH topic is refused (0x90 / disconnect for
+    /// 3.1.1), a longer filter gets 0x8F / 0x80. Default 4096; 1..=65535.
+    pub max_topic_len: usize,
+    /// Filter bytes of every session's subscriptions together (each counted at its length
+    /// plus 64 bytes of bookkeeping): a SUBSCRIBE that would pass it gets 0x97 quota exceeded
+    /// (0x80 for 3.1.1), so many sessions with long filters cannot take the board's memory
+    /// and flash. Default 32MB.
+    pub max_subscription_bytes_total: u64,
     /// Whether retained messages are supported; advertised to MQTT 5 clients. Default true.
     pub retain_available: bool,
     /// Bound on the retained store: beyond it, new retained topics are refused (old ones can
@@ -149,9 +158,10 @@ pub struct MqttConfig {
     /// message that would pass it drops the oldest queued ones, as `max_mqueue_len` does
     /// (counted). Default 16MB.
     pub max_mqueue_bytes: u64,
-    /// Those bytes summed over every session: a message that would pass it is not queued for
-    /// the session it was for (counted as mqueue_full), so slow or offline subscribers
-    /// together cannot take the board's memory. Default 128MB.
+    /// Those bytes summed over every session, with the delayed wills waiting: a message that
+    /// would pass it is not queued for the session it was for (counted as mqueue_full), and a
+    /// delayed will that would is published at once, so slow or offline subscribers together
+    /// cannot take the board's memory. Default 128MB.
     pub max_queued_bytes_total: u64,
     /// Inbound PUBLISH packets per second per client, as a token bucket (EMQX's
     /// `"rate,burst"`); an empty bucket pauses reading from that client's socket until it
@@ -561,6 +571,8 @@ impl Default for MqttConfig {
             max_clientid_len: 256,
             max_topic_alias: 16,
             max_topic_levels: 128,
+            max_topic_len: 4096,
+            max_subscription_bytes_total: 32 * u64::from(MB),
             retain_available: true,
             max_retained_messages: 100_000,
             max_retained_payload: MB,

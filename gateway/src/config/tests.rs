@@ -82,6 +82,8 @@ fn the_example_config_mentions_every_key() {
         "max_clientid_len",
         "max_topic_alias",
         "max_topic_levels",
+        "max_topic_len",
+        "max_subscription_bytes_total",
         "retain_available",
         "max_retained_messages",
         "max_retained_payload",

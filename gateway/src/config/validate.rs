@@ -542,6 +542,8 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_clientid_len",
             "max_topic_alias",
             "max_topic_levels",
+            "max_topic_len",
+            "max_subscription_bytes_total",
             "retain_available",
             "max_retained_messages",
             "max_retained_payload",
@@ -596,6 +598,16 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
         max_topic_levels: ctx.get(entries, path, "max_topic_levels", d.max_topic_levels, |c, n, k| {
             integer(c, n, k, 1, 65535)
         }),
+        max_topic_len: ctx.get(entries, path, "max_topic_len", d.max_topic_len, |c, n, k| {
+            integer(c, n, k, 1, 65535)
+        }),
+        max_subscription_bytes_total: ctx.get(
+            entries,
+            path,
+            "max_subscription_bytes_total",
+            d.max_subscription_bytes_total,
+            |c, n, k| size(c, n, k, 1024, u64::MAX),
+        ),
         retain_available: ctx.get(entries, path, "retain_available", d.retain_available, boolean),
         max_retained_messages: ctx.get(
             entries,
