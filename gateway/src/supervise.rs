@@ -29,15 +29,14 @@
 //! through [`Broker::publish_internal`], from tasks on the main runtime so that a held router
 //! lock never blocks the supervisor itself.
 
-use crate::broker::message::Message;
+use crate::broker::message::{Message, Origin};
 use crate::broker::Broker;
 use crate::config::{BoardConfig, BoardKind, Config};
-use bytes::Bytes;
 use holdfast_board::{
     Board, BoardError, HostBoard, Indication, LedNames, LinuxBoard, LinuxBoardConfig, Roots,
     SystemdNotify,
 };
-use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
+use holdfast_mqtt::{PublishProperties, QoS};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -279,16 +278,14 @@ impl Supervisor {
     /// A retained QoS 0 broker message, like the other `$SYS` topics, published from a task
     /// on the main runtime (a held router lock must not block the supervisor).
     fn publish_bytes(&self, topic: &str, payload: Vec<u8>) {
-        let message = Message {
-            topic: ByteStr::from(topic.to_owned()),
-            payload: Bytes::from(payload),
-            qos: QoS::AtMostOnce,
-            retain: true,
-            properties: PublishProperties::default(),
-            publisher: None,
-            publisher_client_id: None,
-            expires_at: None,
-        };
+        let message = Message::new(
+            topic.to_owned(),
+            payload,
+            QoS::AtMostOnce,
+            true,
+            PublishProperties::default(),
+            Origin::BROKER,
+        );
         let broker = self.broker.clone();
         self.main
             .spawn(async move { broker.publish_internal(message) });

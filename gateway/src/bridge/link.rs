@@ -24,7 +24,7 @@ use super::net::{self, Conn, NetError};
 use super::outbox::{bridge_session_id, Outbox};
 use super::session::{Event, Limits, OutMsg, Persisted, Refusal, Session};
 use super::stats::LinkState;
-use crate::broker::message::Message;
+use crate::broker::message::{Message, Origin};
 use crate::broker::{persist, Broker};
 use crate::config::BridgeConfig;
 use bytes::BytesMut;
@@ -585,8 +585,6 @@ impl Link {
         }
         self.outbox.stats.downlink.fetch_add(1, Ordering::Relaxed);
         let mut properties = p.properties;
-        properties.topic_alias = None;
-        properties.subscription_identifiers.clear();
         if let Some(rt) = &properties.response_topic {
             if let Some(local_rt) = rt.as_str().strip_prefix(prefix.as_str()) {
                 if !local_rt.is_empty() {
@@ -594,19 +592,12 @@ impl Link {
                 }
             }
         }
-        let expires_at = properties
-            .message_expiry_interval
-            .map(|s| Instant::now() + Duration::from_secs(u64::from(s)));
-        let message = Message {
-            topic: ByteStr::from(local),
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-            properties,
-            publisher: Some(bridge_session_id(self.outbox.index)),
-            publisher_client_id: None,
-            expires_at,
+        let origin = Origin {
+            session: Some(bridge_session_id(self.outbox.index)),
+            client_id: None,
         };
+        let message = Message::new(local, p.payload, p.qos, p.retain, properties, origin)
+            .expiring_from(Instant::now());
         self.broker.publish_internal(message);
     }
 }

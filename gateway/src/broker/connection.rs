@@ -14,7 +14,7 @@
 
 use super::auto_subscribe;
 use super::limiter::InboundLimiter;
-use super::message::{Message, SessionId};
+use super::message::{Message, Origin, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, ConnectRefusal, Outgoing, Qos2Receive, Router};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
@@ -462,23 +462,21 @@ impl Connection {
             if self.acl_allows(Action::Publish, &w.topic) == Permission::Deny {
                 return Err(self.refuse(reason::NOT_AUTHORIZED, "will topic denied by the ACL"));
             }
-            let mut properties = w.properties.clone();
-            properties.topic_alias = None;
-            properties.subscription_identifiers.clear();
             // The will's expiry counts from when it is published (MQTT 5 §3.1.3.2.4): the
-            // router arms it then.
-            let expires_at = None;
+            // router arms it then. Not this session's publish for No Local: it has ended.
+            let origin = Origin {
+                session: None,
+                client_id: Some(client_id.clone()),
+            };
             self.will = Some(Will {
-                message: Arc::new(Message {
-                    topic: ByteStr::from(w.topic.as_str()),
-                    payload: bytes::Bytes::copy_from_slice(&w.payload),
-                    qos: w.qos,
-                    retain: w.retain,
-                    properties,
-                    publisher: None,
-                    publisher_client_id: Some(client_id.clone()),
-                    expires_at,
-                }),
+                message: Arc::new(Message::new(
+                    w.topic.as_str(),
+                    bytes::Bytes::copy_from_slice(&w.payload),
+                    w.qos,
+                    w.retain,
+                    w.properties.clone(),
+                    origin,
+                )),
                 delay: Duration::from_secs(u64::from(w.will_delay_interval.unwrap_or(0))),
             });
         }
@@ -514,6 +512,7 @@ impl Connection {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             password_user,
+            proto_name: "mqtt",
         });
         let result = self.broker.with_router(|r: &mut Router| {
             r.connect(ConnectParams {
@@ -664,6 +663,7 @@ impl Connection {
             client_id: self.client_id.to_string(),
             username: self.username.as_deref().map(str::to_string),
             peer: self.peer,
+            proto_name: "mqtt",
             proto_ver: self.protocol.level(),
             keepalive: self.connect_keepalive,
             clean_start: self.connect_clean_start,
@@ -780,18 +780,8 @@ impl Connection {
             };
             match wakeup {
                 Wakeup::Close => {
-                    let ctrl = &self.ctrl;
-                    let code = ctrl.close_reason.load(Ordering::Relaxed);
-                    let reason = match code {
-                        reason::SESSION_TAKEN_OVER if ctrl.discarded.load(Ordering::Relaxed) => {
-                            DisconnectReason::Discarded
-                        }
-                        reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
-                        reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
-                        reason::QUOTA_EXCEEDED => DisconnectReason::ForceShutdown,
-                        _ => DisconnectReason::Kicked,
-                    };
-                    return Close::new(reason, Some(code));
+                    let code = self.ctrl.close_reason.load(Ordering::Relaxed);
+                    return Close::new(self.ctrl.close_cause(), Some(code));
                 }
                 Wakeup::Failed => return Close::new(DisconnectReason::TcpClosed, None),
                 Wakeup::Writable => {}
@@ -1276,21 +1266,17 @@ impl Connection {
             tracing::debug!(peer = %self.peer, client_id = %self.client_id, topic = %p.topic, "publish refused");
             code = refusal;
         } else {
-            p.properties.subscription_identifiers.clear();
-            let expires_at = p
-                .properties
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s)));
-            let message = Arc::new(Message {
-                topic: p.topic,
-                payload: p.payload,
-                qos: p.qos,
-                retain: p.retain,
-                properties: p.properties,
-                publisher: Some(self.session),
-                publisher_client_id: Some(self.client_id.clone()),
-                expires_at,
-            });
+            let message = Arc::new(
+                Message::new(
+                    p.topic,
+                    p.payload,
+                    p.qos,
+                    p.retain,
+                    p.properties,
+                    Origin::client(self.session, self.client_id.clone()),
+                )
+                .expiring_from(now),
+            );
             self.broker.webhooks.message_publish(
                 &self.client_id,
                 self.username.as_deref(),
@@ -1371,7 +1357,8 @@ impl Connection {
         let mut over = 0;
         let marks = refused.get_or_insert_with(|| vec![None; filters.len()]);
         for ((filter, _), mark) in filters.iter().zip(marks.iter_mut()) {
-            if mark.is_some() || r.has_subscription(self.session, filter) {
+            if mark.is_some() || !r.valid_filter(filter) || r.has_subscription(self.session, filter)
+            {
                 continue;
             }
             if held >= max {

@@ -61,7 +61,68 @@ pub struct Message {
     pub expires_at: Option<Instant>,
 }
 
+/// Who published a message: a session (for No Local and for not forwarding a bridge's
+/// downlink back up) and its client id (webhooks' `from_clientid`); [`Origin::BROKER`] for
+/// broker-made messages.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The publishing session.
+    pub session: Option<SessionId>,
+    /// The publishing client's id.
+    pub client_id: Option<ByteStr>,
+}
+
+impl Origin {
+    /// Made by the broker itself (`$SYS`, board status): no session, no client.
+    pub const BROKER: Origin = Origin {
+        session: None,
+        client_id: None,
+    };
+
+    /// Published by `client_id` through session `session`.
+    pub fn client(session: SessionId, client_id: ByteStr) -> Origin {
+        Origin {
+            session: Some(session),
+            client_id: Some(client_id),
+        }
+    }
+}
+
 impl Message {
+    /// The one way to make a message. The properties' topic alias and subscription
+    /// identifiers are cleared (they belong to one hop, not to the message); no expiry is armed
+    /// ([`Message::expiring_from`] does that when the message enters the broker).
+    pub fn new(
+        topic: impl Into<ByteStr>,
+        payload: impl Into<Bytes>,
+        qos: QoS,
+        retain: bool,
+        mut properties: PublishProperties,
+        origin: Origin,
+    ) -> Message {
+        properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties,
+            publisher: origin.session,
+            publisher_client_id: origin.client_id,
+            expires_at: None,
+        }
+    }
+
+    /// Arms the v5 message expiry interval of its properties, counted from `now`.
+    pub fn expiring_from(mut self, now: Instant) -> Message {
+        self.expires_at = self
+            .properties
+            .message_expiry_interval
+            .map(|s| now + std::time::Duration::from_secs(u64::from(s)));
+        self
+    }
+
     /// A copy whose topic and payload own their memory. Decoded messages share the read buffer
     /// they came from; one kept for long (retained, queued for an offline session) would pin
     /// that whole buffer, so those are detached first.

@@ -6,6 +6,7 @@
 //! across an `.await`.
 
 pub mod auto_subscribe;
+pub mod client;
 pub mod connection;
 pub mod limiter;
 pub mod listener;

@@ -4,7 +4,7 @@
 //! remaining interval is right after a restart) and back. Never touches the disk itself; the
 //! router calls the store.
 
-use super::message::Message;
+use super::message::{Message, Origin};
 use bytes::Bytes;
 use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
 use holdfast_storage::kv::{StoredMessage, StoredProperties};
@@ -71,16 +71,16 @@ pub fn from_stored(s: StoredMessage, now: Instant) -> Option<Message> {
         subscription_identifiers: Vec::new(),
         content_type: sp.content_type.map(ByteStr::from),
     };
-    Some(Message {
-        topic: ByteStr::from(s.topic),
-        payload: Bytes::from(s.payload),
-        qos: QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
-        retain: s.retain,
+    let mut message = Message::new(
+        s.topic,
+        s.payload,
+        QoS::from_u8(s.qos).unwrap_or(QoS::AtMostOnce),
+        s.retain,
         properties,
-        publisher: None,
-        publisher_client_id: None,
-        expires_at,
-    })
+        Origin::BROKER,
+    );
+    message.expires_at = expires_at;
+    Some(message)
 }
 
 #[cfg(test)]
@@ -90,23 +90,27 @@ mod tests {
     #[test]
     fn a_message_survives_the_round_trip_through_its_stored_form() {
         let now = Instant::now();
-        let msg = Message {
-            topic: ByteStr::from("a/b"),
-            payload: Bytes::from_static(b"xyz"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: PublishProperties {
-                payload_format_indicator: Some(1),
-                response_topic: Some(ByteStr::from("r")),
-                correlation_data: Some(Bytes::from_static(b"c")),
-                user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
-                content_type: Some(ByteStr::from("text/plain")),
-                ..PublishProperties::default()
-            },
-            publisher: Some(7),
-            publisher_client_id: None,
-            expires_at: Some(now + Duration::from_secs(60)),
+        let properties = PublishProperties {
+            payload_format_indicator: Some(1),
+            response_topic: Some(ByteStr::from("r")),
+            correlation_data: Some(Bytes::from_static(b"c")),
+            user_properties: vec![(ByteStr::from("k"), ByteStr::from("v"))],
+            content_type: Some(ByteStr::from("text/plain")),
+            ..PublishProperties::default()
         };
+        let origin = Origin {
+            session: Some(7),
+            client_id: None,
+        };
+        let mut msg = Message::new(
+            "a/b",
+            &b"xyz"[..],
+            QoS::AtLeastOnce,
+            true,
+            properties,
+            origin,
+        );
+        msg.expires_at = Some(now + Duration::from_secs(60));
         let back = from_stored(to_stored(&msg, now), now).expect("not expired");
         assert_eq!(back.topic, msg.topic);
         assert_eq!(back.payload, msg.payload);
@@ -126,16 +130,14 @@ mod tests {
     fn a_message_that_expired_while_stored_is_not_restored() {
         let now = Instant::now();
         let mut stored = to_stored(
-            &Message {
-                topic: ByteStr::from("t"),
-                payload: Bytes::from_static(b"1"),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: PublishProperties::default(),
-                publisher: None,
-                publisher_client_id: None,
-                expires_at: None,
-            },
+            &Message::new(
+                "t",
+                &b"1"[..],
+                QoS::AtMostOnce,
+                true,
+                PublishProperties::default(),
+                Origin::BROKER,
+            ),
             now,
         );
         stored.properties.message_expiry_at_unix_ms = Some(1);

@@ -1184,6 +1184,18 @@ impl Router {
         reasons
     }
 
+    /// True when `filter` (plain or shared) is well-formed and within `max_topic_len` and
+    /// `max_topic_levels`.
+    pub fn valid_filter(&self, filter: &str) -> bool {
+        let real_filter = match topic::parse_shared(filter) {
+            Ok(Some(shared)) => shared.filter,
+            Ok(None) if topic::validate_topic_filter(filter).is_ok() => filter,
+            _ => return false,
+        };
+        topic::topic_levels(real_filter) <= self.cfg.max_topic_levels
+            && filter.len() <= self.cfg.max_topic_len
+    }
+
     fn subscribe_one(
         &mut self,
         sid: SessionId,
@@ -1192,19 +1204,12 @@ impl Router {
         subscription_id: Option<NonZeroU32>,
         now: Instant,
     ) -> u8 {
-        let shared = match topic::parse_shared(filter) {
-            Ok(shared) => shared,
-            Err(_) => return reason::TOPIC_FILTER_INVALID,
+        if !self.valid_filter(filter) {
+            return reason::TOPIC_FILTER_INVALID;
+        }
+        let Ok(shared) = topic::parse_shared(filter) else {
+            return reason::TOPIC_FILTER_INVALID;
         };
-        let real_filter = shared.as_ref().map_or(filter.as_str(), |s| s.filter);
-        if shared.is_none() && topic::validate_topic_filter(real_filter).is_err() {
-            return reason::TOPIC_FILTER_INVALID;
-        }
-        if topic::topic_levels(real_filter) > self.cfg.max_topic_levels
-            || filter.len() > self.cfg.max_topic_len
-        {
-            return reason::TOPIC_FILTER_INVALID;
-        }
         if shared.is_some() && options.no_local {
             return reason::TOPIC_FILTER_INVALID;
         }

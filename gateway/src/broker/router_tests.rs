@@ -105,16 +105,18 @@ fn msg(
     retain: bool,
     publisher: Option<SessionId>,
 ) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteStr::from(topic),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    let origin = Origin {
+        session: publisher,
+        client_id: None,
+    };
+    Arc::new(Message::new(
+        topic,
+        Bytes::copy_from_slice(payload.as_bytes()),
         qos,
         retain,
-        properties: PublishProperties::default(),
-        publisher,
-        publisher_client_id: None,
-        expires_at: None,
-    })
+        PublishProperties::default(),
+        origin,
+    ))
 }
 
 fn msg_expiring(topic: &str, payload: &str, qos: QoS, expires_at: Instant) -> Arc<Message> {

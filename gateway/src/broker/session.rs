@@ -8,7 +8,7 @@
 use super::message::{Delivery, SessionId};
 use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
-use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -52,6 +52,9 @@ pub struct ConnMeta {
     pub connected_at: u64,
     /// The password file verified `username` (a reload that removes the user disconnects it).
     pub password_user: bool,
+    /// What the client speaks: `mqtt`, or the label of an in-process client
+    /// ([`crate::broker::client::Protocol`]).
+    pub proto_name: &'static str,
 }
 
 impl ConnControl {
@@ -88,6 +91,20 @@ impl ConnControl {
     /// True once `close_with` was called.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// Why the connection was asked to close, as logs and `$SYS` name it.
+    pub fn close_cause(&self) -> super::stats::DisconnectReason {
+        use super::stats::DisconnectReason;
+        match self.close_reason.load(Ordering::Relaxed) {
+            reason::SESSION_TAKEN_OVER if self.discarded.load(Ordering::Relaxed) => {
+                DisconnectReason::Discarded
+            }
+            reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
+            reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
+            reason::QUOTA_EXCEEDED => DisconnectReason::ForceShutdown,
+            _ => DisconnectReason::Kicked,
+        }
     }
 
     /// True the first time after a drain; callers then [`ConnControl::wake`].

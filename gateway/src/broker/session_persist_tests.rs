@@ -97,16 +97,14 @@ fn sub(r: &mut Router, sid: SessionId, filter: &str, qos: QoS, id: Option<u32>, 
 }
 
 fn msg(topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
-    Arc::new(Message {
-        topic: ByteStr::from(topic),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    Arc::new(Message::new(
+        topic,
+        Bytes::copy_from_slice(payload.as_bytes()),
         qos,
-        retain: false,
-        properties: PublishProperties::default(),
-        publisher: None,
-        publisher_client_id: None,
-        expires_at: None,
-    })
+        false,
+        PublishProperties::default(),
+        Origin::BROKER,
+    ))
 }
 
 /// (payload, packet id, dup) of each PUBLISH drained; "PUBREL n" for a PUBREL.

@@ -4,11 +4,10 @@
 //! publishes stats and drives session expiry and delayed wills. Never blocks a connection: every
 //! event is one routed QoS 0 message.
 
-use super::message::Message;
+use super::message::{Message, Origin};
 use super::stats::DisconnectReason;
 use super::Broker;
-use bytes::Bytes;
-use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
+use holdfast_mqtt::{PublishProperties, QoS};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,7 +22,9 @@ pub struct ClientInfo {
     pub username: Option<String>,
     /// Peer address.
     pub peer: std::net::SocketAddr,
-    /// Protocol level (3, 4, 5).
+    /// What it speaks: `mqtt`, `coap`, `lwm2m`, `modbus`, `serial`, `web`, `bridge`.
+    pub proto_name: &'static str,
+    /// Protocol level (3, 4, 5 for MQTT; 0 for the in-process clients).
     pub proto_ver: u8,
     /// Keepalive in seconds.
     pub keepalive: u16,
@@ -39,16 +40,14 @@ fn unix_millis() -> u64 {
 
 /// A QoS 0 broker-made message on a `$SYS` topic.
 pub(crate) fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Message {
-    Message {
-        topic: ByteStr::from(topic),
-        payload: Bytes::from(payload),
-        qos: QoS::AtMostOnce,
+    Message::new(
+        topic,
+        payload,
+        QoS::AtMostOnce,
         retain,
-        properties: PublishProperties::default(),
-        publisher: None,
-        publisher_client_id: None,
-        expires_at: None,
-    }
+        PublishProperties::default(),
+        Origin::BROKER,
+    )
 }
 
 /// A client id as one topic level: `%`, `/`, `+`, `#` and NUL percent-encoded (`%25`, `%2F`,
@@ -79,6 +78,7 @@ pub fn client_connected(broker: &Broker, info: &ClientInfo) {
         "username": info.username,
         "ipaddress": info.peer.ip().to_string(),
         "port": info.peer.port(),
+        "proto_name": info.proto_name,
         "proto_ver": info.proto_ver,
         "keepalive": info.keepalive,
         "clean_start": info.clean_start,
@@ -99,6 +99,7 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
         "username": info.username,
         "ipaddress": info.peer.ip().to_string(),
         "port": info.peer.port(),
+        "proto_name": info.proto_name,
         "proto_ver": info.proto_ver,
         "reason": reason.as_str(),
         "disconnected_at": unix_millis(),

@@ -1,6 +1,7 @@
 //! Which events reach which webhook queue, without sockets.
 
 use super::*;
+use crate::broker::message::Origin;
 use crate::config::{PayloadEncoding, WebhookUrl};
 use holdfast_mqtt::PublishProperties;
 use std::time::Duration;
@@ -31,16 +32,14 @@ fn hook(name: &str, events: &[WebhookEvent], topics: &[&str], queue_size: usize)
 }
 
 fn message(topic_name: &str) -> Message {
-    Message {
-        topic: ByteStr::from(topic_name),
-        payload: Bytes::from_static(b"21.5"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: PublishProperties::default(),
-        publisher: Some(1),
-        publisher_client_id: Some(ByteStr::from("pub-1")),
-        expires_at: None,
-    }
+    Message::new(
+        topic_name,
+        Bytes::from_static(b"21.5"),
+        QoS::AtLeastOnce,
+        false,
+        PublishProperties::default(),
+        Origin::client(1, ByteStr::from("pub-1")),
+    )
 }
 
 /// Everything queued so far for webhook `i`.

@@ -49,8 +49,11 @@ pub struct ClientRow {
     pub username: Option<String>,
     /// Peer address of the current connection.
     pub peer: Option<String>,
-    /// Protocol level (3, 4, 5).
+    /// Protocol level (3, 4, 5 for MQTT; 0 for the in-process clients).
     pub protocol: u8,
+    /// What the client speaks (`mqtt`, `coap`, `lwm2m`, `modbus`, `serial`, `web`,
+    /// `bridge`); empty while offline.
+    pub proto_name: String,
     /// True while a connection serves the session.
     pub connected: bool,
     /// Unix seconds when the current connection was accepted.
@@ -92,7 +95,11 @@ impl Router {
             client_id: s.client_id.to_string(),
             username: meta.and_then(|m| m.username.clone()),
             peer: meta.map(|m| m.peer.to_string()),
-            protocol: s.protocol.level(),
+            protocol: match meta {
+                Some(m) if m.proto_name != "mqtt" => 0,
+                _ => s.protocol.level(),
+            },
+            proto_name: meta.map_or_else(String::new, |m| m.proto_name.to_owned()),
             connected: s.is_connected(),
             connected_at: meta.map(|m| m.connected_at),
             queued: s.mqueue.len(),
