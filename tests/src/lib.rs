@@ -1054,3 +1054,42 @@ async fn publish_qos1(
     }
     run
 }
+
+/// `holdfast ctl` against a running test gateway.
+pub mod ctl {
+    use super::{holdfast_bin, run_with_timeout, wait_until, Gateway};
+    use serde_json::Value;
+    use std::path::PathBuf;
+    use std::process::Command;
+    use std::time::Duration;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// The control socket of a gateway started with `--data-dir <dir>/data`, once it exists.
+    pub fn socket(gw: &Gateway) -> PathBuf {
+        let path = gw.dir.path().join("data").join("ctl.sock");
+        assert!(
+            wait_until(WAIT, || path.exists()),
+            "no control socket at {}; log:\n{}",
+            path.display(),
+            gw.log()
+        );
+        path
+    }
+
+    /// Runs `holdfast ctl --socket SOCK ARGS...`: (success, stdout, stderr).
+    pub fn ctl(sock: &PathBuf, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(holdfast_bin());
+        cmd.arg("ctl").arg("--socket").arg(sock).args(args);
+        run_with_timeout(&mut cmd, WAIT)
+    }
+
+    /// `holdfast ctl --json ...`, which must succeed, parsed.
+    pub fn ctl_json(sock: &PathBuf, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = ctl(sock, &all);
+        assert!(ok, "ctl {args:?} failed: {err}");
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {out}"))
+    }
+}

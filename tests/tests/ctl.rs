@@ -2,6 +2,7 @@
 //! subscriptions, retained, stats, reload, a garbage request on the control socket, and a
 //! gateway that is not running.
 
+use holdfast_tests::ctl::{ctl, ctl_json, socket};
 use holdfast_tests::{
     holdfast_bin, mosquitto_pub, run_with_timeout, wait_until, Gateway, MosquittoSub, TempDir,
 };
@@ -9,39 +10,10 @@ use serde_json::Value;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The control socket of a gateway started with `--data-dir <dir>/data`, once it exists.
-fn socket(gw: &Gateway) -> PathBuf {
-    let path = gw.dir.path().join("data").join("ctl.sock");
-    assert!(
-        wait_until(WAIT, || path.exists()),
-        "no control socket at {}; log:\n{}",
-        path.display(),
-        gw.log()
-    );
-    path
-}
-
-/// Runs `holdfast ctl --socket SOCK ARGS...`: (success, stdout, stderr).
-fn ctl(sock: &PathBuf, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(holdfast_bin());
-    cmd.arg("ctl").arg("--socket").arg(sock).args(args);
-    run_with_timeout(&mut cmd, WAIT)
-}
-
-/// `holdfast ctl --json ...`, which must succeed, parsed.
-fn ctl_json(sock: &PathBuf, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let (ok, out, err) = ctl(sock, &all);
-    assert!(ok, "ctl {args:?} failed: {err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {out}"))
-}
 
 #[test]
 fn listeners_and_clients_show_a_connected_client_and_kick_disconnects_it() {

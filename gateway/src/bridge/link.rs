@@ -21,10 +21,10 @@
 
 use super::backoff::Backoff;
 use super::net::{self, Conn, NetError};
-use super::outbox::{bridge_session_id, Outbox};
+use super::outbox::Outbox;
 use super::session::{Event, Limits, OutMsg, Persisted, Refusal, Session};
 use super::stats::LinkState;
-use crate::broker::message::{Message, Origin};
+use crate::broker::client::{Client, ClientOptions, Protocol, Publication};
 use crate::broker::{persist, Broker};
 use crate::config::BridgeConfig;
 use bytes::BytesMut;
@@ -78,6 +78,9 @@ struct Conveyor {
     backlog: Option<(u64, Instant)>,
     /// Downlink filters the cloud confirmed.
     subscribed: BTreeSet<String>,
+    /// The bridge inside the broker: a client (protocol `bridge`) that publishes the downlink
+    /// under the ACL, shows in `$SYS` and `holdfast ctl clients`, and can be kicked.
+    client: Client,
     last_in: Instant,
     last_out: Instant,
     ping_sent: Option<Instant>,
@@ -174,6 +177,9 @@ impl Link {
     ) -> Result<(), NetError> {
         let max_in = self.broker.config.mqtt.max_packet_size as usize;
         let (conn, connack) = net::connect(&self.cfg, max_in).await?;
+        let client = Client::connect(&self.broker, downlink_client(&self.cfg.name, conn.peer))
+            .await
+            .map_err(|e| NetError::Local(e.to_string()))?;
         *up_since = Some(Instant::now());
         if *connected_before {
             self.outbox.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +211,10 @@ impl Link {
             last_in: Instant::now(),
             last_out: Instant::now(),
             ping_sent: None,
+            client,
         };
+        self.outbox
+            .set_downlink_session(Some(c.client.session_id()));
         let protocol = self.session.protocol();
         for p in &resume.pubrels {
             encode(p, protocol, &mut c.wbuf)?;
@@ -216,6 +225,7 @@ impl Link {
         self.persist_session();
         self.subscribe_downlink(&mut c, connack.session_present)?;
         let result = self.pump(&mut c).await;
+        self.outbox.set_downlink_session(None);
         // Whatever was handed to this connection may have arrived: DUP next time.
         self.resend_below = self.resend_below.max(c.next_read);
         result
@@ -234,6 +244,7 @@ impl Link {
                 conn,
                 wbuf,
                 unflushed,
+                client,
                 ..
             } = c;
             let Conn {
@@ -254,7 +265,7 @@ impl Link {
                         self.session.on_packet(packet, &mut events);
                     }
                     for event in events.drain(..) {
-                        self.on_event(c, event)?;
+                        self.on_event(c, event).await?;
                     }
                     self.persist_session();
                 }
@@ -280,6 +291,9 @@ impl Link {
                 }
                 () = outbox.new_data.notified(), if caught_up => {}
                 _ = tick.tick() => self.keep_alive(c)?,
+                why = client.closing() => {
+                    return Err(NetError::Local(format!("closed ({})", why.as_str())));
+                }
             }
         }
     }
@@ -348,12 +362,12 @@ impl Link {
         Ok(false)
     }
 
-    fn on_event(&mut self, c: &mut Conveyor, event: Event) -> Result<(), NetError> {
+    async fn on_event(&mut self, c: &mut Conveyor, event: Event) -> Result<(), NetError> {
         match event {
             Event::Send(p) => encode(&p, self.session.protocol(), &mut c.wbuf)?,
             Event::Delivered(seq) => self.acknowledged(seq),
             Event::Refused(seq, refusal) => self.dead_letter(seq, &refusal, None),
-            Event::Downlink(p) => self.downlink(p),
+            Event::Downlink(p) => self.downlink(&mut c.client, p).await,
             Event::Subscribed(results) => {
                 for (filter, result) in results {
                     match result {
@@ -572,8 +586,9 @@ impl Link {
         Some((msg, message.topic.to_string()))
     }
 
-    /// A message from the cloud: strip the prefix and publish it locally.
-    fn downlink(&self, p: Publish) {
+    /// A message from the cloud: strip the prefix and publish it locally, as the bridge's
+    /// client (the ACL decides, as for any client).
+    async fn downlink(&self, client: &mut Client, p: Publish) {
         let prefix = &self.cfg.remote_prefix;
         let Some(local) = p.topic.as_str().strip_prefix(prefix.as_str()) else {
             tracing::warn!(bridge = %self.cfg.name, topic = %crate::broker::short(&p.topic), "downlink message outside remote_prefix ignored");
@@ -592,14 +607,27 @@ impl Link {
                 }
             }
         }
-        let origin = Origin {
-            session: Some(bridge_session_id(self.outbox.index)),
-            client_id: None,
+        let publication = Publication {
+            topic: local.to_owned(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            properties,
         };
-        let message = Message::new(local, p.payload, p.qos, p.retain, properties, origin)
-            .expiring_from(Instant::now());
-        self.broker.publish_internal(message);
+        if let Err(e) = client.publish(publication).await {
+            self.outbox
+                .stats
+                .downlink_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(bridge = %self.cfg.name, client_id = client.client_id(), topic = %crate::broker::short(local), "downlink message refused: {e}");
+        }
     }
+}
+
+/// How a bridge's downlink client connects: client id `$bridge/{name}` (MQTT clients cannot
+/// take ids starting with `$`), the cloud broker as its peer, no session beyond the link.
+fn downlink_client(name: &str, cloud: std::net::SocketAddr) -> ClientOptions {
+    ClientOptions::new(format!("$bridge/{name}"), Protocol::Bridge, cloud)
 }
 
 /// The session state the last run left, or an empty one (logged when the file is damaged).

@@ -148,6 +148,7 @@ pub fn publish_stats(broker: &Broker, probe: &mut RateProbe) {
             "dead_lettered": s.dead_lettered.load(Ordering::Relaxed),
             "dead_letter_reasons": s.dead_letter_reasons(),
             "downlink": s.downlink.load(Ordering::Relaxed),
+            "downlink_refused": s.downlink_refused.load(Ordering::Relaxed),
             "reconnects": s.reconnects.load(Ordering::Relaxed),
             "connect_failures": s.connect_failures.load(Ordering::Relaxed),
             "last_error": s.last_error(),

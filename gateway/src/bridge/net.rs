@@ -55,6 +55,9 @@ pub(super) enum NetError {
     /// A packet we built cannot be encoded (a bug or an absurd config value).
     #[error("cannot encode a packet: {0}")]
     Encode(#[from] EncodeError),
+    /// The bridge's client inside the broker was refused or closed (kicked, shutdown).
+    #[error("the bridge's local client: {0}")]
+    Local(String),
 }
 
 impl From<DecodeError> for NetError {
@@ -79,6 +82,8 @@ pub(super) struct Conn {
     pub(super) protocol: ProtocolVersion,
     /// Largest packet accepted from the cloud.
     pub(super) max_in: usize,
+    /// The cloud broker's address.
+    pub(super) peer: std::net::SocketAddr,
 }
 
 impl std::fmt::Debug for Conn {
@@ -119,6 +124,7 @@ pub(super) async fn connect(
     tokio::time::timeout(CONNECT_TIMEOUT, async {
         let tcp = TcpStream::connect((cfg.server.host.as_str(), cfg.server.port)).await?;
         tcp.set_nodelay(true)?;
+        let peer = tcp.peer_addr()?;
         let stream: Box<dyn Stream> = match tls {
             Some((connector, name)) => Box::new(
                 connector
@@ -140,6 +146,7 @@ pub(super) async fn connect(
             rbuf: BytesMut::with_capacity(4096),
             protocol,
             max_in,
+            peer,
         };
         let ack = loop {
             if let Some(p) = conn.decode_next()? {

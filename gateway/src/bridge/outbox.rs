@@ -30,16 +30,6 @@ use std::time::Instant;
 /// Bytes appended but not yet durable, per bridge, before appenders wait for the flusher.
 const MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
 
-/// Session ids from here down are bridges (`u64::MAX - index`); the router's own ids count up
-/// from 1 and never get near them.
-const BRIDGE_SESSION_BASE: SessionId = u64::MAX;
-
-/// The session id a bridge's downlink messages carry as their publisher, so they are never
-/// forwarded back up the same bridge.
-pub fn bridge_session_id(index: usize) -> SessionId {
-    BRIDGE_SESSION_BASE - index as u64
-}
-
 /// Wakes connections waiting for a durable seq.
 #[derive(Debug, Default)]
 pub struct DurableSignal {
@@ -95,6 +85,9 @@ pub struct Outbox {
     pub new_data: tokio::sync::Notify,
     /// Counters and state for `$SYS`, logs and `ctl`.
     pub stats: BridgeStats,
+    /// The router session of the bridge's downlink client while the link is up (0 when
+    /// down): what it publishes is never forwarded back up this bridge.
+    downlink_session: AtomicU64,
 }
 
 /// Why a message that should have been forwarded was not queued.
@@ -152,14 +145,23 @@ impl Outbox {
             durable,
             new_data: tokio::sync::Notify::new(),
             stats: BridgeStats::default(),
+            downlink_session: AtomicU64::new(0),
         })
     }
 
     /// True when `msg` is for this bridge: a forward filter matches and it did not come down
     /// this same bridge.
     pub fn wants(&self, msg: &Message) -> bool {
-        msg.publisher != Some(bridge_session_id(self.index))
+        let downlink = self.downlink_session.load(Ordering::Relaxed);
+        (downlink == 0 || msg.publisher != Some(downlink))
             && self.filters.iter().any(|f| topic::matches(f, &msg.topic))
+    }
+
+    /// Names the router session of the bridge's downlink client (`None` when the link is
+    /// down), whose messages this bridge must not forward.
+    pub fn set_downlink_session(&self, session: Option<SessionId>) {
+        self.downlink_session
+            .store(session.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Highest seq known durable.

@@ -71,6 +71,9 @@ pub struct BridgeStats {
     last_dead_letter_log: Mutex<Option<Instant>>,
     /// Messages received from the cloud and published locally.
     pub downlink: AtomicU64,
+    /// Messages received from the cloud that the broker refused (the ACL denies the bridge's
+    /// client, or another bridge's queue could not take them); logged each time.
+    pub downlink_refused: AtomicU64,
     /// Successful connections after the first.
     pub reconnects: AtomicU64,
     /// Failed connection attempts and lost connections.

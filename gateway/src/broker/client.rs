@@ -414,6 +414,28 @@ impl Client {
         self.ctrl.is_closing().then(|| self.ctrl.close_cause())
     }
 
+    /// Resolves once the client is closed (kicked, taken over, shutdown), with why. For a
+    /// client that only publishes: it shares its wake-up with [`Client::recv`], so one task
+    /// must not wait on both at once.
+    pub async fn closing(&self) -> DisconnectReason {
+        let ctrl = &self.ctrl;
+        std::future::poll_fn(|cx| {
+            ctrl.register(cx.waker());
+            if ctrl.is_closing() {
+                std::task::Poll::Ready(ctrl.close_cause())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// The router session this client is bound to (messages it publishes carry it as their
+    /// origin).
+    pub fn session_id(&self) -> SessionId {
+        self.session
+    }
+
     /// Publishes `p` as this client and waits for the outcome: refused (nothing routed),
     /// routed to local subscribers, or durable in the bridge queues that forward it. A
     /// device's acknowledgement (CoAP 2.04, an LwM2M ack) belongs after this returns `Ok`.

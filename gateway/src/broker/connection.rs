@@ -341,6 +341,14 @@ impl Connection {
         if client_id.len() > cfg.max_clientid_len {
             return Err(self.refuse(reason::CLIENT_IDENTIFIER_NOT_VALID, "client id too long"));
         }
+        if client_id.starts_with('$') {
+            // The gateway's own clients (`$bridge/{name}`) live there: a device must not
+            // squat or take over their sessions.
+            return Err(self.refuse(
+                reason::CLIENT_IDENTIFIER_NOT_VALID,
+                "client ids starting with $ are reserved for the gateway's own clients",
+            ));
+        }
         self.client_id = client_id.clone();
         self.username = connect.username.as_ref().map(|u| u.as_str().into());
         tracing::debug!(
