@@ -78,9 +78,13 @@ impl Gateway {
             // A bridge without its queue would lose data while looking healthy: refuse to start.
             let forwarder =
                 bridge::open_outboxes(&broker.config.bridges, &broker.config.node.data_dir)?;
-            broker.set_forwarder(Arc::new(forwarder));
+            broker.set_uplink(Arc::new(forwarder));
         }
         let webhooks = webhook::endpoints(&broker.config.webhooks)?;
+        if !broker.config.webhooks.is_empty() {
+            let hooks = webhook::Webhooks::new(&broker.config.webhooks, &broker.config.node.name);
+            broker.set_events(Arc::new(hooks));
+        }
         let mut listeners = Vec::new();
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
@@ -113,9 +117,23 @@ impl Gateway {
     pub async fn serve(self) {
         let tracker = TaskTracker::new();
         let broker = self.broker;
-        tracker.spawn(sys::run_timers(broker.clone()));
+        let mut bridge_rates = bridge::RateProbe::default();
+        let more: Vec<sys::StatsPublisher> = vec![
+            Box::new(move |b| bridge::publish_stats(b, &mut bridge_rates)),
+            // $SYS/brokers/{node}/webhooks/{name}/{events,sent,failed,dropped_queue_full,...}
+            Box::new(|b| {
+                for (name, value) in crate::ops::webhook_stats(b) {
+                    let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
+                    let value = value.to_string().into_bytes();
+                    b.publish_internal(sys::sys_message(topic, value, true));
+                }
+            }),
+        ];
+        tracker.spawn(sys::run_timers(broker.clone(), more));
         bridge::spawn_links(&broker, &tracker);
-        webhook::spawn(&broker.webhooks, self.webhooks, &tracker, &broker.shutdown);
+        if let Some(hooks) = webhook::of(&broker) {
+            webhook::spawn(hooks, self.webhooks, &tracker, &broker.shutdown);
+        }
         let session_store = self
             .store
             .as_ref()
@@ -161,7 +179,7 @@ impl Gateway {
                 tracing::warn!("the board did not close within the grace period");
             }
         }
-        if let Some(forwarder) = broker.forwarder() {
+        if let Some(forwarder) = bridge::forwarder(&broker) {
             bridge::flush_all(forwarder);
         }
         // The connections have closed: their sessions' last changes go to the store before

@@ -189,7 +189,10 @@ pub fn stats(broker: &Broker) -> Vec<(&'static str, u64)> {
 /// the numbers `$SYS/brokers/{node}/webhooks/{name}/...` publishes.
 pub fn webhook_stats(broker: &Broker) -> Vec<(String, u64)> {
     let mut out = Vec::new();
-    for h in broker.webhooks.snapshot() {
+    let Some(webhooks) = crate::webhook::of(broker) else {
+        return Vec::new();
+    };
+    for h in webhooks.snapshot() {
         for (counter, value) in [
             ("events", h.events),
             ("sent", h.sent),
@@ -225,7 +228,7 @@ pub struct BridgeView {
 
 /// Every bridge (none without `[[bridges]]`).
 pub fn bridges(broker: &Broker) -> Vec<BridgeView> {
-    let Some(forwarder) = broker.forwarder() else {
+    let Some(forwarder) = crate::bridge::forwarder(broker) else {
         return Vec::new();
     };
     forwarder

@@ -1,7 +1,7 @@
 //! Store-and-forward bridges to cloud brokers, one per `[[bridges]]`.
 //!
 //! Path of a forwarded message: the router marks it (a forward filter matches, see
-//! [`Forwarder::wants`]); the broker appends it to each wanting bridge's disk queue right after
+//! [`Forwarder::wants`], through the broker's `Uplink` seam); the broker appends it to each wanting bridge's disk queue right after
 //! releasing the router lock ([`outbox`]); the device's PUBACK/PUBREC waits for the queue's
 //! sync (group commit) unless `flush = "interval:…"`; the bridge's [`link`] sends it upstream
 //! through an inflight window and acknowledges the record when the cloud acknowledges it.
@@ -33,7 +33,8 @@ pub mod outbox;
 mod session;
 pub mod stats;
 
-pub use outbox::{Forwarded, Forwarder, Outbox, Refusal};
+pub use crate::broker::uplink::{Forwarded, Refusal};
+pub use outbox::{Forwarder, Outbox};
 
 use crate::broker::Broker;
 use crate::config::BridgeConfig;
@@ -80,9 +81,14 @@ pub fn open_outboxes(bridges: &[BridgeConfig], data_dir: &Path) -> Result<Forwar
     Ok(Forwarder::new(outboxes))
 }
 
+/// The bridges' queues the broker forwards into, if `[[bridges]]` has any.
+pub fn forwarder(broker: &Broker) -> Option<&Forwarder> {
+    broker.uplink()?.as_any().downcast_ref::<Forwarder>()
+}
+
 /// Spawns one link task per bridge on `tracker`.
 pub fn spawn_links(broker: &Arc<Broker>, tracker: &TaskTracker) {
-    let Some(forwarder) = broker.forwarder() else {
+    let Some(forwarder) = forwarder(broker) else {
         return;
     };
     for (cfg, outbox) in broker.config.bridges.iter().zip(forwarder.outboxes()) {
@@ -114,7 +120,7 @@ pub struct RateProbe {
 /// Publishes `$SYS/brokers/{node}/bridges/{name}/...` for every bridge and logs a line for
 /// each bridge that is not up or has a backlog.
 pub fn publish_stats(broker: &Broker, probe: &mut RateProbe) {
-    let Some(forwarder) = broker.forwarder() else {
+    let Some(forwarder) = forwarder(broker) else {
         return;
     };
     let node = &broker.config.node.name;

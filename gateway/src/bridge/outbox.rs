@@ -15,6 +15,7 @@
 use super::stats::BridgeStats;
 use crate::broker::message::{Message, SessionId};
 use crate::broker::persist;
+use crate::broker::uplink::{Forwarded, Refusal, Uplink};
 use crate::config::{BridgeConfig, QueueFlush, QueueOnFull};
 use holdfast_mqtt::{topic, QoS};
 use holdfast_storage::queue::{
@@ -88,24 +89,6 @@ pub struct Outbox {
     /// The router session of the bridge's downlink client while the link is up (0 when
     /// down): what it publishes is never forwarded back up this bridge.
     downlink_session: AtomicU64,
-}
-
-/// Why a message that should have been forwarded was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// `on_full = "reject_new"` and the queue is at its byte cap.
-    QueueFull,
-    /// The queue could not take it (I/O error, closed, record too large).
-    Failed,
-}
-
-/// What happened to one message in [`Forwarder::append`].
-#[derive(Debug, Default)]
-pub struct Forwarded {
-    /// `(bridge index, seq)` that must be durable before the device's acknowledgement.
-    pub needs: Vec<(usize, u64)>,
-    /// Set when some bridge could not queue it.
-    pub refused: Option<Refusal>,
 }
 
 impl Outbox {
@@ -277,5 +260,27 @@ impl Forwarder {
                 .get(index)
                 .is_none_or(|o| o.durable_seq() >= seq)
         })
+    }
+}
+
+impl Uplink for Forwarder {
+    fn wants(&self, msg: &Message) -> bool {
+        Forwarder::wants(self, msg)
+    }
+
+    fn append(&self, msg: &Message, now: Instant) -> Forwarded {
+        Forwarder::append(self, msg, now)
+    }
+
+    fn poll_durable(&self, needs: &[(usize, u64)], cx: &mut Context<'_>) -> Poll<()> {
+        Forwarder::poll_durable(self, needs, cx)
+    }
+
+    fn is_durable(&self, needs: &[(usize, u64)]) -> bool {
+        Forwarder::is_durable(self, needs)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -21,15 +21,16 @@
 //! policy, is the bounded receiver; unacknowledged QoS 1/2 deliveries are bounded by the
 //! receive window), and never waits on anything but the bridge queues' sync.
 
+use super::events::{self, Dropped};
 use super::message::{Delivery, Message, Origin, SessionId};
 use super::router::{ConnectParams, ConnectRefusal, Outgoing};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
 use super::stats::DisconnectReason;
 use super::sys::{self, ClientInfo};
+use super::uplink::Refusal;
 use super::Broker;
 use crate::auth::acl::{self, Action, ClientIdentity, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
-use crate::bridge::Refusal;
 use bytes::Bytes;
 use holdfast_mqtt::{
     reason, topic, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
@@ -390,7 +391,7 @@ impl Client {
         );
         let info = client.info();
         sys::client_connected(broker, &info);
-        broker.webhooks.client_connected(|| info);
+        broker.events().client_connected(&info);
         Ok(client)
     }
 
@@ -467,15 +468,15 @@ impl Client {
                 .traffic
                 .dropped_not_authorized
                 .fetch_add(1, Ordering::Relaxed);
-            self.broker.webhooks.message_dropped(
-                "not_authorized",
-                Some(&self.client_id),
-                self.username.as_deref(),
-                &p.topic,
-                p.qos,
-                p.retain,
-                &p.payload,
-            );
+            self.broker.events().message_dropped(Dropped {
+                reason: "not_authorized",
+                clientid: Some(&self.client_id),
+                username: self.username.as_deref(),
+                topic: &p.topic,
+                qos: p.qos,
+                retain: p.retain,
+                payload: &p.payload,
+            });
             return Err(PublishError::NotAuthorized);
         }
         let now = Instant::now();
@@ -485,7 +486,7 @@ impl Client {
                 .expiring_from(now),
         );
         self.broker
-            .webhooks
+            .events()
             .message_publish(&self.client_id, self.username.as_deref(), &message);
         let mut forwarded = Vec::new();
         let receivers = self
@@ -499,10 +500,10 @@ impl Client {
             Some(Refusal::Failed) => return Err(PublishError::BridgeQueueFailed),
             None => {}
         }
-        let Some(forwarder) = self.broker.forwarder().filter(|_| !f.needs.is_empty()) else {
+        let Some(uplink) = self.broker.uplink().filter(|_| !f.needs.is_empty()) else {
             return Ok(Published::Routed { receivers });
         };
-        std::future::poll_fn(|cx| forwarder.poll_durable(&f.needs, cx)).await;
+        std::future::poll_fn(|cx| uplink.poll_durable(&f.needs, cx)).await;
         Ok(Published::Durable { receivers })
     }
 
@@ -556,7 +557,7 @@ impl Client {
             .into_iter()
             .map(|c| c.unwrap_or(reason::UNSPECIFIED_ERROR))
             .collect();
-        self.broker.webhooks.session_subscribed(
+        self.broker.events().session_subscribed(
             &self.client_id,
             self.username.as_deref(),
             &asked,
@@ -588,7 +589,7 @@ impl Client {
         let list: Vec<ByteStr> = filters.iter().map(|f| ByteStr::from(*f)).collect();
         let session = self.session;
         let codes = self.broker.with_router(|r| r.unsubscribe(session, &list));
-        self.broker.webhooks.session_unsubscribed(
+        self.broker.events().session_unsubscribed(
             &self.client_id,
             self.username.as_deref(),
             &list,
@@ -648,7 +649,7 @@ impl Client {
                         .traffic
                         .publish_sent
                         .fetch_add(1, Ordering::Relaxed);
-                    self.broker.webhooks.message_delivered(
+                    self.broker.events().message_delivered(
                         &self.client_id,
                         self.username.as_deref(),
                         &delivery,
@@ -668,16 +669,14 @@ impl Client {
             return;
         }
         let (session, client_id) = (self.session, &self.client_id);
-        let webhooks = &self.broker.webhooks;
+        let events = self.broker.events();
         let username = self.username.as_deref();
         self.broker.with_router(|r| {
             let state = match m.qos {
                 QoS::AtLeastOnce => InflightState::AwaitPubAck,
                 _ => InflightState::AwaitPubRec,
             };
-            webhooks.message_acked(client_id, username, m.packet_id, || {
-                r.inflight_delivery(session, m.packet_id, state)
-            });
+            events::acked(events, r, session, m.packet_id, state, client_id, username);
             if m.qos == QoS::AtLeastOnce {
                 r.puback(session, m.packet_id);
             } else if r.pubrec(session, m.packet_id, reason::SUCCESS) {
@@ -708,7 +707,7 @@ impl Client {
         tracing::info!(peer = %self.peer, client_id = %self.client_id, protocol = self.protocol.as_str(), reason = reason.as_str(), "client disconnected");
         let info = self.info();
         sys::client_disconnected(&self.broker, &info, reason);
-        self.broker.webhooks.client_disconnected(|| info, reason);
+        self.broker.events().client_disconnected(&info, reason);
     }
 
     fn info(&self) -> ClientInfo {

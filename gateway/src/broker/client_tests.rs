@@ -327,8 +327,11 @@ async fn a_forwarded_publish_is_durable_only_once_the_bridge_queue_synced_it() {
         let forwarder =
             crate::bridge::open_outboxes(&fx.broker.config.bridges, &fx.dir.path().join("data"))
                 .expect("queue");
-        fx.broker.set_forwarder(Arc::new(forwarder));
-        let outbox = fx.broker.forwarder().expect("set").outboxes()[0].clone();
+        fx.broker.set_uplink(Arc::new(forwarder));
+        let outbox = crate::bridge::forwarder(&fx.broker)
+            .expect("set")
+            .outboxes()[0]
+            .clone();
         let mut dev = fx.client("dev").await;
         let out = dev
             .publish(Publication::new("up/t", "1", QoS::AtLeastOnce))
@@ -349,6 +352,6 @@ async fn a_forwarded_publish_is_durable_only_once_the_bridge_queue_synced_it() {
             .publish(Publication::new("down/t", "3", QoS::AtLeastOnce))
             .await;
         assert_eq!(local, Ok(Published::Routed { receivers: 0 }));
-        crate::bridge::flush_all(fx.broker.forwarder().expect("set"));
+        crate::bridge::flush_all(crate::bridge::forwarder(&fx.broker).expect("set"));
     }
 }

@@ -13,6 +13,7 @@
 //! until then, in PUBLISH order, and reading stops while `MAX_HELD_ACKS` are held.
 
 use super::auto_subscribe;
+use super::events::{self, Dropped};
 use super::limiter::InboundLimiter;
 use super::message::{Message, Origin, SessionId};
 use super::peer_cert::PeerCert;
@@ -21,10 +22,10 @@ use super::session::{ConnControl, ConnMeta, InflightState, Owner};
 use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
+use super::uplink::{Forwarded, Refusal, Uplink};
 use super::Broker;
 use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
-use crate::bridge::{Forwarded, Forwarder, Refusal};
 use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};
 use holdfast_mqtt::{
@@ -595,8 +596,9 @@ impl Connection {
             cert_cn = self.peer_cert().and_then(|c| c.cn.as_deref()).unwrap_or(""),
             "client connected"
         );
-        sys::client_connected(&self.broker, &self.client_info());
-        self.broker.webhooks.client_connected(|| self.client_info());
+        let info = self.client_info();
+        sys::client_connected(&self.broker, &info);
+        self.broker.events().client_connected(&info);
         self.connected = true;
         if !config.auto_subscribe.is_empty() {
             self.subscribe_by_broker(&config.auto_subscribe);
@@ -975,11 +977,14 @@ impl Connection {
         match packet {
             Packet::Publish(p) => self.apply_publish(r, p, now),
             Packet::PubAck(ack) => {
-                self.broker.webhooks.message_acked(
+                events::acked(
+                    self.broker.events(),
+                    r,
+                    self.session,
+                    ack.packet_id,
+                    InflightState::AwaitPubAck,
                     &self.client_id,
                     self.username.as_deref(),
-                    ack.packet_id,
-                    || r.inflight_delivery(self.session, ack.packet_id, InflightState::AwaitPubAck),
                 );
                 if r.puback(self.session, ack.packet_id) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, reason = ack.reason, "PUBACK in");
@@ -1006,17 +1011,14 @@ impl Connection {
             }
             Packet::PubComp(comp) => {
                 tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = comp.packet_id, "PUBCOMP in");
-                self.broker.webhooks.message_acked(
+                events::acked(
+                    self.broker.events(),
+                    r,
+                    self.session,
+                    comp.packet_id,
+                    InflightState::AwaitPubComp,
                     &self.client_id,
                     self.username.as_deref(),
-                    comp.packet_id,
-                    || {
-                        r.inflight_delivery(
-                            self.session,
-                            comp.packet_id,
-                            InflightState::AwaitPubComp,
-                        )
-                    },
                 );
                 r.pubcomp(self.session, comp.packet_id);
                 Ok(())
@@ -1082,7 +1084,7 @@ impl Connection {
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
                 }
-                self.broker.webhooks.session_subscribed(
+                self.broker.events().session_subscribed(
                     &self.client_id,
                     self.username.as_deref(),
                     &sub.filters,
@@ -1100,7 +1102,7 @@ impl Connection {
                 for (filter, code) in unsub.filters.iter().zip(&reasons) {
                     tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "UNSUBSCRIBE");
                 }
-                self.broker.webhooks.session_unsubscribed(
+                self.broker.events().session_unsubscribed(
                     &self.client_id,
                     self.username.as_deref(),
                     &unsub.filters,
@@ -1216,15 +1218,15 @@ impl Connection {
                 .traffic
                 .dropped_not_authorized
                 .fetch_add(1, Ordering::Relaxed);
-            self.broker.webhooks.message_dropped(
-                "not_authorized",
-                Some(&self.client_id),
-                self.username.as_deref(),
-                &p.topic,
-                p.qos,
-                p.retain,
-                &p.payload,
-            );
+            self.broker.events().message_dropped(Dropped {
+                reason: "not_authorized",
+                clientid: Some(&self.client_id),
+                username: self.username.as_deref(),
+                topic: &p.topic,
+                qos: p.qos,
+                retain: p.retain,
+                payload: &p.payload,
+            });
             let code = if v5 {
                 reason::NOT_AUTHORIZED
             } else {
@@ -1285,7 +1287,7 @@ impl Connection {
                 )
                 .expiring_from(now),
             );
-            self.broker.webhooks.message_publish(
+            self.broker.events().message_publish(
                 &self.client_id,
                 self.username.as_deref(),
                 &message,
@@ -1438,7 +1440,7 @@ impl Connection {
                 || (matches!(reply, Packet::PubAck(_) | Packet::PubRec(_))
                     && self.held.as_ref().is_some_and(|h| !h.queue.is_empty()));
             if waits {
-                let forwarder = self.broker.forwarder().cloned();
+                let forwarder = self.broker.uplink().cloned();
                 let held = self.held.get_or_insert_with(Box::default);
                 held.forwarder = held.forwarder.take().or(forwarder);
                 held.queue.push_back(HeldAck {
@@ -1463,7 +1465,7 @@ impl Connection {
 
     /// Sends the held acknowledgements whose messages are now durable, in order.
     fn release_held(&mut self) {
-        let Some(forwarder) = self.broker.forwarder().cloned() else {
+        let Some(forwarder) = self.broker.uplink().cloned() else {
             return;
         };
         let Some(held) = self.held.as_mut() else {
@@ -1619,7 +1621,7 @@ impl Connection {
             bytes = msg.payload.len(),
             "PUBLISH out"
         );
-        self.broker.webhooks.message_delivered(
+        self.broker.events().message_delivered(
             &self.client_id,
             self.username.as_deref(),
             &delivery,
@@ -1650,10 +1652,11 @@ impl Connection {
             .with_router(|r| r.disconnect(sid, conn_id, will, expiry, now));
         tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
         if self.connected {
-            sys::client_disconnected(&self.broker, &self.client_info(), close.reason);
+            let info = self.client_info();
+            sys::client_disconnected(&self.broker, &info, close.reason);
             self.broker
-                .webhooks
-                .client_disconnected(|| self.client_info(), close.reason);
+                .events()
+                .client_disconnected(&info, close.reason);
         }
         close.reason
     }
@@ -1773,7 +1776,7 @@ struct HeldAcks {
     /// on a bridge.
     deferred: Vec<(usize, usize)>,
     /// The bridges, to wait on.
-    forwarder: Option<Arc<Forwarder>>,
+    forwarder: Option<Arc<dyn Uplink>>,
 }
 
 impl HeldAcks {

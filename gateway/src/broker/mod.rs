@@ -8,6 +8,7 @@
 pub mod auto_subscribe;
 pub mod client;
 pub mod connection;
+pub mod events;
 pub mod limiter;
 pub mod listener;
 pub mod message;
@@ -21,11 +22,10 @@ pub mod stream;
 pub mod sys;
 pub mod terminate;
 pub mod tls;
+pub mod uplink;
 
 use crate::auth::Authenticator;
-use crate::bridge::{Forwarded, Forwarder};
 use crate::config::Config;
-use crate::webhook::Webhooks;
 use message::Message;
 use router::{Router, RouterConfig};
 use stats::{ListenerStats, TrafficStats};
@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uplink::{Forwarded, Uplink};
 
 /// Most bytes of a topic or client id written into a log line at info level and above.
 pub const LOG_TEXT_MAX: usize = 1024;
@@ -72,11 +73,11 @@ pub struct Broker {
     /// Failed logins per (address, user), `auth.max_login_failures`.
     pub login_lockout: crate::auth::lockout::Lockout,
     next_conn_id: AtomicU64,
-    /// Posts broker events to the `[[webhooks]]` endpoints; every hook is one branch when
-    /// none is configured.
-    pub webhooks: Arc<Webhooks>,
-    /// The bridges' queues, once opened (none without `[[bridges]]`).
-    forwarder: OnceLock<Arc<Forwarder>>,
+    /// Who hears about clients, subscriptions and messages (the webhooks), once registered.
+    events: OnceLock<Arc<dyn events::Events>>,
+    /// Where routed messages leave the gateway (the bridges' queues; none without
+    /// `[[bridges]]`).
+    uplink: OnceLock<Arc<dyn Uplink>>,
 }
 
 impl Broker {
@@ -87,8 +88,7 @@ impl Broker {
         shutdown: CancellationToken,
     ) -> Arc<Broker> {
         let m = &config.mqtt;
-        let webhooks = Arc::new(Webhooks::new(&config.webhooks, &config.node.name));
-        let mut router = Router::new(RouterConfig {
+        let router = Router::new(RouterConfig {
             max_mqueue_len: m.max_mqueue_len,
             mqueue_store_qos0: m.mqueue_store_qos0,
             retain_available: m.retain_available,
@@ -107,12 +107,9 @@ impl Broker {
             force_shutdown_heap_size: usize::try_from(m.force_shutdown_heap_size)
                 .unwrap_or(usize::MAX),
         });
-        if webhooks.wants(crate::config::WebhookEvent::MessageDropped) {
-            router.set_webhooks(webhooks.clone());
-        }
         Arc::new(Broker {
             router: Mutex::new(router),
-            webhooks,
+            events: OnceLock::new(),
             login_lockout: crate::auth::lockout::Lockout::new(
                 config.auth.max_login_failures,
                 config.auth.login_failure_window,
@@ -129,21 +126,39 @@ impl Broker {
             started_at: Instant::now(),
             shutdown,
             next_conn_id: AtomicU64::new(1),
-            forwarder: OnceLock::new(),
+            uplink: OnceLock::new(),
         })
     }
 
-    /// Routes messages that the bridges' forward filters match into their queues from now on.
-    /// Set once, at start-up, before any listener accepts.
-    pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
-        if self.forwarder.set(forwarder.clone()).is_ok() {
-            self.with_router(|r| r.set_forwarder(forwarder));
+    /// Hands the messages `uplink` wants to it from now on. Set once, at start-up, before
+    /// any listener accepts.
+    pub fn set_uplink(&self, uplink: Arc<dyn Uplink>) {
+        if self.uplink.set(uplink.clone()).is_ok() {
+            self.with_router(|r| r.set_uplink(uplink));
         }
     }
 
-    /// The bridges' queues, if any.
-    pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
-        self.forwarder.get()
+    /// Tells `events` about clients, subscriptions and messages from now on. Set once, at
+    /// start-up, before any listener accepts.
+    pub fn set_events(&self, events: Arc<dyn events::Events>) {
+        if self.events.set(events.clone()).is_ok()
+            && events.wants(crate::config::WebhookEvent::MessageDropped)
+        {
+            self.with_router(|r| r.set_events(events));
+        }
+    }
+
+    /// The registered observer (one that wants nothing when none is).
+    pub fn events(&self) -> &dyn events::Events {
+        match self.events.get() {
+            Some(e) => &**e,
+            None => &events::NoEvents,
+        }
+    }
+
+    /// Where routed messages leave the gateway, if anywhere.
+    pub fn uplink(&self) -> Option<&Arc<dyn Uplink>> {
+        self.uplink.get()
     }
 
     /// Runs `f` on the router under its lock, then wakes the connections it queued work for
@@ -171,10 +186,10 @@ impl Broker {
         for conn in wake {
             conn.wake();
         }
-        if let (Some(forwarder), false) = (self.forwarder.get(), forwards.is_empty()) {
+        if let (Some(uplink), false) = (self.uplink.get(), forwards.is_empty()) {
             let now = Instant::now();
             for msg in forwards {
-                forwarded.push(forwarder.append(&msg, now));
+                forwarded.push(uplink.append(&msg, now));
             }
         }
         result

@@ -16,9 +16,7 @@ use super::session::{
     ConnControl, Inflight, InflightState, Owner, PendingWill, Session, Subscription,
 };
 use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
-use crate::bridge::Forwarder;
 use crate::config::{OwnerMismatch, SharedStrategy};
-use crate::webhook::Webhooks;
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
@@ -235,13 +233,13 @@ pub struct Router {
     /// Random state for the `random` shared strategy (xorshift; no need for a CSPRNG).
     rng: u64,
     /// Decides which messages the bridges take; none without `[[bridges]]`.
-    forwarder: Option<Arc<Forwarder>>,
+    uplink: Option<Arc<dyn super::uplink::Uplink>>,
     /// Messages routed under this lock that bridges want, in routing order; the broker appends
     /// them to the bridge queues after releasing the lock.
     forwards: Vec<Arc<Message>>,
     /// Told about messages dropped for lack of subscribers; none unless a webhook wants
     /// `message.dropped`.
-    webhooks: Option<Arc<Webhooks>>,
+    events: Option<Arc<dyn super::events::Events>>,
 }
 
 impl Router {
@@ -264,21 +262,21 @@ impl Router {
             wake: Vec::new(),
             counters: RouterCounters::default(),
             rng: 0x9E37_79B9_7F4A_7C15,
-            forwarder: None,
+            uplink: None,
             forwards: Vec::new(),
-            webhooks: None,
+            events: None,
         }
     }
 
     /// From now on, messages that a bridge's forward filters match are collected for
     /// [`take_forwards`](Self::take_forwards).
-    pub fn set_forwarder(&mut self, forwarder: Arc<Forwarder>) {
-        self.forwarder = Some(forwarder);
+    pub fn set_uplink(&mut self, uplink: Arc<dyn super::uplink::Uplink>) {
+        self.uplink = Some(uplink);
     }
 
     /// From now on, messages nobody subscribed to are posted as `message.dropped`.
-    pub fn set_webhooks(&mut self, webhooks: Arc<Webhooks>) {
-        self.webhooks = Some(webhooks);
+    pub fn set_events(&mut self, events: Arc<dyn super::events::Events>) {
+        self.events = Some(events);
     }
 
     /// The client id of session `sid`, if it still exists (for webhook events).
@@ -793,7 +791,7 @@ impl Router {
             self.store_retained(&msg);
         }
         let mut matched = 0;
-        if self.forwarder.as_ref().is_some_and(|f| f.wants(&msg)) {
+        if self.uplink.as_ref().is_some_and(|f| f.wants(&msg)) {
             self.forwards.push(msg.clone());
             matched += 1;
         }
@@ -805,7 +803,7 @@ impl Router {
             wake,
             counters,
             rng,
-            webhooks,
+            events,
             ..
         } = self;
         // One owned copy shared by every offline session that queues the message.
@@ -835,19 +833,17 @@ impl Router {
         });
         if matched == 0 {
             counters.dropped_no_subscribers += 1;
-            if let Some(w) = webhooks {
+            if let Some(e) = events {
                 let from = msg.publisher.and_then(|p| sessions.get(&p));
-                let from = from.map(|s| s.client_id.as_str());
-                let m = &*msg;
-                w.message_dropped(
-                    "no_subscribers",
-                    from,
-                    None,
-                    &m.topic,
-                    m.qos,
-                    m.retain,
-                    &m.payload,
-                );
+                e.message_dropped(super::events::Dropped {
+                    reason: "no_subscribers",
+                    clientid: from.map(|s| s.client_id.as_str()),
+                    username: None,
+                    topic: &msg.topic,
+                    qos: msg.qos,
+                    retain: msg.retain,
+                    payload: &msg.payload,
+                });
             }
         }
         matched

@@ -204,16 +204,16 @@ fn publish_stats(broker: &Broker) {
         let value = l.handshake_failed.load(Ordering::Relaxed).to_string();
         broker.publish_internal(sys_message(topic, value.into_bytes(), true));
     }
-    // $SYS/brokers/{node}/webhooks/{name}/{events,sent,failed,dropped_queue_full,retries,queued}
-    for (name, value) in crate::ops::webhook_stats(broker) {
-        let topic = format!("$SYS/brokers/{node}/{name}");
-        broker.publish_internal(sys_message(topic, value.to_string().into_bytes(), true));
-    }
 }
 
+/// Publishes more `$SYS` statistics at every `sys_interval` (the bridges', the webhooks'):
+/// registered by whoever owns them, so this module imports none of them.
+pub type StatsPublisher = Box<dyn FnMut(&Broker) + Send>;
+
 /// Runs until shutdown: every second expires sessions and publishes due wills; every
-/// `sys_interval` publishes the stats (retained, so a new subscriber sees the latest).
-pub async fn run_timers(broker: Arc<Broker>) {
+/// `sys_interval` publishes the stats (retained, so a new subscriber sees the latest), then
+/// runs each of `more`.
+pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
     let version = format!("$SYS/brokers/{}/version", broker.config.node.name);
     broker.publish_internal(sys_message(
         version,
@@ -224,10 +224,9 @@ pub async fn run_timers(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_stats = Instant::now();
-    let mut bridge_rates = crate::bridge::RateProbe::default();
     if !sys_interval.is_zero() {
         publish_stats(&broker);
-        crate::bridge::publish_stats(&broker, &mut bridge_rates);
+        more.iter_mut().for_each(|p| p(&broker));
     }
     loop {
         tokio::select! {
@@ -247,7 +246,7 @@ pub async fn run_timers(broker: Arc<Broker>) {
         if !sys_interval.is_zero() && now.duration_since(last_stats) >= sys_interval {
             last_stats = now;
             publish_stats(&broker);
-            crate::bridge::publish_stats(&broker, &mut bridge_rates);
+            more.iter_mut().for_each(|p| p(&broker));
         }
     }
 }

@@ -25,9 +25,11 @@ mod http;
 pub use event::{unix_millis, Detail, Event, MessageDetail};
 pub use http::{Endpoint, SetupError};
 
+use crate::broker::events::{Dropped, Events};
 use crate::broker::message::{Delivery, Message};
 use crate::broker::stats::DisconnectReason;
 use crate::broker::sys::ClientInfo;
+use crate::broker::Broker;
 use crate::config::{EventSet, WebhookConfig, WebhookEvent};
 use bytes::Bytes;
 use holdfast_mqtt::{topic, ByteStr, QoS, SubscriptionOptions};
@@ -466,6 +468,75 @@ fn message_event(
             packet_id: extra.packet_id,
             reason: extra.reason,
         })),
+    }
+}
+
+/// The broker's webhooks, if the broker reports to them (`[[webhooks]]`).
+pub fn of(broker: &Broker) -> Option<&Webhooks> {
+    broker.events().as_any().downcast_ref::<Webhooks>()
+}
+
+impl Events for Webhooks {
+    fn wants(&self, kind: WebhookEvent) -> bool {
+        Webhooks::wants(self, kind)
+    }
+
+    fn client_connected(&self, info: &ClientInfo) {
+        Webhooks::client_connected(self, || info.clone());
+    }
+
+    fn client_disconnected(&self, info: &ClientInfo, reason: DisconnectReason) {
+        Webhooks::client_disconnected(self, || info.clone(), reason);
+    }
+
+    fn session_subscribed(
+        &self,
+        clientid: &str,
+        username: Option<&str>,
+        filters: &[(ByteStr, SubscriptionOptions)],
+        codes: &[u8],
+    ) {
+        Webhooks::session_subscribed(self, clientid, username, filters, codes);
+    }
+
+    fn session_unsubscribed(
+        &self,
+        clientid: &str,
+        username: Option<&str>,
+        filters: &[ByteStr],
+        codes: &[u8],
+    ) {
+        Webhooks::session_unsubscribed(self, clientid, username, filters, codes);
+    }
+
+    fn message_publish(&self, clientid: &str, username: Option<&str>, msg: &Message) {
+        Webhooks::message_publish(self, clientid, username, msg);
+    }
+
+    fn message_delivered(&self, clientid: &str, username: Option<&str>, delivery: &Delivery) {
+        Webhooks::message_delivered(self, clientid, username, delivery);
+    }
+
+    fn message_acked(
+        &self,
+        clientid: &str,
+        username: Option<&str>,
+        packet_id: u16,
+        delivery: &Delivery,
+    ) {
+        Webhooks::message_acked(self, clientid, username, packet_id, || {
+            Some(delivery.clone())
+        });
+    }
+
+    fn message_dropped(&self, d: Dropped<'_>) {
+        Webhooks::message_dropped(
+            self, d.reason, d.clientid, d.username, d.topic, d.qos, d.retain, d.payload,
+        );
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
