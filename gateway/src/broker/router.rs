@@ -12,9 +12,9 @@
 //! client on one topic reach every subscriber in arrival order whatever their QoS.
 //!
 //! Rooms: this file holds the types, routing (`publish`) and queueing (`enqueue`);
-//! [`sessions`] the session lifecycle and its store, [`subscriptions`] the indexes and their
-//! caps, [`shared`] the shared-subscription groups, [`retained`] the retained messages,
-//! [`inflight`] the outbound window and the QoS handshakes, [`inspect`] the operator views.
+//! `sessions` the session lifecycle and its store, `subscriptions` the indexes and their
+//! caps, `shared` the shared-subscription groups, `retained` the retained messages,
+//! `inflight` the outbound window and the QoS handshakes, `inspect` the operator views.
 //! Each has its tests beside it (`*_tests.rs`, helpers in `test_support`).
 
 use super::message::{Delivery, Message, SessionId, SessionMap, SharedKey};
