@@ -1,0 +1,540 @@
+//! Inbound packets, sans IO: decoding what the driver read, rate limits, and applying each
+//! packet under one router lock (PUBLISH with topic aliases and QoS 2 ids, acknowledgements,
+//! SUBSCRIBE/UNSUBSCRIBE with the ACL and quotas, PINGREQ, DISCONNECT).
+//!
+//! A bad packet ends only this connection, with a reason; nothing here awaits.
+
+use super::*;
+
+impl MqttSession {
+    /// Decodes every complete packet in the read buffer and applies them under one lock.
+    pub(super) fn handle_input(&mut self) -> Result<(), Close> {
+        let mut failure = None;
+        let max = self.max_packet_size();
+        let now = self.limits.is_some().then(Instant::now);
+        loop {
+            if let Some(now) = now {
+                if self.pause_if_limited(now) {
+                    break;
+                }
+            }
+            let before = self.rbuf.len();
+            match decode(&mut self.rbuf, self.protocol, max) {
+                Ok(Some(p)) => {
+                    if let (Packet::Publish(_), Some(l), Some(now)) =
+                        (&p, self.limits.as_mut(), now)
+                    {
+                        l.inbound.charge_publish(before - self.rbuf.len(), now);
+                    }
+                    self.inbound.push(p)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.log_parse_failure(&e);
+                    failure = Some(Close::new(reason_for(&e), Some(e.reason_code())));
+                    break;
+                }
+            }
+        }
+        self.release_read_buffer_if_empty();
+        let result = self.apply_inbound();
+        self.send_replies()?;
+        result?;
+        if let Some(close) = failure {
+            return Err(close);
+        }
+        self.drain_outgoing();
+        Ok(())
+    }
+
+    /// True while a rate limit's bucket is empty; records until when (see `Limits`). Input waits in
+    /// the read buffer and the socket meanwhile (back-pressure: nothing is dropped).
+    pub(super) fn pause_if_limited(&mut self, now: Instant) -> bool {
+        let Some(l) = self.limits.as_mut() else {
+            return false;
+        };
+        let Some(at) = l.inbound.resume_at(now) else {
+            l.paused_until = None;
+            return false;
+        };
+        if l.paused_until.is_none() {
+            tracing::trace!(peer = %self.peer, client_id = %self.client_id, "rate limited: reading paused");
+        }
+        l.paused_until = Some(tokio::time::Instant::from_std(at));
+        true
+    }
+
+    pub(super) fn is_paused(&self) -> bool {
+        self.limits
+            .as_ref()
+            .is_some_and(|l| l.paused_until.is_some())
+    }
+
+    pub(super) fn apply_inbound(&mut self) -> Result<(), Close> {
+        if self.inbound.is_empty() {
+            return Ok(());
+        }
+        // (The batch vector is released below when the read buffer is drained, so an idle
+        // client keeps no scratch capacity.)
+        let mut packets = std::mem::take(&mut self.inbound);
+        let broker = self.broker.clone();
+        let now = Instant::now();
+        let publishes = packets
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(_)))
+            .count();
+        broker
+            .traffic
+            .publish_received
+            .fetch_add(publishes as u64, Ordering::Relaxed);
+        let mut forwarded = self
+            .held
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.forwarded))
+            .unwrap_or_default();
+        let result = broker.with_router_forwarding(
+            |r| {
+                for packet in packets.drain(..) {
+                    self.apply_packet(r, packet, now)?;
+                }
+                Ok(())
+            },
+            &mut forwarded,
+        );
+        // Kept only when an acknowledgement of this batch waits on a verdict (QoS 0 forwards
+        // need none, and most batches then allocate nothing).
+        if let Some(held) = self.held.as_mut().filter(|h| !h.deferred.is_empty()) {
+            held.forwarded = forwarded;
+        }
+        packets.clear();
+        if !self.rbuf.is_empty() {
+            // Busy: more input is on its way, keep the capacity for the next batch.
+            self.inbound = packets;
+        }
+        result
+    }
+
+    pub(super) fn apply_packet(
+        &mut self,
+        r: &mut Router,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        match packet {
+            Packet::Publish(p) => self.apply_publish(r, p, now),
+            Packet::PubAck(ack) => {
+                events::acked(
+                    self.broker.events(),
+                    r,
+                    self.session,
+                    ack.packet_id,
+                    InflightState::AwaitPubAck,
+                    &self.client_id,
+                    self.username.as_deref(),
+                );
+                if r.puback(self.session, ack.packet_id) {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, reason = ack.reason, "PUBACK in");
+                } else {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                }
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rec.packet_id, reason = rec.reason, "PUBREC in");
+                let found = r.pubrec(self.session, rec.packet_id, rec.reason);
+                if !found || rec.reason < 0x80 {
+                    self.replies.push(Packet::PubRel(PubResp {
+                        packet_id: rec.packet_id,
+                        reason: if found {
+                            reason::SUCCESS
+                        } else {
+                            reason::PACKET_IDENTIFIER_NOT_FOUND
+                        },
+                        properties: Properties::default(),
+                    }));
+                }
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = comp.packet_id, "PUBCOMP in");
+                events::acked(
+                    self.broker.events(),
+                    r,
+                    self.session,
+                    comp.packet_id,
+                    InflightState::AwaitPubComp,
+                    &self.client_id,
+                    self.username.as_deref(),
+                );
+                r.pubcomp(self.session, comp.packet_id);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                let found = r.pubrel(self.session, rel.packet_id);
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rel.packet_id, found, "PUBREL in");
+                self.replies.push(Packet::PubComp(PubResp {
+                    packet_id: rel.packet_id,
+                    reason: if found || !v5 {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_IDENTIFIER_NOT_FOUND
+                    },
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::Subscribe(sub) => {
+                if sub
+                    .filters
+                    .iter()
+                    .any(|(f, o)| o.no_local && matches!(topic::parse_shared(f), Ok(Some(_))))
+                {
+                    // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
+                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: No Local on a shared subscription");
+                    return Err(Close::new(
+                        DisconnectReason::ProtocolError,
+                        Some(reason::PROTOCOL_ERROR),
+                    ));
+                }
+                let id = sub
+                    .properties
+                    .subscription_identifier
+                    .and_then(NonZeroU32::new);
+                let mut refused = self.acl_denied_filters(&sub.filters).map(|denied| {
+                    denied
+                        .iter()
+                        .map(|&d| d.then_some(reason::NOT_AUTHORIZED))
+                        .collect::<Vec<_>>()
+                });
+                self.refuse_over_quota(r, &sub.filters, &mut refused);
+                let reasons = match refused {
+                    None => r.subscribe(self.session, &sub.filters, id, now),
+                    Some(refused) => {
+                        let allowed: Vec<_> = sub
+                            .filters
+                            .iter()
+                            .zip(&refused)
+                            .filter(|(_, code)| code.is_none())
+                            .map(|(f, _)| f.clone())
+                            .collect();
+                        let mut granted = r.subscribe(self.session, &allowed, id, now).into_iter();
+                        refused
+                            .iter()
+                            .map(|&code| match code {
+                                Some(code) => code,
+                                None => granted.next().unwrap_or(reason::UNSPECIFIED_ERROR),
+                            })
+                            .collect()
+                    }
+                };
+                for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
+                }
+                self.broker.events().session_subscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &sub.filters,
+                    &reasons,
+                );
+                self.replies.push(Packet::SubAck(SubAck {
+                    packet_id: sub.packet_id,
+                    reasons,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::Unsubscribe(unsub) => {
+                let reasons = r.unsubscribe(self.session, &unsub.filters);
+                for (filter, code) in unsub.filters.iter().zip(&reasons) {
+                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "UNSUBSCRIBE");
+                }
+                self.broker.events().session_unsubscribed(
+                    &self.client_id,
+                    self.username.as_deref(),
+                    &unsub.filters,
+                    &reasons,
+                );
+                self.replies.push(Packet::UnsubAck(UnsubAck {
+                    packet_id: unsub.packet_id,
+                    reasons,
+                    properties: Properties::default(),
+                }));
+                Ok(())
+            }
+            Packet::PingReq => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, "PINGREQ");
+                self.replies.push(Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => {
+                tracing::debug!(peer = %self.peer, client_id = %self.client_id, reason = d.reason, "DISCONNECT in");
+                if let Some(secs) = d.properties.session_expiry_interval {
+                    if secs > 0 && self.connect_expiry_zero {
+                        // MQTT-3.14.2-2: a session that was to end with the connection cannot
+                        // be turned into a lasting one at DISCONNECT.
+                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: DISCONNECT sets a session expiry after CONNECT asked for none");
+                        return Err(Close::new(
+                            DisconnectReason::ProtocolError,
+                            Some(reason::PROTOCOL_ERROR),
+                        ));
+                    }
+                    self.expiry_override = Some(secs);
+                }
+                Err(Close {
+                    reason: DisconnectReason::Normal,
+                    disconnect: None,
+                    publish_will: d.reason == reason::DISCONNECT_WITH_WILL,
+                })
+            }
+            Packet::Connect(_) => {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: second CONNECT");
+                Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::PROTOCOL_ERROR),
+                ))
+            }
+            other => {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, packet = other.name(), "protocol error: packet not allowed from a client");
+                Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::PROTOCOL_ERROR),
+                ))
+            }
+        }
+    }
+
+    pub(super) fn apply_publish(
+        &mut self,
+        r: &mut Router,
+        mut p: Publish,
+        now: Instant,
+    ) -> Result<(), Close> {
+        let v5 = self.protocol.is_v5();
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let max = self.broker.config.mqtt.max_topic_alias;
+            if alias == 0 || alias > max {
+                tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, max, "protocol error: topic alias out of range");
+                return Err(Close::new(
+                    DisconnectReason::ProtocolError,
+                    Some(reason::TOPIC_ALIAS_INVALID),
+                ));
+            }
+            if p.topic.is_empty() {
+                match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, "protocol error: unknown topic alias");
+                        return Err(Close::new(
+                            DisconnectReason::ProtocolError,
+                            Some(reason::PROTOCOL_ERROR),
+                        ));
+                    }
+                }
+            } else {
+                self.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(alias, ByteStr::from(p.topic.as_str()));
+            }
+        }
+        if p.retain && v5 && !self.broker.config.mqtt.retain_available {
+            // MQTT 5 §3.3.1.3: the CONNACK said Retain Available = 0.
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: RETAIN=1 while retain_available = false");
+            return Err(Close::new(
+                DisconnectReason::ProtocolError,
+                Some(reason::RETAIN_NOT_SUPPORTED),
+            ));
+        }
+        if p.topic.is_empty() {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: empty topic without alias");
+            return Err(Close::new(
+                DisconnectReason::ProtocolError,
+                Some(reason::PROTOCOL_ERROR),
+            ));
+        }
+        tracing::debug!(
+            peer = %self.peer,
+            client_id = %self.client_id,
+            topic = %p.topic,
+            qos = p.qos as u8,
+            retain = p.retain,
+            dup = p.dup,
+            packet_id = p.packet_id,
+            bytes = p.payload.len(),
+            "PUBLISH in"
+        );
+        if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
+            // Dropped and counted; MQTT 5 hears 0x87, 3.1.1 is acknowledged as usual (EMQX).
+            self.broker
+                .traffic
+                .dropped_not_authorized
+                .fetch_add(1, Ordering::Relaxed);
+            self.broker.events().message_dropped(Dropped {
+                reason: "not_authorized",
+                clientid: Some(&self.client_id),
+                username: self.username.as_deref(),
+                topic: &p.topic,
+                qos: p.qos,
+                retain: p.retain,
+                payload: &p.payload,
+            });
+            let code = if v5 {
+                reason::NOT_AUTHORIZED
+            } else {
+                reason::SUCCESS
+            };
+            self.acknowledge(p.qos, p.packet_id, code);
+            return Ok(());
+        }
+        let refused = if p.topic.starts_with("$SYS") {
+            Some(reason::NOT_AUTHORIZED)
+        } else if topic::topic_levels(&p.topic) > self.broker.config.mqtt.max_topic_levels
+            || p.topic.len() > self.broker.config.mqtt.max_topic_len
+        {
+            Some(reason::TOPIC_NAME_INVALID)
+        } else {
+            None
+        };
+        // A refused QoS 2 PUBLISH gets a failing PUBREC, which ends its flow (no PUBREL
+        // follows): its packet id is never taken, so the client may reuse it at once.
+        if p.qos == QoS::ExactlyOnce && (refused.is_none() || !v5) {
+            match r.receive_qos2(
+                self.session,
+                p.packet_id,
+                self.broker.config.mqtt.max_awaiting_rel,
+            ) {
+                Qos2Receive::New => {}
+                Qos2Receive::Duplicate => {
+                    self.replies
+                        .push(pub_resp(Packet::PubRec, p.packet_id, reason::SUCCESS));
+                    return Ok(());
+                }
+                Qos2Receive::Full => {
+                    self.broker
+                        .traffic
+                        .dropped_awaiting_rel_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "dropped: awaiting_rel full (receive maximum exceeded)");
+                    return Err(Close::new(
+                        DisconnectReason::ProtocolError,
+                        Some(reason::RECEIVE_MAXIMUM_EXCEEDED),
+                    ));
+                }
+            }
+        }
+        let mut code = reason::SUCCESS;
+        if let Some(refusal) = refused {
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, topic = %p.topic, "publish refused");
+            code = refusal;
+        } else {
+            let message = Arc::new(
+                Message::new(
+                    p.topic,
+                    p.payload,
+                    p.qos,
+                    p.retain,
+                    p.properties,
+                    Origin::client(self.session, self.client_id.clone()),
+                )
+                .expiring_from(now),
+            );
+            self.broker.events().message_publish(
+                &self.client_id,
+                self.username.as_deref(),
+                &message,
+            );
+            let before = r.forwards_len();
+            if r.publish(message, now) == 0 && v5 {
+                code = reason::NO_MATCHING_SUBSCRIBERS;
+            }
+            if r.forwards_len() > before && p.qos != QoS::AtMostOnce {
+                // The acknowledgement pushed below waits for the bridge queue's verdict.
+                let at = self.replies.len();
+                self.held
+                    .get_or_insert_with(Box::default)
+                    .deferred
+                    .push((at, before));
+            }
+        }
+        if !v5 && code >= 0x80 {
+            code = reason::SUCCESS;
+        }
+        self.acknowledge(p.qos, p.packet_id, code);
+        Ok(())
+    }
+
+    /// Queues the PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound PUBLISH with `code`.
+    pub(super) fn acknowledge(&mut self, qos: QoS, packet_id: u16, code: u8) {
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.replies.push(pub_resp(Packet::PubAck, packet_id, code)),
+            QoS::ExactlyOnce => self.replies.push(pub_resp(Packet::PubRec, packet_id, code)),
+        }
+    }
+
+    /// The ACL's verdict for this client (see `auth::acl`); a denial is logged at debug with
+    /// the deciding rule's line.
+    pub(super) fn acl_allows(&mut self, action: Action, topic: &str) -> Permission {
+        let client = ClientIdentity {
+            client_id: self.client_id.as_str(),
+            username: self.username.as_deref(),
+            ip: self.peer.ip(),
+        };
+        let mut verdict = self
+            .broker
+            .auth
+            .acl()
+            .authorize(&mut self.acl, &client, action, topic);
+        verdict = crate::auth::acl::local_only_sys(verdict, action, topic, self.peer.ip());
+        if verdict.permission == Permission::Deny {
+            tracing::debug!(peer = %self.peer, client_id = %self.client_id, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
+        }
+        verdict.permission
+    }
+
+    /// Which filters of a SUBSCRIBE the ACL denies; `None` when it denies none.
+    pub(super) fn acl_denied_filters<T>(&mut self, filters: &[(ByteStr, T)]) -> Option<Vec<bool>> {
+        let denied: Vec<bool> = filters
+            .iter()
+            .map(|(f, _)| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
+            .collect();
+        denied.contains(&true).then_some(denied)
+    }
+
+    /// Marks the filters of a SUBSCRIBE that would take this client over
+    /// `mqtt.max_subscriptions` (0x97 quota exceeded; 3.1.1 hears 0x80). Filters it already
+    /// holds, or that are refused already, do not count; the first filters win.
+    pub(super) fn refuse_over_quota<T>(
+        &self,
+        r: &Router,
+        filters: &[(ByteStr, T)],
+        refused: &mut Option<Vec<Option<u8>>>,
+    ) {
+        let max = self.broker.config.mqtt.max_subscriptions;
+        if max == 0 {
+            return;
+        }
+        let mut held = r.subscription_count(self.session);
+        let mut over = 0;
+        let marks = refused.get_or_insert_with(|| vec![None; filters.len()]);
+        for ((filter, _), mark) in filters.iter().zip(marks.iter_mut()) {
+            if mark.is_some() || !r.valid_filter(filter) || r.has_subscription(self.session, filter)
+            {
+                continue;
+            }
+            if held >= max {
+                *mark = Some(reason::QUOTA_EXCEEDED);
+                over += 1;
+            } else {
+                held += 1;
+            }
+        }
+        if over > 0 {
+            tracing::warn!(peer = %self.peer, client_id = %self.client_id, over, max, "subscribe refused: max_subscriptions reached");
+        }
+        if marks.iter().all(Option::is_none) {
+            *refused = None;
+        }
+    }
+}
