@@ -125,7 +125,7 @@ impl Gateway {
                 for (name, value) in crate::ops::webhook_stats(b) {
                     let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
                     let value = value.to_string().into_bytes();
-                    b.publish_internal(sys::sys_message(topic, value, true));
+                    crate::broker::client::publish_system(b, topic, value, true);
                 }
             }),
         ];

@@ -138,25 +138,132 @@ pub fn listeners(broker: &Broker) -> Vec<ListenerView> {
         .collect()
 }
 
+/// A bounded listing: the first rows in order, and whether more were left out.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Listing<T> {
+    /// The rows, sorted.
+    pub rows: Vec<T>,
+    /// How many there are in all.
+    pub total: usize,
+    /// True when `rows` holds fewer than `total`.
+    pub truncated: bool,
+}
+
+impl<T> Listing<T> {
+    fn from_rows<R>(rows: Rows<R>, view: impl Fn(R) -> T) -> Listing<T> {
+        Listing {
+            rows: rows.rows.into_iter().map(view).collect(),
+            total: rows.total,
+            truncated: rows.truncated,
+        }
+    }
+}
+
+/// One client (session) as the operator sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClientView {
+    /// Client identifier.
+    pub client_id: String,
+    /// User name of the current connection, if any.
+    pub username: Option<String>,
+    /// Peer address of the current connection.
+    pub peer: Option<String>,
+    /// MQTT protocol level (3, 4, 5); 0 for the in-process clients.
+    pub protocol: u8,
+    /// What it speaks: `mqtt`, `coap`, `lwm2m`, `modbus`, `serial`, `web`, `bridge` (empty
+    /// while offline).
+    pub proto_name: String,
+    /// True while connected.
+    pub connected: bool,
+    /// Unix seconds when the current connection was accepted.
+    pub connected_at: Option<u64>,
+    /// Messages waiting in its session queue.
+    pub queued: usize,
+    /// Messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Subscriptions it holds.
+    pub subscriptions: usize,
+}
+
+impl From<ClientRow> for ClientView {
+    fn from(r: ClientRow) -> ClientView {
+        ClientView {
+            client_id: r.client_id,
+            username: r.username,
+            peer: r.peer,
+            protocol: r.protocol,
+            proto_name: r.proto_name,
+            connected: r.connected,
+            connected_at: r.connected_at,
+            queued: r.queued,
+            inflight: r.inflight,
+            subscriptions: r.subscriptions,
+        }
+    }
+}
+
+/// One subscription.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SubscriptionView {
+    /// Subscriber.
+    pub client_id: String,
+    /// Topic filter (shared ones as `$share/{group}/{filter}`).
+    pub filter: String,
+    /// Maximum QoS granted.
+    pub qos: u8,
+}
+
+impl From<SubscriptionRow> for SubscriptionView {
+    fn from(r: SubscriptionRow) -> SubscriptionView {
+        SubscriptionView {
+            client_id: r.client_id,
+            filter: r.filter,
+            qos: r.qos,
+        }
+    }
+}
+
+/// One retained message.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RetainedView {
+    /// Topic it is retained on.
+    pub topic: String,
+    /// Payload size in bytes.
+    pub payload_size: usize,
+    /// QoS it was published with.
+    pub qos: u8,
+}
+
+impl From<RetainedRow> for RetainedView {
+    fn from(r: RetainedRow) -> RetainedView {
+        RetainedView {
+            topic: r.topic,
+            payload_size: r.payload_size,
+            qos: r.qos,
+        }
+    }
+}
+
 /// Sessions by client id, at most [`MAX_ROWS`].
-pub fn clients(broker: &Broker) -> Rows<ClientRow> {
-    broker.with_router(|r| r.client_infos(MAX_ROWS))
+pub fn clients(broker: &Broker) -> Listing<ClientView> {
+    let rows = broker.with_router(|r| r.client_infos(MAX_ROWS));
+    Listing::from_rows(rows, ClientView::from)
 }
 
 /// One session with its subscriptions, if the client id has one.
-pub fn client(broker: &Broker, client_id: &str) -> Option<(ClientRow, Vec<SubscriptionRow>)> {
+pub fn client(broker: &Broker, client_id: &str) -> Option<(ClientView, Vec<SubscriptionView>)> {
     broker.with_router(|r| {
         let row = r.client_info(client_id)?;
         let subs = r
             .subscriptions_of(client_id)
             .into_iter()
-            .map(|(filter, options)| SubscriptionRow {
+            .map(|(filter, options)| SubscriptionView {
                 client_id: client_id.to_owned(),
                 filter,
                 qos: options.qos as u8,
             })
             .collect();
-        Some((row, subs))
+        Some((row.into(), subs))
     })
 }
 
@@ -171,13 +278,15 @@ pub fn kick(broker: &Broker, client_id: &str) -> bool {
 }
 
 /// Every subscription, at most [`MAX_ROWS`].
-pub fn subscriptions(broker: &Broker) -> Rows<SubscriptionRow> {
-    broker.with_router(|r| r.subscriptions_all(MAX_ROWS))
+pub fn subscriptions(broker: &Broker) -> Listing<SubscriptionView> {
+    let rows = broker.with_router(|r| r.subscriptions_all(MAX_ROWS));
+    Listing::from_rows(rows, SubscriptionView::from)
 }
 
 /// Retained messages, at most [`MAX_ROWS`].
-pub fn retained(broker: &Broker) -> Rows<RetainedRow> {
-    broker.with_router(|r| r.retained_list(MAX_ROWS))
+pub fn retained(broker: &Broker) -> Listing<RetainedView> {
+    let rows = broker.with_router(|r| r.retained_list(MAX_ROWS));
+    Listing::from_rows(rows, RetainedView::from)
 }
 
 /// The broker statistics, the same numbers `$SYS/brokers/{node}/stats/...` publishes.

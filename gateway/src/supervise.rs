@@ -26,17 +26,15 @@
 //! board outside systemd the task only publishes.
 //!
 //! It never touches the router's data: it only takes the lock for the probe and publishes
-//! through [`Broker::publish_internal`], from tasks on the main runtime so that a held router
+//! through [`crate::broker::client::publish_system`], from tasks on the main runtime so that a held router
 //! lock never blocks the supervisor itself.
 
-use crate::broker::message::{Message, Origin};
 use crate::broker::Broker;
 use crate::config::{BoardConfig, BoardKind, Config};
 use holdfast_board::{
     Board, BoardError, HostBoard, Indication, LedNames, LinuxBoard, LinuxBoardConfig, Roots,
     SystemdNotify,
 };
-use holdfast_mqtt::{PublishProperties, QoS};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -96,7 +94,39 @@ pub struct Supervisor {
 }
 
 /// A probe running on the runtime or the blocking pool, and when it started.
-type InFlight = Option<(Instant, JoinHandle<Result<(), String>>)>;
+type InFlight = Option<(Instant, JoinHandle<Result<(), Fault>>)>;
+
+/// What the self-check found wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    /// The storage probe failed: read-only, full, or an I/O error (degraded, not a reset).
+    #[error("the data directory {} is not writable ({step}: {source})", dir.display())]
+    Storage {
+        /// The data directory.
+        dir: PathBuf,
+        /// Which step failed (`create`, `open`, `write`, `fdatasync`).
+        step: &'static str,
+        /// The error it got.
+        source: std::io::Error,
+    },
+    /// A storage probe that has not returned for longer than the deadline (feeding stops).
+    #[error("the data directory {} has not answered a write for {ms} ms", dir.display())]
+    StorageHung {
+        /// The data directory.
+        dir: PathBuf,
+        /// How long it has been waiting.
+        ms: u128,
+    },
+    /// The event loop did not run the probe task in time (feeding stops).
+    #[error("the event loop did not answer within {ms} ms (router lock held or workers blocked)")]
+    RuntimeHung {
+        /// The deadline.
+        ms: u128,
+    },
+    /// A probe task panicked or was cancelled.
+    #[error("self-check probe failed: {0}")]
+    Probe(#[from] tokio::task::JoinError),
+}
 
 impl Supervisor {
     /// A supervisor for `board`, reporting through `broker`, notifying systemd via `notify`.
@@ -278,17 +308,11 @@ impl Supervisor {
     /// A retained QoS 0 broker message, like the other `$SYS` topics, published from a task
     /// on the main runtime (a held router lock must not block the supervisor).
     fn publish_bytes(&self, topic: &str, payload: Vec<u8>) {
-        let message = Message::new(
-            topic.to_owned(),
-            payload,
-            QoS::AtMostOnce,
-            true,
-            PublishProperties::default(),
-            Origin::BROKER,
-        );
         let broker = self.broker.clone();
-        self.main
-            .spawn(async move { broker.publish_internal(message) });
+        let topic = topic.to_owned();
+        self.main.spawn(async move {
+            crate::broker::client::publish_system(&broker, topic, payload, true);
+        });
     }
 }
 
@@ -321,7 +345,7 @@ struct SelfCheck {
     /// When the storage probe last succeeded.
     storage_ok_at: Option<Instant>,
     /// The last storage failure, reported until a probe succeeds again.
-    storage_error: Option<String>,
+    storage_error: Option<Fault>,
 }
 
 impl SelfCheck {
@@ -337,7 +361,7 @@ impl SelfCheck {
     }
 
     /// Ok when the event loop answered and the data directory is writable; else why not.
-    async fn check(&mut self, main: &Handle, broker: &Arc<Broker>) -> Result<(), String> {
+    async fn check(&mut self, main: &Handle, broker: &Arc<Broker>) -> Result<(), Fault> {
         // Storage: start a probe when one is due and none is running.
         let due = match self.storage_ok_at {
             None => true,
@@ -356,7 +380,7 @@ impl SelfCheck {
             let handle = main.spawn(async move {
                 tokio::task::spawn_blocking(move || b.with_router(|_| ()))
                     .await
-                    .map_err(|e| format!("router probe failed: {e}"))
+                    .map_err(Fault::Probe)
             });
             self.runtime_probe = Some((Instant::now(), handle));
         }
@@ -371,11 +395,10 @@ impl SelfCheck {
         }
         if let Some((since, _)) = &self.storage_probe {
             if since.elapsed() >= self.deadline {
-                return Err(format!(
-                    "the data directory {} has not answered a write for {} ms",
-                    self.data_dir.display(),
-                    since.elapsed().as_millis()
-                ));
+                return Err(Fault::StorageHung {
+                    dir: self.data_dir.clone(),
+                    ms: since.elapsed().as_millis(),
+                });
             }
         }
         // A storage probe that *failed* (read-only remount, full disk, I/O error) is not a hung
@@ -384,10 +407,9 @@ impl SelfCheck {
         match runtime {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(e),
-            None => Err(format!(
-                "the event loop did not answer within {} ms (router lock held or workers blocked)",
-                self.deadline.as_millis()
-            )),
+            None => Err(Fault::RuntimeHung {
+                ms: self.deadline.as_millis(),
+            }),
         }
     }
 }
@@ -403,12 +425,12 @@ impl SelfCheck {
 
 /// Waits for the in-flight probe until it is `deadline` old; returns its result when it
 /// finished (clearing the slot), `None` while it is still running.
-async fn settle(slot: &mut InFlight, deadline: Duration) -> Option<Result<(), String>> {
+async fn settle(slot: &mut InFlight, deadline: Duration) -> Option<Result<(), Fault>> {
     let (since, handle) = slot.as_mut()?;
     let left = deadline.saturating_sub(since.elapsed());
     let result = match tokio::time::timeout(left, handle).await {
         Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(format!("self-check probe failed: {join}")),
+        Ok(Err(join)) => Err(Fault::Probe(join)),
         Err(_) => return None,
     };
     *slot = None;
@@ -417,14 +439,13 @@ async fn settle(slot: &mut InFlight, deadline: Duration) -> Option<Result<(), St
 
 /// Rewrites the probe file in `dir` and makes it durable: proves the file system is mounted
 /// read-write, has room, and the device completes writes.
-fn probe_storage(dir: &Path) -> Result<(), String> {
+fn probe_storage(dir: &Path) -> Result<(), Fault> {
     use std::io::Write;
     let path = dir.join(PROBE_FILE);
-    let fail = |what: &str, e: std::io::Error| {
-        format!(
-            "the data directory {} is not writable ({what}: {e})",
-            dir.display()
-        )
+    let fail = |step: &'static str, source: std::io::Error| Fault::Storage {
+        dir: dir.to_path_buf(),
+        step,
+        source,
     };
     std::fs::create_dir_all(dir).map_err(|e| fail("create", e))?;
     let mut f = std::fs::OpenOptions::new()

@@ -169,17 +169,19 @@ pub fn publish_stats(broker: &Broker, probe: &mut RateProbe) {
             ("reconnects", body["reconnects"].to_string()),
         ] {
             let value = value.trim_matches('"').to_owned();
-            broker.publish_internal(crate::broker::sys::sys_message(
+            crate::broker::client::publish_system(
+                broker,
                 format!("{base}/{leaf}"),
                 value.into_bytes(),
                 true,
-            ));
+            );
         }
-        broker.publish_internal(crate::broker::sys::sys_message(
+        crate::broker::client::publish_system(
+            broker,
             format!("{base}/stats"),
             body.to_string().into_bytes(),
             true,
-        ));
+        );
         if !s.is_up() || q.len > 0 {
             tracing::info!(
                 bridge = %o.name,

@@ -776,6 +776,27 @@ fn received(delivery: Delivery, packet_id: u16, dup: bool) -> Received {
     }
 }
 
+/// Publishes a message the broker itself makes (the `$SYS` statistics and events, the board
+/// status): QoS 0, no client and no ACL (the broker owns `$SYS`), routed to subscribers and to
+/// a bridge that forwards it like any message. Returns how many subscriptions it reached.
+pub fn publish_system(
+    broker: &Broker,
+    topic: String,
+    payload: impl Into<Bytes>,
+    retain: bool,
+) -> usize {
+    let message = Message::new(
+        topic,
+        payload,
+        QoS::AtMostOnce,
+        retain,
+        PublishProperties::default(),
+        Origin::BROKER,
+    );
+    let message = Arc::new(message);
+    broker.with_router(|r| r.publish(message, Instant::now()))
+}
+
 /// Logs a refused connect, naming the client and why, and returns the error.
 fn refused(opts: &ClientOptions, e: ConnectError) -> ConnectError {
     tracing::warn!(peer = %opts.peer, client_id = %super::short(&opts.client_id), protocol = opts.protocol.as_str(), "connection refused: {e}");

@@ -121,6 +121,14 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // IP_FREEBIND: a listener on an address the interface gets later (DHCP, a late link)
+    // binds now and accepts once the address is up, so the gateway never waits for the
+    // network to start (the unit does not order after network-online.target).
+    if let Err(e) =
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpFreebind, &true)
+    {
+        tracing::debug!(%addr, error = %e, "IP_FREEBIND not available");
+    }
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -228,6 +236,14 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_listener_binds_an_address_this_host_does_not_have_yet() {
+        // TEST-NET-1 (RFC 5737): never configured here; only bound, nothing is sent.
+        let addr: std::net::SocketAddr = "192.0.2.1:0".parse().expect("addr");
+        let listener = listen(addr).expect("IP_FREEBIND lets it bind");
+        assert_eq!(listener.local_addr().expect("bound").ip(), addr.ip());
+    }
 
     #[test]
     fn a_token_bucket_allows_a_burst_then_paces() {

@@ -26,7 +26,6 @@ pub mod uplink;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use message::Message;
 use router::{Router, RouterConfig};
 use stats::{ListenerStats, TrafficStats};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -212,13 +211,6 @@ impl Broker {
                 return id;
             }
         }
-    }
-
-    /// Publishes a broker-made message (no publisher; QoS 0 unless asked).
-    pub fn publish_internal(&self, message: Message) {
-        let msg = Arc::new(message);
-        let now = Instant::now();
-        self.with_router(|r| r.publish(msg, now));
     }
 
     /// Registers a listener's counters.

@@ -4,10 +4,9 @@
 //! publishes stats and drives session expiry and delayed wills. Never blocks a connection: every
 //! event is one routed QoS 0 message.
 
-use super::message::{Message, Origin};
+use super::client::publish_system;
 use super::stats::DisconnectReason;
 use super::Broker;
-use holdfast_mqtt::{PublishProperties, QoS};
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -36,18 +35,6 @@ fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// A QoS 0 broker-made message on a `$SYS` topic.
-pub(crate) fn sys_message(topic: String, payload: Vec<u8>, retain: bool) -> Message {
-    Message::new(
-        topic,
-        payload,
-        QoS::AtMostOnce,
-        retain,
-        PublishProperties::default(),
-        Origin::BROKER,
-    )
 }
 
 /// A client id as one topic level: `%`, `/`, `+`, `#` and NUL percent-encoded (`%25`, `%2F`,
@@ -89,7 +76,7 @@ pub fn client_connected(broker: &Broker, info: &ClientInfo) {
         broker.config.node.name,
         topic_level(&info.client_id)
     );
-    broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
+    publish_system(broker, topic, body.to_string().into_bytes(), false);
 }
 
 /// Publishes `$SYS/brokers/{node}/clients/{clientid}/disconnected` (as [`topic_level`]).
@@ -109,7 +96,7 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
         broker.config.node.name,
         topic_level(&info.client_id)
     );
-    broker.publish_internal(sys_message(topic, body.to_string().into_bytes(), false));
+    publish_system(broker, topic, body.to_string().into_bytes(), false);
 }
 
 /// The stats published under `$SYS/brokers/{node}/stats/...`, name -> value.
@@ -188,7 +175,7 @@ fn publish_stats(broker: &Broker) {
     let node = broker.config.node.name.clone();
     for (name, value) in stats_snapshot(broker) {
         let topic = format!("$SYS/brokers/{node}/stats/{name}");
-        broker.publish_internal(sys_message(topic, value.to_string().into_bytes(), true));
+        publish_system(broker, topic, value.to_string().into_bytes(), true);
     }
     for l in broker.listener_stats() {
         for reason in DisconnectReason::ALL {
@@ -198,11 +185,11 @@ fn publish_stats(broker: &Broker) {
                 reason.as_str()
             );
             let value = l.shutdown_count(reason).to_string().into_bytes();
-            broker.publish_internal(sys_message(topic, value, true));
+            publish_system(broker, topic, value, true);
         }
         let topic = format!("$SYS/brokers/{node}/listeners/{}/handshake_failed", l.name);
         let value = l.handshake_failed.load(Ordering::Relaxed).to_string();
-        broker.publish_internal(sys_message(topic, value.into_bytes(), true));
+        publish_system(broker, topic, value.into_bytes(), true);
     }
 }
 
@@ -215,11 +202,12 @@ pub type StatsPublisher = Box<dyn FnMut(&Broker) + Send>;
 /// runs each of `more`.
 pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
     let version = format!("$SYS/brokers/{}/version", broker.config.node.name);
-    broker.publish_internal(sys_message(
+    publish_system(
+        &broker,
         version,
         env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
         true,
-    ));
+    );
     let sys_interval = broker.config.mqtt.sys_interval;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

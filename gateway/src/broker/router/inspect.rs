@@ -1,8 +1,8 @@
 //! Read-only views of the router for operators (`holdfast ctl`, the web UI), and `kick`.
 //!
-//! Owns the row shapes the operations layer reports. Every listing is bounded by a caller's
-//! limit and says when it was cut short, so a gateway with a million sessions answers in one
-//! short lock hold. Nothing here changes routing state except [`Router::kick`], which only asks
+//! Owns the router's rows, which the operations layer (`ops`) turns into the views it hands
+//! out. Every listing is bounded by a caller's limit and says when it was cut short, so a
+//! gateway with a million sessions answers in one short lock hold. Nothing here changes routing state except [`Router::kick`], which only asks
 //! a connection to close.
 
 use super::Router;
@@ -10,10 +10,9 @@ use crate::broker::message::SessionId;
 use crate::broker::session::ConnMeta;
 use holdfast_mqtt::reason;
 use holdfast_mqtt::ByteStr;
-use serde::Serialize;
 
 /// A bounded listing: the first `limit` rows in order, and whether more were left out.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rows<T> {
     /// The rows, sorted.
     pub rows: Vec<T>,
@@ -41,7 +40,7 @@ impl<T> Rows<T> {
 }
 
 /// One session as the operator sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientRow {
     /// MQTT client identifier.
     pub client_id: String,
@@ -67,7 +66,7 @@ pub struct ClientRow {
 }
 
 /// One subscription.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRow {
     /// Subscriber.
     pub client_id: String,
@@ -78,7 +77,7 @@ pub struct SubscriptionRow {
 }
 
 /// One retained message.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedRow {
     /// Topic it is retained on.
     pub topic: String,
