@@ -128,23 +128,25 @@ impl Outbox {
             durable,
             new_data: tokio::sync::Notify::new(),
             stats: BridgeStats::default(),
-            downlink_session: AtomicU64::new(0),
+            downlink_session: AtomicU64::new(SessionId::NONE),
         })
     }
 
     /// True when `msg` is for this bridge: a forward filter matches and it did not come down
     /// this same bridge.
     pub fn wants(&self, msg: &Message) -> bool {
-        let downlink = self.downlink_session.load(Ordering::Relaxed);
-        (downlink == 0 || msg.publisher != Some(downlink))
+        let downlink = SessionId::from_raw(self.downlink_session.load(Ordering::Relaxed));
+        (downlink.is_none() || msg.publisher != downlink)
             && self.filters.iter().any(|f| topic::matches(f, &msg.topic))
     }
 
     /// Names the router session of the bridge's downlink client (`None` when the link is
     /// down), whose messages this bridge must not forward.
     pub fn set_downlink_session(&self, session: Option<SessionId>) {
-        self.downlink_session
-            .store(session.unwrap_or(0), Ordering::Relaxed);
+        self.downlink_session.store(
+            session.map_or(SessionId::NONE, SessionId::get),
+            Ordering::Relaxed,
+        );
     }
 
     /// Highest seq known durable.

@@ -347,13 +347,13 @@ impl Client {
                 on_owner_mismatch: cfg.session_owner_mismatch,
             })
         });
-        match result.refused {
-            Some(ConnectRefusal::NotOwner) => return Err(refused(&opts, ConnectError::NotOwner)),
-            Some(ConnectRefusal::TooManySessions) => {
+        let result = match result {
+            Ok(result) => result,
+            Err(ConnectRefusal::NotOwner) => return Err(refused(&opts, ConnectError::NotOwner)),
+            Err(ConnectRefusal::TooManySessions) => {
                 return Err(refused(&opts, ConnectError::TooManySessions))
             }
-            None => {}
-        }
+        };
         if let Some(old) = result.replaced {
             old.discarded.store(opts.clean_start, Ordering::Relaxed);
             old.close_with(reason::SESSION_TAKEN_OVER);

@@ -189,7 +189,7 @@ impl MqttSession {
             protocol: ProtocolVersion::V3_1_1,
             client_id: ByteStr::default(),
             username: None,
-            session: 0,
+            session: SessionId::UNBOUND,
             ctrl: ConnControl::new(conn_id),
             will: None,
             keep_alive: Duration::ZERO,

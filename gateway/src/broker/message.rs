@@ -9,8 +9,47 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Identifies a session inside the router; never reused while the process runs.
-pub type SessionId = u64;
+/// Identifies a session inside the router; never reused while the process runs. A newtype:
+/// connection ids, queue seqs and session ids are all `u64`s, and only this one keys sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(u64);
+
+impl SessionId {
+    /// The first id the router hands out; ids count up from it.
+    pub const FIRST: SessionId = SessionId(1);
+    /// Stands for "no session" where a number must be stored (an atomic); never assigned.
+    pub const NONE: u64 = 0;
+    /// The session of a connection whose CONNECT was not accepted yet: the router never
+    /// issues it, so a call with it finds no session.
+    pub const UNBOUND: SessionId = SessionId(Self::NONE);
+
+    /// The id after this one.
+    pub fn next(self) -> SessionId {
+        SessionId(self.0 + 1)
+    }
+
+    /// The raw number, to store in an atomic (never [`SessionId::NONE`]).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The id stored as [`SessionId::get`]; `None` for [`SessionId::NONE`].
+    pub fn from_raw(raw: u64) -> Option<SessionId> {
+        (raw != Self::NONE).then_some(SessionId(raw))
+    }
+
+    /// An id for tests that build sessions without a router.
+    #[cfg(test)]
+    pub fn test(n: u64) -> SessionId {
+        SessionId(n)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
 
 /// A map keyed by [`SessionId`] with a multiplicative hash: ids are assigned by the router, not
 /// by peers, so SipHash's flooding resistance buys nothing on this per-delivery lookup.

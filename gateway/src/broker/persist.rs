@@ -99,7 +99,7 @@ mod tests {
             ..PublishProperties::default()
         };
         let origin = Origin {
-            session: Some(7),
+            session: Some(crate::broker::message::SessionId::test(7)),
             client_id: None,
         };
         let mut msg = Message::new(

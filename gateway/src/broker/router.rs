@@ -157,8 +157,6 @@ pub struct ConnectResult {
     pub replaced: Option<Arc<ConnControl>>,
     /// True when an existing session was thrown away because of clean start.
     pub discarded: bool,
-    /// Set when the CONNECT must be refused; nothing was changed.
-    pub refused: Option<ConnectRefusal>,
 }
 
 /// Why the router refused a CONNECT.
@@ -264,7 +262,7 @@ impl Router {
             subscription_bytes: 0,
             retained_store: None,
             persist: None,
-            next_session_id: 1,
+            next_session_id: SessionId::FIRST,
             wake: Vec::new(),
             counters: RouterCounters::default(),
             rng: 0x9E37_79B9_7F4A_7C15,

@@ -530,7 +530,7 @@ fn connect_as(
     owner: Owner,
     clean_start: bool,
     policy: OwnerMismatch,
-) -> (ConnectResult, Arc<ConnControl>) {
+) -> (Result<ConnectResult, ConnectRefusal>, Arc<ConnControl>) {
     let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
     let result = r.connect(ConnectParams {
         client_id: ByteStr::from(client_id),
@@ -553,6 +553,7 @@ fn a_session_belongs_to_the_identity_that_created_it() {
     let bob = || Owner::User(ByteStr::from("bob"));
     let alice = || Owner::User(ByteStr::from("alice"));
     let (res, conn) = connect_as(&mut r, "bob-sensor", bob(), false, OwnerMismatch::Refuse);
+    let res = res.expect("bob creates his session");
     sub(&mut r, res.session_id, "users/bob/#", QoS::AtLeastOnce, t0);
     disconnect(&mut r, res.session_id, &conn, t0);
     r.publish(
@@ -562,8 +563,7 @@ fn a_session_belongs_to_the_identity_that_created_it() {
     // Alice knows the client id: refused, with or without clean start, and nothing changes.
     for clean in [false, true] {
         let (denied, _) = connect_as(&mut r, "bob-sensor", alice(), clean, OwnerMismatch::Refuse);
-        assert_eq!(denied.refused, Some(ConnectRefusal::NotOwner));
-        assert!(denied.replaced.is_none() && !denied.discarded);
+        assert_eq!(denied.err(), Some(ConnectRefusal::NotOwner));
     }
     // Anonymous is another identity too.
     let (denied, _) = connect_as(
@@ -573,10 +573,11 @@ fn a_session_belongs_to_the_identity_that_created_it() {
         false,
         OwnerMismatch::Refuse,
     );
-    assert_eq!(denied.refused, Some(ConnectRefusal::NotOwner));
+    assert_eq!(denied.err(), Some(ConnectRefusal::NotOwner));
     // Bob resumes and gets his command.
     let (back, bc) = connect_as(&mut r, "bob-sensor", bob(), false, OwnerMismatch::Refuse);
-    assert!(back.session_present && back.refused.is_none());
+    let back = back.expect("bob resumes");
+    assert!(back.session_present);
     assert_eq!(
         drained_payloads(&mut r, back.session_id, bc.conn_id, t0),
         ["unlock"]
@@ -590,11 +591,13 @@ fn a_session_belongs_to_the_identity_that_created_it() {
         false,
         OwnerMismatch::Refuse,
     );
+    let squat = squat.expect("the squatter gets a session");
     sub(&mut r, squat.session_id, "#", QoS::AtLeastOnce, t0);
     disconnect(&mut r, squat.session_id, &sc, t0);
     let carol = || Owner::User(ByteStr::from("carol"));
     let (mine, _) = connect_as(&mut r, "carol-meter", carol(), false, OwnerMismatch::Refuse);
-    assert!(mine.refused.is_none() && !mine.session_present && mine.discarded);
+    let mine = mine.expect("carol is not locked out");
+    assert!(!mine.session_present && mine.discarded);
     // ...and the other way round stays refused.
     let (back, _) = connect_as(
         &mut r,
@@ -603,10 +606,11 @@ fn a_session_belongs_to_the_identity_that_created_it() {
         false,
         OwnerMismatch::Refuse,
     );
-    assert_eq!(back.refused, Some(ConnectRefusal::NotOwner));
+    assert_eq!(back.err(), Some(ConnectRefusal::NotOwner));
     // Under `discard`, alice gets a fresh session of her own; bob's is gone.
     let (fresh, _) = connect_as(&mut r, "bob-sensor", alice(), false, OwnerMismatch::Discard);
-    assert!(!fresh.session_present && fresh.refused.is_none() && fresh.discarded);
+    let fresh = fresh.expect("discard gives alice a fresh session");
+    assert!(!fresh.session_present && fresh.discarded);
     assert_eq!(
         r.subscription_filters(fresh.session_id),
         Vec::<ByteStr>::new()
@@ -636,11 +640,11 @@ fn retained_bytes_sessions_and_queued_bytes_are_capped() {
     });
     let (a, ac) = connect(&mut r, "a", false, HOUR);
     connect(&mut r, "b", false, HOUR);
-    let (third, _) = connect_with(&mut r, "c", true, Duration::ZERO, 32);
-    assert_eq!(third.refused, Some(ConnectRefusal::TooManySessions));
+    let (third, _) = try_connect_with(&mut r, "c", true, Duration::ZERO, 32);
+    assert_eq!(third.err(), Some(ConnectRefusal::TooManySessions));
     disconnect(&mut r, a, &ac, t0);
     let (back, _) = connect_with(&mut r, "a", false, HOUR, 32);
-    assert!(back.refused.is_none() && back.session_present);
+    assert!(back.session_present);
 
     // Queued bytes: each 1,000-byte delivery holds ~1,130 bytes; 3,000 hold two of them.
     let mut r = Router::new(RouterConfig {

@@ -79,7 +79,7 @@ fn connect(
         owner: Owner::Anonymous,
         on_owner_mismatch: OwnerMismatch::Refuse,
     });
-    (result, conn)
+    (result.expect("the router accepts this CONNECT"), conn)
 }
 
 fn sub(r: &mut Router, sid: SessionId, filter: &str, qos: QoS, id: Option<u32>, now: Instant) {

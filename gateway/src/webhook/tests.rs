@@ -38,7 +38,10 @@ fn message(topic_name: &str) -> Message {
         QoS::AtLeastOnce,
         false,
         PublishProperties::default(),
-        Origin::client(1, ByteStr::from("pub-1")),
+        Origin::client(
+            crate::broker::message::SessionId::test(1),
+            ByteStr::from("pub-1"),
+        ),
     )
 }
 

@@ -229,18 +229,18 @@ impl MqttSession {
                 on_owner_mismatch: cfg.session_owner_mismatch,
             })
         });
-        match result.refused {
-            Some(ConnectRefusal::NotOwner) => {
+        let result = match result {
+            Ok(result) => result,
+            Err(ConnectRefusal::NotOwner) => {
                 return Err(self.refuse(
                     reason::NOT_AUTHORIZED,
                     "the client id's session belongs to another identity",
                 ));
             }
-            Some(ConnectRefusal::TooManySessions) => {
+            Err(ConnectRefusal::TooManySessions) => {
                 return Err(self.refuse(reason::QUOTA_EXCEEDED, "max_sessions reached"));
             }
-            None => {}
-        }
+        };
         if let Some(old) = result.replaced {
             old.discarded.store(connect.clean_start, Ordering::Relaxed);
             old.close_with(reason::SESSION_TAKEN_OVER);

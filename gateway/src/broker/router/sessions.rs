@@ -8,8 +8,8 @@ use super::*;
 
 impl Router {
     /// Binds a connection to the session of `params.client_id`, creating, resuming or
-    /// discarding it (clean start). See [`ConnectResult`].
-    pub fn connect(&mut self, params: ConnectParams) -> ConnectResult {
+    /// discarding it (clean start). See [`ConnectResult`]; a refusal changes nothing.
+    pub fn connect(&mut self, params: ConnectParams) -> Result<ConnectResult, ConnectRefusal> {
         let mut replaced = None;
         let mut discarded = false;
         let now = params.now;
@@ -62,13 +62,7 @@ impl Router {
                         };
                         match policy {
                             OwnerMismatch::Refuse => {
-                                return ConnectResult {
-                                    session_id: 0,
-                                    session_present: false,
-                                    replaced: None,
-                                    discarded: false,
-                                    refused: Some(ConnectRefusal::NotOwner),
-                                };
+                                return Err(ConnectRefusal::NotOwner);
                             }
                             OwnerMismatch::Discard => clean_start = true,
                         }
@@ -93,13 +87,12 @@ impl Router {
                         self.wake.push(params.conn.clone());
                     }
                     self.sync_journal(sid);
-                    return ConnectResult {
+                    return Ok(ConnectResult {
                         session_id: sid,
                         session_present: true,
                         replaced,
                         discarded: false,
-                        refused: None,
-                    };
+                    });
                 }
             }
             // Clean start: the old session ends here; its pending will goes out now.
@@ -114,16 +107,10 @@ impl Router {
                 // The old connection's session was just discarded: it cannot stay bound.
                 conn.close_with(reason::SESSION_TAKEN_OVER);
             }
-            return ConnectResult {
-                session_id: 0,
-                session_present: false,
-                replaced: None,
-                discarded,
-                refused: Some(ConnectRefusal::TooManySessions),
-            };
+            return Err(ConnectRefusal::TooManySessions);
         }
         let sid = self.next_session_id;
-        self.next_session_id += 1;
+        self.next_session_id = sid.next();
         let mut session = Session::new(sid, params.client_id.clone(), params.protocol);
         session.held_total = self.held_total.clone();
         session.owner = params.owner;
@@ -133,13 +120,12 @@ impl Router {
         self.sessions.insert(sid, Box::new(session));
         self.by_client.insert(params.client_id, sid);
         self.sync_journal(sid);
-        ConnectResult {
+        Ok(ConnectResult {
             session_id: sid,
             session_present: false,
             replaced,
             discarded,
-            refused: None,
-        }
+        })
     }
 
     /// The connection `conn_id` of session `sid` ended. `will` is published now or after its
@@ -385,7 +371,7 @@ impl Router {
                 }
             };
             let sid = self.next_session_id;
-            self.next_session_id += 1;
+            self.next_session_id = sid.next();
             let mut s = Session::new(sid, client_id.clone(), protocol);
             s.held_total = self.held_total.clone();
             s.expiry = Duration::from_secs(u64::from(stored.expiry_secs));

@@ -153,7 +153,10 @@ fn discard_inflight_frees_the_slot_whatever_the_handshake_state() {
     assert!(r.discard_inflight(s, sent[1].packet_id), "awaiting PUBCOMP");
     assert!(r.discard_inflight(s, sent[0].packet_id), "awaiting PUBACK");
     assert!(!r.discard_inflight(s, sent[0].packet_id));
-    assert!(!r.discard_inflight(999, 1), "unknown session");
+    assert!(
+        !r.discard_inflight(SessionId::test(999), 1),
+        "unknown session"
+    );
     assert_eq!(drained_payloads(&mut r, s, c.conn_id, t0), ["next"]);
     // Nothing discarded comes back after a reconnect.
     disconnect(&mut r, s, &c, t0);
@@ -201,7 +204,7 @@ fn receive_qos2_detects_duplicates_and_enforces_max_awaiting() {
     let (s3, _) = connect(&mut r, "pub", true, HOUR);
     assert_eq!(r.receive_qos2(s3, 3, 2), Qos2Receive::New);
     assert_eq!(
-        r.receive_qos2(999, 1, 2),
+        r.receive_qos2(SessionId::test(999), 1, 2),
         Qos2Receive::Full,
         "unknown session"
     );

@@ -61,7 +61,7 @@ fn subscribe_grants_the_requested_qos_and_refuses_invalid_or_too_deep_filters() 
     );
     assert_eq!(r.sizes().subscriptions, 4);
     assert_eq!(
-        sub(&mut r, 999, "a", QoS::AtMostOnce, t0),
+        sub(&mut r, SessionId::test(999), "a", QoS::AtMostOnce, t0),
         reason::UNSPECIFIED_ERROR,
         "unknown session"
     );

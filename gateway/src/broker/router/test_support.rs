@@ -57,6 +57,18 @@ pub(crate) fn connect_with(
     expiry: Duration,
     window: usize,
 ) -> (ConnectResult, Arc<ConnControl>) {
+    let (result, conn) = try_connect_with(r, client_id, clean_start, expiry, window);
+    (result.expect("the router accepts this CONNECT"), conn)
+}
+
+/// As [`connect_with`], for a CONNECT the router may refuse.
+pub(crate) fn try_connect_with(
+    r: &mut Router,
+    client_id: &str,
+    clean_start: bool,
+    expiry: Duration,
+    window: usize,
+) -> (Result<ConnectResult, ConnectRefusal>, Arc<ConnControl>) {
     let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
     let result = r.connect(ConnectParams {
         client_id: ByteStr::from(client_id),
