@@ -217,7 +217,7 @@ impl MqttSession {
                     }
                 }
                 Wakeup::KeepAlive => {
-                    tracing::info!(peer = %self.peer, client_id = %self.client_id, "closed: keepalive_timeout");
+                    conn_event!(info, self, "closed: keepalive_timeout");
                     return Close::new(
                         DisconnectReason::KeepaliveTimeout,
                         Some(reason::KEEP_ALIVE_TIMEOUT),
@@ -272,7 +272,12 @@ impl MqttSession {
         let now = Instant::now();
         self.broker
             .with_router(|r| r.disconnect(sid, conn_id, will, expiry, now));
-        tracing::info!(peer = %self.peer, client_id = %self.client_id, reason = close.reason.as_str(), "client disconnected");
+        conn_event!(
+            info,
+            self,
+            reason = close.reason.as_str(),
+            "client disconnected"
+        );
         if self.connected {
             let info = self.client_info();
             sys::client_disconnected(&self.broker, &info, close.reason);

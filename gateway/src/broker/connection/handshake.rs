@@ -45,9 +45,9 @@ impl MqttSession {
         }
         self.client_id = client_id.clone();
         self.username = connect.username.as_ref().map(|u| u.as_str().into());
-        tracing::debug!(
-            peer = %self.peer,
-            client_id = %self.client_id,
+        conn_event!(
+            debug,
+            self,
             username = self.username.as_deref().unwrap_or(""),
             proto_ver = self.protocol.level(),
             keepalive = connect.keep_alive,
@@ -108,7 +108,7 @@ impl MqttSession {
                     ));
                 }
                 Err(NoCheck::Gone) => {
-                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, "client left while its login waited");
+                    conn_event!(debug, self, "client left while its login waited");
                     return Err(Close::new(DisconnectReason::TcpClosed, None));
                 }
             },
@@ -127,7 +127,7 @@ impl MqttSession {
                     if let Some(claimed) = self.username.take() {
                         // Nobody checked it: it must not drive ACL `user` rules, `%u` or the
                         // session's ownership.
-                        tracing::debug!(peer = %self.peer, client_id = %self.client_id, claimed = %claimed, admitted = ?admitted, "user name not verified: ignored");
+                        conn_event!(debug, self, claimed = %claimed, admitted = ?admitted, "user name not verified: ignored");
                     }
                 }
             }
@@ -320,7 +320,7 @@ impl MqttSession {
             return;
         }
         for f in &denied {
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, filter = %f, "restored subscription denied by the ACL: removed");
+            conn_event!(warn, self, filter = %f, "restored subscription denied by the ACL: removed");
         }
         self.broker.with_router(|r| r.unsubscribe(session, &denied));
     }
@@ -335,7 +335,13 @@ impl MqttSession {
             self.protocol.is_v5(),
         );
         for (template, why) in skipped {
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, template, "auto subscribe skipped: {}", why.as_str());
+            conn_event!(
+                warn,
+                self,
+                template,
+                "auto subscribe skipped: {}",
+                why.as_str()
+            );
         }
         if filters.is_empty() {
             return;
@@ -347,16 +353,21 @@ impl MqttSession {
             .with_router(|r| r.subscribe(session, &filters, None, now));
         for ((filter, opts), code) in filters.iter().zip(&reasons) {
             if *code >= 0x80 {
-                tracing::warn!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "auto subscribe refused");
+                conn_event!(warn, self, filter = %filter, reason = code, "auto subscribe refused");
             } else {
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "auto SUBSCRIBE");
+                conn_event!(debug, self, filter = %filter, qos = opts.qos as u8, reason = code, "auto SUBSCRIBE");
             }
         }
     }
 
     /// Queues a refusing CONNACK and logs why.
     pub(super) fn refuse(&mut self, code: u8, why: &str) -> Close {
-        tracing::warn!(peer = %self.peer, client_id = %self.client_id, username = self.username.as_deref().unwrap_or(""), "connection refused: {why}");
+        conn_event!(
+            warn,
+            self,
+            username = self.username.as_deref().unwrap_or(""),
+            "connection refused: {why}"
+        );
         let ack = Packet::ConnAck(ConnAck {
             session_present: false,
             code,

@@ -58,7 +58,7 @@ impl MqttSession {
             return false;
         };
         if l.paused_until.is_none() {
-            tracing::trace!(peer = %self.peer, client_id = %self.client_id, "rate limited: reading paused");
+            conn_event!(trace, self, "rate limited: reading paused");
         }
         l.paused_until = Some(tokio::time::Instant::from_std(at));
         true
@@ -134,14 +134,31 @@ impl MqttSession {
                     self.username.as_deref(),
                 );
                 if r.puback(self.session, ack.packet_id) {
-                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, reason = ack.reason, "PUBACK in");
+                    conn_event!(
+                        debug,
+                        self,
+                        packet_id = ack.packet_id,
+                        reason = ack.reason,
+                        "PUBACK in"
+                    );
                 } else {
-                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = ack.packet_id, "PUBACK for unknown packet id");
+                    conn_event!(
+                        debug,
+                        self,
+                        packet_id = ack.packet_id,
+                        "PUBACK for unknown packet id"
+                    );
                 }
                 Ok(())
             }
             Packet::PubRec(rec) => {
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rec.packet_id, reason = rec.reason, "PUBREC in");
+                conn_event!(
+                    debug,
+                    self,
+                    packet_id = rec.packet_id,
+                    reason = rec.reason,
+                    "PUBREC in"
+                );
                 let found = r.pubrec(self.session, rec.packet_id, rec.reason);
                 if !found || rec.reason < 0x80 {
                     self.replies.push(Packet::PubRel(PubResp {
@@ -157,7 +174,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubComp(comp) => {
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = comp.packet_id, "PUBCOMP in");
+                conn_event!(debug, self, packet_id = comp.packet_id, "PUBCOMP in");
                 events::acked(
                     self.broker.events(),
                     r,
@@ -172,7 +189,7 @@ impl MqttSession {
             }
             Packet::PubRel(rel) => {
                 let found = r.pubrel(self.session, rel.packet_id);
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, packet_id = rel.packet_id, found, "PUBREL in");
+                conn_event!(debug, self, packet_id = rel.packet_id, found, "PUBREL in");
                 self.replies.push(Packet::PubComp(PubResp {
                     packet_id: rel.packet_id,
                     reason: if found || !v5 {
@@ -191,7 +208,11 @@ impl MqttSession {
                     .any(|(f, o)| o.no_local && matches!(topic::parse_shared(f), Ok(Some(_))))
                 {
                     // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
-                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: No Local on a shared subscription");
+                    conn_event!(
+                        warn,
+                        self,
+                        "protocol error: No Local on a shared subscription"
+                    );
                     return Err(Close::new(
                         DisconnectReason::ProtocolError,
                         Some(reason::PROTOCOL_ERROR),
@@ -229,7 +250,7 @@ impl MqttSession {
                     }
                 };
                 for ((filter, opts), code) in sub.filters.iter().zip(&reasons) {
-                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
+                    conn_event!(debug, self, filter = %filter, qos = opts.qos as u8, reason = code, "SUBSCRIBE");
                 }
                 self.broker.events().session_subscribed(
                     &self.client_id,
@@ -247,7 +268,7 @@ impl MqttSession {
             Packet::Unsubscribe(unsub) => {
                 let reasons = r.unsubscribe(self.session, &unsub.filters);
                 for (filter, code) in unsub.filters.iter().zip(&reasons) {
-                    tracing::debug!(peer = %self.peer, client_id = %self.client_id, filter = %filter, reason = code, "UNSUBSCRIBE");
+                    conn_event!(debug, self, filter = %filter, reason = code, "UNSUBSCRIBE");
                 }
                 self.broker.events().session_unsubscribed(
                     &self.client_id,
@@ -263,17 +284,17 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PingReq => {
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, "PINGREQ");
+                conn_event!(debug, self, "PINGREQ");
                 self.replies.push(Packet::PingResp);
                 Ok(())
             }
             Packet::Disconnect(d) => {
-                tracing::debug!(peer = %self.peer, client_id = %self.client_id, reason = d.reason, "DISCONNECT in");
+                conn_event!(debug, self, reason = d.reason, "DISCONNECT in");
                 if let Some(secs) = d.properties.session_expiry_interval {
                     if secs > 0 && self.connect_expiry_zero {
                         // MQTT-3.14.2-2: a session that was to end with the connection cannot
                         // be turned into a lasting one at DISCONNECT.
-                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: DISCONNECT sets a session expiry after CONNECT asked for none");
+                        conn_event!(warn, self, "protocol error: DISCONNECT sets a session expiry after CONNECT asked for none");
                         return Err(Close::new(
                             DisconnectReason::ProtocolError,
                             Some(reason::PROTOCOL_ERROR),
@@ -288,14 +309,19 @@ impl MqttSession {
                 })
             }
             Packet::Connect(_) => {
-                tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: second CONNECT");
+                conn_event!(warn, self, "protocol error: second CONNECT");
                 Err(Close::new(
                     DisconnectReason::ProtocolError,
                     Some(reason::PROTOCOL_ERROR),
                 ))
             }
             other => {
-                tracing::warn!(peer = %self.peer, client_id = %self.client_id, packet = other.name(), "protocol error: packet not allowed from a client");
+                conn_event!(
+                    warn,
+                    self,
+                    packet = other.name(),
+                    "protocol error: packet not allowed from a client"
+                );
                 Err(Close::new(
                     DisconnectReason::ProtocolError,
                     Some(reason::PROTOCOL_ERROR),
@@ -314,7 +340,13 @@ impl MqttSession {
         if let Some(alias) = p.properties.topic_alias.take() {
             let max = self.broker.config.mqtt.max_topic_alias;
             if alias == 0 || alias > max {
-                tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, max, "protocol error: topic alias out of range");
+                conn_event!(
+                    warn,
+                    self,
+                    alias,
+                    max,
+                    "protocol error: topic alias out of range"
+                );
                 return Err(Close::new(
                     DisconnectReason::ProtocolError,
                     Some(reason::TOPIC_ALIAS_INVALID),
@@ -324,7 +356,7 @@ impl MqttSession {
                 match self.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
                     Some(t) => p.topic = t.clone(),
                     None => {
-                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, alias, "protocol error: unknown topic alias");
+                        conn_event!(warn, self, alias, "protocol error: unknown topic alias");
                         return Err(Close::new(
                             DisconnectReason::ProtocolError,
                             Some(reason::PROTOCOL_ERROR),
@@ -340,22 +372,26 @@ impl MqttSession {
         }
         if p.retain && v5 && !self.broker.config.mqtt.retain_available {
             // MQTT 5 §3.3.1.3: the CONNACK said Retain Available = 0.
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: RETAIN=1 while retain_available = false");
+            conn_event!(
+                warn,
+                self,
+                "protocol error: RETAIN=1 while retain_available = false"
+            );
             return Err(Close::new(
                 DisconnectReason::ProtocolError,
                 Some(reason::RETAIN_NOT_SUPPORTED),
             ));
         }
         if p.topic.is_empty() {
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, "protocol error: empty topic without alias");
+            conn_event!(warn, self, "protocol error: empty topic without alias");
             return Err(Close::new(
                 DisconnectReason::ProtocolError,
                 Some(reason::PROTOCOL_ERROR),
             ));
         }
-        tracing::debug!(
-            peer = %self.peer,
-            client_id = %self.client_id,
+        conn_event!(
+            debug,
+            self,
             topic = %p.topic,
             qos = p.qos as u8,
             retain = p.retain,
@@ -415,7 +451,11 @@ impl MqttSession {
                         .traffic
                         .dropped_awaiting_rel_full
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(peer = %self.peer, client_id = %self.client_id, "dropped: awaiting_rel full (receive maximum exceeded)");
+                    conn_event!(
+                        warn,
+                        self,
+                        "dropped: awaiting_rel full (receive maximum exceeded)"
+                    );
                     return Err(Close::new(
                         DisconnectReason::ProtocolError,
                         Some(reason::RECEIVE_MAXIMUM_EXCEEDED),
@@ -425,7 +465,7 @@ impl MqttSession {
         }
         let mut code = reason::SUCCESS;
         if let Some(refusal) = refused {
-            tracing::debug!(peer = %self.peer, client_id = %self.client_id, topic = %p.topic, "publish refused");
+            conn_event!(debug, self, topic = %p.topic, "publish refused");
             code = refusal;
         } else {
             let message = Arc::new(
@@ -488,7 +528,7 @@ impl MqttSession {
             .authorize(&mut self.acl, &client, action, topic);
         verdict = crate::auth::acl::local_only_sys(verdict, action, topic, self.peer.ip());
         if verdict.permission == Permission::Deny {
-            tracing::debug!(peer = %self.peer, client_id = %self.client_id, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
+            conn_event!(debug, self, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
         }
         verdict.permission
     }
@@ -531,7 +571,13 @@ impl MqttSession {
             }
         }
         if over > 0 {
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, over, max, "subscribe refused: max_subscriptions reached");
+            conn_event!(
+                warn,
+                self,
+                over,
+                max,
+                "subscribe refused: max_subscriptions reached"
+            );
         }
         if marks.iter().all(Option::is_none) {
             *refused = None;

@@ -43,7 +43,7 @@ impl MqttSession {
                         release.push(rec.packet_id);
                     }
                     if !self.protocol.is_v5() {
-                        tracing::warn!(peer = %self.peer, client_id = %self.client_id, reason = ?refusal, "closing: a bridge queue refused a message and MQTT 3.1.1 cannot say so");
+                        conn_event!(warn, self, reason = ?refusal, "closing: a bridge queue refused a message and MQTT 3.1.1 cannot say so");
                         outcome = Err(Close::new(DisconnectReason::QueueFull, None));
                         break;
                     }
@@ -208,7 +208,7 @@ impl MqttSession {
         };
         let start = self.wbuf.len();
         if let Err(e) = holdfast_mqtt::encode_publish_ref(&publish, self.protocol, &mut self.wbuf) {
-            tracing::error!(peer = %self.peer, client_id = %self.client_id, topic = %crate::broker::short(&msg.topic), "cannot encode delivery: {e}");
+            conn_event!(error, self, topic = %crate::broker::short(&msg.topic), "cannot encode delivery: {e}");
             self.wbuf.truncate(start);
             return;
         }
@@ -219,7 +219,7 @@ impl MqttSession {
                 .traffic
                 .dropped_too_large_for_client
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(peer = %self.peer, client_id = %self.client_id, topic = %crate::broker::short(&msg.topic), "dropped: larger than the client's maximum packet size");
+            conn_event!(warn, self, topic = %crate::broker::short(&msg.topic), "dropped: larger than the client's maximum packet size");
             if packet_id != 0 {
                 self.released.push(packet_id);
             }
@@ -231,9 +231,9 @@ impl MqttSession {
                 .outbound
                 .insert(ByteStr::from(msg.topic.as_str()), alias);
         }
-        tracing::debug!(
-            peer = %self.peer,
-            client_id = %self.client_id,
+        conn_event!(
+            debug,
+            self,
             topic = %msg.topic,
             qos = delivery.qos as u8,
             retain = delivery.retain,
