@@ -184,6 +184,14 @@ unit=$files/holdfast.service
 if [ -f "$unit" ]; then
     has "$unit" '^Type=notify$' "unit is Type=notify"
     has "$unit" '^WatchdogSec=[0-9]+' "unit sets WatchdogSec"
+    # systemd must restart a hung service before the hardware watchdog resets the board.
+    unit_wd="$(sed -n -E 's/^WatchdogSec=([0-9]+)s?$/\1/p' "$unit")"
+    hw_wd="$(sed -n -E 's/^watchdog_timeout = "([0-9]+)s"$/\1/p' "$files/holdfast.toml")"
+    if [ -n "$unit_wd" ] && [ -n "$hw_wd" ] && [ "$unit_wd" -lt "$hw_wd" ]; then
+        ok "WatchdogSec=${unit_wd}s is shorter than the hardware watchdog's ${hw_wd}s"
+    else
+        fail "WatchdogSec (${unit_wd:-?}s) must be shorter than the default config's watchdog_timeout (${hw_wd:-?}s): systemd restarts before the board resets"
+    fi
     has "$unit" '^Restart=always$' "unit restarts always"
     has "$unit" '^User=holdfast$' "unit runs as the holdfast user"
     has "$unit" '^ProtectSystem=strict$' "unit has ProtectSystem=strict"

@@ -77,6 +77,13 @@ impl FakeTree {
     }
 
     /// A regular file standing in for /dev/watchdog.
+    /// Sets the kernel's boot id (`/proc/sys/kernel/random/boot_id`).
+    pub(crate) fn boot_id(&self, id: &str) {
+        let p = self.roots().proc.join("sys/kernel/random");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("boot_id"), format!("{id}\n")).unwrap();
+    }
+
     pub(crate) fn watchdog(&self) -> PathBuf {
         let p = self.dir.path().join("watchdog");
         std::fs::write(&p, b"").unwrap();

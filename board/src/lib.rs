@@ -31,6 +31,7 @@ pub mod identity;
 pub mod leds;
 mod linux;
 pub mod notify;
+pub mod resets;
 pub mod watchdog;
 
 pub use health::Health;
@@ -75,6 +76,17 @@ pub enum BoardError {
         /// What the kernel said.
         source: std::io::Error,
     },
+    /// The driver refused the timeout and does not say which one it keeps: the watchdog was
+    /// disarmed again, since it cannot be fed safely.
+    #[error("the watchdog {path} refused a {wanted} s timeout ({errno}) and does not report the one it keeps; disarmed")]
+    WatchdogTimeout {
+        /// The device path.
+        path: PathBuf,
+        /// The timeout asked for.
+        wanted: u64,
+        /// What the driver answered.
+        errno: nix::errno::Errno,
+    },
     /// A keepalive or the magic close could not be written to the watchdog device.
     #[error("cannot write to the watchdog device {path}: {source}")]
     WatchdogWrite {
@@ -115,6 +127,12 @@ pub trait Board: Send + fmt::Debug {
     /// opened, ...): shown to the technician, never a reason to stop.
     fn alarms(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Why the board last reset, as its watchdog driver recorded it ("watchdog reset",
+    /// "power-on or reboot", ...) with the count of resets in a row; `None` when unknown.
+    fn reset_reason(&self) -> Option<String> {
+        None
     }
 }
 

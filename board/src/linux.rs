@@ -8,6 +8,7 @@
 use crate::health::{read_health, Health};
 use crate::identity::{read_identity, Identity};
 use crate::leds::{LedNames, LedSet};
+use crate::resets::{self, ResetHistory};
 use crate::watchdog::Watchdog;
 use crate::{Board, BoardError, Indication, Roots};
 use std::path::PathBuf;
@@ -25,6 +26,10 @@ pub struct LinuxBoardConfig {
     /// A watchdog that cannot be opened stops the start (true) or only raises an alarm and
     /// leaves supervision to systemd's watchdog (false).
     pub watchdog_required: bool,
+    /// After this many boots in a row that ended in a reset while the gateway ran, the
+    /// watchdog is left disarmed (an alarm says so) instead of resetting the board again;
+    /// 0 never stops arming it.
+    pub watchdog_max_resets: u32,
     /// LEDs that show the gateway's state.
     pub leds: LedNames,
     /// The data directory whose free space health reports.
@@ -44,6 +49,10 @@ pub struct LinuxBoard {
     data_dir: PathBuf,
     /// What is degraded (see [`Board::alarms`]).
     alarms: Vec<String>,
+    /// The resets in a row and the armed marker, when a watchdog is configured.
+    history: Option<ResetHistory>,
+    /// Why the board last reset (driver boot status), for `$SYS` and the start-up log.
+    reset_reason: Option<String>,
 }
 
 impl LinuxBoard {
@@ -54,9 +63,45 @@ impl LinuxBoard {
     /// never boot-loop over its watchdog. A missing LED is only logged.
     pub fn open(config: LinuxBoardConfig) -> Result<LinuxBoard, BoardError> {
         let mut alarms = Vec::new();
+        let mut history = None;
+        let mut reset_reason = None;
         let watchdog = match &config.watchdog_device {
             Some(path) => match Watchdog::open(path, config.watchdog_timeout) {
-                Ok(w) => Some(w),
+                Ok(mut w) => {
+                    let status = w.boot_status();
+                    let boot = resets::boot_id(&config.roots.proc);
+                    let mut h = ResetHistory::load(
+                        &config.data_dir,
+                        &boot,
+                        status.map(|s| s.watchdog_reset()),
+                    );
+                    reset_reason = Some(match status {
+                        Some(s) => {
+                            format!("{} ({} reset(s) in a row)", s.describe(), h.consecutive)
+                        }
+                        None => format!(
+                            "unknown to the driver ({} unclean end(s) in a row)",
+                            h.consecutive
+                        ),
+                    });
+                    let max = config.watchdog_max_resets;
+                    if max > 0 && h.consecutive >= max {
+                        let _ = w.close();
+                        h.record(false);
+                        let alarm = format!(
+                            "the board reset {} times in a row while the gateway ran; the hardware watchdog is left disarmed this boot (board.watchdog_max_resets = {max}) so it cannot reset forever; systemd's watchdog still restarts a hung service",
+                            h.consecutive
+                        );
+                        tracing::error!("{alarm}");
+                        alarms.push(alarm);
+                        history = Some(h);
+                        None
+                    } else {
+                        h.record(true);
+                        history = Some(h);
+                        Some(w)
+                    }
+                }
                 Err(e) if config.watchdog_required => return Err(e),
                 Err(e) => {
                     let alarm = format!(
@@ -76,6 +121,8 @@ impl LinuxBoard {
             leds,
             data_dir: config.data_dir,
             alarms,
+            history,
+            reset_reason,
         })
     }
 }
@@ -110,14 +157,24 @@ impl Board for LinuxBoard {
 
     fn close(&mut self) -> Result<(), BoardError> {
         self.leds.off();
-        match self.watchdog.as_mut() {
+        let closed = match self.watchdog.as_mut() {
             Some(w) => w.close(),
             None => Ok(()),
+        };
+        if closed.is_ok() {
+            if let Some(h) = self.history.as_mut() {
+                h.clean_close();
+            }
         }
+        closed
     }
 
     fn alarms(&self) -> Vec<String> {
         self.alarms.clone()
+    }
+
+    fn reset_reason(&self) -> Option<String> {
+        self.reset_reason.clone()
     }
 }
 
@@ -132,6 +189,7 @@ mod tests {
             watchdog_device: watchdog,
             watchdog_timeout: Duration::from_secs(15),
             watchdog_required: false,
+            watchdog_max_resets: 3,
             leds: LedNames {
                 status: Some("act".into()),
                 uplink: None,
@@ -176,6 +234,44 @@ mod tests {
         board.close().unwrap();
         assert_eq!(std::fs::read(&dev).unwrap(), b"\0\0V");
         assert_eq!(tree.led_attr("act", "brightness"), "0");
+    }
+
+    #[test]
+    fn a_board_stuck_in_a_reset_loop_stops_arming_its_watchdog_until_a_clean_close() {
+        let tree = FakeTree::new();
+        let dev = tree.watchdog();
+        // Three boots in a row whose run left the watchdog armed (a stand-in device keeps no
+        // boot status): the third open leaves it disarmed, with an alarm.
+        for boot in 1..=4 {
+            tree.boot_id(&format!("boot-{boot}"));
+            let board = LinuxBoard::open(config(&tree, Some(dev.clone()))).unwrap();
+            let armed = board.watchdog_timeout().is_some();
+            assert_eq!(armed, boot < 4, "boot {boot}: {:?}", board.alarms());
+            if boot == 4 {
+                assert!(
+                    board.alarms()[0].contains("3 times in a row"),
+                    "{:?}",
+                    board.alarms()
+                );
+                assert!(board
+                    .reset_reason()
+                    .unwrap_or_default()
+                    .contains("3 unclean"));
+            }
+            // No close: each run ends like a reset.
+        }
+        // The disarmed boot recorded "not armed": the next boot arms again, and a clean close
+        // ends the series.
+        tree.boot_id("boot-5");
+        let mut board = LinuxBoard::open(config(&tree, Some(dev.clone()))).unwrap();
+        assert!(board.watchdog_timeout().is_some());
+        board.close().unwrap();
+        tree.boot_id("boot-6");
+        let board = LinuxBoard::open(config(&tree, Some(dev))).unwrap();
+        assert!(board
+            .reset_reason()
+            .unwrap_or_default()
+            .contains("0 unclean"));
     }
 
     #[test]

@@ -173,12 +173,6 @@ impl Gateway {
                 "some connections did not close within the grace period"
             );
         }
-        // The board disarms its watchdog (magic close) as its last act.
-        if let Some(board) = board {
-            if tokio::time::timeout(GRACE, board.finished()).await.is_err() {
-                tracing::warn!("the board did not close within the grace period");
-            }
-        }
         if let Some(forwarder) = bridge::forwarder(&broker) {
             bridge::flush_all(forwarder);
         }
@@ -190,6 +184,13 @@ impl Gateway {
         if let Some(store) = &self.store {
             if let Err(e) = store.flush() {
                 tracing::error!(error = %e, "final flush of the state store failed");
+            }
+        }
+        // The board disarms its watchdog (magic close) as its last act, after the flushes:
+        // one that hangs still gets the board reset.
+        if let Some(board) = board {
+            if tokio::time::timeout(GRACE, board.close()).await.is_err() {
+                tracing::warn!("the board did not close within the grace period");
             }
         }
         tracing::info!("stopped");

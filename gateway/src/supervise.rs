@@ -69,6 +69,7 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
             watchdog_device: b.watchdog_device.clone(),
             watchdog_timeout: b.watchdog_timeout,
             watchdog_required: b.watchdog_required,
+            watchdog_max_resets: b.watchdog_max_resets,
             leds: LedNames {
                 status: b.led_status.clone(),
                 uplink: b.led_uplink.clone(),
@@ -161,6 +162,7 @@ impl Supervisor {
     /// listeners are bound: it sends READY=1 at once.
     pub fn spawn(self) -> std::io::Result<Running> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("holdfast-board".into())
             // Small: sysfs reads and a few futures; no deep recursion.
@@ -170,20 +172,23 @@ impl Supervisor {
                     .enable_time()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(self.run()),
+                    Ok(rt) => rt.block_on(self.run(close_rx)),
                     Err(e) => tracing::error!(error = %e, "cannot start the board runtime; the watchdog will not be fed"),
                 }
                 let _ = done_tx.send(());
             })?;
         Ok(Running {
             done: done_rx,
+            close: close_tx,
             _thread: thread,
         })
     }
 
-    /// Runs until shutdown: READY=1 now (the listeners are bound), then self-check and feed,
-    /// publish health; on shutdown STOPPING=1 and a clean close of the board (magic close).
-    async fn run(mut self) {
+    /// Runs until told to close: READY=1 now (the listeners are bound), then self-check and
+    /// feed, publish health; at shutdown STOPPING=1, and feeding goes on through the final
+    /// flushes; the clean close of the board (magic close) comes only when `close` fires
+    /// (after them), so a hang in a final flush still resets the board.
+    async fn run(mut self, mut close: tokio::sync::oneshot::Receiver<()>) {
         let node = self.broker.config.node.name.clone();
         let identity = self.board.identity();
         tracing::info!(
@@ -195,6 +200,10 @@ impl Supervisor {
             "board ready"
         );
         self.publish_json(&format!("$SYS/brokers/{node}/board/identity"), &identity);
+        if let Some(reason) = self.board.reset_reason() {
+            tracing::info!(last_reset = %reason, "board reset reason");
+            self.publish(&format!("$SYS/brokers/{node}/board/reset_reason"), &reason);
+        }
         self.board.indicate(Indication::Running);
         let mut alarms = self.board.alarms();
         // What systemd shows as the service's status while running: degraded says why.
@@ -217,9 +226,16 @@ impl Supervisor {
 
         let mut checker = feed_period.map(|period| SelfCheck::new(self.data_dir.clone(), period));
         let mut healthy = true;
+        let mut stopping = false;
         loop {
             tokio::select! {
-                _ = self.broker.shutdown.cancelled() => break,
+                _ = self.broker.shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    self.notify.stopping();
+                    self.publish(&format!("$SYS/brokers/{node}/board/status"), "stopping");
+                }
+                // Sent after the final flushes (or dropped with the gateway).
+                _ = &mut close => break,
                 _ = feed_tick.tick(), if feed_period.is_some() => {
                     let Some(checker) = checker.as_mut() else { continue };
                     match checker.check(&self.main, &self.broker).await {
@@ -263,14 +279,15 @@ impl Supervisor {
                 }
                 // Not while the self-check fails: the publish would only queue up behind the
                 // stuck router.
-                _ = health_tick.tick(), if !self.health_interval.is_zero() && healthy => {
+                _ = health_tick.tick(), if !self.health_interval.is_zero() && healthy && !stopping => {
                     let health = self.board.health();
                     self.publish_json(&format!("$SYS/brokers/{node}/board/health"), &health);
                 }
             }
         }
-        self.notify.stopping();
-        self.publish(&format!("$SYS/brokers/{node}/board/status"), "stopping");
+        if !stopping {
+            self.notify.stopping();
+        }
         if let Err(e) = self.board.close() {
             tracing::error!("{e}");
         }
@@ -321,13 +338,17 @@ impl Supervisor {
 pub struct Running {
     /// Completed when the thread has closed the board and is about to end.
     done: tokio::sync::oneshot::Receiver<()>,
+    /// Tells the thread to close the board now.
+    close: tokio::sync::oneshot::Sender<()>,
     /// The thread; detached if never waited for.
     _thread: std::thread::JoinHandle<()>,
 }
 
 impl Running {
-    /// Waits until the supervisor has closed the board (after the shutdown token fired).
-    pub async fn finished(self) {
+    /// Has the supervisor close the board (the magic close) and waits until it did. Call it
+    /// last, after the final flushes: until then the watchdog is still fed.
+    pub async fn close(self) {
+        let _ = self.close.send(());
         let _ = self.done.await;
     }
 }

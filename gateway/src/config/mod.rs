@@ -471,6 +471,11 @@ pub struct BoardConfig {
     /// as an alarm (`$SYS/brokers/{node}/board/alarms`, systemd `STATUS=`) and the gateway
     /// runs on under systemd's watchdog (false, the default: never a boot loop).
     pub watchdog_required: bool,
+    /// After this many boots in a row that ended in a reset while the gateway ran (the
+    /// driver's boot status, or a run that never reached its clean close), the hardware
+    /// watchdog is left disarmed for that boot, with an alarm, so a board cannot reset
+    /// forever. Default 5; 0 never stops arming it.
+    pub watchdog_max_resets: u32,
     /// How often health (temperature, load, memory, disk, uptime) is published under `$SYS/brokers/{node}/board/health`. Default 60s; 0 disables, else >= 1s.
     pub health_interval: Duration,
     /// LED (a name under /sys/class/leds) that blinks while booting and is lit while running.
@@ -519,6 +524,7 @@ impl Default for BoardConfig {
             watchdog_device: Some(PathBuf::from("/dev/watchdog")),
             watchdog_timeout: Duration::from_secs(15),
             watchdog_required: false,
+            watchdog_max_resets: 5,
             health_interval: Duration::from_secs(60),
             led_status: None,
             led_uplink: None,

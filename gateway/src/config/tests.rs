@@ -119,6 +119,7 @@ fn the_example_config_mentions_every_key() {
         "watchdog_device",
         "watchdog_timeout",
         "watchdog_required",
+        "watchdog_max_resets",
         "health_interval",
         "led_status",
         "led_uplink",

@@ -1462,6 +1462,7 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "watchdog_device",
             "watchdog_timeout",
             "watchdog_required",
+            "watchdog_max_resets",
             "health_interval",
             "led_status",
             "led_uplink",
@@ -1505,6 +1506,13 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "watchdog_required",
             d.watchdog_required,
             boolean,
+        ),
+        watchdog_max_resets: ctx.get(
+            entries,
+            path,
+            "watchdog_max_resets",
+            d.watchdog_max_resets,
+            |c, n, k| integer(c, n, k, 0, 1000),
         ),
         watchdog_timeout: ctx.get(
             entries,

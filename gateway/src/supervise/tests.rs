@@ -107,6 +107,7 @@ async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_o
         .await
         .unwrap();
     let broker = gw.broker();
+    let reporter = broker.clone();
     let serving = tokio::spawn(gw.serve());
 
     // Healthy: fed every quarter of the 1 s timeout, status LED on, the probe file written.
@@ -115,6 +116,14 @@ async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_o
     assert_eq!(fx.led("status"), "1");
     assert_eq!(fx.led("fault"), "0");
     assert!(data.join(PROBE_FILE).exists());
+    // Why the board last reset is published (a stand-in device keeps no boot status), and the
+    // reset history says the watchdog is armed.
+    let topic = format!("$SYS/brokers/{}/board/reset_reason", reporter.config.node.name);
+    let reason = reporter.with_router(|r| r.retained_payload(&topic));
+    let reason = String::from_utf8_lossy(reason.as_deref().unwrap_or_default()).into_owned();
+    assert!(reason.starts_with("unknown to the driver (0 unclean"), "{reason:?}");
+    let history = std::fs::read_to_string(data.join(holdfast_board::resets::FILE)).unwrap();
+    assert!(history.trim_end().ends_with(" 0 1"), "{history:?}");
 
     // Stall: another thread holds the router lock, as a deadlock or a runaway batch would.
     let (locked_tx, locked_rx) = mpsc::channel();
@@ -153,6 +162,9 @@ async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_o
     assert_eq!(written.last(), Some(&b'V'));
     assert!(written[..written.len() - 1].iter().all(|b| *b == 0));
     assert_eq!(fx.led("status"), "0");
+    // The clean close is recorded: the next boot does not count this run as a reset.
+    let history = std::fs::read_to_string(data.join(holdfast_board::resets::FILE)).unwrap();
+    assert!(history.trim_end().ends_with(" 0 0"), "{history:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
