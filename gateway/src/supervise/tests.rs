@@ -118,10 +118,16 @@ async fn the_watchdog_is_fed_only_while_the_runtime_answers_and_closed_cleanly_o
     assert!(data.join(PROBE_FILE).exists());
     // Why the board last reset is published (a stand-in device keeps no boot status), and the
     // reset history says the watchdog is armed.
-    let topic = format!("$SYS/brokers/{}/board/reset_reason", reporter.config.node.name);
+    let topic = format!(
+        "$SYS/brokers/{}/board/reset_reason",
+        reporter.config.node.name
+    );
     let reason = reporter.with_router(|r| r.retained_payload(&topic));
     let reason = String::from_utf8_lossy(reason.as_deref().unwrap_or_default()).into_owned();
-    assert!(reason.starts_with("unknown to the driver (0 unclean"), "{reason:?}");
+    assert!(
+        reason.starts_with("unknown to the driver (0 unclean"),
+        "{reason:?}"
+    );
     let history = std::fs::read_to_string(data.join(holdfast_board::resets::FILE)).unwrap();
     assert!(history.trim_end().ends_with(" 0 1"), "{history:?}");
 
