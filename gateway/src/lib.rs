@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod ctl;
+pub mod logging;
 pub mod ops;
 pub mod supervise;
 pub mod trace;

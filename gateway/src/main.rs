@@ -377,7 +377,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     if let Some(dir) = data_dir {
         cfg.node.data_dir = dir;
     }
-    init_logging(&cfg.log.level);
+    holdfast::logging::init(&cfg.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -452,22 +452,4 @@ async fn reload_on_sighup(
             tracing::error!("reload failed: {e}");
         }
     }
-}
-
-/// The console log at `level`, plus the trace layer that `holdfast ctl trace` feeds (debug
-/// lines of the traced client, topic or address go to the trace's file, not to the console).
-fn init_logging(level: &str) {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let console = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(filter);
-    tracing_subscriber::registry()
-        .with(console)
-        .with(holdfast::trace::layer())
-        .init();
 }

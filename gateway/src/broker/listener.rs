@@ -16,7 +16,7 @@ use super::Broker;
 use crate::config::{ListenerConfig, ListenerKind};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
@@ -144,6 +144,10 @@ pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTrac
     broker.register_listener(stats.clone());
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let mut rate = TokenBucket::new(config.max_conn_rate);
+    // A fault here repeats many times a second (EMFILE, a connection storm): one line per
+    // period with a count, the rest in the listener's counters.
+    let accept_failures = crate::logging::Every::new(Duration::from_secs(10));
+    let refusals = crate::logging::Every::new(Duration::from_secs(10));
     tracing::info!(listener = %config.name, listen_on = %stats.listen_on, "listener started");
     loop {
         let accepted = tokio::select! {
@@ -154,14 +158,18 @@ pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTrac
             Ok(pair) => pair,
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                tracing::warn!(listener = %config.name, error = %e, "accept failed");
+                if let Some(count) = accept_failures.due(Instant::now()) {
+                    tracing::warn!(listener = %config.name, error = %e, count, "accept failed (count: since the last such line)");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(listener = %config.name, peer = %peer, max_connections = config.max_connections, "connection refused: max_connections reached");
+            if let Some(count) = refusals.due(Instant::now()) {
+                tracing::warn!(listener = %config.name, peer = %peer, max_connections = config.max_connections, count, "connection refused: max_connections reached (count: since the last such line)");
+            }
             drop(stream);
             continue;
         };

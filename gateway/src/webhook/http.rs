@@ -15,7 +15,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 /// Longest backoff between attempts.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// At most one failure line per webhook per this long.
-const LOG_EVERY: Duration = Duration::from_secs(10);
+pub(super) const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Response bodies are read (so the connection can be reused) up to this size.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
@@ -296,30 +296,6 @@ fn tls_connector(
     Ok((Arc::new(config), server_name))
 }
 
-/// Rate-limits failure lines: the first, then at most one per [`LOG_EVERY`] with a count.
-#[derive(Debug, Default)]
-pub(super) struct FailureLog {
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl FailureLog {
-    /// Records a failure; returns how many failures the line should report, when one is due.
-    fn due(&self, now: Instant) -> Option<u64> {
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        s.1 += 1;
-        if s.0.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-            let n = s.1;
-            *s = (Some(now), 0);
-            Some(n)
-        } else {
-            None
-        }
-    }
-}
-
 /// What the workers of one webhook share.
 #[derive(Debug)]
 pub(super) struct WorkerShared {
@@ -330,7 +306,7 @@ pub(super) struct WorkerShared {
     pub(super) node: Arc<str>,
     pub(super) encoding: PayloadEncoding,
     pub(super) max_retries: u32,
-    pub(super) failures: FailureLog,
+    pub(super) failures: crate::logging::Every,
 }
 
 /// Starts `pool_size` workers on `tracker`.
@@ -417,16 +393,5 @@ mod tests {
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
         );
         assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
-    }
-
-    #[test]
-    fn failures_are_logged_first_then_at_most_every_ten_seconds_with_a_count() {
-        let log = FailureLog::default();
-        let t0 = Instant::now();
-        assert_eq!(log.due(t0), Some(1));
-        assert_eq!(log.due(t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.due(t0 + Duration::from_secs(9)), None);
-        assert_eq!(log.due(t0 + Duration::from_secs(10)), Some(3));
-        assert_eq!(log.due(t0 + Duration::from_secs(11)), None);
     }
 }

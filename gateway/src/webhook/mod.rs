@@ -565,7 +565,7 @@ pub fn spawn(
                 node: webhooks.node.clone(),
                 encoding: hook.config.payload_encoding,
                 max_retries: hook.config.max_retries,
-                failures: http::FailureLog::default(),
+                failures: crate::logging::Every::new(http::LOG_EVERY),
             },
             hook.config.pool_size,
             tracker,
