@@ -99,6 +99,12 @@ impl SystemdNotify {
         }
     }
 
+    /// `EXTEND_TIMEOUT_USEC=…`: start-up (or shutdown) is still progressing; systemd waits
+    /// `by` more before it gives up on it (a long state restore after a crash).
+    pub fn extend_timeout(&self, by: Duration) {
+        self.notify(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()));
+    }
+
     /// `STOPPING=1`: a clean shutdown has started.
     pub fn stopping(&self) {
         self.notify("STOPPING=1");

@@ -43,6 +43,17 @@ pub enum StartError {
     /// The board could not be opened (its watchdog device, usually).
     #[error("board: {0} (set board.watchdog_device = \"\" to run without a hardware watchdog)")]
     Board(#[from] BoardError),
+    /// The thread that feeds the watchdog during start-up could not be started.
+    #[error("cannot start the start-up watchdog feeder: {0}")]
+    Feeder(std::io::Error),
+}
+
+/// What [`Gateway::restore_and_bind`] makes ready.
+struct Bound {
+    broker: Arc<Broker>,
+    listeners: Vec<listener::BoundListener>,
+    store: Option<Arc<SledStore>>,
+    webhooks: Vec<webhook::Endpoint>,
 }
 
 /// A gateway whose listeners are bound; `serve` runs it.
@@ -65,6 +76,42 @@ impl Gateway {
         warn_on_insecure_defaults(&config);
         raise_nofile_limit();
         protect_state(&config.node.data_dir);
+        // First: after a crash the hardware watchdog is still armed, so the board is opened
+        // and fed (systemd told start-up is progressing) through the restore, however long;
+        // a start-up that fails from here closes it cleanly (magic close).
+        let board = supervise::open_board(&config)?;
+        let feeder = supervise::StartupFeeder::start(board, supervise::STARTUP_FEED_LIMIT)
+            .map_err(StartError::Feeder)?;
+        match Gateway::restore_and_bind(config, auth, shutdown).await {
+            Ok(parts) => {
+                let board = feeder.finish();
+                let supervisor =
+                    Supervisor::new(board, SystemdNotify::from_env(), parts.broker.clone());
+                Ok(Gateway {
+                    broker: parts.broker,
+                    listeners: parts.listeners,
+                    supervisor,
+                    store: parts.store,
+                    webhooks: parts.webhooks,
+                })
+            }
+            Err(e) => {
+                let mut board = feeder.finish();
+                if let Err(close) = board.close() {
+                    tracing::error!("{close}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything of [`Gateway::bind`] but the board: state restored, queues opened,
+    /// listeners bound.
+    async fn restore_and_bind(
+        config: Config,
+        auth: Arc<Authenticator>,
+        shutdown: CancellationToken,
+    ) -> Result<Bound, StartError> {
         let broker = Broker::new(Arc::new(config), auth, shutdown);
         let store = open_store(&broker.config.node.data_dir, broker.config.node.state_cache);
         if let Some(store) = &store {
@@ -89,14 +136,9 @@ impl Gateway {
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
         }
-        // Last: opening a linux board arms its watchdog, and a start-up that fails after that
-        // would leave the board to reset.
-        let board = supervise::open_board(&broker.config)?;
-        let supervisor = Supervisor::new(board, SystemdNotify::from_env(), broker.clone());
-        Ok(Gateway {
+        Ok(Bound {
             broker,
             listeners,
-            supervisor,
             store,
             webhooks,
         })

@@ -80,6 +80,66 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
     })
 }
 
+/// How long start-up may take while [`StartupFeeder`] feeds the watchdog for it; past it a
+/// start-up that hangs gets the board reset.
+pub const STARTUP_FEED_LIMIT: Duration = Duration::from_secs(300);
+
+/// Feeds the hardware watchdog (and tells systemd start-up is progressing) while the gateway
+/// restores its state and binds its listeners. After a crash the watchdog is still armed: the
+/// board is opened first and fed from here, so a long restore (a big session store, a
+/// backlog of bridge queues) does not get the board reset before the self-checking
+/// [`Supervisor`] takes over. It feeds without a self-check, so it stops after `limit`.
+#[derive(Debug)]
+pub struct StartupFeeder {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Box<dyn Board>>,
+}
+
+impl StartupFeeder {
+    /// Starts feeding `board` on its own thread, for at most `limit`.
+    pub fn start(board: Box<dyn Board>, limit: Duration) -> std::io::Result<StartupFeeder> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("holdfast-startup".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let mut board = board;
+                board.indicate(Indication::Booting);
+                let notify = SystemdNotify::from_env();
+                let period = board
+                    .watchdog_timeout()
+                    .map_or(Duration::from_secs(1), |t| t / FEEDS_PER_TIMEOUT)
+                    .max(Duration::from_millis(10));
+                let started = Instant::now();
+                loop {
+                    if started.elapsed() < limit {
+                        if let Err(e) = board.keepalive() {
+                            tracing::error!("{e}");
+                        }
+                        // Well beyond the next feed: a stalled start-up still times out.
+                        notify.extend_timeout(period * 8 + Duration::from_secs(5));
+                    }
+                    match stopped.recv_timeout(period) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return board,
+                    }
+                }
+            })?;
+        Ok(StartupFeeder { stop, thread })
+    }
+
+    /// Stops feeding and hands the board back (for the supervisor, or to close it).
+    pub fn finish(self) -> Box<dyn Board> {
+        let _ = self.stop.send(());
+        match self.thread.join() {
+            Ok(board) => board,
+            // The thread only feeds and sleeps; should it have panicked, the panic goes on
+            // here rather than leaving the gateway without its board.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
 /// The board task's state.
 #[derive(Debug)]
 pub struct Supervisor {

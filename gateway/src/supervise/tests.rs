@@ -245,3 +245,44 @@ async fn the_feed_period_is_a_quarter_of_the_shortest_watchdog() {
     );
     assert_eq!(s.feed_period(), None);
 }
+
+#[test]
+fn start_up_feeds_the_watchdog_until_the_supervisor_takes_over_and_for_no_longer_than_its_limit() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    let board = open_board(&fx.config(&data)).unwrap();
+    // A 1 s watchdog is fed every 250 ms while start-up runs.
+    let feeder = StartupFeeder::start(board, Duration::from_secs(60)).unwrap();
+    let n = fx.wait_for_feeds_beyond(0);
+    fx.wait_for_feeds_beyond(n);
+    let mut board = feeder.finish();
+    let handed_over = fx.keepalives().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(fx.keepalives().len(), handed_over, "fed after finish");
+    // Past its limit it stops feeding: a start-up that hangs gets the board reset.
+    let feeder = StartupFeeder::start(board, Duration::from_millis(100)).unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let fed = fx.keepalives().len();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(fx.keepalives().len(), fed, "fed past the limit");
+    board = feeder.finish();
+    board.close().unwrap();
+    assert_eq!(fx.keepalives().last(), Some(&b'V'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_up_that_fails_after_the_board_opened_disarms_the_watchdog() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut config = fx.config(&data);
+    config.listeners[0].bind = format!("127.0.0.1:{port}").parse().unwrap();
+    let err = Gateway::bind(config, CancellationToken::new())
+        .await
+        .expect_err("the port is taken");
+    assert!(err.to_string().contains("cannot bind"), "{err}");
+    // Opened (and fed) first, closed with the magic close on the way out.
+    let written = fx.keepalives();
+    assert_eq!(written.last(), Some(&b'V'), "{written:?}");
+}
