@@ -198,6 +198,8 @@ if [ -f "$unit" ]; then
     has "$unit" '^ReadWritePaths=/var/lib/holdfast$' "unit may write only /var/lib/holdfast"
     has "$unit" '^ExecStart=/usr/bin/holdfast run --config /etc/holdfast/holdfast.toml$' "unit runs the installed config"
     has "$unit" '^CapabilityBoundingSet=$' "unit drops every capability by default"
+    has "$unit" '^MemoryMax=' "unit caps the service's memory (MemoryMax)"
+    has "$recipe" 'USERADD_PARAM:\$\{PN\} = ".*--groups dialout' "the service user is in dialout (serial lines)"
     if grep -Eq '^(After|Wants|Requires)=.*network-online' "$unit"; then
         fail "unit waits for network-online.target (minutes with the uplink down)"
     fi

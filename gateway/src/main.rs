@@ -276,8 +276,9 @@ fn ctl(
     }
 }
 
-/// The control request of a `ctl trace` command; the file is made absolute here, since the
-/// gateway runs in another directory.
+/// The control request of a `ctl trace` command. A bare file name goes as it is (the gateway
+/// writes it under `{data_dir}/traces/`, the one place a hardened unit lets it write); a path
+/// is made absolute here, since the gateway runs in another directory.
 fn trace_request(action: TraceAction) -> Result<holdfast::ctl::Request, String> {
     use holdfast::ctl::Request;
     Ok(match action {
@@ -289,7 +290,11 @@ fn trace_request(action: TraceAction) -> Result<holdfast::ctl::Request, String> 
         } => Request::TraceStart {
             kind: kind.into(),
             value,
-            file: std::path::absolute(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+            file: if file.components().count() == 1 && file.is_relative() {
+                file
+            } else {
+                std::path::absolute(&file).map_err(|e| format!("{}: {e}", file.display()))?
+            },
             max_bytes: max_size
                 .map(|s| config::parse_size(&s).map_err(|e| format!("--max-size: {e}")))
                 .transpose()?,

@@ -73,7 +73,20 @@ fn recheck_connected(broker: &Broker) {
 
 /// Starts a trace (`holdfast ctl trace start`): the file is open when this returns. Blocks on
 /// file I/O.
-pub fn trace_start(spec: TraceSpec) -> Result<TraceInfo, String> {
+pub fn trace_start(broker: &Broker, mut spec: TraceSpec) -> Result<TraceInfo, String> {
+    if spec.file.is_relative() {
+        // A bare name: under {data_dir}/traces, which the unit lets the gateway write (its
+        // /tmp is private to it).
+        if spec.file.components().count() != 1 {
+            return Err(format!(
+                "{}: give a bare file name (written under {{data_dir}}/traces) or an absolute path",
+                spec.file.display()
+            ));
+        }
+        let dir = broker.config.node.data_dir.join("traces");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        spec.file = dir.join(&spec.file);
+    }
     trace::traces().start(spec)
 }
 

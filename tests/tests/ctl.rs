@@ -294,12 +294,12 @@ fn a_topic_trace_follows_matching_topics_and_an_ip_trace_one_address() {
     let dir = TempDir::new("trace-topic");
     let topic_file = dir.path().join("topic.log");
     let ip_file = dir.path().join("ip.log");
-    // A relative path is taken relative to ctl's working directory.
+    // A relative path (not a bare name) is taken relative to ctl's working directory.
     let mut cmd = Command::new(holdfast_bin());
     cmd.current_dir(dir.path())
         .args(["ctl", "--socket"])
         .arg(&sock)
-        .args(["trace", "start", "topic", "plant/a/#", "topic.log"]);
+        .args(["trace", "start", "topic", "plant/a/#", "./topic.log"]);
     let (ok, _, err) = run_with_timeout(&mut cmd, WAIT);
     assert!(ok, "{err}");
     let (ok, _, err) = ctl(
@@ -366,4 +366,29 @@ fn a_topic_trace_follows_matching_topics_and_an_ip_trace_one_address() {
         assert!(l.contains("peer=127.0.0.2:"), "{l}");
         assert!(!l.contains("client_id=from-one"), "{l}");
     }
+}
+
+#[test]
+fn a_bare_trace_file_name_lands_under_the_data_dir() {
+    let gw = Gateway::start();
+    let sock = socket(&gw);
+    let (ok, out, err) = ctl(
+        &sock,
+        &["trace", "start", "client", "someone", "someone.log"],
+    );
+    assert!(ok, "{err}");
+    let file = gw
+        .dir
+        .path()
+        .join("data")
+        .join("traces")
+        .join("someone.log");
+    assert!(out.contains(&file.display().to_string()), "{out}");
+    assert!(file.exists());
+    let (ok, _, err) = ctl(&sock, &["trace", "start", "client", "other", "sub/dir.log"]);
+    assert!(
+        !ok,
+        "a relative path with a directory is made absolute by the CLI: {err}"
+    );
+    ctl_json(&sock, &["trace", "stop"]);
 }

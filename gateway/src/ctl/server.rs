@@ -153,7 +153,7 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
         }
         Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
-            answer_trace(req).await
+            answer_trace(broker.clone(), req).await
         }
         Request::Reload => {
             let broker = broker.clone();
@@ -171,19 +171,22 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
 }
 
 /// Trace requests open, flush and close files: they run off the async workers.
-async fn answer_trace(req: Request) -> Value {
+async fn answer_trace(broker: Arc<Broker>, req: Request) -> Value {
     let work = move || match req {
         Request::TraceStart {
             kind,
             value,
             file,
             max_bytes,
-        } => match ops::trace_start(TraceSpec {
-            kind,
-            value,
-            file,
-            max_bytes,
-        }) {
+        } => match ops::trace_start(
+            &broker,
+            TraceSpec {
+                kind,
+                value,
+                file,
+                max_bytes,
+            },
+        ) {
             Ok(info) => json!({ "started": to_value(info) }),
             Err(e) => error_response(&e),
         },

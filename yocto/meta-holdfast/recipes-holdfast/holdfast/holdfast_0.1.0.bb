@@ -83,10 +83,11 @@ do_install() {
     install -m 0644 ${UNPACKDIR}/99-holdfast.rules ${D}${nonarch_base_libdir}/udev/rules.d/99-holdfast.rules
 }
 
-# The gateway runs as its own system user.
+# The gateway runs as its own system user, in dialout for the serial lines and Modbus RTU
+# (/dev/tty*).
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system holdfast"
-USERADD_PARAM:${PN} = "--system --gid holdfast --home-dir ${localstatedir}/lib/holdfast --no-create-home \
+USERADD_PARAM:${PN} = "--system --gid holdfast --groups dialout --home-dir ${localstatedir}/lib/holdfast --no-create-home \
                        --shell /sbin/nologin holdfast"
 
 SYSTEMD_SERVICE:${PN} = "holdfast.service"
