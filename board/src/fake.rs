@@ -76,7 +76,6 @@ impl FakeTree {
         }
     }
 
-    /// A regular file standing in for /dev/watchdog.
     /// Sets the kernel's boot id (`/proc/sys/kernel/random/boot_id`).
     pub(crate) fn boot_id(&self, id: &str) {
         let p = self.roots().proc.join("sys/kernel/random");
@@ -84,6 +83,7 @@ impl FakeTree {
         std::fs::write(p.join("boot_id"), format!("{id}\n")).unwrap();
     }
 
+    /// A regular file standing in for /dev/watchdog.
     pub(crate) fn watchdog(&self) -> PathBuf {
         let p = self.dir.path().join("watchdog");
         std::fs::write(&p, b"").unwrap();

@@ -53,19 +53,39 @@ pub fn read_health(roots: &Roots, data_dir: &Path) -> Health {
     }
 }
 
-/// The highest `thermal_zone*/temp` (millidegrees Celsius), in °C.
+/// The CPU's temperature in °C: the hottest thermal zone whose `type` names the CPU or the
+/// SoC (`cpu-thermal`, `soc_thermal`, `x86_pkg_temp`, ...), not a battery, PMIC or modem
+/// zone; `thermal_zone0` (conventionally the SoC's) when no zone says.
 fn cpu_temp(thermal: &Path) -> Option<f64> {
-    std::fs::read_dir(thermal)
+    let zones: Vec<Option<f64>> = std::fs::read_dir(thermal)
         .ok()?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone"))
-        .filter_map(|e| {
-            let text = std::fs::read_to_string(e.path().join("temp")).ok()?;
-            let milli: i64 = text.trim().parse().ok()?;
-            // i64 millidegrees -> f64 is exact for any temperature a board reaches.
-            Some(milli as f64 / 1000.0)
+        .map(|e| {
+            let kind = std::fs::read_to_string(e.path().join("type"))
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            let temp = std::fs::read_to_string(e.path().join("temp"))
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                // i64 millidegrees -> f64 is exact for any temperature a board reaches.
+                .map(|milli| milli as f64 / 1000.0);
+            (kind, temp)
         })
-        .reduce(f64::max)
+        .filter(|(kind, _)| {
+            ["cpu", "soc", "x86_pkg_temp", "core"]
+                .iter()
+                .any(|k| kind.contains(k))
+        })
+        .map(|(_, temp)| temp)
+        .collect();
+    if zones.is_empty() {
+        let text = std::fs::read_to_string(thermal.join("thermal_zone0/temp")).ok()?;
+        let milli: i64 = text.trim().parse().ok()?;
+        return Some(milli as f64 / 1000.0);
+    }
+    zones.into_iter().flatten().reduce(f64::max)
 }
 
 fn load(path: &Path) -> Option<[f64; 3]> {
@@ -101,7 +121,12 @@ mod tests {
     fn every_reading_comes_from_the_fake_tree() {
         let tree = FakeTree::new();
         tree.write_sys("class/thermal/thermal_zone0/temp", "48312\n");
+        tree.write_sys("class/thermal/thermal_zone0/type", "cpu-thermal\n");
         tree.write_sys("class/thermal/thermal_zone1/temp", "51000\n");
+        tree.write_sys("class/thermal/thermal_zone1/type", "soc-thermal\n");
+        // A battery zone is hotter, and not the CPU.
+        tree.write_sys("class/thermal/thermal_zone2/temp", "61000\n");
+        tree.write_sys("class/thermal/thermal_zone2/type", "battery\n");
         tree.write_sys("class/thermal/cooling_device0/cur_state", "0\n");
         tree.write_proc("loadavg", "0.52 0.58 0.59 1/123 4567\n");
         tree.write_proc(

@@ -17,12 +17,19 @@ pub struct HostBoard {
     roots: Roots,
     /// The data directory whose free space health reports.
     data_dir: PathBuf,
+    /// The interface whose MAC identifies the board, if configured.
+    mac_interface: Option<String>,
 }
 
 impl HostBoard {
-    /// A host board reading `roots`, reporting the space of `data_dir`.
-    pub fn new(roots: Roots, data_dir: PathBuf) -> HostBoard {
-        HostBoard { roots, data_dir }
+    /// A host board reading `roots`, reporting the space of `data_dir`, identified by the MAC
+    /// of `mac_interface` (or the first with a permanent address).
+    pub fn new(roots: Roots, data_dir: PathBuf, mac_interface: Option<String>) -> HostBoard {
+        HostBoard {
+            roots,
+            data_dir,
+            mac_interface,
+        }
     }
 }
 
@@ -47,7 +54,7 @@ impl Board for HostBoard {
     }
 
     fn identity(&self) -> Identity {
-        read_identity(self.kind(), &self.roots)
+        read_identity(self.kind(), &self.roots, self.mac_interface.as_deref())
     }
 
     fn health(&self) -> Health {
@@ -69,7 +76,7 @@ mod tests {
         let tree = FakeTree::new();
         tree.net("enp3s0", "3c:7c:3f:00:00:01", true);
         tree.write_proc("uptime", "5.00 9.00\n");
-        let mut board = HostBoard::new(tree.roots(), tree.path().to_owned());
+        let mut board = HostBoard::new(tree.roots(), tree.path().to_owned(), None);
         assert_eq!(board.kind(), "host");
         assert_eq!(board.watchdog_timeout(), None);
         board.keepalive().unwrap();

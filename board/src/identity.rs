@@ -1,11 +1,12 @@
 //! Who this board is: serial number, model, MAC address, hostname, kernel.
 //!
-//! Owns the reading of identity from procfs and sysfs: the serial and model from the device
-//! tree (`/proc/device-tree/serial-number`, `model`; ARM boards) or DMI
-//! (`/sys/class/dmi/id/product_serial`, `product_name`; x86 and some ARM servers), the MAC of
-//! the first non-loopback interface under `/sys/class/net` (physical ones before virtual
-//! ones), the hostname and kernel release from `/proc/sys/kernel`. Anything unreadable is
-//! `None`; it never fails.
+//! Owns the reading of identity from procfs and sysfs: the serial from the device tree
+//! (`/proc/device-tree/serial-number`; ARM boards), the SoC (`/sys/devices/soc0/serial_number`,
+//! readable by anyone where DMI is root-only) or DMI (`/sys/class/dmi/id/product_serial`; x86
+//! and some ARM servers); the model from the device tree or DMI; the MAC of the configured
+//! interface, else of the first interface with a permanent address (`addr_assign_type` 0:
+//! physical ones before virtual ones, never a USB modem's random one); the hostname and kernel
+//! release from `/proc/sys/kernel`. Anything unreadable is `None`; it never fails.
 #![forbid(unsafe_code)]
 
 use crate::Roots;
@@ -34,16 +35,22 @@ pub struct Identity {
 }
 
 /// Reads the identity of the board under `roots`.
-pub fn read_identity(board: &'static str, roots: &Roots) -> Identity {
+pub fn read_identity(board: &'static str, roots: &Roots, mac_interface: Option<&str>) -> Identity {
     let dt = roots.proc.join("device-tree");
     let dmi = roots.sys.join("class/dmi/id");
-    let (interface, mac) = match first_mac(&roots.sys.join("class/net")) {
+    let net = roots.sys.join("class/net");
+    let configured = mac_interface.and_then(|name| {
+        let mac = read_clean(&net.join(name).join("address"))?.to_ascii_lowercase();
+        Some((name.to_owned(), mac))
+    });
+    let (interface, mac) = match configured.or_else(|| first_mac(&net)) {
         Some((i, m)) => (Some(i), Some(m)),
         None => (None, None),
     };
     Identity {
         board,
         serial: read_clean(&dt.join("serial-number"))
+            .or_else(|| read_clean(&roots.sys.join("devices/soc0/serial_number")))
             .or_else(|| read_clean(&dmi.join("product_serial"))),
         model: read_clean(&dt.join("model")).or_else(|| read_clean(&dmi.join("product_name"))),
         mac,
@@ -91,6 +98,12 @@ fn first_mac(net: &Path) -> Option<(String, String)> {
             if dir.join("device").exists() != physical {
                 return None;
             }
+            // NET_ADDR_PERM (0); a random (1), stolen (2) or set (3) address is not the
+            // board's own. Older kernels without the file: taken as permanent.
+            let assign = read_clean(&dir.join("addr_assign_type"));
+            if assign.as_deref().is_some_and(|t| t != "0") {
+                return None;
+            }
             let mac = read_clean(&dir.join("address"))?.to_ascii_lowercase();
             let real = mac.len() == 17 && mac != "00:00:00:00:00:00";
             real.then(|| (name.clone(), mac))
@@ -112,7 +125,7 @@ mod tests {
         tree.write_sys("class/dmi/id/product_serial", "DMI-SERIAL\n");
         tree.write_proc("sys/kernel/hostname", "gw-001\n");
         tree.write_proc("sys/kernel/osrelease", "6.6.31-v8+\n");
-        let id = read_identity("linux", &tree.roots());
+        let id = read_identity("linux", &tree.roots(), None);
         assert_eq!(id.serial.as_deref(), Some("10000000abcdef01"));
         assert_eq!(id.model.as_deref(), Some("Raspberry Pi 4 Model B Rev 1.4"));
         assert_eq!(id.hostname.as_deref(), Some("gw-001"));
@@ -125,7 +138,7 @@ mod tests {
         let tree = FakeTree::new();
         tree.write_sys("class/dmi/id/product_serial", "PF2ABCDE\n");
         tree.write_sys("class/dmi/id/product_name", "To be filled by O.E.M.\n");
-        let id = read_identity("host", &tree.roots());
+        let id = read_identity("host", &tree.roots(), None);
         assert_eq!(id.serial.as_deref(), Some("PF2ABCDE"));
         assert_eq!(id.model, None);
         assert_eq!(id.hostname, None);
@@ -138,7 +151,7 @@ mod tests {
         tree.net("br0", "02:42:ac:11:00:01", false);
         tree.net("wlan0", "DC:A6:32:00:00:02", true);
         tree.net("eth0", "dc:a6:32:00:00:01", true);
-        let id = read_identity("linux", &tree.roots());
+        let id = read_identity("linux", &tree.roots(), None);
         assert_eq!(id.interface.as_deref(), Some("eth0"));
         assert_eq!(id.mac.as_deref(), Some("dc:a6:32:00:00:01"));
     }
@@ -148,14 +161,42 @@ mod tests {
         let tree = FakeTree::new();
         tree.net("lo", "00:00:00:00:00:00", false);
         tree.net("eth0", "DC:A6:32:00:00:09", false);
-        let id = read_identity("linux", &tree.roots());
+        let id = read_identity("linux", &tree.roots(), None);
         assert_eq!(id.mac.as_deref(), Some("dc:a6:32:00:00:09"));
+    }
+
+    #[test]
+    fn a_random_mac_is_never_the_boards_and_a_configured_interface_wins() {
+        let tree = FakeTree::new();
+        // A USB LTE modem with a random address sorts first; the Ethernet port is permanent.
+        tree.net("eth0", "dc:a6:32:00:00:01", true);
+        tree.write_sys("class/net/eth0/addr_assign_type", "0\n");
+        tree.net("enx0a1b2c3d4e5f", "0a:1b:2c:3d:4e:5f", true);
+        tree.write_sys("class/net/enx0a1b2c3d4e5f/addr_assign_type", "1\n");
+        tree.net("a-usb0", "1e:00:00:00:00:01", true);
+        tree.write_sys("class/net/a-usb0/addr_assign_type", "1\n");
+        let id = read_identity("linux", &tree.roots(), None);
+        assert_eq!(id.interface.as_deref(), Some("eth0"));
+        // The operator names the interface (board.mac_interface): that one, whatever it is.
+        let id = read_identity("linux", &tree.roots(), Some("a-usb0"));
+        assert_eq!(id.mac.as_deref(), Some("1e:00:00:00:00:01"));
+        // A configured interface that does not exist falls back to the rule.
+        let id = read_identity("linux", &tree.roots(), Some("wwan0"));
+        assert_eq!(id.interface.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn the_soc_serial_is_read_where_dmi_is_root_only() {
+        let tree = FakeTree::new();
+        tree.write_sys("devices/soc0/serial_number", "0x0123456789abcdef\n");
+        let id = read_identity("linux", &tree.roots(), None);
+        assert_eq!(id.serial.as_deref(), Some("0x0123456789abcdef"));
     }
 
     #[test]
     fn an_empty_tree_gives_an_identity_of_nones() {
         let tree = FakeTree::new();
-        let id = read_identity("host", &tree.roots());
+        let id = read_identity("host", &tree.roots(), None);
         assert_eq!(id.serial, None);
         assert_eq!(id.mac, None);
         assert_eq!(id.arch, std::env::consts::ARCH);

@@ -32,6 +32,9 @@ pub struct LinuxBoardConfig {
     pub watchdog_max_resets: u32,
     /// LEDs that show the gateway's state.
     pub leds: LedNames,
+    /// The interface whose MAC identifies the board; `None` picks the first with a
+    /// permanent address.
+    pub mac_interface: Option<String>,
     /// The data directory whose free space health reports.
     pub data_dir: PathBuf,
 }
@@ -47,6 +50,8 @@ pub struct LinuxBoard {
     leds: LedSet,
     /// For health's free space.
     data_dir: PathBuf,
+    /// The interface whose MAC identifies the board, if configured.
+    mac_interface: Option<String>,
     /// What is degraded (see [`Board::alarms`]).
     alarms: Vec<String>,
     /// The resets in a row and the armed marker, when a watchdog is configured.
@@ -120,6 +125,7 @@ impl LinuxBoard {
             watchdog,
             leds,
             data_dir: config.data_dir,
+            mac_interface: config.mac_interface,
             alarms,
             history,
             reset_reason,
@@ -148,7 +154,7 @@ impl Board for LinuxBoard {
     }
 
     fn identity(&self) -> Identity {
-        read_identity(self.kind(), &self.roots)
+        read_identity(self.kind(), &self.roots, self.mac_interface.as_deref())
     }
 
     fn health(&self) -> Health {
@@ -195,6 +201,7 @@ mod tests {
                 uplink: None,
                 fault: Some("pwr".into()),
             },
+            mac_interface: None,
             data_dir: tree.path().to_owned(),
         }
     }

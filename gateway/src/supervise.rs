@@ -63,7 +63,7 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
     };
     let data_dir = config.node.data_dir.clone();
     Ok(match b.kind {
-        BoardKind::Host => Box::new(HostBoard::new(roots, data_dir)),
+        BoardKind::Host => Box::new(HostBoard::new(roots, data_dir, b.mac_interface.clone())),
         BoardKind::Linux => Box::new(LinuxBoard::open(LinuxBoardConfig {
             roots,
             watchdog_device: b.watchdog_device.clone(),
@@ -75,6 +75,7 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
                 uplink: b.led_uplink.clone(),
                 fault: b.led_fault.clone(),
             },
+            mac_interface: b.mac_interface.clone(),
             data_dir,
         })?),
     })

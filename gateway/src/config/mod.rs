@@ -476,6 +476,10 @@ pub struct BoardConfig {
     /// watchdog is left disarmed for that boot, with an alarm, so a board cannot reset
     /// forever. Default 5; 0 never stops arming it.
     pub watchdog_max_resets: u32,
+    /// The network interface whose MAC identifies the board in `$SYS .../board/identity`
+    /// (e.g. "eth0"). Default none: the first interface with a permanent address, physical
+    /// before virtual, never one with a random address (a USB modem's).
+    pub mac_interface: Option<String>,
     /// How often health (temperature, load, memory, disk, uptime) is published under `$SYS/brokers/{node}/board/health`. Default 60s; 0 disables, else >= 1s.
     pub health_interval: Duration,
     /// LED (a name under /sys/class/leds) that blinks while booting and is lit while running.
@@ -525,6 +529,7 @@ impl Default for BoardConfig {
             watchdog_timeout: Duration::from_secs(15),
             watchdog_required: false,
             watchdog_max_resets: 5,
+            mac_interface: None,
             health_interval: Duration::from_secs(60),
             led_status: None,
             led_uplink: None,

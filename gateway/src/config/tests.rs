@@ -120,6 +120,7 @@ fn the_example_config_mentions_every_key() {
         "watchdog_timeout",
         "watchdog_required",
         "watchdog_max_resets",
+        "mac_interface",
         "health_interval",
         "led_status",
         "led_uplink",

@@ -1463,6 +1463,7 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "watchdog_timeout",
             "watchdog_required",
             "watchdog_max_resets",
+            "mac_interface",
             "health_interval",
             "led_status",
             "led_uplink",
@@ -1506,6 +1507,20 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "watchdog_required",
             d.watchdog_required,
             boolean,
+        ),
+        mac_interface: ctx.get(
+            entries,
+            path,
+            "mac_interface",
+            d.mac_interface.clone(),
+            |c, n, k| {
+                let name = string(c, n, k)?;
+                if name.is_empty() || name.len() > 15 || name.contains(['/', '.', ' ']) {
+                    c.report(n, k, "must be a network interface name such as \"eth0\"");
+                    return None;
+                }
+                Some(Some(name))
+            },
         ),
         watchdog_max_resets: ctx.get(
             entries,
