@@ -265,7 +265,8 @@ impl Supervisor {
             tracing::info!(last_reset = %reason, "board reset reason");
             self.publish(&format!("$SYS/brokers/{node}/board/reset_reason"), &reason);
         }
-        self.board.indicate(Indication::Running);
+        let mut shown = self.serving_indication();
+        self.board.indicate(shown);
         let mut alarms = self.board.alarms();
         // What systemd shows as the service's status while running: degraded says why.
         let mut running = self.show_alarms(&node, &alarms);
@@ -285,6 +286,8 @@ impl Supervisor {
         let mut health_tick = tokio::time::interval(health_every);
         health_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+        let mut uplink_tick = tokio::time::interval(Duration::from_secs(1));
+        uplink_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checker = feed_period.map(|period| SelfCheck::new(self.data_dir.clone(), period));
         let mut healthy = true;
         let mut stopping = false;
@@ -303,7 +306,8 @@ impl Supervisor {
                         Ok(()) => {
                             if !healthy {
                                 tracing::info!("runtime healthy again; feeding the watchdog");
-                                self.board.indicate(Indication::Running);
+                                shown = self.serving_indication();
+                                self.board.indicate(shown);
                                 self.publish(
                                     &format!("$SYS/brokers/{node}/board/status"),
                                     if alarms.is_empty() { "running" } else { "degraded" },
@@ -338,6 +342,15 @@ impl Supervisor {
                         }
                     }
                 }
+                // The uplink LED follows the bridges (blinking while one is down and messages
+                // are being stored); not while the fault LED speaks.
+                _ = uplink_tick.tick(), if healthy && !stopping => {
+                    let now_shown = self.serving_indication();
+                    if now_shown != shown {
+                        shown = now_shown;
+                        self.board.indicate(shown);
+                    }
+                }
                 // Not while the self-check fails: the publish would only queue up behind the
                 // stuck router.
                 _ = health_tick.tick(), if !self.health_interval.is_zero() && healthy && !stopping => {
@@ -351,6 +364,15 @@ impl Supervisor {
         }
         if let Err(e) = self.board.close() {
             tracing::error!("{e}");
+        }
+    }
+
+    /// What the LEDs show while serving: `UplinkDown` while a bridge is not connected (its
+    /// messages wait on disk), else `Running`.
+    fn serving_indication(&self) -> Indication {
+        match crate::bridge::forwarder(&self.broker) {
+            Some(f) if f.outboxes().iter().any(|o| !o.stats.is_up()) => Indication::UplinkDown,
+            _ => Indication::Running,
         }
     }
 

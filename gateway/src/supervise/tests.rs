@@ -15,7 +15,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        for led in ["status", "fault"] {
+        for led in ["status", "fault", "uplink"] {
             let d = dir.path().join(format!("sys/class/leds/{led}"));
             std::fs::create_dir_all(&d).unwrap();
             std::fs::write(d.join("brightness"), "0").unwrap();
@@ -30,6 +30,11 @@ impl Fixture {
     }
 
     fn config(&self, data_dir: &Path) -> Config {
+        self.config_with(data_dir, "")
+    }
+
+    /// The config with `extra` appended (its first lines still in `[board]`).
+    fn config_with(&self, data_dir: &Path, extra: &str) -> Config {
         let p = self.dir.path().display();
         let text = format!(
             r#"
@@ -52,6 +57,7 @@ led_status = "status"
 led_fault = "fault"
 sys_root = "{p}/sys"
 proc_root = "{p}/proc"
+{extra}
 "#,
             data = data_dir.display()
         );
@@ -285,4 +291,38 @@ async fn a_start_up_that_fails_after_the_board_opened_disarms_the_watchdog() {
     // Opened (and fed) first, closed with the magic close on the way out.
     let written = fx.keepalives();
     assert_eq!(written.last(), Some(&b'V'), "{written:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_led_blinks_while_a_bridge_is_down() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    // A bridge to a port nobody listens on: its link stays down, its messages wait on disk.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let config = fx.config_with(
+        &data,
+        &format!(
+            "led_uplink = \"uplink\"\n[[bridges]]\nname = \"cloud\"\nserver = \"mqtt://127.0.0.1:{port}\"\nforward = [\"up/#\"]\n"
+        ),
+    );
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::bind(config, shutdown.clone()).await.unwrap();
+    let serving = tokio::spawn(gw.serve());
+    fx.wait_for_feeds_beyond(0);
+    let trigger = |led: &str| {
+        std::fs::read_to_string(fx.dir.path().join(format!("sys/class/leds/{led}/trigger")))
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while trigger("uplink").trim() != "timer" {
+        assert!(Instant::now() < deadline, "the uplink LED never blinked");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Serving all the same: the status LED is on, the fault LED off.
+    assert_eq!(fx.led("status"), "1");
+    assert_eq!(fx.led("fault"), "0");
+    shutdown.cancel();
+    serving.await.unwrap();
 }
