@@ -267,7 +267,7 @@ impl Supervisor {
         }
         let mut shown = self.serving_indication();
         self.board.indicate(shown);
-        let mut alarms = self.board.alarms();
+        let mut alarms = self.current_alarms(None);
         // What systemd shows as the service's status while running: degraded says why.
         let mut running = self.show_alarms(&node, &alarms);
         self.notify.ready();
@@ -315,8 +315,7 @@ impl Supervisor {
                                 self.notify.status(&running);
                                 healthy = true;
                             }
-                            let mut now_alarms = self.board.alarms();
-                            now_alarms.extend(checker.storage_alarm());
+                            let now_alarms = self.current_alarms(Some(checker));
                             if now_alarms != alarms {
                                 for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
                                     tracing::error!("{a}; still serving (nothing is reset for it)");
@@ -350,6 +349,19 @@ impl Supervisor {
                         shown = now_shown;
                         self.board.indicate(shown);
                     }
+                    // Without a watchdog to feed there is no self-check tick: alarms (a
+                    // nearly full disk) are refreshed here.
+                    if checker.is_none() {
+                        let now_alarms = self.current_alarms(None);
+                        if now_alarms != alarms {
+                            for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
+                                tracing::error!("{a}; still serving (nothing is reset for it)");
+                            }
+                            alarms = now_alarms;
+                            running = self.show_alarms(&node, &alarms);
+                            self.notify.status(&running);
+                        }
+                    }
                 }
                 // Not while the self-check fails: the publish would only queue up behind the
                 // stuck router.
@@ -365,6 +377,42 @@ impl Supervisor {
         if let Err(e) = self.board.close() {
             tracing::error!("{e}");
         }
+    }
+
+    /// Everything degraded now: the board's alarms, a failing storage probe, a nearly full
+    /// data directory.
+    fn current_alarms(&self, checker: Option<&SelfCheck>) -> Vec<String> {
+        let mut alarms = self.board.alarms();
+        alarms.extend(checker.and_then(SelfCheck::storage_alarm));
+        alarms.extend(self.disk_alarm());
+        alarms
+    }
+
+    /// An alarm when the data directory's file system has less than `board.disk_free_alarm`
+    /// percent free (queues and the state store need room to keep acknowledged messages).
+    fn disk_alarm(&self) -> Option<String> {
+        let percent = self.broker.config.board.disk_free_alarm;
+        if percent == 0 {
+            return None;
+        }
+        let st = nix::sys::statvfs::statvfs(&self.data_dir).ok()?;
+        // The field types differ between targets (u32 on armv7, u64 on aarch64).
+        #[allow(clippy::useless_conversion)]
+        let (frsize, avail, blocks) = (
+            u64::from(st.fragment_size()),
+            u64::from(st.blocks_available()),
+            u64::from(st.blocks()),
+        );
+        let (free, total) = (avail.saturating_mul(frsize), blocks.saturating_mul(frsize));
+        if total == 0 || free.saturating_mul(100) >= total.saturating_mul(u64::from(percent)) {
+            return None;
+        }
+        Some(format!(
+            "data directory {} nearly full: {} MB free of {} MB (alarm below {percent}%)",
+            self.data_dir.display(),
+            free / 1_000_000,
+            total / 1_000_000
+        ))
     }
 
     /// What the LEDs show while serving: `UplinkDown` while a bridge is not connected (its

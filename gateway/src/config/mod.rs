@@ -480,6 +480,9 @@ pub struct BoardConfig {
     /// (e.g. "eth0"). Default none: the first interface with a permanent address, physical
     /// before virtual, never one with a random address (a USB modem's).
     pub mac_interface: Option<String>,
+    /// An alarm is raised (`board/alarms`, `board/status = degraded`) while the data
+    /// directory's file system has less than this percent free. Default 10; 0 = off.
+    pub disk_free_alarm: u8,
     /// How often health (temperature, load, memory, disk, uptime) is published under `$SYS/brokers/{node}/board/health`. Default 60s; 0 disables, else >= 1s.
     pub health_interval: Duration,
     /// LED (a name under /sys/class/leds) that blinks while booting and is lit while running.
@@ -530,6 +533,7 @@ impl Default for BoardConfig {
             watchdog_required: false,
             watchdog_max_resets: 5,
             mac_interface: None,
+            disk_free_alarm: 10,
             health_interval: Duration::from_secs(60),
             led_status: None,
             led_uplink: None,

@@ -121,6 +121,7 @@ fn the_example_config_mentions_every_key() {
         "watchdog_required",
         "watchdog_max_resets",
         "mac_interface",
+        "disk_free_alarm",
         "health_interval",
         "led_status",
         "led_uplink",

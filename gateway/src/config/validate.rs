@@ -1464,6 +1464,7 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "watchdog_required",
             "watchdog_max_resets",
             "mac_interface",
+            "disk_free_alarm",
             "health_interval",
             "led_status",
             "led_uplink",
@@ -1521,6 +1522,13 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
                 }
                 Some(Some(name))
             },
+        ),
+        disk_free_alarm: ctx.get(
+            entries,
+            path,
+            "disk_free_alarm",
+            d.disk_free_alarm,
+            |c, n, k| integer(c, n, k, 0, 99),
         ),
         watchdog_max_resets: ctx.get(
             entries,

@@ -326,3 +326,37 @@ async fn the_uplink_led_blinks_while_a_bridge_is_down() {
     shutdown.cancel();
     serving.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_data_directory_raises_an_alarm() {
+    let fx = Fixture::new();
+    let data = fx.dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // A threshold just above what is free here makes this file system "nearly full".
+    let st = nix::sys::statvfs::statvfs(&data).unwrap();
+    #[allow(clippy::useless_conversion)]
+    let free_percent = u64::from(st.blocks_available()) * 100 / u64::from(st.blocks()).max(1);
+    if free_percent >= 98 {
+        eprintln!("skipped: the test file system is {free_percent}% free");
+        return;
+    }
+    let threshold = free_percent + 1;
+    let config = fx.config_with(&data, &format!("disk_free_alarm = {threshold}\n"));
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::bind(config, shutdown.clone()).await.unwrap();
+    let broker = gw.broker();
+    let serving = tokio::spawn(gw.serve());
+    let topic = format!("$SYS/brokers/{}/board/alarms", broker.config.node.name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alarms = broker.with_router(|r| r.retained_payload(&topic));
+        let text = String::from_utf8_lossy(alarms.as_deref().unwrap_or_default()).into_owned();
+        if text.contains("nearly full") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no disk alarm: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    shutdown.cancel();
+    serving.await.unwrap();
+}
