@@ -60,6 +60,20 @@ enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+    /// Factory reset: remove everything the gateway keeps in its data directory (sessions and
+    /// their queues, retained messages, bridge queues, traces), not the config. Refused while
+    /// the gateway runs.
+    FactoryReset {
+        /// Config file whose node.data_dir is reset.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the config's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Really do it (nothing is removed without it).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Manage the password file (argon2id hashes).
     Passwd {
         #[command(subcommand)]
@@ -194,6 +208,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Resolve { host } => resolve(&host),
+        Command::FactoryReset {
+            config,
+            data_dir,
+            yes,
+        } => factory_reset(config, data_dir, yes),
         Command::Ctl {
             socket,
             data_dir,
@@ -334,6 +353,44 @@ fn resolve(host: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: cannot resolve {host}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn factory_reset(config_path: Option<PathBuf>, data_dir: Option<PathBuf>, yes: bool) -> ExitCode {
+    let dir = match data_dir {
+        Some(dir) => dir,
+        None => match config::load(config_path.as_deref(), std::env::vars()) {
+            Ok(cfg) => cfg.node.data_dir,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    if !yes {
+        eprintln!(
+            "this removes every session, queued and retained message and bridge queue in {}; run again with --yes",
+            dir.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match holdfast::ops::factory_reset(&dir) {
+        Ok(done) => {
+            println!(
+                "factory reset of {}: removed {}",
+                dir.display(),
+                if done.removed.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    done.removed.join(", ")
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

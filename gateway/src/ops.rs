@@ -371,3 +371,66 @@ pub fn bridges(broker: &Broker) -> Vec<BridgeView> {
         })
         .collect()
 }
+
+/// What [`factory_reset`] removed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FactoryReset {
+    /// The entries of the data directory that were removed (names).
+    pub removed: Vec<String>,
+}
+
+/// Why [`factory_reset`] refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FactoryResetError {
+    /// A gateway answers on the control socket: stop it first.
+    #[error("a gateway is running on {0} (its control socket answers): stop it first")]
+    Running(String),
+    /// The data directory could not be read or an entry could not be removed.
+    #[error("{path}: {source}")]
+    Io {
+        /// What could not be read or removed.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Factory reset (`holdfast factory-reset`): removes everything the gateway keeps in
+/// `data_dir` (persistent sessions and their queues, retained messages, the bridges' queues
+/// and sessions, traces, the reset history), leaving the directory itself and the config.
+/// Refuses while a gateway answers on the directory's control socket. Blocks on file I/O.
+pub fn factory_reset(data_dir: &std::path::Path) -> Result<FactoryReset, FactoryResetError> {
+    let socket = crate::ctl::socket_path(data_dir);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        return Err(FactoryResetError::Running(socket.display().to_string()));
+    }
+    let io = |path: &std::path::Path, source| FactoryResetError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let entries = match std::fs::read_dir(data_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FactoryReset {
+                removed: Vec::new(),
+            })
+        }
+        Err(e) => return Err(io(data_dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io(data_dir, e))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(|e| io(&path, e))?.is_dir();
+        let result = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(|e| io(&path, e))?;
+        removed.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    removed.sort();
+    tracing::warn!(data_dir = %data_dir.display(), removed = ?removed, "factory reset");
+    Ok(FactoryReset { removed })
+}

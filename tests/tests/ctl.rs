@@ -392,3 +392,36 @@ fn a_bare_trace_file_name_lands_under_the_data_dir() {
     );
     ctl_json(&sock, &["trace", "stop"]);
 }
+
+#[test]
+fn factory_reset_is_refused_while_running_and_then_clears_the_state() {
+    let mut gw = Gateway::start();
+    assert!(mosquitto_pub(gw.port, "cfg/rate", "10", &["-r", "-q", "1"]));
+    assert_eq!(
+        holdfast_tests::retained_once(gw.port, "cfg/rate").as_deref(),
+        Some("10")
+    );
+    let data = gw.dir.path().join("data");
+    let reset = |yes: bool| {
+        let mut cmd = Command::new(holdfast_bin());
+        cmd.arg("factory-reset").arg("--data-dir").arg(&data);
+        if yes {
+            cmd.arg("--yes");
+        }
+        run_with_timeout(&mut cmd, WAIT)
+    };
+    let (ok, _, err) = reset(true);
+    assert!(!ok && err.contains("is running"), "{err}");
+    gw.stop();
+    let (ok, _, err) = reset(false);
+    assert!(!ok && err.contains("--yes"), "{err}");
+    assert!(
+        data.join("state").exists(),
+        "nothing is removed without --yes"
+    );
+    let (ok, out, err) = reset(true);
+    assert!(ok, "{err}");
+    assert!(out.contains("state"), "{out}");
+    gw.restart();
+    assert_eq!(holdfast_tests::retained_once(gw.port, "cfg/rate"), None);
+}
