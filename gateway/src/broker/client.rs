@@ -21,7 +21,8 @@
 //! policy, is the bounded receiver; unacknowledged QoS 1/2 deliveries are bounded by the
 //! receive window), and never waits on anything but the bridge queues' sync.
 
-use super::events::{self, Dropped};
+use super::access;
+use super::events;
 use super::message::{Delivery, Message, Origin, SessionId};
 use super::router::{ConnectParams, ConnectRefusal, Outgoing};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
@@ -29,7 +30,7 @@ use super::stats::DisconnectReason;
 use super::sys::{self, ClientInfo};
 use super::uplink::Refusal;
 use super::Broker;
-use crate::auth::acl::{self, Action, ClientIdentity, ConnectionAcl, Permission};
+use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use bytes::Bytes;
 use holdfast_mqtt::{
@@ -464,19 +465,7 @@ impl Client {
             .publish_received
             .fetch_add(1, Ordering::Relaxed);
         if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
-            broker
-                .traffic
-                .dropped_not_authorized
-                .fetch_add(1, Ordering::Relaxed);
-            self.broker.events().message_dropped(Dropped {
-                reason: "not_authorized",
-                clientid: Some(&self.client_id),
-                username: self.username.as_deref(),
-                topic: &p.topic,
-                qos: p.qos,
-                retain: p.retain,
-                payload: &p.payload,
-            });
+            access::publish_denied(&broker, self.who(), &p.topic, p.qos, p.retain, &p.payload);
             return Err(PublishError::NotAuthorized);
         }
         let now = Instant::now();
@@ -722,41 +711,34 @@ impl Client {
         }
     }
 
-    /// The ACL's verdict for this client, as for an MQTT client from the same address.
-    fn acl_allows(&mut self, action: Action, topic: &str) -> Permission {
-        let client = ClientIdentity {
+    /// Who this client is, for the access rules.
+    fn who(&self) -> access::Who<'_> {
+        access::Who {
             client_id: self.client_id.as_str(),
             username: self.username.as_deref(),
-            ip: self.peer.ip(),
-        };
-        let verdict = self
-            .broker
-            .auth
-            .acl()
-            .authorize(&mut self.acl, &client, action, topic);
-        let verdict = acl::local_only_sys(verdict, action, topic, self.peer.ip());
-        if verdict.permission == Permission::Deny {
-            tracing::debug!(client_id = %self.client_id, protocol = self.protocol.as_str(), ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
+            peer: self.peer,
         }
-        verdict.permission
+    }
+
+    /// The ACL's verdict for this client, as for an MQTT client from the same address.
+    fn acl_allows(&mut self, action: Action, topic: &str) -> Permission {
+        let who = access::Who {
+            client_id: self.client_id.as_str(),
+            username: self.username.as_deref(),
+            peer: self.peer,
+        };
+        access::acl_allows(&self.broker, &mut self.acl, who, action, topic)
     }
 
     /// A resumed session's subscriptions that the ACL now denies are removed before anything
     /// is delivered through them.
     fn recheck_restored_subscriptions(&mut self) {
-        let session = self.session;
-        let filters = self.broker.with_router(|r| r.subscription_filters(session));
-        let denied: Vec<ByteStr> = filters
-            .into_iter()
-            .filter(|f| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
-            .collect();
-        if denied.is_empty() {
-            return;
-        }
-        for f in &denied {
-            tracing::warn!(client_id = %self.client_id, filter = %f, "restored subscription denied by the ACL: removed");
-        }
-        self.broker.with_router(|r| r.unsubscribe(session, &denied));
+        let who = access::Who {
+            client_id: self.client_id.as_str(),
+            username: self.username.as_deref(),
+            peer: self.peer,
+        };
+        access::recheck_restored_subscriptions(&self.broker, &mut self.acl, who, self.session);
     }
 }
 

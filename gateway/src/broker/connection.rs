@@ -34,8 +34,9 @@ mod outbound;
 #[cfg(test)]
 mod session_tests;
 
+use super::access;
 use super::auto_subscribe;
-use super::events::{self, Dropped};
+use super::events::{self};
 use super::limiter::InboundLimiter;
 use super::message::{Message, Origin, SessionId};
 use super::peer_cert::PeerCert;
@@ -46,7 +47,7 @@ use super::stream::Stream;
 use super::sys::{self, ClientInfo};
 use super::uplink::{Forwarded, Refusal, Uplink};
 use super::Broker;
-use crate::auth::acl::{Action, ClientIdentity, ConnectionAcl, Permission};
+use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};

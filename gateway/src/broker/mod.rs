@@ -5,6 +5,7 @@
 //! wakes the connections that got deliveries after releasing it. Nothing here holds the lock
 //! across an `.await`.
 
+pub(crate) mod access;
 pub mod auto_subscribe;
 pub mod client;
 pub mod connection;

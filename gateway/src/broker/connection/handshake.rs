@@ -306,23 +306,15 @@ impl MqttSession {
         Ok(())
     }
 
-    /// A resumed session's subscriptions were granted to an earlier connection: those the ACL
-    /// in force denies this one (the rules changed, or `%c`/`ipaddr` rules decide otherwise
-    /// now) are removed before anything is delivered through them.
+    /// A resumed session's subscriptions that the ACL in force denies this connection are
+    /// removed before anything is delivered through them (`access`).
     pub(super) fn recheck_restored_subscriptions(&mut self) {
-        let session = self.session;
-        let filters = self.broker.with_router(|r| r.subscription_filters(session));
-        let denied: Vec<ByteStr> = filters
-            .into_iter()
-            .filter(|f| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
-            .collect();
-        if denied.is_empty() {
-            return;
-        }
-        for f in &denied {
-            conn_event!(warn, self, filter = %f, "restored subscription denied by the ACL: removed");
-        }
-        self.broker.with_router(|r| r.unsubscribe(session, &denied));
+        let who = access::Who {
+            client_id: self.client_id.as_str(),
+            username: self.username.as_deref(),
+            peer: self.peer,
+        };
+        access::recheck_restored_subscriptions(&self.broker, &mut self.acl, who, self.session);
     }
 
     /// Subscription by broker: subscribes the client to the `[[auto_subscribe]]` topics, as

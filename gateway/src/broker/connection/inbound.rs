@@ -402,19 +402,12 @@ impl MqttSession {
         );
         if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
             // Dropped and counted; MQTT 5 hears 0x87, 3.1.1 is acknowledged as usual (EMQX).
-            self.broker
-                .traffic
-                .dropped_not_authorized
-                .fetch_add(1, Ordering::Relaxed);
-            self.broker.events().message_dropped(Dropped {
-                reason: "not_authorized",
-                clientid: Some(&self.client_id),
+            let who = access::Who {
+                client_id: self.client_id.as_str(),
                 username: self.username.as_deref(),
-                topic: &p.topic,
-                qos: p.qos,
-                retain: p.retain,
-                payload: &p.payload,
-            });
+                peer: self.peer,
+            };
+            access::publish_denied(&self.broker, who, &p.topic, p.qos, p.retain, &p.payload);
             let code = if v5 {
                 reason::NOT_AUTHORIZED
             } else {
@@ -516,21 +509,12 @@ impl MqttSession {
     /// The ACL's verdict for this client (see `auth::acl`); a denial is logged at debug with
     /// the deciding rule's line.
     pub(super) fn acl_allows(&mut self, action: Action, topic: &str) -> Permission {
-        let client = ClientIdentity {
+        let who = access::Who {
             client_id: self.client_id.as_str(),
             username: self.username.as_deref(),
-            ip: self.peer.ip(),
+            peer: self.peer,
         };
-        let mut verdict = self
-            .broker
-            .auth
-            .acl()
-            .authorize(&mut self.acl, &client, action, topic);
-        verdict = crate::auth::acl::local_only_sys(verdict, action, topic, self.peer.ip());
-        if verdict.permission == Permission::Deny {
-            conn_event!(debug, self, ?action, topic, rule_line = ?verdict.line, "denied by the ACL");
-        }
-        verdict.permission
+        access::acl_allows(&self.broker, &mut self.acl, who, action, topic)
     }
 
     /// Which filters of a SUBSCRIBE the ACL denies; `None` when it denies none.
