@@ -50,20 +50,47 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     false
 }
 
-/// A loopback port that was free a moment ago, and never handed out before by this test
-/// process: the kernel may offer the same ephemeral port twice in a row once the first probe
-/// socket is closed, and two listeners of one test on one port fail the start.
+/// A loopback port that was free a moment ago, reserved for this test process.
+///
+/// Picked below the kernel's ephemeral range (32768 and up by default), so that no outgoing
+/// connection of any process (a client, a bridge) can take it as its source port between this
+/// probe and the server's bind; and reserved across test processes with a lock file under
+/// the temp dir, so that two suites running at once (a developer's and CI's) never share one.
+/// Never the same port twice in one process either.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    /// A reservation older than this belongs to a test process long gone.
+    const STALE: Duration = Duration::from_secs(1800);
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join("holdfast-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let seed = u64::from(std::process::id()).wrapping_mul(7919);
+    for _ in 0..COUNT {
+        let n = seed.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % u64::from(COUNT);
+        let port = u16::try_from(u64::from(FIRST) + n).expect("below 32768");
+        let lock = dir.join(port.to_string());
+        let stale = std::fs::metadata(&lock)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if stale {
+            let _ = std::fs::remove_file(&lock);
+        }
+        let reserved = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&lock)
+            .is_ok();
+        if reserved && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!(
+        "no free loopback port between {FIRST} and {}",
+        FIRST + COUNT
+    );
 }
 
 /// A fresh, unique directory under the system temp dir, removed on drop.
