@@ -459,13 +459,19 @@ impl Client {
         if p.retain && !cfg.retain_available {
             return Err(PublishError::RetainNotAvailable);
         }
-        let broker = self.broker.clone();
-        broker
+        self.broker
             .traffic
             .publish_received
             .fetch_add(1, Ordering::Relaxed);
         if self.acl_allows(Action::Publish, &p.topic) == Permission::Deny {
-            access::publish_denied(&broker, self.who(), &p.topic, p.qos, p.retain, &p.payload);
+            access::publish_denied(
+                &self.broker,
+                self.who(),
+                &p.topic,
+                p.qos,
+                p.retain,
+                &p.payload,
+            );
             return Err(PublishError::NotAuthorized);
         }
         let now = Instant::now();
@@ -520,32 +526,9 @@ impl Client {
             asked_at.push(i);
         }
         let now = Instant::now();
-        let codes = self.broker.with_router(|r| {
-            // `mqtt.max_subscriptions`: filters held already do not count; the first win.
-            let mut held = r.subscription_count(session);
-            let mut codes = vec![None; asked.len()];
-            let mut granted = Vec::new();
-            for (k, (filter, options)) in asked.iter().enumerate() {
-                if max > 0 && r.valid_filter(filter) && !r.has_subscription(session, filter) {
-                    if held >= max {
-                        codes[k] = Some(reason::QUOTA_EXCEEDED);
-                        continue;
-                    }
-                    held += 1;
-                }
-                granted.push((k, (filter.clone(), *options)));
-            }
-            let list: Vec<_> = granted.iter().map(|(_, f)| f.clone()).collect();
-            let reasons = r.subscribe(session, &list, None, now);
-            for ((k, _), code) in granted.iter().zip(reasons) {
-                codes[*k] = Some(code);
-            }
-            codes
-        });
-        let codes: Vec<u8> = codes
-            .into_iter()
-            .map(|c| c.unwrap_or(reason::UNSPECIFIED_ERROR))
-            .collect();
+        let codes = self
+            .broker
+            .with_router(|r| r.subscribe_limited(session, &asked, None, max, now));
         self.broker.events().session_subscribed(
             &self.client_id,
             self.username.as_deref(),

@@ -222,15 +222,15 @@ impl MqttSession {
                     .properties
                     .subscription_identifier
                     .and_then(NonZeroU32::new);
-                let mut refused = self.acl_denied_filters(&sub.filters).map(|denied| {
+                let max = self.broker.config.mqtt.max_subscriptions;
+                let refused = self.acl_denied_filters(&sub.filters).map(|denied| {
                     denied
                         .iter()
                         .map(|&d| d.then_some(reason::NOT_AUTHORIZED))
                         .collect::<Vec<_>>()
                 });
-                self.refuse_over_quota(r, &sub.filters, &mut refused);
                 let reasons = match refused {
-                    None => r.subscribe(self.session, &sub.filters, id, now),
+                    None => r.subscribe_limited(self.session, &sub.filters, id, max, now),
                     Some(refused) => {
                         let allowed: Vec<_> = sub
                             .filters
@@ -239,7 +239,9 @@ impl MqttSession {
                             .filter(|(_, code)| code.is_none())
                             .map(|(f, _)| f.clone())
                             .collect();
-                        let mut granted = r.subscribe(self.session, &allowed, id, now).into_iter();
+                        let mut granted = r
+                            .subscribe_limited(self.session, &allowed, id, max, now)
+                            .into_iter();
                         refused
                             .iter()
                             .map(|&code| match code {
@@ -524,47 +526,5 @@ impl MqttSession {
             .map(|(f, _)| self.acl_allows(Action::Subscribe, f) == Permission::Deny)
             .collect();
         denied.contains(&true).then_some(denied)
-    }
-
-    /// Marks the filters of a SUBSCRIBE that would take this client over
-    /// `mqtt.max_subscriptions` (0x97 quota exceeded; 3.1.1 hears 0x80). Filters it already
-    /// holds, or that are refused already, do not count; the first filters win.
-    pub(super) fn refuse_over_quota<T>(
-        &self,
-        r: &Router,
-        filters: &[(ByteStr, T)],
-        refused: &mut Option<Vec<Option<u8>>>,
-    ) {
-        let max = self.broker.config.mqtt.max_subscriptions;
-        if max == 0 {
-            return;
-        }
-        let mut held = r.subscription_count(self.session);
-        let mut over = 0;
-        let marks = refused.get_or_insert_with(|| vec![None; filters.len()]);
-        for ((filter, _), mark) in filters.iter().zip(marks.iter_mut()) {
-            if mark.is_some() || !r.valid_filter(filter) || r.has_subscription(self.session, filter)
-            {
-                continue;
-            }
-            if held >= max {
-                *mark = Some(reason::QUOTA_EXCEEDED);
-                over += 1;
-            } else {
-                held += 1;
-            }
-        }
-        if over > 0 {
-            conn_event!(
-                warn,
-                self,
-                over,
-                max,
-                "subscribe refused: max_subscriptions reached"
-            );
-        }
-        if marks.iter().all(Option::is_none) {
-            *refused = None;
-        }
     }
 }

@@ -28,7 +28,8 @@ impl Router {
     }
 
     /// Adds or replaces subscriptions; returns one SUBACK reason per filter and queues the
-    /// retained messages the retain-handling options ask for.
+    /// retained messages the retain-handling options ask for. No limit on their number (the
+    /// broker's own subscriptions); a client's go through [`Router::subscribe_limited`].
     pub fn subscribe(
         &mut self,
         sid: SessionId,
@@ -36,9 +37,36 @@ impl Router {
         subscription_id: Option<NonZeroU32>,
         now: Instant,
     ) -> Vec<u8> {
+        self.subscribe_limited(sid, filters, subscription_id, 0, now)
+    }
+
+    /// As [`Router::subscribe`], for a client held to `max_subscriptions` (0 = no limit): a
+    /// new filter beyond it gets 0x97 quota exceeded; filters it holds already, and invalid
+    /// ones, do not count; the first filters win.
+    pub fn subscribe_limited(
+        &mut self,
+        sid: SessionId,
+        filters: &[(ByteStr, SubscriptionOptions)],
+        subscription_id: Option<NonZeroU32>,
+        max_subscriptions: usize,
+        now: Instant,
+    ) -> Vec<u8> {
         let mut reasons = Vec::with_capacity(filters.len());
         for (filter, options) in filters {
-            let reason = self.subscribe_one(sid, filter, *options, subscription_id, now);
+            let over = max_subscriptions > 0
+                && self.valid_filter(filter)
+                && self.sessions.get(&sid).is_some_and(|s| {
+                    s.subscriptions.len() >= max_subscriptions
+                        && !s.subscriptions.contains_key(filter.as_str())
+                });
+            let reason = if over {
+                if let Some(s) = self.sessions.get(&sid) {
+                    tracing::warn!(client_id = %crate::broker::short(&s.client_id), filter = %crate::broker::short(filter), max = max_subscriptions, "subscribe refused: max_subscriptions reached");
+                }
+                reason::QUOTA_EXCEEDED
+            } else {
+                self.subscribe_one(sid, filter, *options, subscription_id, now)
+            };
             reasons.push(reason);
         }
         if let Some(s) = self.sessions.get_mut(&sid) {
@@ -49,7 +77,7 @@ impl Router {
 
     /// True when `filter` (plain or shared) is well-formed and within `max_topic_len` and
     /// `max_topic_levels`.
-    pub fn valid_filter(&self, filter: &str) -> bool {
+    fn valid_filter(&self, filter: &str) -> bool {
         let real_filter = match topic::parse_shared(filter) {
             Ok(Some(shared)) => shared.filter,
             Ok(None) if topic::validate_topic_filter(filter).is_ok() => filter,
@@ -209,13 +237,6 @@ impl Router {
     /// How many subscriptions `sid` holds (for `mqtt.max_subscriptions`).
     pub fn subscription_count(&self, sid: SessionId) -> usize {
         self.sessions.get(&sid).map_or(0, |s| s.subscriptions.len())
-    }
-
-    /// Whether `sid` already holds `filter` (subscribing again only replaces its options).
-    pub fn has_subscription(&self, sid: SessionId, filter: &str) -> bool {
-        self.sessions
-            .get(&sid)
-            .is_some_and(|s| s.subscriptions.contains_key(filter))
     }
 
     /// The session's subscriptions (for the API).
