@@ -10,7 +10,7 @@ use crate::broker::router::test_support::*;
 use crate::broker::router::*;
 use crate::broker::session::*;
 use crate::config::OwnerMismatch;
-use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS};
+use holdfast_mqtt::{reason, ByteStr, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -531,19 +531,10 @@ fn connect_as(
     clean_start: bool,
     policy: OwnerMismatch,
 ) -> (Result<ConnectResult, ConnectRefusal>, Arc<ConnControl>) {
-    let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-    let result = r.connect(ConnectParams {
-        client_id: ByteStr::from(client_id),
-        protocol: ProtocolVersion::V5,
-        clean_start,
-        session_expiry: HOUR,
-        window: 32,
-        conn: conn.clone(),
-        now: Instant::now(),
-        owner,
-        on_owner_mismatch: policy,
-    });
-    (result, conn)
+    let (mut params, conn) = connect_params(client_id, clean_start, HOUR);
+    params.owner = owner;
+    params.on_owner_mismatch = policy;
+    (r.connect(params), conn)
 }
 
 #[test]

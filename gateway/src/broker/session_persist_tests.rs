@@ -9,22 +9,16 @@ use super::message::*;
 use super::router::*;
 use super::session::*;
 use super::session_persist::{self, SessionWrites};
-use crate::config::OwnerMismatch;
 use crate::config::SharedStrategy;
 use bytes::Bytes;
-use holdfast_mqtt::{
-    reason, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
-};
+use holdfast_mqtt::{reason, ByteStr, PublishProperties, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
     KvBackend, KvError, MemoryStore, PendingState, SessionStore, StoredMessage, StoredPending,
     StoredProperties, StoredSession, StoredSubscription,
 };
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1_000_000);
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -67,19 +61,13 @@ fn connect(
     expiry: Duration,
     now: Instant,
 ) -> (ConnectResult, Arc<ConnControl>) {
-    let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-    let result = r.connect(ConnectParams {
-        client_id: ByteStr::from(client_id),
-        protocol: ProtocolVersion::V5,
-        clean_start,
-        session_expiry: expiry,
-        window: 32,
-        conn: conn.clone(),
-        now,
-        owner: Owner::Anonymous,
-        on_owner_mismatch: OwnerMismatch::Refuse,
-    });
-    (result.expect("the router accepts this CONNECT"), conn)
+    let (mut params, conn) =
+        crate::broker::router::test_support::connect_params(client_id, clean_start, expiry);
+    params.now = now;
+    (
+        r.connect(params).expect("the router accepts this CONNECT"),
+        conn,
+    )
 }
 
 fn sub(r: &mut Router, sid: SessionId, filter: &str, qos: QoS, id: Option<u32>, now: Instant) {

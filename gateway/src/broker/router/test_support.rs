@@ -69,19 +69,31 @@ pub(crate) fn try_connect_with(
     expiry: Duration,
     window: usize,
 ) -> (Result<ConnectResult, ConnectRefusal>, Arc<ConnControl>) {
+    let (mut params, conn) = connect_params(client_id, clean_start, expiry);
+    params.window = window;
+    (r.connect(params), conn)
+}
+
+/// What a v5 CONNECT asks of the router, with a fresh connection handle: window 32, now,
+/// an anonymous owner, mismatches refused. Tests change the fields they are about.
+pub(crate) fn connect_params(
+    client_id: &str,
+    clean_start: bool,
+    expiry: Duration,
+) -> (ConnectParams, Arc<ConnControl>) {
     let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
-    let result = r.connect(ConnectParams {
+    let params = ConnectParams {
         client_id: ByteStr::from(client_id),
         protocol: ProtocolVersion::V5,
         clean_start,
         session_expiry: expiry,
-        window,
+        window: 32,
         conn: conn.clone(),
         now: Instant::now(),
         owner: Owner::Anonymous,
         on_owner_mismatch: OwnerMismatch::Refuse,
-    });
-    (result, conn)
+    };
+    (params, conn)
 }
 
 /// CONNECT with a window of 32.
