@@ -62,6 +62,8 @@ pub struct Link {
     session: Session,
     session_file: PathBuf,
     subscriptions_file: PathBuf,
+    /// A cloud broker can send refused messages many times a second: one line per 10 s.
+    refused_log: crate::logging::Every,
 }
 
 /// One connection's working state.
@@ -117,6 +119,7 @@ impl Link {
             session,
             session_file,
             subscriptions_file,
+            refused_log: crate::logging::Every::new(Duration::from_secs(10)),
         }
     }
 
@@ -619,7 +622,9 @@ impl Link {
                 .stats
                 .downlink_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(bridge = %self.cfg.name, client_id = client.client_id(), topic = %crate::broker::short(local), "downlink message refused: {e}");
+            if let Some(count) = self.refused_log.due(Instant::now()) {
+                tracing::warn!(bridge = %self.cfg.name, client_id = client.client_id(), topic = %crate::broker::short(local), count, "downlink message refused: {e} (count: since the last such line)");
+            }
         }
     }
 }
