@@ -8,8 +8,8 @@
 use crate::error::{BenchError, Role};
 use bytes::BytesMut;
 use holdfast_mqtt::{
-    decode, encode, ByteStr, Connect, Packet, Properties, ProtocolVersion, QoS, Subscribe,
-    SubscriptionOptions,
+    decode, encode, ByteStr, Connect, Packet, PacketId, Properties, ProtocolVersion, QoS,
+    Subscribe, SubscriptionOptions,
 };
 use std::io;
 use std::time::Duration;
@@ -201,7 +201,7 @@ impl Client {
     /// Subscribes to one filter and waits for a SUBACK that grants it.
     pub(crate) async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), BenchError> {
         let sub = Subscribe {
-            packet_id: 1,
+            packet_id: PacketId::new(1),
             filters: vec![(
                 ByteStr::from(filter),
                 SubscriptionOptions {

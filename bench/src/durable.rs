@@ -14,7 +14,7 @@ use crate::report::Latency;
 use crate::stamp::Stamp;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use holdfast_mqtt::{ByteStr, Packet, PubResp, Publish, QoS};
+use holdfast_mqtt::{ByteStr, Packet, PacketId, PubResp, Publish, QoS};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +145,8 @@ async fn ingest_publisher(
 ) -> Result<(Histogram<u64>, u64), BenchError> {
     let topic = ByteStr::from(format!("{}/{index}", spec.topic_prefix));
     let mut latency = new_histogram();
-    let mut outstanding: HashMap<u16, Instant> = HashMap::with_capacity(spec.inflight as usize);
+    let mut outstanding: HashMap<PacketId, Instant> =
+        HashMap::with_capacity(spec.inflight as usize);
     let mut seq = 0u64;
     let mut payload = vec![0u8; spec.payload];
     loop {
@@ -172,13 +173,13 @@ async fn ingest_publisher(
                         qos: QoS::AtLeastOnce,
                         retain: false,
                         topic: topic.clone(),
-                        packet_id: pid,
+                        packet_id: PacketId::new(pid),
                         payload: Bytes::copy_from_slice(&payload),
                         properties: Default::default(),
                     }),
                     "PUBLISH",
                 )?;
-                outstanding.insert(pid, now);
+                outstanding.insert(PacketId::new(pid), now);
                 seq += 1;
                 if shared.count > 0
                     && shared.acked.load(Ordering::Relaxed) + outstanding.len() as u64

@@ -15,7 +15,7 @@ use crate::report::{summarize, Latency, LoadReport};
 use crate::rss::RssSampler;
 use crate::stamp::{Stamp, STAMP_LEN};
 use bytes::Bytes;
-use holdfast_mqtt::{ByteStr, Packet, PubResp, Publish, QoS};
+use holdfast_mqtt::{ByteStr, Packet, PacketId, PubResp, Publish, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -554,7 +554,7 @@ impl Publisher {
             if qos1 {
                 let pid = self.window.take();
                 if let Packet::Publish(p) = &mut self.packet {
-                    p.packet_id = pid;
+                    p.packet_id = PacketId::new(pid);
                 }
             }
             c.queue(&self.packet, "PUBLISH")?;
@@ -579,7 +579,7 @@ impl Publisher {
             while let Some(packet) = c.next_packet()? {
                 match packet {
                     Packet::PubAck(ack) => {
-                        if self.window.release(ack.packet_id) {
+                        if self.window.release(ack.packet_id.get()) {
                             self.acked += 1;
                         } else {
                             self.unexpected_acks += 1;

@@ -27,6 +27,7 @@
 //!   released records count as delivered (the cloud had them), the downlink ids are forgotten.
 
 use bytes::Bytes;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
     encoded_len, reason, ByteStr, ConnAck, Packet, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
@@ -38,9 +39,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 pub(super) const PUBLISH_IDS: u16 = 65_000;
 
 /// The packet id of the record `seq`.
-pub(super) fn packet_id_for(seq: u64) -> u16 {
+pub(super) fn packet_id_for(seq: u64) -> PacketId {
     // In 1..=PUBLISH_IDS.
-    (seq % u64::from(PUBLISH_IDS)) as u16 + 1
+    PacketId::new((seq % u64::from(PUBLISH_IDS)) as u16 + 1)
 }
 
 /// One record to send upstream, as the link made it from the queue.
@@ -143,7 +144,7 @@ pub(super) struct Persisted {
     /// up a second time. Dropped once the queue's persisted ack cursor passes them.
     pub(super) done: BTreeSet<u64>,
     /// Downlink QoS 2 packet ids handed to the local broker and awaiting their PUBREL.
-    pub(super) incoming: BTreeSet<u16>,
+    pub(super) incoming: BTreeSet<PacketId>,
 }
 
 impl Persisted {
@@ -183,7 +184,7 @@ impl Persisted {
                     if id == 0 {
                         return Err(bad());
                     }
-                    p.incoming.insert(id);
+                    p.incoming.insert(PacketId::new(id));
                 }
                 _ if line.is_empty() => {}
                 _ => return Err(bad()),
@@ -220,12 +221,12 @@ pub(super) struct Session {
     /// QoS 1/2 records sent and not yet answered, by seq.
     flights: BTreeMap<u64, Stage>,
     /// Downlink QoS 2 ids awaiting PUBREL.
-    incoming: BTreeSet<u16>,
+    incoming: BTreeSet<PacketId>,
     /// QoS 2 records completed upstream, until the queue's ack of them is on disk.
     done: BTreeSet<u64>,
     /// SUBSCRIBE/UNSUBSCRIBE awaiting their ack: packet id -> filters.
-    pending_subs: HashMap<u16, Vec<String>>,
-    pending_unsubs: HashMap<u16, Vec<String>>,
+    pending_subs: HashMap<PacketId, Vec<String>>,
+    pending_unsubs: HashMap<PacketId, Vec<String>>,
     next_sub_id: u16,
     /// From the CONNACK of the current connection.
     cloud_max_packet: Option<usize>,
@@ -386,7 +387,7 @@ impl Session {
     pub(super) fn publish(&mut self, seq: u64, msg: OutMsg, dup: bool) -> Result<Packet, Refusal> {
         let qos = msg.qos.min(self.cloud_max_qos);
         let packet_id = if qos == QoS::AtMostOnce {
-            0
+            PacketId::NONE
         } else {
             packet_id_for(seq)
         };
@@ -455,13 +456,13 @@ impl Session {
         packet
     }
 
-    fn sub_id(&mut self) -> u16 {
+    fn sub_id(&mut self) -> PacketId {
         self.next_sub_id = if self.next_sub_id == u16::MAX {
             PUBLISH_IDS + 1
         } else {
             self.next_sub_id + 1
         };
-        self.next_sub_id
+        PacketId::new(self.next_sub_id)
     }
 
     /// Takes one packet from the cloud; appends what to do to `out`.
@@ -491,7 +492,7 @@ impl Session {
     fn on_puback(&mut self, ack: &PubResp, out: &mut Vec<Event>) {
         let Some(seq) = self.flight_for(ack.packet_id, |s| s == Stage::Published(QoS::AtLeastOnce))
         else {
-            tracing::debug!(packet_id = ack.packet_id, "PUBACK for no record in flight");
+            tracing::debug!(packet_id = %ack.packet_id, "PUBACK for no record in flight");
             return;
         };
         self.flights.remove(&seq);
@@ -536,7 +537,7 @@ impl Session {
 
     fn on_pubcomp(&mut self, comp: &PubResp, out: &mut Vec<Event>) {
         let Some(seq) = self.flight_for(comp.packet_id, |s| s == Stage::Released) else {
-            tracing::debug!(packet_id = comp.packet_id, "PUBCOMP for no released record");
+            tracing::debug!(packet_id = %comp.packet_id, "PUBCOMP for no released record");
             return;
         };
         self.flights.remove(&seq);
@@ -546,14 +547,15 @@ impl Session {
     }
 
     /// The in-flight seq whose packet id is `id` and whose stage passes `ok`.
-    fn flight_for(&self, id: u16, ok: impl Fn(Stage) -> bool) -> Option<u64> {
+    fn flight_for(&self, id: PacketId, ok: impl Fn(Stage) -> bool) -> Option<u64> {
+        let id = id.get();
         if id == 0 || id > PUBLISH_IDS {
             return None;
         }
         let oldest = self.oldest()?;
         // The window spans fewer than PUBLISH_IDS seqs: the one with this id is the first
         // seq >= oldest whose id matches.
-        let base = packet_id_for(oldest);
+        let base = packet_id_for(oldest).get();
         let offset =
             (u64::from(id) + u64::from(PUBLISH_IDS) - u64::from(base)) % u64::from(PUBLISH_IDS);
         let seq = oldest + offset;
@@ -608,7 +610,7 @@ impl Session {
 
     fn on_suback(&mut self, ack: SubAck, out: &mut Vec<Event>) {
         let Some(filters) = self.pending_subs.remove(&ack.packet_id) else {
-            tracing::debug!(packet_id = ack.packet_id, "SUBACK for no SUBSCRIBE");
+            tracing::debug!(packet_id = %ack.packet_id, "SUBACK for no SUBSCRIBE");
             return;
         };
         if ack.reasons.len() != filters.len() {

@@ -36,7 +36,7 @@ fn msg(qos: QoS, size: usize) -> OutMsg {
 
 fn resp(packet_id: u16, reason: u8) -> PubResp {
     PubResp {
-        packet_id,
+        packet_id: PacketId::new(packet_id),
         reason,
         ..PubResp::default()
     }
@@ -80,13 +80,16 @@ fn a_records_packet_id_is_its_seq_so_a_resend_keeps_it_and_sets_dup() {
     assert_eq!(published(&again).packet_id, published(&first).packet_id);
     assert!(published(&again).dup);
     // Ids wrap inside the publish range and never reach the SUBSCRIBE range.
-    assert_eq!(packet_id_for(u64::from(PUBLISH_IDS) - 1), PUBLISH_IDS);
-    assert_eq!(packet_id_for(u64::from(PUBLISH_IDS)), 1);
+    assert_eq!(
+        packet_id_for(u64::from(PUBLISH_IDS) - 1),
+        PacketId::new(PUBLISH_IDS)
+    );
+    assert_eq!(packet_id_for(u64::from(PUBLISH_IDS)), PacketId::new(1));
     let sub = s.subscribe(vec!["edge/cmd/#".into()], QoS::AtLeastOnce);
     let Packet::Subscribe(sub) = sub else {
         panic!("not a SUBSCRIBE")
     };
-    assert!(sub.packet_id > PUBLISH_IDS);
+    assert!(sub.packet_id > PacketId::new(PUBLISH_IDS));
 }
 
 #[test]
@@ -95,7 +98,7 @@ fn qos2_resumes_at_pubrel_after_a_reconnect_and_never_resends_the_publish() {
     s.on_connack(&connack(false));
     let p = s.publish(7, msg(QoS::ExactlyOnce, 4), false).expect("fits");
     let id = published(&p).packet_id;
-    let ev = feed(&mut s, Packet::PubRec(resp(id, 0)));
+    let ev = feed(&mut s, Packet::PubRec(resp(id.get(), 0)));
     assert!(matches!(sent(&ev)[..], [Packet::PubRel(r)] if r.packet_id == id));
     assert!(
         s.take_dirty(),
@@ -110,7 +113,7 @@ fn qos2_resumes_at_pubrel_after_a_reconnect_and_never_resends_the_publish() {
         s.is_released(7),
         "the link must skip the record, not publish it again"
     );
-    let ev = feed(&mut s, Packet::PubComp(resp(id, 0)));
+    let ev = feed(&mut s, Packet::PubComp(resp(id.get(), 0)));
     assert!(matches!(ev[..], [Event::Delivered(7)]));
     assert!(s.take_dirty());
     assert!(s.persisted().released.is_empty());
@@ -130,11 +133,11 @@ fn qos2_state_survives_a_restart_through_the_persisted_form() {
     s.on_connack(&connack(false));
     let p = s.publish(3, msg(QoS::ExactlyOnce, 1), false).expect("fits");
     let id = published(&p).packet_id;
-    feed(&mut s, Packet::PubRec(resp(id, 0)));
+    feed(&mut s, Packet::PubRec(resp(id.get(), 0)));
     let down = Publish {
         qos: QoS::ExactlyOnce,
         topic: ByteStr::from("edge/cmd/x"),
-        packet_id: 900,
+        packet_id: PacketId::new(900),
         ..Publish::default()
     };
     feed(&mut s, Packet::Publish(down.clone()));
@@ -155,7 +158,7 @@ fn qos2_state_survives_a_restart_through_the_persisted_form() {
     // The cloud resends the downlink PUBLISH (it missed our PUBREC): not delivered twice.
     let ev = feed(&mut s, Packet::Publish(down));
     assert!(!ev.iter().any(|e| matches!(e, Event::Downlink(_))));
-    assert!(matches!(sent(&ev)[..], [Packet::PubRec(r)] if r.packet_id == 900));
+    assert!(matches!(sent(&ev)[..], [Packet::PubRec(r)] if r.packet_id == PacketId::new(900)));
 }
 
 #[test]
@@ -163,7 +166,10 @@ fn without_a_cloud_session_released_records_count_as_delivered() {
     let mut s = session(V4, 8);
     s.on_connack(&connack(false));
     let p = s.publish(5, msg(QoS::ExactlyOnce, 1), false).expect("fits");
-    feed(&mut s, Packet::PubRec(resp(published(&p).packet_id, 0)));
+    feed(
+        &mut s,
+        Packet::PubRec(resp((published(&p).packet_id).get(), 0)),
+    );
     s.take_dirty();
     let resume = s.on_connack(&connack(false));
     assert!(resume.pubrels.is_empty());
@@ -180,7 +186,10 @@ fn a_refused_pubrec_or_puback_frees_the_slot_and_sends_no_pubrel() {
         .publish(10, msg(QoS::ExactlyOnce, 1), false)
         .expect("fits");
     assert!(!s.has_room_for(11), "window of one is full");
-    let ev = feed(&mut s, Packet::PubRec(resp(published(&p).packet_id, 0x87)));
+    let ev = feed(
+        &mut s,
+        Packet::PubRec(resp((published(&p).packet_id).get(), 0x87)),
+    );
     assert!(
         matches!(&ev[..], [Event::Refused(10, Refusal::Reason(0x87))]),
         "{ev:?}"
@@ -191,7 +200,10 @@ fn a_refused_pubrec_or_puback_frees_the_slot_and_sends_no_pubrel() {
     let p = s
         .publish(11, msg(QoS::AtLeastOnce, 1), false)
         .expect("fits");
-    let ev = feed(&mut s, Packet::PubAck(resp(published(&p).packet_id, 0x97)));
+    let ev = feed(
+        &mut s,
+        Packet::PubAck(resp((published(&p).packet_id).get(), 0x97)),
+    );
     assert!(matches!(
         &ev[..],
         [Event::Refused(11, Refusal::Reason(0x97))]
@@ -202,7 +214,10 @@ fn a_refused_pubrec_or_puback_frees_the_slot_and_sends_no_pubrel() {
     let p = s
         .publish(12, msg(QoS::AtLeastOnce, 1), false)
         .expect("fits");
-    let ev = feed(&mut s, Packet::PubAck(resp(published(&p).packet_id, 0x10)));
+    let ev = feed(
+        &mut s,
+        Packet::PubAck(resp((published(&p).packet_id).get(), 0x10)),
+    );
     assert!(matches!(&ev[..], [Event::Delivered(12)]));
 }
 
@@ -213,7 +228,7 @@ fn an_unknown_pubrel_gets_a_pubcomp_instead_of_killing_the_link() {
         s.on_connack(&connack(true));
         let ev = feed(&mut s, Packet::PubRel(resp(77, 0)));
         assert!(
-            matches!(sent(&ev)[..], [Packet::PubComp(c)] if c.packet_id == 77 && c.reason == reason),
+            matches!(sent(&ev)[..], [Packet::PubComp(c)] if c.packet_id == PacketId::new(77) && c.reason == reason),
             "{ev:?}"
         );
         assert!(!ev.iter().any(|e| matches!(e, Event::Violation(_))));
@@ -227,7 +242,7 @@ fn downlink_qos2_is_delivered_once_per_packet_id_until_its_pubrel() {
     let p = Publish {
         qos: QoS::ExactlyOnce,
         topic: ByteStr::from("edge/cmd/x"),
-        packet_id: 4,
+        packet_id: PacketId::new(4),
         ..Publish::default()
     };
     let ev = feed(&mut s, Packet::Publish(p.clone()));
@@ -359,7 +374,7 @@ fn damaged_session_files_are_refused() {
     assert!(Persisted::decode("holdfast-bridge-session 1\nin 70000\n").is_err());
     let p = Persisted {
         released: BTreeSet::from([1, u64::MAX]),
-        incoming: BTreeSet::from([1, 65535]),
+        incoming: BTreeSet::from([PacketId::new(1), PacketId::new(65535)]),
         done: BTreeSet::from([0, 9]),
     };
     assert_eq!(Persisted::decode(&p.encode()), Ok(p));

@@ -33,6 +33,7 @@ use super::Broker;
 use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use bytes::Bytes;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
     reason, topic, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
 };
@@ -273,7 +274,7 @@ pub struct Received {
     /// Sent before (after a resume), as MQTT's DUP.
     pub dup: bool,
     /// The session's packet id for the acknowledgement; 0 for QoS 0.
-    pub packet_id: u16,
+    pub packet_id: PacketId,
 }
 
 /// A connected in-process client. See the module documentation.
@@ -731,7 +732,7 @@ impl Drop for Client {
     }
 }
 
-fn received(delivery: Delivery, packet_id: u16, dup: bool) -> Received {
+fn received(delivery: Delivery, packet_id: PacketId, dup: bool) -> Received {
     Received {
         qos: delivery.qos,
         retain: delivery.retain,

@@ -120,7 +120,7 @@ async fn a_publish_is_refused_by_the_acl_or_its_topic_and_otherwise_routed_to_ev
     assert_eq!((payload(&got), got.qos), (&b"21.5"[..], QoS::AtLeastOnce));
     assert_eq!(got.message.publisher_client_id.as_deref(), Some("poller"));
     let got = recv_within(&mut sub2, 1000).await.expect("sub-2 gets it");
-    assert_eq!((got.qos, got.packet_id), (QoS::AtMostOnce, 0));
+    assert_eq!((got.qos, got.packet_id), (QoS::AtMostOnce, PacketId::NONE));
     let nobody = Publication::new("n/1", "x", QoS::AtMostOnce);
     assert_eq!(
         alice.publish(nobody).await,

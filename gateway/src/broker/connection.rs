@@ -51,6 +51,7 @@ use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
     decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
     Properties, ProtocolVersion, PubResp, Publish, PublishRef, QoS, SubAck, UnsubAck,
@@ -171,7 +172,7 @@ struct MqttSession {
     /// Deliveries taken from the session (reused).
     outgoing: Vec<Outgoing>,
     /// Outbound packet ids dropped as too large for the client, to release from the window.
-    released: Vec<u16>,
+    released: Vec<PacketId>,
     /// Acknowledgements waiting for a bridge queue's sync; allocated on first use, since most
     /// connections never publish to a bridged topic.
     held: Option<Box<HeldAcks>>,
@@ -341,7 +342,7 @@ fn set_reason(packet: &mut Packet, code: u8) {
     }
 }
 
-fn pub_resp(kind: fn(PubResp) -> Packet, packet_id: u16, code: u8) -> Packet {
+fn pub_resp(kind: fn(PubResp) -> Packet, packet_id: PacketId, code: u8) -> Packet {
     kind(PubResp {
         packet_id,
         reason: code,

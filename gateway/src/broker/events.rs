@@ -12,6 +12,7 @@ use super::stats::DisconnectReason;
 use super::sys::ClientInfo;
 use crate::config::WebhookEvent as EventKind;
 use bytes::Bytes;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{ByteStr, QoS, SubscriptionOptions};
 
 /// A message dropped whole, for [`Events::message_dropped`].
@@ -66,7 +67,7 @@ pub trait Events: Send + Sync + std::fmt::Debug {
         &self,
         clientid: &str,
         username: Option<&str>,
-        packet_id: u16,
+        packet_id: PacketId,
         delivery: &Delivery,
     );
     /// A message dropped whole.
@@ -81,7 +82,7 @@ pub fn acked(
     events: &dyn Events,
     router: &super::router::Router,
     session: super::message::SessionId,
-    packet_id: u16,
+    packet_id: PacketId,
     state: super::session::InflightState,
     clientid: &str,
     username: Option<&str>,
@@ -115,7 +116,7 @@ impl Events for NoEvents {
     fn session_unsubscribed(&self, _: &str, _: Option<&str>, _: &[ByteStr], _: &[u8]) {}
     fn message_publish(&self, _: &str, _: Option<&str>, _: &Message) {}
     fn message_delivered(&self, _: &str, _: Option<&str>, _: &Delivery) {}
-    fn message_acked(&self, _: &str, _: Option<&str>, _: u16, _: &Delivery) {}
+    fn message_acked(&self, _: &str, _: Option<&str>, _: PacketId, _: &Delivery) {}
     fn message_dropped(&self, _: Dropped<'_>) {}
     fn as_any(&self) -> &dyn std::any::Any {
         self

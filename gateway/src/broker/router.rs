@@ -25,6 +25,7 @@ use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites
 use crate::config::{OwnerMismatch, SharedStrategy};
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{RetainedStore, SessionStore};
 use std::cell::Cell;
@@ -176,12 +177,12 @@ pub enum Outgoing {
         /// What to send.
         delivery: Delivery,
         /// Packet id.
-        packet_id: u16,
+        packet_id: PacketId,
         /// Resent after a reconnect.
         dup: bool,
     },
     /// A PUBREL resent after a reconnect.
-    PubRel(u16),
+    PubRel(PacketId),
 }
 
 /// Outcome of an inbound QoS 2 PUBLISH.

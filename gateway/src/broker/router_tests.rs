@@ -10,6 +10,7 @@ use crate::broker::router::test_support::*;
 use crate::broker::router::*;
 use crate::broker::session::*;
 use crate::config::OwnerMismatch;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{reason, ByteStr, QoS};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -88,13 +89,16 @@ fn a_delivery_gets_the_lower_of_the_published_and_the_subscribed_qos() {
     let high = publishes(&drain(&mut r, s2, c2.conn_id, t0));
     assert_eq!(
         low.iter().map(|s| (s.qos, s.packet_id)).collect::<Vec<_>>(),
-        [(QoS::AtMostOnce, 0), (QoS::AtMostOnce, 0)]
+        [
+            (QoS::AtMostOnce, PacketId::NONE),
+            (QoS::AtMostOnce, PacketId::NONE)
+        ]
     );
     assert_eq!(
         high.iter().map(|s| s.qos).collect::<Vec<_>>(),
         [QoS::ExactlyOnce, QoS::AtLeastOnce]
     );
-    assert!(high.iter().all(|s| s.packet_id != 0));
+    assert!(high.iter().all(|s| s.packet_id != PacketId::NONE));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +298,7 @@ mod ordering_property {
                     return Ok(());
                 };
                 match o {
-                    Outgoing::PubRel(id) => self.owed.push(Owed::Comp(id)),
+                    Outgoing::PubRel(id) => self.owed.push(Owed::Comp(id.get())),
                     Outgoing::Publish {
                         delivery,
                         packet_id,
@@ -322,9 +326,9 @@ mod ordering_property {
                             self.seen.insert((p, t, seq));
                         }
                         match delivery.qos {
-                            QoS::AtMostOnce => prop_assert_eq!(packet_id, 0),
-                            QoS::AtLeastOnce => self.owed.push(Owed::Ack(packet_id)),
-                            QoS::ExactlyOnce => self.owed.push(Owed::Rec(packet_id)),
+                            QoS::AtMostOnce => prop_assert_eq!(packet_id, PacketId::NONE),
+                            QoS::AtLeastOnce => self.owed.push(Owed::Ack(packet_id.get())),
+                            QoS::ExactlyOnce => self.owed.push(Owed::Rec(packet_id.get())),
                         }
                     }
                 }
@@ -334,13 +338,21 @@ mod ordering_property {
 
         fn answer(&mut self, r: &mut Router, index: usize) -> Result<(), TestCaseError> {
             match self.owed.remove(index) {
-                Owed::Ack(id) => prop_assert!(r.puback(self.sid, id), "puback {}", id),
+                Owed::Ack(id) => {
+                    prop_assert!(r.puback(self.sid, PacketId::new(id)), "puback {}", id)
+                }
                 Owed::Rec(id) => {
-                    prop_assert!(r.pubrec(self.sid, id, reason::SUCCESS), "pubrec {}", id);
+                    prop_assert!(
+                        r.pubrec(self.sid, PacketId::new(id), reason::SUCCESS),
+                        "pubrec {}",
+                        id
+                    );
                     // The connection answers PUBREL at once; the client then owes PUBCOMP.
                     self.owed.push(Owed::Comp(id));
                 }
-                Owed::Comp(id) => prop_assert!(r.pubcomp(self.sid, id), "pubcomp {}", id),
+                Owed::Comp(id) => {
+                    prop_assert!(r.pubcomp(self.sid, PacketId::new(id)), "pubcomp {}", id)
+                }
             }
             Ok(())
         }

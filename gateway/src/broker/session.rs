@@ -8,6 +8,7 @@
 use super::message::{Delivery, SessionId};
 use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -150,7 +151,7 @@ pub enum InflightState {
 #[derive(Debug, Clone)]
 pub struct Inflight {
     /// Packet id it was sent with.
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// Handshake state.
     pub state: InflightState,
     /// The delivery, kept to resend with DUP after a reconnect.
@@ -188,9 +189,9 @@ pub struct Session {
     /// Outbound QoS 1/2 messages not yet acknowledged, in send order. Capped by the window.
     pub inflight: VecDeque<Inflight>,
     /// Inbound QoS 2 packet ids we answered PUBREC for and await PUBREL on.
-    pub awaiting_rel: HashSet<u16>,
+    pub awaiting_rel: HashSet<PacketId>,
     /// Next outbound packet id to try.
-    pub next_packet_id: u16,
+    pub next_packet_id: PacketId,
     /// The connection serving this session, if connected.
     pub conn: Option<Arc<ConnControl>>,
     /// How long the session outlives its connection.
@@ -258,7 +259,7 @@ impl Session {
             mqueue: VecDeque::new(),
             inflight: VecDeque::new(),
             awaiting_rel: HashSet::new(),
-            next_packet_id: 1,
+            next_packet_id: PacketId::FIRST,
             conn: None,
             expiry: Duration::ZERO,
             expires_at: None,
@@ -281,10 +282,10 @@ impl Session {
     }
 
     /// Allocates an outbound packet id not used by the inflight window.
-    pub fn allocate_packet_id(&mut self) -> u16 {
+    pub fn allocate_packet_id(&mut self) -> PacketId {
         loop {
             let id = self.next_packet_id;
-            self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+            self.next_packet_id = id.next();
             if !self.inflight.iter().any(|f| f.packet_id == id) {
                 return id;
             }

@@ -72,6 +72,7 @@ use super::message::{BuildIdHasher, Delivery, Message, SessionId};
 use super::persist;
 use super::session::{Inflight, InflightState, Owner, Session, Subscription};
 use super::Broker;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
     PendingState, SessionStore, StoredPending, StoredSession, StoredSubscription, StoredWill,
@@ -330,7 +331,7 @@ pub fn stored_session(s: &Session, now: Instant, unix_now_ms: u64) -> StoredSess
         })
         .collect();
     subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
-    let mut awaiting_rel: Vec<u16> = s.awaiting_rel.iter().copied().collect();
+    let mut awaiting_rel: Vec<u16> = s.awaiting_rel.iter().map(|id| id.get()).collect();
     awaiting_rel.sort_unstable();
     let pending_will = s.pending_will().map(|w| {
         let due_in = w.publish_at.saturating_duration_since(now);
@@ -367,7 +368,7 @@ fn stored_pending(s: &Session, seq: u64, now: Instant) -> Option<StoredPending> 
                 InflightState::AwaitPubRec => PendingState::AwaitPubRec,
                 InflightState::AwaitPubComp => PendingState::AwaitPubComp,
             };
-            (&f.delivery, Some(f.packet_id), state)
+            (&f.delivery, Some(f.packet_id.get()), state)
         }
         None => {
             let i = s.mqueue.binary_search_by_key(&seq, |d| d.seq).ok()?;
@@ -460,7 +461,7 @@ pub fn pending_from_stored(p: StoredPending, now: Instant) -> Option<Restored> {
     };
     match p.packet_id.filter(|&id| id != 0) {
         Some(packet_id) => Some(Restored::Inflight(Inflight {
-            packet_id,
+            packet_id: PacketId::new(packet_id),
             state,
             delivery,
         })),

@@ -11,6 +11,7 @@ use super::session::*;
 use super::session_persist::{self, SessionWrites};
 use crate::config::SharedStrategy;
 use bytes::Bytes;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{reason, ByteStr, PublishProperties, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
     KvBackend, KvError, MemoryStore, PendingState, SessionStore, StoredMessage, StoredPending,
@@ -96,7 +97,12 @@ fn msg(topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
 }
 
 /// (payload, packet id, dup) of each PUBLISH drained; "PUBREL n" for a PUBREL.
-fn drain(r: &mut Router, sid: SessionId, conn_id: u64, now: Instant) -> Vec<(String, u16, bool)> {
+fn drain(
+    r: &mut Router,
+    sid: SessionId,
+    conn_id: u64,
+    now: Instant,
+) -> Vec<(String, PacketId, bool)> {
     let mut out = Vec::new();
     r.take_outgoing(sid, conn_id, 10_000, now, &mut out);
     out.into_iter()
@@ -115,7 +121,7 @@ fn drain(r: &mut Router, sid: SessionId, conn_id: u64, now: Instant) -> Vec<(Str
         .collect()
 }
 
-fn payloads(v: &[(String, u16, bool)]) -> Vec<String> {
+fn payloads(v: &[(String, PacketId, bool)]) -> Vec<String> {
     v.iter().map(|(p, _, _)| p.clone()).collect()
 }
 
@@ -275,8 +281,8 @@ fn inflight_deliveries_are_resent_with_dup_and_their_packet_ids_after_a_restart(
     let mut out = Vec::new();
     r.take_outgoing(sid, conn.conn_id, 4, t0, &mut out);
     assert_eq!(out.len(), 4);
-    assert!(r.puback(sid, 1));
-    assert!(r.pubrec(sid, 3, reason::SUCCESS));
+    assert!(r.puback(sid, PacketId::new(1)));
+    assert!(r.pubrec(sid, PacketId::new(3), reason::SUCCESS));
     // Connected: nothing is written until a flush finds a delivery still unacknowledged that
     // the previous flush had already seen inflight.
     flush(&mut r, &store, t0);
@@ -305,9 +311,9 @@ fn inflight_deliveries_are_resent_with_dup_and_their_packet_ids_after_a_restart(
     assert_eq!(
         got,
         [
-            ("q1-unacked".to_string(), 2, true),
-            ("PUBREL 3".to_string(), 3, false),
-            ("q2-unacked".to_string(), 4, true),
+            ("q1-unacked".to_string(), PacketId::new(2), true),
+            ("PUBREL 3".to_string(), PacketId::new(3), false),
+            ("q2-unacked".to_string(), PacketId::new(4), true),
         ]
     );
 }
@@ -597,9 +603,9 @@ fn odd_stored_records_are_skipped_without_panicking() {
     assert_eq!(
         got,
         [
-            ("fine".to_string(), 5, true),
-            ("no-packet-id".to_string(), 6, false),
-            ("wrong-state".to_string(), 7, false),
+            ("fine".to_string(), PacketId::new(5), true),
+            ("no-packet-id".to_string(), PacketId::new(6), false),
+            ("wrong-state".to_string(), PacketId::new(7), false),
         ]
     );
     assert_eq!(r.subscriptions_of("odd").len(), 1);
@@ -690,9 +696,9 @@ fn qos2_ids_awaiting_pubrel_and_a_delayed_will_survive_a_restart() {
     let (mut r, _) = started(&store, t0);
     let (res, conn) = connect(&mut r, "dev", false, HOUR, t0);
     let sid = res.session_id;
-    assert_eq!(r.receive_qos2(sid, 7, 100), Qos2Receive::New);
-    assert_eq!(r.receive_qos2(sid, 8, 100), Qos2Receive::New);
-    assert!(r.pubrel(sid, 8));
+    assert_eq!(r.receive_qos2(sid, PacketId::new(7), 100), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(sid, PacketId::new(8), 100), Qos2Receive::New);
+    assert!(r.pubrel(sid, PacketId::new(8)));
     let will = msg("wills/dev", "gone", QoS::AtLeastOnce);
     r.disconnect(
         sid,
@@ -720,10 +726,13 @@ fn qos2_ids_awaiting_pubrel_and_a_delayed_will_survive_a_restart() {
     );
     let (back, _c) = connect(&mut r, "dev", false, HOUR, t0);
     assert_eq!(
-        r.receive_qos2(back.session_id, 7, 100),
+        r.receive_qos2(back.session_id, PacketId::new(7), 100),
         Qos2Receive::Duplicate
     );
-    assert_eq!(r.receive_qos2(back.session_id, 8, 100), Qos2Receive::New);
+    assert_eq!(
+        r.receive_qos2(back.session_id, PacketId::new(8), 100),
+        Qos2Receive::New
+    );
     // The resume cancelled the will: it is not published, and not stored any more.
     r.tick(t0 + Duration::from_secs(601));
     flush(&mut r, &store, t0);

@@ -32,6 +32,7 @@ use crate::broker::sys::ClientInfo;
 use crate::broker::Broker;
 use crate::config::{EventSet, WebhookConfig, WebhookEvent};
 use bytes::Bytes;
+use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{topic, ByteStr, QoS, SubscriptionOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -284,7 +285,7 @@ impl Webhooks {
         &self,
         clientid: &str,
         username: Option<&str>,
-        packet_id: u16,
+        packet_id: PacketId,
         delivery: impl FnOnce() -> Option<Delivery>,
     ) {
         if !self.wants(WebhookEvent::MessageAcked) {
@@ -297,7 +298,7 @@ impl Webhooks {
         self.emit(WebhookEvent::MessageAcked, Some(&msg.topic), || {
             let mut extra = MessageDetail::default_extra();
             extra.from_clientid = msg.publisher_client_id.as_ref().map(|c| c.to_string());
-            extra.packet_id = Some(packet_id);
+            extra.packet_id = Some(packet_id.get());
             message_event(
                 WebhookEvent::MessageAcked,
                 clientid,
@@ -521,7 +522,7 @@ impl Events for Webhooks {
         &self,
         clientid: &str,
         username: Option<&str>,
-        packet_id: u16,
+        packet_id: PacketId,
         delivery: &Delivery,
     ) {
         Webhooks::message_acked(self, clientid, username, packet_id, || {

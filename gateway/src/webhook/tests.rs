@@ -64,7 +64,9 @@ fn with_no_webhooks_nothing_is_wanted_and_nothing_is_built() {
         assert!(!w.wants(e));
     }
     w.client_connected(|| panic!("built an event nobody wants"));
-    w.message_acked("c", None, 1, || panic!("looked up an ack nobody wants"));
+    w.message_acked("c", None, PacketId::new(1), || {
+        panic!("looked up an ack nobody wants")
+    });
     w.message_publish("c", None, &message("a"));
     assert!(w.snapshot().is_empty());
 }

@@ -46,9 +46,9 @@ mod properties;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::packet::{
-    Auth, ByteStr, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion,
-    PubResp, Publish, PublishProperties, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-    Unsubscribe,
+    Auth, ByteStr, ConnAck, Connect, Disconnect, LastWill, Packet, PacketId, Properties,
+    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use properties::{
     put_properties, put_properties_section, put_publish_properties_section, read_properties,
@@ -549,12 +549,12 @@ impl Reader {
     }
 
     /// A packet identifier, which must not be 0.
-    fn packet_id(&mut self) -> Result<u16, DecodeError> {
+    fn packet_id(&mut self) -> Result<PacketId, DecodeError> {
         match self.u16()? {
             0 => Err(DecodeError::ZeroPacketId {
                 packet: self.packet,
             }),
-            id => Ok(id),
+            id => Ok(PacketId::new(id)),
         }
     }
 
@@ -745,7 +745,7 @@ fn read_publish(r: &mut Reader, first: u8, v5: bool) -> Result<Publish, DecodeEr
     let topic = r.string("topic name")?;
     check_topic_name(&topic, "PUBLISH")?;
     let packet_id = if qos == QoS::AtMostOnce {
-        0
+        PacketId::NONE
     } else {
         r.packet_id()?
     };
@@ -965,7 +965,7 @@ pub struct PublishRef<'a> {
     /// Topic name (empty with a v5 topic alias).
     pub topic: &'a str,
     /// Packet identifier (not written for QoS 0).
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// Payload.
     pub payload: &'a [u8],
     /// v5 properties (not written for 3.x).
@@ -1189,14 +1189,14 @@ fn put_body<S: Sink>(s: &mut S, packet: &Packet, protocol: ProtocolVersion) {
         Packet::ConnAck(a) => put_connack(s, a, protocol),
         Packet::Publish(p) => put_publish(s, p, protocol),
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
-            s.u16(r.packet_id);
+            s.u16(r.packet_id.get());
             if v5 {
                 put_reason_and_properties(s, r.reason, &r.properties, ACK_PROPERTIES, true);
             }
         }
         Packet::Subscribe(sub) => put_subscribe(s, sub, v5),
         Packet::SubAck(a) => {
-            s.u16(a.packet_id);
+            s.u16(a.packet_id.get());
             if v5 {
                 put_properties_section(s, &a.properties, ACK_PROPERTIES);
                 s.slice(&a.reasons);
@@ -1207,7 +1207,7 @@ fn put_body<S: Sink>(s: &mut S, packet: &Packet, protocol: ProtocolVersion) {
             }
         }
         Packet::Unsubscribe(u) => {
-            s.u16(u.packet_id);
+            s.u16(u.packet_id.get());
             if v5 {
                 put_properties_section(s, &u.properties, UNSUBSCRIBE_PROPERTIES);
             }
@@ -1216,7 +1216,7 @@ fn put_body<S: Sink>(s: &mut S, packet: &Packet, protocol: ProtocolVersion) {
             }
         }
         Packet::UnsubAck(a) => {
-            s.u16(a.packet_id);
+            s.u16(a.packet_id.get());
             if v5 {
                 put_properties_section(s, &a.properties, ACK_PROPERTIES);
                 s.slice(&a.reasons);
@@ -1313,7 +1313,7 @@ fn put_publish<S: Sink>(s: &mut S, p: &Publish, protocol: ProtocolVersion) {
 fn put_publish_ref<S: Sink>(s: &mut S, p: &PublishRef<'_>, protocol: ProtocolVersion) {
     s.prefixed("topic name", p.topic.as_bytes());
     if p.qos != QoS::AtMostOnce {
-        s.u16(p.packet_id);
+        s.u16(p.packet_id.get());
     }
     if protocol.is_v5() {
         put_publish_properties_section(s, p.properties, PUBLISH_PROPERTIES, None);
@@ -1322,7 +1322,7 @@ fn put_publish_ref<S: Sink>(s: &mut S, p: &PublishRef<'_>, protocol: ProtocolVer
 }
 
 fn put_subscribe<S: Sink>(s: &mut S, sub: &Subscribe, v5: bool) {
-    s.u16(sub.packet_id);
+    s.u16(sub.packet_id.get());
     if v5 {
         put_properties_section(s, &sub.properties, SUBSCRIBE_PROPERTIES);
     }

@@ -34,6 +34,45 @@ impl ProtocolVersion {
     }
 }
 
+/// An MQTT packet identifier: the number that pairs a QoS 1/2 PUBLISH with its acks and a
+/// (UN)SUBSCRIBE with its (UN)SUBACK. A type of its own so that it is never mixed up with the
+/// other 16-bit numbers of the protocol (topic alias, receive maximum, keep-alive) or with the
+/// queue sequence numbers packet ids are derived from. [`PacketId::NONE`] (0) stands only for
+/// "absent" in a QoS 0 PUBLISH; the decoder never yields it anywhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PacketId(u16);
+
+impl PacketId {
+    /// "No packet id" (a QoS 0 PUBLISH); not valid on any packet that carries one.
+    pub const NONE: PacketId = PacketId(0);
+    /// The first id a sender hands out.
+    pub const FIRST: PacketId = PacketId(1);
+
+    /// The id with this wire value.
+    pub const fn new(raw: u16) -> PacketId {
+        PacketId(raw)
+    }
+
+    /// The wire value.
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The id after this one, skipping 0: 65535 is followed by 1.
+    pub const fn next(self) -> PacketId {
+        match self.0.checked_add(1) {
+            Some(id) => PacketId(id),
+            None => PacketId::FIRST,
+        }
+    }
+}
+
+impl fmt::Display for PacketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Quality of service of a publish or a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum QoS {
@@ -361,7 +400,7 @@ pub struct Publish {
     /// Topic name; may be empty in v5 when a topic alias is given.
     pub topic: ByteStr,
     /// Packet identifier; 0 (absent on the wire) for QoS 0, non-zero otherwise.
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// Application payload.
     pub payload: Bytes,
     /// v5 properties.
@@ -372,7 +411,7 @@ pub struct Publish {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PubResp {
     /// Packet identifier (non-zero).
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// v5 reason code; 0 (success) in 3.1.1.
     pub reason: u8,
     /// v5 properties (reason string, user properties).
@@ -396,7 +435,7 @@ pub struct SubscriptionOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Subscribe {
     /// Packet identifier (non-zero).
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// At least one (filter, options); filters are not validated beyond UTF-8 by the codec.
     pub filters: Vec<(ByteStr, SubscriptionOptions)>,
     /// v5 properties (subscription identifier, user properties).
@@ -407,7 +446,7 @@ pub struct Subscribe {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SubAck {
     /// Packet identifier.
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// One reason per filter: granted QoS 0..=2 or >= 0x80 (3.1.1 encodes every failure as 0x80).
     pub reasons: Vec<u8>,
     /// v5 properties.
@@ -418,7 +457,7 @@ pub struct SubAck {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Unsubscribe {
     /// Packet identifier (non-zero).
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// At least one filter.
     pub filters: Vec<ByteStr>,
     /// v5 properties.
@@ -429,7 +468,7 @@ pub struct Unsubscribe {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnsubAck {
     /// Packet identifier.
-    pub packet_id: u16,
+    pub packet_id: PacketId,
     /// v5: one reason per filter. Not on the wire in 3.1.1 (decoded as empty).
     pub reasons: Vec<u8>,
     /// v5 properties.

@@ -5,6 +5,7 @@
 //! A bad packet ends only this connection, with a reason; nothing here awaits.
 
 use super::*;
+use holdfast_mqtt::PacketId;
 
 impl MqttSession {
     /// Decodes every complete packet in the read buffer and applies them under one lock.
@@ -137,7 +138,7 @@ impl MqttSession {
                     conn_event!(
                         debug,
                         self,
-                        packet_id = ack.packet_id,
+                        packet_id = %ack.packet_id,
                         reason = ack.reason,
                         "PUBACK in"
                     );
@@ -145,7 +146,7 @@ impl MqttSession {
                     conn_event!(
                         debug,
                         self,
-                        packet_id = ack.packet_id,
+                        packet_id = %ack.packet_id,
                         "PUBACK for unknown packet id"
                     );
                 }
@@ -155,7 +156,7 @@ impl MqttSession {
                 conn_event!(
                     debug,
                     self,
-                    packet_id = rec.packet_id,
+                    packet_id = %rec.packet_id,
                     reason = rec.reason,
                     "PUBREC in"
                 );
@@ -174,7 +175,7 @@ impl MqttSession {
                 Ok(())
             }
             Packet::PubComp(comp) => {
-                conn_event!(debug, self, packet_id = comp.packet_id, "PUBCOMP in");
+                conn_event!(debug, self, packet_id = %comp.packet_id, "PUBCOMP in");
                 events::acked(
                     self.broker.events(),
                     r,
@@ -189,7 +190,7 @@ impl MqttSession {
             }
             Packet::PubRel(rel) => {
                 let found = r.pubrel(self.session, rel.packet_id);
-                conn_event!(debug, self, packet_id = rel.packet_id, found, "PUBREL in");
+                conn_event!(debug, self, packet_id = %rel.packet_id, found, "PUBREL in");
                 self.replies.push(Packet::PubComp(PubResp {
                     packet_id: rel.packet_id,
                     reason: if found || !v5 {
@@ -398,7 +399,7 @@ impl MqttSession {
             qos = p.qos as u8,
             retain = p.retain,
             dup = p.dup,
-            packet_id = p.packet_id,
+            packet_id = %p.packet_id,
             bytes = p.payload.len(),
             "PUBLISH in"
         );
@@ -500,7 +501,7 @@ impl MqttSession {
     }
 
     /// Queues the PUBACK (QoS 1) or PUBREC (QoS 2) of an inbound PUBLISH with `code`.
-    pub(super) fn acknowledge(&mut self, qos: QoS, packet_id: u16, code: u8) {
+    pub(super) fn acknowledge(&mut self, qos: QoS, packet_id: PacketId, code: u8) {
         match qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.replies.push(pub_resp(Packet::PubAck, packet_id, code)),

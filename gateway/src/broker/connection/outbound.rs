@@ -220,7 +220,7 @@ impl MqttSession {
                 .dropped_too_large_for_client
                 .fetch_add(1, Ordering::Relaxed);
             conn_event!(warn, self, topic = %crate::broker::short(&msg.topic), "dropped: larger than the client's maximum packet size");
-            if packet_id != 0 {
+            if packet_id != PacketId::NONE {
                 self.released.push(packet_id);
             }
             return;
@@ -238,7 +238,7 @@ impl MqttSession {
             qos = delivery.qos as u8,
             retain = delivery.retain,
             dup,
-            packet_id,
+            packet_id = %packet_id,
             bytes = msg.payload.len(),
             "PUBLISH out"
         );

@@ -120,7 +120,7 @@ fn publish(topic: &str, payload: &str, qos: QoS, packet_id: u16) -> Packet {
         qos,
         retain: false,
         topic: ByteStr::from(topic),
-        packet_id,
+        packet_id: PacketId::new(packet_id),
         payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
         properties: PublishProperties::default(),
     })
@@ -128,7 +128,7 @@ fn publish(topic: &str, payload: &str, qos: QoS, packet_id: u16) -> Packet {
 
 fn subscribe(filter: &str, qos: QoS) -> Packet {
     Packet::Subscribe(Subscribe {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         filters: vec![(
             ByteStr::from(filter),
             SubscriptionOptions {
@@ -142,7 +142,7 @@ fn subscribe(filter: &str, qos: QoS) -> Packet {
 
 fn resp(packet_id: u16) -> PubResp {
     PubResp {
-        packet_id,
+        packet_id: PacketId::new(packet_id),
         reason: reason::SUCCESS,
         properties: Properties::default(),
     }
@@ -175,7 +175,7 @@ async fn a_qos1_publish_is_acknowledged_routed_and_its_delivery_waits_for_the_su
     let session = sub.session.session;
     let inflight = |b: &Broker| b.with_router(|r| r.client_info("sub").map(|c| c.inflight));
     assert_eq!(inflight(&broker), Some(1));
-    sub.input(&[Packet::PubAck(resp(id))]).unwrap();
+    sub.input(&[Packet::PubAck(resp(id.get()))]).unwrap();
     assert_eq!(inflight(&broker), Some(0));
     assert!(broker.with_router(|r| r.subscription_count(session)) == 1);
 }

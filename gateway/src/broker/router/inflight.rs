@@ -5,6 +5,7 @@
 //! A QoS 1/2 message stays in the window until its handshake ends; nothing here drops one.
 
 use super::*;
+use holdfast_mqtt::PacketId;
 
 impl Router {
     /// The client id of session `sid`, if it still exists (for webhook events).
@@ -13,7 +14,7 @@ impl Router {
     pub fn inflight_delivery(
         &self,
         sid: SessionId,
-        packet_id: u16,
+        packet_id: PacketId,
         state: InflightState,
     ) -> Option<Delivery> {
         let s = self.sessions.get(&sid)?;
@@ -25,7 +26,7 @@ impl Router {
 
     /// Removes an outbound inflight entry whatever its state (a delivery discarded because it
     /// was too large for the client counts as delivered, MQTT 5 §3.1.2.11.4).
-    pub fn discard_inflight(&mut self, sid: SessionId, packet_id: u16) -> bool {
+    pub fn discard_inflight(&mut self, sid: SessionId, packet_id: PacketId) -> bool {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return false;
         };
@@ -87,7 +88,7 @@ impl Router {
                     s.note_sent(&delivery);
                     out.push(Outgoing::Publish {
                         delivery,
-                        packet_id: 0,
+                        packet_id: PacketId::NONE,
                         dup: false,
                     });
                     self.counters.deliveries_sent += 1;
@@ -123,19 +124,19 @@ impl Router {
     }
 
     /// PUBACK from the client. False when no QoS 1 message waits on that packet id.
-    pub fn puback(&mut self, sid: SessionId, packet_id: u16) -> bool {
+    pub fn puback(&mut self, sid: SessionId, packet_id: PacketId) -> bool {
         self.finish_inflight(sid, packet_id, InflightState::AwaitPubAck)
     }
 
     /// PUBCOMP from the client. False when no PUBREL waits on that packet id.
-    pub fn pubcomp(&mut self, sid: SessionId, packet_id: u16) -> bool {
+    pub fn pubcomp(&mut self, sid: SessionId, packet_id: PacketId) -> bool {
         self.finish_inflight(sid, packet_id, InflightState::AwaitPubComp)
     }
 
     pub(super) fn finish_inflight(
         &mut self,
         sid: SessionId,
-        packet_id: u16,
+        packet_id: PacketId,
         state: InflightState,
     ) -> bool {
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -156,7 +157,7 @@ impl Router {
 
     /// PUBREC from the client: the message is delivered, a PUBREL follows. An error reason ends
     /// the exchange. False when no QoS 2 message waits on that packet id.
-    pub fn pubrec(&mut self, sid: SessionId, packet_id: u16, reason_code: u8) -> bool {
+    pub fn pubrec(&mut self, sid: SessionId, packet_id: PacketId, reason_code: u8) -> bool {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return false;
         };
@@ -186,7 +187,7 @@ impl Router {
     pub fn receive_qos2(
         &mut self,
         sid: SessionId,
-        packet_id: u16,
+        packet_id: PacketId,
         max_awaiting: usize,
     ) -> Qos2Receive {
         let Some(s) = self.sessions.get_mut(&sid) else {
@@ -205,7 +206,7 @@ impl Router {
     }
 
     /// PUBREL from the client. False when the packet id was not awaiting release.
-    pub fn pubrel(&mut self, sid: SessionId, packet_id: u16) -> bool {
+    pub fn pubrel(&mut self, sid: SessionId, packet_id: PacketId) -> bool {
         self.sessions.get_mut(&sid).is_some_and(|s| {
             let found = s.awaiting_rel.remove(&packet_id);
             if found {

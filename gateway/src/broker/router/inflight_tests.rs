@@ -2,7 +2,7 @@
 
 use crate::broker::router::test_support::*;
 use crate::broker::router::*;
-use holdfast_mqtt::{reason, QoS};
+use holdfast_mqtt::{reason, PacketId, QoS};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -84,14 +84,14 @@ fn the_inflight_window_caps_unacknowledged_deliveries_and_puback_opens_it() {
     }
     let first = publishes(&drain(&mut r, s, c.conn_id, t0));
     assert_eq!(first.len(), 3);
-    let ids: HashSet<u16> = first.iter().map(|s| s.packet_id).collect();
+    let ids: HashSet<PacketId> = first.iter().map(|s| s.packet_id).collect();
     assert_eq!(ids.len(), 3, "distinct packet ids");
-    assert!(!ids.contains(&0));
+    assert!(!ids.contains(&PacketId::NONE));
     assert_eq!(r.sizes().inflight, 3);
     assert_eq!(r.sizes().queued, 2);
     assert!(drain(&mut r, s, c.conn_id, t0).is_empty(), "window full");
 
-    assert!(!r.puback(s, 999), "unknown packet id");
+    assert!(!r.puback(s, PacketId::new(999)), "unknown packet id");
     assert!(
         r.puback(s, first[1].packet_id),
         "acks may come out of order"
@@ -133,22 +133,25 @@ fn packet_ids_wrap_after_65535_and_skip_ids_still_inflight() {
     sub(&mut r, s, "t", QoS::AtLeastOnce, t0);
     r.publish(msg("t", "held", QoS::AtLeastOnce, false, None), t0);
     let held = publishes(&drain(&mut r, s, c.conn_id, t0));
-    assert_eq!(held[0].packet_id, 1);
+    assert_eq!(held[0].packet_id, PacketId::new(1));
     let mut seen = Vec::new();
     for i in 0..u16::MAX as usize + 2 {
         r.publish(msg("t", &i.to_string(), QoS::AtLeastOnce, false, None), t0);
         let out = publishes(&drain(&mut r, s, c.conn_id, t0));
         assert_eq!(out.len(), 1);
         let id = out[0].packet_id;
-        assert_ne!(id, 0, "0 is not a packet id");
-        assert_ne!(id, 1, "id 1 is still inflight");
+        assert_ne!(id, PacketId::NONE, "0 is not a packet id");
+        assert_ne!(id, PacketId::new(1), "id 1 is still inflight");
         seen.push(id);
         assert!(r.puback(s, id));
     }
-    assert_eq!(&seen[..2], [2, 3]);
+    assert_eq!(&seen[..2], [PacketId::new(2), PacketId::new(3)]);
     // After 65535 it wraps to 1, which is taken, so 2.
-    let wrap = seen.iter().position(|&id| id == u16::MAX).unwrap();
-    assert_eq!(seen[wrap + 1], 2);
+    let wrap = seen
+        .iter()
+        .position(|&id| id == PacketId::new(u16::MAX))
+        .unwrap();
+    assert_eq!(seen[wrap + 1], PacketId::new(2));
 }
 
 #[test]
@@ -204,7 +207,7 @@ fn force_shutdown_closes_a_client_whose_queued_bytes_reach_max_heap_size() {
         r.take_outgoing(s, c.conn_id, 10, t0, &mut out);
         for o in &out {
             if let Outgoing::Publish { packet_id, .. } = o {
-                if *packet_id != 0 {
+                if *packet_id != PacketId::new(0) {
                     assert!(r.puback(s, *packet_id));
                 }
             }

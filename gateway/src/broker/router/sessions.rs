@@ -381,6 +381,7 @@ impl Router {
                 .iter()
                 .copied()
                 .filter(|&id| id != 0)
+                .map(PacketId::new)
                 .collect();
             s.owner = match &stored.owner {
                 None => Owner::Unclaimed,
@@ -427,7 +428,7 @@ impl Router {
                         if s.inflight.iter().any(|g| g.packet_id == f.packet_id) {
                             s.restore(f.delivery);
                         } else {
-                            s.next_packet_id = f.packet_id.checked_add(1).unwrap_or(1);
+                            s.next_packet_id = f.packet_id.next();
                             s.restore_inflight(f);
                         }
                     }

@@ -154,7 +154,7 @@ fn discard_inflight_frees_the_slot_whatever_the_handshake_state() {
     assert!(r.discard_inflight(s, sent[0].packet_id), "awaiting PUBACK");
     assert!(!r.discard_inflight(s, sent[0].packet_id));
     assert!(
-        !r.discard_inflight(SessionId::test(999), 1),
+        !r.discard_inflight(SessionId::test(999), PacketId::new(1)),
         "unknown session"
     );
     assert_eq!(drained_payloads(&mut r, s, c.conn_id, t0), ["next"]);
@@ -175,36 +175,45 @@ fn discard_inflight_frees_the_slot_whatever_the_handshake_state() {
 fn receive_qos2_detects_duplicates_and_enforces_max_awaiting() {
     let mut r = router();
     let (s, c) = connect(&mut r, "pub", false, HOUR);
-    assert_eq!(r.receive_qos2(s, 1, 2), Qos2Receive::New);
-    assert_eq!(r.receive_qos2(s, 1, 2), Qos2Receive::Duplicate);
-    assert_eq!(r.receive_qos2(s, 2, 2), Qos2Receive::New);
-    assert_eq!(r.receive_qos2(s, 3, 2), Qos2Receive::Full);
+    assert_eq!(r.receive_qos2(s, PacketId::new(1), 2), Qos2Receive::New);
     assert_eq!(
-        r.receive_qos2(s, 1, 2),
+        r.receive_qos2(s, PacketId::new(1), 2),
+        Qos2Receive::Duplicate
+    );
+    assert_eq!(r.receive_qos2(s, PacketId::new(2), 2), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(s, PacketId::new(3), 2), Qos2Receive::Full);
+    assert_eq!(
+        r.receive_qos2(s, PacketId::new(1), 2),
         Qos2Receive::Duplicate,
         "a resend is recognised even when full"
     );
 
     // PUBREL releases the id: the same id is new again and a slot is free.
-    assert!(r.pubrel(s, 1));
-    assert!(!r.pubrel(s, 1), "a second PUBREL finds nothing");
-    assert!(!r.pubrel(s, 42));
-    assert_eq!(r.receive_qos2(s, 3, 2), Qos2Receive::New);
-    assert_eq!(r.receive_qos2(s, 1, 2), Qos2Receive::Full);
+    assert!(r.pubrel(s, PacketId::new(1)));
+    assert!(
+        !r.pubrel(s, PacketId::new(1)),
+        "a second PUBREL finds nothing"
+    );
+    assert!(!r.pubrel(s, PacketId::new(42)));
+    assert_eq!(r.receive_qos2(s, PacketId::new(3), 2), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(s, PacketId::new(1), 2), Qos2Receive::Full);
 
     // The ids awaiting PUBREL are session state: they survive a resume (MQTT 5.0 §4.1).
     let t0 = Instant::now();
     disconnect(&mut r, s, &c, t0);
     let (s2, _) = connect(&mut r, "pub", false, HOUR);
     assert_eq!(s2, s);
-    assert_eq!(r.receive_qos2(s, 2, 2), Qos2Receive::Duplicate);
-    assert!(r.pubrel(s, 2));
+    assert_eq!(
+        r.receive_qos2(s, PacketId::new(2), 2),
+        Qos2Receive::Duplicate
+    );
+    assert!(r.pubrel(s, PacketId::new(2)));
 
     // ...and go with the session on clean start.
     let (s3, _) = connect(&mut r, "pub", true, HOUR);
-    assert_eq!(r.receive_qos2(s3, 3, 2), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(s3, PacketId::new(3), 2), Qos2Receive::New);
     assert_eq!(
-        r.receive_qos2(SessionId::test(999), 1, 2),
+        r.receive_qos2(SessionId::test(999), PacketId::new(1), 2),
         Qos2Receive::Full,
         "unknown session"
     );
@@ -220,7 +229,7 @@ fn clean_start_discards_the_old_session_and_returns_the_replaced_connection() {
     r.publish(msg("t", "2", QoS::AtLeastOnce, false, None), t0);
     drain(&mut r, old, c_old.conn_id, t0);
     r.publish(msg("t", "3", QoS::AtLeastOnce, false, None), t0);
-    assert_eq!(r.receive_qos2(old, 7, 10), Qos2Receive::New);
+    assert_eq!(r.receive_qos2(old, PacketId::new(7), 10), Qos2Receive::New);
 
     let (res, c_new) = connect_with(&mut r, "dev", true, HOUR, 32);
     assert!(res.discarded);
@@ -242,7 +251,10 @@ fn clean_start_discards_the_old_session_and_returns_the_replaced_connection() {
         r.publish(msg("t", "4", QoS::AtLeastOnce, false, None), t0),
         0
     );
-    assert_eq!(r.receive_qos2(res.session_id, 7, 10), Qos2Receive::New);
+    assert_eq!(
+        r.receive_qos2(res.session_id, PacketId::new(7), 10),
+        Qos2Receive::New
+    );
 
     // The replaced connection's late DISCONNECT touches nothing.
     disconnect(&mut r, old, &c_old, t0);

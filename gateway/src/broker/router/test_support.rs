@@ -193,12 +193,12 @@ pub(crate) struct Sent {
     pub(crate) payload: String,
     pub(crate) qos: QoS,
     pub(crate) retain: bool,
-    pub(crate) packet_id: u16,
+    pub(crate) packet_id: PacketId,
     pub(crate) dup: bool,
     pub(crate) subscription_id: Option<u32>,
 }
 
-pub(crate) fn to_sent(delivery: &Delivery, packet_id: u16, dup: bool) -> Sent {
+pub(crate) fn to_sent(delivery: &Delivery, packet_id: PacketId, dup: bool) -> Sent {
     Sent {
         topic: delivery.message.topic.to_string(),
         payload: String::from_utf8_lossy(&delivery.message.payload).into_owned(),

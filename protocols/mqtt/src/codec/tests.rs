@@ -61,7 +61,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Pub
     Publish {
         qos,
         topic: s(topic),
-        packet_id,
+        packet_id: PacketId::new(packet_id),
         payload: Bytes::from_static(payload),
         ..Publish::default()
     }
@@ -69,7 +69,7 @@ fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Pub
 
 fn ack(packet_id: u16, reason: u8) -> PubResp {
     PubResp {
-        packet_id,
+        packet_id: PacketId::new(packet_id),
         reason,
         properties: Properties::default(),
     }
@@ -204,7 +204,7 @@ fn the_four_3_1_1_publish_acknowledgements_are_a_packet_id() {
 #[test]
 fn a_3_1_1_subscribe_codes_filters_with_their_qos() {
     let sub = Subscribe {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         filters: vec![
             (
                 s("a/#"),
@@ -227,13 +227,13 @@ fn a_3_1_1_subscribe_codes_filters_with_their_qos() {
 #[test]
 fn a_3_1_1_suback_encodes_every_failure_as_0x80() {
     let suback = SubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         reasons: vec![1, 0x80],
         properties: Properties::default(),
     };
     codes_as(&[0x90, 4, 0, 1, 1, 0x80], V3_1_1, Packet::SubAck(suback));
     let failures = Packet::SubAck(SubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         reasons: vec![reason::NOT_AUTHORIZED, reason::TOPIC_FILTER_INVALID, 2],
         properties: Properties::default(),
     });
@@ -243,7 +243,7 @@ fn a_3_1_1_suback_encodes_every_failure_as_0x80() {
 #[test]
 fn a_3_1_1_unsubscribe_and_unsuback_code_without_reasons() {
     let unsub = Unsubscribe {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         filters: vec![s("a/b")],
         properties: Properties::default(),
     };
@@ -253,12 +253,12 @@ fn a_3_1_1_unsubscribe_and_unsuback_code_without_reasons() {
         Packet::Unsubscribe(unsub),
     );
     let unsuback = UnsubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         ..UnsubAck::default()
     };
     codes_as(&[0xB0, 2, 0, 1], V3_1_1, Packet::UnsubAck(unsuback));
     let with_reasons = Packet::UnsubAck(UnsubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         reasons: vec![0x11],
         properties: Properties::default(),
     });
@@ -401,7 +401,7 @@ fn v5_acknowledgements_omit_reason_and_properties_when_they_can() {
 #[test]
 fn a_v5_subscribe_codes_subscription_options_and_identifier() {
     let sub = Subscribe {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         filters: vec![(
             s("a/b"),
             SubscriptionOptions {
@@ -426,13 +426,13 @@ fn a_v5_subscribe_codes_subscription_options_and_identifier() {
 #[test]
 fn v5_suback_unsubscribe_and_unsuback_code_properties_and_reasons() {
     let suback = SubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         reasons: vec![0, 0x97],
         properties: Properties::default(),
     };
     codes_as(&[0x90, 5, 0, 1, 0, 0, 0x97], V5, Packet::SubAck(suback));
     let unsub = Unsubscribe {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         filters: vec![s("a/b")],
         properties: Properties::default(),
     };
@@ -442,7 +442,7 @@ fn v5_suback_unsubscribe_and_unsuback_code_properties_and_reasons() {
         Packet::Unsubscribe(unsub),
     );
     let unsuback = UnsubAck {
-        packet_id: 1,
+        packet_id: PacketId::new(1),
         reasons: vec![0x11],
         properties: Properties::default(),
     };
@@ -1416,7 +1416,11 @@ fn publish_strategy(v: ProtocolVersion) -> BoxedStrategy<Publish> {
                 qos,
                 retain,
                 topic,
-                packet_id: if at_least_once { id } else { 0 },
+                packet_id: if at_least_once {
+                    PacketId::new(id)
+                } else {
+                    PacketId::NONE
+                },
                 payload,
                 properties,
             }
@@ -1432,7 +1436,7 @@ fn pub_resp(v: ProtocolVersion, reasons: &'static [u8]) -> BoxedStrategy<PubResp
     };
     (1u16.., reason, props_for(v, ACK_PROPERTIES))
         .prop_map(|(packet_id, reason, properties)| PubResp {
-            packet_id,
+            packet_id: PacketId::new(packet_id),
             reason,
             properties,
         })
@@ -1497,7 +1501,7 @@ fn packet_strategy(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         )
             .prop_map(|(packet_id, filters, properties)| {
                 Packet::Subscribe(Subscribe {
-                    packet_id,
+                    packet_id: PacketId::new(packet_id),
                     filters,
                     properties,
                 })
@@ -1510,7 +1514,7 @@ fn packet_strategy(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         )
             .prop_map(|(packet_id, reasons, properties)| {
                 Packet::SubAck(SubAck {
-                    packet_id,
+                    packet_id: PacketId::new(packet_id),
                     reasons,
                     properties,
                 })
@@ -1523,7 +1527,7 @@ fn packet_strategy(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         )
             .prop_map(|(packet_id, filters, properties)| {
                 Packet::Unsubscribe(Unsubscribe {
-                    packet_id,
+                    packet_id: PacketId::new(packet_id),
                     filters,
                     properties,
                 })
@@ -1532,7 +1536,7 @@ fn packet_strategy(v: ProtocolVersion) -> BoxedStrategy<Packet> {
         (1u16.., unsuback_codes, props_for(v, ACK_PROPERTIES))
             .prop_map(|(packet_id, reasons, properties)| {
                 Packet::UnsubAck(UnsubAck {
-                    packet_id,
+                    packet_id: PacketId::new(packet_id),
                     reasons,
                     properties,
                 })
