@@ -27,9 +27,8 @@
 //!   released records count as delivered (the cloud had them), the downlink ids are forgotten.
 
 use bytes::Bytes;
-use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
-    encoded_len, reason, ByteStr, ConnAck, Packet, ProtocolVersion, PubResp, Publish,
+    encoded_len, reason, ByteStr, ConnAck, Packet, PacketId, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};

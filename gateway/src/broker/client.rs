@@ -21,21 +21,18 @@
 //! policy, is the bounded receiver; unacknowledged QoS 1/2 deliveries are bounded by the
 //! receive window), and never waits on anything but the bridge queues' sync.
 
-use super::access;
-use super::events;
-use super::message::{Delivery, Message, Origin, SessionId};
+use super::message::{ClientId, Delivery, Message, Origin, SessionId};
 use super::router::{ConnectParams, ConnectRefusal, Outgoing};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
 use super::stats::DisconnectReason;
 use super::sys::{self, ClientInfo};
 use super::uplink::Refusal;
-use super::Broker;
+use super::{access, events, Broker};
 use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use bytes::Bytes;
-use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
-    reason, topic, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
+    reason, topic, ByteStr, PacketId, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
 };
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -283,7 +280,7 @@ pub struct Client {
     broker: Arc<Broker>,
     session: SessionId,
     ctrl: Arc<ConnControl>,
-    client_id: ByteStr,
+    client_id: ClientId,
     username: Option<String>,
     peer: SocketAddr,
     protocol: Protocol,
@@ -322,7 +319,7 @@ impl Client {
                 (verified, admitted == Admitted::Password)
             }
         };
-        let client_id = ByteStr::from(opts.client_id.as_str());
+        let client_id = ClientId::from(opts.client_id.as_str());
         let ctrl = ConnControl::new(broker.next_conn_id());
         ctrl.set_meta(ConnMeta {
             peer: opts.peer,

@@ -2,8 +2,7 @@
 //! on disk), without sockets.
 
 use super::*;
-use crate::auth::Authenticator;
-use crate::auth::PasswordFile;
+use crate::auth::{Authenticator, PasswordFile};
 use std::net::{IpAddr, Ipv4Addr};
 use tokio_util::sync::CancellationToken;
 

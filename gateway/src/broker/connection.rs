@@ -34,11 +34,9 @@ mod outbound;
 #[cfg(test)]
 mod session_tests;
 
-use super::access;
-use super::auto_subscribe;
 use super::events::{self};
 use super::limiter::InboundLimiter;
-use super::message::{Message, Origin, SessionId};
+use super::message::{ClientId, Message, Origin, SessionId};
 use super::peer_cert::PeerCert;
 use super::router::{ConnectParams, ConnectRefusal, Outgoing, Qos2Receive, Router};
 use super::session::{ConnControl, ConnMeta, InflightState, Owner};
@@ -46,15 +44,14 @@ use super::stats::{DisconnectReason, ListenerStats};
 use super::stream::Stream;
 use super::sys::{self, ClientInfo};
 use super::uplink::{Forwarded, Refusal, Uplink};
-use super::Broker;
+use super::{access, auto_subscribe, Broker};
 use crate::auth::acl::{Action, ConnectionAcl, Permission};
 use crate::auth::{Admitted, AuthDecision};
 use crate::config::AutoSubscribe;
 use bytes::{Buf, BytesMut};
-use holdfast_mqtt::PacketId;
 use holdfast_mqtt::{
     decode, encode, reason, topic, ByteStr, ConnAck, Connect, DecodeError, Disconnect, Packet,
-    Properties, ProtocolVersion, PubResp, Publish, PublishRef, QoS, SubAck, UnsubAck,
+    PacketId, Properties, ProtocolVersion, PubResp, Publish, PublishRef, QoS, SubAck, UnsubAck,
 };
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -146,7 +143,7 @@ struct MqttSession {
     rbuf: BytesMut,
     wbuf: BytesMut,
     protocol: ProtocolVersion,
-    client_id: ByteStr,
+    client_id: ClientId,
     /// `Box<str>`: 8 bytes less than a `String` in every idle connection.
     username: Option<Box<str>>,
     session: SessionId,
@@ -199,7 +196,7 @@ impl MqttSession {
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             protocol: ProtocolVersion::V3_1_1,
-            client_id: ByteStr::default(),
+            client_id: ClientId::default(),
             username: None,
             session: SessionId::UNBOUND,
             ctrl: ConnControl::new(conn_id),

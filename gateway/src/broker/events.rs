@@ -7,13 +7,12 @@
 //! ask it before building anything costly; an observer must never block or take the router
 //! lock.
 
-use super::message::{Delivery, Message};
+use super::message::{ClientId, Delivery, Message};
 use super::stats::DisconnectReason;
 use super::sys::ClientInfo;
 use crate::config::WebhookEvent as EventKind;
 use bytes::Bytes;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{ByteStr, QoS, SubscriptionOptions};
+use holdfast_mqtt::{ByteStr, PacketId, QoS, SubscriptionOptions};
 
 /// A message dropped whole, for [`Events::message_dropped`].
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +44,7 @@ pub trait Events: Send + Sync + std::fmt::Debug {
     /// A SUBSCRIBE's results: a code below 0x80 is the granted QoS.
     fn session_subscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[(ByteStr, SubscriptionOptions)],
         codes: &[u8],
@@ -53,19 +52,19 @@ pub trait Events: Send + Sync + std::fmt::Debug {
     /// An UNSUBSCRIBE's results: 0 = removed.
     fn session_unsubscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[ByteStr],
         codes: &[u8],
     );
     /// A client's message accepted for routing.
-    fn message_publish(&self, clientid: &str, username: Option<&str>, msg: &Message);
+    fn message_publish(&self, clientid: &ClientId, username: Option<&str>, msg: &Message);
     /// A delivery handed to a subscriber.
-    fn message_delivered(&self, clientid: &str, username: Option<&str>, delivery: &Delivery);
+    fn message_delivered(&self, clientid: &ClientId, username: Option<&str>, delivery: &Delivery);
     /// A subscriber acknowledged `delivery` (PUBACK, or PUBCOMP for QoS 2).
     fn message_acked(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         packet_id: PacketId,
         delivery: &Delivery,
@@ -84,7 +83,7 @@ pub fn acked(
     session: super::message::SessionId,
     packet_id: PacketId,
     state: super::session::InflightState,
-    clientid: &str,
+    clientid: &ClientId,
     username: Option<&str>,
 ) {
     if !events.wants(EventKind::MessageAcked) {
@@ -107,16 +106,16 @@ impl Events for NoEvents {
     fn client_disconnected(&self, _: &ClientInfo, _: DisconnectReason) {}
     fn session_subscribed(
         &self,
-        _: &str,
+        _: &ClientId,
         _: Option<&str>,
         _: &[(ByteStr, SubscriptionOptions)],
         _: &[u8],
     ) {
     }
-    fn session_unsubscribed(&self, _: &str, _: Option<&str>, _: &[ByteStr], _: &[u8]) {}
-    fn message_publish(&self, _: &str, _: Option<&str>, _: &Message) {}
-    fn message_delivered(&self, _: &str, _: Option<&str>, _: &Delivery) {}
-    fn message_acked(&self, _: &str, _: Option<&str>, _: PacketId, _: &Delivery) {}
+    fn session_unsubscribed(&self, _: &ClientId, _: Option<&str>, _: &[ByteStr], _: &[u8]) {}
+    fn message_publish(&self, _: &ClientId, _: Option<&str>, _: &Message) {}
+    fn message_delivered(&self, _: &ClientId, _: Option<&str>, _: &Delivery) {}
+    fn message_acked(&self, _: &ClientId, _: Option<&str>, _: PacketId, _: &Delivery) {}
     fn message_dropped(&self, _: Dropped<'_>) {}
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -51,6 +51,75 @@ impl std::fmt::Display for SessionId {
     }
 }
 
+/// A client identifier: the MQTT CONNECT's, or an in-process client's (`$bridge/{name}`,
+/// `coap/...`). The router keys sessions by it. A newtype so that a user name, a topic or a
+/// filter (all strings too) can never be passed where a client id is meant; it reads as a
+/// `&str` (`Deref`) and a `HashMap<ClientId, _>` can be looked up with one (`Borrow<str>`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ClientId(ByteStr);
+
+impl ClientId {
+    /// The id as the shared string it is stored as.
+    pub fn as_byte_str(&self) -> &ByteStr {
+        &self.0
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl From<ByteStr> for ClientId {
+    fn from(id: ByteStr) -> ClientId {
+        ClientId(id)
+    }
+}
+
+impl From<&str> for ClientId {
+    fn from(id: &str) -> ClientId {
+        ClientId(ByteStr::from(id))
+    }
+}
+
+impl From<String> for ClientId {
+    fn from(id: String) -> ClientId {
+        ClientId(ByteStr::from(id))
+    }
+}
+
+// Hashes like `str` (as `ByteStr` does) so that `Borrow<str>` lookups find it.
+impl std::hash::Hash for ClientId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<str> for ClientId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::ops::Deref for ClientId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A map keyed by [`SessionId`] with a multiplicative hash: ids are assigned by the router, not
 /// by peers, so SipHash's flooding resistance buys nothing on this per-delivery lookup.
 pub type SessionMap<V> = std::collections::HashMap<SessionId, V, BuildIdHasher>;
@@ -95,7 +164,7 @@ pub struct Message {
     pub publisher: Option<SessionId>,
     /// The publishing client's id (webhooks' `from_clientid`), kept here so that it outlives
     /// the publisher's session; `None` for broker-made messages and bridge downlinks.
-    pub publisher_client_id: Option<ByteStr>,
+    pub publisher_client_id: Option<ClientId>,
     /// When the v5 message expiry interval runs out; `None` = never.
     pub expires_at: Option<Instant>,
 }
@@ -108,7 +177,7 @@ pub struct Origin {
     /// The publishing session.
     pub session: Option<SessionId>,
     /// The publishing client's id.
-    pub client_id: Option<ByteStr>,
+    pub client_id: Option<ClientId>,
 }
 
 impl Origin {
@@ -119,7 +188,7 @@ impl Origin {
     };
 
     /// Published by `client_id` through session `session`.
-    pub fn client(session: SessionId, client_id: ByteStr) -> Origin {
+    pub fn client(session: SessionId, client_id: ClientId) -> Origin {
         Origin {
             session: Some(session),
             client_id: Some(client_id),

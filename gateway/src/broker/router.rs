@@ -17,7 +17,7 @@
 //! `inflight` the outbound window and the QoS handshakes, `inspect` the operator views.
 //! Each has its tests beside it (`*_tests.rs`, helpers in `test_support`).
 
-use super::message::{Delivery, Message, SessionId, SessionMap, SharedKey};
+use super::message::{ClientId, Delivery, Message, SessionId, SessionMap, SharedKey};
 use super::session::{
     ConnControl, Inflight, InflightState, Owner, PendingWill, Session, Subscription,
 };
@@ -25,8 +25,7 @@ use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites
 use crate::config::{OwnerMismatch, SharedStrategy};
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use holdfast_mqtt::{reason, ByteStr, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{RetainedStore, SessionStore};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -128,7 +127,7 @@ pub struct RouterSizes {
 #[derive(Debug)]
 pub struct ConnectParams {
     /// Client identifier (already assigned when the client sent an empty one).
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// Protocol spoken.
     pub protocol: ProtocolVersion,
     /// Clean session / clean start.
@@ -213,7 +212,7 @@ pub struct Router {
     cfg: RouterConfig,
     /// Boxed: a session is a few hundred bytes and the map keeps ~1.5x its length in slots.
     sessions: SessionMap<Box<Session>>,
-    by_client: HashMap<ByteStr, SessionId>,
+    by_client: HashMap<ClientId, SessionId>,
     subs: SubscriptionTrie<SessionId, Subscription>,
     shared: SubscriptionTrie<ByteStr, SharedGroup>,
     retained: HashMap<ByteStr, Arc<Message>>,

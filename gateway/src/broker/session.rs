@@ -5,11 +5,10 @@
 //! plain data driven by the router under its lock: it never does IO, never blocks and never
 //! grows without bound (`max_mqueue_len`, the inflight window and `max_awaiting_rel` cap it).
 
-use super::message::{Delivery, SessionId};
+use super::message::{ClientId, Delivery, SessionId};
 use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{reason, ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use holdfast_mqtt::{reason, ByteStr, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -179,7 +178,7 @@ pub struct Session {
     /// Router-internal id.
     pub id: SessionId,
     /// MQTT client identifier.
-    pub client_id: ByteStr,
+    pub client_id: ClientId,
     /// Protocol of the last connection (deliveries are coded for it).
     pub protocol: ProtocolVersion,
     /// Subscriptions by filter (shared ones under their full `$share/g/f` string).
@@ -250,7 +249,7 @@ impl Owner {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(id: SessionId, client_id: ByteStr, protocol: ProtocolVersion) -> Session {
+    pub fn new(id: SessionId, client_id: ClientId, protocol: ProtocolVersion) -> Session {
         Session {
             id,
             client_id,

@@ -68,12 +68,10 @@
 //! disconnected, or from the restart if it was connected at the crash; an expired one is removed
 //! from the store instead.
 
-use super::message::{BuildIdHasher, Delivery, Message, SessionId};
-use super::persist;
+use super::message::{BuildIdHasher, ClientId, Delivery, Message, SessionId};
 use super::session::{Inflight, InflightState, Owner, Session, Subscription};
-use super::Broker;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{ByteStr, ProtocolVersion, QoS, SubscriptionOptions};
+use super::{persist, Broker};
+use holdfast_mqtt::{PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
     PendingState, SessionStore, StoredPending, StoredSession, StoredSubscription, StoredWill,
 };
@@ -160,7 +158,7 @@ pub struct Persistence {
     pub sessions: HashSet<SessionId, BuildIdHasher>,
     /// Client ids whose stored session (and pending messages) must go: discarded, expired, no
     /// longer persisted, or about to be written afresh. Applied before the writes of a batch.
-    pub removed: Vec<ByteStr>,
+    pub removed: Vec<ClientId>,
     /// Store writes that failed, counted by the flusher after the lock was released and
     /// reported through `RouterCounters::session_store_errors`.
     pub errors: u64,
@@ -168,13 +166,13 @@ pub struct Persistence {
 
 impl Persistence {
     /// Session `sid` starts being persisted; whatever the store holds for its client id is stale.
-    pub fn adopt(&mut self, sid: SessionId, client_id: &ByteStr) {
+    pub fn adopt(&mut self, sid: SessionId, client_id: &ClientId) {
         self.sessions.insert(sid);
         self.removed.push(client_id.clone());
     }
 
     /// Session `sid` is no longer persisted (ended or its expiry dropped to zero).
-    pub fn forget(&mut self, sid: SessionId, client_id: &ByteStr) {
+    pub fn forget(&mut self, sid: SessionId, client_id: &ClientId) {
         self.sessions.remove(&sid);
         self.removed.push(client_id.clone());
     }
@@ -197,7 +195,7 @@ pub struct ClientWrites {
 #[derive(Debug, Default)]
 pub struct SessionWrites {
     /// Client ids whose stored session goes first.
-    pub removals: Vec<ByteStr>,
+    pub removals: Vec<ClientId>,
     /// Then each session's changes.
     pub clients: Vec<ClientWrites>,
 }

@@ -11,8 +11,7 @@ use super::session::*;
 use super::session_persist::{self, SessionWrites};
 use crate::config::SharedStrategy;
 use bytes::Bytes;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{reason, ByteStr, PublishProperties, QoS, SubscriptionOptions};
+use holdfast_mqtt::{reason, ByteStr, PacketId, PublishProperties, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
     KvBackend, KvError, MemoryStore, PendingState, SessionStore, StoredMessage, StoredPending,
     StoredProperties, StoredSession, StoredSubscription,
@@ -438,7 +437,7 @@ fn session_expiry_and_clean_start_remove_the_stored_session() {
 
     assert_eq!(
         r.tick(t0 + Duration::from_secs(11)),
-        [ByteStr::from("short")]
+        [ClientId::from("short")]
     );
     let (res, _conn) = connect(&mut r, "discarded", true, Duration::ZERO, t0);
     assert!(!res.session_present);
@@ -545,7 +544,7 @@ fn a_session_that_expired_while_the_gateway_was_down_is_not_restored_and_is_remo
     assert!(r.tick(t0 + Duration::from_secs(25)).is_empty());
     assert_eq!(
         r.tick(t0 + Duration::from_secs(31)),
-        [ByteStr::from("young")]
+        [ClientId::from("young")]
     );
 }
 
@@ -565,7 +564,7 @@ fn a_session_connected_at_the_crash_expires_counting_from_the_restart() {
     assert!(r.tick(t0 + Duration::from_secs(59)).is_empty());
     assert_eq!(
         r.tick(t0 + Duration::from_secs(60)),
-        [ByteStr::from("was-up")]
+        [ClientId::from("was-up")]
     );
 }
 

@@ -26,14 +26,13 @@ pub use event::{unix_millis, Detail, Event, MessageDetail};
 pub use http::{Endpoint, SetupError};
 
 use crate::broker::events::{Dropped, Events};
-use crate::broker::message::{Delivery, Message};
+use crate::broker::message::{ClientId, Delivery, Message};
 use crate::broker::stats::DisconnectReason;
 use crate::broker::sys::ClientInfo;
 use crate::broker::Broker;
 use crate::config::{EventSet, WebhookConfig, WebhookEvent};
 use bytes::Bytes;
-use holdfast_mqtt::PacketId;
-use holdfast_mqtt::{topic, ByteStr, QoS, SubscriptionOptions};
+use holdfast_mqtt::{topic, ByteStr, PacketId, QoS, SubscriptionOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
@@ -180,7 +179,7 @@ impl Webhooks {
     #[inline]
     pub fn session_subscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[(ByteStr, SubscriptionOptions)],
         codes: &[u8],
@@ -209,7 +208,7 @@ impl Webhooks {
     #[inline]
     pub fn session_unsubscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[ByteStr],
         codes: &[u8],
@@ -235,7 +234,7 @@ impl Webhooks {
 
     /// `message.publish`: a client's PUBLISH accepted for routing.
     #[inline]
-    pub fn message_publish(&self, clientid: &str, username: Option<&str>, msg: &Message) {
+    pub fn message_publish(&self, clientid: &ClientId, username: Option<&str>, msg: &Message) {
         if !self.wants(WebhookEvent::MessagePublish) {
             return;
         }
@@ -255,7 +254,12 @@ impl Webhooks {
 
     /// `message.delivered`: a delivery written to a subscriber's connection.
     #[inline]
-    pub fn message_delivered(&self, clientid: &str, username: Option<&str>, delivery: &Delivery) {
+    pub fn message_delivered(
+        &self,
+        clientid: &ClientId,
+        username: Option<&str>,
+        delivery: &Delivery,
+    ) {
         let msg = &delivery.message;
         if !self.wants(WebhookEvent::MessageDelivered)
             || !self.wants_message(WebhookEvent::MessageDelivered, &msg.topic)
@@ -283,7 +287,7 @@ impl Webhooks {
     #[inline]
     pub fn message_acked(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         packet_id: PacketId,
         delivery: impl FnOnce() -> Option<Delivery>,
@@ -492,7 +496,7 @@ impl Events for Webhooks {
 
     fn session_subscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[(ByteStr, SubscriptionOptions)],
         codes: &[u8],
@@ -502,7 +506,7 @@ impl Events for Webhooks {
 
     fn session_unsubscribed(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         filters: &[ByteStr],
         codes: &[u8],
@@ -510,17 +514,17 @@ impl Events for Webhooks {
         Webhooks::session_unsubscribed(self, clientid, username, filters, codes);
     }
 
-    fn message_publish(&self, clientid: &str, username: Option<&str>, msg: &Message) {
+    fn message_publish(&self, clientid: &ClientId, username: Option<&str>, msg: &Message) {
         Webhooks::message_publish(self, clientid, username, msg);
     }
 
-    fn message_delivered(&self, clientid: &str, username: Option<&str>, delivery: &Delivery) {
+    fn message_delivered(&self, clientid: &ClientId, username: Option<&str>, delivery: &Delivery) {
         Webhooks::message_delivered(self, clientid, username, delivery);
     }
 
     fn message_acked(
         &self,
-        clientid: &str,
+        clientid: &ClientId,
         username: Option<&str>,
         packet_id: PacketId,
         delivery: &Delivery,

@@ -1,7 +1,7 @@
 //! Which events reach which webhook queue, without sockets.
 
 use super::*;
-use crate::broker::message::Origin;
+use crate::broker::message::{ClientId, Origin};
 use crate::config::{PayloadEncoding, WebhookUrl};
 use holdfast_mqtt::PublishProperties;
 use std::time::Duration;
@@ -40,7 +40,7 @@ fn message(topic_name: &str) -> Message {
         PublishProperties::default(),
         Origin::client(
             crate::broker::message::SessionId::test(1),
-            ByteStr::from("pub-1"),
+            ClientId::from(ByteStr::from("pub-1")),
         ),
     )
 }
@@ -64,10 +64,10 @@ fn with_no_webhooks_nothing_is_wanted_and_nothing_is_built() {
         assert!(!w.wants(e));
     }
     w.client_connected(|| panic!("built an event nobody wants"));
-    w.message_acked("c", None, PacketId::new(1), || {
+    w.message_acked(&ClientId::from("c"), None, PacketId::new(1), || {
         panic!("looked up an ack nobody wants")
     });
-    w.message_publish("c", None, &message("a"));
+    w.message_publish(&ClientId::from("c"), None, &message("a"));
     assert!(w.snapshot().is_empty());
 }
 
@@ -85,9 +85,9 @@ fn message_events_follow_the_topic_filters_and_the_event_list() {
         ],
         "gw",
     );
-    w.message_publish("dev", Some("u"), &message("sensors/t1"));
-    w.message_publish("dev", Some("u"), &message("other/t1"));
-    w.message_publish("dev", Some("u"), &message("$SYS/x"));
+    w.message_publish(&ClientId::from("dev"), Some("u"), &message("sensors/t1"));
+    w.message_publish(&ClientId::from("dev"), Some("u"), &message("other/t1"));
+    w.message_publish(&ClientId::from("dev"), Some("u"), &message("$SYS/x"));
     w.message_dropped(
         "no_subscribers",
         Some("dev"),
@@ -128,9 +128,9 @@ fn subscriptions_post_only_granted_and_removed_filters() {
         (ByteStr::from("b"), opts),
         (ByteStr::from("c"), opts),
     ];
-    w.session_subscribed("c1", None, &filters, &[1, 0x87, 2]);
+    w.session_subscribed(&ClientId::from("c1"), None, &filters, &[1, 0x87, 2]);
     w.session_unsubscribed(
-        "c1",
+        &ClientId::from("c1"),
         None,
         &[ByteStr::from("a/#"), ByteStr::from("z")],
         &[0, 0x11],
@@ -159,7 +159,7 @@ fn a_full_queue_drops_new_events_and_counts_them() {
         "gw",
     );
     for _ in 0..10 {
-        w.message_publish("c", None, &message("t"));
+        w.message_publish(&ClientId::from("c"), None, &message("t"));
     }
     let s = &w.snapshot()[0];
     assert_eq!((s.events, s.queued, s.dropped_queue_full), (10, 3, 7));
@@ -181,8 +181,8 @@ fn delivered_names_the_publisher_only_when_wanted() {
         seq: 0,
         shared: None,
     };
-    w.message_delivered("sub", None, &delivery("b"));
-    w.message_delivered("sub", Some("u"), &delivery("a/1"));
+    w.message_delivered(&ClientId::from("sub"), None, &delivery("b"));
+    w.message_delivered(&ClientId::from("sub"), Some("u"), &delivery("a/1"));
     let events = drain(&w, 0);
     assert_eq!(events.len(), 1);
     let Detail::Message(d) = &events[0].detail else {

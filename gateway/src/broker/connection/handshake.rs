@@ -43,7 +43,7 @@ impl MqttSession {
                 "client ids starting with $ are reserved for the gateway's own clients",
             ));
         }
-        self.client_id = client_id.clone();
+        self.client_id = ClientId::from(client_id.clone());
         self.username = connect.username.as_ref().map(|u| u.as_str().into());
         conn_event!(
             debug,
@@ -168,7 +168,7 @@ impl MqttSession {
             // router arms it then. Not this session's publish for No Local: it has ended.
             let origin = Origin {
                 session: None,
-                client_id: Some(client_id.clone()),
+                client_id: Some(ClientId::from(client_id.clone())),
             };
             self.will = Some(Will {
                 message: Arc::new(Message::new(
@@ -218,7 +218,7 @@ impl MqttSession {
         });
         let result = self.broker.with_router(|r: &mut Router| {
             r.connect(ConnectParams {
-                client_id: client_id.clone(),
+                client_id: ClientId::from(client_id.clone()),
                 protocol: self.protocol,
                 clean_start: connect.clean_start,
                 session_expiry,

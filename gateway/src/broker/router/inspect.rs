@@ -6,10 +6,9 @@
 //! a connection to close.
 
 use super::Router;
-use crate::broker::message::SessionId;
+use crate::broker::message::{ClientId, SessionId};
 use crate::broker::session::ConnMeta;
-use holdfast_mqtt::reason;
-use holdfast_mqtt::ByteStr;
+use holdfast_mqtt::{reason, ByteStr};
 
 /// A bounded listing: the first `limit` rows in order, and whether more were left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +152,7 @@ impl Router {
 
     /// Every connected session: its id, client id, connection details and subscriptions
     /// (for the re-check after a reload of the auth files).
-    pub fn connected_sessions(&self) -> Vec<(SessionId, ByteStr, ConnMeta, Vec<ByteStr>)> {
+    pub fn connected_sessions(&self) -> Vec<(SessionId, ClientId, ConnMeta, Vec<ByteStr>)> {
         self.sessions
             .values()
             .filter_map(|s| {

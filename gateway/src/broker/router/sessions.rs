@@ -258,7 +258,7 @@ impl Router {
 
     /// Publishes due delayed wills and discards expired offline sessions. Returns the client
     /// ids of the sessions discarded.
-    pub fn tick(&mut self, now: Instant) -> Vec<ByteStr> {
+    pub fn tick(&mut self, now: Instant) -> Vec<ClientId> {
         let mut due_wills = Vec::new();
         let mut expired = Vec::new();
         for s in self.sessions.values_mut() {
@@ -347,7 +347,7 @@ impl Router {
         let unix_now = session_persist::unix_ms_now();
         let mut restored = 0;
         for stored in stored {
-            let client_id = ByteStr::from(stored.client_id.as_str());
+            let client_id = ClientId::from(stored.client_id.as_str());
             let protocol = session_persist::protocol_from_level(stored.protocol_level);
             let left = session_persist::remaining_expiry(&stored, unix_now);
             let (Some(protocol), Some(left)) = (protocol, left) else {

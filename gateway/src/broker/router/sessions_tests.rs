@@ -4,7 +4,7 @@ use crate::broker::message::*;
 use crate::broker::router::test_support::*;
 use crate::broker::router::*;
 use crate::broker::session::*;
-use holdfast_mqtt::{reason, ByteStr, QoS};
+use holdfast_mqtt::{reason, QoS};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -307,7 +307,7 @@ fn session_expiry_removes_an_offline_session_at_tick() {
     assert!(r.tick(t0 + secs(10) - Duration::from_millis(1)).is_empty());
     assert_eq!(r.sizes().sessions, 1);
     let gone = r.tick(t0 + secs(10));
-    assert_eq!(gone, [ByteStr::from("dev")]);
+    assert_eq!(gone, [ClientId::from("dev")]);
     assert_eq!(r.sizes(), RouterSizes::default());
     assert_eq!(r.counters().dropped_session_discarded, 1);
     assert_eq!(

@@ -4,8 +4,7 @@
 use crate::broker::message::*;
 use crate::broker::router::*;
 use crate::broker::session::*;
-use crate::config::OwnerMismatch;
-use crate::config::SharedStrategy;
+use crate::config::{OwnerMismatch, SharedStrategy};
 use bytes::Bytes;
 use holdfast_mqtt::{
     reason, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
@@ -83,7 +82,7 @@ pub(crate) fn connect_params(
 ) -> (ConnectParams, Arc<ConnControl>) {
     let conn = ConnControl::new(NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed));
     let params = ConnectParams {
-        client_id: ByteStr::from(client_id),
+        client_id: ClientId::from(ByteStr::from(client_id)),
         protocol: ProtocolVersion::V5,
         clean_start,
         session_expiry: expiry,
