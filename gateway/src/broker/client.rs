@@ -485,6 +485,7 @@ impl Client {
         let receivers = self
             .broker
             .with_router_forwarding(|r| r.publish(message, now), &mut forwarded);
+        self.wait_while_held_back().await;
         let Some(f) = forwarded.pop() else {
             return Ok(Published::Routed { receivers });
         };
@@ -498,6 +499,30 @@ impl Client {
         };
         std::future::poll_fn(|cx| uplink.poll_durable(&f.needs, cx)).await;
         Ok(Published::Durable { receivers })
+    }
+
+    /// Returns once no full subscriber queue holds this client back (`mqtt.mqueue_full =
+    /// "backpressure"`): the message that filled it is queued, the next one waits. Bounded:
+    /// the router disconnects a subscriber that holds publishers longer than
+    /// `slow_subscriber_timeout`, and this gives up a second after that in any case.
+    async fn wait_while_held_back(&self) {
+        if !self.ctrl.is_held_back() {
+            return;
+        }
+        let ctrl = &self.ctrl;
+        let released = std::future::poll_fn(|cx| {
+            ctrl.register(cx.waker());
+            if !ctrl.is_held_back() || ctrl.is_closing() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
+        let limit = self.broker.config.mqtt.slow_subscriber_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(limit, released).await.is_err() {
+            tracing::warn!(client_id = %self.client_id, "held back longer than slow_subscriber_timeout; going on");
+            self.ctrl.held_back.store(false, Ordering::Release);
+        }
     }
 
     /// Subscribes to each `(filter, max QoS)`; one result per filter, in order. Retained

@@ -245,7 +245,11 @@ async fn qos1_deliveries_wait_for_their_ack_within_the_window_and_come_back_afte
 
 #[tokio::test]
 async fn a_slow_receiver_is_bounded_by_its_session_queue_and_its_drops_are_counted() {
-    let fx = Fixture::new("", "allow_anonymous = true", "[mqtt]\nmax_mqueue_len = 5\n");
+    let fx = Fixture::new(
+        "",
+        "allow_anonymous = true",
+        "[mqtt]\nmax_mqueue_len = 5\nmqueue_full = \"drop_oldest\"\n",
+    );
     let opts = ClientOptions {
         receive_window: 1,
         ..ClientOptions::new("slow", Protocol::Serial, DEVICE)
@@ -268,6 +272,47 @@ async fn a_slow_receiver_is_bounded_by_its_session_queue_and_its_drops_are_count
         slow.ack(&r);
     }
     assert_eq!(got, ["15", "16", "17", "18", "19"]);
+}
+
+#[tokio::test]
+async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_default_policy() {
+    let fx = Fixture::new("", "allow_anonymous = true", "[mqtt]\nmax_mqueue_len = 5\n");
+    let opts = ClientOptions {
+        receive_window: 1,
+        ..ClientOptions::new("slow", Protocol::Serial, DEVICE)
+    };
+    let mut slow = Client::connect(&fx.broker, opts).await.unwrap();
+    slow.subscribe(&[("t", QoS::AtLeastOnce)]);
+    let mut fast = fx.client("fast").await;
+    let publisher = tokio::spawn(async move {
+        for n in 0..20 {
+            let p = Publication::new("t", n.to_string(), QoS::AtLeastOnce);
+            fast.publish(p).await.unwrap();
+        }
+        fast
+    });
+    // The publisher cannot run ahead: its sixth message waits for room.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!publisher.is_finished(), "held back by the full queue");
+    let queued = fx.broker.with_router(|r| r.sizes().queued);
+    assert!(
+        queued <= 10,
+        "the queue stays within twice its limit: {queued}"
+    );
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let Some(r) = recv_within(&mut slow, 2000).await else {
+            break;
+        };
+        got.push(String::from_utf8_lossy(payload(&r)).into_owned());
+        slow.ack(&r);
+    }
+    let want: Vec<String> = (0..20).map(|n| n.to_string()).collect();
+    assert_eq!(got, want);
+    assert!(publisher.await.is_ok());
+    let counters = fx.broker.with_router(|r| r.counters());
+    assert_eq!(counters.dropped_queue_full, 0);
+    assert!(counters.publishers_held_back > 0);
 }
 
 #[tokio::test]

@@ -74,6 +74,11 @@ const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 /// Acknowledgements one connection may hold while bridge queues sync before it stops reading.
 /// A device's own inflight window usually stops it long before.
 const MAX_HELD_ACKS: usize = 4096;
+/// Packets a held-back connection (a subscriber's full queue holds its publishes back) keeps
+/// decoded while it goes on reading for the acknowledgements and pings behind them.
+const MAX_STALLED_PACKETS: usize = 256;
+/// Payload bytes those packets may hold.
+const MAX_STALLED_BYTES: usize = 64 * 1024;
 /// Far enough to mean "no deadline".
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
@@ -162,7 +167,9 @@ struct MqttSession {
     connect_expiry_zero: bool,
     /// True when the session may still hold deliveries we did not take (buffer was full).
     drain_more: bool,
-    /// Decoded packets awaiting the router lock (reused).
+    /// Decoded packets awaiting the router lock (reused). While a subscriber's full queue
+    /// holds this client back, its PUBLISH (and what follows it, acknowledgements and
+    /// PINGREQ aside) wait here, in order, until the router lets it go on.
     inbound: Vec<Packet>,
     /// Replies produced under the lock, encoded after it (reused).
     replies: Vec<Packet>,

@@ -90,6 +90,8 @@ impl Broker {
         let m = &config.mqtt;
         let router = Router::new(RouterConfig {
             max_mqueue_len: m.max_mqueue_len,
+            mqueue_full: m.mqueue_full,
+            slow_subscriber_timeout: m.slow_subscriber_timeout,
             mqueue_store_qos0: m.mqueue_store_qos0,
             retain_available: m.retain_available,
             max_retained_messages: m.max_retained_messages,

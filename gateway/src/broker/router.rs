@@ -12,7 +12,8 @@
 //! client on one topic reach every subscriber in arrival order whatever their QoS.
 //!
 //! Rooms: this file holds the types, routing (`publish`) and queueing (`enqueue`);
-//! `sessions` the session lifecycle and its store, `subscriptions` the indexes and their
+//! `backpressure` what a full queue does to its publishers, `sessions` the session lifecycle
+//! and its store, `subscriptions` the indexes and their
 //! caps, `shared` the shared-subscription groups, `retained` the retained messages,
 //! `inflight` the outbound window and the QoS handshakes, `inspect` the operator views.
 //! Each has its tests beside it (`*_tests.rs`, helpers in `test_support`).
@@ -22,7 +23,7 @@ use super::session::{
     ConnControl, Inflight, InflightState, Owner, PendingWill, Session, Subscription,
 };
 use super::session_persist::{self, Journal, Persistence, Restored, SessionWrites};
-use crate::config::{OwnerMismatch, SharedStrategy};
+use crate::config::{MqueueFull, OwnerMismatch, SharedStrategy};
 use holdfast_mqtt::topic::{self, SharedFilter};
 use holdfast_mqtt::trie::SubscriptionTrie;
 use holdfast_mqtt::{reason, ByteStr, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
@@ -36,8 +37,13 @@ use std::time::{Duration, Instant};
 /// The router's limits and policies, taken from `[mqtt]`.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    /// Per-session queue cap; when full the oldest message is dropped (EMQX).
+    /// Per-session queue cap; what a full queue does is `mqueue_full`'s.
     pub max_mqueue_len: usize,
+    /// Backpressure (hold the publishers) or drop the oldest when a connected session's queue
+    /// is full and a QoS 1/2 message comes for it.
+    pub mqueue_full: MqueueFull,
+    /// How long a full queue may hold publishers back before its client is disconnected.
+    pub slow_subscriber_timeout: Duration,
     /// Queue QoS 0 messages for offline sessions.
     pub mqueue_store_qos0: bool,
     /// Whether retained messages are stored at all.
@@ -102,6 +108,12 @@ pub struct RouterCounters {
     /// Session-store reads and writes that failed (disk full, I/O error); logged each time with
     /// the client id.
     pub session_store_errors: u64,
+    /// Times a publish was held back because a subscriber's queue was full
+    /// (`mqueue_full = "backpressure"`).
+    pub publishers_held_back: u64,
+    /// Subscribers disconnected because their full queue held publishers back longer than
+    /// `slow_subscriber_timeout`.
+    pub slow_subscribers_disconnected: u64,
 }
 
 /// A snapshot of sizes for `$SYS` and the stats API.
@@ -352,6 +364,10 @@ impl Router {
         } = self;
         // One owned copy shared by every offline session that queues the message.
         let mut offline_copy = None;
+        // Only a client's message can be held back at its source.
+        let holdable = msg.publisher.is_some();
+        // Sessions whose full queue took the message over its limit: the publisher waits.
+        let mut full: Vec<SessionId> = Vec::new();
         subs.for_each_match(&msg.topic, |_, sid, sub| {
             if sub.options.no_local && msg.publisher == Some(*sid) {
                 return;
@@ -359,7 +375,19 @@ impl Router {
             if let Some(s) = sessions.get_mut(sid) {
                 matched += 1;
                 let delivery = Delivery::live(&msg, sub);
-                enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
+                let q = enqueue(
+                    cfg,
+                    counters,
+                    wake,
+                    s,
+                    delivery,
+                    &mut offline_copy,
+                    holdable,
+                    now,
+                );
+                if q == Queued::OverLimit {
+                    full.push(*sid);
+                }
             }
         });
         shared.for_each_match(&msg.topic, |_, _, group| {
@@ -372,9 +400,24 @@ impl Router {
                 // live message keeps retain-as-published semantics like any other.
                 let mut delivery = Delivery::live(&msg, &sub);
                 delivery.shared = Some(group.key.clone());
-                enqueue(cfg, counters, wake, s, delivery, &mut offline_copy, now);
+                let q = enqueue(
+                    cfg,
+                    counters,
+                    wake,
+                    s,
+                    delivery,
+                    &mut offline_copy,
+                    holdable,
+                    now,
+                );
+                if q == Queued::OverLimit {
+                    full.push(sid);
+                }
             }
         });
+        if !full.is_empty() {
+            hold_back_publisher(sessions, counters, msg.publisher, &full, now);
+        }
         if matched == 0 {
             counters.dropped_no_subscribers += 1;
             if let Some(e) = events {
@@ -414,8 +457,28 @@ impl Delivery {
     }
 }
 
-/// Queues a delivery on a session, dropping the oldest when the queue is full (EMQX). Returns
-/// false when the delivery was not queued at all.
+/// What [`enqueue`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queued {
+    /// Queued within the session's limits (possibly after dropping its oldest).
+    Yes,
+    /// Queued over the session's full limits (`mqueue_full = "backpressure"`): its publisher
+    /// must be held back until the queue has room.
+    OverLimit,
+    /// Not queued (dropped, counted).
+    No,
+}
+
+/// A full queue takes a held-back publisher's message up to this many times its limits; past
+/// that (many publishers at once, or a message nobody can hold back) it drops its oldest.
+const BACKPRESSURE_HEADROOM: usize = 2;
+
+/// Queues a delivery on a session. When the queue is full: for a connected client under
+/// `mqueue_full = "backpressure"` a QoS 1/2 delivery that can be held back at its source is
+/// queued over the limit (up to [`BACKPRESSURE_HEADROOM`] times it) and the caller holds the
+/// publisher back, and a QoS 0 one is dropped; otherwise the oldest queued message is dropped
+/// (EMQX). Every drop is counted.
+#[allow(clippy::too_many_arguments)]
 fn enqueue(
     cfg: &RouterConfig,
     counters: &mut RouterCounters,
@@ -423,11 +486,12 @@ fn enqueue(
     s: &mut Session,
     delivery: Delivery,
     offline_copy: &mut Option<Arc<Message>>,
+    holdable: bool,
     now: Instant,
-) -> bool {
+) -> Queued {
     if s.conn.is_none() && delivery.qos == QoS::AtMostOnce && !cfg.mqueue_store_qos0 {
         counters.dropped_qos0_offline += 1;
-        return false;
+        return Queued::No;
     }
     let mut delivery = delivery;
     if s.conn.is_none() {
@@ -436,8 +500,27 @@ fn enqueue(
         delivery.message = copy.clone();
     }
     let incoming = delivery.held_bytes();
+    let full =
+        s.mqueue.len() >= cfg.max_mqueue_len || s.held_bytes + incoming > cfg.max_mqueue_bytes;
+    let live = s.conn.as_ref().is_some_and(|c| !c.is_closing());
+    let mut over_limit = false;
+    if full && live && cfg.mqueue_full == MqueueFull::Backpressure {
+        if delivery.qos == QoS::AtMostOnce {
+            // QoS 0 promises nothing: it does not take the room of an acknowledged message.
+            counters.dropped_queue_full += 1;
+            s.dropped_since_log += 1;
+            if let Some(dropped) = s.take_drop_log(now) {
+                tracing::warn!(client_id = %s.client_id, dropped, "dropped: QoS 0 message for a full mqueue");
+            }
+            return Queued::No;
+        }
+        over_limit = holdable
+            && s.mqueue.len() < cfg.max_mqueue_len.saturating_mul(BACKPRESSURE_HEADROOM)
+            && s.held_bytes + incoming
+                <= cfg.max_mqueue_bytes.saturating_mul(BACKPRESSURE_HEADROOM);
+    }
     let mut over_bytes = false;
-    while s.held_bytes + incoming > cfg.max_mqueue_bytes && !s.mqueue.is_empty() {
+    while !over_limit && s.held_bytes + incoming > cfg.max_mqueue_bytes && !s.mqueue.is_empty() {
         // Bytes first: a few large messages must not pin more than the session may hold.
         if let Some(oldest) = s.mqueue.pop_front() {
             s.note_removed(&oldest);
@@ -446,11 +529,11 @@ fn enqueue(
             over_bytes = true;
         }
     }
-    if s.held_bytes + incoming > cfg.max_mqueue_bytes {
+    if !over_limit && s.held_bytes + incoming > cfg.max_mqueue_bytes {
         // Even alone it does not fit (its inflight window holds the rest): not queued.
         counters.dropped_queue_full += 1;
         s.dropped_since_log += 1;
-        return false;
+        return Queued::No;
     }
     let total = s.held_total.load(std::sync::atomic::Ordering::Relaxed);
     if total + incoming > cfg.max_queued_bytes_total {
@@ -467,7 +550,7 @@ fn enqueue(
                 "dropped: every session together holds max_queued_bytes_total"
             );
         }
-        return false;
+        return Queued::No;
     }
     if over_bytes {
         if let Some(dropped) = s.take_drop_log(now) {
@@ -479,7 +562,7 @@ fn enqueue(
             );
         }
     }
-    if s.mqueue.len() >= cfg.max_mqueue_len {
+    if !over_limit && s.mqueue.len() >= cfg.max_mqueue_len {
         if let Some(oldest) = s.mqueue.pop_front() {
             s.note_removed(&oldest);
         }
@@ -512,9 +595,14 @@ fn enqueue(
             wake.push(c.clone());
         }
     }
-    true
+    if over_limit {
+        Queued::OverLimit
+    } else {
+        Queued::Yes
+    }
 }
 
+mod backpressure;
 mod inflight;
 mod inspect;
 mod retained;
@@ -522,6 +610,7 @@ mod sessions;
 mod shared;
 #[cfg(test)]
 pub(crate) mod test_support;
+use backpressure::hold_back_publisher;
 use shared::{other_member, pick_member};
 mod subscriptions;
 pub use inspect::{ClientRow, RetainedRow, Rows, SubscriptionRow};

@@ -36,6 +36,12 @@ pub struct ConnControl {
     pub close_reason: AtomicU8,
     /// Set with a takeover by a clean-start connection: the session was discarded, not resumed.
     pub discarded: AtomicBool,
+    /// Set when it is closed because its full queue held publishers back too long.
+    slow_subscriber: AtomicBool,
+    /// Set while a subscriber's full queue holds this client's publishes back
+    /// (`mqtt.mqueue_full = "backpressure"`): the connection applies no PUBLISH until the router
+    /// clears it and wakes the connection (the queue has room, or its client is gone).
+    pub held_back: AtomicBool,
     /// Who is on the other end, set once at CONNECT, for `holdfast ctl clients`. Boxed: the
     /// router's own tests never set it, and an idle connection stays small.
     meta: OnceLock<Box<ConnMeta>>,
@@ -67,6 +73,8 @@ impl ConnControl {
             closing: AtomicBool::new(false),
             close_reason: AtomicU8::new(0),
             discarded: AtomicBool::new(false),
+            slow_subscriber: AtomicBool::new(false),
+            held_back: AtomicBool::new(false),
             meta: OnceLock::new(),
         })
     }
@@ -88,6 +96,17 @@ impl ConnControl {
         self.waker.wake();
     }
 
+    /// Closes a subscriber whose full queue held publishers back too long (v5: 0x97).
+    pub fn close_slow_subscriber(&self) {
+        self.slow_subscriber.store(true, Ordering::Relaxed);
+        self.close_with(reason::QUOTA_EXCEEDED);
+    }
+
+    /// True while a full subscriber queue holds this client's publishes back.
+    pub fn is_held_back(&self) -> bool {
+        self.held_back.load(Ordering::Acquire)
+    }
+
     /// True once `close_with` was called.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
@@ -102,6 +121,9 @@ impl ConnControl {
             }
             reason::SESSION_TAKEN_OVER => DisconnectReason::Takeovered,
             reason::SERVER_SHUTTING_DOWN => DisconnectReason::Shutdown,
+            reason::QUOTA_EXCEEDED if self.slow_subscriber.load(Ordering::Relaxed) => {
+                DisconnectReason::SlowSubscriber
+            }
             reason::QUOTA_EXCEEDED => DisconnectReason::ForceShutdown,
             _ => DisconnectReason::Kicked,
         }
@@ -155,6 +177,16 @@ pub struct Inflight {
     pub state: InflightState,
     /// The delivery, kept to resend with DUP after a reconnect.
     pub delivery: Delivery,
+}
+
+/// The publishers a full queue holds back (`mqtt.mqueue_full = "backpressure"`), and since
+/// when it has, for `mqtt.slow_subscriber_timeout`.
+#[derive(Debug)]
+pub struct Congestion {
+    /// When the first publisher was held back.
+    pub since: Instant,
+    /// The held-back publishers' connections, by connection id (each once).
+    pub publishers: HashMap<u64, Arc<ConnControl>>,
 }
 
 /// What a pending will counts as held: as a queued delivery of it would.
@@ -216,6 +248,8 @@ pub struct Session {
     pub held_bytes: usize,
     /// The identity that created it.
     pub owner: Owner,
+    /// Publishers its full queue holds back; `None` while it has room (most of the time).
+    pub congestion: Option<Box<Congestion>>,
     /// What changed since the last store flush, for a session persisted to the session store;
     /// `None` for sessions that end with their connection or when there is no store. Boxed: most
     /// sessions have none.
@@ -270,6 +304,7 @@ impl Session {
             next_seq: 1,
             held_bytes: 0,
             owner: Owner::Unclaimed,
+            congestion: None,
             journal: None,
             held_total: Arc::default(),
         }
@@ -393,6 +428,32 @@ impl Session {
         }
     }
 
+    /// Holds `publisher` back until this queue has room (see [`Congestion`]).
+    pub fn hold_back(&mut self, publisher: &Arc<ConnControl>, now: Instant) {
+        publisher.held_back.store(true, Ordering::Release);
+        self.congestion
+            .get_or_insert_with(|| {
+                Box::new(Congestion {
+                    since: now,
+                    publishers: HashMap::new(),
+                })
+            })
+            .publishers
+            .entry(publisher.conn_id)
+            .or_insert_with(|| publisher.clone());
+    }
+
+    /// Lets every publisher this queue holds back go on; their connections are added to
+    /// `wake` (the caller wakes them after the lock is released).
+    pub fn release_publishers(&mut self, wake: &mut Vec<Arc<ConnControl>>) {
+        if let Some(c) = self.congestion.take() {
+            for (_, p) in c.publishers {
+                p.held_back.store(false, Ordering::Release);
+                wake.push(p);
+            }
+        }
+    }
+
     /// The QoS a queued delivery will go out with.
     pub fn head_qos(&self) -> Option<QoS> {
         self.mqueue.front().map(|d| d.qos)
@@ -401,6 +462,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // Publishers it held back go on (their connections wait for this).
+        if let Some(c) = self.congestion.take() {
+            for p in c.publishers.values() {
+                p.held_back.store(false, Ordering::Release);
+                p.wake();
+            }
+        }
         // What it still held leaves the router-wide total with it.
         self.held_total.fetch_sub(
             self.held_bytes.min(self.held_total.load(Ordering::Relaxed)),

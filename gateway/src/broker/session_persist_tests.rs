@@ -9,7 +9,6 @@ use super::message::*;
 use super::router::*;
 use super::session::*;
 use super::session_persist::{self, SessionWrites};
-use crate::config::SharedStrategy;
 use bytes::Bytes;
 use holdfast_mqtt::{reason, ByteStr, PacketId, PublishProperties, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
@@ -22,24 +21,9 @@ use std::time::{Duration, Instant};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
+/// The router tests' limits and policies.
 fn config() -> RouterConfig {
-    RouterConfig {
-        max_retained_bytes: usize::MAX,
-        max_sessions: usize::MAX,
-        max_mqueue_bytes: usize::MAX,
-        max_queued_bytes_total: usize::MAX,
-        max_topic_len: 65535,
-        max_subscription_bytes_total: usize::MAX,
-        max_mqueue_len: 100,
-        mqueue_store_qos0: false,
-        retain_available: true,
-        max_retained_messages: 100,
-        max_retained_payload: 1024,
-        shared_strategy: SharedStrategy::RoundRobin,
-        max_topic_levels: 8,
-        force_shutdown_mqueue_len: 0,
-        force_shutdown_heap_size: 0,
-    }
+    super::router::test_support::config()
 }
 
 /// A router attached to `store`, as the gateway builds it at start.

@@ -35,11 +35,13 @@ pub enum DisconnectReason {
     QueueFull,
     /// The session queue of a connected client reached `mqtt.force_shutdown.max_mqueue_len`.
     ForceShutdown,
+    /// Its full queue held publishers back longer than `mqtt.slow_subscriber_timeout`.
+    SlowSubscriber,
 }
 
 impl DisconnectReason {
     /// Every reason, in report order.
-    pub const ALL: [DisconnectReason; 13] = [
+    pub const ALL: [DisconnectReason; 14] = [
         DisconnectReason::KeepaliveTimeout,
         DisconnectReason::TcpClosed,
         DisconnectReason::Normal,
@@ -53,6 +55,7 @@ impl DisconnectReason {
         DisconnectReason::Shutdown,
         DisconnectReason::QueueFull,
         DisconnectReason::ForceShutdown,
+        DisconnectReason::SlowSubscriber,
     ];
 
     /// The name used in logs, `$SYS` and the API.
@@ -71,6 +74,7 @@ impl DisconnectReason {
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::QueueFull => "queue_full",
             DisconnectReason::ForceShutdown => "force_shutdown",
+            DisconnectReason::SlowSubscriber => "slow_subscriber",
         }
     }
 

@@ -153,6 +153,11 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
             counters.dropped_session_discarded,
         ),
         ("messages/shared_redispatched", counters.shared_redispatched),
+        ("messages/held_back", counters.publishers_held_back),
+        (
+            "clients/slow_subscribers_disconnected",
+            counters.slow_subscribers_disconnected,
+        ),
         (
             "messages/dropped/not_authorized",
             t.dropped_not_authorized.load(Ordering::Relaxed),

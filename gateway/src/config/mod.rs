@@ -82,9 +82,20 @@ pub struct MqttConfig {
     /// QoS 1/2 messages sent to one client and not yet acknowledged; beyond this, messages wait
     /// in the session queue. Default 32; 1..=65535 (MQTT 5 Receive Maximum is a u16).
     pub max_inflight: u16,
-    /// Messages queued per session while the client is offline or its inflight window is full;
-    /// when full the oldest is dropped (EMQX). Default 1000; at least 1.
+    /// Messages queued per session while the client is offline or its inflight window is full.
+    /// What happens when it is full is `mqueue_full`'s. Default 1000; at least 1.
     pub max_mqueue_len: usize,
+    /// What a full session queue (`max_mqueue_len` or `max_mqueue_bytes`) of a connected
+    /// client does to a QoS 1/2 message for it: "backpressure" (default) slows the publishers
+    /// whose messages go there (their input is held, nothing acknowledged is dropped) until it
+    /// has room or `slow_subscriber_timeout` disconnects it; "drop_oldest" drops the oldest
+    /// queued message (EMQX, mosquitto), counted. QoS 0 and offline sessions always drop.
+    pub mqueue_full: MqueueFull,
+    /// How long a connected subscriber may keep its full queue holding publishers back before
+    /// it is disconnected (v5 DISCONNECT 0x97, `slow_subscriber` in `$SYS` and the log); its
+    /// persistent session keeps its queue, dropping the oldest beyond the limits from then on.
+    /// Default 5s; 1s..=1h.
+    pub slow_subscriber_timeout: Duration,
     /// Whether QoS 0 messages are queued for offline persistent sessions. Default false (the
     /// design's choice; EMQX's default is true) because QoS 0 promises nothing and queueing it
     /// eats the queue room that QoS 1/2 messages need.
@@ -201,6 +212,28 @@ pub enum OwnerMismatch {
     Refuse,
     /// The old session is discarded (as with clean start) and the newcomer gets a fresh one.
     Discard,
+}
+
+/// What a full session queue does to a QoS 1/2 message for a connected client
+/// (`mqtt.mqueue_full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MqueueFull {
+    /// Slow the publishers down (hold their input) until the queue has room; the subscriber
+    /// pays with a disconnect after `slow_subscriber_timeout`.
+    #[default]
+    Backpressure,
+    /// Drop the oldest queued message (counted).
+    DropOldest,
+}
+
+impl MqueueFull {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqueueFull::Backpressure => "backpressure",
+            MqueueFull::DropOldest => "drop_oldest",
+        }
+    }
 }
 
 /// How a shared subscription group picks the member that gets a message.
@@ -579,6 +612,8 @@ impl Default for MqttConfig {
             max_packet_size: MB,
             max_inflight: 32,
             max_mqueue_len: 1000,
+            mqueue_full: MqueueFull::Backpressure,
+            slow_subscriber_timeout: Duration::from_secs(5),
             mqueue_store_qos0: false,
             session_expiry: Duration::from_secs(2 * 3600),
             idle_timeout: Duration::from_secs(15),

@@ -75,6 +75,8 @@ fn the_example_config_mentions_every_key() {
         "max_packet_size",
         "max_inflight",
         "max_mqueue_len",
+        "mqueue_full",
+        "slow_subscriber_timeout",
         "mqueue_store_qos0",
         "session_expiry",
         "idle_timeout",

@@ -14,8 +14,8 @@ use super::units::{
 };
 use super::{
     AclNomatch, AuthConfig, BoardConfig, BoardKind, CertIdentity, Config, JwtConfig,
-    ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, NodeConfig, OwnerMismatch,
-    Problem, RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
+    ListenerConfig, ListenerKind, ListenerTls, LogConfig, MqttConfig, MqueueFull, NodeConfig,
+    OwnerMismatch, Problem, RateLimit, SharedStrategy, DEFAULTS_ORIGIN,
 };
 use holdfast_mqtt::topic;
 
@@ -535,6 +535,8 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_packet_size",
             "max_inflight",
             "max_mqueue_len",
+            "mqueue_full",
+            "slow_subscriber_timeout",
             "mqueue_store_qos0",
             "session_expiry",
             "idle_timeout",
@@ -622,6 +624,28 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "max_retained_payload",
             d.max_retained_payload,
             |c, n, k| size(c, n, k, 1, MQTT_MAX_PACKET),
+        ),
+        mqueue_full: ctx.get(entries, path, "mqueue_full", d.mqueue_full, |c, n, k| {
+            let word = string(c, n, k)?;
+            match word.as_str() {
+                "backpressure" => Some(MqueueFull::Backpressure),
+                "drop_oldest" => Some(MqueueFull::DropOldest),
+                _ => {
+                    c.report(
+                        n,
+                        k,
+                        format!("unknown policy {word:?} (expected backpressure or drop_oldest)"),
+                    );
+                    None
+                }
+            }
+        }),
+        slow_subscriber_timeout: ctx.get(
+            entries,
+            path,
+            "slow_subscriber_timeout",
+            d.slow_subscriber_timeout,
+            |c, n, k| duration(c, n, k, Duration::from_secs(1), hours(1), false),
         ),
         shared_subscription_strategy: ctx.get(
             entries,

@@ -177,9 +177,19 @@ impl MqttSession {
                 // Input stops while too many acknowledgements wait for a sync: the devices'
                 // inflight windows then hold the rest back.
                 // A rate limit's empty bucket stops it too, until the refill timer fires.
-                let read = room && self.held_len() < MAX_HELD_ACKS && !self.is_paused();
+                // A held-back client is read on within a bound (see `stall_allows_read`).
+                let read = room
+                    && self.held_len() < MAX_HELD_ACKS
+                    && !self.is_paused()
+                    && self.stall_allows_read();
+                let stalled = !self.inbound.is_empty();
                 let held = self.held.as_deref();
-                poll_wakeup(stream, ctrl, has_output, read, room, held, keepalive).await
+                let input = Input {
+                    read,
+                    stalled,
+                    room,
+                };
+                poll_wakeup(stream, ctrl, has_output, input, held, keepalive).await
             };
             match wakeup {
                 Wakeup::Close => {
@@ -202,6 +212,11 @@ impl MqttSession {
                     Err(_) => return Close::new(DisconnectReason::TcpClosed, None),
                 },
                 Wakeup::Deliveries => self.drain_outgoing(),
+                Wakeup::Resume => {
+                    if let Err(close) = self.handle_input() {
+                        return close;
+                    }
+                }
                 Wakeup::Durable => self.release_held(),
                 Wakeup::KeepAlive if self.is_paused() => {
                     // The timer stood for the refill of a rate limit's bucket: resume with the
@@ -215,6 +230,13 @@ impl MqttSession {
                     if let Err(close) = self.handle_input() {
                         return close;
                     }
+                }
+                Wakeup::KeepAlive if !self.inbound.is_empty() => {
+                    // Held back: its pings may wait unread behind its held publishes, so its
+                    // silence is ours, not the client's.
+                    keepalive
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + self.keepalive_window());
                 }
                 Wakeup::KeepAlive => {
                     conn_event!(info, self, "closed: keepalive_timeout");
@@ -323,10 +345,23 @@ pub(super) enum Wakeup {
     Readable,
     /// The router queued deliveries on the session.
     Deliveries,
+    /// The subscriber queue that held this client's input back has room again.
+    Resume,
     /// A bridge queue synced the messages the oldest held acknowledgement waits for.
     Durable,
     /// Nothing arrived within keepalive x multiplier.
     KeepAlive,
+}
+
+/// What the packet loop may take in while it waits.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Input {
+    /// The socket may be read.
+    pub(super) read: bool,
+    /// Decoded input waits for a full subscriber queue to let this client go on.
+    pub(super) stalled: bool,
+    /// The write buffer has room for deliveries.
+    pub(super) room: bool,
 }
 
 /// Waits for the next [`Wakeup`]. The waker is registered with the control handle before its
@@ -335,8 +370,7 @@ pub(super) async fn poll_wakeup(
     stream: &Stream,
     ctrl: &ConnControl,
     has_output: bool,
-    read: bool,
-    room: bool,
+    input: Input,
     held: Option<&HeldAcks>,
     mut keepalive: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Wakeup {
@@ -361,7 +395,10 @@ pub(super) async fn poll_wakeup(
                 return Poll::Ready(Wakeup::Durable);
             }
         }
-        if read {
+        if input.stalled && !ctrl.is_held_back() {
+            return Poll::Ready(Wakeup::Resume);
+        }
+        if input.read {
             if let Poll::Ready(r) = stream.poll_read_ready(cx) {
                 return Poll::Ready(if r.is_ok() {
                     Wakeup::Readable
@@ -370,7 +407,7 @@ pub(super) async fn poll_wakeup(
                 });
             }
         }
-        if room && ctrl.wake_pending.load(Ordering::Acquire) {
+        if input.room && ctrl.wake_pending.load(Ordering::Acquire) {
             return Poll::Ready(Wakeup::Deliveries);
         }
         if keepalive.as_mut().poll(cx).is_ready() {

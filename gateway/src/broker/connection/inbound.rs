@@ -7,6 +7,19 @@
 use super::*;
 use holdfast_mqtt::PacketId;
 
+/// Packets a held-back client may still have applied: they release our own deliveries or
+/// keep the connection alive, and reorder nothing the client can observe.
+fn goes_past_hold_back(p: &Packet) -> bool {
+    matches!(
+        p,
+        Packet::PubAck(_)
+            | Packet::PubRec(_)
+            | Packet::PubRel(_)
+            | Packet::PubComp(_)
+            | Packet::PingReq
+    )
+}
+
 impl MqttSession {
     /// Decodes every complete packet in the read buffer and applies them under one lock.
     pub(super) fn handle_input(&mut self) -> Result<(), Close> {
@@ -80,39 +93,72 @@ impl MqttSession {
         let mut packets = std::mem::take(&mut self.inbound);
         let broker = self.broker.clone();
         let now = Instant::now();
-        let publishes = packets
-            .iter()
-            .filter(|p| matches!(p, Packet::Publish(_)))
-            .count();
-        broker
-            .traffic
-            .publish_received
-            .fetch_add(publishes as u64, Ordering::Relaxed);
         let mut forwarded = self
             .held
             .as_mut()
             .map(|h| std::mem::take(&mut h.forwarded))
             .unwrap_or_default();
+        let mut stalled = Vec::new();
+        let mut publishes = 0u64;
         let result = broker.with_router_forwarding(
             |r| {
                 for packet in packets.drain(..) {
+                    // A full subscriber queue holds this client back (mqueue_full =
+                    // "backpressure"): its publishes, and what came after them, wait in order;
+                    // acknowledgements and pings go on, so its own deliveries keep flowing.
+                    if (!stalled.is_empty() || self.ctrl.is_held_back())
+                        && !goes_past_hold_back(&packet)
+                    {
+                        stalled.push(packet);
+                        continue;
+                    }
+                    publishes += u64::from(matches!(packet, Packet::Publish(_)));
                     self.apply_packet(r, packet, now)?;
                 }
                 Ok(())
             },
             &mut forwarded,
         );
+        broker
+            .traffic
+            .publish_received
+            .fetch_add(publishes, Ordering::Relaxed);
         // Kept only when an acknowledgement of this batch waits on a verdict (QoS 0 forwards
         // need none, and most batches then allocate nothing).
         if let Some(held) = self.held.as_mut().filter(|h| !h.deferred.is_empty()) {
             held.forwarded = forwarded;
         }
         packets.clear();
-        if !self.rbuf.is_empty() {
+        if !stalled.is_empty() {
+            conn_event!(
+                trace,
+                self,
+                stalled = stalled.len(),
+                "held back: a subscriber's queue is full"
+            );
+            self.inbound = stalled;
+        } else if !self.rbuf.is_empty() {
             // Busy: more input is on its way, keep the capacity for the next batch.
             self.inbound = packets;
         }
         result
+    }
+
+    /// True while held-back input may still grow: the client is read on for the
+    /// acknowledgements behind its held publishes, within a bound.
+    pub(super) fn stall_allows_read(&self) -> bool {
+        if self.inbound.is_empty() {
+            return true;
+        }
+        let bytes: usize = self
+            .inbound
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p.payload.len() + p.topic.len(),
+                _ => 16,
+            })
+            .sum();
+        self.inbound.len() < MAX_STALLED_PACKETS && bytes < MAX_STALLED_BYTES
     }
 
     pub(super) fn apply_packet(

@@ -40,8 +40,22 @@ impl Router {
     }
 
     /// Moves up to `budget` items from the session's queue (and, after a reconnect, its inflight
-    /// window) into `out`. Returns true when more is ready to send right now.
+    /// window) into `out`. Returns true when more is ready to send right now. Publishers the
+    /// queue held back go on once it is down to three quarters of its limits.
     pub fn take_outgoing(
+        &mut self,
+        sid: SessionId,
+        conn_id: u64,
+        budget: usize,
+        now: Instant,
+        out: &mut Vec<Outgoing>,
+    ) -> bool {
+        let more = self.take_outgoing_from_queue(sid, conn_id, budget, now, out);
+        self.release_publishers_if_room(sid);
+        more
+    }
+
+    fn take_outgoing_from_queue(
         &mut self,
         sid: SessionId,
         conn_id: u64,

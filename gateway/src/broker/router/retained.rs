@@ -160,6 +160,7 @@ impl Router {
                 s,
                 delivery,
                 &mut Some(msg.clone()),
+                false,
                 now,
             );
         }

@@ -71,6 +71,8 @@ impl Router {
             }
             if let Some(s) = self.sessions.get_mut(&sid) {
                 replaced = s.conn.take();
+                // A new connection starts with a clean slate; its publishers retry.
+                s.release_publishers(&mut self.wake);
                 if !clean_start {
                     s.conn = Some(params.conn.clone());
                     s.protocol = params.protocol;
@@ -155,6 +157,8 @@ impl Router {
             return;
         }
         s.conn = None;
+        // Offline sessions drop their oldest instead: nobody waits on them.
+        s.release_publishers(&mut self.wake);
         if let Some(expiry) = expiry_override {
             s.expiry = expiry;
         }
@@ -256,11 +260,13 @@ impl Router {
         self.publish(msg, now)
     }
 
-    /// Publishes due delayed wills and discards expired offline sessions. Returns the client
-    /// ids of the sessions discarded.
+    /// Publishes due delayed wills, discards expired offline sessions and disconnects
+    /// subscribers whose full queue held publishers back longer than
+    /// `slow_subscriber_timeout`. Returns the client ids of the sessions discarded.
     pub fn tick(&mut self, now: Instant) -> Vec<ClientId> {
         let mut due_wills = Vec::new();
         let mut expired = Vec::new();
+        self.disconnect_slow_subscribers(now);
         for s in self.sessions.values_mut() {
             if s.pending_will().is_some_and(|w| now >= w.publish_at) {
                 if let Some(w) = s.take_pending_will() {

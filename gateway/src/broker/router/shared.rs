@@ -42,7 +42,9 @@ impl Router {
             moved.shared = d.shared.clone();
             tracing::debug!(client_id = %s.client_id, topic = %d.message.topic, "shared subscription: message handed to another member");
             let mut offline_copy = None;
-            if enqueue(cfg, counters, wake, s, moved, &mut offline_copy, now) {
+            // Already acknowledged to its publisher, who cannot be held back any more: a full
+            // member takes it over its limit (up to the headroom) rather than drop one.
+            if enqueue(cfg, counters, wake, s, moved, &mut offline_copy, true, now) != Queued::No {
                 counters.shared_redispatched += 1;
             }
         }

@@ -4,7 +4,7 @@
 use crate::broker::message::*;
 use crate::broker::router::*;
 use crate::broker::session::*;
-use crate::config::{OwnerMismatch, SharedStrategy};
+use crate::config::{MqueueFull, OwnerMismatch, SharedStrategy};
 use bytes::Bytes;
 use holdfast_mqtt::{
     reason, ByteStr, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
@@ -33,6 +33,8 @@ pub(crate) fn config() -> RouterConfig {
         max_topic_len: 65535,
         max_subscription_bytes_total: usize::MAX,
         max_mqueue_len: 100,
+        mqueue_full: MqueueFull::Backpressure,
+        slow_subscriber_timeout: Duration::from_secs(5),
         mqueue_store_qos0: false,
         retain_available: true,
         max_retained_messages: 100,
