@@ -7,7 +7,8 @@
 #   BENCH_QUICK=1 bash bench/compare.sh   # smoke run: 3 s loads, 1,000 idle connections
 #   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: durable, idle)
 #
-# Loads, per broker: fanin qos0 (100 -> 1), fanin qos1, fanout qos0 (1 -> 100), latency at
+# Loads, per broker: fanin qos0 (100 -> 1), fanin qos1 (closed loop, and open loop: publishers
+# limited only by their PUBACKs), fanout qos0 (1 -> 100), latency at
 # 10,000 msg/s, idle connections (on a freshly started broker, so the RSS baseline is clean);
 # then a flood on holdfast alone with its RSS. Raw JSON results and broker logs are copied to
 # $BENCH_KEEP if set. mosquitto runs with its defaults, which leave TCP_NODELAY off (Nagle plus
@@ -245,6 +246,9 @@ for broker in mosquitto holdfast; do
     start_broker "$broker"
     run_bench "$broker" fanin0 fanin --qos 0 --duration "$DURATION"
     run_bench "$broker" fanin1 fanin --qos 1 --duration "$DURATION"
+    # Open loop: the publishers do not wait for the subscriber, only for their PUBACKs, so a
+    # broker that acknowledges faster than its subscriber reads must slow them down or drop.
+    run_bench "$broker" fanin1open fanin --qos 1 --max-outstanding 0 --duration "$DURATION"
     run_bench "$broker" fanout0 fanout --qos 0 --duration "$DURATION"
     run_bench "$broker" latency latency --rate 10000 --duration "$DURATION"
     stop_broker "$broker"
@@ -478,6 +482,10 @@ if [[ $ONLY == all ]]; then
     row "fanin qos1 reordered / duplicates" fanin1 '"\(.reordered)/\(.duplicates)"'
     row "fanin qos1 PUBACKs" fanin1 .acked
     row "fanin qos1 latency p99 us" fanin1 .latency_us.p99
+    row "fanin qos1 open loop delivered msg/s (higher)" fanin1open .recv_rate
+    row "fanin qos1 open loop PUBACKed" fanin1open .acked
+    row "fanin qos1 open loop acknowledged but lost" fanin1open .lost
+    row "fanin qos1 open loop latency p99 us" fanin1open .latency_us.p99
     row "fanout qos0 1->100 deliveries/s (higher)" fanout0 .recv_rate
     row "fanout qos0 lost" fanout0 .lost
     row "fanout qos0 latency p99 us" fanout0 .latency_us.p99

@@ -146,7 +146,8 @@ pub struct ConnectParams {
     pub clean_start: bool,
     /// How long the session outlives the connection.
     pub session_expiry: Duration,
-    /// Outbound inflight window for this connection.
+    /// What the connection's outbound inflight window may grow to (it starts at
+    /// `session::INITIAL_WINDOW`).
     pub window: usize,
     /// The connection's control handle.
     pub conn: Arc<ConnControl>,

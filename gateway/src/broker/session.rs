@@ -16,6 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+/// Where a connection's inflight window starts: small, so a device that acknowledges slowly
+/// (or keeps a small table of QoS 2 ids) never has hundreds of messages pushed at it; it grows
+/// from there for a client that keeps up.
+pub const INITIAL_WINDOW: usize = 32;
+
 /// The broker's handle on the connection that currently serves a session.
 ///
 /// The router wakes the connection when deliveries are queued (`wake_pending` + the waker), and
@@ -229,8 +234,16 @@ pub struct Session {
     pub expiry: Duration,
     /// When an offline session is discarded (`None` while connected).
     pub expires_at: Option<Instant>,
-    /// Inflight window for this connection: min(max_inflight, the client's receive maximum).
+    /// Inflight window now: starts at [`INITIAL_WINDOW`] (or `window_max`, if smaller), doubles
+    /// while the client acknowledges whole windows with more waiting, halves after a second in
+    /// which a full window got no acknowledgement (see [`Session::set_window_max`]).
     pub window: usize,
+    /// What the window may grow to: min(`mqtt.max_inflight`, the client's receive maximum).
+    pub window_max: usize,
+    /// Acknowledgements since the window last grew.
+    acks_since_growth: u32,
+    /// Acknowledgements since the last router tick.
+    acks_since_tick: u32,
     /// Set after a reconnect: inflight entries must be resent (DUP) before anything new.
     pub resend_pending: bool,
     /// A will waiting for its delay interval; set and taken only through
@@ -296,7 +309,10 @@ impl Session {
             conn: None,
             expiry: Duration::ZERO,
             expires_at: None,
-            window: 32,
+            window: INITIAL_WINDOW,
+            window_max: INITIAL_WINDOW,
+            acks_since_growth: 0,
+            acks_since_tick: 0,
             resend_pending: false,
             pending_will: None,
             dropped_since_log: 0,
@@ -313,6 +329,49 @@ impl Session {
     /// True while a connection serves this session.
     pub fn is_connected(&self) -> bool {
         self.conn.is_some()
+    }
+
+    /// A new connection's window: starts again at [`INITIAL_WINDOW`], at most `max`.
+    pub fn set_window_max(&mut self, max: usize) {
+        self.window_max = max.max(1);
+        self.window = INITIAL_WINDOW.min(self.window_max);
+        self.acks_since_growth = 0;
+        self.acks_since_tick = 0;
+    }
+
+    /// One QoS 1/2 handshake completed: a client that acknowledged a whole window while more
+    /// messages waited gets twice the window (up to `window_max`).
+    pub fn note_acked(&mut self) {
+        self.acks_since_growth = self.acks_since_growth.saturating_add(1);
+        self.acks_since_tick = self.acks_since_tick.saturating_add(1);
+        if self.window < self.window_max
+            && self.acks_since_growth as usize >= self.window
+            && !self.mqueue.is_empty()
+        {
+            self.window = (self.window * 2).min(self.window_max);
+            self.acks_since_growth = 0;
+        }
+    }
+
+    /// Once a second: a full window that got no acknowledgement at all since the last tick
+    /// halves (not below [`INITIAL_WINDOW`]), so a client that stopped keeping up stops being
+    /// sent more than it takes; an empty queue or window gives its capacity back.
+    pub fn tick_window(&mut self) {
+        if self.acks_since_tick == 0
+            && self.window > INITIAL_WINDOW
+            && self.inflight.len() >= self.window
+        {
+            self.window = (self.window / 2).max(INITIAL_WINDOW.min(self.window_max));
+            self.acks_since_growth = 0;
+        }
+        self.acks_since_tick = 0;
+        // A burst's queue and window capacity goes back once they are empty.
+        if self.mqueue.is_empty() && self.mqueue.capacity() > INITIAL_WINDOW {
+            self.mqueue = VecDeque::new();
+        }
+        if self.inflight.is_empty() && self.inflight.capacity() > INITIAL_WINDOW {
+            self.inflight = VecDeque::new();
+        }
     }
 
     /// Allocates an outbound packet id not used by the inflight window.

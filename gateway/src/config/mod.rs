@@ -79,8 +79,11 @@ pub struct MqttConfig {
     /// frame_too_large). Bounds the memory one malicious length prefix can claim.
     /// Default 1MB; 16B..=256MB (256MB is the MQTT protocol maximum).
     pub max_packet_size: u32,
-    /// QoS 1/2 messages sent to one client and not yet acknowledged; beyond this, messages wait
-    /// in the session queue. Default 32; 1..=65535 (MQTT 5 Receive Maximum is a u16).
+    /// Most QoS 1/2 messages sent to one client and not yet acknowledged (also capped by an MQTT
+    /// 5 client's Receive Maximum); beyond its window, messages wait in the session queue. The
+    /// window starts at 32 and doubles each time the client acknowledges a whole window while
+    /// more waits, up to this; a second in which a full window got no acknowledgement halves
+    /// it. Default 1024 (a fast subscriber is not held to 32 per round trip); 1..=65535.
     pub max_inflight: u16,
     /// Messages queued per session while the client is offline or its inflight window is full.
     /// What happens when it is full is `mqueue_full`'s. Default 1000; at least 1.
@@ -610,7 +613,7 @@ impl Default for MqttConfig {
         const MB: u32 = 1024 * 1024;
         MqttConfig {
             max_packet_size: MB,
-            max_inflight: 32,
+            max_inflight: 1024,
             max_mqueue_len: 1000,
             mqueue_full: MqueueFull::Backpressure,
             slow_subscriber_timeout: Duration::from_secs(5),

@@ -166,6 +166,7 @@ impl Router {
         if let Some(done) = s.inflight.remove(pos) {
             s.note_removed(&done.delivery);
         }
+        s.note_acked();
         true
     }
 

@@ -348,3 +348,59 @@ fn expired_messages_are_skipped_at_drain_time_and_counted() {
     assert!(publishes(&out).iter().all(|s| s.dup));
     assert_eq!(r.counters().dropped_expired, 3);
 }
+
+#[test]
+fn the_window_grows_for_a_client_that_keeps_up_and_halves_when_it_stops() {
+    let t0 = Instant::now();
+    let mut r = Router::new(RouterConfig {
+        max_mqueue_len: 1000,
+        ..config()
+    });
+    let (res, c) = connect_with(&mut r, "sub", true, Duration::ZERO, 100);
+    let s = res.session_id;
+    sub(&mut r, s, "t", QoS::AtLeastOnce, t0);
+    for i in 0..1000 {
+        r.publish(msg("t", &i.to_string(), QoS::AtLeastOnce, false, None), t0);
+    }
+    // 32 first; each whole window acknowledged with more waiting doubles it, up to the
+    // cap of 100 (the client's receive maximum or max_inflight).
+    let mut sizes = Vec::new();
+    for _ in 0..4 {
+        let sent = publishes(&drain(&mut r, s, c.conn_id, t0));
+        sizes.push(sent.len());
+        for m in &sent {
+            ack(&mut r, s, m);
+        }
+    }
+    assert_eq!(sizes, [32, 64, 100, 100]);
+
+    // A full window without a single acknowledgement for a whole tick halves.
+    let stuck = publishes(&drain(&mut r, s, c.conn_id, t0));
+    assert_eq!(stuck.len(), 100);
+    r.tick(t0);
+    r.tick(t0);
+    // Window 50 now: ten acknowledged leave 90 in flight, and nothing new goes out (with the
+    // old window of 100, ten would).
+    for m in &stuck[..10] {
+        ack(&mut r, s, m);
+    }
+    assert_eq!(publishes(&drain(&mut r, s, c.conn_id, t0)).len(), 0);
+    // Catching up (a whole window of 50 acknowledged) earns the 100 back.
+    for m in &stuck[10..] {
+        ack(&mut r, s, m);
+    }
+    assert_eq!(publishes(&drain(&mut r, s, c.conn_id, t0)).len(), 100);
+
+    // A new connection starts again at 32.
+    let (res, c) = connect_with(&mut r, "sub", false, HOUR, 100);
+    assert!(res.session_present);
+    // The 100 unacknowledged are resent (DUP) whatever the window; nothing new goes out
+    // while more than the fresh window of 32 is in flight.
+    let resent = publishes(&drain(&mut r, s, c.conn_id, t0));
+    assert_eq!(resent.len(), 100);
+    assert!(resent.iter().all(|m| m.dup));
+    for m in &resent[..20] {
+        ack(&mut r, s, m);
+    }
+    assert_eq!(publishes(&drain(&mut r, s, c.conn_id, t0)).len(), 0);
+}

@@ -78,7 +78,7 @@ impl Router {
                     s.protocol = params.protocol;
                     s.expiry = params.session_expiry;
                     s.expires_at = None;
-                    s.window = params.window.max(1);
+                    s.set_window_max(params.window);
                     s.take_pending_will();
                     s.resend_pending = !s.inflight.is_empty();
                     params
@@ -118,7 +118,7 @@ impl Router {
         session.owner = params.owner;
         session.conn = Some(params.conn);
         session.expiry = params.session_expiry;
-        session.window = params.window.max(1);
+        session.set_window_max(params.window);
         self.sessions.insert(sid, Box::new(session));
         self.by_client.insert(params.client_id, sid);
         self.sync_journal(sid);
@@ -268,6 +268,7 @@ impl Router {
         let mut expired = Vec::new();
         self.disconnect_slow_subscribers(now);
         for s in self.sessions.values_mut() {
+            s.tick_window();
             if s.pending_will().is_some_and(|w| now >= w.publish_at) {
                 if let Some(w) = s.take_pending_will() {
                     due_wills.push(w.message);
