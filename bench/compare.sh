@@ -5,7 +5,7 @@
 #   bash bench/compare.sh                 # 10 s loads, 10,000 idle connections
 #   BENCH_DURATION=30s bash bench/compare.sh
 #   BENCH_QUICK=1 bash bench/compare.sh   # smoke run: 3 s loads, 1,000 idle connections
-#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: durable, idle)
+#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: broker, durable, idle)
 #
 # Loads, per broker: fanin qos0 (100 -> 1), fanin qos1 (closed loop, and open loop: publishers
 # limited only by their PUBACKs), fanout qos0 (1 -> 100), latency at
@@ -242,7 +242,7 @@ fmt() { # thousands separators for integers
 
 ONLY=${BENCH_ONLY:-all}
 for broker in mosquitto holdfast; do
-    [[ $ONLY == all ]] || break
+    [[ $ONLY == all || $ONLY == broker ]] || break
     start_broker "$broker"
     run_bench "$broker" fanin0 fanin --qos 0 --duration "$DURATION"
     run_bench "$broker" fanin1 fanin --qos 1 --duration "$DURATION"
@@ -256,7 +256,7 @@ for broker in mosquitto holdfast; do
     run_bench "$broker" idle idle --connections "$CONNECTIONS" --settle 3s
     stop_broker "$broker"
 done
-if [[ $ONLY == all ]]; then
+if [[ $ONLY == all || $ONLY == broker ]]; then
     start_broker holdfast
     run_bench holdfast flood flood --duration "$DURATION" --sub-reads false
     stop_broker holdfast
@@ -465,7 +465,7 @@ row() { # label test jq-path
     printf '%-44s %16s %16s %10s\n' "$1" "$(fmt "$m")" "$(fmt "$h")" "$(ratio "$m" "$h")"
 }
 
-if [[ $ONLY == all ]]; then
+if [[ $ONLY == all || $ONLY == broker ]]; then
     BIN_SIZE=$(stat -c %s "$HOLDFAST")
     echo
     echo "holdfast vs mosquitto ($("$MOSQUITTO" -h 2>/dev/null | head -1 | sed 's/ running.*//')$([[ ${BENCH_MOSQUITTO_NODELAY:-0} == 1 ]] && echo ', set_tcp_nodelay true')), loads of $DURATION, $(nproc) CPUs, load average at start $LOADAVG_START, $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -32,7 +32,9 @@ async fn slow_subscriber(
     o.set_clean_session(true);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_manual_acks(true);
-    let (client, mut ev) = AsyncClient::new(o, 100);
+    // The acks go through rumqttc's request channel, which this same task drains by polling:
+    // it must hold a whole inflight window (up to mqtt.max_inflight) of them.
+    let (client, mut ev) = AsyncClient::new(o, 4096);
     client
         .subscribe(filter, QoS::AtLeastOnce)
         .await

@@ -223,7 +223,9 @@ allow_anonymous = true
 #[test]
 fn a_subscriber_that_never_acks_holds_max_inflight_and_gets_them_again_with_dup_before_the_newest_queued(
 ) {
-    let gw = Gateway::start_with_mqtt("max_inflight = 5\nmax_mqueue_len = 10");
+    let gw = Gateway::start_with_mqtt(
+        "max_inflight = 5\nmax_mqueue_len = 10\nmqueue_full = \"drop_oldest\"",
+    );
     let (mut sub, _) = Raw::connect_with_expiry(gw.port, "nack", false, 300);
     sub.subscribe_one("inf/t", QoS::AtLeastOnce);
     let (mut publisher, _) = Raw::connect_with_expiry(gw.port, "inf-pub", true, 0);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// Where a connection's inflight window starts: small, so a device that acknowledges slowly
 /// (or keeps a small table of QoS 2 ids) never has hundreds of messages pushed at it; it grows
 /// from there for a client that keeps up.
-pub const INITIAL_WINDOW: usize = 32;
+pub const INITIAL_WINDOW: u16 = 32;
 
 /// The broker's handle on the connection that currently serves a session.
 ///
@@ -237,13 +237,13 @@ pub struct Session {
     /// Inflight window now: starts at [`INITIAL_WINDOW`] (or `window_max`, if smaller), doubles
     /// while the client acknowledges whole windows with more waiting, halves after a second in
     /// which a full window got no acknowledgement (see [`Session::set_window_max`]).
-    pub window: usize,
+    pub window: u16,
     /// What the window may grow to: min(`mqtt.max_inflight`, the client's receive maximum).
-    pub window_max: usize,
+    pub window_max: u16,
     /// Acknowledgements since the window last grew.
-    acks_since_growth: u32,
-    /// Acknowledgements since the last router tick.
-    acks_since_tick: u32,
+    acks_since_growth: u16,
+    /// Any acknowledgement since the last router tick.
+    acked_since_tick: bool,
     /// Set after a reconnect: inflight entries must be resent (DUP) before anything new.
     pub resend_pending: bool,
     /// A will waiting for its delay interval; set and taken only through
@@ -312,7 +312,7 @@ impl Session {
             window: INITIAL_WINDOW,
             window_max: INITIAL_WINDOW,
             acks_since_growth: 0,
-            acks_since_tick: 0,
+            acked_since_tick: false,
             resend_pending: false,
             pending_will: None,
             dropped_since_log: 0,
@@ -333,22 +333,27 @@ impl Session {
 
     /// A new connection's window: starts again at [`INITIAL_WINDOW`], at most `max`.
     pub fn set_window_max(&mut self, max: usize) {
-        self.window_max = max.max(1);
+        self.window_max = u16::try_from(max).unwrap_or(u16::MAX).max(1);
         self.window = INITIAL_WINDOW.min(self.window_max);
         self.acks_since_growth = 0;
-        self.acks_since_tick = 0;
+        self.acked_since_tick = false;
+    }
+
+    /// True while the inflight window has no room for another QoS 1/2 message.
+    pub fn window_full(&self) -> bool {
+        self.inflight.len() >= usize::from(self.window)
     }
 
     /// One QoS 1/2 handshake completed: a client that acknowledged a whole window while more
     /// messages waited gets twice the window (up to `window_max`).
     pub fn note_acked(&mut self) {
         self.acks_since_growth = self.acks_since_growth.saturating_add(1);
-        self.acks_since_tick = self.acks_since_tick.saturating_add(1);
+        self.acked_since_tick = true;
         if self.window < self.window_max
-            && self.acks_since_growth as usize >= self.window
+            && self.acks_since_growth >= self.window
             && !self.mqueue.is_empty()
         {
-            self.window = (self.window * 2).min(self.window_max);
+            self.window = self.window.saturating_mul(2).min(self.window_max);
             self.acks_since_growth = 0;
         }
     }
@@ -357,19 +362,17 @@ impl Session {
     /// halves (not below [`INITIAL_WINDOW`]), so a client that stopped keeping up stops being
     /// sent more than it takes; an empty queue or window gives its capacity back.
     pub fn tick_window(&mut self) {
-        if self.acks_since_tick == 0
-            && self.window > INITIAL_WINDOW
-            && self.inflight.len() >= self.window
-        {
+        if !self.acked_since_tick && self.window > INITIAL_WINDOW && self.window_full() {
             self.window = (self.window / 2).max(INITIAL_WINDOW.min(self.window_max));
             self.acks_since_growth = 0;
         }
-        self.acks_since_tick = 0;
+        self.acked_since_tick = false;
         // A burst's queue and window capacity goes back once they are empty.
-        if self.mqueue.is_empty() && self.mqueue.capacity() > INITIAL_WINDOW {
+        let small = usize::from(INITIAL_WINDOW);
+        if self.mqueue.is_empty() && self.mqueue.capacity() > small {
             self.mqueue = VecDeque::new();
         }
-        if self.inflight.is_empty() && self.inflight.capacity() > INITIAL_WINDOW {
+        if self.inflight.is_empty() && self.inflight.capacity() > small {
             self.inflight = VecDeque::new();
         }
     }

@@ -113,6 +113,10 @@ pub struct MqttConfig {
     /// A client silent for keepalive x this factor is disconnected (MQTT says 1.5). Default
     /// 1.5; 1.0..=1000.0.
     pub keepalive_multiplier: f32,
+    /// `mqtt.server_keepalive` (EMQX's): when set, MQTT 5 clients are told this keep alive in
+    /// CONNACK (Server Keep Alive) and held to it, whatever their CONNECT asked; 3.1.1 clients,
+    /// who cannot be told, keep their own. Seconds, 0 = no keep alive. Default unset.
+    pub server_keepalive: Option<u16>,
     /// Longest client id accepted, in bytes. Default 256 (it is stored with every persistent
     /// session and named in logs and `$SYS`); 23..=65535 (MQTT requires servers to accept at
     /// least 23).
@@ -621,6 +625,7 @@ impl Default for MqttConfig {
             session_expiry: Duration::from_secs(2 * 3600),
             idle_timeout: Duration::from_secs(15),
             keepalive_multiplier: 1.5,
+            server_keepalive: None,
             max_clientid_len: 256,
             max_topic_alias: 16,
             max_topic_levels: 128,

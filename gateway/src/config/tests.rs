@@ -81,6 +81,7 @@ fn the_example_config_mentions_every_key() {
         "session_expiry",
         "idle_timeout",
         "keepalive_multiplier",
+        "server_keepalive",
         "max_clientid_len",
         "max_topic_alias",
         "max_topic_levels",

@@ -541,6 +541,7 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             "session_expiry",
             "idle_timeout",
             "keepalive_multiplier",
+            "server_keepalive",
             "max_clientid_len",
             "max_topic_alias",
             "max_topic_levels",
@@ -591,6 +592,11 @@ fn mqtt_section(ctx: &mut Ctx<'_>, node: &Node) -> MqttConfig {
             d.keepalive_multiplier,
             keepalive_multiplier,
         ),
+        server_keepalive: ctx.get(entries, path, "server_keepalive", d.server_keepalive, |c, n, k| {
+            let max = Duration::from_secs(u64::from(u16::MAX));
+            let d = duration(c, n, k, Duration::ZERO, max, true)?;
+            Some(u16::try_from(d.as_secs()).ok())
+        }),
         max_clientid_len: ctx.get(entries, path, "max_clientid_len", d.max_clientid_len, |c, n, k| {
             integer(c, n, k, 23, 65535)
         }),

@@ -204,8 +204,10 @@ impl MqttSession {
                 self.client_max_packet = max;
             }
         }
-        self.keep_alive =
-            Duration::from_secs_f32(f32::from(connect.keep_alive) * cfg.keepalive_multiplier);
+        // MQTT 5 §3.2.2.3.14: a Server Keep Alive in CONNACK replaces the client's value.
+        let server_keepalive = cfg.server_keepalive.filter(|_| v5);
+        let keep_alive = server_keepalive.unwrap_or(connect.keep_alive);
+        self.keep_alive = Duration::from_secs_f32(f32::from(keep_alive) * cfg.keepalive_multiplier);
 
         self.ctrl.set_meta(ConnMeta {
             peer: self.peer,
@@ -269,6 +271,7 @@ impl MqttSession {
             if session_expiry != requested_expiry {
                 properties.session_expiry_interval = Some(session_expiry.as_secs() as u32);
             }
+            properties.server_keep_alive = server_keepalive;
         }
         let ack = Packet::ConnAck(ConnAck {
             session_present: result.session_present,

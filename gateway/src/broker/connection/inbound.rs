@@ -99,16 +99,28 @@ impl MqttSession {
             .map(|h| std::mem::take(&mut h.forwarded))
             .unwrap_or_default();
         let mut stalled = Vec::new();
+        let mut stalled_qos = 0;
         let mut publishes = 0u64;
         let result = broker.with_router_forwarding(
             |r| {
                 for packet in packets.drain(..) {
+                    if let Packet::Publish(p) = &packet {
+                        // (A QoS 2 resend of an id we hold is no new message.)
+                        let resend = p.qos == QoS::ExactlyOnce
+                            && r.is_awaiting_rel(self.session, p.packet_id);
+                        if p.qos != QoS::AtMostOnce && !resend {
+                            self.check_receive_maximum(r, stalled_qos)?;
+                        }
+                    }
                     // A full subscriber queue holds this client back (mqueue_full =
                     // "backpressure"): its publishes, and what came after them, wait in order;
                     // acknowledgements and pings go on, so its own deliveries keep flowing.
                     if (!stalled.is_empty() || self.ctrl.is_held_back())
                         && !goes_past_hold_back(&packet)
                     {
+                        if matches!(&packet, Packet::Publish(p) if p.qos != QoS::AtMostOnce) {
+                            stalled_qos += 1;
+                        }
                         stalled.push(packet);
                         continue;
                     }
@@ -142,6 +154,36 @@ impl MqttSession {
             self.inbound = packets;
         }
         result
+    }
+
+    /// MQTT 5 §3.3.4: an MQTT 5 client may have at most our Receive Maximum (CONNACK,
+    /// `max_awaiting_rel`) QoS 1/2 publishes we have not acknowledged: PUBACKs held for a
+    /// bridge queue's sync, QoS 2 ids awaiting PUBREL, publishes held back by a full
+    /// subscriber queue. One more is answered with DISCONNECT 0x93.
+    pub(super) fn check_receive_maximum(&self, r: &Router, stalled: usize) -> Result<(), Close> {
+        let max = self.broker.config.mqtt.max_awaiting_rel;
+        if !self.protocol.is_v5() || max >= usize::from(u16::MAX) {
+            return Ok(());
+        }
+        let unacknowledged = self.held_pubacks() + r.awaiting_rel_len(self.session) + stalled;
+        if unacknowledged < max {
+            return Ok(());
+        }
+        conn_event!(
+            warn,
+            self,
+            unacknowledged,
+            receive_maximum = max,
+            "protocol error: receive maximum exceeded"
+        );
+        self.broker
+            .traffic
+            .dropped_awaiting_rel_full
+            .fetch_add(1, Ordering::Relaxed);
+        Err(Close::new(
+            DisconnectReason::ProtocolError,
+            Some(reason::RECEIVE_MAXIMUM_EXCEEDED),
+        ))
     }
 
     /// True while held-back input may still grow: the client is read on for the

@@ -115,6 +115,16 @@ impl MqttSession {
         self.held.as_ref().map_or(0, |h| h.queue.len())
     }
 
+    /// Held PUBACKs (a held PUBREC's message already counts in the router's awaiting_rel).
+    pub(super) fn held_pubacks(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| {
+            h.queue
+                .iter()
+                .filter(|a| matches!(a.packet, Packet::PubAck(_)))
+                .count()
+        })
+    }
+
     /// Moves deliveries from the session into the write buffer until it is full or the
     /// session has nothing ready.
     pub(super) fn drain_outgoing(&mut self) {

@@ -109,7 +109,7 @@ impl Router {
                 }
                 continue;
             }
-            if s.inflight.len() >= s.window {
+            if s.window_full() {
                 return false;
             }
             let packet_id = s.allocate_packet_id();
@@ -218,6 +218,18 @@ impl Router {
         // Persisted with the session: after a restart the resend is still a duplicate.
         s.note_meta_changed();
         Qos2Receive::New
+    }
+
+    /// Inbound QoS 2 packet ids of session `sid` awaiting PUBREL.
+    pub fn awaiting_rel_len(&self, sid: SessionId) -> usize {
+        self.sessions.get(&sid).map_or(0, |s| s.awaiting_rel.len())
+    }
+
+    /// True when inbound QoS 2 packet id `packet_id` of session `sid` awaits its PUBREL.
+    pub fn is_awaiting_rel(&self, sid: SessionId, packet_id: PacketId) -> bool {
+        self.sessions
+            .get(&sid)
+            .is_some_and(|s| s.awaiting_rel.contains(&packet_id))
     }
 
     /// PUBREL from the client. False when the packet id was not awaiting release.
