@@ -75,6 +75,7 @@ fn child_writes_and_flushes_retained_messages_until_killed() {
                 packet_id: None,
                 state: PendingState::Queued,
                 subscription_id: None,
+                more_subscription_ids: Vec::new(),
             };
             store.push_pending(CLIENT, &p).expect("push");
             i += 1;

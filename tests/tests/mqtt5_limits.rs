@@ -1,12 +1,13 @@
-//! MQTT 5 flow-control details a client library relies on: exceeding the gateway's Receive
-//! Maximum is answered with DISCONNECT 0x93 (not a bare close), and `mqtt.server_keepalive`
-//! is announced in CONNACK and enforced. A bare client (rumqttc's packet types on a plain
+//! MQTT 5 details a client library relies on: exceeding the gateway's Receive Maximum is
+//! answered with DISCONNECT 0x93 (not a bare close), `mqtt.server_keepalive` is announced in
+//! CONNACK and enforced, and overlapping subscriptions get one copy with all their
+//! subscription identifiers. A bare client (rumqttc's packet types on a plain
 //! socket) sees exactly what the broker sent.
 
 use holdfast_tests::raw5::Raw;
 use holdfast_tests::{free_port, test_config, Gateway};
 use rumqttc::v5::mqttbytes::v5::{
-    Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Packet, PubAck,
+    Connect, ConnectProperties, ConnectReturnCode, DisconnectReasonCode, Filter, Packet, PubAck,
     PubAckReason, Publish,
 };
 use rumqttc::v5::mqttbytes::QoS;
@@ -139,4 +140,36 @@ fn server_keepalive_is_announced_to_v5_clients_and_enforced() {
     let _gw = Gateway::start_config(&test_config(port, ""), port);
     let (_raw, server_keep_alive) = connect_with_keepalive(port, "own", 600);
     assert_eq!(server_keep_alive, None);
+}
+
+#[test]
+fn overlapping_subscriptions_get_one_copy_with_every_identifier_at_the_highest_qos() {
+    let port = free_port();
+    let gw = Gateway::start_config(&test_config(port, ""), port);
+    let (mut sub, _) = Raw::connect(port, "overlap", true, ConnectProperties::new(), None);
+    sub.subscribe(vec![Filter::new("ov/#", QoS::AtMostOnce)], Some(3));
+    sub.subscribe(vec![Filter::new("ov/+/t", QoS::AtLeastOnce)], Some(8));
+    sub.subscribe(vec![Filter::new("ov/a/t", QoS::AtMostOnce)], None);
+    let mut publisher = Raw::connected(port, "overlap-pub");
+    publisher.publish_all("ov/a/t", &["one".to_string()], 1, false);
+
+    let first = sub.next_publish(WAIT).expect("one copy");
+    assert_eq!(first.qos, QoS::AtLeastOnce, "the highest QoS of the three");
+    let mut ids = first
+        .properties
+        .as_ref()
+        .map(|p| p.subscription_identifiers.clone())
+        .unwrap_or_default();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        [3, 8],
+        "every identifier the matching subscriptions have"
+    );
+    sub.ack(&first);
+    assert!(
+        sub.next_publish(Duration::from_millis(500)).is_none(),
+        "no second copy; log:\n{}",
+        gw.log()
+    );
 }

@@ -261,6 +261,15 @@ impl Message {
 pub(crate) const DELIVERY_OVERHEAD: usize = 128;
 
 impl Delivery {
+    /// Every subscription identifier this copy carries.
+    pub fn subscription_ids(&self) -> impl Iterator<Item = NonZeroU32> + '_ {
+        self.subscription_id.into_iter().chain(
+            self.more_subscription_ids
+                .iter()
+                .flat_map(|more| more.iter().copied()),
+        )
+    }
+
     /// Roughly the memory a session holds for this delivery: the topic and the payload (counted
     /// in full even when other subscribers share them) plus a fixed overhead.
     pub fn held_bytes(&self) -> usize {
@@ -279,6 +288,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifier of the subscription that matched (v5).
     pub subscription_id: Option<NonZeroU32>,
+    /// The identifiers of the client's other overlapping subscriptions this one copy stands
+    /// for (MQTT 5 §3.3.4); `None` for all but such a copy.
+    pub more_subscription_ids: Option<Arc<Vec<NonZeroU32>>>,
     /// Position in its session's queue, assigned when queued (0 until then): increasing, never
     /// reused by the session, the key of the delivery's stored record for a persistent session.
     pub seq: u64,

@@ -369,6 +369,8 @@ impl Router {
         let holdable = msg.publisher.is_some();
         // Sessions whose full queue took the message over its limit: the publisher waits.
         let mut full: Vec<SessionId> = Vec::new();
+        // Deliveries to sessions with more than one subscription, folded per session.
+        let mut overlapping: Vec<(SessionId, Delivery)> = Vec::new();
         subs.for_each_match(&msg.topic, |_, sid, sub| {
             if sub.options.no_local && msg.publisher == Some(*sid) {
                 return;
@@ -376,6 +378,11 @@ impl Router {
             if let Some(s) = sessions.get_mut(sid) {
                 matched += 1;
                 let delivery = Delivery::live(&msg, sub);
+                if s.subscriptions.len() > 1 {
+                    // It may match this message more than once: folded below.
+                    overlapping.push((*sid, delivery));
+                    return;
+                }
                 let q = enqueue(
                     cfg,
                     counters,
@@ -391,6 +398,26 @@ impl Router {
                 }
             }
         });
+        if !overlapping.is_empty() {
+            fold_overlapping(&mut overlapping);
+            for (sid, delivery) in overlapping {
+                if let Some(s) = sessions.get_mut(&sid) {
+                    let q = enqueue(
+                        cfg,
+                        counters,
+                        wake,
+                        s,
+                        delivery,
+                        &mut offline_copy,
+                        holdable,
+                        now,
+                    );
+                    if q == Queued::OverLimit {
+                        full.push(sid);
+                    }
+                }
+            }
+        }
         shared.for_each_match(&msg.topic, |_, _, group| {
             let Some((sid, sub)) = pick_member(cfg, sessions, group, &msg, rng) else {
                 return;
@@ -452,10 +479,41 @@ impl Delivery {
             qos: msg.qos.min(sub.options.qos),
             retain: msg.retain && sub.options.retain_as_published,
             subscription_id: sub.id,
+            more_subscription_ids: None,
             seq: 0,
             shared: None,
         }
     }
+}
+
+/// MQTT 5 §3.3.4: a client whose overlapping subscriptions match one message gets one copy, at
+/// the highest QoS they grant, carrying every matching subscription identifier. `matches` are
+/// the deliveries of one message to sessions with more than one subscription, in matching
+/// order; each session's are folded into one, in place (the order between sessions does not
+/// matter). Shared subscriptions are matched apart and never fold.
+fn fold_overlapping(matches: &mut Vec<(SessionId, Delivery)>) {
+    matches.sort_by_key(|(sid, _)| *sid);
+    matches.dedup_by(|(sid, later), (kept_sid, kept)| {
+        if sid != kept_sid {
+            return false;
+        }
+        kept.qos = kept.qos.max(later.qos);
+        kept.retain |= later.retain;
+        if let Some(id) = later.subscription_id {
+            if kept.subscription_id.is_none() {
+                kept.subscription_id = Some(id);
+            } else {
+                let mut more = kept
+                    .more_subscription_ids
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_default();
+                more.push(id);
+                kept.more_subscription_ids = Some(Arc::new(more));
+            }
+        }
+        true
+    });
 }
 
 /// What [`enqueue`] did with a delivery.

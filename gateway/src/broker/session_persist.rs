@@ -382,6 +382,10 @@ fn stored_pending(s: &Session, seq: u64, now: Instant) -> Option<StoredPending> 
         packet_id,
         state,
         subscription_id: delivery.subscription_id.map(NonZeroU32::get),
+        more_subscription_ids: delivery
+            .more_subscription_ids
+            .as_deref()
+            .map_or_else(Vec::new, |ids| ids.iter().map(|id| id.get()).collect()),
     })
 }
 
@@ -447,6 +451,14 @@ pub fn pending_from_stored(p: StoredPending, now: Instant) -> Option<Restored> {
         qos,
         retain,
         subscription_id: p.subscription_id.and_then(NonZeroU32::new),
+        more_subscription_ids: (!p.more_subscription_ids.is_empty()).then(|| {
+            Arc::new(
+                p.more_subscription_ids
+                    .iter()
+                    .filter_map(|&id| NonZeroU32::new(id))
+                    .collect(),
+            )
+        }),
         seq: p.seq,
         shared: None,
     };

@@ -493,6 +493,7 @@ fn stored_pending(
         packet_id,
         state,
         subscription_id: None,
+        more_subscription_ids: Vec::new(),
     }
 }
 
@@ -751,4 +752,30 @@ fn a_delayed_will_due_while_the_gateway_was_down_is_published_after_the_restart(
         payloads(&drain(&mut r, w.session_id, wc.conn_id, t0)),
         ["gone"]
     );
+}
+
+#[test]
+fn one_copy_for_overlapping_subscriptions_keeps_all_its_identifiers_across_a_restart() {
+    let t0 = Instant::now();
+    let store = MemoryStore::new();
+    let (mut r, _) = started(&store, t0);
+    let (res, conn) = connect(&mut r, "ov", false, HOUR, t0);
+    let sid = res.session_id;
+    sub(&mut r, sid, "o/#", QoS::AtLeastOnce, Some(3), t0);
+    sub(&mut r, sid, "o/+", QoS::AtLeastOnce, Some(8), t0);
+    r.disconnect(sid, conn.conn_id, None, None, t0);
+    r.publish(msg("o/t", "m", QoS::AtLeastOnce), t0);
+    flush(&mut r, &store, t0);
+    drop(r);
+
+    let (mut r, _) = started(&store, t0);
+    let (res, conn) = connect(&mut r, "ov", false, HOUR, t0);
+    let mut out = Vec::new();
+    r.take_outgoing(res.session_id, conn.conn_id, 100, t0, &mut out);
+    let [Outgoing::Publish { delivery, .. }] = &out[..] else {
+        panic!("one copy: {out:?}");
+    };
+    let mut ids: Vec<u32> = delivery.subscription_ids().map(NonZeroU32::get).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [3, 8]);
 }

@@ -178,6 +178,7 @@ fn delivered_names_the_publisher_only_when_wanted() {
         qos: QoS::AtMostOnce,
         retain: false,
         subscription_id: None,
+        more_subscription_ids: None,
         seq: 0,
         shared: None,
     };

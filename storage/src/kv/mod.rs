@@ -193,6 +193,52 @@ pub struct StoredPending {
     pub state: PendingState,
     /// MQTT 5 Subscription Identifier of the subscription that matched, sent with the message.
     pub subscription_id: Option<u32>,
+    /// The identifiers of further overlapping subscriptions this one copy stands for (MQTT 5
+    /// §3.3.4: one copy carries them all). Empty for most messages and in version 1 records.
+    pub more_subscription_ids: Vec<u32>,
+}
+
+/// The record version of [`StoredPending`] written today (2: `more_subscription_ids` was
+/// added; version 1 records load with none).
+pub const PENDING_RECORD_VERSION: u8 = 2;
+
+/// [`StoredPending`] as version 1 records hold it.
+#[derive(Debug, Clone, Deserialize)]
+struct StoredPendingV1 {
+    seq: u64,
+    message: StoredMessage,
+    qos: u8,
+    packet_id: Option<u16>,
+    state: PendingState,
+    subscription_id: Option<u32>,
+}
+
+impl StoredPending {
+    /// Encodes it as a version [`PENDING_RECORD_VERSION`] record.
+    pub fn encode_record(&self) -> Result<Vec<u8>, RecordError> {
+        crate::record::encode_as(PENDING_RECORD_VERSION, self)
+    }
+
+    /// Decodes a pending record of any version this build knows.
+    pub fn decode_record(bytes: &[u8]) -> Result<StoredPending, RecordError> {
+        let (version, body) = crate::record::split_version(bytes)?;
+        match version {
+            1 => {
+                let v1: StoredPendingV1 = crate::record::decode_body(body)?;
+                Ok(StoredPending {
+                    seq: v1.seq,
+                    message: v1.message,
+                    qos: v1.qos,
+                    packet_id: v1.packet_id,
+                    state: v1.state,
+                    subscription_id: v1.subscription_id,
+                    more_subscription_ids: Vec::new(),
+                })
+            }
+            PENDING_RECORD_VERSION => crate::record::decode_body(body),
+            other => Err(RecordError::UnknownVersion(other)),
+        }
+    }
 }
 
 /// How far the delivery of a pending message got.

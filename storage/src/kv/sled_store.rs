@@ -216,6 +216,13 @@ impl SledStore {
     }
 }
 
+fn encode_pending(p: &StoredPending) -> Result<Vec<u8>, KvError> {
+    p.encode_record().map_err(|source| KvError::Encode {
+        tree: PENDING,
+        source,
+    })
+}
+
 fn encode<T: Serialize>(tree: &'static str, value: &T) -> Result<Vec<u8>, KvError> {
     record::encode(value).map_err(|source| KvError::Encode { tree, source })
 }
@@ -342,7 +349,7 @@ impl SessionStore for SledStore {
 
     fn push_pending(&self, client_id: &str, p: &StoredPending) -> Result<(), KvError> {
         let key = keys::pending_key(client_id, p.seq)?;
-        self.pending.insert(key, encode(PENDING, p)?)?;
+        self.pending.insert(key, encode_pending(p)?)?;
         Ok(())
     }
 
@@ -364,13 +371,13 @@ impl SessionStore for SledStore {
             let Some(old) = self.pending.get(&key)? else {
                 return Ok(false);
             };
-            let mut p: StoredPending = record::decode(&old).map_err(|e| corrupt(e.to_string()))?;
+            let mut p = StoredPending::decode_record(&old).map_err(|e| corrupt(e.to_string()))?;
             if p.seq != seq {
                 return Err(corrupt(format!("holds seq {}", p.seq)));
             }
             p.state = state;
             p.packet_id = packet_id;
-            let new = encode(PENDING, &p)?;
+            let new = encode_pending(&p)?;
             if self
                 .pending
                 .compare_and_swap(&key, Some(&old), Some(new))?
@@ -389,9 +396,10 @@ impl SessionStore for SledStore {
     fn load_pending(&self, client_id: &str) -> Result<Vec<StoredPending>, KvError> {
         let prefix = keys::pending_prefix(client_id)?;
         let iter = self.pending.scan_prefix(&prefix);
-        self.load(
+        self.load_with(
             PENDING,
             iter,
+            StoredPending::decode_record,
             |key, p: &StoredPending| match keys::pending_seq(&prefix, key) {
                 Some(seq) if seq == p.seq => Ok(()),
                 Some(_) => Err(format!("holds seq {}", p.seq)),

@@ -93,7 +93,52 @@ fn pending(seq: u64) -> StoredPending {
         packet_id: None,
         state: PendingState::Queued,
         subscription_id: None,
+        more_subscription_ids: Vec::new(),
     }
+}
+
+#[test]
+fn version_1_pending_records_still_load_and_new_ones_keep_every_subscription_id() {
+    /// The version 1 layout, as a build before merged subscription ids wrote it.
+    #[derive(serde::Serialize)]
+    struct V1<'a> {
+        seq: u64,
+        message: &'a StoredMessage,
+        qos: u8,
+        packet_id: Option<u16>,
+        state: PendingState,
+        subscription_id: Option<u32>,
+    }
+    let mut full = pending(7);
+    full.subscription_id = Some(3);
+    let old = record::encode(&V1 {
+        seq: full.seq,
+        message: &full.message,
+        qos: full.qos,
+        packet_id: full.packet_id,
+        state: full.state,
+        subscription_id: full.subscription_id,
+    })
+    .unwrap();
+    assert_eq!(old[0], 1);
+    assert_eq!(StoredPending::decode_record(&old).unwrap(), full);
+
+    // Written by a build before this one, read back by this one.
+    let dir = TempDir::new().unwrap();
+    let store = sled_store(&dir);
+    store
+        .raw_tree(keys::PENDING)
+        .insert(keys::pending_key("c1", 7).unwrap(), old)
+        .unwrap();
+    assert_eq!(store.load_pending("c1").unwrap(), vec![full.clone()]);
+
+    full.seq = 8;
+    full.more_subscription_ids = vec![5, 9];
+    store.push_pending("c1", &full).unwrap();
+    drop(store);
+    let store = sled_store(&dir);
+    assert_eq!(store.load_pending("c1").unwrap()[1], full);
+    assert!(StoredPending::decode_record(&[9, 0]).is_err());
 }
 
 fn sled_store(dir: &TempDir) -> SledStore {

@@ -199,9 +199,8 @@ impl MqttSession {
             }
             if delivery.subscription_id.is_some() || expiry.is_some() || alias.is_some() {
                 let mut p = msg.properties.clone();
-                if let Some(id) = delivery.subscription_id {
-                    p.subscription_identifiers.push(id.get());
-                }
+                p.subscription_identifiers
+                    .extend(delivery.subscription_ids().map(NonZeroU32::get));
                 p.message_expiry_interval = expiry;
                 p.topic_alias = alias;
                 props = Some(p);

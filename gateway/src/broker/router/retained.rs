@@ -149,6 +149,7 @@ impl Router {
                 qos: msg.qos.min(sub.options.qos),
                 retain: true,
                 subscription_id: sub.id,
+                more_subscription_ids: None,
                 seq: 0,
                 shared: None,
             };

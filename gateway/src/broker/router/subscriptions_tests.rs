@@ -151,3 +151,65 @@ fn subscription_bytes_are_capped_over_all_sessions_and_given_back_by_unsubscribe
     assert_eq!(r.sizes().subscription_bytes, 2 * 74);
     assert_eq!(r.subscribe(b, &[opts("bbbbbbbbb3")], None, t0), [1]);
 }
+
+#[test]
+fn overlapping_subscriptions_get_one_copy_with_every_identifier_at_the_highest_qos() {
+    let t0 = Instant::now();
+    let mut r = router();
+    let (s, c) = connect(&mut r, "overlap", false, HOUR);
+    sub_opts(&mut r, s, "o/#", opts(QoS::AtMostOnce), Some(3), t0);
+    sub_opts(&mut r, s, "o/+/t", opts(QoS::AtLeastOnce), Some(8), t0);
+    sub_opts(&mut r, s, "o/a/t", opts(QoS::AtMostOnce), None, t0);
+    let (other, oc) = connect(&mut r, "other", true, Duration::ZERO);
+    sub(&mut r, other, "o/#", QoS::AtLeastOnce, t0);
+
+    assert_eq!(
+        r.publish(msg("o/a/t", "m", QoS::AtLeastOnce, false, None), t0),
+        4
+    );
+    let got = drain(&mut r, s, c.conn_id, t0);
+    assert_eq!(got.len(), 1, "one copy, not three");
+    let Outgoing::Publish { delivery, .. } = &got[0] else {
+        panic!("{got:?}");
+    };
+    assert_eq!(delivery.qos, QoS::AtLeastOnce);
+    let mut ids: Vec<u32> = delivery.subscription_ids().map(|id| id.get()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [3, 8]);
+    assert_eq!(drain(&mut r, other, oc.conn_id, t0).len(), 1);
+
+    // Offline, the one copy is queued the same way: with the identifier of the QoS 0
+    // subscription too, although a QoS 0 copy alone would not be queued for it.
+    disconnect(&mut r, s, &c, t0);
+    r.publish(msg("o/a/t", "n", QoS::AtLeastOnce, false, None), t0);
+    assert_eq!(
+        r.sizes().queued,
+        2,
+        "one for it, one for the other subscriber"
+    );
+    // One that two of the three match carries their two identifiers.
+    r.publish(msg("o/b/t", "p", QoS::AtLeastOnce, false, None), t0);
+    let (_, c) = connect(&mut r, "overlap", false, HOUR);
+    let sent: Vec<(String, Vec<u32>)> = drain(&mut r, s, c.conn_id, t0)
+        .iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish {
+                delivery,
+                dup: false,
+                ..
+            } => {
+                let mut ids: Vec<u32> = delivery.subscription_ids().map(|id| id.get()).collect();
+                ids.sort_unstable();
+                Some((
+                    String::from_utf8_lossy(&delivery.message.payload).into_owned(),
+                    ids,
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [("n".to_string(), vec![3, 8]), ("p".to_string(), vec![3, 8])]
+    );
+}
