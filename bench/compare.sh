@@ -326,6 +326,10 @@ durable_ingest() { # broker label [flush]: 100 QoS 1 publishers, uplink down
     stop_broker "$1"
 }
 
+cpu_ticks() { # pid -> user + system clock ticks so far (0 when it is gone)
+    awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 durable_drain() { # broker label count payload: fill with the uplink down, then time the drain
     local cloud_port run drain_pid=
     cloud_port=$(free_port)
@@ -344,10 +348,21 @@ durable_drain() { # broker label count payload: fill with the uplink down, then 
     fi
     printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages %s\nmax_inflight_messages 0\n' \
         "$cloud_port" "$(($3 + 1000))" >"$WORK/cloud.conf"
+    local edge_ticks cloud_ticks
+    edge_ticks=$(cpu_ticks "$BROKER_PID")
     "$MOSQUITTO" -c "$WORK/cloud.conf" >>"$WORK/cloud.log" 2>&1 &
     CLOUD_PID=$!
     if [[ -n $drain_pid ]]; then
         wait "$drain_pid" || echo "$1 drain-$2: holdfast-bench drain exited $?" >>"$WORK/problems"
+        # CPU per drained message, edge broker and cloud mosquitto (the subscriber's time
+        # is its own), in microseconds.
+        edge_ticks=$(($(cpu_ticks "$BROKER_PID") - edge_ticks))
+        cloud_ticks=$(cpu_ticks "$CLOUD_PID")
+        local hz
+        hz=$(getconf CLK_TCK)
+        jq -c --argjson e "$edge_ticks" --argjson c "$cloud_ticks" --argjson hz "$hz" --argjson n "$3" \
+            '. + {edge_cpu_us_per_msg: ($e * 1000000 / $hz / $n), cloud_cpu_us_per_msg: ($c * 1000000 / $hz / $n)}' \
+            "$WORK/$1.drain-$2.json" >"$WORK/$1.drain-$2.json.tmp" && mv "$WORK/$1.drain-$2.json.tmp" "$WORK/$1.drain-$2.json"
     else
         # holdfast logs `bridge backlog drained messages=N seconds=S rate=R` when its queue empties.
         local line=
@@ -530,9 +545,13 @@ if [[ $ONLY == all || $ONLY == durable ]]; then
     drow "drain $DRAIN_COUNT x 64 B msg/s (higher)" drain-64b drain-64b .drain_rate
     drow "drain 64 B seconds" drain-64b drain-64b .span_s
     drow "drain 64 B lost / duplicates" drain-64b drain-64b '"\(.lost)/\(.duplicates)"'
+    drow "drain 64 B edge broker CPU us/msg (lower)" drain-64b drain-64b '(.edge_cpu_us_per_msg * 100 | floor / 100)'
+    drow "drain 64 B cloud mosquitto CPU us/msg" drain-64b drain-64b '(.cloud_cpu_us_per_msg * 100 | floor / 100)'
     drow "drain $BIG_COUNT x 4 KB msg/s (higher)" drain-4kb drain-4kb .drain_rate
     drow "drain 4 KB seconds" drain-4kb drain-4kb .span_s
     drow "drain 4 KB lost / duplicates" drain-4kb drain-4kb '"\(.lost)/\(.duplicates)"'
+    drow "drain 4 KB edge broker CPU us/msg (lower)" drain-4kb drain-4kb '(.edge_cpu_us_per_msg * 100 | floor / 100)'
+    drow "drain 4 KB cloud mosquitto CPU us/msg" drain-4kb drain-4kb '(.cloud_cpu_us_per_msg * 100 | floor / 100)'
     drow "drain 64 B, no cloud subscriber msg/s" - drain-nosub64b .drain_rate
     drow "drain 64 B, no cloud subscriber seconds" - drain-nosub64b .span_s
     drow "drain 4 KB, no cloud subscriber msg/s" - drain-nosub4kb .drain_rate

@@ -25,6 +25,7 @@ use super::outbox::Outbox;
 use super::session::{Event, Limits, OutMsg, Persisted, Refusal, Session};
 use super::stats::LinkState;
 use crate::broker::client::{Client, ClientOptions, Protocol, Publication};
+use crate::broker::message::Message;
 use crate::broker::{persist, Broker};
 use crate::config::BridgeConfig;
 use bytes::BytesMut;
@@ -305,15 +306,16 @@ impl Link {
     /// Returns true when the queue has nothing more to send (the caller waits for new data).
     fn fill(&mut self, c: &mut Conveyor) -> Result<bool, NetError> {
         let protocol = self.session.protocol();
+        // One clock reading per fill: message expiry needs no finer grain than a batch.
+        let now = Instant::now();
         while c.wbuf.len() < WRITE_BUFFER_HIGH {
             if !self.session.has_room_for(c.next_read) {
                 return Ok(false);
             }
-            let records = match self.outbox.queue.read(
-                c.next_read,
-                READ_BATCH_RECORDS,
-                READ_BATCH_BYTES,
-            ) {
+            // No more than the window takes: a full window frees a few slots per read of the
+            // cloud's acks, and records read past them would be read (and copied) again.
+            let want = self.session.window_room().clamp(1, READ_BATCH_RECORDS);
+            let records = match self.outbox.queue.read(c.next_read, want, READ_BATCH_BYTES) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(bridge = %self.cfg.name, error = %e, "cannot read the bridge queue");
@@ -340,7 +342,7 @@ impl Link {
                     }
                     continue;
                 }
-                let Some((msg, topic)) = self.to_publish(rec.seq, &rec.payload) else {
+                let Some((msg, topic)) = self.to_publish(rec.seq, &rec.payload, now) else {
                     continue;
                 };
                 let dup = rec.seq < self.resend_below;
@@ -552,7 +554,7 @@ impl Link {
 
     /// The upstream message for a queue record and its local topic, or `None` (after
     /// acknowledging and counting it) when it cannot be sent: expired in the queue, or damaged.
-    fn to_publish(&self, seq: u64, bytes: &[u8]) -> Option<(OutMsg, String)> {
+    fn to_publish(&self, seq: u64, bytes: &[u8], now: Instant) -> Option<(OutMsg, ByteStr)> {
         let outbox = &self.outbox;
         let stored: StoredMessage = match record::decode(bytes) {
             Ok(m) => m,
@@ -563,15 +565,22 @@ impl Link {
                 return None;
             }
         };
-        let now = Instant::now();
         let Some(message) = persist::from_stored(stored, now) else {
             outbox.stats.dropped_expired.fetch_add(1, Ordering::Relaxed);
             let _ = outbox.queue.ack(seq);
             return None;
         };
         let prefix = &self.cfg.remote_prefix;
-        let mut properties = message.properties.clone();
-        properties.message_expiry_interval = message.remaining_expiry(now);
+        let remaining = message.remaining_expiry(now);
+        let Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            mut properties,
+            ..
+        } = message;
+        properties.message_expiry_interval = remaining;
         properties.topic_alias = None;
         properties.subscription_identifiers.clear();
         // A reply to the request must come back through the bridge: its topic is remote too.
@@ -579,14 +588,18 @@ impl Link {
             properties.response_topic = Some(ByteStr::from(format!("{prefix}{rt}")));
         }
         let bridge_qos = QoS::from_u8(self.cfg.qos).unwrap_or(QoS::AtLeastOnce);
+        let mut remote = String::with_capacity(prefix.len() + topic.len());
+        remote.push_str(prefix);
+        remote.push_str(&topic);
         let msg = OutMsg {
-            topic: ByteStr::from(format!("{prefix}{}", message.topic)),
-            payload: message.payload,
-            qos: message.qos.min(bridge_qos),
-            retain: message.retain,
+            topic: ByteStr::from(remote),
+            payload,
+            qos: qos.min(bridge_qos),
+            retain,
             properties,
         };
-        Some((msg, message.topic.to_string()))
+        // The local topic (a cheap clone), for naming the record if it is dead-lettered.
+        Some((msg, topic))
     }
 
     /// A message from the cloud: strip the prefix and publish it locally, as the bridge's

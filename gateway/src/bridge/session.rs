@@ -360,17 +360,23 @@ impl Session {
     /// True when record `seq` may be sent now: the window (the configured `max_inflight`, the
     /// cloud's Receive Maximum, and the span of packet ids) has room.
     pub(super) fn has_room_for(&self, seq: u64) -> bool {
-        let window = usize::from(self.limits.max_inflight)
-            .min(usize::from(self.cloud_receive_max))
-            .min(usize::from(PUBLISH_IDS))
-            .max(1);
-        if self.flights.len() >= window {
+        if self.window_room() == 0 {
             return false;
         }
         match self.oldest() {
             Some(oldest) => seq.saturating_sub(oldest) < u64::from(PUBLISH_IDS),
             None => true,
         }
+    }
+
+    /// How many more QoS 1/2 records the window takes now (the configured `max_inflight`, the
+    /// cloud's Receive Maximum, the span of packet ids).
+    pub(super) fn window_room(&self) -> usize {
+        let window = usize::from(self.limits.max_inflight)
+            .min(usize::from(self.cloud_receive_max))
+            .min(usize::from(PUBLISH_IDS))
+            .max(1);
+        window.saturating_sub(self.flights.len())
     }
 
     /// The largest packet the cloud takes now.
