@@ -154,6 +154,12 @@ impl Gateway {
         self.broker.clone()
     }
 
+    /// Raises an alarm that stays while the gateway runs (the status LED, `$SYS` board
+    /// alarms, systemd `STATUS=`): e.g. that it runs on the last known good config.
+    pub fn raise_standing_alarm(&mut self, alarm: String) {
+        self.supervisor.raise_standing_alarm(alarm);
+    }
+
     /// Runs until the shutdown token is cancelled, then closes every connection (v5 clients get
     /// DISCONNECT 0x8B) and waits up to the grace period for them.
     pub async fn serve(self) {

@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod ctl;
+pub mod last_good;
 pub mod logging;
 pub mod ops;
 pub mod supervise;

@@ -5,7 +5,8 @@
 use clap::{Parser, Subcommand};
 use holdfast::app::Gateway;
 use holdfast::auth::{run_passwd, PasswdCommand};
-use holdfast::config;
+use holdfast::config::{self, Config};
+use holdfast::last_good;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -428,17 +429,54 @@ fn check(path: PathBuf) -> ExitCode {
     }
 }
 
-fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
-    let mut cfg = match config::load(path.as_deref(), std::env::vars()) {
-        Ok(c) => c,
+/// Why the gateway runs on its last known good config instead of the one it was given.
+struct Fallback {
+    /// The config file that did not load or start.
+    file: PathBuf,
+    /// What went wrong with it.
+    reason: String,
+    /// The last known good copy it runs on.
+    from: PathBuf,
+}
+
+/// The config to start with: the given one, or (when it does not load) the last known good
+/// one kept in the data directory (see `holdfast::last_good`).
+fn config_to_start(
+    path: Option<&std::path::Path>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<(Config, Option<Fallback>), ExitCode> {
+    let mut loaded = match config::load(path, std::env::vars()) {
+        Ok(cfg) => (cfg, None),
         Err(errors) => {
             eprintln!("{errors}");
-            return ExitCode::from(EXIT_CONFIG);
+            let Some(file) = path else {
+                return Err(ExitCode::from(EXIT_CONFIG));
+            };
+            let dir = data_dir.map_or_else(|| last_good::data_dir_of(file), PathBuf::from);
+            let Some((cfg, from)) = last_good::load(&dir) else {
+                return Err(ExitCode::from(EXIT_CONFIG));
+            };
+            let reason = format!("it does not load ({} problem(s))", errors.problems.len());
+            let fallback = Fallback {
+                file: file.to_path_buf(),
+                reason,
+                from,
+            };
+            (cfg, Some(fallback))
         }
     };
     if let Some(dir) = data_dir {
-        cfg.node.data_dir = dir;
+        loaded.0.node.data_dir = dir.to_path_buf();
     }
+    Ok(loaded)
+}
+
+fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let (cfg, fallback) = match config_to_start(path.as_deref(), data_dir.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let data_dir_flag = data_dir;
     holdfast::logging::init(&cfg.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -461,14 +499,57 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         );
-        let gateway = match Gateway::bind(cfg, shutdown.clone()).await {
-            Ok(g) => g,
+        let data_dir = cfg.node.data_dir.clone();
+        let (mut gateway, fallback) = match Gateway::bind(cfg, shutdown.clone()).await {
+            Ok(g) => (g, fallback),
             Err(e) => {
                 tracing::error!("{e}");
                 eprintln!("error: {e}");
-                return ExitCode::FAILURE;
+                // A config that loads but does not start (a port taken, a certificate missing)
+                // falls back too, unless it is the last known good one already.
+                let retry = match (&path, &fallback) {
+                    (Some(file), None) if !last_good::is_same(&data_dir, file) => {
+                        last_good::load(&data_dir).map(|(cfg, from)| {
+                            let reason = format!("it does not start ({e})");
+                            (cfg, Fallback { file: file.clone(), reason, from })
+                        })
+                    }
+                    _ => None,
+                };
+                let Some((mut cfg, fb)) = retry else {
+                    return ExitCode::FAILURE;
+                };
+                if let Some(dir) = &data_dir_flag {
+                    cfg.node.data_dir = dir.clone();
+                }
+                match Gateway::bind(cfg, shutdown.clone()).await {
+                    Ok(g) => (g, Some(fb)),
+                    Err(e) => {
+                        tracing::error!("the last known good config does not start either: {e}");
+                        eprintln!("error: the last known good config does not start either: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
             }
         };
+        match (&fallback, &path) {
+            (Some(fb), _) => {
+                let alarm = format!(
+                    "running the last known good config {}: {} {}",
+                    fb.from.display(),
+                    fb.file.display(),
+                    fb.reason
+                );
+                tracing::error!("{alarm}; fix it (`holdfast check --config {}`) and restart", fb.file.display());
+                gateway.raise_standing_alarm(alarm);
+            }
+            (None, Some(file)) => {
+                if let Err(e) = last_good::save(&data_dir, file) {
+                    tracing::warn!(path = %last_good::path(&data_dir).display(), error = %e, "cannot keep this config as the last known good one");
+                }
+            }
+            (None, None) => {}
+        }
         tokio::spawn(wait_for_signal(stop_signals, shutdown));
         match hup {
             Ok(hup) => {

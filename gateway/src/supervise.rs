@@ -153,6 +153,9 @@ pub struct Supervisor {
     data_dir: PathBuf,
     /// How often health is published; zero = never.
     health_interval: Duration,
+    /// Alarms raised once at start that last as long as the process (the last known good
+    /// config in use).
+    standing_alarms: Vec<String>,
 }
 
 /// A probe running on the runtime or the blocking pool, and when it started.
@@ -205,7 +208,13 @@ impl Supervisor {
             main: Handle::current(),
             data_dir,
             health_interval,
+            standing_alarms: Vec::new(),
         }
+    }
+
+    /// Raises an alarm that stays until the process ends (shown like the board's).
+    pub fn raise_standing_alarm(&mut self, alarm: String) {
+        self.standing_alarms.push(alarm);
     }
 
     /// How often the self-check runs and the watchdogs are fed: a quarter of the shortest
@@ -383,6 +392,7 @@ impl Supervisor {
     /// data directory.
     fn current_alarms(&self, checker: Option<&SelfCheck>) -> Vec<String> {
         let mut alarms = self.board.alarms();
+        alarms.extend(self.standing_alarms.iter().cloned());
         alarms.extend(checker.and_then(SelfCheck::storage_alarm));
         alarms.extend(self.disk_alarm());
         alarms

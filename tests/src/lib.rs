@@ -342,6 +342,31 @@ impl Gateway {
         }
     }
 
+    /// The config file it was started with (a test may rewrite it before `restart`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Starts it again without waiting for its port (for a start that is meant to fail).
+    pub fn spawn_unchecked(&mut self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open log");
+        let mut cmd = Command::new(holdfast_bin());
+        cmd.arg("run").arg("--config").arg(&self.config_path);
+        if self.use_data_dir_flag {
+            cmd.arg("--data-dir").arg(self.dir.path().join("data"));
+        }
+        cmd.env("RUST_LOG", &self.rust_log)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn holdfast")
+    }
+
     /// The MQTT listener address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
