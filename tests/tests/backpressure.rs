@@ -258,3 +258,82 @@ async fn drop_oldest_keeps_the_emqx_and_mosquitto_behaviour() {
         "each message arrived or was counted as dropped"
     );
 }
+
+#[test]
+fn a_held_back_client_that_says_goodbye_has_its_last_words_applied_in_order() {
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnectProperties, Disconnect, DisconnectReasonCode, LastWill, Packet as P5, Publish,
+    };
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    let port = free_port();
+    let gw = Gateway::start_config(&test_config(port, ""), port);
+    // Never acknowledges: 32 in its window, then its queue of 1,000 fills.
+    let (mut stuck, _) = Raw::connect_with_expiry(port, "stuck", true, 0);
+    stuck.subscribe_one("eof/data", Q5::AtLeastOnce);
+    let mut watch = Raw::connected(port, "watch");
+    watch.subscribe_one("eof/#", Q5::AtMostOnce);
+    let will = LastWill::new("eof/will", "gone", Q5::AtMostOnce, false, None);
+    let (mut publisher, _) =
+        Raw::connect(port, "leaver", true, ConnectProperties::new(), Some(will));
+    // QoS 1 messages one at a time until one gets no PUBACK (held back), then forty more
+    // without waiting, a last QoS 0 one, a normal DISCONNECT, and the socket closed with
+    // nothing left unread (so the close is a FIN, not a reset): what mosquitto_pub does.
+    let publish = |id: u32| {
+        let mut p = Publish::new("eof/data", Q5::AtLeastOnce, format!("m{id}"), None);
+        p.pkid = (id % 60_000 + 1) as u16;
+        P5::Publish(p)
+    };
+    let mut sent = 0u32;
+    let mut got = Vec::new();
+    let held = loop {
+        sent += 1;
+        publisher.send(publish(sent));
+        match publisher.read(Duration::from_millis(300)) {
+            Ok(P5::PubAck(_)) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(_) => break true,
+        }
+        // Keep the watcher's socket drained meanwhile.
+        while let Some(p) = watch.next_publish(Duration::ZERO) {
+            got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+        if sent > 3000 {
+            break false;
+        }
+    };
+    assert!(
+        held,
+        "held back by the stuck subscriber; log:\n{}",
+        gw.log()
+    );
+    for id in sent + 1..=sent + 40 {
+        publisher.send(publish(id));
+    }
+    let total = sent + 40;
+    publisher.send(P5::Publish(Publish::new(
+        "eof/data",
+        Q5::AtMostOnce,
+        "last",
+        None,
+    )));
+    publisher.send(P5::Disconnect(Disconnect::new(
+        DisconnectReasonCode::NormalDisconnection,
+    )));
+    drop(publisher);
+
+    let want_len = total as usize + 1;
+    let rest = watch.publishes(want_len - got.len(), Duration::from_secs(10));
+    got.extend(
+        rest.iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned()),
+    );
+    let mut want: Vec<String> = (1..=total).map(|i| format!("m{i}")).collect();
+    want.push("last".into());
+    assert_eq!(got.len(), want.len(), "log:\n{}", gw.log());
+    assert_eq!(got, want);
+    assert!(
+        watch.next_publish(Duration::from_millis(500)).is_none(),
+        "a normal DISCONNECT publishes no will"
+    );
+    drop(stuck);
+}

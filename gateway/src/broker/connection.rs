@@ -167,6 +167,8 @@ struct MqttSession {
     connect_expiry_zero: bool,
     /// True when the session may still hold deliveries we did not take (buffer was full).
     drain_more: bool,
+    /// The client closed its side: what it sent last is applied without holding back.
+    input_ended: bool,
     /// Decoded packets awaiting the router lock (reused). While a subscriber's full queue
     /// holds this client back, its PUBLISH (and what follows it, acknowledgements and
     /// PINGREQ aside) wait here, in order, until the router lets it go on.
@@ -215,6 +217,7 @@ impl MqttSession {
             expiry_override: None,
             connect_expiry_zero: false,
             drain_more: false,
+            input_ended: false,
             inbound: Vec::new(),
             replies: Vec::new(),
             outgoing: Vec::new(),

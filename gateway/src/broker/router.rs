@@ -563,7 +563,7 @@ fn enqueue(
         s.mqueue.len() >= cfg.max_mqueue_len || s.held_bytes + incoming > cfg.max_mqueue_bytes;
     let live = s.conn.as_ref().is_some_and(|c| !c.is_closing());
     let mut over_limit = false;
-    if full && live && cfg.mqueue_full == MqueueFull::Backpressure {
+    if full && live && !s.lossy && cfg.mqueue_full == MqueueFull::Backpressure {
         if delivery.qos == QoS::AtMostOnce {
             // QoS 0 promises nothing: it does not take the room of an acknowledged message.
             counters.dropped_queue_full += 1;

@@ -263,6 +263,10 @@ pub struct Session {
     pub owner: Owner,
     /// Publishers its full queue holds back; `None` while it has room (most of the time).
     pub congestion: Option<Box<Congestion>>,
+    /// Disconnected as a slow subscriber and not caught up since: its full queue drops its
+    /// oldest instead of holding publishers back again (a client that reconnects and stalls
+    /// once more must not stall every publisher each time).
+    pub lossy: bool,
     /// What changed since the last store flush, for a session persisted to the session store;
     /// `None` for sessions that end with their connection or when there is no store. Boxed: most
     /// sessions have none.
@@ -321,6 +325,7 @@ impl Session {
             held_bytes: 0,
             owner: Owner::Unclaimed,
             congestion: None,
+            lossy: false,
             journal: None,
             held_total: Arc::default(),
         }

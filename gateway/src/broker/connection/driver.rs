@@ -199,6 +199,16 @@ impl MqttSession {
                 Wakeup::Failed => return Close::new(DisconnectReason::TcpClosed, None),
                 Wakeup::Writable => {}
                 Wakeup::Readable => match self.try_read(stream, READ_CHUNK) {
+                    Ok(0) if !self.inbound.is_empty() => {
+                        // The client said all it will say, some of it held back (e.g.
+                        // PUBLISH then DISCONNECT, as mosquitto_pub does): apply it now,
+                        // holding nothing back any more, so a normal goodbye stays normal.
+                        self.input_ended = true;
+                        if let Err(close) = self.handle_input() {
+                            return close;
+                        }
+                        return Close::new(DisconnectReason::TcpClosed, None);
+                    }
                     Ok(0) => return Close::new(DisconnectReason::TcpClosed, None),
                     Ok(_) => {
                         keepalive

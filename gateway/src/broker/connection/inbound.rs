@@ -115,9 +115,8 @@ impl MqttSession {
                     // A full subscriber queue holds this client back (mqueue_full =
                     // "backpressure"): its publishes, and what came after them, wait in order;
                     // acknowledgements and pings go on, so its own deliveries keep flowing.
-                    if (!stalled.is_empty() || self.ctrl.is_held_back())
-                        && !goes_past_hold_back(&packet)
-                    {
+                    let held = !self.input_ended && self.ctrl.is_held_back();
+                    if (!stalled.is_empty() || held) && !goes_past_hold_back(&packet) {
                         if matches!(&packet, Packet::Publish(p) if p.qos != QoS::AtMostOnce) {
                             stalled_qos += 1;
                         }

@@ -6,6 +6,9 @@
 //! connection is marked held back, so it applies no further PUBLISH until the queue is down to
 //! three quarters of its limits, its client goes away, or `slow_subscriber_timeout` passes and
 //! the subscriber is disconnected (0x97) instead. Nothing acknowledged is dropped on the way.
+//! A subscriber disconnected that way drops its oldest instead, until it has caught up (its
+//! queue down to three quarters), so one that reconnects and stalls again cannot hold every
+//! publisher back each time.
 //! It never touches a socket: the connections see the flag on their control handle and are
 //! woken through the router's wake list.
 
@@ -36,16 +39,18 @@ pub(super) fn hold_back_publisher(
 
 impl Router {
     /// Lets the publishers that session `sid` holds back go on once its queue is down to three
-    /// quarters of its limits (not at the first free slot: each release wakes them all).
+    /// quarters of its limits (not at the first free slot: each release wakes them all); a
+    /// slow subscriber that got that far has caught up and may hold publishers back again.
     pub(super) fn release_publishers_if_room(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
+        if s.congestion.is_none() && !s.lossy {
+            return;
+        }
         let (len, bytes) = (self.cfg.max_mqueue_len, self.cfg.max_mqueue_bytes);
-        if s.congestion.is_some()
-            && s.mqueue.len() <= len - len / 4
-            && s.held_bytes <= bytes - bytes / 4
-        {
+        if s.mqueue.len() <= len - len / 4 && s.held_bytes <= bytes - bytes / 4 {
+            s.lossy = false;
             s.release_publishers(&mut self.wake);
         }
     }
@@ -75,6 +80,7 @@ impl Router {
                 );
                 conn.close_slow_subscriber();
                 self.counters.slow_subscribers_disconnected += 1;
+                s.lossy = true;
             }
             s.release_publishers(&mut self.wake);
         }

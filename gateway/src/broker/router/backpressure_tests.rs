@@ -187,6 +187,20 @@ fn a_subscriber_stuck_past_the_timeout_is_disconnected_and_pays_alone() {
     disconnect(&mut r, s, &sc, t0 + timeout);
     assert_eq!(r.counters().dropped_queue_full, 3);
     assert_eq!(r.sizes().queued, 5);
+
+    // Back with its queue still full, it holds nobody back: it drops its oldest...
+    let (_, sc) = connect_with(&mut r, "sub", false, HOUR, 1);
+    publish_n(&mut r, p, 8..10, t0 + timeout);
+    assert!(
+        !pc.is_held_back(),
+        "a stalled subscriber gets no second stall for free"
+    );
+    assert_eq!(r.counters().dropped_queue_full, 5);
+    // ...until it has caught up; then publishers wait for it again.
+    let got = receive_all(&mut r, s, sc.conn_id, t0 + timeout);
+    assert_eq!(got.len(), 5);
+    publish_n(&mut r, p, 10..16, t0 + timeout);
+    assert!(pc.is_held_back());
 }
 
 #[test]
