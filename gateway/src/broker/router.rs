@@ -363,12 +363,16 @@ impl Router {
             events,
             ..
         } = self;
-        // One owned copy shared by every offline session that queues the message.
-        let mut offline_copy = None;
-        // Only a client's message can be held back at its source.
-        let holdable = msg.publisher.is_some();
-        // Sessions whose full queue took the message over its limit: the publisher waits.
-        let mut full: Vec<SessionId> = Vec::new();
+        let mut queue = Queuer {
+            cfg,
+            counters,
+            wake,
+            offline_copy: None,
+            // Only a client's message can be held back at its source.
+            holdable: msg.publisher.is_some(),
+            now,
+            full: Vec::new(),
+        };
         // Deliveries to sessions with more than one subscription, folded per session.
         let mut overlapping: Vec<(SessionId, Delivery)> = Vec::new();
         subs.for_each_match(&msg.topic, |_, sid, sub| {
@@ -383,43 +387,19 @@ impl Router {
                     overlapping.push((*sid, delivery));
                     return;
                 }
-                let q = enqueue(
-                    cfg,
-                    counters,
-                    wake,
-                    s,
-                    delivery,
-                    &mut offline_copy,
-                    holdable,
-                    now,
-                );
-                if q == Queued::OverLimit {
-                    full.push(*sid);
-                }
+                queue.deliver(*sid, s, delivery);
             }
         });
         if !overlapping.is_empty() {
             fold_overlapping(&mut overlapping);
             for (sid, delivery) in overlapping {
                 if let Some(s) = sessions.get_mut(&sid) {
-                    let q = enqueue(
-                        cfg,
-                        counters,
-                        wake,
-                        s,
-                        delivery,
-                        &mut offline_copy,
-                        holdable,
-                        now,
-                    );
-                    if q == Queued::OverLimit {
-                        full.push(sid);
-                    }
+                    queue.deliver(sid, s, delivery);
                 }
             }
         }
         shared.for_each_match(&msg.topic, |_, _, group| {
-            let Some((sid, sub)) = pick_member(cfg, sessions, group, &msg, rng) else {
+            let Some((sid, sub)) = pick_member(queue.cfg, sessions, group, &msg, rng) else {
                 return;
             };
             if let Some(s) = sessions.get_mut(&sid) {
@@ -428,21 +408,10 @@ impl Router {
                 // live message keeps retain-as-published semantics like any other.
                 let mut delivery = Delivery::live(&msg, &sub);
                 delivery.shared = Some(group.key.clone());
-                let q = enqueue(
-                    cfg,
-                    counters,
-                    wake,
-                    s,
-                    delivery,
-                    &mut offline_copy,
-                    holdable,
-                    now,
-                );
-                if q == Queued::OverLimit {
-                    full.push(sid);
-                }
+                queue.deliver(sid, s, delivery);
             }
         });
+        let full = queue.full;
         if !full.is_empty() {
             hold_back_publisher(sessions, counters, msg.publisher, &full, now);
         }
@@ -514,6 +483,39 @@ fn fold_overlapping(matches: &mut Vec<(SessionId, Delivery)>) {
         }
         true
     });
+}
+
+/// Queues one message's deliveries (see [`enqueue`]) and notes the sessions whose full queue
+/// took it over its limit, whose publisher must then be held back.
+struct Queuer<'a> {
+    cfg: &'a RouterConfig,
+    counters: &'a mut RouterCounters,
+    wake: &'a mut Vec<Arc<ConnControl>>,
+    /// One owned copy shared by every offline session that queues the message.
+    offline_copy: Option<Arc<Message>>,
+    /// Whether the message has a publisher to hold back.
+    holdable: bool,
+    now: Instant,
+    /// Sessions the message went to over their limit.
+    full: Vec<SessionId>,
+}
+
+impl Queuer<'_> {
+    fn deliver(&mut self, sid: SessionId, s: &mut Session, delivery: Delivery) {
+        let queued = enqueue(
+            self.cfg,
+            self.counters,
+            self.wake,
+            s,
+            delivery,
+            &mut self.offline_copy,
+            self.holdable,
+            self.now,
+        );
+        if queued == Queued::OverLimit {
+            self.full.push(sid);
+        }
+    }
 }
 
 /// What [`enqueue`] did with a delivery.
