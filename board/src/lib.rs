@@ -20,11 +20,13 @@
 //! checked itself (see the gateway's `app` module). It never panics on a missing or odd sysfs
 //! file: a reading it cannot take is `None`.
 //!
-//! It is the only Holdfast crate with `unsafe` code: the watchdog ioctls in [`watchdog`], each
-//! with its justification. Everything else is `forbid`den per module.
+//! It is the only Holdfast crate with `unsafe` code: the watchdog ioctls in [`watchdog`] and the
+//! read-only `adjtimex` in [`clock`], each with its justification. Everything else is
+//! `forbid`den per module.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(unreachable_pub, missing_docs, missing_debug_implementations)]
 
+pub mod clock;
 pub mod health;
 mod host;
 pub mod identity;

@@ -112,6 +112,8 @@ impl Gateway {
         auth: Arc<Authenticator>,
         shutdown: CancellationToken,
     ) -> Result<Bound, StartError> {
+        // Before anything stored is read: which timeline its wall-clock times are in.
+        crate::clock::start(&config.node.data_dir, config.node.clock);
         let broker = Broker::new(Arc::new(config), auth, shutdown);
         let store = open_store(&broker.config.node.data_dir, broker.config.node.state_cache);
         if let Some(store) = &store {
@@ -121,6 +123,7 @@ impl Gateway {
             let sessions = broker.with_router(|r| r.attach_session_store(&**store, now));
             tracing::info!(data_dir = %broker.config.node.data_dir.display(), retained = loaded, sessions, "state restored");
         }
+        crate::clock::note(&broker.config.node.data_dir, broker.config.node.clock);
         if !broker.config.bridges.is_empty() {
             // A bridge without its queue would lose data while looking healthy: refuse to start.
             let forwarder =

@@ -14,6 +14,7 @@ pub mod app;
 pub mod auth;
 pub mod bridge;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod last_good;

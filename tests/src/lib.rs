@@ -149,6 +149,8 @@ pub struct Gateway {
     use_data_dir_flag: bool,
     /// Its `RUST_LOG` (`HOLDFAST_TEST_LOG`, or debug).
     rust_log: String,
+    /// Further environment for the next (re)start, e.g. libfaketime's.
+    extra_env: Vec<(String, Option<String>)>,
 }
 
 /// Config of a gateway for tests: anonymous allowed, one loopback listener on `port`.
@@ -308,6 +310,7 @@ impl Gateway {
             dir,
             use_data_dir_flag,
             rust_log,
+            extra_env: Vec::new(),
         };
         gw.spawn();
         gw
@@ -325,6 +328,12 @@ impl Gateway {
         if self.use_data_dir_flag {
             cmd.arg("--data-dir").arg(&data);
         }
+        for (k, v) in &self.extra_env {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
         let child = cmd
             .env("RUST_LOG", &self.rust_log)
             .stdin(Stdio::null())
@@ -340,6 +349,13 @@ impl Gateway {
                 self.log()
             );
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env
+            .push((key.to_owned(), value.map(str::to_owned)));
     }
 
     /// The config file it was started with (a test may rewrite it before `restart`).

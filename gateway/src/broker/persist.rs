@@ -8,12 +8,11 @@ use super::message::{Message, Origin};
 use bytes::Bytes;
 use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
 use holdfast_storage::kv::{StoredMessage, StoredProperties};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+/// Now in the persisted frame (see `crate::clock`): stored times are written and read in it.
 fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::frame_now_ms()
 }
 
 /// A message as stored.

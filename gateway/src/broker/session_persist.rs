@@ -78,7 +78,7 @@ use holdfast_storage::kv::{
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How often the flusher writes the journals to the store. Short enough that the window a
 /// `kill -9` can lose stays near sled's own 500 ms flush; long enough that a subscriber which
@@ -296,11 +296,10 @@ pub fn take_writes(s: &mut Session, now: Instant, unix_now_ms: u64) -> Option<Cl
     })
 }
 
-/// The current time as Unix milliseconds (0 if the clock is before 1970).
+/// Now as Unix milliseconds in the persisted frame (see `crate::clock`): a stored session's
+/// disconnect time is written and compared in it, so a clock correction is not downtime.
 pub fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::clock::frame_now_ms()
 }
 
 /// A session's metadata as stored.

@@ -12,6 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// How often the clock mark is written (the data directory's "last seen", see
+/// `crate::clock`): often enough that a crash loses little, rarely enough for flash.
+const CLOCK_MARK_EVERY: Duration = Duration::from_secs(60);
+
 /// What `$SYS/.../connected` and `.../disconnected` say about a client.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
@@ -217,6 +221,7 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_stats = Instant::now();
+    let mut last_clock_mark = Instant::now();
     if !sys_interval.is_zero() {
         publish_stats(&broker);
         more.iter_mut().for_each(|p| p(&broker));
@@ -227,11 +232,16 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
                 // Connected sessions are closed through their control handles (v5 clients get
                 // DISCONNECT 0x8B); connections still in their handshake watch the token.
                 broker.with_router(|r| r.close_all(holdfast_mqtt::reason::SERVER_SHUTTING_DOWN));
+                crate::clock::note(&broker.config.node.data_dir, broker.config.node.clock);
                 return;
             }
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        if now.duration_since(last_clock_mark) >= CLOCK_MARK_EVERY {
+            last_clock_mark = now;
+            crate::clock::note(&broker.config.node.data_dir, broker.config.node.clock);
+        }
         let expired = broker.with_router(|r| r.tick(now));
         for client_id in expired {
             tracing::info!(client_id = %client_id, "session expired");

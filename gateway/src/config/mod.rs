@@ -70,6 +70,12 @@ pub struct NodeConfig {
     /// keep it small, at the cost of disk reads for large retained sets. Default 4MB;
     /// 256KB..=1GB.
     pub state_cache: u64,
+    /// Whether the wall clock can be trusted across a restart (`node.clock`): "auto" asks the
+    /// kernel whether it is synchronized (NTP, PTP, GPS), "synchronized" always trusts it (a
+    /// battery-backed RTC), "unreliable" never does (no RTC, no time service). An untrusted
+    /// downtime counts as zero, so nothing stored expires because the clock moved.
+    /// Default "auto".
+    pub clock: crate::clock::ClockTrust,
 }
 
 /// Broker limits and behaviour. Defaults follow EMQX where the design is silent.
@@ -608,6 +614,7 @@ impl Default for NodeConfig {
             name: "holdfast".to_owned(),
             data_dir: PathBuf::from("/var/lib/holdfast"),
             state_cache: 4 * 1024 * 1024,
+            clock: crate::clock::ClockTrust::Auto,
         }
     }
 }

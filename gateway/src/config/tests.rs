@@ -72,6 +72,7 @@ fn the_example_config_mentions_every_key() {
         "name",
         "data_dir",
         "state_cache",
+        "clock",
         "max_packet_size",
         "max_inflight",
         "max_mqueue_len",

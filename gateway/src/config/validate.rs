@@ -491,7 +491,12 @@ pub(super) fn path_buf(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Path
 
 fn node_section(ctx: &mut Ctx<'_>, node: &Node) -> NodeConfig {
     let defaults = NodeConfig::default();
-    let entries = ctx.open(node, "node", &["name", "data_dir", "state_cache"], &[]);
+    let entries = ctx.open(
+        node,
+        "node",
+        &["name", "data_dir", "state_cache", "clock"],
+        &[],
+    );
     NodeConfig {
         name: ctx.get(entries, "node", "name", defaults.name, |ctx, n, key| {
             let name = string(ctx, n, key)?;
@@ -522,6 +527,24 @@ fn node_section(ctx: &mut Ctx<'_>, node: &Node) -> NodeConfig {
             defaults.state_cache,
             |c, n, k| size(c, n, k, 256 * KB, 1024 * MB),
         ),
+        clock: ctx.get(entries, "node", "clock", defaults.clock, |c, n, k| {
+            let word = string(c, n, k)?;
+            match word.as_str() {
+                "auto" => Some(crate::clock::ClockTrust::Auto),
+                "synchronized" => Some(crate::clock::ClockTrust::Synchronized),
+                "unreliable" => Some(crate::clock::ClockTrust::Unreliable),
+                _ => {
+                    c.report(
+                        n,
+                        k,
+                        format!(
+                            "unknown clock {word:?} (expected auto, synchronized or unreliable)"
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
     }
 }
 

@@ -1,0 +1,160 @@
+//! Boards without a real-time clock: nothing acknowledged is lost when the clock jumps
+//! between two runs. The gateway runs under libfaketime (Debian `faketime`) with its clock at
+//! 2025-01-01, then again with the real clock (as after an NTP correction of ~2 years), and
+//! the other way round: the persistent session, its queued QoS 1 messages and a retained
+//! message with an expiry all survive. With a clock it may trust, a session whose real
+//! downtime passed its expiry is still dropped.
+
+use holdfast_tests::raw5::Raw;
+use holdfast_tests::{free_port, mosquitto_pub, retained_once, test_config, Gateway};
+use rumqttc::v5::mqttbytes::QoS;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// libfaketime's preload library, if installed.
+fn libfaketime() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+fn fake_clock(gw: &mut Gateway, at: Option<&str>) {
+    let lib = libfaketime().expect("libfaketime (apt-get install faketime)");
+    match at {
+        Some(at) => {
+            gw.set_env("LD_PRELOAD", Some(lib.to_str().expect("utf-8 path")));
+            gw.set_env("FAKETIME", Some(&format!("@{at}")));
+            gw.set_env("FAKETIME_DONT_FAKE_MONOTONIC", Some("1"));
+        }
+        None => {
+            gw.set_env("LD_PRELOAD", None);
+            gw.set_env("FAKETIME", None);
+        }
+    }
+}
+
+fn config(port: u16, clock: &str) -> String {
+    test_config(port, "").replace(
+        "[node]\nname = \"gw-test\"\n",
+        &format!("[node]\nname = \"gw-test\"\nclock = \"{clock}\"\n"),
+    )
+}
+
+/// A persistent subscriber to `cmd/y` that leaves, 5 QoS 1 messages for it and a retained one
+/// with a one-hour expiry; the gateway is stopped (SIGTERM) afterwards.
+fn leave_state_behind(gw: &mut Gateway) {
+    let (mut sub, _) = Raw::connect_with_expiry(gw.port, "dev-y", false, 7200);
+    sub.subscribe_one("cmd/y", QoS::AtLeastOnce);
+    sub.disconnect();
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..5 {
+        assert!(mosquitto_pub(
+            gw.port,
+            "cmd/y",
+            &format!("c{i}"),
+            &["-q", "1"]
+        ));
+    }
+    assert!(mosquitto_pub(
+        gw.port,
+        "cfg/y",
+        "kept",
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-V",
+            "5",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "3600"
+        ]
+    ));
+    gw.stop();
+}
+
+fn assert_state_survived(gw: &Gateway) {
+    let (mut sub, ack) = Raw::connect_with_expiry(gw.port, "dev-y", false, 7200);
+    assert!(
+        ack.session_present,
+        "the session survived; log:\n{}",
+        gw.log()
+    );
+    let got: Vec<String> = sub
+        .publishes(5, WAIT)
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(got, ["c0", "c1", "c2", "c3", "c4"]);
+    assert_eq!(retained_once(gw.port, "cfg/y").as_deref(), Some("kept"));
+}
+
+#[test]
+fn a_clock_corrected_forward_by_two_years_loses_nothing() {
+    let port = free_port();
+    let mut gw = Gateway::start_config(&config(port, "unreliable"), port);
+    gw.stop();
+    // The board boots with its clock at the image's date...
+    fake_clock(&mut gw, Some("2025-01-01 00:00:00"));
+    gw.restart();
+    assert!(
+        gw.log().contains("2025-01-01T00:00"),
+        "the gateway ran with its clock at 2025-01-01"
+    );
+    leave_state_behind(&mut gw);
+    // ...and NTP sets it right (23 months later) before the next start.
+    fake_clock(&mut gw, None);
+    std::thread::sleep(Duration::from_secs(2));
+    gw.restart();
+    assert!(
+        gw.log().contains("counting the downtime as zero"),
+        "one log line says why; log:\n{}",
+        gw.log()
+    );
+    assert_state_survived(&gw);
+}
+
+#[test]
+fn a_clock_set_back_by_two_years_loses_nothing_and_sessions_still_expire_while_running() {
+    let port = free_port();
+    let mut gw = Gateway::start_config(&config(port, "unreliable"), port);
+    leave_state_behind(&mut gw);
+    fake_clock(&mut gw, Some("2024-12-01 00:00:00"));
+    gw.restart();
+    assert_state_survived(&gw);
+
+    // While running, expiry is monotonic: a session of 1 s is gone 1 s after its client left,
+    // whatever the wall clock says.
+    let (short, _) = Raw::connect_with_expiry(port, "short", false, 1);
+    short.disconnect();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, ack) = Raw::connect_with_expiry(port, "short", false, 1);
+    assert!(!ack.session_present, "expired while running");
+}
+
+#[test]
+fn with_a_trusted_clock_a_session_whose_real_downtime_passed_its_expiry_is_dropped() {
+    let port = free_port();
+    let mut gw = Gateway::start_config(&config(port, "synchronized"), port);
+    let (sub, _) = Raw::connect_with_expiry(port, "brief", false, 1);
+    sub.disconnect();
+    let (sub, _) = Raw::connect_with_expiry(port, "long", false, 3600);
+    sub.disconnect();
+    std::thread::sleep(Duration::from_millis(200));
+    gw.stop();
+    std::thread::sleep(Duration::from_millis(2500));
+    gw.restart();
+    let (_, ack) = Raw::connect_with_expiry(port, "brief", false, 1);
+    assert!(!ack.session_present, "1 s of expiry, 2.5 s down: gone");
+    let (_, ack) = Raw::connect_with_expiry(port, "long", false, 3600);
+    assert!(ack.session_present, "an hour of expiry: kept");
+    assert!(!gw.log().contains("counting the downtime as zero"));
+}
