@@ -1,8 +1,9 @@
 //! Persisted time that survives a clock correction.
 //!
 //! Everything the gateway writes to disk with a wall-clock time (a session's disconnect time,
-//! a message's expiry) is written in one timeline, the *persisted frame*: the real clock plus
-//! an offset fixed at start. Boards without a real-time clock boot at 1970 or at the image's
+//! a message's expiry) is written in one timeline, the *persisted frame*: fixed at start, then
+//! advancing with the monotonic clock, so a correction of the wall clock while the gateway
+//! runs does not move it either (the jump is logged once). Boards without a real-time clock boot at 1970 or at the image's
 //! build date and are corrected by NTP minutes later, often by years; a timestamp taken before
 //! the correction and one taken after would otherwise say that years went by, and every
 //! persistent session, queued and retained message would be discarded as expired.
@@ -17,11 +18,12 @@
 //! changes the system clock.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Persisted frame minus real clock, in milliseconds; set once at start.
-static FRAME_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+/// The frame at start: (when, frame time then). Unset in unit tests, where the frame is the
+/// real clock.
+static FRAME_START: OnceLock<(Instant, u64)> = OnceLock::new();
 
 /// The mark file's name under the data directory.
 const FILE_NAME: &str = "clock";
@@ -73,8 +75,8 @@ pub struct Mark {
 /// How the frame goes on after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Continuation {
-    /// Persisted frame minus real clock from now on.
-    pub offset_ms: i64,
+    /// The frame's time now.
+    pub frame_now_ms: u64,
     /// Why the downtime was counted as zero, when it was (for the one log line).
     pub zero_downtime_because: Option<String>,
 }
@@ -85,11 +87,10 @@ pub fn continue_frame(then: Option<Mark>, real_now_ms: u64, synced_now: bool) ->
     let Some(then) = then else {
         // A fresh data directory (or one from before marks): the frame starts as the clock.
         return Continuation {
-            offset_ms: 0,
+            frame_now_ms: real_now_ms,
             zero_downtime_because: None,
         };
     };
-    let old_offset = signed(then.frame_ms) - signed(then.real_ms);
     let why = if !then.synced && !synced_now {
         Some("the clock was not synchronized when the state was written and is not now")
     } else if !then.synced {
@@ -102,14 +103,14 @@ pub fn continue_frame(then: Option<Mark>, real_now_ms: u64, synced_now: bool) ->
         None
     };
     match why {
-        // Real downtime: the frame keeps its offset and advances by it.
+        // Real downtime: the frame advances by it.
         None => Continuation {
-            offset_ms: old_offset,
+            frame_now_ms: then.frame_ms.saturating_add(real_now_ms - then.real_ms),
             zero_downtime_because: None,
         },
         // Unknown downtime: the frame resumes where it stopped.
         Some(why) => Continuation {
-            offset_ms: signed(then.frame_ms) - signed(real_now_ms),
+            frame_now_ms: then.frame_ms,
             zero_downtime_because: Some(format!(
                 "{why} (it read {} then, {} now)",
                 iso(then.real_ms),
@@ -128,8 +129,19 @@ pub fn real_now_ms() -> u64 {
 
 /// Now in the persisted frame: what every stored wall-clock time is written and read in.
 pub fn frame_now_ms() -> u64 {
-    let t = signed(real_now_ms()) + FRAME_OFFSET_MS.load(Ordering::Relaxed);
-    u64::try_from(t).unwrap_or(0)
+    match FRAME_START.get() {
+        Some((at, frame)) => {
+            let elapsed = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            frame.saturating_add(elapsed)
+        }
+        None => real_now_ms(),
+    }
+}
+
+/// How far the wall clock has moved from the frame since start (positive: ahead), in ms: a
+/// correction while running, for the log.
+pub fn wall_clock_drift_ms() -> i64 {
+    signed(real_now_ms()) - signed(frame_now_ms())
 }
 
 /// Where the mark of `data_dir` is kept.
@@ -195,11 +207,12 @@ pub fn start(data_dir: &Path, trust: ClockTrust) {
     let then = read_mark(data_dir);
     let synced = trust.synchronized_now();
     let c = continue_frame(then, real_now_ms(), synced);
-    FRAME_OFFSET_MS.store(c.offset_ms, Ordering::Relaxed);
+    // Set once per process (a second gateway in one process keeps the first frame).
+    let _ = FRAME_START.set((Instant::now(), c.frame_now_ms));
     if let Some(why) = c.zero_downtime_because {
         tracing::warn!(
             clock = trust.as_str(),
-            frame_offset_ms = c.offset_ms,
+            frame = %iso(c.frame_now_ms),
             "cannot tell how long the gateway was down: {why}; counting the downtime as zero, so no stored session or message expires because the clock moved"
         );
     } else if then.is_some() {
@@ -255,8 +268,8 @@ mod tests {
     }
 
     /// Where the frame stands right after the restart.
-    fn frame_at(c: &Continuation, real_now: u64) -> u64 {
-        u64::try_from(signed(real_now) + c.offset_ms).unwrap()
+    fn frame_at(c: &Continuation, _real_now: u64) -> u64 {
+        c.frame_now_ms
     }
 
     #[test]
@@ -299,7 +312,7 @@ mod tests {
     #[test]
     fn a_fresh_data_directory_starts_the_frame_at_the_clock() {
         let c = continue_frame(None, T, false);
-        assert_eq!((c.offset_ms, c.zero_downtime_because), (0, None));
+        assert_eq!((c.frame_now_ms, c.zero_downtime_because), (T, None));
     }
 
     #[test]

@@ -164,7 +164,13 @@ async fn a_clean_session_is_not_restored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_expired_while_the_gateway_was_down_is_not_restored() {
     let port = free_port();
-    let mut gw = Gateway::start_config(&test_config(port, "session_expiry = \"3s\""), port);
+    // A clock it may trust: the real downtime counts (an unsynchronized one would count as
+    // zero, see tests/clock_jumps.rs).
+    let config = test_config(port, "session_expiry = \"3s\"").replace(
+        "[node]\nname = \"gw-test\"\n",
+        "[node]\nname = \"gw-test\"\nclock = \"synchronized\"\n",
+    );
+    let mut gw = Gateway::start_config(&config, port);
     subscribe_and_leave(gw.port, "brief", "e/#").await;
     publish_all(gw.port, "e/x", &["stale".to_string()]).await;
     gw.stop();

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How often the clock mark is written (the data directory's "last seen", see
 /// `crate::clock`): often enough that a crash loses little, rarely enough for flash.
 const CLOCK_MARK_EVERY: Duration = Duration::from_secs(60);
+/// A wall-clock change against the monotonic clock larger than this is logged as a jump.
+const CLOCK_JUMP_MS: i64 = 5_000;
 
 /// What `$SYS/.../connected` and `.../disconnected` say about a client.
 #[derive(Debug, Clone)]
@@ -222,6 +224,7 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_stats = Instant::now();
     let mut last_clock_mark = Instant::now();
+    let mut drift = crate::clock::wall_clock_drift_ms();
     if !sys_interval.is_zero() {
         publish_stats(&broker);
         more.iter_mut().for_each(|p| p(&broker));
@@ -238,6 +241,14 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        let drift_now = crate::clock::wall_clock_drift_ms();
+        if (drift_now - drift).abs() > CLOCK_JUMP_MS {
+            tracing::warn!(
+                jump_ms = drift_now - drift,
+                "the wall clock jumped while running; stored times keep their own timeline and all expiry is monotonic, so nothing expires early"
+            );
+            drift = drift_now;
+        }
         if now.duration_since(last_clock_mark) >= CLOCK_MARK_EVERY {
             last_clock_mark = now;
             crate::clock::note(&broker.config.node.data_dir, broker.config.node.clock);
