@@ -25,6 +25,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// real clock.
 static FRAME_START: OnceLock<(Instant, u64)> = OnceLock::new();
 
+/// The last wall-clock jump seen while running: its size (ms, positive forward) and when
+/// (real Unix ms, after it); 0/0 when none.
+static LAST_JUMP: std::sync::Mutex<(i64, u64)> = std::sync::Mutex::new((0, 0));
+
 /// The mark file's name under the data directory.
 const FILE_NAME: &str = "clock";
 
@@ -142,6 +146,25 @@ pub fn frame_now_ms() -> u64 {
 /// correction while running, for the log.
 pub fn wall_clock_drift_ms() -> i64 {
     signed(real_now_ms()) - signed(frame_now_ms())
+}
+
+/// Notes a wall-clock jump of `size_ms` seen while running (for `$SYS` and the stats).
+pub fn note_jump(size_ms: i64) {
+    if let Ok(mut j) = LAST_JUMP.lock() {
+        *j = (size_ms, real_now_ms());
+    }
+}
+
+/// The clock's state for `$SYS/brokers/{node}/clock` and `holdfast ctl stats`.
+pub fn state_json(trust: ClockTrust) -> serde_json::Value {
+    let (jump_ms, jump_at) = LAST_JUMP.lock().map_or((0, 0), |j| *j);
+    serde_json::json!({
+        "synchronized": trust.synchronized_now(),
+        "trust": trust.as_str(),
+        "now": iso(real_now_ms()),
+        "last_jump_ms": (jump_at != 0).then_some(jump_ms),
+        "last_jump_at": (jump_at != 0).then(|| iso(jump_at)),
+    })
 }
 
 /// Where the mark of `data_dir` is kept.

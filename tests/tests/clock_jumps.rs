@@ -158,3 +158,42 @@ fn with_a_trusted_clock_a_session_whose_real_downtime_passed_its_expiry_is_dropp
     assert!(ack.session_present, "an hour of expiry: kept");
     assert!(!gw.log().contains("counting the downtime as zero"));
 }
+
+#[test]
+fn a_jump_while_running_is_logged_shown_in_sys_and_expires_nothing() {
+    let port = free_port();
+    let mut gw = Gateway::start_config(&config(port, "unreliable"), port);
+    gw.stop();
+    let file = gw.dir.path().join("faketime");
+    std::fs::write(&file, "@2025-01-01 00:00:00\n").unwrap();
+    let lib = libfaketime().expect("libfaketime (apt-get install faketime)");
+    gw.set_env("LD_PRELOAD", Some(lib.to_str().expect("utf-8 path")));
+    gw.set_env(
+        "FAKETIME_TIMESTAMP_FILE",
+        Some(file.to_str().expect("utf-8 path")),
+    );
+    gw.set_env("FAKETIME_NO_CACHE", Some("1"));
+    gw.set_env("FAKETIME_DONT_FAKE_MONOTONIC", Some("1"));
+    gw.restart();
+    let (sub, _) = Raw::connect_with_expiry(port, "keeper", false, 60);
+    sub.disconnect();
+    let state = retained_once(port, "$SYS/brokers/gw-test/clock").unwrap_or_default();
+    assert!(state.contains("\"synchronized\":false"), "{state}");
+    assert!(state.contains("\"trust\":\"unreliable\""), "{state}");
+
+    // NTP sets the clock 2.5 years forward while the gateway runs.
+    std::fs::write(&file, "@2027-07-01 00:00:00\n").unwrap();
+    assert!(
+        gw.wait_for_log("the wall clock jumped while running", WAIT),
+        "log:\n{}",
+        gw.log()
+    );
+    let state = retained_once(port, "$SYS/brokers/gw-test/clock").unwrap_or_default();
+    assert!(state.contains("\"last_jump_ms\":"), "{state}");
+    assert!(!state.contains("\"last_jump_ms\":null"), "{state}");
+    let (_, ack) = Raw::connect_with_expiry(port, "keeper", false, 60);
+    assert!(
+        ack.session_present,
+        "a 60 s session outlives a jump of years"
+    );
+}

@@ -179,10 +179,23 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
         ("bytes/received", t.bytes_received.load(Ordering::Relaxed)),
         ("bytes/sent", t.bytes_sent.load(Ordering::Relaxed)),
         ("uptime_seconds", broker.started_at.elapsed().as_secs()),
+        (
+            "clock/synchronized",
+            u64::from(broker.config.node.clock.synchronized_now()),
+        ),
     ]
 }
 
+/// `$SYS/brokers/{node}/clock`: synchronized or not, the trust setting, the last jump seen.
+fn publish_clock(broker: &Broker) {
+    let node = &broker.config.node;
+    let topic = format!("$SYS/brokers/{}/clock", node.name);
+    let state = crate::clock::state_json(node.clock).to_string();
+    publish_system(broker, topic, state.into_bytes(), true);
+}
+
 fn publish_stats(broker: &Broker) {
+    publish_clock(broker);
     let node = broker.config.node.name.clone();
     for (name, value) in stats_snapshot(broker) {
         let topic = format!("$SYS/brokers/{node}/stats/{name}");
@@ -247,6 +260,8 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
                 jump_ms = drift_now - drift,
                 "the wall clock jumped while running; stored times keep their own timeline and all expiry is monotonic, so nothing expires early"
             );
+            crate::clock::note_jump(drift_now - drift);
+            publish_clock(&broker);
             drift = drift_now;
         }
         if now.duration_since(last_clock_mark) >= CLOCK_MARK_EVERY {
