@@ -251,8 +251,8 @@ fn signed(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// A Unix-ms time as an RFC 3339 UTC string, for log lines.
-fn iso(ms: u64) -> String {
+/// A Unix-ms time as an RFC 3339 UTC string (seconds), for log lines.
+pub fn iso(ms: u64) -> String {
     let secs = ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -197,3 +197,76 @@ fn a_jump_while_running_is_logged_shown_in_sys_and_expires_nothing() {
         "a 60 s session outlives a jump of years"
     );
 }
+
+#[test]
+fn a_tls_bridge_with_the_clock_before_the_certificate_says_why_and_drains_once_it_is_right() {
+    use holdfast_tests::pki::make_pki;
+    use holdfast_tests::{Mosquitto, MosquittoSub, MosquittoTls, TempDir};
+    let dir = TempDir::new("pki");
+    let pki = make_pki(dir.path());
+    let cloud = Mosquitto::start_tls(
+        free_port(),
+        &MosquittoTls {
+            ca: pki.ca.clone(),
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            require_certificate: false,
+        },
+    );
+    let ca = pki.ca.display().to_string();
+    let sub = MosquittoSub::start(cloud.port, "edge/#", &["--cafile", &ca, "-q", "1", "-v"]);
+    let port = free_port();
+    let config = format!(
+        r#"
+[node]
+name = "gw-clock"
+clock = "unreliable"
+
+[[listeners]]
+kind = "tcp"
+bind = "127.0.0.1:{port}"
+
+[auth]
+allow_anonymous = true
+
+[[bridges]]
+name = "cloud"
+server = "mqtts://127.0.0.1:{cloud}"
+client_id = "gw-clock"
+remote_prefix = "edge/"
+forward = ["sensors/#"]
+backoff_min = "100ms"
+backoff_max = "1s"
+tls = {{ ca = "{ca}" }}
+"#,
+        cloud = cloud.port
+    );
+    let mut gw = Gateway::start_config(&config, port);
+    gw.stop();
+    // Booted with the clock years before the certificate was made.
+    fake_clock(&mut gw, Some("2020-01-01 00:00:00"));
+    gw.restart();
+    assert!(
+        gw.wait_for_log("waiting for time sync", WAIT),
+        "the log says it is the clock; log:\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("this gateway's clock reads 2020-01-01T"));
+    for i in 0..20 {
+        assert!(mosquitto_pub(
+            port,
+            "sensors/t",
+            &format!("m{i}"),
+            &["-q", "1"]
+        ));
+    }
+    assert!(sub.messages().is_empty());
+    gw.stop();
+
+    // Time sync: the same config, the real clock. The backlog drains, complete and in order.
+    fake_clock(&mut gw, None);
+    gw.restart();
+    let got = sub.wait_for(20, Duration::from_secs(20));
+    let want: Vec<String> = (0..20).map(|i| format!("edge/sensors/t m{i}")).collect();
+    assert_eq!(got, want, "log:\n{}", gw.log());
+}

@@ -130,7 +130,7 @@ pub(super) async fn connect(
                 connector
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| NetError::Tls(e.to_string()))?,
+                    .map_err(|e| NetError::Tls(describe_handshake_error(&e)))?,
             ),
             None => Box::new(tcp),
         };
@@ -192,6 +192,46 @@ fn connect_packet(cfg: &BridgeConfig, max_in: usize) -> Packet {
 }
 
 /// A CONNACK failure in words (the codec maps 3.1.1 return codes to v5 reasons).
+/// A failed TLS handshake as the log and `holdfast ctl bridges` say it. A certificate that is
+/// not valid yet (or no longer) by this gateway's clock is named as a clock problem: a board
+/// without a real-time clock boots at 1970 or at its image's date, and the bridge then waits
+/// for time sync (retrying with backoff, the queue keeping every message) rather than looking
+/// like a broken cloud.
+fn describe_handshake_error(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let cert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(|r| match r {
+            rustls::Error::InvalidCertificate(c) => Some(c),
+            _ => None,
+        });
+    let ms = |t: rustls::pki_types::UnixTime| t.as_secs().saturating_mul(1000);
+    let clock =
+        |time: Option<u64>| crate::clock::iso(time.unwrap_or_else(crate::clock::real_now_ms));
+    match cert {
+        Some(C::NotValidYetContext { time, not_before }) => format!(
+            "the cloud broker's certificate is valid from {}, but this gateway's clock reads {}: the clock is probably wrong (no real-time clock, not synchronized yet); waiting for time sync, retrying with backoff (the queue keeps every message)",
+            crate::clock::iso(ms(*not_before)),
+            clock(Some(ms(*time)))
+        ),
+        Some(C::NotValidYet) => format!(
+            "the cloud broker's certificate is not valid yet by this gateway's clock, which reads {}: the clock is probably wrong (no real-time clock, not synchronized yet); waiting for time sync, retrying with backoff (the queue keeps every message)",
+            clock(None)
+        ),
+        Some(C::ExpiredContext { time, not_after }) => format!(
+            "the cloud broker's certificate expired at {}, and this gateway's clock reads {}: renew the certificate, or, if the clock is wrong, wait for time sync (retrying with backoff; the queue keeps every message)",
+            crate::clock::iso(ms(*not_after)),
+            clock(Some(ms(*time)))
+        ),
+        Some(C::Expired) => format!(
+            "the cloud broker's certificate has expired by this gateway's clock, which reads {}: renew the certificate, or, if the clock is wrong, wait for time sync (retrying with backoff; the queue keeps every message)",
+            clock(None)
+        ),
+        _ => e.to_string(),
+    }
+}
+
 fn connack_reason(code: u8, protocol: ProtocolVersion) -> String {
     use holdfast_mqtt::reason;
     let what = match code {
