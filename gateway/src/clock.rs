@@ -29,6 +29,10 @@ static FRAME_START: OnceLock<(Instant, u64)> = OnceLock::new();
 /// (real Unix ms, after it); 0/0 when none.
 static LAST_JUMP: std::sync::Mutex<(i64, u64)> = std::sync::Mutex::new((0, 0));
 
+/// Whether the clock counted as synchronized at the last check (start, then every second):
+/// what timestamps we publish carry as `ts_synced`, without a system call per event.
+static SYNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The mark file's name under the data directory.
 const FILE_NAME: &str = "clock";
 
@@ -148,6 +152,19 @@ pub fn wall_clock_drift_ms() -> i64 {
     signed(real_now_ms()) - signed(frame_now_ms())
 }
 
+/// Whether the clock counted as synchronized at the last [`refresh`] (cheap: no system call).
+pub fn synchronized() -> bool {
+    SYNCED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Checks again whether the clock is synchronized (the broker's one-second tick calls it).
+pub fn refresh(trust: ClockTrust) {
+    SYNCED.store(
+        trust.synchronized_now(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
 /// Notes a wall-clock jump of `size_ms` seen while running (for `$SYS` and the stats).
 pub fn note_jump(size_ms: i64) {
     if let Ok(mut j) = LAST_JUMP.lock() {
@@ -229,6 +246,7 @@ pub fn note(data_dir: &Path, trust: ClockTrust) {
 pub fn start(data_dir: &Path, trust: ClockTrust) {
     let then = read_mark(data_dir);
     let synced = trust.synchronized_now();
+    SYNCED.store(synced, std::sync::atomic::Ordering::Relaxed);
     let c = continue_frame(then, real_now_ms(), synced);
     // Set once per process (a second gateway in one process keeps the first frame).
     let _ = FRAME_START.set((Instant::now(), c.frame_now_ms));

@@ -175,8 +175,18 @@ fn a_jump_while_running_is_logged_shown_in_sys_and_expires_nothing() {
     gw.set_env("FAKETIME_NO_CACHE", Some("1"));
     gw.set_env("FAKETIME_DONT_FAKE_MONOTONIC", Some("1"));
     gw.restart();
+    let events = holdfast_tests::MosquittoSub::start(
+        port,
+        "$SYS/brokers/gw-test/clients/keeper/connected",
+        &[],
+    );
     let (sub, _) = Raw::connect_with_expiry(port, "keeper", false, 60);
     sub.disconnect();
+    let event = events.wait_for(1, WAIT).concat();
+    assert!(
+        event.contains("\"ts_synced\":false"),
+        "published timestamps say the clock is not synchronized: {event}"
+    );
     let state = retained_once(port, "$SYS/brokers/gw-test/clock").unwrap_or_default();
     assert!(state.contains("\"synchronized\":false"), "{state}");
     assert!(state.contains("\"trust\":\"unreliable\""), "{state}");

@@ -76,6 +76,7 @@ pub fn client_connected(broker: &Broker, info: &ClientInfo) {
         "keepalive": info.keepalive,
         "clean_start": info.clean_start,
         "connected_at": unix_millis(),
+        "ts_synced": crate::clock::synchronized(),
     });
     let topic = format!(
         "$SYS/brokers/{}/clients/{}/connected",
@@ -96,6 +97,7 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
         "proto_ver": info.proto_ver,
         "reason": reason.as_str(),
         "disconnected_at": unix_millis(),
+        "ts_synced": crate::clock::synchronized(),
     });
     let topic = format!(
         "$SYS/brokers/{}/clients/{}/disconnected",
@@ -254,6 +256,7 @@ pub async fn run_timers(broker: Arc<Broker>, mut more: Vec<StatsPublisher>) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
+        crate::clock::refresh(broker.config.node.clock);
         let drift_now = crate::clock::wall_clock_drift_ms();
         if (drift_now - drift).abs() > CLOCK_JUMP_MS {
             tracing::warn!(

@@ -18,6 +18,9 @@ pub struct Event {
     pub kind: WebhookEvent,
     /// When it happened, in milliseconds since the Unix epoch.
     pub timestamp: u64,
+    /// Whether the clock counted as synchronized when `timestamp` was taken (a board without
+    /// a real-time clock reads 1970 until time sync).
+    pub ts_synced: bool,
     /// The client it is about: the connecting client, the subscriber, the publisher of
     /// message.publish and message.dropped, the receiver of message.delivered/acked.
     pub clientid: String,
@@ -89,6 +92,7 @@ impl Event {
         m.insert("event".into(), self.kind.as_str().into());
         m.insert("node".into(), node.into());
         m.insert("timestamp".into(), self.timestamp.into());
+        m.insert("ts_synced".into(), self.ts_synced.into());
         m.insert("clientid".into(), self.clientid.as_str().into());
         m.insert("username".into(), json!(self.username));
         match &self.detail {
@@ -161,6 +165,7 @@ mod tests {
         let e = Event {
             kind: WebhookEvent::ClientConnected,
             timestamp: 1_700_000_000_123,
+            ts_synced: true,
             clientid: "dev-1".into(),
             username: Some("alice".into()),
             detail: Detail::Client {
@@ -175,7 +180,7 @@ mod tests {
         assert_eq!(
             v,
             json!({
-                "event": "client.connected", "node": "gw-1", "timestamp": 1_700_000_000_123u64,
+                "event": "client.connected", "node": "gw-1", "timestamp": 1_700_000_000_123u64, "ts_synced": true,
                 "clientid": "dev-1", "username": "alice", "peerhost": "10.0.0.7",
                 "peerport": 50123, "proto_ver": 5, "keepalive": 60, "clean_start": true,
             })
@@ -187,6 +192,7 @@ mod tests {
         let e = Event {
             kind: WebhookEvent::ClientDisconnected,
             timestamp: 1,
+            ts_synced: true,
             clientid: "c".into(),
             username: None,
             detail: Detail::Client {
@@ -207,6 +213,7 @@ mod tests {
         Event {
             kind,
             timestamp: 2,
+            ts_synced: true,
             clientid: "sub".into(),
             username: None,
             detail: Detail::Message(Box::new(MessageDetail {
@@ -239,6 +246,7 @@ mod tests {
         let e = Event {
             kind: WebhookEvent::SessionSubscribed,
             timestamp: 3,
+            ts_synced: true,
             clientid: "c".into(),
             username: Some("u".into()),
             detail: Detail::Subscription {

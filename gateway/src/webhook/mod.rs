@@ -417,6 +417,7 @@ fn client_event(kind: WebhookEvent, info: ClientInfo, reason: Option<&'static st
     Event {
         kind,
         timestamp: unix_millis(),
+        ts_synced: crate::clock::synchronized(),
         clientid: info.client_id,
         username: info.username,
         detail: Detail::Client {
@@ -439,6 +440,7 @@ fn subscription_event(
     Event {
         kind,
         timestamp: unix_millis(),
+        ts_synced: crate::clock::synchronized(),
         clientid: clientid.to_owned(),
         username: username.map(str::to_owned),
         detail: Detail::Subscription {
@@ -462,6 +464,7 @@ fn message_event(
     Event {
         kind,
         timestamp: unix_millis(),
+        ts_synced: crate::clock::synchronized(),
         clientid: clientid.to_owned(),
         username: username.map(str::to_owned),
         detail: Detail::Message(Box::new(MessageDetail {
