@@ -7,6 +7,7 @@
 //! device clocks, jsonwebtoken's default), and the optional `username_claim` must equal the
 //! CONNECT user name. It never logs a token or the secret, and does no I/O after start-up.
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::fmt;
 use std::str::FromStr;
@@ -36,6 +37,8 @@ pub struct JwtVerifier {
     issuer: Option<String>,
     audience: Option<String>,
     max_lifetime: Option<std::time::Duration>,
+    /// Accept tokens without the `exp`/`nbf` checks while the clock is not synchronized.
+    accept_when_unsynchronized: bool,
 }
 
 /// Seconds since 1970 (0 when the clock is before it).
@@ -134,6 +137,7 @@ impl JwtVerifier {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             max_lifetime: cfg.max_lifetime,
+            accept_when_unsynchronized: cfg.accept_when_unsynchronized,
         })
     }
 
@@ -176,6 +180,28 @@ impl JwtVerifier {
         validation.set_required_spec_claims(&required);
         let claims = match jsonwebtoken::decode::<serde_json::Value>(token, key, &validation) {
             Ok(data) => data.claims,
+            // A board without a real-time clock reads 1970 (or its image's date) until time
+            // sync: `exp`/`nbf` then say nothing about the token.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ExpiredSignature | ErrorKind::ImmatureSignature
+                ) && !crate::clock::synchronized() =>
+            {
+                if !self.accept_when_unsynchronized {
+                    return JwtOutcome::Invalid(format!(
+                        "{e} by this gateway's clock, which reads {} and is not synchronized (auth.jwt.unsynchronized_clock = \"refuse\"; \"accept\" skips exp/nbf until it is)",
+                        crate::clock::iso(crate::clock::real_now_ms())
+                    ));
+                }
+                let mut untimed = validation.clone();
+                untimed.validate_exp = false;
+                untimed.validate_nbf = false;
+                match jsonwebtoken::decode::<serde_json::Value>(token, key, &untimed) {
+                    Ok(data) => data.claims,
+                    Err(e) => return JwtOutcome::Invalid(e.to_string()),
+                }
+            }
             Err(e) => return JwtOutcome::Invalid(e.to_string()),
         };
         if let Some(max) = self.max_lifetime {
@@ -231,6 +257,7 @@ mod tests {
             issuer: None,
             audience: None,
             max_lifetime: None,
+            accept_when_unsynchronized: false,
         })
         .unwrap()
     }
@@ -323,6 +350,7 @@ mod tests {
             issuer: None,
             audience: None,
             max_lifetime: None,
+            accept_when_unsynchronized: false,
         };
         let err = JwtVerifier::from_config(&cfg("RS256", Some(path.clone()))).unwrap_err();
         assert!(err.to_string().contains("key.pem"), "{err}");
@@ -343,6 +371,7 @@ mod tests {
             issuer: Some("plant-idp".to_owned()),
             audience: Some("holdfast".to_owned()),
             max_lifetime: Some(std::time::Duration::from_secs(3600)),
+            accept_when_unsynchronized: false,
         })
         .unwrap();
         let t = |claims: serde_json::Value| token(Algorithm::HS256, "s3cret", claims);
@@ -361,5 +390,32 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn with_an_unsynchronized_clock_exp_and_nbf_follow_the_configured_rule() {
+        crate::clock::refresh(crate::clock::ClockTrust::Unreliable);
+        let expired = token(Algorithm::HS256, "s3cret", json!({ "exp": now() - 3600 }));
+        let early = token(
+            Algorithm::HS256,
+            "s3cret",
+            json!({ "exp": now() + 7200, "nbf": now() + 3600 }),
+        );
+        // "refuse" (the default): refused, saying it is the clock.
+        let v = hs(&["HS256"], None);
+        match v.verify(&expired, None) {
+            JwtOutcome::Invalid(e) => assert!(e.contains("is not synchronized"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // "accept": exp and nbf are skipped, nothing else is.
+        let mut accepting = hs(&["HS256"], None);
+        accepting.accept_when_unsynchronized = true;
+        assert_eq!(accepting.verify(&expired, None), JwtOutcome::Valid);
+        assert_eq!(accepting.verify(&early, None), JwtOutcome::Valid);
+        let forged = token(Algorithm::HS256, "guess", json!({ "exp": now() - 3600 }));
+        assert!(matches!(
+            accepting.verify(&forged, None),
+            JwtOutcome::Invalid(_)
+        ));
     }
 }

@@ -475,6 +475,11 @@ pub struct JwtConfig {
     /// When set, a token may be valid for at most this long (`exp - iat`, or `exp - now` when
     /// it has no `iat`): a stolen long-lived token is refused.
     pub max_lifetime: Option<Duration>,
+    /// `unsynchronized_clock`: what a token that is expired or not valid yet *by this clock*
+    /// gets while the clock is not synchronized (`node.clock`): refused with that reason
+    /// (`false`, "refuse", the default) or accepted without the `exp`/`nbf` checks (`true`,
+    /// "accept"; the signature and every other check still apply).
+    pub accept_when_unsynchronized: bool,
 }
 
 impl fmt::Debug for JwtConfig {

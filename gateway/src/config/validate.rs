@@ -1352,6 +1352,7 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
             "issuer",
             "audience",
             "max_lifetime",
+            "unsynchronized_clock",
         ],
         &[],
     );
@@ -1399,6 +1400,22 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
     let public_key = ctx.get(entries, path, "public_key", None, |c, n, k| {
         path_buf(c, n, k).map(Some)
     });
+    let accept_when_unsynchronized =
+        ctx.get(entries, path, "unsynchronized_clock", false, |c, n, k| {
+            let word = string(c, n, k)?;
+            match word.as_str() {
+                "refuse" => Some(false),
+                "accept" => Some(true),
+                _ => {
+                    c.report(
+                        n,
+                        k,
+                        format!("unknown policy {word:?} (expected refuse or accept)"),
+                    );
+                    None
+                }
+            }
+        });
     let username_claim = ctx.get(entries, path, "username_claim", None, |c, n, k| {
         let text = string(c, n, k)?;
         if text.is_empty() {
@@ -1445,6 +1462,7 @@ fn jwt(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<JwtConfig> {
         issuer,
         audience,
         max_lifetime,
+        accept_when_unsynchronized,
     })
 }
 
