@@ -165,11 +165,20 @@ pub fn refresh(trust: ClockTrust) {
     );
 }
 
+/// Wall-clock jumps seen while running.
+static JUMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Notes a wall-clock jump of `size_ms` seen while running (for `$SYS` and the stats).
 pub fn note_jump(size_ms: i64) {
+    JUMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Ok(mut j) = LAST_JUMP.lock() {
         *j = (size_ms, real_now_ms());
     }
+}
+
+/// How many wall-clock jumps were seen while running.
+pub fn jumps() -> u64 {
+    JUMPS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The clock's state for `$SYS/brokers/{node}/clock` and `holdfast ctl stats`.

@@ -99,8 +99,15 @@ fn assert_state_survived(gw: &Gateway) {
 
 #[test]
 fn a_clock_corrected_forward_by_two_years_loses_nothing() {
+    use holdfast_tests::{Mosquitto, MosquittoSub};
     let port = free_port();
-    let mut gw = Gateway::start_config(&config(port, "unreliable"), port);
+    // A bridge to a cloud that is down for now: its backlog waits on disk.
+    let cloud_port = free_port();
+    let bridged = format!(
+        "{}\n[[bridges]]\nname = \"cloud\"\nserver = \"mqtt://127.0.0.1:{cloud_port}\"\nclient_id = \"gw-jump\"\nremote_prefix = \"edge/\"\nforward = [\"sensors/#\"]\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\n",
+        config(port, "unreliable")
+    );
+    let mut gw = Gateway::start_config(&bridged, port);
     gw.stop();
     // The board boots with its clock at the image's date...
     fake_clock(&mut gw, Some("2025-01-01 00:00:00"));
@@ -109,10 +116,29 @@ fn a_clock_corrected_forward_by_two_years_loses_nothing() {
         gw.log().contains("2025-01-01T00:00"),
         "the gateway ran with its clock at 2025-01-01"
     );
+    for i in 0..10 {
+        assert!(mosquitto_pub(
+            port,
+            "sensors/t",
+            &format!("s{i}"),
+            &[
+                "-q",
+                "1",
+                "-V",
+                "5",
+                "-D",
+                "publish",
+                "message-expiry-interval",
+                "3600"
+            ]
+        ));
+    }
     leave_state_behind(&mut gw);
     // ...and NTP sets it right (23 months later) before the next start.
     fake_clock(&mut gw, None);
     std::thread::sleep(Duration::from_secs(2));
+    let cloud = Mosquitto::start(cloud_port);
+    let uplink = MosquittoSub::start(cloud.port, "edge/#", &["-q", "1", "-v"]);
     gw.restart();
     assert!(
         gw.log().contains("counting the downtime as zero"),
@@ -120,6 +146,13 @@ fn a_clock_corrected_forward_by_two_years_loses_nothing() {
         gw.log()
     );
     assert_state_survived(&gw);
+    let want: Vec<String> = (0..10).map(|i| format!("edge/sensors/t s{i}")).collect();
+    assert_eq!(
+        uplink.wait_for(10, Duration::from_secs(20)),
+        want,
+        "the bridge backlog (one-hour expiry) drains; log:\n{}",
+        gw.log()
+    );
 }
 
 #[test]

@@ -185,6 +185,7 @@ pub fn stats_snapshot(broker: &Broker) -> Vec<(&'static str, u64)> {
             "clock/synchronized",
             u64::from(broker.config.node.clock.synchronized_now()),
         ),
+        ("clock/jumps", crate::clock::jumps()),
     ]
 }
 
