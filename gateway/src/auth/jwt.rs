@@ -41,13 +41,6 @@ pub struct JwtVerifier {
     accept_when_unsynchronized: bool,
 }
 
-/// Seconds since 1970 (0 when the clock is before it).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtVerifier")
@@ -209,7 +202,7 @@ impl JwtVerifier {
             let from = claims
                 .get("iat")
                 .and_then(serde_json::Value::as_u64)
-                .unwrap_or_else(unix_now);
+                .unwrap_or_else(|| crate::clock::real_now_ms() / 1000);
             let lifetime = exp.map(|e| e.saturating_sub(from));
             if lifetime.is_none_or(|l| l > max.as_secs()) {
                 return JwtOutcome::Invalid(format!(

@@ -10,17 +10,12 @@ use holdfast_mqtt::{ByteStr, PublishProperties, QoS};
 use holdfast_storage::kv::{StoredMessage, StoredProperties};
 use std::time::{Duration, Instant};
 
-/// Now in the persisted frame (see `crate::clock`): stored times are written and read in it.
-fn unix_ms_now() -> u64 {
-    crate::clock::frame_now_ms()
-}
-
 /// A message as stored.
 pub fn to_stored(msg: &Message, now: Instant) -> StoredMessage {
     let p = &msg.properties;
     let expiry_at = msg.expires_at.map(|at| {
         let left = at.saturating_duration_since(now).as_millis() as u64;
-        unix_ms_now().saturating_add(left)
+        crate::clock::frame_now_ms().saturating_add(left)
     });
     StoredMessage {
         topic: msg.topic.to_string(),
@@ -47,7 +42,7 @@ pub fn from_stored(s: StoredMessage, now: Instant) -> Option<Message> {
     let sp = s.properties;
     let expires_at = match sp.message_expiry_at_unix_ms {
         Some(at) => {
-            let now_ms = unix_ms_now();
+            let now_ms = crate::clock::frame_now_ms();
             if at <= now_ms {
                 return None;
             }

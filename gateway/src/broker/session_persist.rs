@@ -296,12 +296,6 @@ pub fn take_writes(s: &mut Session, now: Instant, unix_now_ms: u64) -> Option<Cl
     })
 }
 
-/// Now as Unix milliseconds in the persisted frame (see `crate::clock`): a stored session's
-/// disconnect time is written and compared in it, so a clock correction is not downtime.
-pub fn unix_ms_now() -> u64 {
-    crate::clock::frame_now_ms()
-}
-
 /// A session's metadata as stored.
 pub fn stored_session(s: &Session, now: Instant, unix_now_ms: u64) -> StoredSession {
     // An offline session expires `expiry` after it disconnected.

@@ -8,7 +8,7 @@
 use super::message::*;
 use super::router::*;
 use super::session::*;
-use super::session_persist::{self, SessionWrites};
+use super::session_persist::SessionWrites;
 use bytes::Bytes;
 use holdfast_mqtt::{reason, ByteStr, PacketId, PublishProperties, QoS, SubscriptionOptions};
 use holdfast_storage::kv::{
@@ -458,7 +458,7 @@ fn stored_session(
         protocol_level: 4,
         expiry_secs,
         disconnected_at_unix_ms: disconnected_ago
-            .map(|ago| session_persist::unix_ms_now() - ago * 1000),
+            .map(|ago| crate::clock::frame_now_ms() - ago * 1000),
         subscriptions: vec![StoredSubscription {
             filter: "t".into(),
             qos: 1,

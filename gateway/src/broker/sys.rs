@@ -10,7 +10,7 @@ use super::Broker;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How often the clock mark is written (the data directory's "last seen", see
 /// `crate::clock`): often enough that a crash loses little, rarely enough for flash.
@@ -35,12 +35,6 @@ pub struct ClientInfo {
     pub keepalive: u16,
     /// Clean start flag.
     pub clean_start: bool,
-}
-
-fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A client id as one topic level: `%`, `/`, `+`, `#` and NUL percent-encoded (`%25`, `%2F`,
@@ -75,7 +69,7 @@ pub fn client_connected(broker: &Broker, info: &ClientInfo) {
         "proto_ver": info.proto_ver,
         "keepalive": info.keepalive,
         "clean_start": info.clean_start,
-        "connected_at": unix_millis(),
+        "connected_at": crate::clock::real_now_ms(),
         "ts_synced": crate::clock::synchronized(),
     });
     let topic = format!(
@@ -96,7 +90,7 @@ pub fn client_disconnected(broker: &Broker, info: &ClientInfo, reason: Disconnec
         "proto_name": info.proto_name,
         "proto_ver": info.proto_ver,
         "reason": reason.as_str(),
-        "disconnected_at": unix_millis(),
+        "disconnected_at": crate::clock::real_now_ms(),
         "ts_synced": crate::clock::synchronized(),
     });
     let topic = format!(

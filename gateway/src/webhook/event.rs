@@ -7,7 +7,6 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{PayloadEncoding, WebhookEvent};
 
@@ -76,13 +75,6 @@ pub struct MessageDetail {
     pub packet_id: Option<u16>,
     /// Why it was dropped (dropped only): `no_subscribers`, `not_authorized`.
     pub reason: Option<&'static str>,
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Event {

@@ -22,7 +22,7 @@
 mod event;
 mod http;
 
-pub use event::{unix_millis, Detail, Event, MessageDetail};
+pub use event::{Detail, Event, MessageDetail};
 pub use http::{Endpoint, SetupError};
 
 use crate::broker::events::{Dropped, Events};
@@ -416,7 +416,7 @@ struct Extra {
 fn client_event(kind: WebhookEvent, info: ClientInfo, reason: Option<&'static str>) -> Event {
     Event {
         kind,
-        timestamp: unix_millis(),
+        timestamp: crate::clock::real_now_ms(),
         ts_synced: crate::clock::synchronized(),
         clientid: info.client_id,
         username: info.username,
@@ -439,7 +439,7 @@ fn subscription_event(
 ) -> Event {
     Event {
         kind,
-        timestamp: unix_millis(),
+        timestamp: crate::clock::real_now_ms(),
         ts_synced: crate::clock::synchronized(),
         clientid: clientid.to_owned(),
         username: username.map(str::to_owned),
@@ -463,7 +463,7 @@ fn message_event(
 ) -> Event {
     Event {
         kind,
-        timestamp: unix_millis(),
+        timestamp: crate::clock::real_now_ms(),
         ts_synced: crate::clock::synchronized(),
         clientid: clientid.to_owned(),
         username: username.map(str::to_owned),

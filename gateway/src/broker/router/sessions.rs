@@ -351,7 +351,7 @@ impl Router {
                 Vec::new()
             }
         };
-        let unix_now = session_persist::unix_ms_now();
+        let unix_now = crate::clock::frame_now_ms();
         let mut restored = 0;
         for stored in stored {
             let client_id = ClientId::from(stored.client_id.as_str());
@@ -490,7 +490,7 @@ impl Router {
         let Some(p) = &mut self.persist else {
             return SessionWrites::default();
         };
-        let unix_now = session_persist::unix_ms_now();
+        let unix_now = crate::clock::frame_now_ms();
         let mut writes = SessionWrites {
             removals: std::mem::take(&mut p.removed),
             clients: Vec::new(),
