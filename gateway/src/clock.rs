@@ -229,7 +229,7 @@ fn parse_mark(text: &str) -> Option<Mark> {
     })
 }
 
-/// Records now as the last time `data_dir` saw (written aside and renamed into place).
+/// Records now as the last time `data_dir` saw (the file replaced whole).
 pub fn write_mark(data_dir: &Path, trust: ClockTrust) -> std::io::Result<()> {
     let text = format!(
         "holdfast-clock 1\n{} {} {}\n",
@@ -237,9 +237,7 @@ pub fn write_mark(data_dir: &Path, trust: ClockTrust) -> std::io::Result<()> {
         real_now_ms(),
         u8::from(trust.synchronized_now())
     );
-    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, mark_path(data_dir))
+    crate::file_replace::replace(&mark_path(data_dir), text.as_bytes())
 }
 
 /// Records now as the last time `data_dir` saw; a failure is logged, not fatal (the next

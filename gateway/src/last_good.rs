@@ -10,7 +10,6 @@
 //! `holdfast check` (which must say the truth about the file it was given).
 
 use crate::config::{self, Config};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The file name under the data directory.
@@ -31,25 +30,15 @@ pub fn data_dir_of(config_file: &Path) -> PathBuf {
         .unwrap_or_else(|| Config::default().node.data_dir)
 }
 
-/// Records `config_file` as the last known good config of `data_dir` (a copy, written to a
-/// temporary file, synced and renamed into place), unless the copy there is the same already.
+/// Records `config_file` as the last known good config of `data_dir` (a copy, replaced whole),
+/// unless the copy there is the same already.
 pub fn save(data_dir: &Path, config_file: &Path) -> std::io::Result<()> {
     let text = std::fs::read(config_file)?;
     let target = path(data_dir);
     if std::fs::read(&target).is_ok_and(|old| old == text) {
         return Ok(());
     }
-    let tmp = data_dir.join(format!("{FILE_NAME}.tmp"));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &target)?;
-    if let Ok(dir) = std::fs::File::open(data_dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(())
+    crate::file_replace::replace(&target, &text)
 }
 
 /// The last known good config of `data_dir`, loaded as `holdfast run` would load a config file

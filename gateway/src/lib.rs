@@ -17,6 +17,7 @@ pub mod broker;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod file_replace;
 pub mod last_good;
 pub mod logging;
 pub mod ops;

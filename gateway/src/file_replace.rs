@@ -1,0 +1,53 @@
+//! Replacing a small file whole, so that a crash or a power cut leaves either the old content
+//! or the new one, never a torn mix: write a sibling temporary file, `fsync` it, rename it over
+//! the target, `fsync` the directory.
+//!
+//! Owns that sequence for the gateway's small state files (the bridge's QoS 2 session, the
+//! clock mark, the last known good config). Not for the queues or the state store, which
+//! have their own formats and sync rules.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Replaces `path` with `bytes` (see the module documentation).
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temp_path(path);
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        // Best effort: the rename is done; a directory that cannot be opened to sync is no
+        // reason to report the write as failed.
+        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// `{path}.tmp`, beside the target (a rename never crosses file systems).
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_file_is_replaced_whole_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        super::replace(&path, b"one").unwrap();
+        super::replace(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
