@@ -518,6 +518,13 @@ impl Queuer<'_> {
     }
 }
 
+/// One delivery dropped for a full queue: counted broker-wide, and for the session's next
+/// "dropped" log line.
+fn count_dropped(counters: &mut RouterCounters, s: &mut Session) {
+    counters.dropped_queue_full += 1;
+    s.dropped_since_log += 1;
+}
+
 /// What [`enqueue`] did with a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Queued {
@@ -568,8 +575,7 @@ fn enqueue(
     if full && live && !s.lossy && cfg.mqueue_full == MqueueFull::Backpressure {
         if delivery.qos == QoS::AtMostOnce {
             // QoS 0 promises nothing: it does not take the room of an acknowledged message.
-            counters.dropped_queue_full += 1;
-            s.dropped_since_log += 1;
+            count_dropped(counters, s);
             if let Some(dropped) = s.take_drop_log(now) {
                 tracing::warn!(client_id = %s.client_id, dropped, "dropped: QoS 0 message for a full mqueue");
             }
@@ -585,23 +591,20 @@ fn enqueue(
         // Bytes first: a few large messages must not pin more than the session may hold.
         if let Some(oldest) = s.mqueue.pop_front() {
             s.note_removed(&oldest);
-            counters.dropped_queue_full += 1;
-            s.dropped_since_log += 1;
+            count_dropped(counters, s);
             over_bytes = true;
         }
     }
     if !over_limit && s.held_bytes + incoming > cfg.max_mqueue_bytes {
         // Even alone it does not fit (its inflight window holds the rest): not queued.
-        counters.dropped_queue_full += 1;
-        s.dropped_since_log += 1;
+        count_dropped(counters, s);
         return Queued::No;
     }
     let total = s.held_total.load(std::sync::atomic::Ordering::Relaxed);
     if total + incoming > cfg.max_queued_bytes_total {
         // The sessions together hold all the broker may: this one gets nothing more until
         // they drain (a slow or offline subscriber cannot take the board's memory).
-        counters.dropped_queue_full += 1;
-        s.dropped_since_log += 1;
+        count_dropped(counters, s);
         if let Some(dropped) = s.take_drop_log(now) {
             tracing::warn!(
                 client_id = %s.client_id,
@@ -627,8 +630,7 @@ fn enqueue(
         if let Some(oldest) = s.mqueue.pop_front() {
             s.note_removed(&oldest);
         }
-        counters.dropped_queue_full += 1;
-        s.dropped_since_log += 1;
+        count_dropped(counters, s);
         if let Some(dropped) = s.take_drop_log(now) {
             tracing::warn!(
                 client_id = %s.client_id,

@@ -105,12 +105,7 @@ impl MqttSession {
             |r| {
                 for packet in packets.drain(..) {
                     if let Packet::Publish(p) = &packet {
-                        // (A QoS 2 resend of an id we hold is no new message.)
-                        let resend = p.qos == QoS::ExactlyOnce
-                            && r.is_awaiting_rel(self.session, p.packet_id);
-                        if p.qos != QoS::AtMostOnce && !resend {
-                            self.check_receive_maximum(r, stalled_qos)?;
-                        }
+                        self.check_receive_maximum(r, p, stalled_qos)?;
                     }
                     // A full subscriber queue holds this client back (mqueue_full =
                     // "backpressure"): its publishes, and what came after them, wait in order;
@@ -158,10 +153,19 @@ impl MqttSession {
     /// MQTT 5 §3.3.4: an MQTT 5 client may have at most our Receive Maximum (CONNACK,
     /// `max_awaiting_rel`) QoS 1/2 publishes we have not acknowledged: PUBACKs held for a
     /// bridge queue's sync, QoS 2 ids awaiting PUBREL, publishes held back by a full
-    /// subscriber queue. One more is answered with DISCONNECT 0x93.
-    pub(super) fn check_receive_maximum(&self, r: &Router, stalled: usize) -> Result<(), Close> {
+    /// subscriber queue. One more (`p`, a QoS 1/2 PUBLISH) is answered with DISCONNECT 0x93.
+    pub(super) fn check_receive_maximum(
+        &self,
+        r: &Router,
+        p: &Publish,
+        stalled: usize,
+    ) -> Result<(), Close> {
         let max = self.broker.config.mqtt.max_awaiting_rel;
-        if !self.protocol.is_v5() || max >= usize::from(u16::MAX) {
+        if !self.protocol.is_v5() || p.qos == QoS::AtMostOnce || max >= usize::from(u16::MAX) {
+            return Ok(());
+        }
+        // A QoS 2 resend of an id we hold is no new message.
+        if p.qos == QoS::ExactlyOnce && r.is_awaiting_rel(self.session, p.packet_id) {
             return Ok(());
         }
         let unacknowledged = self.held_pubacks() + r.awaiting_rel_len(self.session) + stalled;
