@@ -324,15 +324,7 @@ impl Supervisor {
                                 self.notify.status(&running);
                                 healthy = true;
                             }
-                            let now_alarms = self.current_alarms(Some(checker));
-                            if now_alarms != alarms {
-                                for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
-                                    tracing::error!("{a}; still serving (nothing is reset for it)");
-                                }
-                                alarms = now_alarms;
-                                running = self.show_alarms(&node, &alarms);
-                                self.notify.status(&running);
-                            }
+                            self.refresh_alarms(&node, Some(checker), &mut alarms, &mut running);
                             if let Err(e) = self.board.keepalive() {
                                 tracing::error!("{e}");
                             }
@@ -361,15 +353,7 @@ impl Supervisor {
                     // Without a watchdog to feed there is no self-check tick: alarms (a
                     // nearly full disk) are refreshed here.
                     if checker.is_none() {
-                        let now_alarms = self.current_alarms(None);
-                        if now_alarms != alarms {
-                            for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
-                                tracing::error!("{a}; still serving (nothing is reset for it)");
-                            }
-                            alarms = now_alarms;
-                            running = self.show_alarms(&node, &alarms);
-                            self.notify.status(&running);
-                        }
+                        self.refresh_alarms(&node, None, &mut alarms, &mut running);
                     }
                 }
                 // Not while the self-check fails: the publish would only queue up behind the
@@ -435,6 +419,27 @@ impl Supervisor {
     }
 
     /// Publishes the alarms and the status they imply; returns the systemd status line.
+    /// Reads the alarms again: new ones are logged, and a change is shown (`$SYS`, systemd
+    /// `STATUS=`); `running` is the status line to go back to.
+    fn refresh_alarms(
+        &self,
+        node: &str,
+        checker: Option<&SelfCheck>,
+        alarms: &mut Vec<String>,
+        running: &mut String,
+    ) {
+        let now_alarms = self.current_alarms(checker);
+        if now_alarms == *alarms {
+            return;
+        }
+        for a in now_alarms.iter().filter(|a| !alarms.contains(a)) {
+            tracing::error!("{a}; still serving (nothing is reset for it)");
+        }
+        *alarms = now_alarms;
+        *running = self.show_alarms(node, alarms);
+        self.notify.status(running);
+    }
+
     fn show_alarms(&self, node: &str, alarms: &[String]) -> String {
         self.publish_json(&format!("$SYS/brokers/{node}/board/alarms"), &alarms);
         self.publish(
