@@ -155,10 +155,16 @@ pub struct Gateway {
 
 /// Config of a gateway for tests: anonymous allowed, one loopback listener on `port`.
 pub fn test_config(port: u16, extra_mqtt: &str) -> String {
+    test_config_with_node(port, extra_mqtt, "")
+}
+
+/// As [`test_config`], with extra `[node]` keys (e.g. `clock = "unreliable"`).
+pub fn test_config_with_node(port: u16, extra_mqtt: &str, extra_node: &str) -> String {
     format!(
         r#"
 [node]
 name = "gw-test"
+{extra_node}
 
 [mqtt]
 {extra_mqtt}

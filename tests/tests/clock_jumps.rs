@@ -6,7 +6,7 @@
 //! downtime passed its expiry is still dropped.
 
 use holdfast_tests::raw5::Raw;
-use holdfast_tests::{free_port, mosquitto_pub, retained_once, test_config, Gateway};
+use holdfast_tests::{free_port, mosquitto_pub, retained_once, test_config_with_node, Gateway};
 use rumqttc::v5::mqttbytes::QoS;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,10 +41,7 @@ fn fake_clock(gw: &mut Gateway, at: Option<&str>) {
 }
 
 fn config(port: u16, clock: &str) -> String {
-    test_config(port, "").replace(
-        "[node]\nname = \"gw-test\"\n",
-        &format!("[node]\nname = \"gw-test\"\nclock = \"{clock}\"\n"),
-    )
+    test_config_with_node(port, "", &format!("clock = \"{clock}\""))
 }
 
 /// A persistent subscriber to `cmd/y` that leaves, 5 QoS 1 messages for it and a retained one

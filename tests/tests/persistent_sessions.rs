@@ -3,7 +3,7 @@
 //! after a graceful stop and after a `kill -9` (once the 100 ms session flusher and sled's
 //! 500 ms background flush have run), and clean or expired sessions do not.
 
-use holdfast_tests::{free_port, test_config, Gateway};
+use holdfast_tests::{free_port, test_config_with_node, Gateway};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use std::time::Duration;
 use tokio::time::timeout;
@@ -166,10 +166,7 @@ async fn a_session_that_expired_while_the_gateway_was_down_is_not_restored() {
     let port = free_port();
     // A clock it may trust: the real downtime counts (an unsynchronized one would count as
     // zero, see tests/clock_jumps.rs).
-    let config = test_config(port, "session_expiry = \"3s\"").replace(
-        "[node]\nname = \"gw-test\"\n",
-        "[node]\nname = \"gw-test\"\nclock = \"synchronized\"\n",
-    );
+    let config = test_config_with_node(port, "session_expiry = \"3s\"", "clock = \"synchronized\"");
     let mut gw = Gateway::start_config(&config, port);
     subscribe_and_leave(gw.port, "brief", "e/#").await;
     publish_all(gw.port, "e/x", &["stale".to_string()]).await;
