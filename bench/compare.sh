@@ -5,7 +5,7 @@
 #   bash bench/compare.sh                 # 10 s loads, 10,000 idle connections
 #   BENCH_DURATION=30s bash bench/compare.sh
 #   BENCH_QUICK=1 bash bench/compare.sh   # smoke run: 3 s loads, 1,000 idle connections
-#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: broker, durable, idle)
+#   BENCH_ONLY=tls bash bench/compare.sh  # only the TLS section (also: broker, durable, idle, musl)
 #
 # Loads, per broker: fanin qos0 (100 -> 1), fanin qos1 (closed loop, and open loop: publishers
 # limited only by their PUBACKs), fanout qos0 (1 -> 100), latency at
@@ -37,6 +37,8 @@
 # The bench client spends 3 descriptors on each TLS/WS connection (socket + its proxy's
 # socketpair), so these use min(BENCH_CONNECTIONS, open-files limit / 4) connections
 # (BENCH_TRANSPORT_CONNECTIONS overrides).
+# musl (last; BENCH_ONLY=musl runs only this): the same code built for x86_64-unknown-linux-musl
+# (the firmware's libc, static-pie, mimalloc) against the glibc build, with the broker's CPU %.
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -139,7 +141,9 @@ CONF
         fi
         "$MOSQUITTO" -c "$WORK/mosquitto.conf" >>"$WORK/mosquitto.log" 2>&1 &
         ;;
-    holdfast)
+    holdfast | holdfast-musl)
+        local bin=$HOLDFAST
+        [[ $1 == holdfast-musl ]] && bin=$HOLDFAST_MUSL
         mkdir -p "$WORK/holdfast-data"
         local listener_kind=tcp listener_tls=
         if [[ -n ${TLS_MODE:-} ]]; then
@@ -183,7 +187,7 @@ queue = { max_bytes = "2GB", flush = "${FLUSH:-group}" }
 TOML
         fi
         rm -rf "$WORK/holdfast-data/bridges"
-        "$HOLDFAST" run --config "$WORK/holdfast.toml" >>"$WORK/holdfast.log" 2>&1 &
+        "$bin" run --config "$WORK/holdfast.toml" >>"$WORK/$1.log" 2>&1 &
         ;;
     esac
     BROKER_PID=$!
@@ -585,6 +589,62 @@ if [[ $ONLY == all || $ONLY == idle ]]; then
         row "$t RSS after, KB" "$t" .rss_after_kb
     done
     printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+fi
+
+# ---- the musl build (the firmware's libc) against the glibc build (BENCH_ONLY=musl) -------
+# The same code built for x86_64-unknown-linux-musl (a fair proxy of the aarch64 firmware: musl
+# libc, static-pie, mimalloc as its allocator) and for x86_64-unknown-linux-gnu, the same loads
+# one after the other, with the broker's CPU use (user + system, % of one core) while each runs.
+if [[ $ONLY == all || $ONLY == musl ]]; then
+    command -v musl-gcc >/dev/null || apt_install musl-tools
+    rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl ||
+        rustup target add x86_64-unknown-linux-musl
+    log "building the musl release"
+    (cd "$ROOT" && CC_x86_64_unknown_linux_musl=musl-gcc \
+        cargo build --release --target x86_64-unknown-linux-musl -p holdfast --bin holdfast)
+    HOLDFAST_MUSL=$TARGET_DIR/x86_64-unknown-linux-musl/release/holdfast
+    cpu_percent() { # broker test ticks-before ticks-after -> writes .cpu_percent into the result
+        local secs hz f=$WORK/$1.$2.json
+        hz=$(getconf CLK_TCK)
+        secs=$(jq -r '.seconds // empty' "$f" 2>/dev/null || true)
+        [[ -n $secs ]] || secs=${DURATION%s}
+        jq --argjson c "$(awk -v a="$3" -v b="$4" -v hz="$hz" -v s="$secs" 'BEGIN { printf "%.0f", (b - a) * 100 / hz / s }')" \
+            '. + {cpu_percent: $c}' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    }
+    for broker in holdfast holdfast-musl; do
+        start_broker "$broker"
+        for t in fanout0:fanout:0 fanin0:fanin:0 fanin1:fanin:1; do
+            IFS=: read -r name mode qos <<<"$t"
+            before=$(cpu_ticks "$BROKER_PID")
+            run_bench "$broker" "$name" "$mode" --qos "$qos" --duration "$DURATION"
+            cpu_percent "$broker" "$name" "$before" "$(cpu_ticks "$BROKER_PID")"
+        done
+        stop_broker "$broker"
+        start_broker "$broker"
+        run_bench "$broker" idle idle --connections "$CONNECTIONS" --settle 3s
+        stop_broker "$broker"
+    done
+    mrow() { # label test jq-path
+        local g m
+        g=$(get holdfast "$2" "$3")
+        m=$(get holdfast-musl "$2" "$3")
+        printf '%-44s %16s %16s %10s\n' "$1" "$(fmt "$g")" "$(fmt "$m")" "$(ratio "$g" "$m")"
+    }
+    echo
+    echo "holdfast built for musl (x86_64-unknown-linux-musl, static-pie, mimalloc) vs for glibc, $DURATION loads, $(nproc) CPUs; musl/glibc = musl / glibc"
+    printf '%-44s %16s %16s %10s\n' "metric" "glibc" "musl" "musl/glibc"
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    mrow "fanout qos0 1->100 deliveries/s (higher)" fanout0 .recv_rate
+    mrow "fanout qos0 broker CPU %" fanout0 .cpu_percent
+    mrow "fanin qos0 100->1 msg/s (higher)" fanin0 .recv_rate
+    mrow "fanin qos0 broker CPU %" fanin0 .cpu_percent
+    mrow "fanin qos1 100->1 msg/s (higher)" fanin1 .recv_rate
+    mrow "fanin qos1 broker CPU %" fanin1 .cpu_percent
+    mrow "fanin qos0 latency p99 us" fanin0 .latency_us.p99
+    mrow "max RSS during fanout, KB" fanout0 .rss.max_kb
+    mrow "idle RSS KB per connection (lower better)" idle .kb_per_conn
+    printf '%s\n' "$(printf '%.0s-' $(seq 89))"
+    echo "binary sizes (stripped release): glibc $(stat -c %s "$HOLDFAST") bytes, musl $(stat -c %s "$HOLDFAST_MUSL") bytes"
 fi
 
 # Anything odd, in full: errors reported by the tool, loss, reordering, duplicates, crashes.

@@ -6,6 +6,8 @@
 #     would: `resolve localhost` through /etc/hosts, and, where a private mount namespace can
 #     be made (root), `resolve broker.example.com` through DNS, against a tiny DNS server on
 #     127.0.0.1:53 named by a bind-mounted /etc/resolv.conf (skipped with a message otherwise);
+#     and with an nsswitch.conf naming NSS modules (mdns4_minimal, resolve), `resolve localhost`
+#     still answers from /etc/hosts without trying to load one (qemu -strace shows every open);
 #   - a retained message reaches a subscriber that arrives later;
 #   - QoS 1 messages are acknowledged (PUBACK) and delivered at QoS 1, in order;
 #   - SIGTERM stops it with exit code 0.
@@ -153,6 +155,20 @@ for arch in "${arches[@]}"; do
     out="$("$qemu" "$bin" resolve localhost 2>&1)" || fail "name resolution failed: $out"
     grep -qE '^(127\.0\.0\.1|::1)$' <<<"$out" || fail "resolve localhost gave '$out'"
     echo "   --version and resolve localhost ($(tr '\n' ' ' <<<"$out")) ok"
+    # A board whose nsswitch.conf names NSS modules (mDNS, systemd-resolved): the static binary
+    # must resolve through /etc/hosts without loading any of them (a static glibc would dlopen
+    # the board's libnss_*.so). qemu's -L prefix stands in for the board's /etc.
+    nss="$work/nss-root"
+    mkdir -p "$nss/etc"
+    echo "hosts: mdns4_minimal [NOTFOUND=return] resolve [!UNAVAIL=return] files myhostname dns" >"$nss/etc/nsswitch.conf"
+    echo "127.0.0.1 localhost" >"$nss/etc/hosts"
+    "$qemu" -L "$nss" -strace "$bin" resolve localhost >"$nss/out" 2>"$nss/strace" ||
+        fail "resolve with NSS modules configured failed: $(cat "$nss/out"; grep -v '^[0-9]* ' "$nss/strace" | tail -3)"
+    if grep -q "libnss_" "$nss/strace"; then
+        fail "name lookup tried to load the board's NSS modules: $(grep -m3 -o '"[^"]*libnss_[^"]*"' "$nss/strace" | tr '\n' ' ')"
+    fi
+    grep -qx "127.0.0.1" "$nss/out" || fail "resolve localhost with NSS modules configured gave '$(cat "$nss/out")'"
+    echo "   no NSS module loaded with mdns4_minimal/resolve in nsswitch.conf ok"
     if [ -n "$dns_ok" ]; then
         out="$(unshare -m sh -c 'mount --bind "$1" /etc/resolv.conf && exec "$2" "$3" resolve broker.example.com' \
             sh "$work/resolv.conf" "$qemu" "$bin" 2>&1)" || fail "DNS resolution failed: $out"

@@ -9,6 +9,7 @@
 //!   ([`identity`]), health from `/proc`, `/sys/class/thermal` and `statvfs` ([`health`]).
 //! - [`HostBoard`]: a development machine: no watchdog device and no LEDs, but the same
 //!   identity and health readings, so `$SYS/brokers/{node}/board/...` looks the same.
+//! - [`button`]: the factory-reset button (a GPIO value file) and its hold rule.
 //! - [`notify`]: the systemd notification protocol (`READY=1`, `WATCHDOG=1`, `STOPPING=1`
 //!   over `$NOTIFY_SOCKET`). It belongs to the service manager, not to the hardware, so it is
 //!   separate from [`Board`] and works with either kind.
@@ -20,22 +21,26 @@
 //! checked itself (see the gateway's `app` module). It never panics on a missing or odd sysfs
 //! file: a reading it cannot take is `None`.
 //!
-//! It is the only Holdfast crate with `unsafe` code: the watchdog ioctls in [`watchdog`] and the
-//! read-only `adjtimex` in [`clock`], each with its justification. Everything else is
+//! It is the only Holdfast crate with `unsafe` code: the watchdog ioctls in [`watchdog`], the
+//! read-only `adjtimex` in [`clock`] and glibc's `__nss_configure_lookup` in [`names`], each
+//! with its justification. Everything else is
 //! `forbid`den per module.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(unreachable_pub, missing_docs, missing_debug_implementations)]
 
+pub mod button;
 pub mod clock;
 pub mod health;
 mod host;
 pub mod identity;
 pub mod leds;
 mod linux;
+pub mod names;
 pub mod notify;
 pub mod resets;
 pub mod watchdog;
 
+pub use button::{ButtonEvent, HoldTimer, ResetButtonConfig};
 pub use health::Health;
 pub use host::HostBoard;
 pub use identity::Identity;
@@ -134,6 +139,12 @@ pub trait Board: Send + fmt::Debug {
     /// Why the board last reset, as its watchdog driver recorded it ("watchdog reset",
     /// "power-on or reboot", ...) with the count of resets in a row; `None` when unknown.
     fn reset_reason(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the factory-reset button is pressed now; `None` when the board has none. The
+    /// runtime reads it about once a second and decides what a long press does.
+    fn reset_button_pressed(&mut self) -> Option<bool> {
         None
     }
 }

@@ -5,6 +5,7 @@
 //! watchdog; [`Board::close`] disarms it (magic close) and darkens the LEDs.
 #![forbid(unsafe_code)]
 
+use crate::button::{ResetButton, ResetButtonConfig};
 use crate::health::{read_health, Health};
 use crate::identity::{read_identity, Identity};
 use crate::leds::{LedNames, LedSet};
@@ -37,6 +38,8 @@ pub struct LinuxBoardConfig {
     pub mac_interface: Option<String>,
     /// The data directory whose free space health reports.
     pub data_dir: PathBuf,
+    /// The factory-reset button, if the board has one wired.
+    pub reset_button: Option<ResetButtonConfig>,
 }
 
 /// A Linux board with its watchdog armed (when configured) and its LEDs found.
@@ -58,6 +61,8 @@ pub struct LinuxBoard {
     history: Option<ResetHistory>,
     /// Why the board last reset (driver boot status), for `$SYS` and the start-up log.
     reset_reason: Option<String>,
+    /// The factory-reset button, if configured.
+    reset_button: Option<ResetButton>,
 }
 
 impl LinuxBoard {
@@ -129,6 +134,7 @@ impl LinuxBoard {
             alarms,
             history,
             reset_reason,
+            reset_button: config.reset_button.map(ResetButton::new),
         })
     }
 }
@@ -182,6 +188,10 @@ impl Board for LinuxBoard {
     fn reset_reason(&self) -> Option<String> {
         self.reset_reason.clone()
     }
+
+    fn reset_button_pressed(&mut self) -> Option<bool> {
+        self.reset_button.as_mut().map(ResetButton::pressed)
+    }
 }
 
 #[cfg(test)]
@@ -203,6 +213,7 @@ mod tests {
             },
             mac_interface: None,
             data_dir: tree.path().to_owned(),
+            reset_button: None,
         }
     }
 

@@ -164,8 +164,9 @@ impl Gateway {
     }
 
     /// Runs until the shutdown token is cancelled, then closes every connection (v5 clients get
-    /// DISCONNECT 0x8B) and waits up to the grace period for them.
-    pub async fn serve(self) {
+    /// DISCONNECT 0x8B) and waits up to the grace period for them. After a stop the board's
+    /// factory-reset button asked for, the data directory is wiped last.
+    pub async fn serve(self) -> Stopped {
         let tracker = TaskTracker::new();
         let broker = self.broker;
         let mut bridge_rates = bridge::RateProbe::default();
@@ -239,13 +240,44 @@ impl Gateway {
         }
         // The board disarms its watchdog (magic close) as its last act, after the flushes:
         // one that hangs still gets the board reset.
+        let factory_reset = board
+            .as_ref()
+            .is_some_and(supervise::Running::factory_reset_requested);
         if let Some(board) = board {
             if tokio::time::timeout(GRACE, board.close()).await.is_err() {
                 tracing::warn!("the board did not close within the grace period");
             }
         }
+        if factory_reset {
+            // Everything is flushed and closed; what is wiped now stays wiped.
+            drop(session_store);
+            drop(self.store);
+            let data_dir = broker.config.node.data_dir.clone();
+            let wiped =
+                tokio::task::spawn_blocking(move || crate::ops::factory_reset(&data_dir)).await;
+            match wiped {
+                Ok(Ok(done)) => tracing::warn!(
+                    removed = ?done.removed,
+                    "factory reset done; exiting for the service manager to start the gateway afresh"
+                ),
+                Ok(Err(e)) => tracing::error!("factory reset failed: {e}"),
+                Err(e) => tracing::error!("factory reset failed: {e}"),
+            }
+            tracing::info!("stopped");
+            return Stopped::FactoryReset;
+        }
         tracing::info!("stopped");
+        Stopped::Normally
     }
+}
+
+/// How [`Gateway::serve`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// A signal or an operator stopped it.
+    Normally,
+    /// The board's factory-reset button stopped it and the data directory was wiped.
+    FactoryReset,
 }
 
 /// Everything the gateway writes is its own: umask 077 (files 0600, directories 0700: the

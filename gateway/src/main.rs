@@ -199,7 +199,18 @@ enum PasswdAction {
     },
 }
 
+/// The musl builds (the aarch64 firmware) allocate with mimalloc: musl's own malloc takes one
+/// global lock, which halves fan-out under the multi-threaded runtime (see Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
+    // Before any thread looks a name up: a static glibc build must not load the board's NSS
+    // modules (holdfast_board::names).
+    if let Err(e) = holdfast_board::names::pin_host_lookups() {
+        eprintln!("warning: {e}");
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, data_dir } => run(config, data_dir),

@@ -32,10 +32,11 @@
 use crate::broker::Broker;
 use crate::config::{BoardConfig, BoardKind, Config};
 use holdfast_board::{
-    Board, BoardError, HostBoard, Indication, LedNames, LinuxBoard, LinuxBoardConfig, Roots,
-    SystemdNotify,
+    Board, BoardError, ButtonEvent, HoldTimer, HostBoard, Indication, LedNames, LinuxBoard,
+    LinuxBoardConfig, ResetButtonConfig, Roots, SystemdNotify,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -77,6 +78,10 @@ pub fn open_board(config: &Config) -> Result<Box<dyn Board>, BoardError> {
             },
             mac_interface: b.mac_interface.clone(),
             data_dir,
+            reset_button: b.reset_button.clone().map(|path| ResetButtonConfig {
+                path,
+                active_low: b.reset_button_active_low,
+            }),
         })?),
     })
 }
@@ -156,6 +161,10 @@ pub struct Supervisor {
     /// Alarms raised once at start that last as long as the process (the last known good
     /// config in use).
     standing_alarms: Vec<String>,
+    /// How long the factory-reset button has been held.
+    reset_button: HoldTimer,
+    /// Set when the button was held long enough: the gateway wipes its data after stopping.
+    factory_reset: Arc<AtomicBool>,
 }
 
 /// A probe running on the runtime or the blocking pool, and when it started.
@@ -204,11 +213,13 @@ impl Supervisor {
         Supervisor {
             board,
             notify,
-            broker,
             main: Handle::current(),
             data_dir,
             health_interval,
             standing_alarms: Vec::new(),
+            reset_button: HoldTimer::new(broker.config.board.reset_button_hold),
+            factory_reset: Arc::new(AtomicBool::new(false)),
+            broker,
         }
     }
 
@@ -233,6 +244,7 @@ impl Supervisor {
     pub fn spawn(self) -> std::io::Result<Running> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (close_tx, close_rx) = tokio::sync::oneshot::channel();
+        let factory_reset = self.factory_reset.clone();
         let thread = std::thread::Builder::new()
             .name("holdfast-board".into())
             // Small: sysfs reads and a few futures; no deep recursion.
@@ -250,6 +262,7 @@ impl Supervisor {
         Ok(Running {
             done: done_rx,
             close: close_tx,
+            factory_reset,
             _thread: thread,
         })
     }
@@ -355,6 +368,7 @@ impl Supervisor {
                     if checker.is_none() {
                         self.refresh_alarms(&node, None, &mut alarms, &mut running);
                     }
+                    self.watch_reset_button();
                 }
                 // Not while the self-check fails: the publish would only queue up behind the
                 // stuck router.
@@ -369,6 +383,37 @@ impl Supervisor {
         }
         if let Err(e) = self.board.close() {
             tracing::error!("{e}");
+        }
+    }
+
+    /// Reads the factory-reset button (about once a second): held for
+    /// `board.reset_button_hold`, it marks the factory reset for after the stop and starts the
+    /// shutdown.
+    fn watch_reset_button(&mut self) {
+        let Some(pressed) = self.board.reset_button_pressed() else {
+            return;
+        };
+        let hold = self.broker.config.board.reset_button_hold;
+        match self.reset_button.observe(pressed, Instant::now()) {
+            ButtonEvent::Idle => {}
+            ButtonEvent::Pressed => tracing::warn!(
+                "factory-reset button pressed: hold it {} s to wipe the gateway's data",
+                hold.as_secs()
+            ),
+            ButtonEvent::Released => {
+                tracing::info!("factory-reset button released early: nothing is reset")
+            }
+            ButtonEvent::Held => {
+                tracing::error!(
+                    data_dir = %self.data_dir.display(),
+                    "factory-reset button held {} s: stopping, wiping the data directory (sessions, queues, retained messages, bridge queues; not the config) and exiting for the service manager to start the gateway afresh",
+                    hold.as_secs()
+                );
+                self.factory_reset.store(true, Ordering::SeqCst);
+                self.board.indicate(Indication::Booting);
+                self.notify.status("factory reset: stopping");
+                self.broker.shutdown.cancel();
+            }
         }
     }
 
@@ -486,6 +531,8 @@ pub struct Running {
     done: tokio::sync::oneshot::Receiver<()>,
     /// Tells the thread to close the board now.
     close: tokio::sync::oneshot::Sender<()>,
+    /// The factory-reset button was held: wipe the data directory after the stop.
+    factory_reset: Arc<AtomicBool>,
     /// The thread; detached if never waited for.
     _thread: std::thread::JoinHandle<()>,
 }
@@ -496,6 +543,11 @@ impl Running {
     pub async fn close(self) {
         let _ = self.close.send(());
         let _ = self.done.await;
+    }
+
+    /// Whether the factory-reset button asked for this stop.
+    pub fn factory_reset_requested(&self) -> bool {
+        self.factory_reset.load(Ordering::SeqCst)
     }
 }
 

@@ -300,11 +300,12 @@ class VM:
       file      qemu writes the image file itself: every write the guest handed to the virtio
                 disk survives the cut, flushed or not (a disk without a volatile cache)."""
 
-    def __init__(self, opts, name, disk, config, disk_model=None):
+    def __init__(self, opts, name, disk, config, disk_model=None, extra_files=None):
         self.opts = opts
         self.name = name
         self.disk = disk
         self.config = config
+        self.extra_files = extra_files or {}
         self.disk_model = disk_model or opts.disk
         self.dir = disk.parent
         self.console = self.dir / f"{name}.console.log"
@@ -327,7 +328,8 @@ class VM:
         # The kernel looks for an uncompressed archive after the gzip one only at a 4-byte
         # aligned offset, and skips the zeros before it.
         base += b"\0" * (-len(base) % 512)
-        self.initrd.write_bytes(base + newc_archive({"etc/holdfast.toml": self.config.encode()}))
+        files = {"etc/holdfast.toml": self.config.encode(), **self.extra_files}
+        self.initrd.write_bytes(base + newc_archive(files))
         for f in (self.console, self.qemu_log, self.ctl):
             if f.exists():
                 f.unlink()
@@ -775,6 +777,116 @@ def run_plumbing(opts, checks):
 
 
 # --------------------------------------------------------------------------------------------
+# the watchdog: udev rules, the service user, feeding and a reset when hung
+# --------------------------------------------------------------------------------------------
+
+UDEV_RULES = (Path(__file__).resolve().parents[2]
+              / "yocto/meta-holdfast/recipes-holdfast/holdfast/files/99-holdfast.rules")
+
+
+def udev_rules(path):
+    """The rules of a udev rules file as (matches, assignments) pairs: matches maps KEY to
+    the pattern of KEY=="..." (globs, `|` alternatives), assignments maps KEY to the value of
+    KEY="..." / KEY+="..."."""
+    rules = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        matches, assigns = {}, {}
+        for key, op, value in re.findall(r'([A-Z_]+(?:\{[^}]*\})?)\s*(==|!=|\+=|:=|=)\s*"([^"]*)"', line):
+            if op == "==":
+                matches[key] = value
+            elif op != "!=":
+                assigns[key] = value
+        rules.append((matches, assigns))
+    return rules
+
+
+def udev_apply(rules, device):
+    """What udev would assign to `device` ({"KERNEL", "SUBSYSTEM", "ACTION"}): the GROUP and
+    MODE of every matching rule, later rules winning, as udev applies them."""
+    import fnmatch
+    out = {}
+    for matches, assigns in rules:
+        if all(any(fnmatch.fnmatchcase(device.get(k, ""), alt) for alt in pattern.split("|"))
+               for k, pattern in matches.items()):
+            for k in ("GROUP", "MODE"):
+                if k in assigns:
+                    out[k] = assigns[k]
+    return out
+
+
+WATCHDOG_TIMEOUT = 5
+
+
+def watchdog_config():
+    return BASE_CONFIG + f"""
+[board]
+kind = "linux"
+watchdog_device = "/dev/watchdog"
+watchdog_timeout = "{WATCHDOG_TIMEOUT}s"
+"""
+
+
+def run_watchdog_check(opts, checks):
+    """Boots with softdog: the watchdog device nodes the kernel makes get the udev rules'
+    group and mode, the gateway runs as the unprivileged service user, opens /dev/watchdog
+    and keeps the board up past several timeouts; frozen (SIGSTOP), it gets the board reset."""
+    rdir = Path(opts.work) / "watchdog"
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir(parents=True)
+    disk = rdir / "disk.img"
+    make_disk(disk, opts.disk_mb)
+    print("== watchdog check (softdog, the service user, the udev rules)")
+    vm = VM(opts, "watchdog", disk, watchdog_config(), extra_files={"etc/watchdog-test": b"1\n"})
+    try:
+        vm.start()
+        vm.wait_for("powercut-init: devices listed", opts.boot_timeout)
+        devices = re.findall(r"powercut-init: device (\S+) subsystem=(\S+)", vm.console_text())
+        if not checks.check(any(d == "/dev/watchdog" for d, _ in devices),
+                            "softdog made the watchdog devices", vm.tail()):
+            return
+        rules = udev_rules(UDEV_RULES)
+        for dev, subsystem in devices:
+            got = udev_apply(rules, {"KERNEL": dev.rsplit("/", 1)[-1], "SUBSYSTEM": subsystem,
+                                     "ACTION": "add"})
+            checks.check(got.get("GROUP") == "holdfast" and got.get("MODE") == "0660",
+                         f"99-holdfast.rules gives {dev} (subsystem {subsystem}) to group holdfast, 0660",
+                         f"    the rules give {got}")
+            vm.command(f"perm {dev} {got.get('GROUP', 'root')} {got.get('MODE', '0600')}")
+        vm.command("go")
+        vm.wait_for("holdfast running", opts.boot_timeout)
+        text = vm.console_text()
+        uid = re.search(r"powercut-init: gateway uid (\d+)", text)
+        checks.check(uid is not None and uid.group(1) == "999",
+                     "the gateway runs as the service user (uid 999), not root",
+                     f"    {uid.group(0) if uid else 'no uid line'}")
+        vm.wait_for("board ready", 10)
+        text = vm.console_text()
+        armed = re.search(r"board ready.*watchdog_seconds=(\d+)", text)
+        checks.check(armed is not None and armed.group(1) == str(WATCHDOG_TIMEOUT),
+                     f"the service user opened /dev/watchdog and armed it ({WATCHDOG_TIMEOUT} s)",
+                     vm.tail())
+        t = time.monotonic()
+        time.sleep(WATCHDOG_TIMEOUT * 3)
+        checks.check(vm.proc.poll() is None and wait_port(vm.port, 5),
+                     f"fed: the board is still up {time.monotonic() - t:.0f} s later "
+                     f"({WATCHDOG_TIMEOUT} s timeout) and the gateway answers", vm.tail())
+        vm.command("freeze")
+        t = time.monotonic()
+        try:
+            vm.proc.wait(WATCHDOG_TIMEOUT + 15)
+            reset = True
+        except subprocess.TimeoutExpired:
+            reset = False
+        checks.check(reset, f"a frozen gateway gets the board reset by the watchdog "
+                            f"({time.monotonic() - t:.1f} s after SIGSTOP)", vm.tail())
+    finally:
+        vm.powercut()
+
+
+# --------------------------------------------------------------------------------------------
 # power-cut rounds
 # --------------------------------------------------------------------------------------------
 
@@ -976,6 +1088,10 @@ def cmd_run(opts):
             run_plumbing(opts, checks)
         except HarnessError as e:
             checks.check(False, "plumbing", str(e))
+        try:
+            run_watchdog_check(opts, checks)
+        except HarnessError as e:
+            checks.check(False, "watchdog", str(e))
         print(f"plumbing: {checks.passed} passed, {checks.failed} failed "
               f"({time.monotonic() - t:.1f}s)")
         failures += checks.failed

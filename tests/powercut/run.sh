@@ -147,7 +147,7 @@ chmod 755 "$stage/init" "$stage/bin/busybox" "$stage/bin/holdfast"
 # the .deb ships no modules.dep, depmod runs at install time), decompressed, with their load
 # order in etc/modules. A module built into the kernel is skipped; a `?` marks an optional one.
 "$venv/bin/python" "$here/harness.py" modules "$moddir" "$stage" \
-    crc32c_generic '?crc32c-intel' virtio_pci virtio_blk virtio_net ext4
+    crc32c_generic '?crc32c-intel' virtio_pci virtio_blk virtio_net ext4 softdog
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$work/initramfs.cpio.gz"
 log "initramfs: $(du -h "$work/initramfs.cpio.gz" | cut -f1), modules: $(tr '\n' ' ' <"$stage/etc/modules")"
 log "setup took $((SECONDS - t_start))s"

@@ -290,3 +290,103 @@ fn the_resolve_command_finds_localhost_through_etc_hosts() {
     assert!(ok, "{err}");
     assert!(out.lines().any(|l| l == "127.0.0.1" || l == "::1"), "{out}");
 }
+
+/// Starts the gateway on `cfg` with its output in `log`.
+fn spawn_logged(cfg: &Path, log: &Path) -> Running {
+    let log_file = std::fs::File::create(log).unwrap();
+    let child = Command::new(holdfast_bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    Running {
+        child,
+        log: log.to_owned(),
+    }
+}
+
+#[test]
+fn the_factory_reset_button_held_wipes_the_data_and_a_short_press_does_not() {
+    let dir = TempDir::new("board-button");
+    fake_board(dir.path());
+    let button = dir.path().join("button");
+    std::fs::write(&button, "0\n").unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &cfg,
+        config(dir.path(), port).replace(
+            "[board]\n",
+            &format!(
+                "[board]\nreset_button = \"{}\"\nreset_button_hold = \"2s\"\n",
+                button.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("holdfast.log");
+    let mut gw = spawn_logged(&cfg, &log);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(wait_for_port(addr, Duration::from_secs(20)), "{}", gw.log());
+    assert!(holdfast_tests::mosquitto_pub(
+        port,
+        "keep/me",
+        "before",
+        &["-r", "-q", "1"]
+    ));
+    assert_eq!(
+        holdfast_tests::retained_once(port, "keep/me").as_deref(),
+        Some("before")
+    );
+
+    // A press shorter than the hold time resets nothing.
+    std::fs::write(&button, "1\n").unwrap();
+    assert!(
+        holdfast_tests::wait_until(Duration::from_secs(5), || gw
+            .log()
+            .contains("factory-reset button pressed")),
+        "{}",
+        gw.log()
+    );
+    std::fs::write(&button, "0\n").unwrap();
+    assert!(
+        holdfast_tests::wait_until(Duration::from_secs(5), || gw
+            .log()
+            .contains("released early")),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.child.try_wait().unwrap().is_none(), "{}", gw.log());
+
+    // Held for the whole hold time: the gateway stops, wipes its data directory and exits.
+    std::fs::write(&button, "1\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running: {}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = gw.log();
+    assert!(status.success(), "{status:?}: {text}");
+    assert!(text.contains("factory reset done"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the data directory: {left:?}");
+    // The watchdog was disarmed with the magic close before the wipe.
+    let written = std::fs::read(dir.path().join("watchdog")).unwrap();
+    assert_eq!(written.last(), Some(&b'V'), "no magic close: {written:?}");
+
+    // It starts afresh: the retained message is gone.
+    std::fs::write(&button, "0\n").unwrap();
+    let gw = spawn_logged(&cfg, &dir.path().join("holdfast-2.log"));
+    assert!(wait_for_port(addr, Duration::from_secs(20)), "{}", gw.log());
+    assert_eq!(holdfast_tests::retained_once(port, "keep/me"), None);
+}

@@ -543,6 +543,15 @@ pub struct BoardConfig {
     pub led_uplink: Option<String>,
     /// LED lit when the runtime fails its self-check. Default none.
     pub led_fault: Option<String>,
+    /// The factory-reset button of a `linux` board: a GPIO value file that reads 0 or 1
+    /// (the kernel's sysfs GPIO, `/sys/class/gpio/gpioN/value`, exported at boot). Held down
+    /// for `reset_button_hold`, it stops the gateway, wipes its data directory (as
+    /// `holdfast factory-reset`) and exits for systemd to start it afresh. Default none.
+    pub reset_button: Option<PathBuf>,
+    /// The button reads 0 when pressed (a button to ground with a pull-up). Default false.
+    pub reset_button_active_low: bool,
+    /// How long the button must be held down, 1s..=10m. Default 10s.
+    pub reset_button_hold: Duration,
     /// Where sysfs is mounted; only tests and containers change it. Default "/sys".
     pub sys_root: PathBuf,
     /// Where procfs is mounted; only tests and containers change it. Default "/proc".
@@ -589,6 +598,9 @@ impl Default for BoardConfig {
             led_status: None,
             led_uplink: None,
             led_fault: None,
+            reset_button: None,
+            reset_button_active_low: false,
+            reset_button_hold: Duration::from_secs(10),
             sys_root: PathBuf::from("/sys"),
             proc_root: PathBuf::from("/proc"),
         }

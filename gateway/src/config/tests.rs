@@ -130,6 +130,9 @@ fn the_example_config_mentions_every_key() {
         "led_status",
         "led_uplink",
         "led_fault",
+        "reset_button",
+        "reset_button_active_low",
+        "reset_button_hold",
         "sys_root",
         "proc_root",
     ] {
@@ -885,6 +888,34 @@ fn bad_board_settings_are_reported_with_their_keys() {
     assert_eq!(
         problem("[board]\nwatchdog_timeout = \"2h\"\n"),
         "holdfast.toml:2: board.watchdog_timeout: must be at least 1s and at most 1h, got \"2h\""
+    );
+    assert_eq!(
+        problems("[board]\nreset_button = \"gpio17\"\nreset_button_hold = \"500ms\"\nreset_button_active_low = \"yes\"\n").len(),
+        3
+    );
+    assert_eq!(
+        problem("[board]\nreset_button = \"gpio17/value\"\n"),
+        "holdfast.toml:2: board.reset_button: \"gpio17/value\" must be an absolute path to a GPIO value file (e.g. \"/sys/class/gpio/gpio17/value\")"
+    );
+}
+
+#[test]
+fn the_reset_button_settings_are_read() {
+    let b = ok("[board]\nreset_button = \"/sys/class/gpio/gpio17/value\"\nreset_button_active_low = true\nreset_button_hold = \"5s\"\n").board;
+    assert_eq!(
+        b.reset_button,
+        Some(PathBuf::from("/sys/class/gpio/gpio17/value"))
+    );
+    assert!(b.reset_button_active_low);
+    assert_eq!(b.reset_button_hold, Duration::from_secs(5));
+    let d = ok("").board;
+    assert_eq!(
+        (d.reset_button, d.reset_button_hold),
+        (None, Duration::from_secs(10))
+    );
+    assert_eq!(
+        ok("[board]\nreset_button = \"\"\n").board.reset_button,
+        None
     );
 }
 

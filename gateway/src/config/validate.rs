@@ -1540,6 +1540,9 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
             "led_status",
             "led_uplink",
             "led_fault",
+            "reset_button",
+            "reset_button_active_low",
+            "reset_button_hold",
             "sys_root",
             "proc_root",
         ],
@@ -1653,6 +1656,52 @@ fn board_section(ctx: &mut Ctx<'_>, node: &Node) -> BoardConfig {
         led_status: ctx.get(entries, path, "led_status", d.led_status, led_name),
         led_uplink: ctx.get(entries, path, "led_uplink", d.led_uplink, led_name),
         led_fault: ctx.get(entries, path, "led_fault", d.led_fault, led_name),
+        // An empty string means no button.
+        reset_button: ctx.get(
+            entries,
+            path,
+            "reset_button",
+            d.reset_button,
+            |c, n, k| {
+                let text = string(c, n, k)?;
+                let text = text.trim();
+                if text.is_empty() {
+                    return Some(None);
+                }
+                if !text.starts_with('/') {
+                    c.report(
+                        n,
+                        k,
+                        format!("{text:?} must be an absolute path to a GPIO value file (e.g. \"/sys/class/gpio/gpio17/value\")"),
+                    );
+                    return None;
+                }
+                Some(Some(PathBuf::from(text)))
+            },
+        ),
+        reset_button_active_low: ctx.get(
+            entries,
+            path,
+            "reset_button_active_low",
+            d.reset_button_active_low,
+            boolean,
+        ),
+        reset_button_hold: ctx.get(
+            entries,
+            path,
+            "reset_button_hold",
+            d.reset_button_hold,
+            |c, n, k| {
+                duration(
+                    c,
+                    n,
+                    k,
+                    Duration::from_secs(1),
+                    Duration::from_secs(600),
+                    false,
+                )
+            },
+        ),
         sys_root: ctx.get(entries, path, "sys_root", d.sys_root, path_buf),
         proc_root: ctx.get(entries, path, "proc_root", d.proc_root, path_buf),
     }
