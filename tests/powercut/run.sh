@@ -8,6 +8,7 @@
 #   bash tests/powercut/run.sh                  # plumbing checks, then 3 power-cut rounds
 #   bash tests/powercut/run.sh --rounds 10      # more rounds
 #   bash tests/powercut/run.sh --plumbing       # only the VM plumbing checks (no bridge needed)
+#   bash tests/powercut/run.sh --watchdog       # only the watchdog check (softdog, service user, udev rules)
 #   bash tests/powercut/run.sh --no-plumbing    # only the power-cut rounds
 #   bash tests/powercut/run.sh --help           # every option of harness.py
 #
