@@ -117,6 +117,13 @@ impl Running {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits up to 5 s for `needle` in the log; fails the test with the log otherwise.
+    fn expect_log(&self, needle: &str) {
+        let seen =
+            holdfast_tests::wait_until(Duration::from_secs(5), || self.log().contains(needle));
+        assert!(seen, "no {needle:?} in the log:\n{}", self.log());
+    }
 }
 
 impl Drop for Running {
@@ -322,7 +329,7 @@ fn the_factory_reset_button_held_wipes_the_data_and_a_short_press_does_not() {
         config(dir.path(), port).replace(
             "[board]\n",
             &format!(
-                "[board]\nreset_button = \"{}\"\nreset_button_hold = \"2s\"\n",
+                "[board]\nreset_button = \"{}\"\nreset_button_hold = \"3s\"\n",
                 button.display()
             ),
         ),
@@ -345,21 +352,9 @@ fn the_factory_reset_button_held_wipes_the_data_and_a_short_press_does_not() {
 
     // A press shorter than the hold time resets nothing.
     std::fs::write(&button, "1\n").unwrap();
-    assert!(
-        holdfast_tests::wait_until(Duration::from_secs(5), || gw
-            .log()
-            .contains("factory-reset button pressed")),
-        "{}",
-        gw.log()
-    );
+    gw.expect_log("factory-reset button pressed");
     std::fs::write(&button, "0\n").unwrap();
-    assert!(
-        holdfast_tests::wait_until(Duration::from_secs(5), || gw
-            .log()
-            .contains("released early")),
-        "{}",
-        gw.log()
-    );
+    gw.expect_log("released early");
     assert!(gw.child.try_wait().unwrap().is_none(), "{}", gw.log());
 
     // Held for the whole hold time: the gateway stops, wipes its data directory and exits.
