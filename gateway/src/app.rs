@@ -166,7 +166,7 @@ impl Gateway {
     /// Runs until the shutdown token is cancelled, then closes every connection (v5 clients get
     /// DISCONNECT 0x8B) and waits up to the grace period for them. After a stop the board's
     /// factory-reset button asked for, the data directory is wiped last.
-    pub async fn serve(self) -> Stopped {
+    pub async fn serve(self) {
         let tracker = TaskTracker::new();
         let broker = self.broker;
         let mut bridge_rates = bridge::RateProbe::default();
@@ -263,21 +263,9 @@ impl Gateway {
                 Ok(Err(e)) => tracing::error!("factory reset failed: {e}"),
                 Err(e) => tracing::error!("factory reset failed: {e}"),
             }
-            tracing::info!("stopped");
-            return Stopped::FactoryReset;
         }
         tracing::info!("stopped");
-        Stopped::Normally
     }
-}
-
-/// How [`Gateway::serve`] ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    /// A signal or an operator stopped it.
-    Normally,
-    /// The board's factory-reset button stopped it and the data directory was wiped.
-    FactoryReset,
 }
 
 /// Everything the gateway writes is its own: umask 077 (files 0600, directories 0700: the

@@ -145,20 +145,14 @@ fn a_linux_board_feeds_its_watchdog_tells_systemd_and_publishes_identity_and_hea
     std::fs::write(&cfg, config(dir.path(), port)).unwrap();
     let sock_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&sock_path).unwrap();
-    let log = dir.path().join("holdfast.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(holdfast_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "2000000")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .unwrap();
-    let mut gw = Running { child, log };
+    let mut gw = spawn_logged(
+        &cfg,
+        &dir.path().join("holdfast.log"),
+        &[
+            ("NOTIFY_SOCKET", sock_path.as_os_str()),
+            ("WATCHDOG_USEC", "2000000".as_ref()),
+        ],
+    );
     assert!(wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_secs(20)
@@ -298,13 +292,14 @@ fn the_resolve_command_finds_localhost_through_etc_hosts() {
     assert!(out.lines().any(|l| l == "127.0.0.1" || l == "::1"), "{out}");
 }
 
-/// Starts the gateway on `cfg` with its output in `log`.
-fn spawn_logged(cfg: &Path, log: &Path) -> Running {
+/// Starts the gateway on `cfg` at log level info, with `envs` and its output in `log`.
+fn spawn_logged(cfg: &Path, log: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> Running {
     let log_file = std::fs::File::create(log).unwrap();
     let child = Command::new(holdfast_bin())
         .args(["run", "--config"])
         .arg(cfg)
         .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)
@@ -336,7 +331,7 @@ fn the_factory_reset_button_held_wipes_the_data_and_a_short_press_does_not() {
     )
     .unwrap();
     let log = dir.path().join("holdfast.log");
-    let mut gw = spawn_logged(&cfg, &log);
+    let mut gw = spawn_logged(&cfg, &log, &[]);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     assert!(wait_for_port(addr, Duration::from_secs(20)), "{}", gw.log());
     assert!(holdfast_tests::mosquitto_pub(
@@ -381,7 +376,7 @@ fn the_factory_reset_button_held_wipes_the_data_and_a_short_press_does_not() {
 
     // It starts afresh: the retained message is gone.
     std::fs::write(&button, "0\n").unwrap();
-    let gw = spawn_logged(&cfg, &dir.path().join("holdfast-2.log"));
+    let gw = spawn_logged(&cfg, &dir.path().join("holdfast-2.log"), &[]);
     assert!(wait_for_port(addr, Duration::from_secs(20)), "{}", gw.log());
     assert_eq!(holdfast_tests::retained_once(port, "keep/me"), None);
 }
