@@ -1,0 +1,368 @@
+//! Decoding with the checks RFC 7252 asks of a recipient that coap-lite leaves to its caller,
+//! and the replies a server builds.
+//!
+//! Owns: what makes a datagram a message this server processes (version 1, a well-formed
+//! empty message, no payload marker without a payload, a size limit, no unrecognized critical
+//! option in a request), and the shapes of ACK, RST and responses. Never decides what a
+//! request means (that is [`crate::request`]) and never touches a socket.
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, ResponseType};
+
+/// Why a datagram is not a CoAP message this server can process.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Shorter than the 4-byte header, or a token or option runs past the end.
+    #[error("truncated message ({0} bytes)")]
+    Truncated(usize),
+    /// Not CoAP version 1.
+    #[error("unsupported CoAP version {0}")]
+    Version(u8),
+    /// Token length 9..=15 (reserved).
+    #[error("reserved token length {0}")]
+    TokenLength(u8),
+    /// An option delta or length uses the reserved nibble 15, or the numbers overflow.
+    #[error("malformed option")]
+    BadOption,
+    /// A payload marker with nothing after it.
+    #[error("payload marker without a payload")]
+    EmptyPayload,
+    /// An empty message (code 0.00) with a token, options or a payload.
+    #[error("empty message with content")]
+    NonEmptyEmpty,
+    /// A code of the reserved classes 1, 6 or 7.
+    #[error("reserved code {0}.{1:02}")]
+    ReservedCode(u8, u8),
+    /// Larger than the configured limit.
+    #[error("message of {len} bytes exceeds the {limit}-byte limit")]
+    Oversized {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl DecodeError {
+    /// A short stable label for counters (`$SYS`, `holdfast ctl`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Truncated(_) => "truncated",
+            DecodeError::Version(_) => "bad_version",
+            DecodeError::TokenLength(_) | DecodeError::BadOption | DecodeError::EmptyPayload => {
+                "malformed"
+            }
+            DecodeError::NonEmptyEmpty | DecodeError::ReservedCode(..) => "malformed",
+            DecodeError::Oversized { .. } => "oversized",
+        }
+    }
+}
+
+/// The fixed header of a datagram, when its first four bytes are there: enough to reject a
+/// confirmable message that does not decode (RFC 7252 4.2: answer it with RST).
+pub fn peek_header(datagram: &[u8]) -> Option<(MessageType, u16)> {
+    let [first, _code, hi, lo, ..] = *datagram else {
+        return None;
+    };
+    let kind = match (first >> 4) & 0x3 {
+        0 => MessageType::Confirmable,
+        1 => MessageType::NonConfirmable,
+        2 => MessageType::Acknowledgement,
+        _ => MessageType::Reset,
+    };
+    Some((kind, u16::from_be_bytes([hi, lo])))
+}
+
+/// Decodes one datagram of at most `limit` bytes.
+pub fn decode(datagram: &[u8], limit: usize) -> Result<Packet, DecodeError> {
+    if datagram.len() > limit {
+        return Err(DecodeError::Oversized {
+            len: datagram.len(),
+            limit,
+        });
+    }
+    if datagram.len() < 4 {
+        return Err(DecodeError::Truncated(datagram.len()));
+    }
+    let version = datagram[0] >> 6;
+    if version != 1 {
+        return Err(DecodeError::Version(version));
+    }
+    let token_len = datagram[0] & 0x0f;
+    if token_len > 8 {
+        return Err(DecodeError::TokenLength(token_len));
+    }
+    let code = datagram[1];
+    let class = code >> 5;
+    if matches!(class, 1 | 6 | 7) {
+        return Err(DecodeError::ReservedCode(class, code & 0x1f));
+    }
+    if code == 0 && datagram.len() != 4 {
+        return Err(DecodeError::NonEmptyEmpty);
+    }
+    if datagram.last() == Some(&0xff) && payload_marker_at(datagram) == Some(datagram.len() - 1)
+    {
+        return Err(DecodeError::EmptyPayload);
+    }
+    Packet::from_bytes(datagram).map_err(|e| match e {
+        coap_lite::error::MessageError::InvalidTokenLength => {
+            DecodeError::Truncated(datagram.len())
+        }
+        coap_lite::error::MessageError::InvalidOptionLength => {
+            DecodeError::Truncated(datagram.len())
+        }
+        coap_lite::error::MessageError::InvalidHeader => DecodeError::Truncated(datagram.len()),
+        _ => DecodeError::BadOption,
+    })
+}
+
+/// Where the payload marker is, walking the options (None: no marker, or malformed options
+/// that [`Packet::from_bytes`] will report).
+fn payload_marker_at(datagram: &[u8]) -> Option<usize> {
+    let mut i = 4 + usize::from(datagram[0] & 0x0f);
+    while i < datagram.len() {
+        let byte = datagram[i];
+        if byte == 0xff {
+            return Some(i);
+        }
+        i += 1;
+        let ext = |nibble: u8| match nibble {
+            13 => Some(1),
+            14 => Some(2),
+            15 => None,
+            _ => Some(0),
+        };
+        let delta_ext = ext(byte >> 4)?;
+        let len_ext = ext(byte & 0x0f)?;
+        let len_at = i + delta_ext;
+        let length = match byte & 0x0f {
+            13 => usize::from(*datagram.get(len_at)?) + 13,
+            14 => {
+                let hi = *datagram.get(len_at)?;
+                let lo = *datagram.get(len_at + 1)?;
+                usize::from(u16::from_be_bytes([hi, lo])) + 269
+            }
+            n => usize::from(n),
+        };
+        i = len_at + len_ext + length;
+    }
+    None
+}
+
+/// Options this server understands. An odd-numbered (critical) option outside this list in a
+/// request must not be ignored (RFC 7252 5.4.1).
+pub const SUPPORTED_CRITICAL: &[u16] = &[
+    3,  // Uri-Host
+    7,  // Uri-Port
+    11, // Uri-Path
+    15, // Uri-Query
+    17, // Accept
+    23, // Block2
+    27, // Block1
+];
+
+/// The first critical option of `packet` that is not in `supported`, if any.
+pub fn unknown_critical_option(packet: &Packet, supported: &[u16]) -> Option<u16> {
+    packet
+        .options()
+        .map(|(number, _)| *number)
+        .find(|n| n % 2 == 1 && !supported.contains(n))
+}
+
+/// An empty ACK for message `mid`.
+pub fn empty_ack(mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Acknowledgement);
+    p.header.code = MessageClass::Empty;
+    p.header.message_id = mid;
+    p
+}
+
+/// A reset (RST) for message `mid`.
+pub fn reset(mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Reset);
+    p.header.code = MessageClass::Empty;
+    p.header.message_id = mid;
+    p
+}
+
+/// The response to `request`: piggybacked on the ACK of a confirmable request, or a
+/// non-confirmable response with message id `next_mid` to a non-confirmable one (RFC 7252
+/// 5.2.3). The token is the request's.
+pub fn response_to(request: &Packet, code: ResponseType, next_mid: u16) -> Packet {
+    let mut p = Packet::new();
+    if request.header.get_type() == MessageType::Confirmable {
+        p.header.set_type(MessageType::Acknowledgement);
+        p.header.message_id = request.header.message_id;
+    } else {
+        p.header.set_type(MessageType::NonConfirmable);
+        p.header.message_id = next_mid;
+    }
+    p.header.code = MessageClass::Response(code);
+    p.set_token(request.get_token().to_vec());
+    p
+}
+
+/// A separate response (RFC 7252 5.2.2): sent after an empty ACK, confirmable, with its own
+/// message id and the request's token.
+pub fn separate_response(token: &[u8], code: ResponseType, mid: u16) -> Packet {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.message_id = mid;
+    p.header.code = MessageClass::Response(code);
+    p.set_token(token.to_vec());
+    p
+}
+
+/// The Uri-Path segments, each UTF-8; `None` if one is not.
+pub fn uri_path(packet: &Packet) -> Option<Vec<String>> {
+    match packet.get_option(CoapOption::UriPath) {
+        None => Some(Vec::new()),
+        Some(list) => list
+            .iter()
+            .map(|seg| String::from_utf8(seg.clone()).ok())
+            .collect(),
+    }
+}
+
+/// The Uri-Query options as `(key, value)`; a query without `=` has an empty value. `None`
+/// if one is not UTF-8.
+pub fn uri_query(packet: &Packet) -> Option<Vec<(String, String)>> {
+    match packet.get_option(CoapOption::UriQuery) {
+        None => Some(Vec::new()),
+        Some(list) => list
+            .iter()
+            .map(|q| {
+                let text = std::str::from_utf8(q).ok()?;
+                Some(match text.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), v.to_owned()),
+                    None => (text.to_owned(), String::new()),
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A response code as `c.dd` (e.g. "2.05"), as EMQX's JSON and logs write it.
+pub fn code_string(code: ResponseType) -> String {
+    let byte: u8 = MessageClass::Response(code).into();
+    format!("{}.{:02}", byte >> 5, byte & 0x1f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coap_lite::RequestType;
+
+    fn request(kind: MessageType, path: &[&str]) -> Packet {
+        let mut p = Packet::new();
+        p.header.set_type(kind);
+        p.header.code = MessageClass::Request(RequestType::Post);
+        p.header.message_id = 0x1234;
+        p.set_token(vec![1, 2, 3]);
+        for seg in path {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        p.payload = b"21.5".to_vec();
+        p
+    }
+
+    #[test]
+    fn a_well_formed_request_decodes_with_its_path_and_query() {
+        let mut p = request(MessageType::Confirmable, &["ps", "sensors", "t1"]);
+        p.add_option(CoapOption::UriQuery, b"qos=1".to_vec());
+        p.add_option(CoapOption::UriQuery, b"retain".to_vec());
+        let bytes = p.to_bytes().unwrap();
+        let back = decode(&bytes, 1152).unwrap();
+        assert_eq!(uri_path(&back).unwrap(), ["ps", "sensors", "t1"]);
+        assert_eq!(
+            uri_query(&back).unwrap(),
+            [
+                ("qos".to_owned(), "1".to_owned()),
+                ("retain".to_owned(), String::new())
+            ]
+        );
+        assert_eq!(back.payload, b"21.5");
+        assert_eq!(peek_header(&bytes), Some((MessageType::Confirmable, 0x1234)));
+    }
+
+    #[test]
+    fn every_malformation_has_its_own_error() {
+        let good = request(MessageType::Confirmable, &["ps", "a"])
+            .to_bytes()
+            .unwrap();
+        assert_eq!(decode(&good[..3], 1152), Err(DecodeError::Truncated(3)));
+        let mut v2 = good.clone();
+        v2[0] = (v2[0] & 0x3f) | 0x80;
+        assert_eq!(decode(&v2, 1152), Err(DecodeError::Version(2)));
+        let mut tkl = good.clone();
+        tkl[0] = (tkl[0] & 0xf0) | 0x09;
+        assert_eq!(decode(&tkl, 1152), Err(DecodeError::TokenLength(9)));
+        let mut reserved = good.clone();
+        reserved[1] = 0xc1; // 6.01
+        assert_eq!(decode(&reserved, 1152), Err(DecodeError::ReservedCode(6, 1)));
+        assert_eq!(
+            decode(&good, 8),
+            Err(DecodeError::Oversized {
+                len: good.len(),
+                limit: 8
+            })
+        );
+        let mut marker_only = request(MessageType::Confirmable, &["ps"]);
+        marker_only.payload.clear();
+        let mut bytes = marker_only.to_bytes().unwrap();
+        bytes.push(0xff);
+        assert_eq!(decode(&bytes, 1152), Err(DecodeError::EmptyPayload));
+        // an option whose length runs past the end
+        let mut cut = request(MessageType::Confirmable, &["ps", "a-long-segment"]);
+        cut.payload.clear();
+        let bytes = cut.to_bytes().unwrap();
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 3], 1152),
+            Err(DecodeError::Truncated(bytes.len() - 3))
+        );
+        // an empty message with a token
+        let mut empty = empty_ack(7).to_bytes().unwrap();
+        empty.push(0xAA);
+        empty[0] |= 1;
+        assert_eq!(decode(&empty, 1152), Err(DecodeError::NonEmptyEmpty));
+        // option delta nibble 15 without a payload marker
+        let mut bad = good[..4 + 3].to_vec();
+        bad.push(0xf1);
+        bad.push(0x00);
+        assert_eq!(decode(&bad, 1152), Err(DecodeError::BadOption));
+    }
+
+    #[test]
+    fn an_unknown_critical_option_is_found_and_elective_ones_are_not() {
+        let mut p = request(MessageType::Confirmable, &["ps", "a"]);
+        p.add_option(CoapOption::Unknown(2050), vec![1]); // elective
+        assert_eq!(unknown_critical_option(&p, SUPPORTED_CRITICAL), None);
+        p.add_option(CoapOption::IfMatch, vec![1]); // 1: critical, not supported
+        assert_eq!(unknown_critical_option(&p, SUPPORTED_CRITICAL), Some(1));
+    }
+
+    #[test]
+    fn responses_are_piggybacked_on_con_and_new_non_messages_otherwise() {
+        let con = request(MessageType::Confirmable, &["ps", "a"]);
+        let r = response_to(&con, ResponseType::Changed, 99);
+        assert_eq!(r.header.get_type(), MessageType::Acknowledgement);
+        assert_eq!(r.header.message_id, 0x1234);
+        assert_eq!(r.get_token(), &[1, 2, 3]);
+        let non = request(MessageType::NonConfirmable, &["ps", "a"]);
+        let r = response_to(&non, ResponseType::Changed, 99);
+        assert_eq!(r.header.get_type(), MessageType::NonConfirmable);
+        assert_eq!(r.header.message_id, 99);
+        assert_eq!(code_string(ResponseType::Content), "2.05");
+        assert_eq!(code_string(ResponseType::NotFound), "4.04");
+        assert_eq!(code_string(ResponseType::ServiceUnavailable), "5.03");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode(&bytes, 1152);
+            let _ = peek_header(&bytes);
+        }
+    }
+}
