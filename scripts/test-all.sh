@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
-# faketime) when missing, builds the
+# faketime, libcoap3-bin) when missing, builds the
 # gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The webhook tests' HTTP endpoint is a python3 http.server script (tests/webhook_sink.py).
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+# The CoAP tests drive the gateway with libcoap's client.
+command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
 # The clock-jump tests run the gateway under libfaketime.
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then

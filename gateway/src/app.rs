@@ -43,6 +43,9 @@ pub enum StartError {
     /// The board could not be opened (its watchdog device, usually).
     #[error("board: {0} (set board.watchdog_device = \"\" to run without a hardware watchdog)")]
     Board(#[from] BoardError),
+    /// The CoAP gateway's UDP socket could not be bound.
+    #[error(transparent)]
+    Coap(#[from] crate::coap::BindError),
     /// The thread that feeds the watchdog during start-up could not be started.
     #[error("cannot start the start-up watchdog feeder: {0}")]
     Feeder(std::io::Error),
@@ -54,6 +57,7 @@ struct Bound {
     listeners: Vec<listener::BoundListener>,
     store: Option<Arc<SledStore>>,
     webhooks: Vec<webhook::Endpoint>,
+    coap: Option<crate::coap::Bound>,
 }
 
 /// A gateway whose listeners are bound; `serve` runs it.
@@ -67,6 +71,8 @@ pub struct Gateway {
     supervisor: Supervisor,
     /// The webhooks' endpoints, ready for their workers once serving starts.
     webhooks: Vec<webhook::Endpoint>,
+    /// The CoAP gateway's socket (`[coap]`).
+    coap: Option<crate::coap::Bound>,
 }
 
 impl Gateway {
@@ -93,6 +99,7 @@ impl Gateway {
                     supervisor,
                     store: parts.store,
                     webhooks: parts.webhooks,
+                    coap: parts.coap,
                 })
             }
             Err(e) => {
@@ -139,11 +146,16 @@ impl Gateway {
         for l in &broker.config.listeners {
             listeners.push(listener::bind(l).await?);
         }
+        let coap = match &broker.config.coap {
+            Some(c) => Some(crate::coap::bind(c).await?),
+            None => None,
+        };
         Ok(Bound {
             broker,
             listeners,
             store,
             webhooks,
+            coap,
         })
     }
 
@@ -173,6 +185,15 @@ impl Gateway {
         let more: Vec<sys::StatsPublisher> = vec![
             Box::new(move |b| bridge::publish_stats(b, &mut bridge_rates)),
             // $SYS/brokers/{node}/webhooks/{name}/{events,sent,failed,dropped_queue_full,...}
+            // $SYS/brokers/{node}/coap/{peers,published,notifications,bad_truncated,...}
+            Box::new(|b| {
+                let Some(status) = b.coap.get() else { return };
+                for (name, value) in status.stats() {
+                    let topic = format!("$SYS/brokers/{}/coap/{name}", b.config.node.name);
+                    let value = value.to_string().into_bytes();
+                    crate::broker::client::publish_system(b, topic, value, true);
+                }
+            }),
             Box::new(|b| {
                 for (name, value) in crate::ops::webhook_stats(b) {
                     let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
@@ -195,6 +216,9 @@ impl Gateway {
         }
         for l in self.listeners {
             tracker.spawn(listener::run(l, broker.clone(), tracker.clone()));
+        }
+        if let Some(coap) = self.coap {
+            tracker.spawn(crate::coap::run(coap, broker.clone(), tracker.clone()));
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

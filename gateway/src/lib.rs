@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bridge;
 pub mod broker;
 pub mod clock;
+pub mod coap;
 pub mod config;
 pub mod ctl;
 pub mod file_replace;

@@ -576,6 +576,22 @@ impl Client {
             .collect()
     }
 
+    /// The payload of the retained message on `topic` (no wildcards), if the ACL lets this
+    /// client subscribe to it: a one-off read, as a subscription's retained delivery would
+    /// give it, without the subscription (CoAP's plain GET).
+    pub fn read_retained(&mut self, topic: &str) -> Result<Option<Bytes>, SubscribeError> {
+        if self.finished || self.ctrl.is_closing() {
+            return Err(SubscribeError::Closed);
+        }
+        if topic.is_empty() || topic::validate_topic_name(topic).is_err() {
+            return Err(SubscribeError::InvalidFilter);
+        }
+        if self.acl_allows(Action::Subscribe, topic) == Permission::Deny {
+            return Err(SubscribeError::NotAuthorized);
+        }
+        Ok(self.broker.with_router(|r| r.retained_payload(topic)))
+    }
+
     /// Removes subscriptions; true for each filter that was held.
     pub fn unsubscribe(&mut self, filters: &[&str]) -> Vec<bool> {
         if self.finished {

@@ -78,6 +78,9 @@ pub struct Broker {
     /// Where routed messages leave the gateway (the bridges' queues; none without
     /// `[[bridges]]`).
     uplink: OnceLock<Arc<dyn Uplink>>,
+    /// The CoAP gateway's peers and counters, when `[coap]` runs (for `holdfast ctl` and
+    /// `$SYS`; the gateway itself is a client of the broker like any other).
+    pub coap: OnceLock<Arc<crate::coap::Status>>,
 }
 
 impl Broker {
@@ -112,6 +115,7 @@ impl Broker {
         Arc::new(Broker {
             router: Mutex::new(router),
             events: OnceLock::new(),
+            coap: OnceLock::new(),
             login_lockout: crate::auth::lockout::Lockout::new(
                 config.auth.max_login_failures,
                 config.auth.login_failure_window,

@@ -8,12 +8,13 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`coap`,
-//! `lwm2m`, `modbus`, `serial`, `web`) are errors, not silently ignored: a gateway that
-//! drops a bridge config on the floor would lose data while looking healthy.
+//! Sections the design describes but this build does not implement yet (`lwm2m`, `modbus`,
+//! `serial`, `web`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! the floor would lose data while looking healthy.
 
 mod auto_subscribe;
 mod bridges;
+mod coap;
 mod env;
 mod raw;
 mod units;
@@ -24,6 +25,7 @@ pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSu
 pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
+pub use coap::{CoapConfig, CoapQos, NotifyType};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
@@ -55,6 +57,8 @@ pub struct Config {
     pub auto_subscribe: Vec<AutoSubscribe>,
     /// HTTP endpoints that get broker events as JSON (`[[webhooks]]`); none by default.
     pub webhooks: Vec<WebhookConfig>,
+    /// The CoAP gateway (`[coap]`); off unless the section is present.
+    pub coap: Option<CoapConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -621,6 +625,7 @@ impl Default for Config {
             bridges: Vec::new(),
             auto_subscribe: Vec::new(),
             webhooks: Vec::new(),
+            coap: None,
         }
     }
 }

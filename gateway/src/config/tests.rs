@@ -228,7 +228,6 @@ fn an_unknown_section_is_reported() {
 #[test]
 fn sections_not_built_yet_are_errors_not_silently_ignored() {
     for (text, name) in [
-        ("[coap]\n", "coap"),
         ("[lwm2m]\n", "lwm2m"),
         ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
         ("[[serial.ports]]\n", "serial"),
@@ -1067,8 +1066,8 @@ fn an_env_override_naming_an_unknown_key_names_the_variable() {
         ["HOLDFAST__MQTT__MAX_INFLIGH: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"]
     );
     assert_eq!(
-        problems_with("", &[("HOLDFAST__COAP__BIND", "0.0.0.0:5683")]),
-        ["HOLDFAST__COAP__BIND: coap: section [coap] is not supported by this build yet"]
+        problems_with("", &[("HOLDFAST__LWM2M__BIND", "0.0.0.0:5783")]),
+        ["HOLDFAST__LWM2M__BIND: lwm2m: section [lwm2m] is not supported by this build yet"]
     );
 }
 
@@ -1524,4 +1523,74 @@ fn overlapping_forward_and_subscribe_need_mqtt5_and_max_packet_size_parses() {
     ok("[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"sensors/#\"]\nsubscribe = [\"cmd/#\"]\n");
     let errors = problems("[[bridges]]\nname = \"a\"\nserver = \"mqtt://h\"\nforward = [\"x\"]\nmax_packet_size = \"1B\"\n").join("\n");
     assert!(errors.contains("bridges[0].max_packet_size"), "{errors}");
+}
+
+// ---- coap ----
+
+#[test]
+fn coap_is_off_by_default_and_an_empty_section_turns_it_on_with_emqx_defaults() {
+    assert_eq!(ok("").coap, None);
+    let coap = ok("[coap]\n").coap.unwrap();
+    assert_eq!(coap, crate::config::CoapConfig::default());
+    assert_eq!(coap.bind, addr("0.0.0.0:5683"));
+    assert_eq!(coap.heartbeat, Duration::from_secs(30));
+    assert_eq!(coap.notify_type, crate::config::NotifyType::Qos);
+}
+
+#[test]
+fn coap_keys_are_read_and_bad_values_named_with_their_line() {
+    let coap = ok("[coap]\nbind = \"127.0.0.1:15683\"\nnotify_type = \"con\"\npublish_qos = \"qos2\"\nmountpoint = \"coap/%c/\"\nmax_body_size = \"64KB\"\n")
+        .coap
+        .unwrap();
+    assert_eq!(coap.bind, addr("127.0.0.1:15683"));
+    assert_eq!(coap.notify_type, crate::config::NotifyType::Con);
+    assert_eq!(coap.publish_qos, crate::config::CoapQos::Fixed(2));
+    assert_eq!(coap.mountpoint, "coap/%c/");
+    assert_eq!(coap.max_body_size, 64 * 1024);
+    let all = problems_with(
+        "[coap]\nmax_block_size = 1000\nnotify_type = \"always\"\nmountpoint = \"a/#\"\nbind = \"nowhere\"\nheartbaet = \"1s\"\n",
+        &[],
+    );
+    assert_eq!(
+        all,
+        [
+            "holdfast.toml:2: coap.max_block_size: must be a power of two (16, 32 ... 1024), got 1000",
+            "holdfast.toml:3: coap.notify_type: unknown notify type \"always\" (expected \"qos\", \"non\" or \"con\")",
+            "holdfast.toml:4: coap.mountpoint: \"a/#\": a mountpoint is a topic prefix without wildcards and not under '$'",
+            "holdfast.toml:5: coap.bind: \"nowhere\" is not an address (expected IP:PORT, e.g. \"0.0.0.0:5683\")",
+            "holdfast.toml:6: coap.heartbaet: unknown key (did you mean \"heartbeat\"?)",
+        ]
+    );
+}
+
+#[test]
+fn the_example_coap_block_uncommented_gives_the_coap_defaults() {
+    let mut text = String::new();
+    let mut inside = false;
+    for line in example_toml().lines() {
+        if line == "# [coap]" {
+            inside = true;
+        }
+        if inside {
+            let Some(rest) = line.strip_prefix("# ") else {
+                break;
+            };
+            if !rest.starts_with(' ') {
+                text.push_str(rest);
+                text.push('\n');
+            }
+        }
+    }
+    assert!(text.contains("separate_response_after"), "{text}");
+    assert_eq!(ok(&text).coap, Some(crate::config::CoapConfig::default()));
+}
+
+#[test]
+fn coap_can_be_turned_on_by_an_environment_override() {
+    let config = parse("", FILE, env(&[("HOLDFAST__COAP__BIND", "127.0.0.1:5999")]));
+    let coap = config.map(|c| c.coap);
+    assert_eq!(
+        coap.ok().flatten().map(|c| c.bind),
+        Some(addr("127.0.0.1:5999"))
+    );
 }

@@ -20,7 +20,7 @@ use super::{
 use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["coap", "lwm2m", "modbus", "serial", "web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["lwm2m", "modbus", "serial", "web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -76,6 +76,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "bridges",
             "auto_subscribe",
             "webhooks",
+            "coap",
         ],
         &[],
     );
@@ -124,6 +125,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         Some(n) => super::webhooks::webhooks_section(&mut ctx, n),
         None => Vec::new(),
     };
+    let coap = field(entries, "coap").map(|n| super::coap::coap_section(&mut ctx, n));
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -142,6 +144,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         bridges,
         auto_subscribe,
         webhooks,
+        coap,
     })
 }
 

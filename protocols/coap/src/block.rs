@@ -126,7 +126,11 @@ impl<K: Hash + Eq + Clone> Assembler<K> {
         if block.more {
             return Ok(Step::Continue);
         }
-        let body = self.partial.remove(&key).map(|p| p.body).unwrap_or_default();
+        let body = self
+            .partial
+            .remove(&key)
+            .map(|p| p.body)
+            .unwrap_or_default();
         Ok(Step::Complete(body))
     }
 
@@ -214,12 +218,20 @@ mod tests {
     fn a_client_may_continue_with_a_smaller_block_size() {
         let t0 = Instant::now();
         let mut a = Assembler::new(4096, 4, LIFE);
-        assert_eq!(a.accept(1, &value(0, true, 2), &[1; 64], t0), Ok(Step::Continue));
+        assert_eq!(
+            a.accept(1, &value(0, true, 2), &[1; 64], t0),
+            Ok(Step::Continue)
+        );
         // now 32-byte blocks: offset 64 is block 2
-        assert_eq!(a.accept(1, &value(2, true, 1), &[2; 32], t0), Ok(Step::Continue));
+        assert_eq!(
+            a.accept(1, &value(2, true, 1), &[2; 32], t0),
+            Ok(Step::Continue)
+        );
         assert_eq!(
             a.accept(1, &value(3, false, 1), &[3; 5], t0),
-            Ok(Step::Complete([vec![1; 64], vec![2; 32], vec![3; 5]].concat()))
+            Ok(Step::Complete(
+                [vec![1; 64], vec![2; 32], vec![3; 5]].concat()
+            ))
         );
     }
 
@@ -227,7 +239,10 @@ mod tests {
     fn gaps_oversize_and_bad_sizes_are_refused_and_forget_the_transfer() {
         let t0 = Instant::now();
         let mut a = Assembler::new(96, 4, LIFE);
-        assert_eq!(a.accept(1, &value(0, true, 1), &[0; 32], t0), Ok(Step::Continue));
+        assert_eq!(
+            a.accept(1, &value(0, true, 1), &[0; 32], t0),
+            Ok(Step::Continue)
+        );
         assert_eq!(
             a.accept(1, &value(2, true, 1), &[0; 32], t0),
             Err(BlockError::Incomplete {
@@ -272,7 +287,8 @@ mod tests {
         assert!(a
             .accept(0, &value(1, false, 0), &[0; 1], t0 + Duration::from_secs(3))
             .is_err());
-        a.accept(9, &value(0, true, 0), &[0; 16], t0 + LIFE * 2).unwrap();
+        a.accept(9, &value(0, true, 0), &[0; 16], t0 + LIFE * 2)
+            .unwrap();
         assert_eq!(a.len(), 1);
     }
 

@@ -99,8 +99,7 @@ pub fn decode(datagram: &[u8], limit: usize) -> Result<Packet, DecodeError> {
     if code == 0 && datagram.len() != 4 {
         return Err(DecodeError::NonEmptyEmpty);
     }
-    if datagram.last() == Some(&0xff) && payload_marker_at(datagram) == Some(datagram.len() - 1)
-    {
+    if datagram.last() == Some(&0xff) && payload_marker_at(datagram) == Some(datagram.len() - 1) {
         return Err(DecodeError::EmptyPayload);
     }
     Packet::from_bytes(datagram).map_err(|e| match e {
@@ -283,7 +282,10 @@ mod tests {
             ]
         );
         assert_eq!(back.payload, b"21.5");
-        assert_eq!(peek_header(&bytes), Some((MessageType::Confirmable, 0x1234)));
+        assert_eq!(
+            peek_header(&bytes),
+            Some((MessageType::Confirmable, 0x1234))
+        );
     }
 
     #[test]
@@ -300,7 +302,10 @@ mod tests {
         assert_eq!(decode(&tkl, 1152), Err(DecodeError::TokenLength(9)));
         let mut reserved = good.clone();
         reserved[1] = 0xc1; // 6.01
-        assert_eq!(decode(&reserved, 1152), Err(DecodeError::ReservedCode(6, 1)));
+        assert_eq!(
+            decode(&reserved, 1152),
+            Err(DecodeError::ReservedCode(6, 1))
+        );
         assert_eq!(
             decode(&good, 8),
             Err(DecodeError::Oversized {

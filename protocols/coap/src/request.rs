@@ -120,7 +120,11 @@ pub fn parse(packet: &Packet) -> Result<Request, Refusal> {
             "password" | "p" => identity.password = Some(value),
             "qos" | "q" => match value.as_str() {
                 "0" | "1" | "2" => qos = value.parse().ok(),
-                _ => return Err(Refusal::BadRequest(format!("qos={value}: expected 0, 1 or 2"))),
+                _ => {
+                    return Err(Refusal::BadRequest(format!(
+                        "qos={value}: expected 0, 1 or 2"
+                    )))
+                }
             },
             "retain" | "r" => match value.as_str() {
                 "true" => retain = true,
@@ -256,7 +260,12 @@ mod tests {
             }
         );
         let read = parse(&packet(RequestType::Get, "ps/a/b", &[], None)).unwrap();
-        assert_eq!(read.action, Action::Read { topic: "a/b".into() });
+        assert_eq!(
+            read.action,
+            Action::Read {
+                topic: "a/b".into()
+            }
+        );
         let mut tokenless = packet(RequestType::Get, "ps/a", &[], Some(0));
         tokenless.set_token(Vec::new());
         assert!(matches!(parse(&tokenless), Err(Refusal::BadRequest(_))));
@@ -268,14 +277,23 @@ mod tests {
         assert_eq!(p(RequestType::Post), Ok(Action::Connect));
         assert_eq!(p(RequestType::Put), Ok(Action::Heartbeat));
         assert_eq!(p(RequestType::Delete), Ok(Action::Disconnect));
-        assert!(matches!(p(RequestType::Get), Err(Refusal::MethodNotAllowed(_))));
+        assert!(matches!(
+            p(RequestType::Get),
+            Err(Refusal::MethodNotAllowed(_))
+        ));
     }
 
     #[test]
     fn refusals_carry_their_codes() {
         let code = |p: Packet| parse(&p).unwrap_err().code();
-        assert_eq!(code(packet(RequestType::Post, "ps", &[], None)), ResponseType::BadRequest);
-        assert_eq!(code(packet(RequestType::Post, "other/x", &[], None)), ResponseType::NotFound);
+        assert_eq!(
+            code(packet(RequestType::Post, "ps", &[], None)),
+            ResponseType::BadRequest
+        );
+        assert_eq!(
+            code(packet(RequestType::Post, "other/x", &[], None)),
+            ResponseType::NotFound
+        );
         assert_eq!(
             code(packet(RequestType::Delete, "ps/a", &[], None)),
             ResponseType::MethodNotAllowed
@@ -292,6 +310,9 @@ mod tests {
             code(packet(RequestType::Post, "ps/a", &["clientid="], None)),
             ResponseType::BadRequest
         );
-        assert_eq!(code(packet(RequestType::Get, "ps/a", &[], Some(5))), ResponseType::BadRequest);
+        assert_eq!(
+            code(packet(RequestType::Get, "ps/a", &[], Some(5))),
+            ResponseType::BadRequest
+        );
     }
 }

@@ -1,0 +1,563 @@
+//! The CoAP gateway (`[coap]`, UDP 5683): EMQX's CoAP conventions on the in-process client
+//! API, so every CoAP client is a broker client (authentication, ACL, `$SYS`, webhooks,
+//! `holdfast ctl clients`, the bridges) like an MQTT one.
+//!
+//! Owns the UDP socket and the table of CoAP clients. One task reads the socket: it decodes
+//! and checks each datagram (the sans-IO `holdfast_coap`), answers what needs no client (bad
+//! datagrams, pings, unknown paths), and hands requests to the client's task by its
+//! `clientid` (not only by address: NB-IoT NATs change the port), ACKs and RSTs by address.
+//! Each client's task ([`peer`]) owns its broker `Client`, its deduplication record, its
+//! observations and its retransmissions. The reading task never waits on the broker, and a
+//! client's full inbox drops the datagram (counted; the client retransmits a CON).
+//!
+//! Never touches the router: everything goes through `crate::broker::client::Client`.
+
+mod peer;
+
+use crate::broker::Broker;
+use crate::config::CoapConfig;
+use holdfast_coap::message::{self, DecodeError};
+use holdfast_coap::request::{self, Action};
+use holdfast_coap::{MessageClass, MessageType, Packet, ResponseType};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Datagrams waiting for one client's task; beyond it they are dropped (counted).
+const INBOX: usize = 64;
+
+/// Bad-datagram log lines per second; the rest are only counted.
+const BAD_LOG_PER_SECOND: u32 = 20;
+
+/// Why the CoAP gateway could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("coap: cannot bind {bind}: {source}")]
+pub struct BindError {
+    bind: SocketAddr,
+    source: std::io::Error,
+}
+
+/// The bound socket, ready to serve.
+#[derive(Debug)]
+pub struct Bound {
+    socket: UdpSocket,
+    config: CoapConfig,
+}
+
+impl Bound {
+    /// The address bound (port 0 resolved).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+}
+
+/// Binds `[coap].bind`.
+pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
+    let socket = UdpSocket::bind(config.bind)
+        .await
+        .map_err(|source| BindError {
+            bind: config.bind,
+            source,
+        })?;
+    Ok(Bound {
+        socket,
+        config: config.clone(),
+    })
+}
+
+/// Counters of the CoAP gateway (`$SYS/brokers/{node}/coap/...`, `holdfast ctl coap`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams read.
+    pub datagrams_received: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_sent: AtomicU64,
+    /// Requests handed to clients.
+    pub requests: AtomicU64,
+    /// Duplicates answered from the exchange record (or ignored while in progress).
+    pub duplicates: AtomicU64,
+    /// Messages published into the broker.
+    pub published: AtomicU64,
+    /// Notifications sent (first transmissions).
+    pub notifications: AtomicU64,
+    /// Notifications dropped from a full observation queue.
+    pub notifications_dropped: AtomicU64,
+    /// Confirmable messages retransmitted.
+    pub retransmissions: AtomicU64,
+    /// Confirmable messages given up after MAX_RETRANSMIT.
+    pub timeouts: AtomicU64,
+    /// Datagrams that did not decode: truncated.
+    pub bad_truncated: AtomicU64,
+    /// ... of another CoAP version.
+    pub bad_version: AtomicU64,
+    /// ... otherwise malformed.
+    pub bad_malformed: AtomicU64,
+    /// ... larger than `max_message_size`.
+    pub bad_oversized: AtomicU64,
+    /// Requests with an unrecognized critical option (4.02).
+    pub bad_option: AtomicU64,
+    /// Datagrams dropped because the client's inbox was full.
+    pub inbox_full: AtomicU64,
+    /// Requests refused because `max_peers` clients were served.
+    pub peers_refused: AtomicU64,
+}
+
+/// What `holdfast ctl coap` shows of one client.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerView {
+    /// Client id.
+    pub client_id: String,
+    /// Its current address.
+    pub peer: String,
+    /// Connection mode (a token) or connectionless.
+    pub connection_mode: bool,
+    /// Observed topic filters.
+    pub observing: Vec<String>,
+    /// Seconds since it was last heard from.
+    pub idle_seconds: u64,
+}
+
+/// One client in the table.
+#[derive(Debug)]
+struct Entry {
+    inbox: mpsc::Sender<Inbound>,
+    addr: SocketAddr,
+    generation: u64,
+    view: Arc<Mutex<peer::Shown>>,
+}
+
+/// The CoAP gateway's shared state: the client table and the counters.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Counters.
+    pub counters: Counters,
+    table: Mutex<Table>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_id: HashMap<String, Entry>,
+    by_addr: HashMap<SocketAddr, String>,
+    next_generation: u64,
+}
+
+impl Status {
+    /// The clients served now.
+    pub fn peers(&self) -> Vec<PeerView> {
+        let table = lock(&self.table);
+        let now = Instant::now();
+        let mut out: Vec<PeerView> = table
+            .by_id
+            .iter()
+            .map(|(id, e)| {
+                let shown = lock(&e.view);
+                PeerView {
+                    client_id: id.clone(),
+                    peer: e.addr.to_string(),
+                    connection_mode: shown.connection_mode,
+                    observing: shown.observing.clone(),
+                    idle_seconds: now.saturating_duration_since(shown.last_heard).as_secs(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        out
+    }
+
+    /// Counter values by name, for `$SYS` and `holdfast ctl`.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let peers = lock(&self.table).by_id.len() as u64;
+        vec![
+            ("peers", peers),
+            ("datagrams_received", get(&c.datagrams_received)),
+            ("datagrams_sent", get(&c.datagrams_sent)),
+            ("requests", get(&c.requests)),
+            ("duplicates", get(&c.duplicates)),
+            ("published", get(&c.published)),
+            ("notifications", get(&c.notifications)),
+            ("notifications_dropped", get(&c.notifications_dropped)),
+            ("retransmissions", get(&c.retransmissions)),
+            ("timeouts", get(&c.timeouts)),
+            ("bad_truncated", get(&c.bad_truncated)),
+            ("bad_version", get(&c.bad_version)),
+            ("bad_malformed", get(&c.bad_malformed)),
+            ("bad_oversized", get(&c.bad_oversized)),
+            ("bad_option", get(&c.bad_option)),
+            ("inbox_full", get(&c.inbox_full)),
+            ("peers_refused", get(&c.peers_refused)),
+        ]
+    }
+
+    /// Removes `client_id` from the table if `generation` is still its entry.
+    fn remove(&self, client_id: &str, generation: u64) {
+        let mut table = lock(&self.table);
+        if let Some(e) = table.by_id.get(client_id) {
+            if e.generation == generation {
+                let addr = e.addr;
+                table.by_id.remove(client_id);
+                if table.by_addr.get(&addr).is_some_and(|id| id == client_id) {
+                    table.by_addr.remove(&addr);
+                }
+            }
+        }
+    }
+
+    /// Records that `client_id` now talks from `addr` (acks go there from now on).
+    fn moved(&self, client_id: &str, generation: u64, addr: SocketAddr) {
+        let mut table = lock(&self.table);
+        let Some(e) = table.by_id.get_mut(client_id) else {
+            return;
+        };
+        if e.generation != generation || e.addr == addr {
+            return;
+        }
+        let old = std::mem::replace(&mut e.addr, addr);
+        if table.by_addr.get(&old).is_some_and(|id| id == client_id) {
+            table.by_addr.remove(&old);
+        }
+        table.by_addr.insert(addr, client_id.to_owned());
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What the reading task hands a client's task.
+#[derive(Debug)]
+enum Inbound {
+    /// A request (decoded, checked and parsed) from `from`.
+    Request(Box<RequestIn>),
+    /// An ACK (`reset` false) or RST for message `mid`.
+    Settle { mid: u16, reset: bool },
+}
+
+/// A request as the reading task hands it on.
+#[derive(Debug)]
+struct RequestIn {
+    packet: Packet,
+    request: request::Request,
+    from: SocketAddr,
+}
+
+/// Serves the socket until shutdown.
+pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
+    let status = broker.coap.get_or_init(Default::default).clone();
+    let socket = Arc::new(bound.socket);
+    let config = Arc::new(bound.config);
+    if let Ok(addr) = socket.local_addr() {
+        tracing::info!(bind = %addr, "coap gateway listening");
+    }
+    let mut server = Server {
+        socket: socket.clone(),
+        broker: broker.clone(),
+        config: config.clone(),
+        status,
+        tracker,
+        bad_log: LogBudget::default(),
+        next_mid: rand::random(),
+    };
+    let mut buf = vec![0u8; config.max_message_size + 1];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP errors of earlier sends surface here on Linux; nothing to do.
+                    tracing::debug!(error = %e, "coap recv");
+                    continue;
+                }
+            },
+        };
+        server
+            .status
+            .counters
+            .datagrams_received
+            .fetch_add(1, Ordering::Relaxed);
+        server.datagram(&buf[..n], from);
+    }
+    tracing::info!("coap gateway stopped");
+}
+
+/// At most [`BAD_LOG_PER_SECOND`] log lines a second for bad datagrams.
+#[derive(Debug, Default)]
+struct LogBudget {
+    second: Option<Instant>,
+    used: u32,
+}
+
+impl LogBudget {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        match self.second {
+            Some(start) if now.duration_since(start).as_secs() < 1 => {}
+            _ => {
+                self.second = Some(now);
+                self.used = 0;
+            }
+        }
+        self.used += 1;
+        self.used <= BAD_LOG_PER_SECOND
+    }
+}
+
+struct Server {
+    socket: Arc<UdpSocket>,
+    broker: Arc<Broker>,
+    config: Arc<CoapConfig>,
+    status: Arc<Status>,
+    tracker: TaskTracker,
+    bad_log: LogBudget,
+    next_mid: u16,
+}
+
+impl Server {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        let packet = match message::decode(data, self.config.max_message_size) {
+            Ok(p) => p,
+            Err(e) => {
+                self.bad(&e, from);
+                // A confirmable message we cannot process is rejected (RFC 7252 4.2).
+                if let (Some((MessageType::Confirmable, mid)), false) = (
+                    message::peek_header(data),
+                    matches!(e, DecodeError::Oversized { .. }),
+                ) {
+                    self.send(&message::reset(mid), from);
+                }
+                return;
+            }
+        };
+        match (packet.header.get_type(), packet.header.code) {
+            (MessageType::Acknowledgement | MessageType::Reset, _) => {
+                let reset = packet.header.get_type() == MessageType::Reset;
+                let target = {
+                    let table = lock(&self.status.table);
+                    table
+                        .by_addr
+                        .get(&from)
+                        .and_then(|id| table.by_id.get(id))
+                        .map(|e| e.inbox.clone())
+                };
+                if let Some(inbox) = target {
+                    let mid = packet.header.message_id;
+                    if inbox.try_send(Inbound::Settle { mid, reset }).is_err() {
+                        self.status
+                            .counters
+                            .inbox_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // CoAP ping: an empty CON is answered with RST (RFC 7252 4.3).
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                self.send(&message::reset(packet.header.message_id), from);
+            }
+            (_, MessageClass::Request(_)) => self.request(packet, from),
+            // A response or an empty NON sent to the server: rejected if confirmable.
+            (kind, _) => {
+                if kind == MessageType::Confirmable {
+                    self.send(&message::reset(packet.header.message_id), from);
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, packet: Packet, from: SocketAddr) {
+        if let Some(option) = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL)
+        {
+            self.status
+                .counters
+                .bad_option
+                .fetch_add(1, Ordering::Relaxed);
+            if self.bad_log.take() {
+                tracing::warn!(peer = %from, option, "coap: request with an unrecognized critical option (4.02)");
+            }
+            if packet.header.get_type() == MessageType::Confirmable {
+                self.reply(
+                    &packet,
+                    ResponseType::BadOption,
+                    b"unrecognized critical option",
+                    from,
+                );
+            } else {
+                self.send(&message::reset(packet.header.message_id), from);
+            }
+            return;
+        }
+        let request = match request::parse(&packet) {
+            Ok(r) => r,
+            Err(refusal) => {
+                tracing::debug!(peer = %from, "coap: {refusal}");
+                let diagnostic = refusal.to_string();
+                self.reply(&packet, refusal.code(), diagnostic.as_bytes(), from);
+                return;
+            }
+        };
+        let client_id = request
+            .identity
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("coap-{from}"));
+        let existing = {
+            let table = lock(&self.status.table);
+            table.by_id.get(&client_id).map(|e| e.inbox.clone())
+        };
+        let inbound = Box::new(RequestIn {
+            packet,
+            request,
+            from,
+        });
+        match existing {
+            Some(inbox) => match inbox.try_send(Inbound::Request(inbound)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.status
+                        .counters
+                        .inbox_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                // The task ended between the lookup and the send: start afresh.
+                Err(mpsc::error::TrySendError::Closed(Inbound::Request(inbound))) => {
+                    self.status.remove_closed(&client_id);
+                    self.spawn(client_id, inbound);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            },
+            None => self.spawn(client_id, inbound),
+        }
+    }
+
+    /// Starts the task of a client not in the table, with its first request.
+    fn spawn(&mut self, client_id: String, first: Box<RequestIn>) {
+        let (packet, request, from) = (&first.packet, &first.request, first.from);
+        // Only a request that can open a session starts one.
+        if matches!(request.action, Action::Heartbeat | Action::Disconnect) {
+            self.reply(packet, ResponseType::Unauthorized, b"not connected", from);
+            return;
+        }
+        if self.config.connection_required && request.action != Action::Connect {
+            self.reply(
+                packet,
+                ResponseType::Unauthorized,
+                b"connection required",
+                from,
+            );
+            return;
+        }
+        let (tx, rx) = mpsc::channel(INBOX);
+        let view = Arc::new(Mutex::new(peer::Shown::new()));
+        let generation = {
+            let mut table = lock(&self.status.table);
+            if table.by_id.len() >= self.config.max_peers {
+                drop(table);
+                self.status
+                    .counters
+                    .peers_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.bad_log.take() {
+                    tracing::warn!(peer = %from, client_id = %crate::broker::short(&client_id), max_peers = self.config.max_peers, "coap: max_peers reached, request refused (5.03)");
+                }
+                self.reply(
+                    packet,
+                    ResponseType::ServiceUnavailable,
+                    b"max_peers reached",
+                    from,
+                );
+                return;
+            }
+            table.next_generation += 1;
+            let generation = table.next_generation;
+            table.by_id.insert(
+                client_id.clone(),
+                Entry {
+                    inbox: tx,
+                    addr: from,
+                    generation,
+                    view: view.clone(),
+                },
+            );
+            table.by_addr.insert(from, client_id.clone());
+            generation
+        };
+        let task = peer::Peer::new(peer::Setup {
+            client_id,
+            generation,
+            addr: from,
+            socket: self.socket.clone(),
+            broker: self.broker.clone(),
+            config: self.config.clone(),
+            status: self.status.clone(),
+            view,
+        });
+        self.tracker.spawn(task.run(first, rx));
+    }
+
+    /// A response to `request` (piggybacked, or NON for a NON request) with a diagnostic.
+    fn reply(&mut self, request: &Packet, code: ResponseType, payload: &[u8], to: SocketAddr) {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        let mut r = message::response_to(request, code, self.next_mid);
+        r.payload = payload.to_vec();
+        self.send(&r, to);
+    }
+
+    fn send(&self, packet: &Packet, to: SocketAddr) {
+        send(&self.socket, &self.status, packet, to);
+    }
+
+    fn bad(&mut self, e: &DecodeError, from: SocketAddr) {
+        let c = &self.status.counters;
+        let counter = match e {
+            DecodeError::Truncated(_) => &c.bad_truncated,
+            DecodeError::Version(_) => &c.bad_version,
+            DecodeError::Oversized { .. } => &c.bad_oversized,
+            _ => &c.bad_malformed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.bad_log.take() {
+            tracing::warn!(peer = %from, kind = e.kind(), "coap: bad datagram dropped: {e}");
+        }
+    }
+}
+
+impl Status {
+    /// Removes `client_id` whose task is gone (its inbox closed).
+    fn remove_closed(&self, client_id: &str) {
+        let generation = lock(&self.table)
+            .by_id
+            .get(client_id)
+            .filter(|e| e.inbox.is_closed())
+            .map(|e| e.generation);
+        if let Some(g) = generation {
+            self.remove(client_id, g);
+        }
+    }
+}
+
+/// Sends `packet` to `to` without waiting: UDP's send buffer is the bound; a full one drops
+/// (as the network may), and CON messages are retransmitted.
+fn send(socket: &UdpSocket, status: &Status, packet: &Packet, to: SocketAddr) {
+    match packet.to_bytes_unlimited() {
+        Ok(bytes) => send_bytes(socket, status, &bytes, to),
+        Err(e) => tracing::warn!(peer = %to, "coap: cannot encode a reply: {e}"),
+    }
+}
+
+fn send_bytes(socket: &UdpSocket, status: &Status, bytes: &[u8], to: SocketAddr) {
+    match socket.try_send_to(bytes, to) {
+        Ok(_) => {
+            status
+                .counters
+                .datagrams_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(peer = %to, error = %e, "coap: send failed"),
+    }
+}
