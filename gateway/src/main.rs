@@ -106,6 +106,8 @@ enum CtlCommand {
     Stats,
     /// Bridges: state, queue, forwarded, reconnects, last error.
     Bridges,
+    /// The CoAP gateway: clients (address, mode, observations, idle) and counters.
+    Coap,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
     /// Write every log line (debug included) of one client, topic or address to a file.
@@ -282,6 +284,7 @@ fn ctl(
         CtlCommand::Retained => Request::Retained,
         CtlCommand::Stats => Request::Stats,
         CtlCommand::Bridges => Request::Bridges,
+        CtlCommand::Coap => Request::Coap,
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Trace { action } => match trace_request(action) {
             Ok(req) => req,

@@ -395,6 +395,24 @@ pub enum FactoryResetError {
     },
 }
 
+/// What `holdfast ctl coap` shows: the CoAP clients and the gateway's counters.
+#[derive(Debug)]
+pub struct CoapView {
+    /// The clients served now.
+    pub peers: Vec<crate::coap::PeerView>,
+    /// Counters by name (as `$SYS/brokers/{node}/coap/...`).
+    pub stats: Vec<(&'static str, u64)>,
+}
+
+/// The CoAP gateway's clients and counters; `None` when `[coap]` is off.
+pub fn coap(broker: &Broker) -> Option<CoapView> {
+    let status = broker.coap.get()?;
+    Some(CoapView {
+        peers: status.peers(),
+        stats: status.stats(),
+    })
+}
+
 /// Factory reset (`holdfast factory-reset`): removes everything the gateway keeps in
 /// `data_dir` (persistent sessions and their queues, retained messages, the bridges' queues
 /// and sessions, traces, the reset history), leaving the directory itself and the config.

@@ -4,6 +4,7 @@
 //! and bad datagrams that never take the gateway down. Everything on loopback.
 
 use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use holdfast_tests::ctl::{ctl, ctl_json, socket};
 use holdfast_tests::{
     free_port, mosquitto_pub, password_file, run_with_timeout, wait_until, Gateway, MosquittoSub,
     TempDir,
@@ -209,6 +210,19 @@ fn an_observer_gets_a_notification_per_message_and_its_retained_message_first() 
         gw.log()
     );
     assert_eq!(obs.lines(), want);
+    // holdfast ctl coap lists the observer with its filter, and the counters.
+    let answer = ctl_json(&socket(&gw), &["coap"]);
+    let peers = answer["peers"].as_array().cloned().unwrap_or_default();
+    let watcher = peers
+        .iter()
+        .find(|p| p["client_id"] == "watcher")
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(watcher["observing"], serde_json::json!(["plant/#"]), "{answer}");
+    assert_eq!(watcher["connection_mode"], false);
+    assert!(answer["stats"]["notifications"].as_u64() >= Some(5), "{answer}");
+    // ... and the watcher is a broker client like any other.
+    let (ok, out, _) = ctl(&socket(&gw), &["clients", "list"]);
+    assert!(ok && out.contains("watcher") && out.contains("coap"), "{out}");
 }
 
 #[test]

@@ -204,6 +204,37 @@ pub fn format(req: &Request, answer: &Value) -> String {
                 }),
             )
         }
+        Request::Coap => {
+            let rows = answer["peers"].as_array().cloned().unwrap_or_default();
+            let mut out = table(
+                &["CLIENT_ID", "PEER", "MODE", "OBSERVING", "IDLE_S"],
+                rows.iter().map(|p| {
+                    let mode = if p["connection_mode"].as_bool() == Some(true) {
+                        "connection"
+                    } else {
+                        "connectionless"
+                    };
+                    let observing: Vec<String> = p["observing"]
+                        .as_array()
+                        .map(|a| a.iter().map(text).collect())
+                        .unwrap_or_default();
+                    vec![
+                        text(&p["client_id"]),
+                        text(&p["peer"]),
+                        mode.to_owned(),
+                        observing.join(","),
+                        text(&p["idle_seconds"]),
+                    ]
+                }),
+            );
+            if let Some(stats) = answer["stats"].as_object() {
+                out.push('\n');
+                for (k, v) in stats {
+                    out.push_str(&format!("{k:<22}  {}\n", text(v)));
+                }
+            }
+            out
+        }
         Request::TraceStart { .. } => {
             let t = &answer["started"];
             format!(

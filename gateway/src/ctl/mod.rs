@@ -50,6 +50,8 @@ pub enum Request {
     Stats,
     /// Bridge states and queues.
     Bridges,
+    /// The CoAP gateway's clients (address, mode, observations) and counters.
+    Coap,
     /// Reload the auth files.
     Reload,
     /// Start writing one client's, topic's or address's log lines (debug included) to a file.

@@ -152,6 +152,17 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
             json!({ "stats": stats })
         }
         Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
+        Request::Coap => match ops::coap(broker) {
+            Some(view) => {
+                let stats: serde_json::Map<String, Value> = view
+                    .stats
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                    .collect();
+                json!({ "peers": to_value(view.peers), "stats": stats })
+            }
+            None => error_response("the CoAP gateway is off (no [coap] section)"),
+        },
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
             answer_trace(broker.clone(), req).await
         }
