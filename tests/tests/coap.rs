@@ -217,12 +217,22 @@ fn an_observer_gets_a_notification_per_message_and_its_retained_message_first() 
         .iter()
         .find(|p| p["client_id"] == "watcher")
         .unwrap_or_else(|| panic!("{answer}"));
-    assert_eq!(watcher["observing"], serde_json::json!(["plant/#"]), "{answer}");
+    assert_eq!(
+        watcher["observing"],
+        serde_json::json!(["plant/#"]),
+        "{answer}"
+    );
     assert_eq!(watcher["connection_mode"], false);
-    assert!(answer["stats"]["notifications"].as_u64() >= Some(5), "{answer}");
+    assert!(
+        answer["stats"]["notifications"].as_u64() >= Some(5),
+        "{answer}"
+    );
     // ... and the watcher is a broker client like any other.
     let (ok, out, _) = ctl(&socket(&gw), &["clients", "list"]);
-    assert!(ok && out.contains("watcher") && out.contains("coap"), "{out}");
+    assert!(
+        ok && out.contains("watcher") && out.contains("coap"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -546,4 +556,62 @@ fn a_silent_client_is_closed_after_one_and_a_half_heartbeats() {
         "{}",
         gw.log()
     );
+}
+
+#[test]
+fn a_silent_observer_is_pinged_and_kept_while_it_answers() {
+    let (gw, coap) = gateway("heartbeat = \"1s\"", "");
+    let obs = Observer::start(coap, "ps/quiet/topic?clientid=quiet", 8);
+    assert!(
+        wait_until(WAIT, || gw.log().contains("filter=\"quiet/topic\"")),
+        "{}",
+        gw.log()
+    );
+    // Well past 1.5 heartbeats of silence: libcoap answers the gateway's pings with RST.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(mosquitto_pub(gw.port, "quiet/topic", "still-here", &[]));
+    assert!(
+        wait_until(WAIT, || obs.lines() == ["still-here"]),
+        "{:?}\n{}",
+        obs.lines(),
+        gw.log()
+    );
+    assert!(
+        !gw.log()
+            .contains("client_id=quiet protocol=\"coap\" reason="),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_connectionless_client_at_another_address_must_present_its_credentials_again() {
+    let dir = TempDir::new("coap-moved");
+    let passwd = password_file(dir.path(), &[("sensor", "pw1")]);
+    let (gw, coap) = gateway(
+        "",
+        &format!("password_file = {:?}", passwd.display().to_string()),
+    );
+    let sub = MosquittoSub::start(gw.port, "moved/#", &["-v"]);
+    // Each coap-client run has its own source port: a new address every time.
+    let (_, said) = coap_client(
+        coap,
+        &["-m", "post", "-e", "1"],
+        "ps/moved/a?clientid=s1&u=sensor&p=pw1",
+    );
+    assert!(!said.contains("4."), "{said}");
+    let (_, said) = coap_client(coap, &["-m", "post", "-e", "2"], "ps/moved/a?clientid=s1");
+    assert!(
+        said.contains("4.01"),
+        "a request without the credentials rode on s1: {said}"
+    );
+    let (_, said) = coap_client(
+        coap,
+        &["-m", "post", "-e", "3"],
+        "ps/moved/a?clientid=s1&u=sensor&p=pw1",
+    );
+    assert!(!said.contains("4."), "{said}");
+    assert_eq!(sub.wait_for(2, WAIT), ["moved/a 1", "moved/a 3"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.messages().len(), 2, "{:?}", sub.messages());
 }

@@ -78,6 +78,8 @@ enum Sent {
     Notification { filter: String, note: Note },
     /// A separate response.
     Response,
+    /// An empty CON to an observer that went silent (RFC 7252 4.3: it answers RST).
+    Ping,
 }
 
 /// Credentials the client opened with (connectionless mode: a request from another address
@@ -104,6 +106,8 @@ pub(super) struct Peer {
     pending_acks: HashMap<PacketId, usize>,
     next_mid: u16,
     last_heard: Instant,
+    /// A ping is out to the silent observer.
+    pinging: bool,
     closing: bool,
 }
 
@@ -119,6 +123,7 @@ impl Peer {
             pending_acks: HashMap::new(),
             next_mid: rand::random(),
             last_heard: Instant::now(),
+            pinging: false,
             client: None,
             token: None,
             presented: Presented {
@@ -134,7 +139,12 @@ impl Peer {
         self.inbound(Inbound::Request(first)).await;
         let idle_limit = self.s.config.heartbeat.mul_f64(1.5);
         while !self.closing && self.client.is_some() {
-            let idle_at = self.last_heard + idle_limit;
+            let idle_at = if self.pinging {
+                // The ping's retransmissions decide.
+                self.last_heard + idle_limit * 64
+            } else {
+                self.last_heard + idle_limit
+            };
             let wake_at = self
                 .outstanding
                 .next_deadline()
@@ -163,9 +173,13 @@ impl Peer {
                     None => break,
                 },
                 _ = tokio::time::sleep_until(wake_at.into()) => {
-                    if Instant::now() >= idle_at {
-                        tracing::info!(client_id = %self.s.client_id, peer = %self.s.addr, "coap: client silent for 1.5 x heartbeat; closed");
-                        break;
+                    if Instant::now() >= idle_at && !self.pinging {
+                        if self.observations.is_empty() {
+                            tracing::info!(client_id = %self.s.client_id, peer = %self.s.addr, "coap: client silent for 1.5 x heartbeat; closed");
+                            break;
+                        }
+                        // An observer need not talk: ask whether it is still there.
+                        self.ping().await;
                     }
                     self.retransmit().await;
                 }
@@ -199,15 +213,21 @@ impl Peer {
                     .counters
                     .requests
                     .fetch_add(1, Ordering::Relaxed);
-                self.heard(from);
+                self.heard();
                 self.request(packet, request, from).await;
             }
         }
     }
 
-    fn heard(&mut self, from: SocketAddr) {
+    fn heard(&mut self) {
         self.last_heard = Instant::now();
         lock(&self.s.view).last_heard = self.last_heard;
+        self.pinging = false;
+    }
+
+    /// An admitted request came from `from`: notifications and retransmissions go there from
+    /// now on (a NAT may have changed the port).
+    fn relocate(&mut self, from: SocketAddr) {
         if from != self.s.addr {
             self.s.addr = from;
             self.s
@@ -266,8 +286,10 @@ impl Peer {
             return self.connect(&request.identity, from).await;
         }
         if let Err(why) = self.admit(&request.identity, from).await {
+            tracing::info!(peer = %from, client_id = %crate::broker::short(&self.s.client_id), "coap: request refused: {why}");
             return Reply::plain(ResponseType::Unauthorized, &why);
         }
+        self.relocate(from);
         let confirmable = packet.header.get_type() == MessageType::Confirmable;
         match request.action {
             Action::Connect => Reply::plain(ResponseType::BadRequest, "already handled"),
@@ -353,6 +375,7 @@ impl Peer {
             Ok(()) => {
                 let token = format!("{:032x}", rand::random::<u128>());
                 self.token = Some(token.clone());
+                self.relocate(from);
                 lock(&self.s.view).connection_mode = true;
                 Reply::with(ResponseType::Created, token.into_bytes(), Vec::new())
             }
@@ -501,11 +524,16 @@ impl Peer {
                     .observations
                     .entry(filter.clone())
                     .or_insert_with(|| Observation::new(token.to_vec(), queue));
+                let mut replaced = Vec::new();
                 if o.token() != token {
                     // Re-registered with a new token: a new observation of the same filter.
+                    replaced = o.drain().collect();
                     *o = Observation::new(token.to_vec(), queue);
                 }
                 let seq = o.next_seq();
+                for note in replaced {
+                    self.note_done(&note);
+                }
                 let mut shown = lock(&self.s.view);
                 if !shown.observing.contains(&filter) {
                     shown.observing.push(filter);
@@ -580,6 +608,13 @@ impl Peer {
         }
         let chunk = body[..size].to_vec();
         let size2 = uint_bytes(body.len() as u64);
+        // Bounded: one body per observation, and a few reads.
+        let cap = self.s.config.max_observers_per_peer + 4;
+        if !self.bodies.contains_key(&key) && self.bodies.len() >= cap {
+            if let Some(old) = self.bodies.keys().next().cloned() {
+                self.bodies.remove(&old);
+            }
+        }
         self.bodies.insert(key, body);
         Reply::with(
             ResponseType::Content,
@@ -696,8 +731,7 @@ impl Peer {
 
     /// An ACK or RST from the client.
     async fn settle(&mut self, mid: u16, reset: bool) {
-        self.last_heard = Instant::now();
-        lock(&self.s.view).last_heard = self.last_heard;
+        self.heard();
         match self.outstanding.settle(mid) {
             Some(Sent::Notification { filter, note }) => {
                 self.note_done(&note);
@@ -714,7 +748,26 @@ impl Peer {
                     self.notify(&filter, next).await;
                 }
             }
-            Some(Sent::Response) | None => {}
+            Some(Sent::Response | Sent::Ping) | None => {}
+        }
+    }
+
+    /// Sends an empty CON to a silent observer; its RST (or ACK) counts as hearing from it,
+    /// and no answer after the retransmissions closes the client.
+    async fn ping(&mut self) {
+        let mid = self.mid();
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.message_id = mid;
+        let to = self.s.addr;
+        let bytes = self.encode(&p, to);
+        self.send_bytes(&bytes, to).await;
+        if self
+            .outstanding
+            .start(mid, bytes, Sent::Ping, rand::random(), Instant::now())
+            .is_ok()
+        {
+            self.pinging = true;
         }
     }
 
