@@ -4,7 +4,7 @@
 //! silent clients, a handshake at a byte a second) while the gateway keeps serving others.
 
 use holdfast_tests::pki::{make_pki, Pki, CLIENT_CN};
-use holdfast_tests::{free_port, mosquitto_pub, Gateway, MosquittoSub, TempDir};
+use holdfast_tests::{free_port, mosquitto_pub, wait_until, Gateway, MosquittoSub, TempDir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -524,14 +524,19 @@ fn websocket_upgrades_only_on_the_mqtt_path_with_an_mqtt_subprotocol() {
     let head = String::from_utf8_lossy(&buf[..n]).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("sec-websocket-protocol: mqtt-v5"), "{head}");
-    let log = rig.gw.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("handshake failed") && l.contains("404"))
-        .unwrap_or_default();
+    // The gateway logs the refusal after it has answered: wait for the line.
+    let refusal_logged = || {
+        rig.gw.log().lines().any(|l| {
+            l.contains("handshake failed")
+                && l.contains("404")
+                && l.contains("ws:default")
+                && l.contains("peer=127.0.0.1:")
+        })
+    };
     assert!(
-        line.contains("ws:default") && line.contains("peer=127.0.0.1:"),
-        "{log}"
+        wait_until(Duration::from_secs(10), refusal_logged),
+        "{}",
+        rig.gw.log()
     );
     rig.assert_still_serving();
 }
