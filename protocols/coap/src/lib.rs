@@ -13,11 +13,13 @@
 //! - [`block`]: block-wise transfer, Block1 reassembly and Block2 slicing, bounded.
 //! - [`request`]: the EMQX CoAP gateway's conventions (`ps/{topic}`, `mqtt/connection`,
 //!   query parameters) as typed requests.
+//! - [`fuzz`]: the fuzz target's entry point, also run on the committed seeds by the tests.
 //!
 //! Nothing here does I/O, spawns, sleeps or reads a clock: the caller passes the time in.
 
 pub mod block;
 pub mod dedup;
+pub mod fuzz;
 pub mod message;
 pub mod observe;
 pub mod request;
