@@ -92,6 +92,36 @@ pub(crate) enum Command {
     /// Loops of TCP connect + TLS handshake + CONNECT + CONNACK + close (needs --tls-ca);
     /// reports handshakes per second.
     Handshakes(HandshakesArgs),
+    /// CoAP devices publishing to `ps/coapbench/{i}` on a gateway's CoAP port, one MQTT
+    /// subscriber counting; reports sent, answered and delivered per second, CON latency and
+    /// (with --pid) the broker's CPU time per message.
+    Coap(CoapArgs),
+}
+
+/// `coap` flags.
+#[derive(Debug, Args)]
+pub(crate) struct CoapArgs {
+    /// The gateway's CoAP (UDP) port, on --host.
+    #[arg(long, default_value_t = 5683)]
+    pub(crate) coap_port: u16,
+    /// Devices (UDP sockets, each its own client id).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) devices: u32,
+    /// Send CON requests (each answered by a piggybacked 2.04) instead of NON.
+    #[arg(long)]
+    pub(crate) confirmable: bool,
+    /// CON requests outstanding per device (RFC 7252's NSTART is 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) window: u16,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload: usize,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
+    /// NON messages a second over all devices (0: as fast as the sockets take them).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) rate: u64,
 }
 
 /// `handshakes` flags.
@@ -328,9 +358,11 @@ impl Command {
                 sub_rate: a.sub_rate,
                 ..a.msg.base("flood")?
             },
-            Command::Idle(_) | Command::Ingest(_) | Command::Drain(_) | Command::Handshakes(_) => {
-                return Ok(None)
-            }
+            Command::Idle(_)
+            | Command::Ingest(_)
+            | Command::Drain(_)
+            | Command::Handshakes(_)
+            | Command::Coap(_) => return Ok(None),
         };
         Ok(Some(spec))
     }
@@ -397,6 +429,7 @@ impl Command {
             Command::Ingest(_) => "ingest",
             Command::Drain(_) => "drain",
             Command::Handshakes(_) => "handshakes",
+            Command::Coap(_) => "coap",
         }
     }
 }

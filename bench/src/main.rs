@@ -14,6 +14,7 @@
 //! - `rss`: reading and sampling the broker's VmRSS.
 //! - `tls`: TLS connections (`--tls-ca`) and the `handshakes` load.
 //! - `ws`: WebSocket connections (`--ws`, WSS with `--tls-ca`).
+//! - `coap`: CoAP devices publishing through a gateway's `ps/` resource.
 //! - `report`: text and JSON output.
 //! - `error`: the one error type.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@
 mod check;
 mod cli;
 mod client;
+mod coap;
 mod durable;
 mod error;
 mod idle;
@@ -122,6 +124,21 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Ok(None) => {}
         Err(e) => return fail(mode, common.json, &e),
+    }
+    if let Command::Coap(a) = &cli.command {
+        let spec = coap::CoapSpec {
+            coap_port: a.coap_port,
+            devices: a.devices,
+            confirmable: a.confirmable,
+            window: a.window,
+            payload: a.payload,
+            duration: a.duration,
+            rate: a.rate,
+        };
+        return match coap::run(&target, spec, common.pid).await {
+            Ok(r) => report_json(common.json, r),
+            Err(e) => fail(mode, common.json, &e.to_string()),
+        };
     }
     if let Some(spec) = cli.command.drain_spec() {
         return match durable::drain(&target, spec).await {
