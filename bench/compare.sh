@@ -39,6 +39,11 @@
 # (BENCH_TRANSPORT_CONNECTIONS overrides).
 # musl (last; BENCH_ONLY=musl runs only this): the same code built for x86_64-unknown-linux-musl
 # (the firmware's libc, static-pie, mimalloc) against the glibc build, with the broker's CPU %.
+# CoAP (BENCH_ONLY=coap runs only this; part of a full run): holdfast with [coap] on its
+# defaults, CoAP devices (holdfast-bench coap, UDP) publishing to ps/coapbench/{i} and one MQTT
+# subscriber counting: NON as fast as the sockets take them, NON paced at 100,000/s, CON with
+# one request outstanding per device (NSTART = 1) from 64 devices; the broker's CPU time per
+# delivered message against an MQTT QoS 0 fan-in on the same broker (mosquitto has no CoAP).
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -170,6 +175,7 @@ $listener_tls
 [auth]
 allow_anonymous = true
 $([[ -n ${ACL_FILE:-} ]] && printf 'acl_file = "%s"\nacl_nomatch = "deny"\n' "$ACL_FILE")
+$([[ -n ${COAP_PORT:-} ]] && printf '\n[coap]\nbind = "127.0.0.1:%s"\n' "$COAP_PORT")
 TOML
         if [[ -n ${BRIDGE_PORT:-} ]]; then
             cat >>"$WORK/holdfast.toml" <<TOML
@@ -222,6 +228,7 @@ run_bench() { # broker test args...
         if .error then "   \($b) \($t): ERROR \(.error)"
         elif .mode == "idle" then "   \($b) \($t): \(.established) connections, \(.kb_per_conn) KB each"
         elif .mode == "handshakes" then "   \($b) \($t): \(.handshake_rate) handshakes/s (\(.handshakes) in \(.seconds | floor) s, \(.failed) failed)"
+        elif .mode == "coap" then "   \($b) \($t): \(.type) sent \(.sent_per_s)/s, delivered \(.delivered_per_s)/s, lost \(.lost), p99 \(.latency_us.p99 // "-") us, CPU \(.broker_cpu_us_per_msg // "-") us/msg"
         elif .mode == "ingest" then "   \($b) \($t): \(.ack_rate) PUBACK/s, p99 \(.puback_latency_us.p99) us, disk \(.write_amplification // "-")x payload"
         else "   \($b) \($t): \(.recv_rate) msg/s received, lost \(.lost), reordered \(.reordered), dup \(.duplicates)" end' \
         "$WORK/$broker.$test.json" >&2
@@ -591,6 +598,40 @@ if [[ $ONLY == all || $ONLY == idle ]]; then
     printf '%s\n' "$(printf '%.0s-' $(seq 89))"
 fi
 
+# ---- CoAP devices into the broker (BENCH_ONLY=coap) -----------------------------------------
+if [[ $ONLY == all || $ONLY == coap ]]; then
+    COAP_PORT=$(free_port)
+    start_broker holdfast
+    before=$(cpu_ticks "$BROKER_PID")
+    run_bench holdfast mqtt-fanin0 fanin --qos 0 --duration "$DURATION"
+    after=$(cpu_ticks "$BROKER_PID")
+    f=$WORK/holdfast.mqtt-fanin0.json
+    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
+        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
+        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    run_bench holdfast coap-non coap --coap-port "$COAP_PORT" --devices 16 --duration "$DURATION"
+    run_bench holdfast coap-non-paced coap --coap-port "$COAP_PORT" --devices 64 --rate 100000 --duration "$DURATION"
+    run_bench holdfast coap-con coap --coap-port "$COAP_PORT" --devices 64 --confirmable --duration "$DURATION"
+    stop_broker holdfast
+    unset COAP_PORT
+    mqtt_cpu=$(get holdfast mqtt-fanin0 .broker_cpu_us_per_msg)
+    crow() { # label test
+        local cpu
+        cpu=$(get holdfast "$2" .broker_cpu_us_per_msg)
+        printf '%-34s %12s %12s %10s %9s %9s %8s\n' "$1" "$(fmt "$(get holdfast "$2" .sent_per_s)")" \
+            "$(fmt "$(get holdfast "$2" .delivered_per_s)")" "$(fmt "$(get holdfast "$2" .lost)")" \
+            "$(get holdfast "$2" .latency_us.p99)" "$cpu" "$(ratio "$mqtt_cpu" "$cpu")"
+    }
+    echo
+    echo "CoAP publish into holdfast ([coap] defaults), 64 B payloads, $DURATION loads, $(nproc) CPUs; CPU us per delivered message, and its ratio to MQTT QoS 0 fan-in (100 -> 1) on the same broker: $mqtt_cpu us/msg"
+    printf '%-34s %12s %12s %10s %9s %9s %8s\n' "load" "sent/s" "delivered/s" "lost" "p99 us" "CPU us" "xMQTT"
+    printf '%s\n' "$(printf '%.0s-' $(seq 100))"
+    crow "NON, 16 devices, unpaced" coap-non
+    crow "NON, 64 devices, 100,000/s" coap-non-paced
+    crow "CON, 64 devices, 1 outstanding" coap-con
+    printf '%s\n' "$(printf '%.0s-' $(seq 100))"
+fi
+
 # ---- the musl build (the firmware's libc) against the glibc build (BENCH_ONLY=musl) -------
 # The same code built for x86_64-unknown-linux-musl (a fair proxy of the aarch64 firmware: musl
 # libc, static-pie, mimalloc as its allocator) and for x86_64-unknown-linux-gnu, the same loads
@@ -654,7 +695,7 @@ fi
         jq -r --arg n "$name" '
             (if .error then "\($n): \(.error)" else empty end),
             (.errors // [] | .[] | "\($n): \(.)"),
-            (if (.mode // "") != "idle" and (.mode // "") != "flood" and ((.lost // 0) > 0 or (.reordered // 0) > 0 or (.duplicates // 0) > 0)
+            (if (.mode // "") != "idle" and (.mode // "") != "flood" and (.mode // "") != "coap" and ((.lost // 0) > 0 or (.reordered // 0) > 0 or (.duplicates // 0) > 0)
              then "\($n): lost \(.lost), reordered \(.reordered), duplicates \(.duplicates) of \(.expected) expected" else empty end),
             (if (.foreign // 0) > 0 then "\($n): \(.foreign) foreign messages" else empty end),
             (if .rss.gone then "\($n): broker process disappeared during the run" else empty end)' "$f"

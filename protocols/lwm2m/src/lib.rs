@@ -1,0 +1,11 @@
+//! Sans-IO LwM2M for the gateway's LwM2M server: plain functions over bytes and strings,
+//! tested without sockets.
+//!
+//! - [`tlv`]: the OMA TLV content format (11542): decoding with bounded nesting, encoding,
+//!   and typed values (integers signed and minimally encoded, as the spec says).
+//! - [`link`]: the CoRE link format (RFC 6690) of registrations and Discover answers.
+//!
+//! Nothing here does I/O or reads a clock.
+
+pub mod link;
+pub mod tlv;
