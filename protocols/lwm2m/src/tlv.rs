@@ -103,12 +103,10 @@ fn decode_level(bytes: &[u8], base: usize, depth: u8) -> Result<Vec<Tlv>, TlvErr
         let start = i + header;
         let end = start.checked_add(len).ok_or(TlvError::Truncated(at))?;
         let body = bytes.get(start..end).ok_or(TlvError::Truncated(at))?;
-        let allowed = match (depth, kind) {
-            (0, _) => true,
-            (1, Kind::Resource | Kind::MultipleResource) => true,
-            (2, Kind::ResourceInstance) => true,
-            _ => false,
-        };
+        let allowed = matches!(
+            (depth, kind),
+            (0, _) | (1, Kind::Resource | Kind::MultipleResource) | (2, Kind::ResourceInstance)
+        );
         if !allowed {
             return Err(TlvError::BadNesting(at));
         }
