@@ -4,11 +4,13 @@
 //! - [`tlv`]: the OMA TLV content format (11542): decoding with bounded nesting, encoding,
 //!   and typed values (integers signed and minimally encoded, as the spec says).
 //! - [`link`]: the CoRE link format (RFC 6690) of registrations and Discover answers.
+//! - [`registry`]: Register, Update, De-register and lifetime expiry, and EMQX's JSON for them.
 //! - [`senml`]: SenML JSON (110) and SenML CBOR (112) records to paths and values (EMQX passes
 //!   them on as base64 blobs; we decode them).
 //!
 //! Nothing here does I/O or reads a clock.
 
 pub mod link;
+pub mod registry;
 pub mod senml;
 pub mod tlv;
