@@ -283,7 +283,7 @@ pub fn tlv_value_json(data_type: Option<DataType>, bytes: &[u8]) -> Json {
     };
     match data_type {
         Some(DataType::Integer | DataType::UnsignedInteger | DataType::Time) => {
-            tlv::decode_integer(bytes).map_or_else(|_| fallback(), |i| Json::from(i))
+            tlv::decode_integer(bytes).map_or_else(|_| fallback(), Json::from)
         }
         Some(DataType::Float) => tlv::decode_float(bytes)
             .ok()
