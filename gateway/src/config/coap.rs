@@ -239,7 +239,7 @@ fn coap_qos(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<CoapQos> {
     }
 }
 
-fn socket_addr(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<SocketAddr> {
+pub(super) fn socket_addr(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<SocketAddr> {
     let text = string(ctx, node, key)?;
     match text.parse() {
         Ok(addr) => Some(addr),

@@ -8,13 +8,14 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`lwm2m`, `modbus`,
-//! `serial`, `web`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! Sections the design describes but this build does not implement yet (`modbus`, `serial`,
+//! `web`) are errors, not silently ignored: a gateway that drops a bridge config on
 //! the floor would lose data while looking healthy.
 
 mod auto_subscribe;
 mod bridges;
 mod coap;
+mod lwm2m;
 mod env;
 mod raw;
 mod units;
@@ -26,6 +27,7 @@ pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
 pub use coap::{CoapConfig, CoapQos, NotifyType};
+pub use lwm2m::{Lwm2mConfig, UpdatePublish};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
@@ -59,6 +61,8 @@ pub struct Config {
     pub webhooks: Vec<WebhookConfig>,
     /// The CoAP gateway (`[coap]`); off unless the section is present.
     pub coap: Option<CoapConfig>,
+    /// The LwM2M server (`[lwm2m]`); off unless the section is present.
+    pub lwm2m: Option<Lwm2mConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -626,6 +630,7 @@ impl Default for Config {
             auto_subscribe: Vec::new(),
             webhooks: Vec::new(),
             coap: None,
+            lwm2m: None,
         }
     }
 }

@@ -228,7 +228,6 @@ fn an_unknown_section_is_reported() {
 #[test]
 fn sections_not_built_yet_are_errors_not_silently_ignored() {
     for (text, name) in [
-        ("[lwm2m]\n", "lwm2m"),
         ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
         ("[[serial.ports]]\n", "serial"),
         ("[web]\n", "web"),
@@ -1066,8 +1065,8 @@ fn an_env_override_naming_an_unknown_key_names_the_variable() {
         ["HOLDFAST__MQTT__MAX_INFLIGH: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"]
     );
     assert_eq!(
-        problems_with("", &[("HOLDFAST__LWM2M__BIND", "0.0.0.0:5783")]),
-        ["HOLDFAST__LWM2M__BIND: lwm2m: section [lwm2m] is not supported by this build yet"]
+        problems_with("", &[("HOLDFAST__WEB__BIND", "0.0.0.0:18083")]),
+        ["HOLDFAST__WEB__BIND: web: section [web] is not supported by this build yet"]
     );
 }
 
@@ -1563,12 +1562,13 @@ fn coap_keys_are_read_and_bad_values_named_with_their_line() {
     );
 }
 
-#[test]
-fn the_example_coap_block_uncommented_gives_the_coap_defaults() {
+/// The example's commented block that starts with `# {header}`, uncommented (its comment
+/// lines left out).
+fn example_block(header: &str) -> String {
     let mut text = String::new();
     let mut inside = false;
     for line in example_toml().lines() {
-        if line == "# [coap]" {
+        if line == format!("# {header}") {
             inside = true;
         }
         if inside {
@@ -1581,8 +1581,26 @@ fn the_example_coap_block_uncommented_gives_the_coap_defaults() {
             }
         }
     }
+    text
+}
+
+#[test]
+fn the_example_coap_block_uncommented_gives_the_coap_defaults() {
+    let text = example_block("[coap]");
     assert!(text.contains("separate_response_after"), "{text}");
     assert_eq!(ok(&text).coap, Some(crate::config::CoapConfig::default()));
+}
+
+#[test]
+fn the_example_lwm2m_block_uncommented_gives_the_lwm2m_defaults_and_an_xml_dir() {
+    let text = example_block("[lwm2m]");
+    assert!(text.contains("auto_observe"), "{text}");
+    let l = ok(&text).lwm2m.unwrap();
+    assert_eq!(l.xml_dir, Some(PathBuf::from("/etc/holdfast/lwm2m_xml")));
+    assert_eq!(
+        crate::config::Lwm2mConfig { xml_dir: None, ..l },
+        crate::config::Lwm2mConfig::default()
+    );
 }
 
 #[test]
@@ -1592,5 +1610,31 @@ fn coap_can_be_turned_on_by_an_environment_override() {
     assert_eq!(
         coap.ok().flatten().map(|c| c.bind),
         Some(addr("127.0.0.1:5999"))
+    );
+}
+
+// ---- lwm2m ----
+
+#[test]
+fn lwm2m_is_off_by_default_and_its_keys_are_read_and_checked() {
+    assert_eq!(ok("").lwm2m, None);
+    assert_eq!(
+        ok("[lwm2m]\n").lwm2m,
+        Some(crate::config::Lwm2mConfig::default())
+    );
+    let l = ok("[lwm2m]\nbind = \"127.0.0.1:15783\"\nlifetime_min = \"30s\"\nqmode_time_window = \"5s\"\nxml_dir = \"/etc/holdfast/lwm2m_xml\"\nupdate_msg_publish_condition = \"always\"\n")
+        .lwm2m
+        .unwrap();
+    assert_eq!(l.bind, addr("127.0.0.1:15783"));
+    assert_eq!(l.lifetime_min, Duration::from_secs(30));
+    assert_eq!(l.qmode_time_window, Duration::from_secs(5));
+    assert_eq!(l.xml_dir, Some(PathBuf::from("/etc/holdfast/lwm2m_xml")));
+    assert_eq!(l.update_msg_publish_condition, crate::config::UpdatePublish::Always);
+    assert_eq!(
+        problems("[lwm2m]\nlifetime_min = \"60s\"\nlifetime_max = \"30s\"\nmountpoint = \"lwm2m/\"\n"),
+        [
+            "holdfast.toml:3: lwm2m.lifetime_max: must not be below lifetime_min",
+            "holdfast.toml:4: lwm2m.mountpoint: \"lwm2m/\": a mountpoint is a topic prefix with %e (the endpoint name), without wildcards and not under '$'",
+        ]
     );
 }

@@ -20,7 +20,7 @@ use super::{
 use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["lwm2m", "modbus", "serial", "web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["modbus", "serial", "web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -77,6 +77,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "auto_subscribe",
             "webhooks",
             "coap",
+            "lwm2m",
         ],
         &[],
     );
@@ -126,6 +127,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         None => Vec::new(),
     };
     let coap = field(entries, "coap").map(|n| super::coap::coap_section(&mut ctx, n));
+    let lwm2m = field(entries, "lwm2m").map(|n| super::lwm2m::lwm2m_section(&mut ctx, n));
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -145,6 +147,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         auto_subscribe,
         webhooks,
         coap,
+        lwm2m,
     })
 }
 
