@@ -46,6 +46,9 @@ pub enum StartError {
     /// The CoAP gateway's UDP socket could not be bound.
     #[error(transparent)]
     Coap(#[from] crate::coap::BindError),
+    /// The LwM2M server's socket or object definitions.
+    #[error(transparent)]
+    Lwm2m(#[from] crate::lwm2m::StartError),
     /// The thread that feeds the watchdog during start-up could not be started.
     #[error("cannot start the start-up watchdog feeder: {0}")]
     Feeder(std::io::Error),
@@ -58,6 +61,7 @@ struct Bound {
     store: Option<Arc<SledStore>>,
     webhooks: Vec<webhook::Endpoint>,
     coap: Option<crate::coap::Bound>,
+    lwm2m: Option<crate::lwm2m::Bound>,
 }
 
 /// A gateway whose listeners are bound; `serve` runs it.
@@ -73,6 +77,8 @@ pub struct Gateway {
     webhooks: Vec<webhook::Endpoint>,
     /// The CoAP gateway's socket (`[coap]`).
     coap: Option<crate::coap::Bound>,
+    /// The LwM2M server's socket and object model (`[lwm2m]`).
+    lwm2m: Option<crate::lwm2m::Bound>,
 }
 
 impl Gateway {
@@ -100,6 +106,7 @@ impl Gateway {
                     store: parts.store,
                     webhooks: parts.webhooks,
                     coap: parts.coap,
+                    lwm2m: parts.lwm2m,
                 })
             }
             Err(e) => {
@@ -150,12 +157,17 @@ impl Gateway {
             Some(c) => Some(crate::coap::bind(c).await?),
             None => None,
         };
+        let lwm2m = match &broker.config.lwm2m {
+            Some(c) => Some(crate::lwm2m::bind(c).await?),
+            None => None,
+        };
         Ok(Bound {
             broker,
             listeners,
             store,
             webhooks,
             coap,
+            lwm2m,
         })
     }
 
@@ -194,6 +206,15 @@ impl Gateway {
                     crate::broker::client::publish_system(b, topic, value, true);
                 }
             }),
+            // $SYS/brokers/{node}/lwm2m/{endpoints,registrations,commands,notifications,...}
+            Box::new(|b| {
+                let Some(status) = b.lwm2m.get() else { return };
+                for (name, value) in status.stats() {
+                    let topic = format!("$SYS/brokers/{}/lwm2m/{name}", b.config.node.name);
+                    let value = value.to_string().into_bytes();
+                    crate::broker::client::publish_system(b, topic, value, true);
+                }
+            }),
             Box::new(|b| {
                 for (name, value) in crate::ops::webhook_stats(b) {
                     let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
@@ -219,6 +240,9 @@ impl Gateway {
         }
         if let Some(coap) = self.coap {
             tracker.spawn(crate::coap::run(coap, broker.clone(), tracker.clone()));
+        }
+        if let Some(lwm2m) = self.lwm2m {
+            tracker.spawn(crate::lwm2m::run(lwm2m, broker.clone(), tracker.clone()));
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

@@ -21,6 +21,7 @@ pub mod ctl;
 pub mod file_replace;
 pub mod last_good;
 pub mod logging;
+pub mod lwm2m;
 pub mod ops;
 pub mod supervise;
 pub mod trace;

@@ -108,6 +108,8 @@ enum CtlCommand {
     Bridges,
     /// The CoAP gateway: clients (address, mode, observations, idle) and counters.
     Coap,
+    /// The LwM2M server: endpoints (lifetime, binding, objects, last seen) and counters.
+    Lwm2m,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
     /// Write every log line (debug included) of one client, topic or address to a file.
@@ -285,6 +287,7 @@ fn ctl(
         CtlCommand::Stats => Request::Stats,
         CtlCommand::Bridges => Request::Bridges,
         CtlCommand::Coap => Request::Coap,
+        CtlCommand::Lwm2m => Request::Lwm2m,
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Trace { action } => match trace_request(action) {
             Ok(req) => req,

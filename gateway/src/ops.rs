@@ -413,6 +413,24 @@ pub fn coap(broker: &Broker) -> Option<CoapView> {
     })
 }
 
+/// What `holdfast ctl lwm2m` shows: the registered endpoints and the server's counters.
+#[derive(Debug)]
+pub struct Lwm2mView {
+    /// The registered endpoints.
+    pub endpoints: Vec<crate::lwm2m::EndpointView>,
+    /// Counters by name (as `$SYS/brokers/{node}/lwm2m/...`).
+    pub stats: Vec<(&'static str, u64)>,
+}
+
+/// The LwM2M server's endpoints and counters; `None` when `[lwm2m]` is off.
+pub fn lwm2m(broker: &Broker) -> Option<Lwm2mView> {
+    let status = broker.lwm2m.get()?;
+    Some(Lwm2mView {
+        endpoints: status.endpoints(),
+        stats: status.stats(),
+    })
+}
+
 /// Factory reset (`holdfast factory-reset`): removes everything the gateway keeps in
 /// `data_dir` (persistent sessions and their queues, retained messages, the bridges' queues
 /// and sessions, traces, the reset history), leaving the directory itself and the config.

@@ -81,6 +81,8 @@ pub struct Broker {
     /// The CoAP gateway's peers and counters, when `[coap]` runs (for `holdfast ctl` and
     /// `$SYS`; the gateway itself is a client of the broker like any other).
     pub coap: OnceLock<Arc<crate::coap::Status>>,
+    /// The LwM2M server's registry and counters, when `[lwm2m]` runs.
+    pub lwm2m: OnceLock<Arc<crate::lwm2m::Status>>,
 }
 
 impl Broker {
@@ -116,6 +118,7 @@ impl Broker {
             router: Mutex::new(router),
             events: OnceLock::new(),
             coap: OnceLock::new(),
+            lwm2m: OnceLock::new(),
             login_lockout: crate::auth::lockout::Lockout::new(
                 config.auth.max_login_failures,
                 config.auth.login_failure_window,

@@ -15,8 +15,8 @@
 mod auto_subscribe;
 mod bridges;
 mod coap;
-mod lwm2m;
 mod env;
+mod lwm2m;
 mod raw;
 mod units;
 mod validate;

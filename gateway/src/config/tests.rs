@@ -1629,7 +1629,10 @@ fn lwm2m_is_off_by_default_and_its_keys_are_read_and_checked() {
     assert_eq!(l.lifetime_min, Duration::from_secs(30));
     assert_eq!(l.qmode_time_window, Duration::from_secs(5));
     assert_eq!(l.xml_dir, Some(PathBuf::from("/etc/holdfast/lwm2m_xml")));
-    assert_eq!(l.update_msg_publish_condition, crate::config::UpdatePublish::Always);
+    assert_eq!(
+        l.update_msg_publish_condition,
+        crate::config::UpdatePublish::Always
+    );
     assert_eq!(
         problems("[lwm2m]\nlifetime_min = \"60s\"\nlifetime_max = \"30s\"\nmountpoint = \"lwm2m/\"\n"),
         [

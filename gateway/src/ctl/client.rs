@@ -235,6 +235,44 @@ pub fn format(req: &Request, answer: &Value) -> String {
             }
             out
         }
+        Request::Lwm2m => {
+            let rows = answer["endpoints"].as_array().cloned().unwrap_or_default();
+            let mut out = table(
+                &[
+                    "ENDPOINT",
+                    "PEER",
+                    "LIFETIME",
+                    "EXPIRES_IN",
+                    "BINDING",
+                    "LWM2M",
+                    "LAST_SEEN_S",
+                    "OBJECTS",
+                ],
+                rows.iter().map(|e| {
+                    let objects: Vec<String> = e["objects"]
+                        .as_array()
+                        .map(|a| a.iter().map(text).collect())
+                        .unwrap_or_default();
+                    vec![
+                        text(&e["ep"]),
+                        text(&e["peer"]),
+                        text(&e["lifetime"]),
+                        text(&e["expires_in"]),
+                        text(&e["binding"]),
+                        text(&e["lwm2m"]),
+                        text(&e["last_seen_seconds"]),
+                        objects.join(","),
+                    ]
+                }),
+            );
+            if let Some(stats) = answer["stats"].as_object() {
+                out.push('\n');
+                for (k, v) in stats {
+                    out.push_str(&format!("{k:<22}  {}\n", text(v)));
+                }
+            }
+            out
+        }
         Request::TraceStart { .. } => {
             let t = &answer["started"];
             format!(

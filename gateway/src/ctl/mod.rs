@@ -52,6 +52,8 @@ pub enum Request {
     Bridges,
     /// The CoAP gateway's clients (address, mode, observations) and counters.
     Coap,
+    /// The LwM2M server's endpoints (lifetime, binding, objects, last seen) and counters.
+    Lwm2m,
     /// Reload the auth files.
     Reload,
     /// Start writing one client's, topic's or address's log lines (debug included) to a file.

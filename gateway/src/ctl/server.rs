@@ -163,6 +163,17 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
             }
             None => error_response("the CoAP gateway is off (no [coap] section)"),
         },
+        Request::Lwm2m => match ops::lwm2m(broker) {
+            Some(view) => {
+                let stats: serde_json::Map<String, Value> = view
+                    .stats
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), Value::from(v)))
+                    .collect();
+                json!({ "endpoints": to_value(view.endpoints), "stats": stats })
+            }
+            None => error_response("the LwM2M server is off (no [lwm2m] section)"),
+        },
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
             answer_trace(broker.clone(), req).await
         }

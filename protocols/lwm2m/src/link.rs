@@ -156,6 +156,8 @@ pub fn registration(links: &[Link]) -> Registration {
     } else {
         alternate_path.as_str()
     };
+    // The root link (`</>;ct=11543`, a 1.0 client naming its content format) names no
+    // object, nor does the alternate path's own link.
     let object_list = links
         .iter()
         .filter(|l| l.attr("rt") != Some("oma.lwm2m"))
@@ -167,6 +169,7 @@ pub fn registration(links: &[Link]) -> Registration {
                 format!("/{t}")
             }
         })
+        .filter(|t| t != "/")
         .collect();
     Registration {
         alternate_path,
@@ -194,7 +197,7 @@ mod tests {
                 object_list: vec!["/1/0".into(), "/3/0".into(), "/5".into()],
             }
         );
-        let plain = parse("</1/0>,</3/0>,</3303/0>").unwrap();
+        let plain = parse("</>;ct=11543;hb,</1/0>,</3/0>,</3303/0>").unwrap();
         assert_eq!(
             registration(&plain),
             Registration {

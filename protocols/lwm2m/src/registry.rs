@@ -60,7 +60,7 @@ pub enum RegError {
     #[error("bad registration: {0}")]
     BadRequest(String),
     /// 4.12: an LwM2M version this server does not speak.
-    #[error("unsupported LwM2M version {0:?} (1.0, 1.0.2 and 1.1 are)")]
+    #[error("unsupported LwM2M version {0:?} (1.0.x and 1.1.x are)")]
     Version(String),
     /// 4.03: the endpoint name is held by a live registration from another address.
     #[error("endpoint name {0:?} is registered from another address")]
@@ -129,7 +129,7 @@ pub fn register_params(
     }
     let lt = lt.ok_or_else(|| RegError::BadRequest("lt is required".into()))?;
     let version = version.unwrap_or_else(|| "1.0".into());
-    if !matches!(version.as_str(), "1.0" | "1.0.2" | "1.1") {
+    if !supported_version(&version) {
         return Err(RegError::Version(version));
     }
     Ok(Params {
@@ -140,6 +140,17 @@ pub fn register_params(
         other,
         links: parse_links(payload)?,
     })
+}
+
+/// 1.0, 1.1 and their patch forms (`1.0.2`; some clients write `1.0.0`).
+fn supported_version(v: &str) -> bool {
+    let mut parts = v.split('.');
+    let major_minor = (parts.next(), parts.next());
+    let patch_ok = match parts.next() {
+        None => true,
+        Some(p) => !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()),
+    };
+    matches!(major_minor, (Some("1"), Some("0" | "1"))) && patch_ok && parts.next().is_none()
 }
 
 fn parse_lifetime(v: &str) -> Result<u32, RegError> {

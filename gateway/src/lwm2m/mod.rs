@@ -1,0 +1,726 @@
+//! The LwM2M server (`[lwm2m]`, UDP 5783): OMA LwM2M 1.0.2 / 1.1 registrations and device
+//! management over CoAP, with EMQX's MQTT topics and JSON, on the in-process client API: each
+//! registered endpoint is the broker client `{ep}` (authentication, ACL, `$SYS`, webhooks,
+//! `holdfast ctl clients`, the bridges).
+//!
+//! Owns the UDP socket, the registry (the sans-IO `holdfast_lwm2m::registry` behind one lock)
+//! and the table of endpoint tasks. One task reads the socket: it decodes and checks each
+//! datagram, answers what needs no endpoint (bad datagrams, pings, unknown paths, refused
+//! registrations), applies Register / Update / De-register to the registry, expires lifetimes
+//! every second, and hands the rest to the endpoint's task ([`endpoint`]) by endpoint name
+//! (requests) or address (the device's answers). It never waits on the broker; a full inbox
+//! drops the datagram (counted; the device retransmits a CON).
+//!
+//! Never touches the router: everything goes through `crate::broker::client::Client`.
+
+mod endpoint;
+
+use crate::broker::Broker;
+use crate::config::Lwm2mConfig;
+use holdfast_coap::dedup::{Dedup, Seen};
+use holdfast_coap::message;
+use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
+use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use holdfast_lwm2m::model::Model;
+use holdfast_lwm2m::registry::{self, Limits, RegError, Registration, Registry};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+/// Datagrams and events waiting for one endpoint's task.
+const INBOX: usize = 64;
+
+/// Bad-datagram log lines per second; the rest are only counted.
+const BAD_LOG_PER_SECOND: u32 = 20;
+
+/// Exchanges remembered for deduplication of the devices' registration requests.
+const DEDUP_CAPACITY: usize = 65_536;
+
+/// Why the LwM2M server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The socket could not be bound.
+    #[error("lwm2m: cannot bind {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An object definition in `xml_dir` could not be read.
+    #[error("lwm2m: xml_dir: {0}")]
+    Xml(String),
+}
+
+/// The bound socket and the object model, ready to serve.
+#[derive(Debug)]
+pub struct Bound {
+    socket: UdpSocket,
+    config: Lwm2mConfig,
+    model: Model,
+}
+
+impl Bound {
+    /// The address bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+}
+
+/// Loads the object model (built-in + `xml_dir`) and binds `[lwm2m].bind`.
+pub async fn bind(config: &Lwm2mConfig) -> Result<Bound, StartError> {
+    let mut model = Model::builtin();
+    if let Some(dir) = &config.xml_dir {
+        load_xml_dir(&mut model, dir)?;
+    }
+    let socket = UdpSocket::bind(config.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            bind: config.bind,
+            source,
+        })?;
+    Ok(Bound {
+        socket,
+        config: config.clone(),
+        model,
+    })
+}
+
+/// Adds every `*.xml` of `dir` to `model`; a file that is not an object definition stops the
+/// start with its name and why.
+fn load_xml_dir(model: &mut Model, dir: &Path) -> Result<(), StartError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| StartError::Xml(format!("{}: {e}", dir.display())))?;
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("xml")))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| StartError::Xml(format!("{}: {e}", file.display())))?;
+        let ids = model
+            .add_xml(&text, &file.display().to_string())
+            .map_err(|e| StartError::Xml(e.to_string()))?;
+        tracing::info!(file = %file.display(), objects = ?ids, "lwm2m: object definitions loaded");
+    }
+    Ok(())
+}
+
+/// Counters of the LwM2M server (`$SYS/brokers/{node}/lwm2m/...`, `holdfast ctl lwm2m`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams read.
+    pub datagrams_received: AtomicU64,
+    /// Datagrams sent.
+    pub datagrams_sent: AtomicU64,
+    /// Registrations accepted.
+    pub registrations: AtomicU64,
+    /// Registrations refused (bad request, version, name taken, full, authentication).
+    pub registrations_refused: AtomicU64,
+    /// Updates accepted.
+    pub updates: AtomicU64,
+    /// De-registrations.
+    pub deregistrations: AtomicU64,
+    /// Registrations whose lifetime ran out.
+    pub expirations: AtomicU64,
+    /// Downlink commands received.
+    pub commands: AtomicU64,
+    /// Commands refused (malformed, unknown type, queue full).
+    pub commands_refused: AtomicU64,
+    /// Responses published.
+    pub responses: AtomicU64,
+    /// Notifications published.
+    pub notifications: AtomicU64,
+    /// Requests to devices given up after the retransmissions.
+    pub timeouts: AtomicU64,
+    /// Duplicated device requests answered from the exchange record.
+    pub duplicates: AtomicU64,
+    /// Datagrams that did not decode (truncated, version, malformed, oversized).
+    pub bad_datagrams: AtomicU64,
+    /// Datagrams dropped because the endpoint's inbox was full.
+    pub inbox_full: AtomicU64,
+}
+
+/// What `holdfast ctl lwm2m` shows of one endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointView {
+    /// Endpoint name (the client id).
+    pub ep: String,
+    /// Its address.
+    pub peer: String,
+    /// Location (`rd/{n}`).
+    pub location: String,
+    /// Lifetime, seconds.
+    pub lifetime: u32,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+    /// Binding mode.
+    pub binding: String,
+    /// LwM2M version.
+    pub lwm2m: String,
+    /// The object list.
+    pub objects: Vec<String>,
+    /// Seconds since the device last talked.
+    pub last_seen_seconds: u64,
+}
+
+/// One endpoint task in the table.
+#[derive(Debug)]
+struct Handle {
+    inbox: mpsc::Sender<Inbound>,
+    generation: u64,
+    last_seen: Arc<Mutex<Instant>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    registry: Registry,
+    endpoints: HashMap<String, Handle>,
+    by_addr: HashMap<SocketAddr, String>,
+    dedup: Dedup<(SocketAddr, u16)>,
+    next_generation: u64,
+}
+
+/// The LwM2M server's shared state: registry, endpoint table, counters.
+#[derive(Debug)]
+pub struct Status {
+    /// Counters.
+    pub counters: Counters,
+    shared: Mutex<Shared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Status {
+    fn new(limits: Limits) -> Status {
+        Status {
+            counters: Counters::default(),
+            shared: Mutex::new(Shared {
+                registry: Registry::new(limits),
+                endpoints: HashMap::new(),
+                by_addr: HashMap::new(),
+                dedup: Dedup::new(DEDUP_CAPACITY),
+                next_generation: 0,
+            }),
+        }
+    }
+
+    /// The registered endpoints.
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        let shared = lock(&self.shared);
+        let now = Instant::now();
+        let mut out: Vec<EndpointView> = shared
+            .registry
+            .iter()
+            .map(|r| {
+                let objects = holdfast_lwm2m::link::registration(&r.params.links).object_list;
+                let last_seen = shared
+                    .endpoints
+                    .get(&r.params.ep)
+                    .map_or(now, |h| *lock(&h.last_seen));
+                EndpointView {
+                    ep: r.params.ep.clone(),
+                    peer: r.addr.to_string(),
+                    location: r.location.clone(),
+                    lifetime: r.params.lifetime,
+                    expires_in: r.expires_at.saturating_duration_since(now).as_secs(),
+                    binding: r.params.binding.clone(),
+                    lwm2m: r.params.version.clone(),
+                    objects,
+                    last_seen_seconds: now.saturating_duration_since(last_seen).as_secs(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.ep.cmp(&b.ep));
+        out
+    }
+
+    /// Counter values by name.
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let endpoints = lock(&self.shared).registry.len() as u64;
+        vec![
+            ("endpoints", endpoints),
+            ("datagrams_received", get(&c.datagrams_received)),
+            ("datagrams_sent", get(&c.datagrams_sent)),
+            ("registrations", get(&c.registrations)),
+            ("registrations_refused", get(&c.registrations_refused)),
+            ("updates", get(&c.updates)),
+            ("deregistrations", get(&c.deregistrations)),
+            ("expirations", get(&c.expirations)),
+            ("commands", get(&c.commands)),
+            ("commands_refused", get(&c.commands_refused)),
+            ("responses", get(&c.responses)),
+            ("notifications", get(&c.notifications)),
+            ("timeouts", get(&c.timeouts)),
+            ("duplicates", get(&c.duplicates)),
+            ("bad_datagrams", get(&c.bad_datagrams)),
+            ("inbox_full", get(&c.inbox_full)),
+        ]
+    }
+
+    /// Records the reply to a device's request, for its duplicates.
+    fn replied(&self, from: SocketAddr, mid: u16, bytes: Vec<u8>) {
+        lock(&self.shared).dedup.replied(&(from, mid), bytes);
+    }
+
+    /// Removes the endpoint task `generation` of `ep` from the table, and its registration
+    /// when `deregister` (the task ended on its own: refused, kicked, taken over).
+    fn remove(&self, ep: &str, generation: u64, deregister: bool) {
+        let mut shared = lock(&self.shared);
+        if shared
+            .endpoints
+            .get(ep)
+            .is_some_and(|h| h.generation == generation)
+        {
+            shared.endpoints.remove(ep);
+            shared.by_addr.retain(|_, e| e != ep);
+            if deregister {
+                if let Some(location) = shared.registry.get(ep).map(|r| r.location.clone()) {
+                    let _ = shared.registry.deregister(&location);
+                }
+            }
+        }
+    }
+}
+
+/// What the reading task hands an endpoint's task.
+#[derive(Debug)]
+enum Inbound {
+    /// A Register was accepted by the registry: connect (if not yet), answer 2.01, publish.
+    Registered(Box<Registration>, Box<Packet>),
+    /// An Update was applied: answer 2.04, publish (by the condition), flush queued commands.
+    Updated(Box<Registration>, Box<Packet>, bool),
+    /// De-registered: answer 2.02 and end.
+    Deregistered(Box<Packet>, SocketAddr),
+    /// The lifetime ran out: end.
+    Expired,
+    /// A response, ACK or RST from the device.
+    FromDevice(Box<Packet>),
+}
+
+/// Serves the socket until shutdown.
+pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
+    let limits = Limits {
+        lifetime_min: bound.config.lifetime_min,
+        lifetime_max: bound.config.lifetime_max,
+        max_endpoints: bound.config.max_endpoints,
+    };
+    let status = broker
+        .lwm2m
+        .get_or_init(|| Arc::new(Status::new(limits)))
+        .clone();
+    let socket = Arc::new(bound.socket);
+    if let Ok(addr) = socket.local_addr() {
+        tracing::info!(bind = %addr, objects = ?bound.model.ids(), "lwm2m server listening");
+    }
+    let mut server = Server {
+        socket: socket.clone(),
+        broker: broker.clone(),
+        config: Arc::new(bound.config),
+        model: Arc::new(bound.model),
+        status,
+        tracker,
+        bad_log: (None, 0),
+        next_mid: rand::random(),
+    };
+    let mut buf = vec![0u8; server.config.max_message_size + 1];
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => break,
+            _ = tick.tick() => server.expire(),
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    server.status.counters.datagrams_received.fetch_add(1, Ordering::Relaxed);
+                    server.datagram(&buf[..n], from);
+                }
+                Err(e) => tracing::debug!(error = %e, "lwm2m recv"),
+            },
+        }
+    }
+    tracing::info!("lwm2m server stopped");
+}
+
+struct Server {
+    socket: Arc<UdpSocket>,
+    broker: Arc<Broker>,
+    config: Arc<Lwm2mConfig>,
+    model: Arc<Model>,
+    status: Arc<Status>,
+    tracker: TaskTracker,
+    bad_log: (Option<Instant>, u32),
+    next_mid: u16,
+}
+
+impl Server {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+        let packet = match message::decode(data, self.config.max_message_size) {
+            Ok(p) => p,
+            Err(e) => {
+                self.status
+                    .counters
+                    .bad_datagrams
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.may_log() {
+                    tracing::warn!(peer = %from, kind = e.kind(), "lwm2m: bad datagram dropped: {e}");
+                }
+                if let Some((MessageType::Confirmable, mid)) = message::peek_header(data) {
+                    self.send(&message::reset(mid), from);
+                }
+                return;
+            }
+        };
+        match (packet.header.get_type(), packet.header.code) {
+            (MessageType::Confirmable, MessageClass::Empty) => {
+                self.send(&message::reset(packet.header.message_id), from);
+            }
+            (_, MessageClass::Request(method)) => self.request(packet, method, from),
+            // ACK, RST and responses: the device answering a command.
+            _ => {
+                let inbox = {
+                    let shared = lock(&self.status.shared);
+                    shared
+                        .by_addr
+                        .get(&from)
+                        .and_then(|ep| shared.endpoints.get(ep))
+                        .map(|h| h.inbox.clone())
+                };
+                match inbox {
+                    Some(inbox) => {
+                        if inbox
+                            .try_send(Inbound::FromDevice(Box::new(packet)))
+                            .is_err()
+                        {
+                            self.status
+                                .counters
+                                .inbox_full
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    None if packet.header.get_type() == MessageType::Confirmable => {
+                        self.send(&message::reset(packet.header.message_id), from);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, packet: Packet, method: RequestType, from: SocketAddr) {
+        let mid = packet.header.message_id;
+        let lifetime = if packet.header.get_type() == MessageType::Confirmable {
+            EXCHANGE_LIFETIME
+        } else {
+            NON_LIFETIME
+        };
+        let seen = lock(&self.status.shared)
+            .dedup
+            .check((from, mid), lifetime, Instant::now());
+        match seen {
+            Seen::New => {}
+            Seen::InProgress => {
+                self.status
+                    .counters
+                    .duplicates
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Seen::Replied(bytes) => {
+                self.status
+                    .counters
+                    .duplicates
+                    .fetch_add(1, Ordering::Relaxed);
+                self.send_bytes(&bytes, from);
+                return;
+            }
+        }
+        if let Some(option) = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL)
+        {
+            self.status
+                .counters
+                .bad_datagrams
+                .fetch_add(1, Ordering::Relaxed);
+            if self.may_log() {
+                tracing::warn!(peer = %from, option, "lwm2m: request with an unrecognized critical option (4.02)");
+            }
+            self.reply(
+                &packet,
+                ResponseType::BadOption,
+                "unrecognized critical option",
+                from,
+            );
+            return;
+        }
+        let path = message::uri_path(&packet).unwrap_or_default();
+        let query = message::uri_query(&packet).unwrap_or_default();
+        match (
+            method,
+            path.iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .as_slice(),
+        ) {
+            (RequestType::Post, ["rd"]) => self.register(packet, &query, from),
+            (RequestType::Post, ["rd", id]) => {
+                let location = format!("rd/{id}");
+                self.update(packet, &location, &query, from);
+            }
+            (RequestType::Delete, ["rd", id]) => {
+                let location = format!("rd/{id}");
+                self.deregister(packet, &location, from);
+            }
+            (_, ["rd", ..]) => self.reply(&packet, ResponseType::MethodNotAllowed, "", from),
+            _ => self.reply(&packet, ResponseType::NotFound, "", from),
+        }
+    }
+
+    fn register(&mut self, packet: Packet, query: &[(String, String)], from: SocketAddr) {
+        let now = Instant::now();
+        let limits = *lock(&self.status.shared).registry.limits();
+        let params = match registry::register_params(query, &packet.payload, &limits) {
+            Ok(p) => p,
+            Err(e) => return self.refuse_registration(&packet, &e, from),
+        };
+        let ep = params.ep.clone();
+        let result = {
+            let mut shared = lock(&self.status.shared);
+            match shared.registry.register(params, from, now) {
+                Ok((reg, _replaced)) => {
+                    shared.by_addr.retain(|_, e| *e != ep);
+                    shared.by_addr.insert(from, ep.clone());
+                    let existing = shared.endpoints.get(&ep).map(|h| h.inbox.clone());
+                    Ok((reg, existing))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let (reg, existing) = match result {
+            Ok(r) => r,
+            Err(e) => return self.refuse_registration(&packet, &e, from),
+        };
+        let event = Inbound::Registered(Box::new(reg), Box::new(packet));
+        let event = match existing {
+            Some(inbox) => match inbox.try_send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.status
+                        .counters
+                        .inbox_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // The task ended between the lookup and the send: start afresh.
+                Err(mpsc::error::TrySendError::Closed(event)) => event,
+            },
+            None => event,
+        };
+        self.spawn(ep, from, event);
+    }
+
+    fn spawn(&mut self, ep: String, from: SocketAddr, first: Inbound) {
+        let (tx, rx) = mpsc::channel(INBOX);
+        let last_seen = Arc::new(Mutex::new(Instant::now()));
+        let generation = {
+            let mut shared = lock(&self.status.shared);
+            shared.next_generation += 1;
+            let generation = shared.next_generation;
+            shared.endpoints.insert(
+                ep.clone(),
+                Handle {
+                    inbox: tx,
+                    generation,
+                    last_seen: last_seen.clone(),
+                },
+            );
+            generation
+        };
+        let task = endpoint::Endpoint::new(endpoint::Setup {
+            ep,
+            generation,
+            addr: from,
+            socket: self.socket.clone(),
+            broker: self.broker.clone(),
+            config: self.config.clone(),
+            model: self.model.clone(),
+            status: self.status.clone(),
+            last_seen,
+        });
+        self.tracker.spawn(task.run(first, rx));
+    }
+
+    fn update(
+        &mut self,
+        packet: Packet,
+        location: &str,
+        query: &[(String, String)],
+        from: SocketAddr,
+    ) {
+        let now = Instant::now();
+        let has_objects = !packet.payload.is_empty();
+        let result = {
+            let mut shared = lock(&self.status.shared);
+            match shared
+                .registry
+                .update(location, query, &packet.payload, from, now)
+            {
+                Ok(reg) => {
+                    let reg = reg.clone();
+                    let ep = reg.params.ep.clone();
+                    shared.by_addr.retain(|_, e| *e != ep);
+                    shared.by_addr.insert(from, ep.clone());
+                    let inbox = shared.endpoints.get(&ep).map(|h| h.inbox.clone());
+                    Ok((reg, inbox))
+                }
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok((reg, Some(inbox))) => {
+                let event = Inbound::Updated(Box::new(reg), Box::new(packet), has_objects);
+                if inbox.try_send(event).is_err() {
+                    self.status
+                        .counters
+                        .inbox_full
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok((_, None)) => self.reply(&packet, ResponseType::NotFound, "", from),
+            Err(e) => {
+                tracing::info!(peer = %from, location, "lwm2m: update refused: {e}");
+                self.reply(&packet, reg_code(&e), &e.to_string(), from);
+            }
+        }
+    }
+
+    fn deregister(&mut self, packet: Packet, location: &str, from: SocketAddr) {
+        let result = {
+            let mut shared = lock(&self.status.shared);
+            match shared.registry.deregister(location) {
+                Ok(reg) => Ok(shared
+                    .endpoints
+                    .get(&reg.params.ep)
+                    .map(|h| h.inbox.clone())),
+                Err(e) => Err(e),
+            }
+        };
+        match result {
+            Ok(Some(inbox)) => {
+                self.status
+                    .counters
+                    .deregistrations
+                    .fetch_add(1, Ordering::Relaxed);
+                if inbox
+                    .try_send(Inbound::Deregistered(Box::new(packet.clone()), from))
+                    .is_err()
+                {
+                    self.reply(&packet, ResponseType::Deleted, "", from);
+                }
+            }
+            Ok(None) => self.reply(&packet, ResponseType::Deleted, "", from),
+            Err(e) => self.reply(&packet, reg_code(&e), &e.to_string(), from),
+        }
+    }
+
+    /// Ends the endpoints whose lifetime ran out.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<(Registration, Option<mpsc::Sender<Inbound>>)> = {
+            let mut shared = lock(&self.status.shared);
+            let gone = shared.registry.expire(now);
+            gone.into_iter()
+                .map(|r| {
+                    let inbox = shared.endpoints.get(&r.params.ep).map(|h| h.inbox.clone());
+                    (r, inbox)
+                })
+                .collect()
+        };
+        for (reg, inbox) in expired {
+            self.status
+                .counters
+                .expirations
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(ep = %reg.params.ep, peer = %reg.addr, lifetime = reg.params.lifetime, "lwm2m: registration lifetime ran out; endpoint removed");
+            if let Some(inbox) = inbox {
+                // A full inbox: the task sees its registration gone at its next event.
+                let _ = inbox.try_send(Inbound::Expired);
+            }
+        }
+    }
+
+    fn refuse_registration(&mut self, packet: &Packet, e: &RegError, from: SocketAddr) {
+        self.status
+            .counters
+            .registrations_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %from, code = e.code(), "lwm2m: registration refused: {e}");
+        self.reply(packet, reg_code(e), &e.to_string(), from);
+    }
+
+    fn reply(&mut self, request: &Packet, code: ResponseType, diagnostic: &str, to: SocketAddr) {
+        self.next_mid = self.next_mid.wrapping_add(1);
+        let mut r = message::response_to(request, code, self.next_mid);
+        r.payload = diagnostic.as_bytes().to_vec();
+        if let Ok(bytes) = r.to_bytes_unlimited() {
+            if request.header.get_type() == MessageType::Confirmable {
+                self.status
+                    .replied(to, request.header.message_id, bytes.clone());
+            }
+            self.send_bytes(&bytes, to);
+        }
+    }
+
+    fn send(&self, p: &Packet, to: SocketAddr) {
+        if let Ok(bytes) = p.to_bytes_unlimited() {
+            self.send_bytes(&bytes, to);
+        }
+    }
+
+    fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
+        if self.socket.try_send_to(bytes, to).is_ok() {
+            self.status
+                .counters
+                .datagrams_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn may_log(&mut self) -> bool {
+        let now = Instant::now();
+        match self.bad_log.0 {
+            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
+            _ => self.bad_log = (Some(now), 0),
+        }
+        self.bad_log.1 += 1;
+        self.bad_log.1 <= BAD_LOG_PER_SECOND
+    }
+}
+
+fn reg_code(e: &RegError) -> ResponseType {
+    match e {
+        RegError::BadRequest(_) => ResponseType::BadRequest,
+        RegError::Version(_) => ResponseType::PreconditionFailed,
+        RegError::Taken(_) => ResponseType::Forbidden,
+        RegError::NotFound(_) => ResponseType::NotFound,
+        RegError::Full => ResponseType::ServiceUnavailable,
+    }
+}
+
+/// The Location-Path options of a registration (`rd`, `{n}`).
+fn location_options(location: &str) -> Vec<(CoapOption, Vec<u8>)> {
+    location
+        .split('/')
+        .map(|seg| (CoapOption::LocationPath, seg.as_bytes().to_vec()))
+        .collect()
+}
