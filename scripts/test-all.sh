@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
-# faketime, libcoap3-bin) when missing, builds the
+# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm) when missing, builds the
 # gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The CoAP tests drive the gateway with libcoap's client.
 command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
+# The LwM2M tests drive a real LwM2M client on Node (npm coap-node, tests/lwm2m).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 # The clock-jump tests run the gateway under libfaketime.
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,6 +28,9 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
+
+# The LwM2M client the tests drive, at the versions of tests/lwm2m/package-lock.json.
+[ -d tests/lwm2m/node_modules/coap-node ] || npm ci --prefix tests/lwm2m --no-audit --no-fund
 
 cargo build --locked -p holdfast
 cargo test --locked --workspace --no-fail-fast -- --test-threads="${HOLDFAST_TEST_THREADS:-4}"

@@ -43,11 +43,17 @@ pub(super) struct Setup {
     pub(super) last_seen: Arc<Mutex<Instant>>,
 }
 
+/// How long a device that acknowledged a request (empty ACK) has for its separate response
+/// before the command is answered `coap_timeout`.
+const SEPARATE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The request outstanding to the device.
 struct Pending {
     cmd: Command,
     mid: u16,
     token: Vec<u8>,
+    /// Set by an empty ACK: when the separate response is due.
+    separate_deadline: Option<Instant>,
 }
 
 /// An observation the device accepted: the command's keys and path, for its notifications.
@@ -90,10 +96,14 @@ impl Endpoint {
     pub(super) async fn run(mut self, first: Inbound, mut inbox: mpsc::Receiver<Inbound>) {
         self.inbound(first).await;
         while !self.closing {
-            let wake = self
-                .outstanding
-                .next_deadline()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let wake = [
+                self.outstanding.next_deadline(),
+                self.pending.as_ref().and_then(|p| p.separate_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let Some(client) = self.client.as_mut() else {
                 break;
             };
@@ -324,7 +334,12 @@ impl Endpoint {
             .outstanding
             .start(mid, bytes, (), rand::random(), Instant::now());
         tracing::debug!(ep = %self.s.ep, msg_type = %cmd.msg_type, path = %cmd.req_path, mid, "lwm2m: request sent");
-        self.pending = Some(Pending { cmd, mid, token });
+        self.pending = Some(Pending {
+            cmd,
+            mid,
+            token,
+            separate_deadline: None,
+        });
     }
 
     /// An ACK, RST or response from the device.
@@ -333,8 +348,11 @@ impl Endpoint {
         let is_pending_mid = self.pending.as_ref().is_some_and(|x| x.mid == mid);
         match (p.header.get_type(), p.header.code) {
             (MessageType::Acknowledgement, MessageClass::Empty) if is_pending_mid => {
-                // Separate response to come.
+                // A separate response is to come.
                 self.outstanding.settle(mid);
+                if let Some(p) = self.pending.as_mut() {
+                    p.separate_deadline = Some(Instant::now() + SEPARATE_RESPONSE_TIMEOUT);
+                }
             }
             (MessageType::Acknowledgement, MessageClass::Response(_)) if is_pending_mid => {
                 self.outstanding.settle(mid);
@@ -455,34 +473,40 @@ impl Endpoint {
     }
 
     async fn retransmit(&mut self) {
+        let late = self
+            .pending
+            .as_ref()
+            .and_then(|p| p.separate_deadline)
+            .is_some_and(|d| d <= Instant::now());
+        if late {
+            self.timed_out().await;
+        }
         for due in self.outstanding.due(Instant::now()) {
             match due {
                 Due::Resend(bytes) => {
                     let to = self.s.addr;
                     self.send_bytes(&bytes, to).await;
                 }
-                Due::GaveUp(()) => {
-                    self.s
-                        .status
-                        .counters
-                        .timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    if let Some(pending) = self.pending.take() {
-                        let c = &pending.cmd;
-                        tracing::info!(ep = %self.s.ep, msg_type = %c.msg_type, path = %c.req_path, "lwm2m: no answer from the device after the retransmissions");
-                        let r = command::response_json(
-                            &c.echo,
-                            Some("coap_timeout"),
-                            &c.req_path,
-                            "",
-                            None,
-                        );
-                        self.publish("up/resp", r).await;
-                    }
-                    self.flush().await;
-                }
+                Due::GaveUp(()) => self.timed_out().await,
             }
         }
+    }
+
+    /// The device did not answer the pending command: `coap_timeout` on `up/resp`.
+    async fn timed_out(&mut self) {
+        self.s
+            .status
+            .counters
+            .timeouts
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(pending) = self.pending.take() {
+            self.outstanding.settle(pending.mid);
+            let c = &pending.cmd;
+            tracing::info!(ep = %self.s.ep, msg_type = %c.msg_type, path = %c.req_path, "lwm2m: no answer from the device");
+            let r = command::response_json(&c.echo, Some("coap_timeout"), &c.req_path, "", None);
+            self.publish("up/resp", r).await;
+        }
+        self.flush().await;
     }
 
     async fn publish(&mut self, suffix: &str, body: Json) {

@@ -399,10 +399,8 @@ impl Server {
                 };
                 match inbox {
                     Some(inbox) => {
-                        if inbox
-                            .try_send(Inbound::FromDevice(Box::new(packet)))
-                            .is_err()
-                        {
+                        let sent = inbox.try_send(Inbound::FromDevice(Box::new(packet)));
+                        if sent.is_err() {
                             self.status
                                 .counters
                                 .inbox_full

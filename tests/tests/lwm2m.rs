@@ -1,0 +1,729 @@
+//! The LwM2M server driven by a real LwM2M client (npm `coap-node`, `tests/lwm2m/client.js`)
+//! and by raw CoAP devices where a test needs exact control (queue mode, expiry, a second
+//! address), with mosquitto_sub / mosquitto_pub as the cloud side reading and writing EMQX's
+//! `lwm2m/{ep}/...` JSON. Everything on loopback.
+
+use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use holdfast_tests::ctl::{ctl_json, socket};
+use holdfast_tests::{free_port, mosquitto_pub, wait_until, Gateway, MosquittoSub};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+fn free_udp_port() -> u16 {
+    loop {
+        let port = free_port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A gateway with `[lwm2m]` (plus `extra` keys) and anonymous access on.
+fn gateway(extra: &str) -> (Gateway, u16) {
+    let port = free_port();
+    let lwm2m = free_udp_port();
+    let config = format!(
+        r#"
+[node]
+name = "gw-lwm2m"
+
+[mqtt]
+sys_interval = "1s"
+
+[[listeners]]
+kind = "tcp"
+bind = "127.0.0.1:{port}"
+
+[auth]
+allow_anonymous = true
+
+[lwm2m]
+bind = "127.0.0.1:{lwm2m}"
+{extra}
+"#
+    );
+    let gw = Gateway::start_config(&config, port);
+    assert!(
+        gw.wait_for_log("lwm2m server listening", WAIT),
+        "{}",
+        gw.log()
+    );
+    (gw, lwm2m)
+}
+
+/// The JSON messages a `mosquitto_sub -v` saw on `topic`.
+fn json_on(sub: &MosquittoSub, topic: &str) -> Vec<Value> {
+    sub.messages()
+        .iter()
+        .filter_map(|l| l.strip_prefix(&format!("{topic} ")))
+        .filter_map(|j| serde_json::from_str(j).ok())
+        .collect()
+}
+
+/// Waits for the message on `topic` whose `reqID` is `id` (or whose msgType is `id` when a
+/// string), returns it.
+fn wait_json(sub: &MosquittoSub, topic: &str, pick: impl Fn(&Value) -> bool) -> Value {
+    let mut found = None;
+    wait_until(WAIT, || {
+        found = json_on(sub, topic).into_iter().find(|v| pick(v));
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("nothing matching on {topic}; saw {:?}", sub.messages()))
+}
+
+fn req(id: u64) -> impl Fn(&Value) -> bool {
+    move |v| v["reqID"] == json!(id)
+}
+
+/// The coap-node client of `tests/lwm2m/client.js`.
+struct NodeClient {
+    child: Child,
+    stdin: ChildStdin,
+    events: Arc<Mutex<Vec<Value>>>,
+}
+
+impl NodeClient {
+    fn start(port: u16, ep: &str, lifetime: u32) -> NodeClient {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lwm2m");
+        assert!(
+            dir.join("node_modules/coap-node").exists(),
+            "run `npm ci --prefix tests/lwm2m` (scripts/test-all.sh does)"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("client.js"))
+            .args([port.to_string(), ep.to_owned(), lifetime.to_string()])
+            .env("NODE_PATH", dir.join("node_modules"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run node tests/lwm2m/client.js");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        NodeClient {
+            child,
+            stdin,
+            events,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to the client");
+    }
+
+    fn wait_event(&self, event: &str) -> Value {
+        let mut found = None;
+        wait_until(WAIT, || {
+            found = self
+                .events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|e| e["event"] == event)
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("no {event} event; saw {:?}", self.events.lock().unwrap()))
+    }
+}
+
+impl Drop for NodeClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_real_client_registers_and_is_read_discovered_written_and_executed_through_mqtt() {
+    let (gw, lwm2m) = gateway("");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let client = NodeClient::start(lwm2m, "node-1", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    let reg = wait_json(&sub, "lwm2m/node-1/up/resp", |v| v["msgType"] == "register");
+    assert_eq!(reg["data"]["ep"], "node-1");
+    assert_eq!(reg["data"]["lt"], 300);
+    assert_eq!(reg["data"]["alternatePath"], "/");
+    let objects = reg["data"]["objectList"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for o in ["/3/0", "/3303/0", "/3304/0", "/3311/0"] {
+        assert!(objects.contains(&json!(o)), "{reg}");
+    }
+    assert!(!objects.contains(&json!("/")), "{reg}");
+    let dn = "lwm2m/node-1/dn";
+    let resp = "lwm2m/node-1/up/resp";
+    // read of an instance (TLV from the device, typed by the object model)
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3303/0"}}"#,
+        &[]
+    ));
+    let r = wait_json(&sub, resp, req(1));
+    assert_eq!(r["msgType"], "read");
+    assert_eq!(r["data"]["code"], "2.05");
+    assert_eq!(r["data"]["codeMsg"], "content");
+    assert_eq!(r["data"]["reqPath"], "/3303/0");
+    let content = r["data"]["content"].as_array().cloned().unwrap_or_default();
+    assert!(
+        content.contains(&json!({"path": "/3303/0/5700", "value": 21.5})),
+        "{r}"
+    );
+    assert!(
+        content.contains(&json!({"path": "/3303/0/5701", "value": "Cel"})),
+        "{r}"
+    );
+    // discover: link strings
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":2,"msgType":"discover","data":{"path":"/3311/0"}}"#,
+        &[]
+    ));
+    let d = wait_json(&sub, resp, req(2));
+    let links = d["data"]["content"].as_array().cloned().unwrap_or_default();
+    assert!(links.contains(&json!("</3311/0/5851>")), "{d}");
+    // write an Integer (TLV), then read it back
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":3,"msgType":"write","data":{"path":"/3311/0/5851","type":"Integer","value":"100"}}"#,
+        &[]
+    ));
+    assert_eq!(wait_json(&sub, resp, req(3))["data"]["code"], "2.04");
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":4,"msgType":"read","data":{"path":"/3311/0/5851"}}"#,
+        &[]
+    ));
+    assert_eq!(
+        wait_json(&sub, resp, req(4))["data"]["content"],
+        json!([{"path": "/3311/0/5851", "value": 100}])
+    );
+    // the device's refusal is passed on with its code; extra top-level keys are echoed
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":7,"cacheID":"c-1","msgType":"read","data":{"path":"/9999/0"}}"#,
+        &[]
+    ));
+    let nf = wait_json(&sub, resp, req(7));
+    assert_eq!(nf["data"]["code"], "4.04", "{nf}");
+    assert_eq!(nf["cacheID"], "c-1");
+    // a command the server cannot send: 4.00 with the request echoed
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":8,"msgType":"reboot","data":{}}"#,
+        &[]
+    ));
+    assert_eq!(wait_json(&sub, resp, req(8))["data"]["code"], "4.00");
+    // the endpoint is a broker client, and holdfast ctl lwm2m lists it
+    let answer = ctl_json(&socket(&gw), &["lwm2m"]);
+    let eps = answer["endpoints"].as_array().cloned().unwrap_or_default();
+    let ep = eps
+        .iter()
+        .find(|e| e["ep"] == "node-1")
+        .unwrap_or_else(|| panic!("{answer}"));
+    assert_eq!(ep["lifetime"], 300);
+    assert!(
+        ep["objects"]
+            .as_array()
+            .is_some_and(|o| o.contains(&json!("/3311/0"))),
+        "{answer}"
+    );
+    assert!(answer["stats"]["responses"].as_u64() >= Some(5), "{answer}");
+    assert!(
+        gw.log()
+            .contains("client_id=node-1 username=\"\" protocol=\"lwm2m\""),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn observations_notify_with_sequence_numbers_until_cancelled() {
+    let (gw, lwm2m) = gateway("");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-obs", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    let dn = "lwm2m/node-obs/dn";
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":10,"msgType":"observe","data":{"path":"/3303/0/5700"}}"#,
+        &[]
+    ));
+    let first = wait_json(&sub, "lwm2m/node-obs/up/resp", req(10));
+    assert_eq!(
+        first["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 21.5}])
+    );
+    client.send("set 3303 0 sensorValue 30.5");
+    let n1 = wait_json(&sub, "lwm2m/node-obs/up/notify", |v| {
+        v["data"]["content"][0]["value"] == json!(30.5)
+    });
+    assert_eq!(n1["msgType"], "notify");
+    assert_eq!(n1["reqID"], 10);
+    assert_eq!(n1["data"]["reqPath"], "/3303/0/5700");
+    client.send("set 3303 0 sensorValue 31.5");
+    let n2 = wait_json(&sub, "lwm2m/node-obs/up/notify", |v| {
+        v["data"]["content"][0]["value"] == json!(31.5)
+    });
+    assert!(
+        n2["seqNum"].as_u64() > n1["seqNum"].as_u64(),
+        "{n1} then {n2}"
+    );
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":11,"msgType":"cancel-observe","data":{"path":"/3303/0/5700"}}"#,
+        &[]
+    ));
+    assert_eq!(
+        wait_json(&sub, "lwm2m/node-obs/up/resp", req(11))["data"]["code"],
+        "2.05"
+    );
+}
+
+#[test]
+fn update_and_deregister_are_published_and_end_the_client() {
+    let (gw, lwm2m) = gateway("update_msg_publish_condition = \"always\"");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-up", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    client.send("update 120");
+    assert_eq!(client.wait_event("updated")["status"], "2.04");
+    let up = wait_json(&sub, "lwm2m/node-up/up/resp", |v| v["msgType"] == "update");
+    assert_eq!(up["data"]["lt"], 120);
+    // after the update (a new source port), commands still reach the device
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/node-up/dn",
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3304/0/5700"}}"#,
+        &[]
+    ));
+    assert_eq!(
+        wait_json(&sub, "lwm2m/node-up/up/resp", req(1))["data"]["code"],
+        "2.05"
+    );
+    client.send("deregister");
+    assert_eq!(client.wait_event("deregistered")["status"], "2.02");
+    assert!(
+        wait_until(WAIT, || gw
+            .log()
+            .contains("client_id=node-up protocol=\"lwm2m\" reason=")),
+        "{}",
+        gw.log()
+    );
+    let answer = ctl_json(&socket(&gw), &["lwm2m"]);
+    assert_eq!(answer["endpoints"], json!([]), "{answer}");
+}
+
+// ---- raw devices ----
+
+/// A CoAP device on its own socket.
+struct RawDevice {
+    socket: UdpSocket,
+    mid: u16,
+}
+
+impl RawDevice {
+    fn new(local_ip: &str, server: u16) -> RawDevice {
+        let socket = UdpSocket::bind((local_ip, 0)).expect("bind");
+        socket.connect(("127.0.0.1", server)).expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        RawDevice { socket, mid: 100 }
+    }
+
+    /// Sends a CON request and returns its response (retransmitting as a client would).
+    fn request(
+        &mut self,
+        method: RequestType,
+        path: &[&str],
+        query: &[&str],
+        payload: &[u8],
+    ) -> Packet {
+        self.mid += 1;
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(method);
+        p.header.message_id = self.mid;
+        p.set_token(self.mid.to_be_bytes().to_vec());
+        for seg in path {
+            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+        }
+        for q in query {
+            p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
+        }
+        p.payload = payload.to_vec();
+        let bytes = p.to_bytes().expect("encode");
+        for _ in 0..10 {
+            self.socket.send(&bytes).expect("send");
+            let mut buf = [0u8; 1500];
+            while let Ok(n) = self.socket.recv(&mut buf) {
+                if let Ok(r) = Packet::from_bytes(&buf[..n]) {
+                    if r.header.message_id == self.mid
+                        && r.header.get_type() == MessageType::Acknowledgement
+                    {
+                        return r;
+                    }
+                }
+            }
+        }
+        panic!("no answer to message {}", self.mid);
+    }
+
+    fn register(&mut self, query: &[&str]) -> Packet {
+        self.request(
+            RequestType::Post,
+            &["rd"],
+            query,
+            b"</1/0>,</3/0>,</3303/0>",
+        )
+    }
+
+    /// The next request the server sends, answered with `code` and a text payload.
+    fn answer_next(&self, wait: Duration, code: ResponseType, text: &str) -> Option<Packet> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut buf = [0u8; 1500];
+        while std::time::Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let Ok(req) = Packet::from_bytes(&buf[..n]) else {
+                continue;
+            };
+            if !matches!(req.header.code, MessageClass::Request(_)) {
+                continue;
+            }
+            let mut ack = Packet::new();
+            ack.header.set_type(MessageType::Acknowledgement);
+            ack.header.message_id = req.header.message_id;
+            ack.header.code = MessageClass::Response(code);
+            ack.set_token(req.get_token().to_vec());
+            ack.payload = text.as_bytes().to_vec();
+            self.socket
+                .send(&ack.to_bytes().expect("encode"))
+                .expect("send");
+            return Some(req);
+        }
+        None
+    }
+}
+
+fn location(p: &Packet) -> Vec<String> {
+    p.get_option(CoapOption::LocationPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn queue_mode_holds_commands_until_the_device_next_talks() {
+    let (gw, lwm2m) = gateway("qmode_time_window = \"1s\"");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut dev = RawDevice::new("127.0.0.1", lwm2m);
+    let created = dev.register(&["ep=sleepy", "lt=300", "lwm2m=1.1", "b=UQ"]);
+    assert_eq!(
+        created.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    let loc = location(&created);
+    assert_eq!(loc[0], "rd");
+    wait_json(&sub, "lwm2m/sleepy/up/resp", |v| v["msgType"] == "register");
+    // Past the window the device is asleep: the command waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/sleepy/dn",
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3303/0/5700"}}"#,
+        &[]
+    ));
+    assert!(
+        dev.answer_next(Duration::from_secs(2), ResponseType::Content, "1")
+            .is_none(),
+        "a command reached a sleeping device"
+    );
+    // It wakes up with an Update: the held command follows the 2.04.
+    let changed = dev.request(RequestType::Post, &["rd", &loc[1]], &[], b"");
+    assert_eq!(
+        changed.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    let read = dev
+        .answer_next(WAIT, ResponseType::Content, "22.5")
+        .expect("the held command");
+    let path: Vec<String> = read
+        .get_option(CoapOption::UriPath)
+        .map(|l| {
+            l.iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(path, ["3303", "0", "5700"]);
+    assert_eq!(
+        wait_json(&sub, "lwm2m/sleepy/up/resp", req(1))["data"]["content"],
+        json!([{"path": "/3303/0/5700", "value": 22.5}])
+    );
+}
+
+#[test]
+fn a_registration_expires_with_its_lifetime_and_the_client_is_disconnected() {
+    let (gw, lwm2m) = gateway("lifetime_min = \"1s\"");
+    let mut dev = RawDevice::new("127.0.0.1", lwm2m);
+    let created = dev.register(&["ep=short", "lt=2"]);
+    assert_eq!(
+        created.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    assert!(
+        wait_until(WAIT, || gw
+            .log()
+            .contains("lwm2m: registration lifetime ran out")),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        wait_until(WAIT, || gw
+            .log()
+            .contains("client_id=short protocol=\"lwm2m\" reason=")),
+        "{}",
+        gw.log()
+    );
+    // Its location is gone: an Update gets 4.04.
+    let loc = location(&created);
+    let r = dev.request(RequestType::Post, &["rd", &loc[1]], &[], b"");
+    assert_eq!(
+        r.header.code,
+        MessageClass::Response(ResponseType::NotFound)
+    );
+}
+
+#[test]
+fn registrations_are_checked_and_a_live_name_is_not_taken_from_another_address() {
+    let (gw, lwm2m) = gateway("");
+    let mut a = RawDevice::new("127.0.0.1", lwm2m);
+    let code = |p: Packet| p.header.code;
+    assert_eq!(
+        code(a.register(&["ep=meter", "lt=60"])),
+        MessageClass::Response(ResponseType::Created)
+    );
+    // The same name from another loopback address while the first is live: refused.
+    let mut b = RawDevice::new("127.0.0.2", lwm2m);
+    assert_eq!(
+        code(b.register(&["ep=meter", "lt=60"])),
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+    // From its own address (a rebooted device): a new registration.
+    let mut again = RawDevice::new("127.0.0.1", lwm2m);
+    assert_eq!(
+        code(again.register(&["ep=meter", "lt=60"])),
+        MessageClass::Response(ResponseType::Created)
+    );
+    assert_eq!(
+        code(a.register(&["lt=60"])),
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    assert_eq!(
+        code(a.register(&["ep=x"])),
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    assert_eq!(
+        code(a.register(&["ep=x", "lt=60", "lwm2m=2.0"])),
+        MessageClass::Response(ResponseType::PreconditionFailed)
+    );
+    assert_eq!(
+        code(a.register(&["ep=x", "lt=999999"])),
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    assert_eq!(
+        code(a.request(RequestType::Get, &["nothing"], &[], b"")),
+        MessageClass::Response(ResponseType::NotFound)
+    );
+    assert!(gw.log().contains("lwm2m: registration refused: endpoint name \"meter\" is registered from another address"), "{}", gw.log());
+}
+
+#[test]
+fn garbage_datagrams_are_counted_while_a_device_is_served() {
+    let (gw, lwm2m) = gateway("max_message_size = 512");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-storm", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    let storm = UdpSocket::bind("127.0.0.1:0").unwrap();
+    storm.connect(("127.0.0.1", lwm2m)).unwrap();
+    for i in 0..2000u32 {
+        let d: Vec<u8> = match i % 5 {
+            0 => vec![],
+            1 => vec![0x40, 0x02],
+            2 => vec![0x80, 0x01, 0, 1],
+            3 => vec![0x55; 600],
+            _ => (0..40).map(|b| (b as u32 * i) as u8).collect(),
+        };
+        let _ = storm.send(&d);
+    }
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/node-storm/dn",
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3304/0/5700"}}"#,
+        &[]
+    ));
+    assert_eq!(
+        wait_json(&sub, "lwm2m/node-storm/up/resp", req(1))["data"]["code"],
+        "2.05"
+    );
+    client.send("exit");
+    let answer = ctl_json(&socket(&gw), &["lwm2m"]);
+    assert!(
+        answer["stats"]["bad_datagrams"].as_u64() >= Some(1),
+        "{answer}"
+    );
+    assert!(
+        gw.log().contains("lwm2m: bad datagram dropped"),
+        "{}",
+        gw.log()
+    );
+}
+
+/// The Uri-Path, Uri-Query and Content-Format of a request.
+fn request_parts(p: &Packet) -> (String, Vec<String>, Option<Vec<u8>>) {
+    let strings = |o| {
+        p.get_option(o)
+            .map(|l| {
+                l.iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let path: Vec<String> = strings(CoapOption::UriPath);
+    (
+        format!("/{}", path.join("/")),
+        strings(CoapOption::UriQuery),
+        p.get_first_option(CoapOption::ContentFormat).cloned(),
+    )
+}
+
+#[test]
+fn every_command_reaches_the_device_as_the_request_lwm2m_defines() {
+    use holdfast_lwm2m::tlv;
+    let (gw, lwm2m) = gateway("");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut dev = RawDevice::new("127.0.0.1", lwm2m);
+    dev.request(
+        RequestType::Post,
+        &["rd"],
+        &["ep=raw", "lt=300", "lwm2m=1.1"],
+        br#"</lwm2m>;rt="oma.lwm2m",</lwm2m/3311/0>,</lwm2m/3303/0>"#,
+    );
+    let reg = wait_json(&sub, "lwm2m/raw/up/resp", |v| v["msgType"] == "register");
+    assert_eq!(reg["data"]["alternatePath"], "/lwm2m");
+    assert_eq!(reg["data"]["objectList"], json!(["/3311/0", "/3303/0"]));
+    let dn = "lwm2m/raw/dn";
+    let tlv_cf = Some(vec![0x2d, 0x16]); // 11542
+    let step = |id: u64, command: &str| -> Packet {
+        assert!(mosquitto_pub(gw.port, dn, command, &[]));
+        let got = dev
+            .answer_next(WAIT, ResponseType::Changed, "")
+            .unwrap_or_else(|| panic!("command {id} did not reach the device"));
+        wait_json(&sub, "lwm2m/raw/up/resp", req(id));
+        got
+    };
+    // multi-write: POST (partial update) on the instance, TLV of its resources, by type
+    let w = step(
+        1,
+        r#"{"reqID":1,"msgType":"write","data":{"basePath":"/3311/0","content":[{"path":"5850","type":"Boolean","value":"true"},{"path":"5851","value":200}]}}"#,
+    );
+    assert_eq!(w.header.code, MessageClass::Request(RequestType::Post));
+    let (path, _, cf) = request_parts(&w);
+    assert_eq!(
+        (path.as_str(), cf.clone()),
+        ("/lwm2m/3311/0", tlv_cf.clone())
+    );
+    let entries = tlv::decode(&w.payload).unwrap();
+    assert_eq!(entries[0].value, tlv::Value::Bytes(vec![1]));
+    // 200 from the model's Integer type: two bytes, not a negative one-byte -56
+    assert_eq!(entries[1].value, tlv::Value::Bytes(vec![0x00, 0xc8]));
+    // single write: PUT with the resource's TLV
+    let w = step(
+        2,
+        r#"{"reqID":2,"msgType":"write","data":{"path":"/3303/0/5750","type":"String","value":"boiler"}}"#,
+    );
+    assert_eq!(w.header.code, MessageClass::Request(RequestType::Put));
+    assert_eq!(
+        tlv::decode(&w.payload).unwrap()[0].value,
+        tlv::Value::Bytes(b"boiler".to_vec())
+    );
+    // write-attr: PUT with the attributes as query, no payload
+    let a = step(
+        3,
+        r#"{"reqID":3,"msgType":"write-attr","data":{"path":"/3303/0/5700","pmin":"5","pmax":"60","gt":"30"}}"#,
+    );
+    let (path, query, cf) = request_parts(&a);
+    assert_eq!(
+        (path.as_str(), query, cf),
+        (
+            "/lwm2m/3303/0/5700",
+            vec!["pmin=5".to_owned(), "pmax=60".into(), "gt=30".into()],
+            None
+        )
+    );
+    // execute: POST with the arguments as text
+    let x = step(
+        4,
+        r#"{"reqID":4,"msgType":"execute","data":{"path":"/3303/0/5605","args":"0='x'"}}"#,
+    );
+    assert_eq!(
+        (x.header.code, x.payload.as_slice()),
+        (MessageClass::Request(RequestType::Post), &b"0='x'"[..])
+    );
+    // create: POST on the object with the new instance's TLV
+    let c = step(
+        5,
+        r#"{"reqID":5,"msgType":"create","data":{"basePath":"/3303","content":[{"path":"/3303/1/5750","type":"String","value":"new"}]}}"#,
+    );
+    let (path, _, _) = request_parts(&c);
+    assert_eq!(path, "/lwm2m/3303");
+    let inst = tlv::decode(&c.payload).unwrap();
+    assert_eq!((inst[0].kind, inst[0].id), (tlv::Kind::ObjectInstance, 1));
+    // delete
+    let d = step(
+        6,
+        r#"{"reqID":6,"msgType":"delete","data":{"path":"/3303/1"}}"#,
+    );
+    assert_eq!(d.header.code, MessageClass::Request(RequestType::Delete));
+    // discover asks for link format
+    let disc = step(
+        7,
+        r#"{"reqID":7,"msgType":"discover","data":{"path":"/3303/0"}}"#,
+    );
+    assert_eq!(
+        disc.get_first_option(CoapOption::Accept).cloned(),
+        Some(vec![40])
+    );
+}
