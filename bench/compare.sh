@@ -44,6 +44,10 @@
 # subscriber counting: NON as fast as the sockets take them, NON paced at 100,000/s, CON with
 # one request outstanding per device (NSTART = 1) from 64 devices; the broker's CPU time per
 # delivered message against an MQTT QoS 0 fan-in on the same broker (mosquitto has no CoAP).
+# LwM2M (BENCH_ONLY=lwm2m runs only this; part of a full run): holdfast with [lwm2m] on its
+# defaults, BENCH_LWM2M_ENDPOINTS (10,000) simulated devices registering at once, each observed
+# through an MQTT command, then notifying at 20,000/s in all; registrations/s, notifications/s
+# delivered to MQTT, and the broker's RSS.
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -176,6 +180,7 @@ $listener_tls
 allow_anonymous = true
 $([[ -n ${ACL_FILE:-} ]] && printf 'acl_file = "%s"\nacl_nomatch = "deny"\n' "$ACL_FILE")
 $([[ -n ${COAP_PORT:-} ]] && printf '\n[coap]\nbind = "127.0.0.1:%s"\n' "$COAP_PORT")
+$([[ -n ${LWM2M_PORT:-} ]] && printf '\n[lwm2m]\nbind = "127.0.0.1:%s"\n' "$LWM2M_PORT")
 TOML
         if [[ -n ${BRIDGE_PORT:-} ]]; then
             cat >>"$WORK/holdfast.toml" <<TOML
@@ -228,6 +233,7 @@ run_bench() { # broker test args...
         if .error then "   \($b) \($t): ERROR \(.error)"
         elif .mode == "idle" then "   \($b) \($t): \(.established) connections, \(.kb_per_conn) KB each"
         elif .mode == "handshakes" then "   \($b) \($t): \(.handshake_rate) handshakes/s (\(.handshakes) in \(.seconds | floor) s, \(.failed) failed)"
+        elif .mode == "lwm2m" then "   \($b) \($t): \(.registered) registered at \(.registrations_per_s)/s, \(.notify_per_s) notifications/s delivered, max RSS \(.rss.max_kb // "-") KB"
         elif .mode == "coap" then "   \($b) \($t): \(.type) sent \(.sent_per_s)/s, delivered \(.delivered_per_s)/s, lost \(.lost), p99 \(.latency_us.p99 // "-") us, CPU \(.broker_cpu_us_per_msg // "-") us/msg"
         elif .mode == "ingest" then "   \($b) \($t): \(.ack_rate) PUBACK/s, p99 \(.puback_latency_us.p99) us, disk \(.write_amplification // "-")x payload"
         else "   \($b) \($t): \(.recv_rate) msg/s received, lost \(.lost), reordered \(.reordered), dup \(.duplicates)" end' \
@@ -632,6 +638,25 @@ if [[ $ONLY == all || $ONLY == coap ]]; then
     printf '%s\n' "$(printf '%.0s-' $(seq 100))"
 fi
 
+# ---- LwM2M devices (BENCH_ONLY=lwm2m) --------------------------------------------------------
+if [[ $ONLY == all || $ONLY == lwm2m ]]; then
+    LWM2M_PORT=$(free_port)
+    start_broker holdfast
+    run_bench holdfast lwm2m lwm2m --lwm2m-port "$LWM2M_PORT" --endpoints "${BENCH_LWM2M_ENDPOINTS:-10000}" --rate 20000 --duration "$DURATION"
+    stop_broker holdfast
+    unset LWM2M_PORT
+    echo
+    echo "LwM2M server ([lwm2m] defaults), ${BENCH_LWM2M_ENDPOINTS:-10000} devices on loopback, $(nproc) CPUs"
+    printf '%-46s %14s\n' "metric" "holdfast"
+    printf '%s\n' "$(printf '%.0s-' $(seq 61))"
+    printf '%-46s %14s\n' "registrations/s (all at once)" "$(fmt "$(get holdfast lwm2m .registrations_per_s)")"
+    printf '%-46s %14s\n' "observations answered, seconds for all" "$(get holdfast lwm2m .observe_s)"
+    printf '%-46s %14s\n' "notifications/s delivered to MQTT (20,000 offered)" "$(fmt "$(get holdfast lwm2m .notify_per_s)")"
+    printf '%-46s %14s\n' "notifications sent / delivered" "$(get holdfast lwm2m .notifications_sent) / $(get holdfast lwm2m .notifications_delivered)"
+    printf '%-46s %14s\n' "broker max RSS, KB" "$(fmt "$(get holdfast lwm2m .rss.max_kb)")"
+    printf '%s\n' "$(printf '%.0s-' $(seq 61))"
+fi
+
 # ---- the musl build (the firmware's libc) against the glibc build (BENCH_ONLY=musl) -------
 # The same code built for x86_64-unknown-linux-musl (a fair proxy of the aarch64 firmware: musl
 # libc, static-pie, mimalloc as its allocator) and for x86_64-unknown-linux-gnu, the same loads
@@ -695,7 +720,7 @@ fi
         jq -r --arg n "$name" '
             (if .error then "\($n): \(.error)" else empty end),
             (.errors // [] | .[] | "\($n): \(.)"),
-            (if (.mode // "") != "idle" and (.mode // "") != "flood" and (.mode // "") != "coap" and ((.lost // 0) > 0 or (.reordered // 0) > 0 or (.duplicates // 0) > 0)
+            (if (.mode // "") != "idle" and (.mode // "") != "flood" and (.mode // "") != "coap" and (.mode // "") != "lwm2m" and ((.lost // 0) > 0 or (.reordered // 0) > 0 or (.duplicates // 0) > 0)
              then "\($n): lost \(.lost), reordered \(.reordered), duplicates \(.duplicates) of \(.expected) expected" else empty end),
             (if (.foreign // 0) > 0 then "\($n): \(.foreign) foreign messages" else empty end),
             (if .rss.gone then "\($n): broker process disappeared during the run" else empty end)' "$f"

@@ -96,6 +96,27 @@ pub(crate) enum Command {
     /// subscriber counting; reports sent, answered and delivered per second, CON latency and
     /// (with --pid) the broker's CPU time per message.
     Coap(CoapArgs),
+    /// LwM2M devices registering with a gateway's LwM2M server, each observed through an MQTT
+    /// command, then notifying; reports registrations/s, notifications/s delivered to MQTT and
+    /// (with --pid) the broker's RSS.
+    Lwm2m(Lwm2mArgs),
+}
+
+/// `lwm2m` flags.
+#[derive(Debug, Args)]
+pub(crate) struct Lwm2mArgs {
+    /// The gateway's LwM2M (UDP) port, on --host.
+    #[arg(long, default_value_t = 5783)]
+    pub(crate) lwm2m_port: u16,
+    /// Devices (UDP sockets, endpoints hfb-{i}).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) endpoints: u32,
+    /// Notifications a second over all devices.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) rate: u64,
+    /// How long the devices notify.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) duration: Duration,
 }
 
 /// `coap` flags.
@@ -362,7 +383,8 @@ impl Command {
             | Command::Ingest(_)
             | Command::Drain(_)
             | Command::Handshakes(_)
-            | Command::Coap(_) => return Ok(None),
+            | Command::Coap(_)
+            | Command::Lwm2m(_) => return Ok(None),
         };
         Ok(Some(spec))
     }
@@ -430,6 +452,7 @@ impl Command {
             Command::Drain(_) => "drain",
             Command::Handshakes(_) => "handshakes",
             Command::Coap(_) => "coap",
+            Command::Lwm2m(_) => "lwm2m",
         }
     }
 }

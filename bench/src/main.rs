@@ -15,6 +15,7 @@
 //! - `tls`: TLS connections (`--tls-ca`) and the `handshakes` load.
 //! - `ws`: WebSocket connections (`--ws`, WSS with `--tls-ca`).
 //! - `coap`: CoAP devices publishing through a gateway's `ps/` resource.
+//! - `lwm2m`: LwM2M devices registering, observed and notifying through a gateway.
 //! - `report`: text and JSON output.
 //! - `error`: the one error type.
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ mod durable;
 mod error;
 mod idle;
 mod load;
+mod lwm2m;
 mod report;
 mod rss;
 mod stamp;
@@ -140,6 +142,18 @@ async fn run(cli: Cli) -> ExitCode {
             Err(e) => fail(mode, common.json, &e.to_string()),
         };
     }
+    if let Command::Lwm2m(a) = &cli.command {
+        let spec = lwm2m::Lwm2mSpec {
+            lwm2m_port: a.lwm2m_port,
+            endpoints: a.endpoints,
+            rate: a.rate,
+            duration: a.duration,
+        };
+        return match lwm2m::run(&target, spec, common.pid).await {
+            Ok(r) => report_json(common.json, r),
+            Err(e) => fail(mode, common.json, &e.to_string()),
+        };
+    }
     if let Some(spec) = cli.command.drain_spec() {
         return match durable::drain(&target, spec).await {
             Ok(r) => report_json(common.json, r),
@@ -204,6 +218,7 @@ fn fail(mode: &str, json: bool, message: &str) -> ExitCode {
 fn raise_fd_limit(command: &Command) {
     let wanted = match command {
         Command::Idle(a) => u64::from(a.connections) + 64,
+        Command::Lwm2m(a) => u64::from(a.endpoints) + 64,
         _ => 1024,
     };
     match rlimit::increase_nofile_limit(u64::MAX) {
