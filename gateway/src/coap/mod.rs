@@ -56,6 +56,20 @@ impl Bound {
     }
 }
 
+/// Receive buffer asked of the kernel for a UDP gateway socket (it caps it at
+/// `net.core.rmem_max`): a burst of datagrams waits there while the reading task catches up,
+/// instead of being dropped at the default ~200 KB.
+pub(crate) const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Asks for [`UDP_RECEIVE_BUFFER`] on `socket`; returns what the kernel granted.
+pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) -> Option<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf};
+    if let Err(e) = setsockopt(socket, RcvBuf, &UDP_RECEIVE_BUFFER) {
+        tracing::debug!(error = %e, "cannot set the UDP receive buffer");
+    }
+    getsockopt(socket, RcvBuf).ok()
+}
+
 /// Binds `[coap].bind`.
 pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
     let socket = UdpSocket::bind(config.bind)
@@ -64,6 +78,8 @@ pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
             bind: config.bind,
             source,
         })?;
+    let granted = enlarge_receive_buffer(&socket);
+    tracing::debug!(receive_buffer = ?granted, "coap socket bound");
     Ok(Bound {
         socket,
         config: config.clone(),

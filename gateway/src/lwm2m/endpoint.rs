@@ -94,7 +94,9 @@ impl Endpoint {
     }
 
     pub(super) async fn run(mut self, first: Inbound, mut inbox: mpsc::Receiver<Inbound>) {
-        self.inbound(first).await;
+        // The handlers' futures (connect, publish ...) are boxed while they run, so the task
+        // that waits between events stays small: thousands of endpoints wait at once.
+        Box::pin(self.inbound(first)).await;
         while !self.closing {
             let wake = [
                 self.outstanding.next_deadline(),
@@ -109,14 +111,14 @@ impl Endpoint {
             };
             tokio::select! {
                 ev = inbox.recv() => match ev {
-                    Some(ev) => self.inbound(ev).await,
+                    Some(ev) => Box::pin(self.inbound(ev)).await,
                     None => break,
                 },
                 m = client.recv() => match m {
-                    Some(m) => self.command(m).await,
+                    Some(m) => Box::pin(self.command(m)).await,
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake.into()) => self.retransmit().await,
+                _ = tokio::time::sleep_until(wake.into()) => Box::pin(self.retransmit()).await,
                 _ = self.s.broker.shutdown.cancelled() => break,
             }
         }
@@ -128,8 +130,12 @@ impl Endpoint {
 
     async fn inbound(&mut self, ev: Inbound) {
         match ev {
-            Inbound::Registered(reg, packet) => self.registered(*reg, &packet).await,
-            Inbound::Updated(reg, packet, has_objects) => {
+            Inbound::Registered(event) => {
+                let (reg, packet) = *event;
+                self.registered(reg, &packet).await;
+            }
+            Inbound::Updated(event) => {
+                let (reg, packet, has_objects) = *event;
                 self.heard(true);
                 self.s.addr = reg.addr;
                 self.reply(&packet, ResponseType::Changed, &[], reg.addr);
@@ -146,10 +152,11 @@ impl Endpoint {
                     self.publish("up/resp", registration_json("update", &reg))
                         .await;
                 }
-                self.reg = Some(*reg);
+                self.reg = Some(reg);
                 self.flush().await;
             }
-            Inbound::Deregistered(packet, from) => {
+            Inbound::Deregistered(event) => {
+                let (packet, from) = *event;
                 self.reply(&packet, ResponseType::Deleted, &[], from);
                 tracing::info!(ep = %self.s.ep, peer = %from, "lwm2m: de-registered");
                 self.reg = None;

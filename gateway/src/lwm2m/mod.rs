@@ -85,6 +85,8 @@ pub async fn bind(config: &Lwm2mConfig) -> Result<Bound, StartError> {
             bind: config.bind,
             source,
         })?;
+    let granted = crate::coap::enlarge_receive_buffer(&socket);
+    tracing::debug!(receive_buffer = ?granted, "lwm2m socket bound");
     Ok(Bound {
         socket,
         config: config.clone(),
@@ -189,6 +191,15 @@ struct Shared {
     next_generation: u64,
 }
 
+impl Shared {
+    /// Forgets that answers from `addr` go to `ep` (if they still do).
+    fn unroute(&mut self, addr: SocketAddr, ep: &str) {
+        if self.by_addr.get(&addr).is_some_and(|e| e == ep) {
+            self.by_addr.remove(&addr);
+        }
+    }
+}
+
 /// The LwM2M server's shared state: registry, endpoint table, counters.
 #[derive(Debug)]
 pub struct Status {
@@ -285,7 +296,9 @@ impl Status {
             .is_some_and(|h| h.generation == generation)
         {
             shared.endpoints.remove(ep);
-            shared.by_addr.retain(|_, e| e != ep);
+            if let Some(addr) = shared.registry.get(ep).map(|r| r.addr) {
+                shared.unroute(addr, ep);
+            }
             if deregister {
                 if let Some(location) = shared.registry.get(ep).map(|r| r.location.clone()) {
                     let _ = shared.registry.deregister(&location);
@@ -295,15 +308,17 @@ impl Status {
     }
 }
 
-/// What the reading task hands an endpoint's task.
+/// What the reading task hands an endpoint's task. Every payload is boxed: the channel's
+/// blocks hold 32 of these per endpoint whether used or not.
 #[derive(Debug)]
 enum Inbound {
     /// A Register was accepted by the registry: connect (if not yet), answer 2.01, publish.
-    Registered(Box<Registration>, Box<Packet>),
-    /// An Update was applied: answer 2.04, publish (by the condition), flush queued commands.
-    Updated(Box<Registration>, Box<Packet>, bool),
-    /// De-registered: answer 2.02 and end.
-    Deregistered(Box<Packet>, SocketAddr),
+    Registered(Box<(Registration, Packet)>),
+    /// An Update was applied (with an object list, or not): answer 2.04, publish (by the
+    /// condition), flush queued commands.
+    Updated(Box<(Registration, Packet, bool)>),
+    /// De-registered (the request, from where): answer 2.02 and end.
+    Deregistered(Box<(Packet, SocketAddr)>),
     /// The lifetime ran out: end.
     Expired,
     /// A response, ACK or RST from the device.
@@ -495,8 +510,10 @@ impl Server {
         let result = {
             let mut shared = lock(&self.status.shared);
             match shared.registry.register(params, from, now) {
-                Ok((reg, _replaced)) => {
-                    shared.by_addr.retain(|_, e| *e != ep);
+                Ok((reg, replaced)) => {
+                    if let Some(old) = replaced {
+                        shared.unroute(old.addr, &ep);
+                    }
                     shared.by_addr.insert(from, ep.clone());
                     let existing = shared.endpoints.get(&ep).map(|h| h.inbox.clone());
                     Ok((reg, existing))
@@ -508,7 +525,7 @@ impl Server {
             Ok(r) => r,
             Err(e) => return self.refuse_registration(&packet, &e, from),
         };
-        let event = Inbound::Registered(Box::new(reg), Box::new(packet));
+        let event = Inbound::Registered(Box::new((reg, packet)));
         let event = match existing {
             Some(inbox) => match inbox.try_send(event) {
                 Ok(()) => return,
@@ -569,6 +586,7 @@ impl Server {
         let has_objects = !packet.payload.is_empty();
         let result = {
             let mut shared = lock(&self.status.shared);
+            let old = shared.registry.at(location).map(|r| r.addr);
             match shared
                 .registry
                 .update(location, query, &packet.payload, from, now)
@@ -576,7 +594,9 @@ impl Server {
                 Ok(reg) => {
                     let reg = reg.clone();
                     let ep = reg.params.ep.clone();
-                    shared.by_addr.retain(|_, e| *e != ep);
+                    if let Some(old) = old {
+                        shared.unroute(old, &ep);
+                    }
                     shared.by_addr.insert(from, ep.clone());
                     let inbox = shared.endpoints.get(&ep).map(|h| h.inbox.clone());
                     Ok((reg, inbox))
@@ -586,7 +606,7 @@ impl Server {
         };
         match result {
             Ok((reg, Some(inbox))) => {
-                let event = Inbound::Updated(Box::new(reg), Box::new(packet), has_objects);
+                let event = Inbound::Updated(Box::new((reg, packet, has_objects)));
                 if inbox.try_send(event).is_err() {
                     self.status
                         .counters
@@ -606,10 +626,13 @@ impl Server {
         let result = {
             let mut shared = lock(&self.status.shared);
             match shared.registry.deregister(location) {
-                Ok(reg) => Ok(shared
-                    .endpoints
-                    .get(&reg.params.ep)
-                    .map(|h| h.inbox.clone())),
+                Ok(reg) => {
+                    shared.unroute(reg.addr, &reg.params.ep);
+                    Ok(shared
+                        .endpoints
+                        .get(&reg.params.ep)
+                        .map(|h| h.inbox.clone()))
+                }
                 Err(e) => Err(e),
             }
         };
@@ -620,7 +643,7 @@ impl Server {
                     .deregistrations
                     .fetch_add(1, Ordering::Relaxed);
                 if inbox
-                    .try_send(Inbound::Deregistered(Box::new(packet.clone()), from))
+                    .try_send(Inbound::Deregistered(Box::new((packet.clone(), from))))
                     .is_err()
                 {
                     self.reply(&packet, ResponseType::Deleted, "", from);
@@ -639,6 +662,7 @@ impl Server {
             let gone = shared.registry.expire(now);
             gone.into_iter()
                 .map(|r| {
+                    shared.unroute(r.addr, &r.params.ep);
                     let inbox = shared.endpoints.get(&r.params.ep).map(|h| h.inbox.clone());
                     (r, inbox)
                 })

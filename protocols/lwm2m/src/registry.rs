@@ -315,6 +315,11 @@ impl Registry {
         self.by_ep.get(ep)
     }
 
+    /// The registration at `location` (`rd/{n}`).
+    pub fn at(&self, location: &str) -> Option<&Registration> {
+        self.by_ep.get(self.by_location.get(location)?)
+    }
+
     /// Every registration, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Registration> {
         self.by_ep.values()
