@@ -18,6 +18,7 @@ pub mod clock;
 pub mod coap;
 pub mod config;
 pub mod ctl;
+pub mod dtls;
 pub mod file_replace;
 pub mod last_good;
 pub mod logging;

@@ -615,3 +615,140 @@ fn a_connectionless_client_at_another_address_must_present_its_credentials_again
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sub.messages().len(), 2, "{:?}", sub.messages());
 }
+
+/// `coap-client-openssl` with a PSK identity and key (hex of `key`), against the DTLS port.
+fn coaps_client(
+    port: u16,
+    identity: &str,
+    key: &str,
+    args: &[&str],
+    uri: &str,
+) -> (String, String) {
+    let dir = TempDir::new("coaps-client");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new("coap-client-openssl");
+    cmd.args(["-B", "8", "-u", identity, "-k", key, "-o"])
+        .arg(&out)
+        .args(args)
+        .arg(format!("coaps://127.0.0.1:{port}/{uri}"));
+    let (_, stdout, stderr) = run_with_timeout(&mut cmd, WAIT);
+    let payload = std::fs::read_to_string(&out).unwrap_or_default();
+    (payload, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn dtls_psk_clients_are_known_by_their_identity_and_a_wrong_key_gets_nothing() {
+    let dir = TempDir::new("coaps");
+    let psk = dir.path().join("psk");
+    // "secretkey" in hex
+    std::fs::write(&psk, "# coaps devices\nmeter-7:7365637265746b6579\n").unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[rules]]\npermission = \"allow\"\nwho = { user = \"meter-7\" }\naction = \"all\"\ntopics = [\"meters/#\"]\n\n[[rules]]\npermission = \"allow\"\nwho = { all = true }\naction = \"subscribe\"\ntopics = [\"#\"]\n\n[[rules]]\npermission = \"allow\"\nwho = { all = true }\naction = \"publish\"\ntopics = [\"meters/9\"]\n",
+    )
+    .unwrap();
+    let dtls = free_udp_port();
+    let (gw, coap) = gateway(
+        &format!(
+            "dtls = {{ bind = \"127.0.0.1:{dtls}\", psk_file = {:?} }}",
+            psk.display().to_string()
+        ),
+        &format!(
+            "acl_file = {:?}\nacl_nomatch = \"deny\"",
+            acl.display().to_string()
+        ),
+    );
+    assert!(gw.wait_for_log("scheme=\"coaps\"", WAIT), "{}", gw.log());
+    let sub = MosquittoSub::start(gw.port, "meters/#", &["-v"]);
+    // Over DTLS the PSK identity is the verified user name the ACL sees (and the client id
+    // when the request names none).
+    let (_, said) = coaps_client(
+        dtls,
+        "meter-7",
+        "secretkey",
+        &["-m", "post", "-e", "42"],
+        "ps/meters/7",
+    );
+    assert!(!said.contains("4."), "{said}");
+    assert_eq!(sub.wait_for(1, WAIT), ["meters/7 42"]);
+    assert!(
+        gw.log()
+            .contains("client_id=meter-7 username=\"meter-7\" protocol=\"coap\""),
+        "{}",
+        gw.log()
+    );
+    // The same publish over plain CoAP is anonymous: the ACL refuses it.
+    let (_, said) = coap_client(
+        coap,
+        &["-m", "post", "-e", "43"],
+        "ps/meters/7?clientid=plain-1",
+    );
+    assert!(said.contains("4.03"), "{said}");
+    // A wrong key completes no handshake and publishes nothing.
+    let (_, said) = coaps_client(
+        dtls,
+        "meter-7",
+        "wrongkey",
+        &["-m", "post", "-e", "44"],
+        "ps/meters/7?clientid=intruder",
+    );
+    assert!(!said.contains("2.04"), "{said}");
+    assert!(
+        wait_until(WAIT, || gw.log().contains("coaps: DTLS")),
+        "{}",
+        gw.log()
+    );
+    // Nor does an identity that is not in the file.
+    coaps_client(
+        dtls,
+        "stranger",
+        "secretkey",
+        &["-m", "post", "-e", "45"],
+        "ps/meters/7",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sub.messages(), ["meters/7 42"]);
+    assert!(gw.log().matches("coaps: DTLS").count() >= 2, "{}", gw.log());
+    // An observation over DTLS gets its notifications sealed.
+    let obs_dir = TempDir::new("coaps-observe");
+    let out = obs_dir.path().join("out");
+    let mut observer = Command::new("coap-client-openssl")
+        .args([
+            "-u",
+            "meter-7",
+            "-k",
+            "secretkey",
+            "-w",
+            "-s",
+            "5",
+            "-B",
+            "7",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(format!(
+            "coaps://127.0.0.1:{dtls}/ps/meters/%23?clientid=meter-7-obs"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coap-client-openssl");
+    assert!(
+        wait_until(WAIT, || gw.log().contains(
+            "client_id=meter-7-obs protocol=\"coap\" filter=\"meters/#\""
+        )),
+        "{}",
+        gw.log()
+    );
+    assert!(mosquitto_pub(gw.port, "meters/9", "from-mqtt", &[]));
+    let notified = wait_until(WAIT, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("from-mqtt")
+    });
+    let _ = observer.kill();
+    let _ = observer.wait();
+    assert!(notified, "{}", gw.log());
+}

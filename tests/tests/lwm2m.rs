@@ -727,3 +727,66 @@ fn every_command_reaches_the_device_as_the_request_lwm2m_defines() {
         Some(vec![40])
     );
 }
+
+#[test]
+fn over_dtls_the_endpoint_name_is_the_psk_identity() {
+    let dir = holdfast_tests::TempDir::new("lwm2m-dtls");
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, "sensor-9:7365637265746b6579\n").unwrap();
+    let dtls = free_udp_port();
+    let (gw, lwm2m) = gateway(&format!(
+        "dtls = {{ bind = \"127.0.0.1:{dtls}\", psk_file = {:?} }}",
+        psk.display().to_string()
+    ));
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let register = |ep: &str| {
+        let mut cmd = Command::new("coap-client-openssl");
+        cmd.args([
+            "-B",
+            "4",
+            "-u",
+            "sensor-9",
+            "-k",
+            "secretkey",
+            "-m",
+            "post",
+            "-e",
+            "</3303/0>",
+        ])
+        .arg(format!(
+            "coaps://127.0.0.1:{dtls}/rd?ep={ep}&lt=60&lwm2m=1.1"
+        ));
+        let (_, out, err) = holdfast_tests::run_with_timeout(&mut cmd, WAIT);
+        format!("{out}{err}")
+    };
+    let said = register("sensor-9");
+    assert!(!said.contains("4."), "{said}");
+    let reg = wait_json(&sub, "lwm2m/sensor-9/up/resp", |v| {
+        v["msgType"] == "register"
+    });
+    assert_eq!(reg["data"]["objectList"], json!(["/3303/0"]));
+    assert!(
+        gw.log()
+            .contains("client_id=sensor-9 username=\"sensor-9\" protocol=\"lwm2m\""),
+        "{}",
+        gw.log()
+    );
+    // Another name with this key: refused.
+    let said = register("someone-else");
+    assert!(said.contains("4.00"), "{said}");
+    assert!(
+        gw.log()
+            .contains("over DTLS the endpoint name must be the PSK identity"),
+        "{}",
+        gw.log()
+    );
+    // The DTLS endpoint's name cannot be taken over plain CoAP from the same address.
+    let answer = ctl_json(&socket(&gw), &["lwm2m"]);
+    assert_eq!(answer["endpoints"][0]["ep"], "sensor-9", "{answer}");
+    let mut plain = RawDevice::new("127.0.0.1", lwm2m);
+    let r = plain.register(&["ep=sensor-9", "lt=60"]);
+    assert_eq!(
+        r.header.code,
+        MessageClass::Response(ResponseType::Forbidden)
+    );
+}

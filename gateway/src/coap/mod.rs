@@ -36,16 +36,26 @@ const BAD_LOG_PER_SECOND: u32 = 20;
 
 /// Why the CoAP gateway could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("coap: cannot bind {bind}: {source}")]
-pub struct BindError {
-    bind: SocketAddr,
-    source: std::io::Error,
+pub enum BindError {
+    /// A socket could not be bound.
+    #[error("coap: cannot bind {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The DTLS PSK file could not be read.
+    #[error("coap: dtls.psk_file: {0}")]
+    Psk(String),
 }
 
-/// The bound socket, ready to serve.
+/// The bound sockets, ready to serve.
 #[derive(Debug)]
 pub struct Bound {
     socket: UdpSocket,
+    /// The DTLS port and its sessions (`dtls`).
+    dtls: Option<(UdpSocket, Arc<crate::dtls::Sessions>)>,
     config: CoapConfig,
 }
 
@@ -70,18 +80,35 @@ pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) -> Option<usize> {
     getsockopt(socket, RcvBuf).ok()
 }
 
-/// Binds `[coap].bind`.
-pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
-    let socket = UdpSocket::bind(config.bind)
+async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
+    let socket = UdpSocket::bind(addr)
         .await
-        .map_err(|source| BindError {
-            bind: config.bind,
-            source,
-        })?;
+        .map_err(|source| BindError::Bind { bind: addr, source })?;
     let granted = enlarge_receive_buffer(&socket);
-    tracing::debug!(receive_buffer = ?granted, "coap socket bound");
+    tracing::debug!(bind = %addr, receive_buffer = ?granted, "coap socket bound");
+    Ok(socket)
+}
+
+/// Binds `[coap].bind` (and `dtls.bind`), loading the PSK file.
+pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
+    let socket = bind_udp(config.bind).await?;
+    let dtls = match &config.dtls {
+        Some(d) => {
+            let table = crate::dtls::PskTable::load(&d.psk_file).map_err(BindError::Psk)?;
+            tracing::info!(identities = table.len(), file = %d.psk_file.display(), "coap: DTLS pre-shared keys loaded");
+            let sessions = crate::dtls::Sessions::new(
+                table,
+                &d.identity_hint,
+                config.max_peers,
+                config.heartbeat.mul_f64(1.5),
+            );
+            Some((bind_udp(d.bind).await?, Arc::new(sessions)))
+        }
+        None => None,
+    };
     Ok(Bound {
         socket,
+        dtls,
         config: config.clone(),
     })
 }
@@ -121,6 +148,8 @@ pub struct Counters {
     pub inbox_full: AtomicU64,
     /// Requests refused because `max_peers` clients were served.
     pub peers_refused: AtomicU64,
+    /// DTLS datagrams refused (no handshake, a failed handshake or record, sessions full).
+    pub bad_dtls: AtomicU64,
 }
 
 /// What `holdfast ctl coap` shows of one client.
@@ -142,6 +171,8 @@ pub struct PeerView {
 #[derive(Debug)]
 struct Entry {
     inbox: mpsc::Sender<Inbound>,
+    /// Came over DTLS.
+    secure: bool,
     addr: SocketAddr,
     generation: u64,
     view: Arc<Mutex<peer::Shown>>,
@@ -208,6 +239,7 @@ impl Status {
             ("bad_option", get(&c.bad_option)),
             ("inbox_full", get(&c.inbox_full)),
             ("peers_refused", get(&c.peers_refused)),
+            ("bad_dtls", get(&c.bad_dtls)),
         ]
     }
 
@@ -261,29 +293,56 @@ struct RequestIn {
     packet: Packet,
     request: request::Request,
     from: SocketAddr,
+    /// The PSK identity the peer proved (DTLS port).
+    psk_identity: Option<String>,
 }
 
-/// Serves the socket until shutdown.
+/// Serves the sockets until shutdown.
 pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     let status = broker.coap.get_or_init(Default::default).clone();
-    let socket = Arc::new(bound.socket);
     let config = Arc::new(bound.config);
-    if let Ok(addr) = socket.local_addr() {
-        tracing::info!(bind = %addr, "coap gateway listening");
-    }
-    let mut server = Server {
-        socket: socket.clone(),
+    let server = |transport: crate::dtls::Transport| Server {
+        transport,
         broker: broker.clone(),
         config: config.clone(),
-        status,
-        tracker,
+        status: status.clone(),
+        tracker: tracker.clone(),
         bad_log: LogBudget::default(),
         next_mid: rand::random(),
     };
-    let mut buf = vec![0u8; config.max_message_size + 1];
+    if let Some((socket, sessions)) = bound.dtls {
+        let secure = server(crate::dtls::Transport::secure(Arc::new(socket), sessions));
+        tracker.spawn(read_loop(secure));
+    }
+    read_loop(server(crate::dtls::Transport::plain(Arc::new(
+        bound.socket,
+    ))))
+    .await;
+    tracing::info!("coap gateway stopped");
+}
+
+/// Reads one socket until shutdown: plain datagrams straight to [`Server::datagram`], DTLS
+/// records through the sessions first.
+async fn read_loop(mut server: Server) {
+    let socket = server.transport.socket().clone();
+    let sessions = server.transport.sessions().cloned();
+    if let Ok(addr) = socket.local_addr() {
+        let scheme = if sessions.is_some() { "coaps" } else { "coap" };
+        tracing::info!(bind = %addr, scheme, "coap gateway listening");
+    }
+    let mut buf = vec![0u8; server.config.max_message_size + 1];
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         let (n, from) = tokio::select! {
-            _ = broker.shutdown.cancelled() => break,
+            _ = server.broker.shutdown.cancelled() => break,
+            _ = tick.tick(), if sessions.is_some() => {
+                if let Some(s) = &sessions {
+                    for (to, record) in s.tick(Instant::now()) {
+                        let _ = socket.try_send_to(&record, to);
+                    }
+                }
+                continue;
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok(r) => r,
                 Err(e) => {
@@ -298,9 +357,28 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
             .counters
             .datagrams_received
             .fetch_add(1, Ordering::Relaxed);
-        server.datagram(&buf[..n], from);
+        let Some(s) = &sessions else {
+            server.datagram(&buf[..n], from, None);
+            continue;
+        };
+        let r = s.receive(&buf[..n], from, Instant::now());
+        for record in &r.to_send {
+            let _ = socket.try_send_to(record, from);
+        }
+        if let Some(why) = &r.failed {
+            server
+                .status
+                .counters
+                .bad_dtls
+                .fetch_add(1, Ordering::Relaxed);
+            if server.bad_log.take() {
+                tracing::warn!(peer = %from, "coaps: {why}");
+            }
+        }
+        for plain in r.plain {
+            server.datagram(&plain, from, r.identity.clone());
+        }
     }
-    tracing::info!("coap gateway stopped");
 }
 
 /// At most [`BAD_LOG_PER_SECOND`] log lines a second for bad datagrams.
@@ -326,7 +404,7 @@ impl LogBudget {
 }
 
 struct Server {
-    socket: Arc<UdpSocket>,
+    transport: crate::dtls::Transport,
     broker: Arc<Broker>,
     config: Arc<CoapConfig>,
     status: Arc<Status>,
@@ -336,7 +414,9 @@ struct Server {
 }
 
 impl Server {
-    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+    /// One CoAP message from `from` (decrypted, with the PSK identity it proved, on the DTLS
+    /// port).
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
         let packet = match message::decode(data, self.config.max_message_size) {
             Ok(p) => p,
             Err(e) => {
@@ -376,7 +456,7 @@ impl Server {
             (MessageType::Confirmable, MessageClass::Empty) => {
                 self.send(&message::reset(packet.header.message_id), from);
             }
-            (_, MessageClass::Request(_)) => self.request(packet, from),
+            (_, MessageClass::Request(_)) => self.request(packet, from, identity),
             // A response or an empty NON sent to the server: rejected if confirmable.
             (kind, _) => {
                 if kind == MessageType::Confirmable {
@@ -386,7 +466,7 @@ impl Server {
         }
     }
 
-    fn request(&mut self, packet: Packet, from: SocketAddr) {
+    fn request(&mut self, packet: Packet, from: SocketAddr, identity: Option<String>) {
         if let Some(option) = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL)
         {
             self.status
@@ -417,19 +497,36 @@ impl Server {
                 return;
             }
         };
-        let client_id = request
-            .identity
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("coap-{from}"));
+        // Without a clientid: the PSK identity on the DTLS port, the address otherwise.
+        let client_id = match (&request.identity.client_id, &identity) {
+            (Some(id), _) => id.clone(),
+            (None, Some(psk)) => psk.clone(),
+            (None, None) => format!("coap-{from}"),
+        };
+        let secure = self.transport.is_secure();
         let existing = {
             let table = lock(&self.status.table);
-            table.by_id.get(&client_id).map(|e| e.inbox.clone())
+            table
+                .by_id
+                .get(&client_id)
+                .map(|e| (e.inbox.clone(), e.secure))
         };
+        // A client that came over DTLS cannot be reached over plain CoAP, nor the reverse.
+        if let Some((_, was_secure)) = existing.as_ref().filter(|(_, s)| *s != secure) {
+            let why: &[u8] = if *was_secure {
+                b"this client id is in use over DTLS"
+            } else {
+                b"this client id is in use over plain CoAP"
+            };
+            self.reply(&packet, ResponseType::Unauthorized, why, from);
+            return;
+        }
+        let existing = existing.map(|(inbox, _)| inbox);
         let inbound = Box::new(RequestIn {
             packet,
             request,
             from,
+            psk_identity: identity,
         });
         match existing {
             Some(inbox) => match inbox.try_send(Inbound::Request(inbound)) {
@@ -495,6 +592,7 @@ impl Server {
                 client_id.clone(),
                 Entry {
                     inbox: tx,
+                    secure: self.transport.is_secure(),
                     addr: from,
                     generation,
                     view: view.clone(),
@@ -507,7 +605,7 @@ impl Server {
             client_id,
             generation,
             addr: from,
-            socket: self.socket.clone(),
+            transport: self.transport.clone(),
             broker: self.broker.clone(),
             config: self.config.clone(),
             status: self.status.clone(),
@@ -525,7 +623,10 @@ impl Server {
     }
 
     fn send(&self, packet: &Packet, to: SocketAddr) {
-        send(&self.socket, &self.status, packet, to);
+        match packet.to_bytes_unlimited() {
+            Ok(bytes) => send_bytes(&self.transport, &self.status, &bytes, to),
+            Err(e) => tracing::warn!(peer = %to, "coap: cannot encode a reply: {e}"),
+        }
     }
 
     fn bad(&mut self, e: &DecodeError, from: SocketAddr) {
@@ -557,23 +658,15 @@ impl Status {
     }
 }
 
-/// Sends `packet` to `to` without waiting: UDP's send buffer is the bound; a full one drops
+/// Sends a message to `to` without waiting: UDP's send buffer is the bound; a full one drops
 /// (as the network may), and CON messages are retransmitted.
-fn send(socket: &UdpSocket, status: &Status, packet: &Packet, to: SocketAddr) {
-    match packet.to_bytes_unlimited() {
-        Ok(bytes) => send_bytes(socket, status, &bytes, to),
-        Err(e) => tracing::warn!(peer = %to, "coap: cannot encode a reply: {e}"),
-    }
-}
-
-fn send_bytes(socket: &UdpSocket, status: &Status, bytes: &[u8], to: SocketAddr) {
-    match socket.try_send_to(bytes, to) {
-        Ok(_) => {
-            status
-                .counters
-                .datagrams_sent
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => tracing::debug!(peer = %to, error = %e, "coap: send failed"),
+fn send_bytes(transport: &crate::dtls::Transport, status: &Status, bytes: &[u8], to: SocketAddr) {
+    if transport.try_send(bytes, to) {
+        status
+            .counters
+            .datagrams_sent
+            .fetch_add(1, Ordering::Relaxed);
+    } else {
+        tracing::debug!(peer = %to, "coap: send failed");
     }
 }

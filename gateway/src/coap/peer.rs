@@ -29,7 +29,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// Confirmable messages outstanding per client (notifications and separate responses).
@@ -61,7 +60,7 @@ pub(super) struct Setup {
     pub client_id: String,
     pub generation: u64,
     pub addr: SocketAddr,
-    pub socket: Arc<UdpSocket>,
+    pub transport: crate::dtls::Transport,
     pub broker: Arc<Broker>,
     pub config: Arc<CoapConfig>,
     pub status: Arc<Status>,
@@ -106,6 +105,8 @@ pub(super) struct Peer {
     pending_acks: HashMap<PacketId, usize>,
     next_mid: u16,
     last_heard: Instant,
+    /// The PSK identity the client proved on the DTLS port: its user name for the broker.
+    psk_identity: Option<String>,
     /// A ping is out to the silent observer.
     pinging: bool,
     closing: bool,
@@ -123,6 +124,7 @@ impl Peer {
             pending_acks: HashMap::new(),
             next_mid: rand::random(),
             last_heard: Instant::now(),
+            psk_identity: None,
             pinging: false,
             client: None,
             token: None,
@@ -207,7 +209,19 @@ impl Peer {
                     packet,
                     request,
                     from,
+                    psk_identity,
                 } = *r;
+                if self.client.is_none() {
+                    self.psk_identity = psk_identity.clone();
+                } else if psk_identity != self.psk_identity {
+                    // The DTLS port proved another identity for this client id.
+                    let mut r =
+                        message::response_to(&packet, ResponseType::Unauthorized, self.mid());
+                    r.payload = b"another PSK identity holds this client id".to_vec();
+                    let bytes = self.encode(&r, from);
+                    self.send_bytes(&bytes, from).await;
+                    return;
+                }
                 self.s
                     .status
                     .counters
@@ -422,9 +436,16 @@ impl Peer {
         from: SocketAddr,
     ) -> Result<(), (ResponseType, String)> {
         let mut opts = ClientOptions::new(self.s.client_id.clone(), Protocol::Coap, from);
-        opts.credentials = Credentials::Device {
-            username: identity.username.clone(),
-            password: identity.password.as_ref().map(|p| p.as_bytes().to_vec()),
+        opts.credentials = match &self.psk_identity {
+            // The DTLS handshake proved the identity with its key, from the operator's PSK
+            // file: that is the user name the ACL sees.
+            Some(psk) => Credentials::Gateway {
+                username: Some(psk.clone()),
+            },
+            None => Credentials::Device {
+                username: identity.username.clone(),
+                password: identity.password.as_ref().map(|p| p.as_bytes().to_vec()),
+            },
         };
         opts.receive_window = RECEIVE_WINDOW;
         match Client::connect(&self.s.broker, opts).await {
@@ -476,7 +497,7 @@ impl Peer {
                 let ack = message::empty_ack(packet.header.message_id);
                 let bytes = ack.to_bytes_unlimited().unwrap_or_default();
                 self.dedup.replied(&(from, packet.header.message_id), bytes.clone());
-                send_bytes(&self.s.socket, &self.s.status, &bytes, from);
+                send_bytes(&self.s.transport, &self.s.status, &bytes, from);
                 let r = fut.await;
                 let code = publish_code(&r, &self.s.client_id, from);
                 if r.is_ok() {
@@ -854,15 +875,14 @@ impl Peer {
         if bytes.is_empty() {
             return;
         }
-        match self.s.socket.send_to(bytes, to).await {
-            Ok(_) => {
-                self.s
-                    .status
-                    .counters
-                    .datagrams_sent
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!(peer = %to, error = %e, "coap: send failed"),
+        if self.s.transport.send(bytes, to).await {
+            self.s
+                .status
+                .counters
+                .datagrams_sent
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::debug!(peer = %to, "coap: send failed");
         }
     }
 }

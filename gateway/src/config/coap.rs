@@ -72,6 +72,8 @@ pub struct CoapConfig {
     /// Time a publish may take to become durable before the request is answered with an empty
     /// ACK and a separate response follows. Default 1s; 100ms..=30s.
     pub separate_response_after: Duration,
+    /// `coaps`: DTLS 1.2 with pre-shared keys on its own port (default 5684). Default off.
+    pub dtls: Option<DtlsConfig>,
 }
 
 impl Default for CoapConfig {
@@ -92,6 +94,7 @@ impl Default for CoapConfig {
             max_observers_per_peer: 32,
             notify_queue: 100,
             separate_response_after: Duration::from_secs(1),
+            dtls: None,
         }
     }
 }
@@ -112,12 +115,13 @@ const COAP_KEYS: &[&str] = &[
     "max_observers_per_peer",
     "notify_queue",
     "separate_response_after",
+    "dtls",
 ];
 
 /// Reads `[coap]`.
 pub(super) fn coap_section(ctx: &mut Ctx<'_>, node: &Node) -> CoapConfig {
     let d = CoapConfig::default();
-    let entries = ctx.open(node, "coap", COAP_KEYS, &["dtls"]);
+    let entries = ctx.open(node, "coap", COAP_KEYS, &[]);
     let p = "coap";
     CoapConfig {
         bind: ctx.get(entries, p, "bind", d.bind, socket_addr),
@@ -218,6 +222,9 @@ pub(super) fn coap_section(ctx: &mut Ctx<'_>, node: &Node) -> CoapConfig {
                 )
             },
         ),
+        dtls: super::validate::field(entries, "dtls").and_then(|n| {
+            dtls_table(ctx, n, "coap.dtls", SocketAddr::from(([0, 0, 0, 0], 5684)))
+        }),
     }
 }
 
@@ -252,4 +259,56 @@ pub(super) fn socket_addr(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<S
             None
         }
     }
+}
+
+/// DTLS with pre-shared keys on its own port (`dtls = { bind, psk_file, identity_hint }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtlsConfig {
+    /// UDP address of the DTLS port.
+    pub bind: SocketAddr,
+    /// `identity:hexkey` lines; an identity is the user name the broker sees.
+    pub psk_file: std::path::PathBuf,
+    /// The PSK identity hint sent to clients. Default "holdfast".
+    pub identity_hint: String,
+}
+
+const DTLS_KEYS: &[&str] = &["bind", "psk_file", "identity_hint"];
+
+/// Reads a `dtls = { ... }` table at `path` (`coap.dtls`, `lwm2m.dtls`); `default_bind` is
+/// the section's DTLS port.
+pub(super) fn dtls_table(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    path: &str,
+    default_bind: SocketAddr,
+) -> Option<DtlsConfig> {
+    let before = ctx.problem_count();
+    let entries = ctx.open(node, path, DTLS_KEYS, &[]);
+    let bind = ctx.get(entries, path, "bind", default_bind, socket_addr);
+    let psk_file = match super::validate::field(entries, "psk_file") {
+        Some(n) => super::validate::path_buf(ctx, n, &format!("{path}.psk_file")),
+        None => {
+            ctx.report(
+                node,
+                &format!("{path}.psk_file"),
+                "is required, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)",
+            );
+            None
+        }
+    };
+    let identity_hint = ctx.get(
+        entries,
+        path,
+        "identity_hint",
+        "holdfast".to_owned(),
+        string,
+    );
+    if ctx.problem_count() != before {
+        return None;
+    }
+    Some(DtlsConfig {
+        bind,
+        psk_file: psk_file?,
+        identity_hint,
+    })
 }

@@ -50,6 +50,9 @@ pub struct Lwm2mConfig {
     pub max_message_size: usize,
     /// Observe every object instance a device registers, at registration. Default false.
     pub auto_observe: bool,
+    /// DTLS 1.2 with pre-shared keys on its own port (default 5784); over it the endpoint
+    /// name must be the PSK identity. Default off.
+    pub dtls: Option<super::DtlsConfig>,
 }
 
 impl Default for Lwm2mConfig {
@@ -66,6 +69,7 @@ impl Default for Lwm2mConfig {
             update_msg_publish_condition: UpdatePublish::ContainsObjectList,
             max_message_size: 1500,
             auto_observe: false,
+            dtls: None,
         }
     }
 }
@@ -82,12 +86,13 @@ const KEYS: &[&str] = &[
     "update_msg_publish_condition",
     "max_message_size",
     "auto_observe",
+    "dtls",
 ];
 
 /// Reads `[lwm2m]`.
 pub(super) fn lwm2m_section(ctx: &mut Ctx<'_>, node: &Node) -> Lwm2mConfig {
     let d = Lwm2mConfig::default();
-    let entries = ctx.open(node, "lwm2m", KEYS, &["dtls", "translators"]);
+    let entries = ctx.open(node, "lwm2m", KEYS, &["translators"]);
     let p = "lwm2m";
     let dur = |min: u64, max: u64| {
         move |c: &mut Ctx<'_>, n: &Node, k: &str| {
@@ -185,5 +190,8 @@ pub(super) fn lwm2m_section(ctx: &mut Ctx<'_>, node: &Node) -> Lwm2mConfig {
             d.auto_observe,
             super::validate::boolean,
         ),
+        dtls: super::validate::field(entries, "dtls").and_then(|n| {
+            super::coap::dtls_table(ctx, n, "lwm2m.dtls", SocketAddr::from(([0, 0, 0, 0], 5784)))
+        }),
     }
 }

@@ -26,7 +26,7 @@ pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSu
 pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
-pub use coap::{CoapConfig, CoapQos, NotifyType};
+pub use coap::{CoapConfig, CoapQos, DtlsConfig, NotifyType};
 pub use lwm2m::{Lwm2mConfig, UpdatePublish};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1641,3 +1641,22 @@ fn lwm2m_is_off_by_default_and_its_keys_are_read_and_checked() {
         ]
     );
 }
+
+#[test]
+fn dtls_tables_need_a_psk_file_and_default_to_the_dtls_ports() {
+    let coap = ok("[coap]\ndtls = { psk_file = \"/etc/holdfast/psk\" }\n")
+        .coap
+        .unwrap();
+    let d = coap.dtls.unwrap();
+    assert_eq!(d.bind, addr("0.0.0.0:5684"));
+    assert_eq!(d.psk_file, PathBuf::from("/etc/holdfast/psk"));
+    assert_eq!(d.identity_hint, "holdfast");
+    let l = ok("[lwm2m]\ndtls = { bind = \"127.0.0.1:15784\", psk_file = \"p\" }\n")
+        .lwm2m
+        .unwrap();
+    assert_eq!(l.dtls.unwrap().bind, addr("127.0.0.1:15784"));
+    assert_eq!(
+        problems("[coap]\ndtls = { bind = \"127.0.0.1:5684\" }\n"),
+        ["holdfast.toml:2: coap.dtls.psk_file: is required, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)"]
+    );
+}

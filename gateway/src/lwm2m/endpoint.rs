@@ -27,7 +27,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// What an endpoint's task starts from.
@@ -35,7 +34,7 @@ pub(super) struct Setup {
     pub(super) ep: String,
     pub(super) generation: u64,
     pub(super) addr: SocketAddr,
-    pub(super) socket: Arc<UdpSocket>,
+    pub(super) transport: crate::dtls::Transport,
     pub(super) broker: Arc<Broker>,
     pub(super) config: Arc<Lwm2mConfig>,
     pub(super) model: Arc<Model>,
@@ -187,11 +186,19 @@ impl Endpoint {
         self.s.addr = reg.addr;
         if self.client.is_none() {
             let mut opts = ClientOptions::new(self.s.ep.clone(), Protocol::Lwm2m, reg.addr);
-            // Plain CoAP carries no credentials: the endpoint is anonymous to the
-            // authentication chain (anonymous access or the client-id allowlist admit it).
-            opts.credentials = Credentials::Device {
-                username: None,
-                password: None,
+            opts.credentials = if self.s.transport.is_secure() {
+                // Over DTLS the endpoint name is the PSK identity its key proved (from the
+                // operator's PSK file): the user name the ACL sees.
+                Credentials::Gateway {
+                    username: Some(self.s.ep.clone()),
+                }
+            } else {
+                // Plain CoAP carries no credentials: the endpoint is anonymous to the
+                // authentication chain (anonymous access or the client-id allowlist admit it).
+                Credentials::Device {
+                    username: None,
+                    password: None,
+                }
             };
             match Client::connect(&self.s.broker, opts).await {
                 Ok(mut client) => {
@@ -547,7 +554,7 @@ impl Endpoint {
                 .status
                 .replied(to, request.header.message_id, bytes.clone());
         }
-        if self.s.socket.try_send_to(&bytes, to).is_ok() {
+        if self.s.transport.try_send(&bytes, to) {
             self.s
                 .status
                 .counters
@@ -557,7 +564,7 @@ impl Endpoint {
     }
 
     async fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
-        if self.s.socket.send_to(bytes, to).await.is_ok() {
+        if self.s.transport.send(bytes, to).await {
             self.s
                 .status
                 .counters

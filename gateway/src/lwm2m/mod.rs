@@ -56,12 +56,17 @@ pub enum StartError {
     /// An object definition in `xml_dir` could not be read.
     #[error("lwm2m: xml_dir: {0}")]
     Xml(String),
+    /// The DTLS PSK file could not be read.
+    #[error("lwm2m: dtls.psk_file: {0}")]
+    Psk(String),
 }
 
 /// The bound socket and the object model, ready to serve.
 #[derive(Debug)]
 pub struct Bound {
     socket: UdpSocket,
+    /// The DTLS port and its sessions (`dtls`).
+    dtls: Option<(UdpSocket, Arc<crate::dtls::Sessions>)>,
     config: Lwm2mConfig,
     model: Model,
 }
@@ -79,19 +84,36 @@ pub async fn bind(config: &Lwm2mConfig) -> Result<Bound, StartError> {
     if let Some(dir) = &config.xml_dir {
         load_xml_dir(&mut model, dir)?;
     }
-    let socket = UdpSocket::bind(config.bind)
-        .await
-        .map_err(|source| StartError::Bind {
-            bind: config.bind,
-            source,
-        })?;
-    let granted = crate::coap::enlarge_receive_buffer(&socket);
-    tracing::debug!(receive_buffer = ?granted, "lwm2m socket bound");
+    let socket = bind_udp(config.bind).await?;
+    let dtls = match &config.dtls {
+        Some(d) => {
+            let table = crate::dtls::PskTable::load(&d.psk_file).map_err(StartError::Psk)?;
+            tracing::info!(identities = table.len(), file = %d.psk_file.display(), "lwm2m: DTLS pre-shared keys loaded");
+            let sessions = crate::dtls::Sessions::new(
+                table,
+                &d.identity_hint,
+                config.max_endpoints,
+                config.lifetime_max,
+            );
+            Some((bind_udp(d.bind).await?, Arc::new(sessions)))
+        }
+        None => None,
+    };
     Ok(Bound {
         socket,
+        dtls,
         config: config.clone(),
         model,
     })
+}
+
+async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, StartError> {
+    let socket = UdpSocket::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { bind: addr, source })?;
+    let granted = crate::coap::enlarge_receive_buffer(&socket);
+    tracing::debug!(bind = %addr, receive_buffer = ?granted, "lwm2m socket bound");
+    Ok(socket)
 }
 
 /// Adds every `*.xml` of `dir` to `model`; a file that is not an object definition stops the
@@ -178,6 +200,8 @@ pub struct EndpointView {
 #[derive(Debug)]
 struct Handle {
     inbox: mpsc::Sender<Inbound>,
+    /// Registered over DTLS.
+    secure: bool,
     generation: u64,
     last_seen: Arc<Mutex<Instant>>,
 }
@@ -336,40 +360,97 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         .lwm2m
         .get_or_init(|| Arc::new(Status::new(limits)))
         .clone();
-    let socket = Arc::new(bound.socket);
-    if let Ok(addr) = socket.local_addr() {
-        tracing::info!(bind = %addr, objects = ?bound.model.ids(), "lwm2m server listening");
-    }
-    let mut server = Server {
-        socket: socket.clone(),
+    tracing::info!(objects = ?bound.model.ids(), "lwm2m object definitions");
+    let config = Arc::new(bound.config);
+    let model = Arc::new(bound.model);
+    let server = |transport: crate::dtls::Transport| Server {
+        transport,
         broker: broker.clone(),
-        config: Arc::new(bound.config),
-        model: Arc::new(bound.model),
-        status,
-        tracker,
+        config: config.clone(),
+        model: model.clone(),
+        status: status.clone(),
+        tracker: tracker.clone(),
         bad_log: (None, 0),
         next_mid: rand::random(),
     };
-    let mut buf = vec![0u8; server.config.max_message_size + 1];
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = broker.shutdown.cancelled() => break,
-            _ = tick.tick() => server.expire(),
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => {
-                    server.status.counters.datagrams_received.fetch_add(1, Ordering::Relaxed);
-                    server.datagram(&buf[..n], from);
-                }
-                Err(e) => tracing::debug!(error = %e, "lwm2m recv"),
-            },
-        }
+    if let Some((socket, sessions)) = bound.dtls {
+        let secure = server(crate::dtls::Transport::secure(Arc::new(socket), sessions));
+        tracker.spawn(read_loop(secure, false));
     }
+    read_loop(
+        server(crate::dtls::Transport::plain(Arc::new(bound.socket))),
+        true,
+    )
+    .await;
     tracing::info!("lwm2m server stopped");
 }
 
+/// Reads one socket until shutdown (plain datagrams straight to [`Server::datagram`], DTLS
+/// records through the sessions first); the plain reader also runs the lifetime expiry.
+async fn read_loop(mut server: Server, expires: bool) {
+    let socket = server.transport.socket().clone();
+    let sessions = server.transport.sessions().cloned();
+    if let Ok(addr) = socket.local_addr() {
+        let dtls = sessions.is_some();
+        tracing::info!(bind = %addr, dtls, "lwm2m server listening");
+    }
+    let mut buf = vec![0u8; server.config.max_message_size + 1];
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_expiry = Instant::now();
+    loop {
+        let (n, from) = tokio::select! {
+            _ = server.broker.shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if let Some(s) = &sessions {
+                    for (to, record) in s.tick(Instant::now()) {
+                        let _ = socket.try_send_to(&record, to);
+                    }
+                }
+                if expires && last_expiry.elapsed() >= Duration::from_secs(1) {
+                    last_expiry = Instant::now();
+                    server.expire();
+                }
+                continue;
+            }
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "lwm2m recv");
+                    continue;
+                }
+            },
+        };
+        server
+            .status
+            .counters
+            .datagrams_received
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(s) = &sessions else {
+            server.datagram(&buf[..n], from, None);
+            continue;
+        };
+        let r = s.receive(&buf[..n], from, Instant::now());
+        for record in &r.to_send {
+            let _ = socket.try_send_to(record, from);
+        }
+        if let Some(why) = &r.failed {
+            server
+                .status
+                .counters
+                .bad_datagrams
+                .fetch_add(1, Ordering::Relaxed);
+            if server.may_log() {
+                tracing::warn!(peer = %from, "lwm2m dtls: {why}");
+            }
+        }
+        for plain in r.plain {
+            server.datagram(&plain, from, r.identity.clone());
+        }
+    }
+}
+
 struct Server {
-    socket: Arc<UdpSocket>,
+    transport: crate::dtls::Transport,
     broker: Arc<Broker>,
     config: Arc<Lwm2mConfig>,
     model: Arc<Model>,
@@ -380,7 +461,9 @@ struct Server {
 }
 
 impl Server {
-    fn datagram(&mut self, data: &[u8], from: SocketAddr) {
+    /// One CoAP message from `from` (decrypted, with the PSK identity it proved, on the DTLS
+    /// port).
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
         let packet = match message::decode(data, self.config.max_message_size) {
             Ok(p) => p,
             Err(e) => {
@@ -401,15 +484,18 @@ impl Server {
             (MessageType::Confirmable, MessageClass::Empty) => {
                 self.send(&message::reset(packet.header.message_id), from);
             }
-            (_, MessageClass::Request(method)) => self.request(packet, method, from),
+            (_, MessageClass::Request(method)) => self.request(packet, method, from, identity),
             // ACK, RST and responses: the device answering a command.
             _ => {
+                // Only what came over the endpoint's own transport reaches it.
+                let secure = self.transport.is_secure();
                 let inbox = {
                     let shared = lock(&self.status.shared);
                     shared
                         .by_addr
                         .get(&from)
                         .and_then(|ep| shared.endpoints.get(ep))
+                        .filter(|h| h.secure == secure)
                         .map(|h| h.inbox.clone())
                 };
                 match inbox {
@@ -431,7 +517,13 @@ impl Server {
         }
     }
 
-    fn request(&mut self, packet: Packet, method: RequestType, from: SocketAddr) {
+    fn request(
+        &mut self,
+        packet: Packet,
+        method: RequestType,
+        from: SocketAddr,
+        identity: Option<String>,
+    ) {
         let mid = packet.header.message_id;
         let lifetime = if packet.header.get_type() == MessageType::Confirmable {
             EXCHANGE_LIFETIME
@@ -485,7 +577,7 @@ impl Server {
                 .collect::<Vec<_>>()
                 .as_slice(),
         ) {
-            (RequestType::Post, ["rd"]) => self.register(packet, &query, from),
+            (RequestType::Post, ["rd"]) => self.register(packet, &query, from, identity),
             (RequestType::Post, ["rd", id]) => {
                 let location = format!("rd/{id}");
                 self.update(packet, &location, &query, from);
@@ -499,7 +591,13 @@ impl Server {
         }
     }
 
-    fn register(&mut self, packet: Packet, query: &[(String, String)], from: SocketAddr) {
+    fn register(
+        &mut self,
+        packet: Packet,
+        query: &[(String, String)],
+        from: SocketAddr,
+        identity: Option<String>,
+    ) {
         let now = Instant::now();
         let limits = *lock(&self.status.shared).registry.limits();
         let params = match registry::register_params(query, &packet.payload, &limits) {
@@ -507,6 +605,22 @@ impl Server {
             Err(e) => return self.refuse_registration(&packet, &e, from),
         };
         let ep = params.ep.clone();
+        // Over DTLS the endpoint name is the identity the key proved; over plain CoAP a name
+        // held by a DTLS endpoint is not for the taking.
+        let secure = self.transport.is_secure();
+        if let Some(psk) = identity.as_deref().filter(|psk| *psk != ep) {
+            let e = RegError::BadRequest(format!(
+                "over DTLS the endpoint name must be the PSK identity ({psk:?}), not {ep:?}"
+            ));
+            return self.refuse_registration(&packet, &e, from);
+        }
+        let held_securely = lock(&self.status.shared)
+            .endpoints
+            .get(&ep)
+            .is_some_and(|h| h.secure);
+        if held_securely && !secure {
+            return self.refuse_registration(&packet, &RegError::Taken(ep), from);
+        }
         let result = {
             let mut shared = lock(&self.status.shared);
             match shared.registry.register(params, from, now) {
@@ -555,6 +669,7 @@ impl Server {
                 ep.clone(),
                 Handle {
                     inbox: tx,
+                    secure: self.transport.is_secure(),
                     generation,
                     last_seen: last_seen.clone(),
                 },
@@ -565,7 +680,7 @@ impl Server {
             ep,
             generation,
             addr: from,
-            socket: self.socket.clone(),
+            transport: self.transport.clone(),
             broker: self.broker.clone(),
             config: self.config.clone(),
             model: self.model.clone(),
@@ -710,7 +825,7 @@ impl Server {
     }
 
     fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
-        if self.socket.try_send_to(bytes, to).is_ok() {
+        if self.transport.try_send(bytes, to) {
             self.status
                 .counters
                 .datagrams_sent

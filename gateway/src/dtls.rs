@@ -1,0 +1,498 @@
+//! DTLS 1.2 with pre-shared keys for the UDP gateways (CoAP `coaps` on 5684, LwM2M on 5784):
+//! one dimpl engine (sans-IO) per peer address, keys from a PSK file.
+//!
+//! Owns the PSK table (`identity:hexkey` lines, loaded once at start), the sessions (bounded by
+//! count, a handshake deadline and an idle limit) and the record layer between the socket and
+//! the CoAP code: [`Sessions::receive`] turns a datagram into records to send back and
+//! plaintext CoAP messages, [`Sessions::seal`] a CoAP message into records. The suite is
+//! TLS_PSK_WITH_AES_128_CCM_8 (the one LwM2M mandates), with the extended master secret. The
+//! identity a peer proved (its key matched) is what the gateways give the broker as its user
+//! name. Never does I/O itself; never logs a key.
+
+use dimpl::{Config, Dtls, Output, PskResolver};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A handshake not finished within this is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest record the engine writes into one datagram buffer.
+const OUT_BUF: usize = 4096;
+
+/// Identities and their keys.
+#[derive(Clone, Default)]
+pub struct PskTable {
+    keys: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl std::fmt::Debug for PskTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PskTable({} identities)", self.keys.len())
+    }
+}
+
+impl PskTable {
+    /// Reads a PSK file: one `identity:key` a line, the key in hex (`0x` optional), `#`
+    /// comments and blank lines ignored. Errors name the file and line.
+    pub fn load(path: &Path) -> Result<PskTable, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        PskTable::parse(&text, &path.display().to_string())
+    }
+
+    /// The same from text.
+    pub fn parse(text: &str, origin: &str) -> Result<PskTable, String> {
+        let mut keys = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = format!("{origin}:{}", n + 1);
+            let Some((identity, key)) = line.rsplit_once(':') else {
+                return Err(format!("{at}: expected identity:hexkey"));
+            };
+            if identity.is_empty() {
+                return Err(format!("{at}: empty identity"));
+            }
+            let key = key.trim().trim_start_matches("0x");
+            let bytes = hex(key).ok_or_else(|| format!("{at}: the key is not hex"))?;
+            if bytes.len() < 8 {
+                return Err(format!("{at}: the key is shorter than 8 bytes"));
+            }
+            keys.insert(identity.as_bytes().to_vec(), bytes);
+        }
+        Ok(PskTable { keys })
+    }
+
+    /// Identities known.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The resolver of one session: looks keys up and remembers which identity the peer used.
+struct Recorder {
+    table: Arc<PskTable>,
+    identity: Mutex<Option<Vec<u8>>>,
+}
+
+impl PskResolver for Recorder {
+    fn resolve(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        let key = self.table.keys.get(identity).cloned();
+        if key.is_some() {
+            if let Ok(mut seen) = self.identity.lock() {
+                *seen = Some(identity.to_vec());
+            }
+        }
+        key
+    }
+}
+
+struct Session {
+    dtls: Dtls,
+    recorder: Arc<Recorder>,
+    /// The proven identity, once connected.
+    identity: Option<String>,
+    started: Instant,
+    last: Instant,
+    next_timeout: Option<Instant>,
+}
+
+/// What a datagram led to.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Records to send back to the peer (handshake flights, alerts).
+    pub to_send: Vec<Vec<u8>>,
+    /// Decrypted CoAP messages.
+    pub plain: Vec<Vec<u8>>,
+    /// The peer's identity, once its handshake is complete.
+    pub identity: Option<String>,
+    /// The session failed (bad key, bad record) and was dropped: why.
+    pub failed: Option<String>,
+}
+
+/// The DTLS sessions of one socket.
+pub struct Sessions {
+    table: Arc<PskTable>,
+    hint: Vec<u8>,
+    max: usize,
+    idle: Duration,
+    sessions: Mutex<HashMap<SocketAddr, Session>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sessions({} of at most {})", self.len(), self.max)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Sessions {
+    /// At most `max` sessions; one idle for `idle` is dropped. `hint` is the PSK identity
+    /// hint sent to clients.
+    pub fn new(table: PskTable, hint: &str, max: usize, idle: Duration) -> Sessions {
+        Sessions {
+            table: Arc::new(table),
+            hint: hint.as_bytes().to_vec(),
+            max: max.max(1),
+            idle,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// True when none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The identity `peer` proved, if its session is established.
+    pub fn identity(&self, peer: SocketAddr) -> Option<String> {
+        lock(&self.sessions).get(&peer)?.identity.clone()
+    }
+
+    /// Feeds a datagram from `from`.
+    pub fn receive(&self, data: &[u8], from: SocketAddr, now: Instant) -> Received {
+        let mut out = Received::default();
+        let mut sessions = lock(&self.sessions);
+        if !sessions.contains_key(&from) {
+            // Only a ClientHello (handshake record, type 22) opens a session.
+            if data.first() != Some(&22) {
+                out.failed = Some("not a DTLS handshake".into());
+                return out;
+            }
+            if sessions.len() >= self.max {
+                out.failed = Some(format!(
+                    "{} DTLS sessions held; handshake refused",
+                    self.max
+                ));
+                return out;
+            }
+            let recorder = Arc::new(Recorder {
+                table: self.table.clone(),
+                identity: Mutex::new(None),
+            });
+            let config = Config::builder()
+                .with_psk_server(Some(self.hint.clone()), recorder.clone())
+                .build();
+            let config = match config {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    out.failed = Some(format!("DTLS configuration: {e}"));
+                    return out;
+                }
+            };
+            let mut dtls = Dtls::new_12_psk(config, now);
+            // The engine draws its random values in its first timeout: without it, a
+            // ClientHello would meet an unset server random.
+            if let Err(e) = dtls.handle_timeout(now) {
+                out.failed = Some(format!("DTLS: {e}"));
+                return out;
+            }
+            sessions.insert(
+                from,
+                Session {
+                    dtls,
+                    recorder,
+                    identity: None,
+                    started: now,
+                    last: now,
+                    next_timeout: None,
+                },
+            );
+        }
+        let Some(s) = sessions.get_mut(&from) else {
+            return out;
+        };
+        s.last = now;
+        if let Err(e) = s.dtls.handle_packet(data) {
+            sessions.remove(&from);
+            out.failed = Some(format!("DTLS: {e}"));
+            return out;
+        }
+        let closed = drain(s, &mut out);
+        out.identity = s.identity.clone();
+        if closed {
+            sessions.remove(&from);
+        }
+        out
+    }
+
+    /// Encrypts a CoAP message for `to`; `None` when `to` has no established session.
+    pub fn seal(&self, plain: &[u8], to: SocketAddr) -> Option<Vec<Vec<u8>>> {
+        let mut sessions = lock(&self.sessions);
+        let s = sessions.get_mut(&to).filter(|s| s.identity.is_some())?;
+        if s.dtls.send_application_data(plain).is_err() {
+            sessions.remove(&to);
+            return None;
+        }
+        let mut out = Received::default();
+        drain(s, &mut out);
+        Some(out.to_send)
+    }
+
+    /// Runs the engines' timers (handshake retransmissions) and drops sessions past their
+    /// handshake deadline or idle limit; the records to send.
+    pub fn tick(&self, now: Instant) -> Vec<(SocketAddr, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|peer, s| {
+            let stale = if s.identity.is_none() {
+                now.duration_since(s.started) > HANDSHAKE_TIMEOUT
+            } else {
+                now.duration_since(s.last) > self.idle
+            };
+            if stale {
+                return false;
+            }
+            if s.next_timeout.is_some_and(|t| t <= now) {
+                if s.dtls.handle_timeout(now).is_err() {
+                    return false;
+                }
+                let mut out = Received::default();
+                let closed = drain(s, &mut out);
+                sends.extend(out.to_send.into_iter().map(|r| (*peer, r)));
+                return !closed;
+            }
+            true
+        });
+        sends
+    }
+
+    /// Forgets `peer`'s session (its client ended).
+    pub fn forget(&self, peer: SocketAddr) {
+        lock(&self.sessions).remove(&peer);
+    }
+}
+
+/// Drains an engine's output into `out`; true when the peer closed the session.
+fn drain(s: &mut Session, out: &mut Received) -> bool {
+    let mut buf = vec![0u8; OUT_BUF];
+    loop {
+        match s.dtls.poll_output(&mut buf) {
+            Output::Packet(p) => out.to_send.push(p.to_vec()),
+            Output::BufferTooSmall { needed } => buf.resize(needed, 0),
+            Output::Timeout(at) => {
+                s.next_timeout = Some(at);
+                return false;
+            }
+            Output::Connected => {
+                let id = lock(&s.recorder.identity).clone().unwrap_or_default();
+                s.identity = Some(String::from_utf8_lossy(&id).into_owned());
+            }
+            Output::ApplicationData(d) => out.plain.push(d.to_vec()),
+            Output::CloseNotify => return true,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_psk_file_is_read_and_its_mistakes_named_by_line() {
+        let t = PskTable::parse(
+            "# devices\nmeter-1:000102030405060708090a0b0c0d0e0f\n\nplc:0xdeadbeefdeadbeef\n",
+            "psk",
+        )
+        .unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.keys[&b"plc".to_vec()],
+            [0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef]
+        );
+        assert_eq!(
+            PskTable::parse("x\n", "psk").unwrap_err(),
+            "psk:1: expected identity:hexkey"
+        );
+        assert_eq!(
+            PskTable::parse("a:zz\n", "psk").unwrap_err(),
+            "psk:1: the key is not hex"
+        );
+        assert_eq!(
+            PskTable::parse("\na:0102\n", "psk").unwrap_err(),
+            "psk:2: the key is shorter than 8 bytes"
+        );
+        assert_eq!(
+            PskTable::parse(":0102030405060708\n", "psk").unwrap_err(),
+            "psk:1: empty identity"
+        );
+    }
+
+    #[test]
+    fn a_client_with_the_key_completes_the_handshake_and_exchanges_data() {
+        struct Key;
+        impl PskResolver for Key {
+            fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
+                Some(b"0123456789abcdef".to_vec())
+            }
+        }
+        let table = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk").unwrap();
+        let server = Sessions::new(table, "holdfast", 4, Duration::from_secs(60));
+        let client_cfg = Config::builder()
+            .with_psk_client(b"dev1".to_vec(), Arc::new(Key))
+            .build()
+            .unwrap();
+        let now = Instant::now();
+        let mut client = Dtls::new_12_psk(Arc::new(client_cfg), now);
+        client.set_active(true);
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let mut buf = vec![0u8; OUT_BUF];
+        let mut to_server: Vec<Vec<u8>> = Vec::new();
+        let mut connected = false;
+        for _ in 0..20 {
+            let _ = client.handle_timeout(now);
+            loop {
+                match client.poll_output(&mut buf) {
+                    Output::Packet(p) => to_server.push(p.to_vec()),
+                    Output::Connected => connected = true,
+                    Output::Timeout(_) => break,
+                    _ => {}
+                }
+            }
+            for d in std::mem::take(&mut to_server) {
+                let r = server.receive(&d, peer, now);
+                assert!(r.failed.is_none(), "{:?}", r.failed);
+                for back in r.to_send {
+                    client.handle_packet(&back).unwrap();
+                }
+            }
+            if connected && server.identity(peer).is_some() {
+                break;
+            }
+        }
+        assert!(connected);
+        assert_eq!(server.identity(peer).as_deref(), Some("dev1"));
+        client.send_application_data(b"hello").unwrap();
+        let mut plain = Vec::new();
+        loop {
+            match client.poll_output(&mut buf) {
+                Output::Packet(p) => plain.extend(server.receive(p, peer, now).plain),
+                Output::Timeout(_) => break,
+                _ => {}
+            }
+        }
+        assert_eq!(plain, [b"hello".to_vec()]);
+        assert!(server.seal(b"back", peer).is_some_and(|r| !r.is_empty()));
+        // A peer that is not handshaking gets nothing.
+        let stranger: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+        assert!(server
+            .receive(&[0x40, 1, 0, 1], stranger, now)
+            .failed
+            .is_some());
+        assert!(server.seal(b"x", stranger).is_none());
+    }
+
+    proptest::proptest! {
+        /// Garbage that looks like a handshake record never panics the engine (a panic is an
+        /// abort in the release build) and never leaves a session connected.
+        #[test]
+        fn garbage_handshakes_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let table = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk").unwrap();
+            let server = Sessions::new(table, "holdfast", 4, Duration::from_secs(60));
+            let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+            let mut datagram = vec![22, 0xfe, 0xfd];
+            datagram.extend(tail);
+            let now = Instant::now();
+            let _ = server.receive(&datagram, peer, now);
+            let _ = server.tick(now + Duration::from_secs(5));
+            proptest::prop_assert!(server.identity(peer).is_none());
+        }
+    }
+}
+
+/// The sending side of a UDP gateway socket: plain, or through the DTLS sessions.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    socket: Arc<tokio::net::UdpSocket>,
+    dtls: Option<Arc<Sessions>>,
+}
+
+impl Transport {
+    /// Plain datagrams on `socket`.
+    pub fn plain(socket: Arc<tokio::net::UdpSocket>) -> Transport {
+        Transport { socket, dtls: None }
+    }
+
+    /// DTLS records on `socket`, sealed by `sessions`.
+    pub fn secure(socket: Arc<tokio::net::UdpSocket>, sessions: Arc<Sessions>) -> Transport {
+        Transport {
+            socket,
+            dtls: Some(sessions),
+        }
+    }
+
+    /// Whether messages go through DTLS.
+    pub fn is_secure(&self) -> bool {
+        self.dtls.is_some()
+    }
+
+    /// The socket (for reading, and for raw handshake records).
+    pub fn socket(&self) -> &Arc<tokio::net::UdpSocket> {
+        &self.socket
+    }
+
+    /// The DTLS sessions, when secure.
+    pub fn sessions(&self) -> Option<&Arc<Sessions>> {
+        self.dtls.as_ref()
+    }
+
+    /// Sends `message` to `to` without waiting (a full socket buffer drops it, as the network
+    /// may; CON messages are retransmitted). False when nothing was sent.
+    pub fn try_send(&self, message: &[u8], to: SocketAddr) -> bool {
+        match &self.dtls {
+            None => self.socket.try_send_to(message, to).is_ok(),
+            Some(s) => match s.seal(message, to) {
+                Some(records) => records
+                    .iter()
+                    .all(|r| self.socket.try_send_to(r, to).is_ok()),
+                None => false,
+            },
+        }
+    }
+
+    /// Sends `message` to `to`, waiting for room in the socket buffer.
+    pub async fn send(&self, message: &[u8], to: SocketAddr) -> bool {
+        match &self.dtls {
+            None => self.socket.send_to(message, to).await.is_ok(),
+            Some(s) => {
+                let Some(records) = s.seal(message, to) else {
+                    return false;
+                };
+                for r in records {
+                    if self.socket.send_to(&r, to).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+}
