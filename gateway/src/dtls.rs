@@ -9,6 +9,7 @@
 //! identity a peer proved (its key matched) is what the gateways give the broker as its user
 //! name. Never does I/O itself; never logs a key.
 
+use crate::udp::lock;
 use dimpl::{Config, Dtls, Output, PskResolver};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -142,10 +143,6 @@ impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Sessions({} of at most {})", self.len(), self.max)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Sessions {

@@ -26,4 +26,5 @@ pub mod lwm2m;
 pub mod ops;
 pub mod supervise;
 pub mod trace;
+pub mod udp;
 pub mod webhook;

@@ -16,6 +16,7 @@ mod peer;
 
 use crate::broker::Broker;
 use crate::config::CoapConfig;
+use crate::udp::lock;
 use holdfast_coap::message::{self, DecodeError};
 use holdfast_coap::request::{self, Action};
 use holdfast_coap::{MessageClass, MessageType, Packet, ResponseType};
@@ -30,9 +31,6 @@ use tokio_util::task::TaskTracker;
 
 /// Datagrams waiting for one client's task; beyond it they are dropped (counted).
 const INBOX: usize = 64;
-
-/// Bad-datagram log lines per second; the rest are only counted.
-const BAD_LOG_PER_SECOND: u32 = 20;
 
 /// Why the CoAP gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,27 +64,10 @@ impl Bound {
     }
 }
 
-/// Receive buffer asked of the kernel for a UDP gateway socket (it caps it at
-/// `net.core.rmem_max`): a burst of datagrams waits there while the reading task catches up,
-/// instead of being dropped at the default ~200 KB.
-pub(crate) const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
-
-/// Asks for [`UDP_RECEIVE_BUFFER`] on `socket`; returns what the kernel granted.
-pub(crate) fn enlarge_receive_buffer(socket: &UdpSocket) -> Option<usize> {
-    use nix::sys::socket::{getsockopt, setsockopt, sockopt::RcvBuf};
-    if let Err(e) = setsockopt(socket, RcvBuf, &UDP_RECEIVE_BUFFER) {
-        tracing::debug!(error = %e, "cannot set the UDP receive buffer");
-    }
-    getsockopt(socket, RcvBuf).ok()
-}
-
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
-    let socket = UdpSocket::bind(addr)
+    crate::udp::bind(addr)
         .await
-        .map_err(|source| BindError::Bind { bind: addr, source })?;
-    let granted = enlarge_receive_buffer(&socket);
-    tracing::debug!(bind = %addr, receive_buffer = ?granted, "coap socket bound");
-    Ok(socket)
+        .map_err(|source| BindError::Bind { bind: addr, source })
 }
 
 /// Binds `[coap].bind` (and `dtls.bind`), loading the PSK file.
@@ -274,10 +255,6 @@ impl Status {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// What the reading task hands a client's task.
 #[derive(Debug)]
 enum Inbound {
@@ -307,7 +284,7 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         config: config.clone(),
         status: status.clone(),
         tracker: tracker.clone(),
-        bad_log: LogBudget::default(),
+        bad_log: crate::udp::LogBudget::default(),
         next_mid: rand::random(),
     };
     if let Some((socket, sessions)) = bound.dtls {
@@ -321,85 +298,42 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     tracing::info!("coap gateway stopped");
 }
 
-/// Reads one socket until shutdown: plain datagrams straight to [`Server::datagram`], DTLS
-/// records through the sessions first.
+/// Reads one socket until shutdown.
 async fn read_loop(mut server: Server) {
-    let socket = server.transport.socket().clone();
-    let sessions = server.transport.sessions().cloned();
-    if let Ok(addr) = socket.local_addr() {
-        let scheme = if sessions.is_some() { "coaps" } else { "coap" };
+    let transport = server.transport.clone();
+    if let Ok(addr) = transport.socket().local_addr() {
+        let scheme = if transport.is_secure() {
+            "coaps"
+        } else {
+            "coap"
+        };
         tracing::info!(bind = %addr, scheme, "coap gateway listening");
     }
-    let mut buf = vec![0u8; server.config.max_message_size + 1];
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
-        let (n, from) = tokio::select! {
-            _ = server.broker.shutdown.cancelled() => break,
-            _ = tick.tick(), if sessions.is_some() => {
-                if let Some(s) = &sessions {
-                    for (to, record) in s.tick(Instant::now()) {
-                        let _ = socket.try_send_to(&record, to);
-                    }
-                }
-                continue;
-            }
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    // ICMP errors of earlier sends surface here on Linux; nothing to do.
-                    tracing::debug!(error = %e, "coap recv");
-                    continue;
-                }
-            },
-        };
-        server
-            .status
+    let shutdown = server.broker.shutdown.clone();
+    let max = server.config.max_message_size;
+    crate::udp::read_loop(&mut server, &transport, max, &shutdown).await;
+}
+
+impl crate::udp::Handler for Server {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
+        Server::datagram(self, data, from, identity);
+    }
+
+    fn received(&mut self) {
+        self.status
             .counters
             .datagrams_received
             .fetch_add(1, Ordering::Relaxed);
-        let Some(s) = &sessions else {
-            server.datagram(&buf[..n], from, None);
-            continue;
-        };
-        let r = s.receive(&buf[..n], from, Instant::now());
-        for record in &r.to_send {
-            let _ = socket.try_send_to(record, from);
-        }
-        if let Some(why) = &r.failed {
-            server
-                .status
-                .counters
-                .bad_dtls
-                .fetch_add(1, Ordering::Relaxed);
-            if server.bad_log.take() {
-                tracing::warn!(peer = %from, "coaps: {why}");
-            }
-        }
-        for plain in r.plain {
-            server.datagram(&plain, from, r.identity.clone());
-        }
     }
-}
 
-/// At most [`BAD_LOG_PER_SECOND`] log lines a second for bad datagrams.
-#[derive(Debug, Default)]
-struct LogBudget {
-    second: Option<Instant>,
-    used: u32,
-}
-
-impl LogBudget {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        match self.second {
-            Some(start) if now.duration_since(start).as_secs() < 1 => {}
-            _ => {
-                self.second = Some(now);
-                self.used = 0;
-            }
+    fn dtls_refused(&mut self, from: SocketAddr, why: &str) {
+        self.status
+            .counters
+            .bad_dtls
+            .fetch_add(1, Ordering::Relaxed);
+        if self.bad_log.take() {
+            tracing::warn!(peer = %from, "coaps: {why}");
         }
-        self.used += 1;
-        self.used <= BAD_LOG_PER_SECOND
     }
 }
 
@@ -409,7 +343,7 @@ struct Server {
     config: Arc<CoapConfig>,
     status: Arc<Status>,
     tracker: TaskTracker,
-    bad_log: LogBudget,
+    bad_log: crate::udp::LogBudget,
     next_mid: u16,
 }
 

@@ -17,6 +17,7 @@ mod endpoint;
 
 use crate::broker::Broker;
 use crate::config::Lwm2mConfig;
+use crate::udp::lock;
 use holdfast_coap::dedup::{Dedup, Seen};
 use holdfast_coap::message;
 use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
@@ -35,9 +36,6 @@ use tokio_util::task::TaskTracker;
 
 /// Datagrams and events waiting for one endpoint's task.
 const INBOX: usize = 64;
-
-/// Bad-datagram log lines per second; the rest are only counted.
-const BAD_LOG_PER_SECOND: u32 = 20;
 
 /// Exchanges remembered for deduplication of the devices' registration requests.
 const DEDUP_CAPACITY: usize = 65_536;
@@ -108,12 +106,9 @@ pub async fn bind(config: &Lwm2mConfig) -> Result<Bound, StartError> {
 }
 
 async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, StartError> {
-    let socket = UdpSocket::bind(addr)
+    crate::udp::bind(addr)
         .await
-        .map_err(|source| StartError::Bind { bind: addr, source })?;
-    let granted = crate::coap::enlarge_receive_buffer(&socket);
-    tracing::debug!(bind = %addr, receive_buffer = ?granted, "lwm2m socket bound");
-    Ok(socket)
+        .map_err(|source| StartError::Bind { bind: addr, source })
 }
 
 /// Adds every `*.xml` of `dir` to `model`; a file that is not an object definition stops the
@@ -230,10 +225,6 @@ pub struct Status {
     /// Counters.
     pub counters: Counters,
     shared: Mutex<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Status {
@@ -370,7 +361,9 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         model: model.clone(),
         status: status.clone(),
         tracker: tracker.clone(),
-        bad_log: (None, 0),
+        bad_log: crate::udp::LogBudget::default(),
+        expires: false,
+        last_expiry: Instant::now(),
         next_mid: rand::random(),
     };
     if let Some((socket, sessions)) = bound.dtls {
@@ -385,66 +378,45 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     tracing::info!("lwm2m server stopped");
 }
 
-/// Reads one socket until shutdown (plain datagrams straight to [`Server::datagram`], DTLS
-/// records through the sessions first); the plain reader also runs the lifetime expiry.
+/// Reads one socket until shutdown; the plain socket's reader also runs the lifetime expiry.
 async fn read_loop(mut server: Server, expires: bool) {
-    let socket = server.transport.socket().clone();
-    let sessions = server.transport.sessions().cloned();
-    if let Ok(addr) = socket.local_addr() {
-        let dtls = sessions.is_some();
+    let transport = server.transport.clone();
+    if let Ok(addr) = transport.socket().local_addr() {
+        let dtls = transport.is_secure();
         tracing::info!(bind = %addr, dtls, "lwm2m server listening");
     }
-    let mut buf = vec![0u8; server.config.max_message_size + 1];
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_expiry = Instant::now();
-    loop {
-        let (n, from) = tokio::select! {
-            _ = server.broker.shutdown.cancelled() => break,
-            _ = tick.tick() => {
-                if let Some(s) = &sessions {
-                    for (to, record) in s.tick(Instant::now()) {
-                        let _ = socket.try_send_to(&record, to);
-                    }
-                }
-                if expires && last_expiry.elapsed() >= Duration::from_secs(1) {
-                    last_expiry = Instant::now();
-                    server.expire();
-                }
-                continue;
-            }
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "lwm2m recv");
-                    continue;
-                }
-            },
-        };
-        server
-            .status
+    server.expires = expires;
+    let shutdown = server.broker.shutdown.clone();
+    let max = server.config.max_message_size;
+    crate::udp::read_loop(&mut server, &transport, max, &shutdown).await;
+}
+
+impl crate::udp::Handler for Server {
+    fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
+        Server::datagram(self, data, from, identity);
+    }
+
+    fn received(&mut self) {
+        self.status
             .counters
             .datagrams_received
             .fetch_add(1, Ordering::Relaxed);
-        let Some(s) = &sessions else {
-            server.datagram(&buf[..n], from, None);
-            continue;
-        };
-        let r = s.receive(&buf[..n], from, Instant::now());
-        for record in &r.to_send {
-            let _ = socket.try_send_to(record, from);
+    }
+
+    fn dtls_refused(&mut self, from: SocketAddr, why: &str) {
+        self.status
+            .counters
+            .bad_datagrams
+            .fetch_add(1, Ordering::Relaxed);
+        if self.bad_log.take() {
+            tracing::warn!(peer = %from, "lwm2m dtls: {why}");
         }
-        if let Some(why) = &r.failed {
-            server
-                .status
-                .counters
-                .bad_datagrams
-                .fetch_add(1, Ordering::Relaxed);
-            if server.may_log() {
-                tracing::warn!(peer = %from, "lwm2m dtls: {why}");
-            }
-        }
-        for plain in r.plain {
-            server.datagram(&plain, from, r.identity.clone());
+    }
+
+    fn tick(&mut self) {
+        if self.expires && self.last_expiry.elapsed() >= Duration::from_secs(1) {
+            self.last_expiry = Instant::now();
+            self.expire();
         }
     }
 }
@@ -456,7 +428,10 @@ struct Server {
     model: Arc<Model>,
     status: Arc<Status>,
     tracker: TaskTracker,
-    bad_log: (Option<Instant>, u32),
+    bad_log: crate::udp::LogBudget,
+    /// This reader runs the lifetime expiry (the plain socket's), last at `last_expiry`.
+    expires: bool,
+    last_expiry: Instant,
     next_mid: u16,
 }
 
@@ -471,7 +446,7 @@ impl Server {
                     .counters
                     .bad_datagrams
                     .fetch_add(1, Ordering::Relaxed);
-                if self.may_log() {
+                if self.bad_log.take() {
                     tracing::warn!(peer = %from, kind = e.kind(), "lwm2m: bad datagram dropped: {e}");
                 }
                 if let Some((MessageType::Confirmable, mid)) = message::peek_header(data) {
@@ -557,7 +532,7 @@ impl Server {
                 .counters
                 .bad_datagrams
                 .fetch_add(1, Ordering::Relaxed);
-            if self.may_log() {
+            if self.bad_log.take() {
                 tracing::warn!(peer = %from, option, "lwm2m: request with an unrecognized critical option (4.02)");
             }
             self.reply(
@@ -831,16 +806,6 @@ impl Server {
                 .datagrams_sent
                 .fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    fn may_log(&mut self) -> bool {
-        let now = Instant::now();
-        match self.bad_log.0 {
-            Some(start) if now.duration_since(start) < Duration::from_secs(1) => {}
-            _ => self.bad_log = (Some(now), 0),
-        }
-        self.bad_log.1 += 1;
-        self.bad_log.1 <= BAD_LOG_PER_SECOND
     }
 }
 
