@@ -12,9 +12,12 @@
 //! - [`senml`]: SenML JSON (110) and SenML CBOR (112) records to paths and values (EMQX passes
 //!   them on as base64 blobs; we decode them).
 //!
+//! - [`fuzz`]: the fuzz targets' entry points, also run on the committed seeds by the tests.
+//!
 //! Nothing here does I/O or reads a clock.
 
 pub mod command;
+pub mod fuzz;
 pub mod link;
 pub mod model;
 pub mod registry;
