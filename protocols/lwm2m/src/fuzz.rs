@@ -53,7 +53,8 @@ mod tests {
     #[test]
     fn the_committed_fuzz_seeds_pass() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Target = (&'static str, fn(&[u8]));
+        let targets: [Target; 4] = [
             ("tlv", super::tlv),
             ("senml_json", super::senml_json),
             ("senml_cbor", super::senml_cbor),
