@@ -38,6 +38,14 @@ pub enum LinkError {
     /// An empty attribute name.
     #[error("empty attribute name in link {0}")]
     EmptyAttribute(usize),
+    /// An attribute name outside RFC 6690's token characters, or a value with a stray quote.
+    #[error("malformed attribute in link {0}")]
+    BadAttribute(usize),
+}
+
+/// RFC 6690 `parmname` characters (and `*` for extended parameters).
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$&+-.^_`|~*".contains(c)
 }
 
 /// Parses a link-format payload.
@@ -63,16 +71,22 @@ pub fn parse(text: &str) -> Result<Vec<Link>, LinkError> {
             let (name, value) = match part.split_once('=') {
                 Some((name, value)) => {
                     let value = value.trim();
-                    let value = value
-                        .strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or(value);
+                    let value = match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+                        Some(quoted) => quoted,
+                        None => value,
+                    };
+                    if value.contains('"') {
+                        return Err(LinkError::BadAttribute(n));
+                    }
                     (name.trim(), Some(value.to_owned()))
                 }
                 None => (part, None),
             };
             if name.is_empty() {
                 return Err(LinkError::EmptyAttribute(n));
+            }
+            if !name.chars().all(name_char) {
+                return Err(LinkError::BadAttribute(n));
             }
             attrs.push((name.to_owned(), value));
         }
@@ -225,6 +239,9 @@ mod tests {
         assert_eq!(parse("</3/0"), Err(LinkError::BadTarget(0)));
         assert_eq!(parse(r#"</3>;rt="x"#), Err(LinkError::Unterminated(0)));
         assert_eq!(parse("</3>;=1"), Err(LinkError::EmptyAttribute(0)));
+        // found by the fuzzer: a quote in a name broke the round trip
+        assert_eq!(parse(r#"</3>;a"b"=1"#), Err(LinkError::BadAttribute(0)));
+        assert_eq!(parse(r#"</3>;a=x"y"z"#), Err(LinkError::BadAttribute(0)));
         assert_eq!(parse("").unwrap(), vec![]);
     }
 
