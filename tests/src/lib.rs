@@ -1167,3 +1167,19 @@ pub mod ctl {
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {out}"))
     }
 }
+
+/// The response code libcoap's client printed (it prints `4.04 reason` for an error response
+/// and nothing for a 2.xx one), read from the start of a line so a timestamp in its log
+/// lines (`14:10:22.048`) is never taken for one.
+pub fn coap_response_code(said: &str) -> Option<&str> {
+    said.lines().map(str::trim_start).find_map(|l| {
+        let b = l.as_bytes();
+        let is_code = b.len() >= 4
+            && (b'1'..=b'5').contains(&b[0])
+            && b[1] == b'.'
+            && b[2].is_ascii_digit()
+            && b[3].is_ascii_digit()
+            && b.get(4).is_none_or(|c| *c == b' ');
+        is_code.then(|| &l[..4])
+    })
+}
