@@ -63,6 +63,20 @@ fn cpu_ticks(pid: Option<u32>) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// The value of `counter` once it has stopped moving for half a second (what was on its way
+/// through the broker has arrived).
+pub(crate) async fn settled(counter: &AtomicU64) -> u64 {
+    let mut last = counter.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = counter.load(Ordering::Relaxed);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Runs the load; the report as JSON.
 pub(crate) async fn run(
     target: &Target,
@@ -111,15 +125,7 @@ pub(crate) async fn run(
     }
     let sending = started.elapsed().as_secs_f64();
     // What is still on its way through the broker.
-    let mut last = delivered.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = delivered.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(&delivered).await;
     let ticks_after = cpu_ticks(pid);
     counting.abort();
     let delivered = last - delivered_before;

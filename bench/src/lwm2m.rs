@@ -135,16 +135,7 @@ pub(crate) async fn run(
     tokio::time::sleep(spec.duration).await;
     shared.notifying.store(false, Ordering::Relaxed);
     let notify_s = notify_started.elapsed().as_secs_f64();
-    let mut last = notify.load(Ordering::Relaxed);
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = notify.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    let delivered = last - before;
+    let delivered = crate::coap::settled(&notify).await - before;
     let sent = shared.notified.load(Ordering::Relaxed);
     let rss = match rss {
         Some(s) => Some(s.finish().await),

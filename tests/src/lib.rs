@@ -93,6 +93,16 @@ pub fn free_port() -> u16 {
     );
 }
 
+/// A free loopback port for UDP (and TCP: [`free_port`] reserves it across processes).
+pub fn free_udp_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A fresh, unique directory under the system temp dir, removed on drop.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

@@ -6,24 +6,14 @@
 use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use holdfast_tests::ctl::{ctl, ctl_json, socket};
 use holdfast_tests::{
-    coap_response_code as response_code, free_port, mosquitto_pub, password_file, run_with_timeout,
-    wait_until, Gateway, MosquittoSub, TempDir,
+    coap_response_code as response_code, free_port, free_udp_port, mosquitto_pub, password_file,
+    run_with_timeout, wait_until, Gateway, MosquittoSub, TempDir,
 };
 use std::net::UdpSocket;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A free loopback port for UDP (and TCP: [`free_port`] reserves it across processes).
-fn free_udp_port() -> u16 {
-    loop {
-        let port = free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// A gateway with MQTT on a free port and `[coap]` (plus `coap_extra` keys) on another;
 /// `auth_extra` is added to `[auth]` (anonymous access on).

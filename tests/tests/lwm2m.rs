@@ -6,8 +6,8 @@
 use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use holdfast_tests::ctl::{ctl_json, socket};
 use holdfast_tests::{
-    coap_response_code as response_code, free_port, mosquitto_pub, wait_until, Gateway,
-    MosquittoSub,
+    coap_response_code as response_code, free_port, free_udp_port, mosquitto_pub, wait_until,
+    Gateway, MosquittoSub,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -18,15 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(15);
-
-fn free_udp_port() -> u16 {
-    loop {
-        let port = free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 /// A gateway with `[lwm2m]` (plus `extra` keys) and anonymous access on.
 fn gateway(extra: &str) -> (Gateway, u16) {

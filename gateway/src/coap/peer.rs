@@ -22,7 +22,7 @@ use holdfast_coap::observe::{Observation, Offer};
 use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
 use holdfast_coap::request::{Action, Identity, Request};
 use holdfast_coap::retransmit::{Due, Retransmitter};
-use holdfast_coap::{CoapOption, MessageType, Packet, ResponseType};
+use holdfast_coap::{CoapOption, MessageType, OptionValueU32, Packet, ResponseType};
 use holdfast_mqtt::{topic, PacketId, QoS};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -341,7 +341,10 @@ impl Peer {
                             return Reply::with(
                                 ResponseType::RequestEntityTooLarge,
                                 e.to_string().into_bytes(),
-                                vec![(CoapOption::Size1, uint_bytes(max as u64))],
+                                vec![(
+                                    CoapOption::Size1,
+                                    OptionValueU32(u32::try_from(max).unwrap_or(u32::MAX)).into(),
+                                )],
                             );
                         }
                         Err(e @ block::BlockError::Incomplete { .. }) => {
@@ -562,7 +565,7 @@ impl Peer {
                 Reply::with(
                     ResponseType::Content,
                     Vec::new(),
-                    vec![(CoapOption::Observe, uint_bytes(u64::from(seq)))],
+                    vec![(CoapOption::Observe, OptionValueU32(seq).into())],
                 )
             }
             Err(e) => {
@@ -628,7 +631,7 @@ impl Peer {
             return Reply::with(ResponseType::Content, body, Vec::new());
         }
         let chunk = body[..size].to_vec();
-        let size2 = uint_bytes(body.len() as u64);
+        let size2 = OptionValueU32(u32::try_from(body.len()).unwrap_or(u32::MAX)).into();
         // Bounded: one body per observation, and a few reads.
         let cap = self.s.config.max_observers_per_peer + 4;
         if !self.bodies.contains_key(&key) && self.bodies.len() >= cap {
@@ -707,7 +710,7 @@ impl Peer {
             p.header.code = holdfast_coap::MessageClass::Response(ResponseType::Content);
             p.header.message_id = mid;
             p.set_token(o.token().to_vec());
-            p.add_option(CoapOption::Observe, uint_bytes(u64::from(seq)));
+            p.add_option(CoapOption::Observe, OptionValueU32(seq).into());
             let szx = block::szx_for(self.s.config.max_block_size);
             let first = self.first_block(filter.to_owned(), note.message.payload.to_vec(), szx);
             p.payload = first.payload;
@@ -956,13 +959,6 @@ fn subscribe_code(e: SubscribeError) -> ResponseType {
         SubscribeError::InvalidFilter => ResponseType::BadRequest,
         _ => ResponseType::ServiceUnavailable,
     }
-}
-
-/// A CoAP uint option value: big-endian, no leading zero bytes.
-fn uint_bytes(v: u64) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {

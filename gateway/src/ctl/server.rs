@@ -142,10 +142,7 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
         }
         Request::Retained => json!({ "retained": to_value(ops::retained(broker)) }),
         Request::Stats => {
-            let mut stats: serde_json::Map<String, Value> = ops::stats(broker)
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), Value::from(v)))
-                .collect();
+            let mut stats = stats_json(ops::stats(broker));
             for (k, v) in ops::webhook_stats(broker) {
                 stats.insert(k, Value::from(v));
             }
@@ -154,23 +151,13 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
         Request::Bridges => json!({ "bridges": to_value(ops::bridges(broker)) }),
         Request::Coap => match ops::coap(broker) {
             Some(view) => {
-                let stats: serde_json::Map<String, Value> = view
-                    .stats
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), Value::from(v)))
-                    .collect();
-                json!({ "peers": to_value(view.peers), "stats": stats })
+                json!({ "peers": to_value(view.peers), "stats": stats_json(view.stats) })
             }
             None => error_response("the CoAP gateway is off (no [coap] section)"),
         },
         Request::Lwm2m => match ops::lwm2m(broker) {
             Some(view) => {
-                let stats: serde_json::Map<String, Value> = view
-                    .stats
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), Value::from(v)))
-                    .collect();
-                json!({ "endpoints": to_value(view.endpoints), "stats": stats })
+                json!({ "endpoints": to_value(view.endpoints), "stats": stats_json(view.stats) })
             }
             None => error_response("the LwM2M server is off (no [lwm2m] section)"),
         },
@@ -235,4 +222,12 @@ fn outcome(o: &crate::auth::ReloadOutcome) -> String {
         ReloadOutcome::Reloaded { entries } => format!("reloaded ({entries} entries)"),
         ReloadOutcome::Kept { error } => format!("kept the previous version: {error}"),
     }
+}
+
+/// Named counters as a JSON object.
+fn stats_json(stats: Vec<(&'static str, u64)>) -> serde_json::Map<String, Value> {
+    stats
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::from(v)))
+        .collect()
 }

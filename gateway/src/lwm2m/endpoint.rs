@@ -15,7 +15,10 @@ use crate::broker::Broker;
 use crate::config::{Lwm2mConfig, UpdatePublish};
 use holdfast_coap::message;
 use holdfast_coap::retransmit::{Due, Retransmitter};
-use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use holdfast_coap::{
+    CoapOption, MessageClass, MessageType, OptionValueU16, OptionValueU32, Packet, RequestType,
+    ResponseType,
+};
 use holdfast_lwm2m::command::{self, Command, Method};
 use holdfast_lwm2m::link;
 use holdfast_lwm2m::model::Model;
@@ -121,7 +124,7 @@ impl Endpoint {
                 _ = self.s.broker.shutdown.cancelled() => break,
             }
         }
-        self.s.status.remove(&self.s.ep, self.s.generation, true);
+        self.s.status.remove(&self.s.ep, self.s.generation);
         if let Some(client) = self.client.take() {
             client.disconnect();
         }
@@ -329,13 +332,13 @@ impl Endpoint {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
         }
         if let Some(o) = cmd.request.observe {
-            p.add_option(CoapOption::Observe, uint_bytes(u64::from(o)));
+            p.add_option(CoapOption::Observe, OptionValueU32(o).into());
         }
         if let Some(cf) = cmd.request.content_format {
-            p.add_option(CoapOption::ContentFormat, uint_bytes(u64::from(cf)));
+            p.add_option(CoapOption::ContentFormat, OptionValueU16(cf).into());
         }
         if let Some(a) = cmd.request.accept {
-            p.add_option(CoapOption::Accept, uint_bytes(u64::from(a)));
+            p.add_option(CoapOption::Accept, OptionValueU16(a).into());
         }
         p.payload = cmd.request.payload.clone();
         let Ok(bytes) = p.to_bytes_unlimited() else {
@@ -453,13 +456,12 @@ impl Endpoint {
         let Some(o) = self.observations.get(token) else {
             return;
         };
-        let (echo, req_path) = (o.echo.clone(), o.req_path.clone());
         let code = match p.header.code {
             MessageClass::Response(rc) => message::code_string(rc),
             _ => "0.00".into(),
         };
-        let content = self.content(&req_path, p);
-        let mut r = command::response_json(&echo, Some("notify"), &req_path, &code, content);
+        let content = self.content(&o.req_path, p);
+        let mut r = command::response_json(&o.echo, Some("notify"), &o.req_path, &code, content);
         let seq = p.get_observe_value().and_then(Result::ok).unwrap_or(0);
         if let Json::Object(top) = &mut r {
             top.insert("seqNum".into(), json!(seq));
@@ -474,9 +476,9 @@ impl Endpoint {
 
     fn content(&self, req_path: &str, p: &Packet) -> Option<Json> {
         let format = p
-            .get_first_option(CoapOption::ContentFormat)
-            .map(|b| b.iter().fold(0u32, |acc, x| (acc << 8) | u32::from(*x)))
-            .and_then(|v| u16::try_from(v).ok());
+            .get_first_option_as::<OptionValueU16>(CoapOption::ContentFormat)
+            .and_then(Result::ok)
+            .map(|f| f.0);
         match command::decode_content(req_path, format, &p.payload, &self.s.model) {
             Ok(c) => c,
             Err(e) => {
@@ -577,11 +579,4 @@ impl Endpoint {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_mid
     }
-}
-
-/// A CoAP uint option value: big-endian, no leading zero bytes.
-fn uint_bytes(v: u64) -> Vec<u8> {
-    let bytes = v.to_be_bytes();
-    let skip = bytes.iter().take_while(|b| **b == 0).count();
-    bytes[skip..].to_vec()
 }

@@ -301,9 +301,9 @@ impl Status {
         lock(&self.shared).dedup.replied(&(from, mid), bytes);
     }
 
-    /// Removes the endpoint task `generation` of `ep` from the table, and its registration
-    /// when `deregister` (the task ended on its own: refused, kicked, taken over).
-    fn remove(&self, ep: &str, generation: u64, deregister: bool) {
+    /// Removes the endpoint task `generation` of `ep` from the table with its registration,
+    /// if any is left (the task ended on its own: refused, kicked, taken over, shutdown).
+    fn remove(&self, ep: &str, generation: u64) {
         let mut shared = lock(&self.shared);
         if shared
             .endpoints
@@ -311,13 +311,13 @@ impl Status {
             .is_some_and(|h| h.generation == generation)
         {
             shared.endpoints.remove(ep);
-            if let Some(addr) = shared.registry.get(ep).map(|r| r.addr) {
+            if let Some((addr, location)) = shared
+                .registry
+                .get(ep)
+                .map(|r| (r.addr, r.location.clone()))
+            {
                 shared.unroute(addr, ep);
-            }
-            if deregister {
-                if let Some(location) = shared.registry.get(ep).map(|r| r.location.clone()) {
-                    let _ = shared.registry.deregister(&location);
-                }
+                let _ = shared.registry.deregister(&location);
             }
         }
     }

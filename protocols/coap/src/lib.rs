@@ -25,6 +25,7 @@ pub mod observe;
 pub mod request;
 pub mod retransmit;
 
+pub use coap_lite::option_value::{OptionValueU16, OptionValueU32};
 pub use coap_lite::{
     CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType, ResponseType,
 };
