@@ -223,7 +223,11 @@ fn a_resumed_session_keeps_only_the_subscriptions_the_acl_still_allows() {
         bob.next_publish(Duration::from_millis(800)).is_none(),
         "a restored subscription the ACL denies still delivered"
     );
-    assert!(gw.log().contains("restored subscription denied by the ACL"));
+    assert!(
+        gw.wait_for_log("restored subscription denied by the ACL", WAIT),
+        "{}",
+        gw.log()
+    );
 }
 
 fn nix_sighup(pid: u32) {
