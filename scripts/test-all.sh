@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
-# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm) when missing, builds the
-# gateway, then runs every unit, property and integration test of the workspace.
+# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm, pymodbus from PyPI)
+# when missing, builds the gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,14 @@ if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+# The Modbus devices the tests poll: pymodbus (with pyserial for RTU on pty pairs), pinned: its
+# datastore API changes between minor versions.
+if ! python3 -c 'import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != "3.8.6")' 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check "pymodbus==3.8.6" "pyserial==3.5" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+            "pymodbus==3.8.6" "pyserial==3.5"
 fi
 
 # The LwM2M client the tests drive, at the versions of tests/lwm2m/package-lock.json.

@@ -215,6 +215,15 @@ impl Gateway {
                     crate::broker::client::publish_system(b, topic, value, true);
                 }
             }),
+            // $SYS/brokers/{node}/modbus/{devices,devices_failing,polls,timeouts,...}
+            Box::new(|b| {
+                let Some(status) = b.modbus.get() else { return };
+                for (name, value) in status.stats() {
+                    let topic = format!("$SYS/brokers/{}/modbus/{name}", b.config.node.name);
+                    let value = value.to_string().into_bytes();
+                    crate::broker::client::publish_system(b, topic, value, true);
+                }
+            }),
             Box::new(|b| {
                 for (name, value) in crate::ops::webhook_stats(b) {
                     let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
@@ -243,6 +252,9 @@ impl Gateway {
         }
         if let Some(lwm2m) = self.lwm2m {
             tracker.spawn(crate::lwm2m::run(lwm2m, broker.clone(), tracker.clone()));
+        }
+        if let Some(modbus) = &broker.config.modbus {
+            crate::modbus::spawn(modbus, &broker, &tracker);
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

@@ -23,6 +23,7 @@ pub mod file_replace;
 pub mod last_good;
 pub mod logging;
 pub mod lwm2m;
+pub mod modbus;
 pub mod ops;
 pub mod supervise;
 pub mod trace;

@@ -110,6 +110,8 @@ enum CtlCommand {
     Coap,
     /// The LwM2M server: endpoints (lifetime, binding, objects, last seen) and counters.
     Lwm2m,
+    /// The Modbus pollers: devices (state, last poll, latency, errors by kind) and counters.
+    Modbus,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
     /// Write every log line (debug included) of one client, topic or address to a file.
@@ -288,6 +290,7 @@ fn ctl(
         CtlCommand::Bridges => Request::Bridges,
         CtlCommand::Coap => Request::Coap,
         CtlCommand::Lwm2m => Request::Lwm2m,
+        CtlCommand::Modbus => Request::Modbus,
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Trace { action } => match trace_request(action) {
             Ok(req) => req,

@@ -431,6 +431,24 @@ pub fn lwm2m(broker: &Broker) -> Option<Lwm2mView> {
     })
 }
 
+/// What `holdfast ctl modbus` shows: the polled devices and the pollers' counters.
+#[derive(Debug)]
+pub struct ModbusView {
+    /// The devices, in config order.
+    pub devices: Vec<crate::modbus::DeviceView>,
+    /// Counters by name (as `$SYS/brokers/{node}/modbus/...`).
+    pub stats: Vec<(&'static str, u64)>,
+}
+
+/// The Modbus pollers' devices and counters; `None` when `[modbus]` is off.
+pub fn modbus(broker: &Broker) -> Option<ModbusView> {
+    let status = broker.modbus.get()?;
+    Some(ModbusView {
+        devices: status.devices(),
+        stats: status.stats(),
+    })
+}
+
 /// Factory reset (`holdfast factory-reset`): removes everything the gateway keeps in
 /// `data_dir` (persistent sessions and their queues, retained messages, the bridges' queues
 /// and sessions, traces, the reset history), leaving the directory itself and the config.

@@ -83,6 +83,8 @@ pub struct Broker {
     pub coap: OnceLock<Arc<crate::coap::Status>>,
     /// The LwM2M server's registry and counters, when `[lwm2m]` runs.
     pub lwm2m: OnceLock<Arc<crate::lwm2m::Status>>,
+    /// The Modbus pollers' devices and counters, when `[modbus]` runs.
+    pub modbus: OnceLock<Arc<crate::modbus::Status>>,
 }
 
 impl Broker {
@@ -119,6 +121,7 @@ impl Broker {
             events: OnceLock::new(),
             coap: OnceLock::new(),
             lwm2m: OnceLock::new(),
+            modbus: OnceLock::new(),
             login_lockout: crate::auth::lockout::Lockout::new(
                 config.auth.max_login_failures,
                 config.auth.login_failure_window,

@@ -8,8 +8,7 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`modbus`, `serial`,
-//! `web`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! Sections the design describes but this build does not implement yet (`serial`, `web`) are errors, not silently ignored: a gateway that drops a bridge config on
 //! the floor would lose data while looking healthy.
 
 mod auto_subscribe;
@@ -17,6 +16,7 @@ mod bridges;
 mod coap;
 mod env;
 mod lwm2m;
+mod modbus;
 mod raw;
 mod units;
 mod validate;
@@ -28,6 +28,9 @@ pub use bridges::{
 };
 pub use coap::{CoapConfig, CoapQos, DtlsConfig, NotifyType};
 pub use lwm2m::{Lwm2mConfig, UpdatePublish};
+pub use modbus::{
+    FlowControl, MessageMode, ModbusConfig, ModbusDevice, ModbusTransport, Parity, SerialLine,
+};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
@@ -63,6 +66,8 @@ pub struct Config {
     pub coap: Option<CoapConfig>,
     /// The LwM2M server (`[lwm2m]`); off unless the section is present.
     pub lwm2m: Option<Lwm2mConfig>,
+    /// The Modbus TCP/RTU pollers (`[modbus]`); off unless the section is present.
+    pub modbus: Option<ModbusConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -631,6 +636,7 @@ impl Default for Config {
             webhooks: Vec::new(),
             coap: None,
             lwm2m: None,
+            modbus: None,
         }
     }
 }

@@ -227,11 +227,7 @@ fn an_unknown_section_is_reported() {
 
 #[test]
 fn sections_not_built_yet_are_errors_not_silently_ignored() {
-    for (text, name) in [
-        ("[[modbus.devices]]\nname = \"plc\"\n", "modbus"),
-        ("[[serial.ports]]\n", "serial"),
-        ("[web]\n", "web"),
-    ] {
+    for (text, name) in [("[[serial.ports]]\n", "serial"), ("[web]\n", "web")] {
         assert_eq!(
             problem(text),
             format!("holdfast.toml:1: {name}: section [{name}] is not supported by this build yet")
@@ -1659,4 +1655,157 @@ fn dtls_tables_need_a_psk_file_and_default_to_the_dtls_ports() {
         problems("[coap]\ndtls = { bind = \"127.0.0.1:5684\" }\n"),
         ["holdfast.toml:2: coap.dtls.psk_file: is required, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)"]
     );
+}
+
+// ---- modbus ----
+
+const MODBUS_OK: &str = r#"
+[modbus]
+[[modbus.devices]]
+name = "meter1"
+transport = "tcp"
+address = "127.0.0.1:1502"
+interval = "500ms"
+points = [
+  { name = "voltage", kind = "holding", address = 0, type = "f32", word_order = "little", scale = 0.1, unit = "V" },
+  { name = "running", kind = "coil", address = 10, writable = true },
+  { name = "alarm", kind = "input", address = 3, type = "bool", bit = 2 },
+  { name = "label", kind = "holding", address = 20, type = "string", count = 4 },
+]
+
+[[modbus.devices]]
+name = "drive"
+transport = "rtu"
+port = "/dev/ttyS1"
+baud = 115200
+unit_id = 2
+points = [{ name = "speed", kind = "input", address = 0, type = "i32", deadband = 5 }]
+"#;
+
+#[test]
+fn modbus_devices_read_with_their_defaults() {
+    let config = ok(MODBUS_OK);
+    let modbus = config.modbus.expect("[modbus]");
+    assert_eq!(modbus.topic_prefix, "modbus");
+    assert_eq!(modbus.devices.len(), 2);
+    let meter = &modbus.devices[0];
+    assert_eq!(
+        meter.transport,
+        ModbusTransport::Tcp(addr("127.0.0.1:1502"))
+    );
+    assert_eq!(meter.unit_id, 1);
+    assert_eq!(meter.interval, Duration::from_millis(500));
+    assert_eq!(meter.timeout, Duration::from_secs(1));
+    assert_eq!(meter.qos, 1);
+    assert_eq!(meter.points.len(), 4);
+    assert_eq!(
+        meter.points[0].data_type,
+        holdfast_modbus::point::DataType::F32
+    );
+    assert_eq!(
+        meter.points[0].word_order,
+        holdfast_modbus::point::Order::Little
+    );
+    assert_eq!(meter.points[0].scale, 0.1);
+    assert!(meter.points[1].writable);
+    assert_eq!(meter.points[3].count(), 4);
+    let drive = &modbus.devices[1];
+    let ModbusTransport::Rtu(line) = &drive.transport else {
+        panic!("{:?}", drive.transport)
+    };
+    assert_eq!(
+        (line.baud, line.parity, line.data_bits, line.stop_bits),
+        (115_200, Parity::Even, 8, 1)
+    );
+    assert_eq!(drive.points[0].deadband, 5.0);
+}
+
+#[test]
+fn modbus_map_mistakes_are_reported_at_their_lines() {
+    let text = r#"[[modbus.devices]]
+name = "m"
+address = "127.0.0.1"
+points = [
+  { name = "a", kind = "holding", address = 0, type = "u32" },
+  { name = "b", kind = "holding", address = 1, type = "u16" },
+  { name = "c", kind = "coil", address = 0, type = "f32" },
+  { name = "d", kind = "holding", address = 9, type = "u32", count = 1 },
+  { name = "e", kind = "input", address = 5, writable = true },
+  { name = "f", kind = "holding", address = 30, type = "string" },
+  { name = "g", kind = "register", address = 40 },
+]
+"#;
+    let found = problems(text);
+    let expect = [
+        "holdfast.toml:6: modbus.devices[0].points[1]: point \"b\": holding 1..1 overlaps point \"a\" (0..1)",
+        "holdfast.toml:7: modbus.devices[0].points[2]: point \"c\": a coil holds one bit",
+        "holdfast.toml:8: modbus.devices[0].points[3].count: a u32 takes 2 register(s), not 1",
+        "holdfast.toml:9: modbus.devices[0].points[4]: point \"e\": a input cannot be written",
+        "holdfast.toml:10: modbus.devices[0].points[5].count: a string needs count",
+        "holdfast.toml:11: modbus.devices[0].points[6].kind: unknown kind \"register\"",
+    ];
+    for e in expect {
+        assert!(
+            found.iter().any(|p| p.starts_with(e)),
+            "missing {e:?} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+}
+
+#[test]
+fn devices_on_one_line_must_agree_and_not_share_a_unit_id() {
+    let text = r#"[[modbus.devices]]
+name = "a"
+transport = "rtu"
+port = "/dev/ttyS1"
+points = [{ name = "x", kind = "input", address = 0 }]
+
+[[modbus.devices]]
+name = "b"
+transport = "rtu"
+port = "/dev/ttyS1"
+baud = 9600
+unit_id = 2
+points = [{ name = "x", kind = "input", address = 0 }]
+
+[[modbus.devices]]
+name = "c"
+transport = "rtu"
+port = "/dev/ttyS1"
+points = [{ name = "x", kind = "input", address = 0 }]
+
+[[modbus.devices]]
+name = "a"
+address = "10.0.0.1:502"
+points = [{ name = "x", kind = "input", address = 0 }]
+"#;
+    let found = problems(text);
+    assert!(found[0].starts_with("holdfast.toml:7: modbus.devices[1].port: /dev/ttyS1 is also device \"a\"'s port with other settings"), "{found:#?}");
+    assert!(found[1].starts_with("holdfast.toml:15: modbus.devices[2].unit_id: unit id 1 on /dev/ttyS1 is also device \"a\""), "{found:#?}");
+    assert!(
+        found[2].starts_with(
+            "holdfast.toml:21: modbus.devices[3].name: device name \"a\" is used twice"
+        ),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+}
+
+#[test]
+fn modbus_transport_settings_belong_to_their_transport() {
+    let found = problems(
+        "[[modbus.devices]]\nname = \"a\"\naddress = \"127.0.0.1\"\nbaud = 9600\npoints = [{ name = \"x\", kind = \"input\", address = 0 }]\n",
+    );
+    assert_eq!(
+        found,
+        vec![
+            "holdfast.toml:4: modbus.devices[0].baud: is a setting of transport = \"rtu\""
+                .to_owned()
+        ]
+    );
+    let found = problems(
+        "[[modbus.devices]]\nname = \"a/b\"\ntransport = \"rtu\"\nport = \"ttyS1\"\nunit_id = 0\n",
+    );
+    assert_eq!(found.len(), 4, "{found:#?}");
 }

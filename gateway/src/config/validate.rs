@@ -20,7 +20,7 @@ use super::{
 use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["modbus", "serial", "web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["serial", "web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -78,6 +78,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "webhooks",
             "coap",
             "lwm2m",
+            "modbus",
         ],
         &[],
     );
@@ -128,6 +129,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
     };
     let coap = field(entries, "coap").map(|n| super::coap::coap_section(&mut ctx, n));
     let lwm2m = field(entries, "lwm2m").map(|n| super::lwm2m::lwm2m_section(&mut ctx, n));
+    let modbus = field(entries, "modbus").map(|n| super::modbus::modbus_section(&mut ctx, n));
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -148,6 +150,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         webhooks,
         coap,
         lwm2m,
+        modbus,
     })
 }
 

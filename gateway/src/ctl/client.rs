@@ -273,6 +273,50 @@ pub fn format(req: &Request, answer: &Value) -> String {
             }
             out
         }
+        Request::Modbus => {
+            let rows = answer["devices"].as_array().cloned().unwrap_or_default();
+            let mut out = table(
+                &[
+                    "DEVICE",
+                    "LINE",
+                    "UNIT",
+                    "STATE",
+                    "POINTS",
+                    "READS",
+                    "POLLS",
+                    "LATENCY_MS",
+                    "LATE_P99_MS",
+                    "ERRORS",
+                    "LAST_ERROR",
+                ],
+                rows.iter().map(|d| {
+                    let errors: Vec<String> = d["errors"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                        .unwrap_or_default();
+                    vec![
+                        text(&d["name"]),
+                        text(&d["line"]),
+                        text(&d["unit_id"]),
+                        text(&d["state"]),
+                        text(&d["points"]),
+                        text(&d["reads_per_poll"]),
+                        text(&d["polls"]),
+                        format!("{:.1}", d["last_latency_ms"].as_f64().unwrap_or(0.0)),
+                        format!("{:.1}", d["lateness_p99_ms"].as_f64().unwrap_or(0.0)),
+                        errors.join(","),
+                        d["last_error"][1].as_str().unwrap_or("").to_owned(),
+                    ]
+                }),
+            );
+            if let Some(stats) = answer["stats"].as_object() {
+                out.push('\n');
+                for (k, v) in stats {
+                    out.push_str(&format!("{k:<22}  {}\n", text(v)));
+                }
+            }
+            out
+        }
         Request::TraceStart { .. } => {
             let t = &answer["started"];
             format!(

@@ -54,6 +54,8 @@ pub enum Request {
     Coap,
     /// The LwM2M server's endpoints (lifetime, binding, objects, last seen) and counters.
     Lwm2m,
+    /// The Modbus pollers' devices (state, last poll, latency, errors by kind) and counters.
+    Modbus,
     /// Reload the auth files.
     Reload,
     /// Start writing one client's, topic's or address's log lines (debug included) to a file.

@@ -161,6 +161,12 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
             }
             None => error_response("the LwM2M server is off (no [lwm2m] section)"),
         },
+        Request::Modbus => match ops::modbus(broker) {
+            Some(view) => {
+                json!({ "devices": to_value(view.devices), "stats": stats_json(view.stats) })
+            }
+            None => error_response("the Modbus pollers are off (no [modbus] section)"),
+        },
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
             answer_trace(broker.clone(), req).await
         }

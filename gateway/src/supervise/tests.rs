@@ -195,22 +195,26 @@ async fn an_unwritable_data_dir_degrades_the_gateway_but_keeps_feeding() {
     let n = fx.wait_for_feeds_beyond(0);
     fx.wait_for_feeds_beyond(n);
     assert_eq!(fx.led("fault"), "0");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let alarms = loop {
-        let alarms = broker
-            .with_router(|r| r.retained_payload("$SYS/brokers/gw-test/board/alarms"))
+    // The alarm list and the status are two retained messages published one after the other:
+    // wait for both (reading the status the instant the alarm shows raced under load).
+    let retained = |topic: &str| {
+        broker
+            .with_router(|r| r.retained_payload(topic))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if alarms.contains("storage degraded") || Instant::now() >= deadline {
-            break alarms;
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (alarms, status) = loop {
+        let alarms = retained("$SYS/brokers/gw-test/board/alarms");
+        let status = retained("$SYS/brokers/gw-test/board/status");
+        let done = alarms.contains("storage degraded") && status == "degraded";
+        if done || Instant::now() >= deadline {
+            break (alarms, status);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(alarms.contains("storage degraded"), "{alarms}");
-    let status = broker
-        .with_router(|r| r.retained_payload("$SYS/brokers/gw-test/board/status"))
-        .unwrap_or_default();
-    assert_eq!(&status[..], b"degraded");
+    assert_eq!(status, "degraded", "alarms: {alarms}");
     shutdown.cancel();
     serving.await.unwrap();
     assert_eq!(fx.keepalives().last(), Some(&b'V'));
