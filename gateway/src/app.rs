@@ -224,6 +224,15 @@ impl Gateway {
                     crate::broker::client::publish_system(b, topic, value, true);
                 }
             }),
+            // $SYS/brokers/{node}/serial/{ports,ports_open,rx_frames,tx_frames,...}
+            Box::new(|b| {
+                let Some(status) = b.serial.get() else { return };
+                for (name, value) in status.stats() {
+                    let topic = format!("$SYS/brokers/{}/serial/{name}", b.config.node.name);
+                    let value = value.to_string().into_bytes();
+                    crate::broker::client::publish_system(b, topic, value, true);
+                }
+            }),
             Box::new(|b| {
                 for (name, value) in crate::ops::webhook_stats(b) {
                     let topic = format!("$SYS/brokers/{}/{name}", b.config.node.name);
@@ -255,6 +264,9 @@ impl Gateway {
         }
         if let Some(modbus) = &broker.config.modbus {
             crate::modbus::spawn(modbus, &broker, &tracker);
+        }
+        if let Some(serial) = &broker.config.serial {
+            crate::serial::spawn(serial, &broker, &tracker);
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

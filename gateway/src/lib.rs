@@ -25,6 +25,7 @@ pub mod logging;
 pub mod lwm2m;
 pub mod modbus;
 pub mod ops;
+pub mod serial;
 pub mod supervise;
 pub mod trace;
 pub mod udp;

@@ -112,6 +112,8 @@ enum CtlCommand {
     Lwm2m,
     /// The Modbus pollers: devices (state, last poll, latency, errors by kind) and counters.
     Modbus,
+    /// The raw serial ports: state, frames and bytes each way, reopenings, and counters.
+    Serial,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
     /// Write every log line (debug included) of one client, topic or address to a file.
@@ -291,6 +293,7 @@ fn ctl(
         CtlCommand::Coap => Request::Coap,
         CtlCommand::Lwm2m => Request::Lwm2m,
         CtlCommand::Modbus => Request::Modbus,
+        CtlCommand::Serial => Request::Serial,
         CtlCommand::Reload => Request::Reload,
         CtlCommand::Trace { action } => match trace_request(action) {
             Ok(req) => req,

@@ -449,6 +449,24 @@ pub fn modbus(broker: &Broker) -> Option<ModbusView> {
     })
 }
 
+/// What `holdfast ctl serial` shows: the raw serial ports and their counters.
+#[derive(Debug)]
+pub struct SerialView {
+    /// The ports, in config order.
+    pub ports: Vec<crate::serial::PortView>,
+    /// Counters by name (as `$SYS/brokers/{node}/serial/...`).
+    pub stats: Vec<(&'static str, u64)>,
+}
+
+/// The raw serial ports and their counters; `None` when `[serial]` is off.
+pub fn serial(broker: &Broker) -> Option<SerialView> {
+    let status = broker.serial.get()?;
+    Some(SerialView {
+        ports: status.ports(),
+        stats: status.stats(),
+    })
+}
+
 /// Factory reset (`holdfast factory-reset`): removes everything the gateway keeps in
 /// `data_dir` (persistent sessions and their queues, retained messages, the bridges' queues
 /// and sessions, traces, the reset history), leaving the directory itself and the config.

@@ -1193,3 +1193,65 @@ pub fn coap_response_code(said: &str) -> Option<&str> {
         is_code.then(|| &l[..4])
     })
 }
+
+/// A socat pty pair: the gateway's end and the device's end, as symlinks (by default in a temp
+/// dir of its own).
+#[derive(Debug)]
+pub struct PtyPair {
+    child: Child,
+    /// The gateway's end (a symlink to /dev/pts/N).
+    pub gateway: PathBuf,
+    /// The device's end.
+    pub device: PathBuf,
+    _dir: Option<TempDir>,
+}
+
+impl PtyPair {
+    /// Starts `socat` with both ends in a new temp dir and waits for them.
+    pub fn new() -> PtyPair {
+        let dir = TempDir::new("pty");
+        let mut pair = PtyPair::at(&dir.path().join("gw"), &dir.path().join("dev"));
+        pair._dir = Some(dir);
+        pair
+    }
+
+    /// Starts `socat` with its ends at these paths (a USB adapter plugged in again where it
+    /// was) and waits for them.
+    pub fn at(gateway: &Path, device: &Path) -> PtyPair {
+        let child = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", gateway.display()))
+            .arg(format!("pty,raw,echo=0,link={}", device.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat (apt-get install socat)");
+        assert!(
+            wait_until(Duration::from_secs(10), || gateway.exists()
+                && device.exists()),
+            "socat made no ptys"
+        );
+        PtyPair {
+            child,
+            gateway: gateway.to_path_buf(),
+            device: device.to_path_buf(),
+            _dir: None,
+        }
+    }
+}
+
+impl Default for PtyPair {
+    fn default() -> Self {
+        PtyPair::new()
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // socat removes its links when it exits cleanly; after a kill they may stay.
+        let _ = std::fs::remove_file(&self.gateway);
+        let _ = std::fs::remove_file(&self.device);
+    }
+}

@@ -8,7 +8,7 @@
 use holdfast_tests::ctl::{ctl_json, socket};
 use holdfast_tests::{
     free_port, holdfast_bin, mosquitto_pub, run_with_timeout, wait_until, Gateway, MosquittoSub,
-    TempDir,
+    PtyPair, TempDir,
 };
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -522,47 +522,6 @@ points = [
     });
     assert!(ok, "{:?}", answers.messages());
     assert_eq!(sim.command("get 1 hr 0 1"), "7");
-}
-
-/// A socat pty pair: the gateway's end and the device's end, as symlinks in a temp dir.
-struct PtyPair {
-    child: Child,
-    gateway: std::path::PathBuf,
-    device: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-impl PtyPair {
-    fn new() -> PtyPair {
-        let dir = TempDir::new("pty");
-        let gateway = dir.path().join("gw");
-        let device = dir.path().join("dev");
-        let child = Command::new("socat")
-            .arg(format!("pty,raw,echo=0,link={}", gateway.display()))
-            .arg(format!("pty,raw,echo=0,link={}", device.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (apt-get install socat)");
-        assert!(
-            wait_until(WAIT, || gateway.exists() && device.exists()),
-            "socat made no ptys"
-        );
-        PtyPair {
-            child,
-            gateway,
-            device,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

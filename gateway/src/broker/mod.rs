@@ -85,6 +85,8 @@ pub struct Broker {
     pub lwm2m: OnceLock<Arc<crate::lwm2m::Status>>,
     /// The Modbus pollers' devices and counters, when `[modbus]` runs.
     pub modbus: OnceLock<Arc<crate::modbus::Status>>,
+    /// The raw serial ports' state and counters, when `[serial]` runs.
+    pub serial: OnceLock<Arc<crate::serial::Status>>,
 }
 
 impl Broker {
@@ -122,6 +124,7 @@ impl Broker {
             coap: OnceLock::new(),
             lwm2m: OnceLock::new(),
             modbus: OnceLock::new(),
+            serial: OnceLock::new(),
             login_lockout: crate::auth::lockout::Lockout::new(
                 config.auth.max_login_failures,
                 config.auth.login_failure_window,

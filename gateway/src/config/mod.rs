@@ -8,7 +8,7 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`serial`, `web`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! Sections the design describes but this build does not implement yet (`web`) are errors, not silently ignored: a gateway that drops a bridge config on
 //! the floor would lose data while looking healthy.
 
 mod auto_subscribe;
@@ -18,6 +18,7 @@ mod env;
 mod lwm2m;
 mod modbus;
 mod raw;
+mod serial;
 mod units;
 mod validate;
 mod webhooks;
@@ -31,6 +32,7 @@ pub use lwm2m::{Lwm2mConfig, UpdatePublish};
 pub use modbus::{
     FlowControl, MessageMode, ModbusConfig, ModbusDevice, ModbusTransport, Parity, SerialLine,
 };
+pub use serial::{SerialConfig, SerialPortConfig};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::num::NonZeroU64;
@@ -68,6 +70,8 @@ pub struct Config {
     pub lwm2m: Option<Lwm2mConfig>,
     /// The Modbus TCP/RTU pollers (`[modbus]`); off unless the section is present.
     pub modbus: Option<ModbusConfig>,
+    /// The raw serial lines (`[serial]`); off unless the section is present.
+    pub serial: Option<SerialConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -637,6 +641,7 @@ impl Default for Config {
             coap: None,
             lwm2m: None,
             modbus: None,
+            serial: None,
         }
     }
 }

@@ -227,12 +227,10 @@ fn an_unknown_section_is_reported() {
 
 #[test]
 fn sections_not_built_yet_are_errors_not_silently_ignored() {
-    for (text, name) in [("[[serial.ports]]\n", "serial"), ("[web]\n", "web")] {
-        assert_eq!(
-            problem(text),
-            format!("holdfast.toml:1: {name}: section [{name}] is not supported by this build yet")
-        );
-    }
+    assert_eq!(
+        problem("[web]\n"),
+        "holdfast.toml:1: web: section [web] is not supported by this build yet"
+    );
 }
 
 #[test]
@@ -1808,4 +1806,78 @@ fn modbus_transport_settings_belong_to_their_transport() {
         "[[modbus.devices]]\nname = \"a/b\"\ntransport = \"rtu\"\nport = \"ttyS1\"\nunit_id = 0\n",
     );
     assert_eq!(found.len(), 4, "{found:#?}");
+}
+
+// ---- serial ----
+
+#[test]
+fn serial_ports_read_with_their_framings() {
+    let config = ok(r#"
+[[serial.ports]]
+name = "scale"
+port = "/dev/ttyUSB0"
+
+[[serial.ports]]
+name = "meter"
+port = "/dev/ttyUSB1"
+baud = 115200
+framing = "length"
+length_bytes = 4
+length_order = "little"
+
+[[serial.ports]]
+name = "printer"
+port = "/dev/ttyS2"
+framing = "idle"
+idle_gap = "50ms"
+max_frame = "1KB"
+"#);
+    let serial = config.serial.expect("[serial]");
+    assert_eq!(serial.topic_prefix, "serial");
+    let scale = &serial.ports[0];
+    assert_eq!((scale.line.baud, scale.line.parity), (9600, Parity::None));
+    assert_eq!(
+        scale.framing,
+        crate::serial::framing::Framing::Line {
+            delimiter: b"\n".to_vec()
+        }
+    );
+    assert_eq!(
+        serial.ports[1].framing,
+        crate::serial::framing::Framing::Length {
+            prefix: 4,
+            big_endian: false
+        }
+    );
+    assert_eq!(serial.ports[2].idle_gap, Duration::from_millis(50));
+    assert_eq!(serial.ports[2].max_frame, 1024);
+}
+
+#[test]
+fn a_port_is_a_raw_line_or_a_modbus_line_not_both() {
+    let found = problems(
+        r#"[[modbus.devices]]
+name = "drive"
+transport = "rtu"
+port = "/dev/ttyS1"
+points = [{ name = "x", kind = "input", address = 0 }]
+
+[[serial.ports]]
+name = "raw"
+port = "/dev/ttyS1"
+
+[[serial.ports]]
+name = "raw"
+port = "/dev/ttyS2"
+length_bytes = 3
+"#,
+    );
+    assert!(found[0].starts_with("holdfast.toml:7: serial.ports[0].port: /dev/ttyS1 is the Modbus RTU line of device \"drive\""), "{found:#?}");
+    assert!(
+        found[1].starts_with(
+            "holdfast.toml:14: serial.ports[1].length_bytes: does not apply to framing = \"line\""
+        ),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
 }

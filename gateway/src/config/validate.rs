@@ -20,7 +20,7 @@ use super::{
 use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["serial", "web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &["web"];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -79,6 +79,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "coap",
             "lwm2m",
             "modbus",
+            "serial",
         ],
         &[],
     );
@@ -130,6 +131,16 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
     let coap = field(entries, "coap").map(|n| super::coap::coap_section(&mut ctx, n));
     let lwm2m = field(entries, "lwm2m").map(|n| super::lwm2m::lwm2m_section(&mut ctx, n));
     let modbus = field(entries, "modbus").map(|n| super::modbus::modbus_section(&mut ctx, n));
+    let rtu_ports: Vec<_> = modbus
+        .iter()
+        .flat_map(|m| &m.devices)
+        .filter_map(|d| match &d.transport {
+            super::ModbusTransport::Rtu(line) => Some((line.port.clone(), d.name.clone())),
+            super::ModbusTransport::Tcp(_) => None,
+        })
+        .collect();
+    let serial =
+        field(entries, "serial").map(|n| super::serial::serial_section(&mut ctx, n, &rtu_ports));
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -151,6 +162,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         coap,
         lwm2m,
         modbus,
+        serial,
     })
 }
 

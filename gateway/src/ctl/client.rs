@@ -317,6 +317,47 @@ pub fn format(req: &Request, answer: &Value) -> String {
             }
             out
         }
+        Request::Serial => {
+            let rows = answer["ports"].as_array().cloned().unwrap_or_default();
+            let mut out = table(
+                &[
+                    "PORT",
+                    "PATH",
+                    "STATE",
+                    "RX_FRAMES",
+                    "RX_BYTES",
+                    "TX_FRAMES",
+                    "TX_BYTES",
+                    "OVERSIZED",
+                    "OPENS",
+                    "LAST_ERROR",
+                ],
+                rows.iter().map(|p| {
+                    [
+                        "name",
+                        "port",
+                        "state",
+                        "rx_frames",
+                        "rx_bytes",
+                        "tx_frames",
+                        "tx_bytes",
+                        "oversized",
+                        "opens",
+                        "last_error",
+                    ]
+                    .iter()
+                    .map(|k| text(&p[*k]))
+                    .collect()
+                }),
+            );
+            if let Some(stats) = answer["stats"].as_object() {
+                out.push('\n');
+                for (k, v) in stats {
+                    out.push_str(&format!("{k:<22}  {}\n", text(v)));
+                }
+            }
+            out
+        }
         Request::TraceStart { .. } => {
             let t = &answer["started"];
             format!(

@@ -56,6 +56,8 @@ pub enum Request {
     Lwm2m,
     /// The Modbus pollers' devices (state, last poll, latency, errors by kind) and counters.
     Modbus,
+    /// The raw serial ports (state, frames and bytes each way, reopenings) and counters.
+    Serial,
     /// Reload the auth files.
     Reload,
     /// Start writing one client's, topic's or address's log lines (debug included) to a file.

@@ -167,6 +167,10 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
             }
             None => error_response("the Modbus pollers are off (no [modbus] section)"),
         },
+        Request::Serial => match ops::serial(broker) {
+            Some(view) => json!({ "ports": to_value(view.ports), "stats": stats_json(view.stats) }),
+            None => error_response("no raw serial ports (no [serial] section)"),
+        },
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
             answer_trace(broker.clone(), req).await
         }

@@ -9,7 +9,7 @@
 //! task, and when that task is behind, the line waits rather than drop them.
 
 use super::{Event, Status, WriteCommand};
-use crate::config::{FlowControl, ModbusDevice, ModbusTransport, Parity, SerialLine};
+use crate::config::{ModbusDevice, ModbusTransport};
 use holdfast_modbus::plan::{extract, Data, Plan, Read};
 use holdfast_modbus::point::Table;
 use holdfast_modbus::report::{Quality, Sample};
@@ -510,43 +510,9 @@ async fn connect(transport: &ModbusTransport, timeout: Duration) -> Result<Conte
             Ok(tokio_modbus::client::tcp::attach(stream))
         }
         ModbusTransport::Rtu(line) => {
-            let port =
-                open_serial(line).map_err(|e| format!("open {}: {e}", line.port.display()))?;
+            let port = crate::serial::open(line)
+                .map_err(|e| format!("open {}: {e}", line.port.display()))?;
             Ok(tokio_modbus::client::rtu::attach(port))
         }
     }
-}
-
-/// Opens a serial port with `line`'s settings.
-pub(crate) fn open_serial(
-    line: &SerialLine,
-) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-    use tokio_serial::SerialPortBuilderExt as _;
-    let data_bits = match line.data_bits {
-        5 => tokio_serial::DataBits::Five,
-        6 => tokio_serial::DataBits::Six,
-        7 => tokio_serial::DataBits::Seven,
-        _ => tokio_serial::DataBits::Eight,
-    };
-    let stop_bits = if line.stop_bits == 2 {
-        tokio_serial::StopBits::Two
-    } else {
-        tokio_serial::StopBits::One
-    };
-    let parity = match line.parity {
-        Parity::None => tokio_serial::Parity::None,
-        Parity::Even => tokio_serial::Parity::Even,
-        Parity::Odd => tokio_serial::Parity::Odd,
-    };
-    let flow = match line.flow_control {
-        FlowControl::None => tokio_serial::FlowControl::None,
-        FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-        FlowControl::Software => tokio_serial::FlowControl::Software,
-    };
-    tokio_serial::new(line.port.to_string_lossy(), line.baud)
-        .data_bits(data_bits)
-        .stop_bits(stop_bits)
-        .parity(parity)
-        .flow_control(flow)
-        .open_native_async()
 }
