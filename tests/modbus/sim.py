@@ -81,7 +81,7 @@ def serve_commands(loop, devices):
 
 async def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tcp")
+    parser.add_argument("--tcp", action="append", help="HOST:PORT; repeat to serve the same map on several ports (benchmarks)")
     parser.add_argument("--serial")
     parser.add_argument("--baud", type=int, default=19200)
     # A pty refuses parity settings (tcsetattr EINVAL): the tests run "none" on both ends.
@@ -91,11 +91,13 @@ async def main():
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     ctx, devices = context(json.loads(args.map))
+    servers = []
     if args.tcp:
-        host, port = args.tcp.rsplit(":", 1)
-        server = ModbusTcpServer(ctx, address=(host, int(port)), ignore_missing_slaves=True)
+        for address in args.tcp:
+            host, port = address.rsplit(":", 1)
+            servers.append(ModbusTcpServer(ctx, address=(host, int(port)), ignore_missing_slaves=True))
     else:
-        server = ModbusSerialServer(
+        servers.append(ModbusSerialServer(
             ctx,
             framer=FramerType.RTU,
             ignore_missing_slaves=True,
@@ -104,23 +106,25 @@ async def main():
             parity=args.parity,
             bytesize=8,
             stopbits=1,
-        )
-    task = asyncio.create_task(server.serve_forever())
-    if args.tcp:
+        ))
+    tasks = [asyncio.create_task(s.serve_forever()) for s in servers]
+    for address in args.tcp or []:
+        host, port = address.rsplit(":", 1)
         for _ in range(200):
             try:
                 socket.create_connection((host, int(port)), timeout=0.2).close()
                 break
             except OSError:
                 await asyncio.sleep(0.05)
-    else:
+    if not args.tcp:
         await asyncio.sleep(0.3)
-    if task.done():
-        task.result()  # raises what stopped the server (a port that cannot be opened...)
+    for task in tasks:
+        if task.done():
+            task.result()  # raises what stopped a server (a port that cannot be opened...)
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     threading.Thread(target=serve_commands, args=(loop, devices), daemon=True).start()
-    await task
+    await asyncio.gather(*tasks)
 
 
 if __name__ == "__main__":
