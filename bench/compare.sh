@@ -48,6 +48,10 @@
 # defaults, BENCH_LWM2M_ENDPOINTS (10,000) simulated devices registering at once, each observed
 # through an MQTT command, then notifying at 20,000/s in all; registrations/s, notifications/s
 # delivered to MQTT, and the broker's RSS.
+# Modbus (BENCH_ONLY=modbus runs only this; part of a full run): bench/modbus.sh (100 Modbus TCP
+# devices x 100 points at 1 s against pymodbus: gateway CPU, lateness, reads per cycle) and
+# bench/modbus_rtu.sh (4 unit ids on a 115,200 baud line emulated at its real rate: polls/s
+# against the theoretical rate, fairness). No mosquitto ratio: mosquitto does not poll Modbus.
 # Needs: cargo, jq, openssl, mosquitto (both apt-installed when missing and running as root).
 set -euo pipefail
 
@@ -655,6 +659,16 @@ if [[ $ONLY == all || $ONLY == lwm2m ]]; then
     printf '%-46s %14s\n' "notifications sent / delivered" "$(get holdfast lwm2m .notifications_sent) / $(get holdfast lwm2m .notifications_delivered)"
     printf '%-46s %14s\n' "broker max RSS, KB" "$(fmt "$(get holdfast lwm2m .rss.max_kb)")"
     printf '%s\n' "$(printf '%.0s-' $(seq 61))"
+fi
+
+# ---- Modbus pollers (BENCH_ONLY=modbus) -------------------------------------------------------
+if [[ $ONLY == all || $ONLY == modbus ]]; then
+    echo
+    echo "Modbus TCP: 100 devices x 100 points at 1 s ([modbus] defaults), pymodbus on loopback, $(nproc) CPUs"
+    HOLDFAST_BIN=$TARGET_DIR/release/holdfast bash "$ROOT/bench/modbus.sh"
+    echo
+    echo "Modbus RTU: 4 unit ids on one 115,200 baud line (emulated at its real rate)"
+    HOLDFAST_BIN=$TARGET_DIR/release/holdfast bash "$ROOT/bench/modbus_rtu.sh"
 fi
 
 # ---- the musl build (the firmware's libc) against the glibc build (BENCH_ONLY=musl) -------

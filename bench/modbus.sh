@@ -78,7 +78,7 @@ for _ in $(seq 100); do [[ -S $work/data/ctl.sock ]] && break; sleep 0.1; done
         echo "set 1 hr 0 $values" >&3
         sleep 1
     done
-) &
+) 2>/dev/null &
 pids+=($!)
 
 # A subscriber counting what is published.

@@ -44,6 +44,9 @@ struct Polled {
     scheduled: Instant,
     /// When it is next polled (the tick, or later while backing off).
     due: Instant,
+    /// When its last poll ended: of two devices due at once, the one waiting longer goes first
+    /// (units of one saturated line take turns).
+    last_polled: Instant,
     failures: u32,
 }
 
@@ -98,6 +101,7 @@ pub(super) async fn run(
             member,
             scheduled: start,
             due: start,
+            last_polled: start,
             failures: 0,
         })
         .collect();
@@ -111,7 +115,8 @@ pub(super) async fn run(
     };
     let mut writes_open = true;
     loop {
-        let Some(next) = (0..polled.len()).min_by_key(|i| polled[*i].due) else {
+        let Some(next) = (0..polled.len()).min_by_key(|i| (polled[*i].due, polled[*i].last_polled))
+        else {
             return;
         };
         let due = polled[next].due;
@@ -209,6 +214,7 @@ impl Line {
             i += 1;
         }
         let ended = Instant::now();
+        p.last_polled = ended;
         let failed_poll = fatal.is_some();
         let counters = &self.status.counters;
         counters.polls.fetch_add(1, Ordering::Relaxed);
