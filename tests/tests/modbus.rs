@@ -307,6 +307,69 @@ points = [
         "{status}"
     );
     assert!(gw.log().contains("rejected"), "{}", gw.log());
+    // The same as a table, and the counters under $SYS.
+    let (ok, table, err) = holdfast_tests::ctl::ctl(&socket(&gw), &["modbus"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("DEVICE")
+            && table.contains("plc")
+            && table.contains("exception:2=")
+            && table.contains("splits"),
+        "{table}"
+    );
+    let sys = MosquittoSub::start(mqtt, "$SYS/brokers/gw-modbus/modbus/+", &["-v"]);
+    let ok = wait_until(WAIT, || {
+        sys.messages().iter().any(|l| {
+            l.strip_prefix("$SYS/brokers/gw-modbus/modbus/polls ")
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+    });
+    assert!(ok, "{:?}", sys.messages());
+}
+
+#[test]
+fn one_message_per_device_at_every_poll() {
+    let port = free_port();
+    let _sim = Sim::tcp(
+        port,
+        &json!({"1": {"hr": {"0": 1, "1": 2}, "co": {"0": true}}}),
+    );
+    let (_gw, mqtt) = gateway(&format!(
+        r#"
+topic_prefix = "plant/modbus"
+
+[[modbus.devices]]
+name = "rig"
+address = "127.0.0.1:{port}"
+interval = "200ms"
+message = "device"
+publish = "poll"
+points = [
+  {{ name = "a", kind = "holding", address = 0 }},
+  {{ name = "b", kind = "holding", address = 1, unit = "bar" }},
+  {{ name = "c", kind = "coil", address = 0 }},
+]
+"#
+    ));
+    let sub = MosquittoSub::start(mqtt, "plant/modbus/#", &["-v"]);
+    let got = wait_payload(&sub, "plant/modbus/rig", |_| true);
+    assert_eq!(got["points"]["a"]["value"], 1, "{got}");
+    assert_eq!(got["points"]["b"]["unit"], "bar", "{got}");
+    assert_eq!(got["points"]["c"]["quality"], "good", "{got}");
+    // Every poll, not only on change.
+    assert!(
+        wait_until(WAIT, || sub.messages().len() >= 4),
+        "{:?}",
+        sub.messages()
+    );
+    assert!(
+        sub.messages()
+            .iter()
+            .all(|l| l.starts_with("plant/modbus/rig ")),
+        "{:?}",
+        sub.messages()
+    );
 }
 
 #[test]
@@ -797,4 +860,219 @@ points = [
         ),
         "{text}"
     );
+}
+
+/// Modbus RTU CRC-16 (little-endian on the wire).
+fn rtu_crc(data: &[u8]) -> [u8; 2] {
+    let mut crc: u16 = 0xFFFF;
+    for b in data {
+        crc ^= u16::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc.to_le_bytes()
+}
+
+#[test]
+fn a_late_rtu_answer_is_never_taken_for_the_next_request() {
+    // Review finding: after a timeout the RTU line kept its port, so an answer arriving just
+    // late was read as the next request's and shifted values went out marked good.
+    let pty = PtyPair::new();
+    let port = pty.gateway.display().to_string();
+    let (_gw, mqtt) = gateway(&format!(
+        r#"
+[[modbus.devices]]
+name = "slow"
+retain = true
+transport = "rtu"
+port = "{port}"
+baud = 115200
+parity = "none"
+interval = "100ms"
+timeout = "150ms"
+retries = 0
+points = [
+  {{ name = "a", kind = "holding", address = 0 }},
+  {{ name = "b", kind = "holding", address = 100 }},
+]
+"#
+    ));
+    let sub = MosquittoSub::start(mqtt, "modbus/slow/+", &["-v"]);
+    let mut dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pty.device)
+        .expect("open the device end");
+    // Register 0 reads 111 and register 100 reads 222; the first answer to a read of register
+    // 100 comes 250 ms late (after the gateway's 150 ms timeout, while it waits for the next
+    // poll's read of register 0), the rest at once.
+    let started = Instant::now();
+    let mut late_done = false;
+    while started.elapsed() < Duration::from_secs(4) {
+        let mut request = [0u8; 8];
+        if dev.read_exact(&mut request).is_err() {
+            break;
+        }
+        let address = u16::from_be_bytes([request[2], request[3]]);
+        let value: u16 = if address == 0 { 111 } else { 222 };
+        let mut answer = vec![request[0], 3, 2];
+        answer.extend(value.to_be_bytes());
+        let crc = rtu_crc(&answer);
+        answer.extend(crc);
+        if address == 100 && !late_done {
+            late_done = true;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let _ = dev.write_all(&answer);
+    }
+    assert!(late_done);
+    wait_payload(&sub, "modbus/slow/b", |v| v["value"] == 222);
+    let wrong: Vec<String> = sub
+        .messages()
+        .into_iter()
+        .filter(|l| {
+            (l.starts_with("modbus/slow/b ") && l.contains("\"value\":111"))
+                || (l.starts_with("modbus/slow/a ") && l.contains("\"value\":222"))
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "values shifted between requests: {wrong:?}"
+    );
+}
+
+#[test]
+fn a_poller_s_client_id_cannot_be_taken_by_an_mqtt_client() {
+    // Review finding: the pollers were clients `modbus-{name}`, which any MQTT user could take
+    // over, wedging the poller and with it every device on its line.
+    let port = free_port();
+    let _sim = Sim::tcp(port, &json!({"1": {"hr": {"0": 5}}}));
+    let (gw, mqtt) = gateway(&format!(
+        r#"
+[[modbus.devices]]
+name = "meter"
+address = "127.0.0.1:{port}"
+interval = "100ms"
+publish = "poll"
+points = [{{ name = "v", kind = "holding", address = 0 }}]
+"#
+    ));
+    let clients = ctl_json(&socket(&gw), &["clients"]);
+    let id = clients["clients"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["protocol"] == "modbus"))
+        .map(|c| c["client_id"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    assert!(
+        id.starts_with('$'),
+        "the poller's client id {id:?} is one MQTT clients may take"
+    );
+    // An MQTT client asking for it is refused, and the poller keeps publishing.
+    let (ok, _, _) = run_with_timeout(
+        Command::new("mosquitto_sub").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.to_string(),
+            "-i",
+            &id,
+            "-t",
+            "x",
+            "-C",
+            "1",
+            "-W",
+            "2",
+        ]),
+        WAIT,
+    );
+    assert!(!ok, "an MQTT client took {id}");
+    let sub = MosquittoSub::start(mqtt, "modbus/meter/v", &[]);
+    assert!(sub.wait_for(3, WAIT).len() >= 3, "{:?}", sub.messages());
+}
+
+#[test]
+fn a_response_topic_cannot_aim_a_write_at_another_device() {
+    // Review finding: the answer to a write went to any MQTT 5 response topic, as the poller,
+    // and echoed the value: aimed at another device's set topic, it wrote that device too.
+    let (p1, p2) = (free_port(), free_port());
+    let mut one = Sim::tcp(p1, &json!({"1": {"hr": {"0": 1}}}));
+    let mut two = Sim::tcp(p2, &json!({"1": {"hr": {"0": 2}}}));
+    let (_gw, mqtt) = gateway(&format!(
+        r#"
+[[modbus.devices]]
+name = "one"
+address = "127.0.0.1:{p1}"
+interval = "100ms"
+points = [{{ name = "sp", kind = "holding", address = 0, writable = true }}]
+
+[[modbus.devices]]
+name = "two"
+address = "127.0.0.1:{p2}"
+interval = "100ms"
+points = [{{ name = "sp", kind = "holding", address = 0, writable = true }}]
+"#
+    ));
+    let results = MosquittoSub::start(mqtt, "modbus/one/set/sp/result", &[]);
+    assert!(mosquitto_pub(
+        mqtt,
+        "modbus/one/set/sp",
+        "77",
+        &[
+            "-V",
+            "5",
+            "-q",
+            "1",
+            "-D",
+            "publish",
+            "response-topic",
+            "modbus/two/set/sp"
+        ]
+    ));
+    assert_eq!(
+        results.wait_for(1, WAIT).len(),
+        1,
+        "the answer went to the default result topic"
+    );
+    assert_eq!(one.command("get 1 hr 0 1"), "77");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        two.command("get 1 hr 0 1"),
+        "2",
+        "device two was written through a response topic"
+    );
+}
+
+#[test]
+fn a_device_answering_busy_backs_off_without_splitting_its_reads() {
+    // Review finding: every exception split the plan for good and kept the device "answering",
+    // so a dead unit behind a TCP gateway (exception 0x0B) got one request per point forever.
+    let port = bad_device(vec![|r| vec![r[0], r[1], 0, 0, 0, 3, r[6], 0x83, 0x0B]]);
+    let (gw, _mqtt) = gateway(&format!(
+        r#"
+[[modbus.devices]]
+name = "behind"
+address = "127.0.0.1:{port}"
+interval = "100ms"
+backoff_max = "1s"
+points = [
+  {{ name = "a", kind = "holding", address = 0 }},
+  {{ name = "b", kind = "holding", address = 1 }},
+  {{ name = "c", kind = "holding", address = 2 }},
+  {{ name = "d", kind = "holding", address = 3 }},
+]
+"#
+    ));
+    let sock = socket(&gw);
+    let failing = wait_until(WAIT, || {
+        device(&ctl_json(&sock, &["modbus"]), "behind")["state"] == "failing"
+    });
+    let status = ctl_json(&sock, &["modbus"]);
+    assert!(failing, "{status}");
+    assert_eq!(device(&status, "behind")["reads_per_poll"], 1, "{status}");
+    assert_eq!(status["stats"]["splits"], 0, "{status}");
 }

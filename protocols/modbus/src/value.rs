@@ -597,6 +597,10 @@ mod tests {
         assert!(parse_payload(&n, b"abc").is_err());
         assert!(parse_payload(&n, &[0xFF, 0xFE]).is_err());
         assert!(parse_payload(&n, b"{\"v\": 1}").is_err());
+        // Review finding: text that also reads as JSON was refused for a string point.
+        assert_eq!(parse_payload(&s, b"123"), Ok(json!("123")));
+        assert_eq!(parse_payload(&s, b"true"), Ok(json!("true")));
+        assert_eq!(parse_payload(&s, b"\"quoted\""), Ok(json!("quoted")));
     }
 
     fn any_order() -> impl Strategy<Value = Order> {
