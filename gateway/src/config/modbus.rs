@@ -105,7 +105,7 @@ pub enum MessageMode {
 /// One polled device (`[[modbus.devices]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModbusDevice {
-    /// Name: the topic level after the prefix and the broker client id `modbus-{name}`.
+    /// Name: the topic level after the prefix and the broker client id `$modbus/{name}`.
     /// Letters, digits, `_`, `-`, `.`; unique. Required.
     pub name: String,
     /// How it is reached.

@@ -26,7 +26,7 @@ pub struct SerialConfig {
 /// One raw serial line (`[[serial.ports]]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SerialPortConfig {
-    /// Name: the topic level and the broker client id `serial-{name}`. Required.
+    /// Name: the topic level and the broker client id `$serial/{name}`. Required.
     pub name: String,
     /// Device path and line settings (default 9600 baud, no parity, 8 data bits, 1 stop bit,
     /// no flow control).

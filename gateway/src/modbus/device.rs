@@ -1,4 +1,4 @@
-//! One polled device's broker client (`modbus-{device}`): publishes what its line read, takes
+//! One polled device's broker client (`$modbus/{device}`): publishes what its line read, takes
 //! writes from `{prefix}/{device}/set/{point}` and answers them.
 //!
 //! Owns the device's client session (reconnected after a kick or a takeover), publish-on-change
@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 
 /// Time between attempts to (re)connect the device's client.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// Publications waiting for the client (it is reconnecting, or the broker is slow to take
+/// them); beyond it the oldest are dropped and counted as publish errors.
+const MAX_PENDING: usize = 100_000;
 
 /// What a device task needs.
 #[derive(Debug)]
@@ -59,17 +62,36 @@ pub(super) async fn run(mut d: Device, broker: Arc<Broker>) {
     let mut reporter = Reporter::new(d.config.points.len());
     let mut pending: VecDeque<Publication> = VecDeque::new();
     loop {
-        let mut client = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            c = connect(&d, &broker) => match c {
-                Some(c) => c,
-                None => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(RECONNECT) => continue,
+        // While the client is not connected the line's samples are still taken (into
+        // `pending`, bounded), so the line never waits on this device.
+        let connecting = connect(d.config.clone(), d.prefix.clone(), broker.clone());
+        tokio::pin!(connecting);
+        let mut client = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = &mut connecting => match c {
+                    Some(c) => break c,
+                    None => {
+                        let retry = tokio::time::sleep(RECONNECT);
+                        tokio::pin!(retry);
+                        loop {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                _ = &mut retry => break,
+                                event = d.events.recv() => match event {
+                                    Some(event) => publications(&d, &mut reporter, event, &mut pending),
+                                    None => return,
+                                },
+                            }
+                        }
+                        connecting.set(connect(d.config.clone(), d.prefix.clone(), broker.clone()));
                     }
-                }
-            },
+                },
+                event = d.events.recv() => match event {
+                    Some(event) => publications(&d, &mut reporter, event, &mut pending),
+                    None => return,
+                },
+            }
         };
         // Publishes what is pending, then serves events and commands until the client closes.
         let closed = loop {
@@ -121,29 +143,31 @@ pub(super) async fn run(mut d: Device, broker: Arc<Broker>) {
     }
 }
 
-/// Connects `modbus-{device}` and subscribes it to its `set` topics.
-async fn connect(d: &Device, broker: &Arc<Broker>) -> Option<Client> {
-    let peer = match &d.config.transport {
+/// Connects `$modbus/{device}` and subscribes it to its `set` topics.
+async fn connect(config: Arc<ModbusDevice>, prefix: String, broker: Arc<Broker>) -> Option<Client> {
+    let peer = match &config.transport {
         ModbusTransport::Tcp(addr) => *addr,
         ModbusTransport::Rtu(_) => SocketAddr::from(([127, 0, 0, 1], 0)),
     };
-    let mut opts = ClientOptions::new(format!("modbus-{}", d.config.name), Protocol::Modbus, peer);
+    // Under `$`: MQTT clients cannot take it (a poller whose session an MQTT client took
+    // would stop, and with it every device on its line).
+    let mut opts = ClientOptions::new(format!("$modbus/{}", config.name), Protocol::Modbus, peer);
     opts.credentials = Credentials::Gateway {
-        username: d.config.username.clone(),
+        username: config.username.clone(),
     };
-    let mut client = match Client::connect(broker, opts).await {
+    let mut client = match Client::connect(&broker, opts).await {
         Ok(c) => c,
         Err(ConnectError::ShuttingDown) => return None,
         Err(e) => {
-            tracing::warn!(device = %d.config.name, "modbus: the device's broker client cannot connect: {e}");
+            tracing::warn!(device = %config.name, "modbus: the device's broker client cannot connect: {e}");
             return None;
         }
     };
-    let filter = format!("{}/{}/set/+", d.prefix, d.config.name);
-    if d.config.points.iter().any(|p| p.writable) {
+    let filter = format!("{}/{}/set/+", prefix, config.name);
+    if config.points.iter().any(|p| p.writable) {
         for result in client.subscribe(&[(filter.as_str(), QoS::AtLeastOnce)]) {
             if let Err(e) = result {
-                tracing::warn!(device = %d.config.name, filter = %filter, "modbus: writes through MQTT are off: subscribe refused: {e}");
+                tracing::warn!(device = %config.name, filter = %filter, "modbus: writes through MQTT are off: subscribe refused: {e}");
             }
         }
     }
@@ -152,6 +176,27 @@ async fn connect(d: &Device, broker: &Arc<Broker>) -> Option<Client> {
 
 /// Turns a line event into what is published.
 fn publications(
+    d: &Device,
+    reporter: &mut Reporter,
+    event: Event,
+    out: &mut VecDeque<Publication>,
+) {
+    let before = out.len();
+    publications_of(d, reporter, event, out);
+    let excess = out.len().saturating_sub(MAX_PENDING);
+    if excess > 0 {
+        out.drain(..excess);
+        d.status
+            .counters
+            .publish_errors
+            .fetch_add(excess as u64, Ordering::Relaxed);
+        if before < MAX_PENDING {
+            tracing::warn!(device = %d.config.name, "modbus: {MAX_PENDING} samples wait for the broker; dropping the oldest");
+        }
+    }
+}
+
+fn publications_of(
     d: &Device,
     reporter: &mut Reporter,
     event: Event,
@@ -186,7 +231,8 @@ fn publications(
                     }
                 }
                 MessageMode::Device if !offered.is_empty() => {
-                    let items = offered.iter().map(|&i| (&cfg.points[i], &samples[i]));
+                    // Every point, so the message (and a retained one) is the whole device.
+                    let items = cfg.points.iter().zip(samples.iter());
                     out.push_back(publication(
                         format!("{}/{}", d.prefix, cfg.name),
                         device_json(ts_ms, items),
@@ -220,10 +266,14 @@ fn publications(
 fn command(d: &Device, m: &crate::broker::client::Received) -> Option<Publication> {
     let topic = m.message.topic.as_str();
     let props = &m.message.properties;
+    // A response topic under the prefix (another device's `set` topic...) or under `$` is not
+    // followed: the answer, published as the poller, would act there.
     let reply_topic = props
         .response_topic
         .as_ref()
-        .map_or_else(|| format!("{topic}/result"), |t| t.as_str().to_owned());
+        .map(|t| t.as_str())
+        .filter(|t| !t.starts_with('$') && !t.starts_with(&format!("{}/", d.prefix)))
+        .map_or_else(|| format!("{topic}/result"), str::to_owned);
     let correlation = props.correlation_data.clone();
     let point_name = topic.rsplit('/').next().unwrap_or_default();
     let refuse = |error: &str, detail: String| {
@@ -268,6 +318,7 @@ fn command(d: &Device, m: &crate::broker::client::Received) -> Option<Publicatio
             correlation: correlation.clone(),
             value,
         },
+        queued: tokio::time::Instant::now(),
     };
     match d.writes.try_send(command) {
         Ok(()) => None,

@@ -15,6 +15,7 @@ use holdfast_modbus::point::Table;
 use holdfast_modbus::report::{Quality, Sample};
 use holdfast_modbus::value::Write;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,8 +48,22 @@ struct Polled {
     /// When its last poll ended: of two devices due at once, the one waiting longer goes first
     /// (units of one saturated line take turns).
     last_polled: Instant,
+    /// The next poll is an extra one (after a write), off the schedule.
+    extra: bool,
+    /// Polls in a row that failed.
     failures: u32,
+    /// What each failing read (by table and address) last logged, so a point a device keeps
+    /// rejecting is logged once, not at every poll.
+    logged: HashMap<(Table, u16), Quality>,
 }
+
+/// How long a write may wait for its line before it is answered as expired.
+const WRITE_EXPIRY: Duration = Duration::from_secs(10);
+/// After a failed RTU transaction the port is reopened, its input flushed, after this long
+/// (at most; the device's timeout if shorter), so an answer that comes late is not read as
+/// the next request's. An answer later than timeout + this can still be (RTU frames carry no
+/// transaction id); longer would hold up the other units of the line at each dead unit's poll.
+const RTU_RESYNC: Duration = Duration::from_millis(100);
 
 /// Why a request got no usable answer.
 #[derive(Debug, Clone)]
@@ -71,6 +86,8 @@ struct Line {
     key: String,
     transport: ModbusTransport,
     conn: Option<Context>,
+    /// After a failed RTU transaction: no reopening before this.
+    resync_until: Option<Instant>,
     /// When the last frame ended (RTU: the next may start an inter-frame gap later).
     last_frame: Instant,
     gap: Duration,
@@ -102,24 +119,38 @@ pub(super) async fn run(
             scheduled: start,
             due: start,
             last_polled: start,
+            extra: false,
             failures: 0,
+            logged: HashMap::new(),
         })
         .collect();
     let mut line = Line {
         key,
         transport,
         conn: None,
+        resync_until: None,
         last_frame: start,
         gap,
         status,
     };
     let mut writes_open = true;
+    let mut wrote = false;
     loop {
         let Some(next) = (0..polled.len()).min_by_key(|i| (polled[*i].due, polled[*i].last_polled))
         else {
             return;
         };
         let due = polled[next].due;
+        // Writes go first, but after one a poll that is due goes next: a stream of writes
+        // cannot stop the polling.
+        if wrote && due <= Instant::now() {
+            wrote = false;
+            if line.poll(&mut polled[next]).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        wrote = false;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -131,6 +162,7 @@ pub(super) async fn run(
                     if line.write(p, command).await.is_err() {
                         break;
                     }
+                    wrote = true;
                 }
                 None => writes_open = false,
             },
@@ -170,6 +202,7 @@ impl Line {
             match self.read(&cfg, &read).await {
                 Ok(data) => {
                     answered = true;
+                    p.logged.remove(&(read.table, read.address));
                     let values = match &data {
                         ReadData::Registers(r) => extract(&read, &cfg.points, Data::Registers(r)),
                         ReadData::Bits(b) => extract(&read, &cfg.points, Data::Bits(b)),
@@ -188,9 +221,13 @@ impl Line {
                         });
                     }
                 }
-                Err(f) if matches!(f.quality, Quality::Exception(_)) => {
+                // The device refuses the address or the count: split the read (for good) until
+                // the refused point stands alone; the device itself is fine.
+                Err(f) if matches!(f.quality, Quality::Exception(1..=3)) => {
                     answered = true;
-                    if p.plan.split(i, &cfg.points) {
+                    if matches!(f.quality, Quality::Exception(2 | 3))
+                        && p.plan.split(i, &cfg.points)
+                    {
                         self.status.counters.splits.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(
                             device = %cfg.name,
@@ -215,43 +252,49 @@ impl Line {
         }
         let ended = Instant::now();
         p.last_polled = ended;
+        let extra = std::mem::take(&mut p.extra);
         let failed_poll = fatal.is_some();
         let counters = &self.status.counters;
         counters.polls.fetch_add(1, Ordering::Relaxed);
-        // The fixed-rate schedule: the next tick, skipping ticks that have already passed.
-        p.scheduled += cfg.interval;
-        if p.scheduled <= ended {
-            let behind = ended.duration_since(p.scheduled);
-            let skipped = (behind.as_nanos() / cfg.interval.as_nanos().max(1)) as u32 + 1;
-            p.scheduled += cfg.interval * skipped;
-            counters
-                .polls_skipped
-                .fetch_add(u64::from(skipped), Ordering::Relaxed);
-        }
         if failed_poll {
             p.failures = p.failures.saturating_add(1);
         } else {
-            if p.failures > 0 {
+            if p.failures >= 2 {
                 tracing::info!(device = %cfg.name, line = %self.key, "modbus: device answers again");
             }
             p.failures = 0;
         }
-        p.due = if p.failures >= 2 {
-            // Backing off: interval x 2^(failures-1), at most backoff_max.
+        if p.failures >= 2 {
+            // Backing off: interval x 2^(failures-1), at most backoff_max but never less than
+            // the interval; the schedule starts again from the next poll.
             let factor = 1u32 << (p.failures - 1).min(16);
-            let wait = cfg.interval.saturating_mul(factor).min(cfg.backoff_max);
-            ended + wait
-        } else {
-            p.scheduled
-        };
-        if p.failures == 2 {
-            tracing::warn!(
-                device = %cfg.name,
-                line = %self.key,
-                "modbus: device not answering; backing off (at most {:?} between polls)",
-                cfg.backoff_max
-            );
+            let wait = cfg
+                .interval
+                .saturating_mul(factor)
+                .min(cfg.backoff_max)
+                .max(cfg.interval);
+            p.scheduled = ended + wait;
+            if p.failures == 2 {
+                tracing::warn!(
+                    device = %cfg.name,
+                    line = %self.key,
+                    "modbus: device not answering; backing off (at most {:?} between polls)",
+                    cfg.backoff_max.max(cfg.interval)
+                );
+            }
+        } else if !extra {
+            // The fixed-rate schedule: the next tick, skipping ticks that have already passed.
+            p.scheduled += cfg.interval;
+            if p.scheduled <= ended {
+                let behind = ended.duration_since(p.scheduled);
+                let skipped = (behind.as_nanos() / cfg.interval.as_nanos().max(1)) as u32 + 1;
+                p.scheduled += cfg.interval * skipped;
+                counters
+                    .polls_skipped
+                    .fetch_add(u64::from(skipped), Ordering::Relaxed);
+            }
         }
+        p.due = p.scheduled;
         let reads = p.plan.len();
         let failures = p.failures;
         let ts_ms = super::now_ms();
@@ -261,11 +304,13 @@ impl Line {
             d.reads_per_poll = reads;
             d.last_poll_ms = ts_ms;
             d.last_latency_ms = ended.duration_since(started).as_secs_f64() * 1000.0;
-            if d.lateness_us.len() == super::LATENESS_SAMPLES {
+            if !extra && d.lateness_us.len() == super::LATENESS_SAMPLES {
                 d.lateness_us.pop_front();
             }
-            d.lateness_us
-                .push_back(u32::try_from(lateness.as_micros()).unwrap_or(u32::MAX));
+            if !extra {
+                d.lateness_us
+                    .push_back(u32::try_from(lateness.as_micros()).unwrap_or(u32::MAX));
+            }
         });
         let samples = samples
             .into_iter()
@@ -279,11 +324,12 @@ impl Line {
     }
 
     /// Counts and logs a failed read of device `p`.
-    fn failed(&self, p: &Polled, f: &Failure, read: &Read, cfg: &ModbusDevice) {
+    fn failed(&self, p: &mut Polled, f: &Failure, read: &Read, cfg: &ModbusDevice) {
         self.status
             .error(p.member.index, &f.quality, f.detail.clone());
-        // A device already backing off is not logged at every poll.
-        if p.failures < 2 {
+        // Logged once per read and reason; a device already backing off not at every poll.
+        let before = p.logged.insert((read.table, read.address), f.quality);
+        if p.failures < 2 && before != Some(f.quality) {
             tracing::warn!(
                 device = %cfg.name,
                 line = %self.key,
@@ -334,6 +380,7 @@ impl Line {
                                 .counters
                                 .bad_responses
                                 .fetch_add(1, Ordering::Relaxed);
+                            self.drop_conn(cfg);
                             Err(Failure::new(
                                 Quality::BadResponse,
                                 format!(
@@ -367,11 +414,37 @@ impl Line {
                 Request::MaskWriteRegister(point.address, and, or)
             }
         };
-        self.status.counters.writes.fetch_add(1, Ordering::Relaxed);
-        let outcome = match self.transact(&cfg, request).await {
-            Ok(_) => {
-                // Read the device again soon, so the new value is published.
+        let waited = command.queued.elapsed();
+        let result = if waited > WRITE_EXPIRY {
+            Err(Failure::new(
+                Quality::Timeout,
+                format!("expired: waited {:.1}s for the line", waited.as_secs_f64()),
+            ))
+        } else {
+            self.status.counters.writes.fetch_add(1, Ordering::Relaxed);
+            let expected = request.clone();
+            match self.transact(&cfg, request).await {
+                Ok(response) if echoes(&expected, &response) => Ok(()),
+                Ok(response) => {
+                    self.status
+                        .counters
+                        .bad_responses
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.drop_conn(&cfg);
+                    Err(Failure::new(
+                        Quality::BadResponse,
+                        format!("the answer {response:?} does not confirm the write"),
+                    ))
+                }
+                Err(f) => Err(f),
+            }
+        };
+        let outcome = match result {
+            Ok(()) => {
+                // Read the device again at once (off the schedule), so the new value is
+                // published.
                 p.due = Instant::now();
+                p.extra = true;
                 Ok(())
             }
             Err(f) => {
@@ -409,15 +482,20 @@ impl Line {
         cfg: &ModbusDevice,
         request: Request<'static>,
     ) -> Result<Response, Failure> {
-        let counters = &self.status.counters;
         if self.conn.is_none() {
+            if let Some(until) = self.resync_until.take() {
+                tokio::time::sleep_until(until).await;
+            }
             match connect(&self.transport, cfg.timeout).await {
                 Ok(conn) => {
                     tracing::debug!(line = %self.key, "modbus: connected");
                     self.conn = Some(conn);
                 }
                 Err(detail) => {
-                    counters.unreachable.fetch_add(1, Ordering::Relaxed);
+                    self.status
+                        .counters
+                        .unreachable
+                        .fetch_add(1, Ordering::Relaxed);
                     return Err(Failure::new(Quality::Unreachable, detail));
                 }
             }
@@ -431,7 +509,7 @@ impl Line {
         conn.set_slave(Slave(cfg.unit_id));
         let result = tokio::time::timeout(cfg.timeout, conn.call(request)).await;
         self.last_frame = Instant::now();
-        let rtu = matches!(self.transport, ModbusTransport::Rtu(_));
+        let counters = &self.status.counters;
         match result {
             Ok(Ok(Ok(response))) => Ok(response),
             Ok(Ok(Err(exception))) => {
@@ -444,9 +522,7 @@ impl Line {
             }
             Err(_) => {
                 counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                if !rtu {
-                    self.conn = None;
-                }
+                self.drop_conn(cfg);
                 Err(Failure::new(
                     Quality::Timeout,
                     format!("no answer within {:?}", cfg.timeout),
@@ -454,16 +530,14 @@ impl Line {
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 counters.bad_responses.fetch_add(1, Ordering::Relaxed);
-                if !rtu {
-                    self.conn = None;
-                }
+                self.drop_conn(cfg);
                 Err(Failure::new(Quality::BadResponse, e.to_string()))
             }
             Ok(Err(tokio_modbus::Error::Transport(e)))
                 if e.kind() == std::io::ErrorKind::InvalidData =>
             {
                 counters.bad_responses.fetch_add(1, Ordering::Relaxed);
-                self.conn = None;
+                self.drop_conn(cfg);
                 Err(Failure::new(Quality::BadResponse, e.to_string()))
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
@@ -476,6 +550,35 @@ impl Line {
                 ))
             }
         }
+    }
+}
+
+impl Line {
+    /// Drops the connection after a failed transaction: a TCP connection is made again at the
+    /// next request; a serial port is reopened, with its input flushed, once an answer that
+    /// comes late would have arrived (a late answer is never read as the next request's).
+    fn drop_conn(&mut self, cfg: &ModbusDevice) {
+        self.conn = None;
+        if matches!(self.transport, ModbusTransport::Rtu(_)) {
+            self.resync_until = Some(Instant::now() + cfg.timeout.min(RTU_RESYNC));
+        }
+    }
+}
+
+/// Whether a write's answer confirms it (Modbus echoes the address and the value or count).
+fn echoes(request: &Request<'_>, response: &Response) -> bool {
+    match (request, response) {
+        (Request::WriteSingleCoil(a, v), Response::WriteSingleCoil(b, w)) => a == b && v == w,
+        (Request::WriteSingleRegister(a, v), Response::WriteSingleRegister(b, w)) => {
+            a == b && v == w
+        }
+        (Request::WriteMultipleRegisters(a, words), Response::WriteMultipleRegisters(b, n)) => {
+            a == b && usize::from(*n) == words.len()
+        }
+        (Request::MaskWriteRegister(a, x, y), Response::MaskWriteRegister(b, u, v)) => {
+            a == b && x == u && y == v
+        }
+        _ => false,
     }
 }
 
@@ -518,6 +621,8 @@ async fn connect(transport: &ModbusTransport, timeout: Duration) -> Result<Conte
         ModbusTransport::Rtu(line) => {
             let port = crate::serial::open(line)
                 .map_err(|e| format!("open {}: {e}", line.port.display()))?;
+            // Whatever a device sent before is no answer to anything we will ask.
+            port.clear_input();
             Ok(tokio_modbus::client::rtu::attach(port))
         }
     }

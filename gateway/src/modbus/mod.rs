@@ -1,6 +1,6 @@
 //! The Modbus pollers (`[modbus]`): devices polled over Modbus TCP and RTU, their samples
 //! published as `{prefix}/{device}/{point}`, and writes taken from
-//! `{prefix}/{device}/set/{point}`, each device a client of the broker (`modbus-{device}`).
+//! `{prefix}/{device}/set/{point}`, each device a client of the broker (`$modbus/{device}`).
 //!
 //! Owns the wiring: devices are grouped by line (a TCP address or a serial port), one task
 //! per line ([`line`]) owns the connection and makes every request on it, one at a time, in
@@ -293,6 +293,8 @@ pub(crate) struct WriteCommand {
     write: holdfast_modbus::value::Write,
     /// Where the outcome is published (and the correlation data to echo).
     reply: device::Reply,
+    /// When it was handed to the line (a write that waits too long is not made).
+    queued: tokio::time::Instant,
 }
 
 /// What a line hands a device's task.

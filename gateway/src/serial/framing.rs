@@ -172,7 +172,8 @@ fn length_of(prefix: &[u8], big_endian: bool) -> usize {
     if !big_endian {
         bytes.reverse();
     }
-    bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+    let n = bytes.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b));
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 /// A message too long for the framing (`length`: the prefix cannot hold it; any: past

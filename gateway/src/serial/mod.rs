@@ -1,6 +1,6 @@
 //! Raw serial lines (`[serial]`): frames read from a port are published on
 //! `{prefix}/{port}/rx`, messages on `{prefix}/{port}/tx` are written to it; each port a client
-//! of the broker (`serial-{port}`).
+//! of the broker (`$serial/{port}`).
 //!
 //! Owns opening a port with its settings ([`open`], shared with the Modbus RTU lines), one task
 //! per port that reads, frames ([`framing`], sans-IO) and writes, and the port's reopening with
@@ -18,6 +18,7 @@ use crate::config::{FlowControl, Parity, SerialConfig, SerialLine, SerialPortCon
 use crate::udp::lock;
 use framing::{Decoded, Decoder};
 use holdfast_mqtt::QoS;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,9 +30,63 @@ use tokio_util::task::TaskTracker;
 const READ_BUF: usize = 4096;
 /// First wait before reopening a port; doubles up to the port's `reopen_max`.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
+/// A port open this long before it failed counts as healthy: its back-off starts afresh.
+const HEALTHY: Duration = Duration::from_secs(10);
+/// Frames read and not yet published (the port's broker client was closed) kept for the next
+/// client; beyond it the oldest are dropped and counted.
+const MAX_UNPUBLISHED: usize = 1000;
+
+/// An open serial port: tokio-serial's stream without its flush. On Unix that flush is
+/// tcdrain(3), a blocking call that would hold a runtime thread for the whole transmit time (4
+/// seconds for 4 KB at 9600 baud), and forever while flow control holds the line. Bytes
+/// written are on their way once the kernel has them; writes themselves never block.
+#[derive(Debug)]
+pub(crate) struct Port(tokio_serial::SerialStream);
+
+impl Port {
+    /// Drops what the device sent and nobody read yet.
+    pub(crate) fn clear_input(&self) {
+        use tokio_serial::SerialPort as _;
+        let _ = self.0.clear(tokio_serial::ClearBuffer::Input);
+    }
+}
+
+impl tokio::io::AsyncRead for Port {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Port {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
 
 /// Opens a serial port with `line`'s settings.
-pub(crate) fn open(line: &SerialLine) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+pub(crate) fn open(line: &SerialLine) -> Result<Port, tokio_serial::Error> {
     use tokio_serial::SerialPortBuilderExt as _;
     let data_bits = match line.data_bits {
         5 => tokio_serial::DataBits::Five,
@@ -60,6 +115,7 @@ pub(crate) fn open(line: &SerialLine) -> Result<tokio_serial::SerialStream, toki
         .parity(parity)
         .flow_control(flow)
         .open_native_async()
+        .map(Port)
 }
 
 /// What `holdfast ctl serial` shows for one port.
@@ -194,6 +250,8 @@ async fn run(
     let mut logged_missing = false;
     // A tx message taken from the session whose write failed: written first after reopening.
     let mut unwritten: Option<Received> = None;
+    // Frames read but not published when the client closed: published first by the next one.
+    let mut unpublished: VecDeque<Vec<u8>> = VecDeque::new();
     'client: loop {
         let Some(mut client) = connect(&cfg, &tx_topic, &broker).await else {
             if shutdown.is_cancelled() || !sleep(REOPEN_FIRST).await {
@@ -222,9 +280,10 @@ async fn run(
                     continue;
                 }
             };
-            tracing::info!(port = %cfg.name, path = %cfg.line.port.display(), baud = cfg.line.baud, "serial: port open");
-            logged_missing = false;
-            backoff = REOPEN_FIRST;
+            if !logged_missing {
+                tracing::info!(port = %cfg.name, path = %cfg.line.port.display(), baud = cfg.line.baud, "serial: port open");
+            }
+            let opened = tokio::time::Instant::now();
             status.update(index, |p| {
                 p.state = "open";
                 p.opens += 1;
@@ -236,7 +295,7 @@ async fn run(
                 status: &status,
                 broker: &broker,
             };
-            match serve(&at, port, &mut client, &mut unwritten).await {
+            match serve(&at, port, &mut client, &mut unwritten, &mut unpublished).await {
                 Ended::Shutdown => {
                     client.disconnect();
                     return;
@@ -250,7 +309,16 @@ async fn run(
                     continue 'client;
                 }
                 Ended::Port(detail) => {
-                    tracing::warn!(port = %cfg.name, "serial: {detail}; reopening");
+                    // A port that stayed up a while starts the back-off afresh; one that fails
+                    // right after opening (a flapping adapter) keeps doubling it, logged once.
+                    if opened.elapsed() >= HEALTHY {
+                        backoff = REOPEN_FIRST;
+                        logged_missing = false;
+                    }
+                    if !logged_missing {
+                        tracing::warn!(port = %cfg.name, "serial: {detail}; reopening with back-off (at most {:?})", cfg.reopen_max);
+                        logged_missing = true;
+                    }
                     status.update(index, |p| {
                         p.state = "closed";
                         p.last_error = Some(detail);
@@ -259,16 +327,17 @@ async fn run(
                         client.disconnect();
                         return;
                     }
+                    backoff = (backoff * 2).min(cfg.reopen_max);
                 }
             }
         }
     }
 }
 
-/// Connects `serial-{name}` and subscribes it to the port's `tx` topic.
+/// Connects `$serial/{name}` and subscribes it to the port's `tx` topic.
 async fn connect(cfg: &SerialPortConfig, tx_topic: &str, broker: &Arc<Broker>) -> Option<Client> {
     let mut opts = ClientOptions::new(
-        format!("serial-{}", cfg.name),
+        format!("$serial/{}", cfg.name),
         Protocol::Serial,
         SocketAddr::from(([127, 0, 0, 1], 0)),
     );
@@ -304,9 +373,10 @@ struct Serving<'a> {
 /// Reads, frames and publishes; writes what arrives on `tx`; until the port or the client fails.
 async fn serve(
     at: &Serving<'_>,
-    mut port: tokio_serial::SerialStream,
+    mut port: Port,
     client: &mut Client,
     unwritten: &mut Option<Received>,
+    unpublished: &mut VecDeque<Vec<u8>>,
 ) -> Ended {
     let Serving {
         index,
@@ -364,16 +434,30 @@ async fn serve(
             }
         }
         for frame in frames {
-            let mut p = Publication::new(rx_topic.to_owned(), frame, qos);
+            // An empty frame (a blank line) carries nothing; retained it would delete the
+            // retained message.
+            if frame.is_empty() {
+                continue;
+            }
+            if unpublished.len() == MAX_UNPUBLISHED {
+                unpublished.pop_front();
+                status.publish_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            unpublished.push_back(frame);
+        }
+        while let Some(frame) = unpublished.front() {
+            let mut p = Publication::new(rx_topic.to_owned(), frame.clone(), qos);
             p.retain = cfg.retain;
             match client.publish(p).await {
                 Ok(_) => status.update(index, |p| p.rx_frames += 1),
+                // Kept: the next client publishes it.
                 Err(PublishError::Closed) => return Ended::Client,
                 Err(e) => {
                     status.publish_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(port = %cfg.name, topic = %rx_topic, "serial: publish refused: {e}");
                 }
             }
+            unpublished.pop_front();
         }
     }
 }
@@ -382,15 +466,25 @@ async fn serve(
 /// and logged) and counts as written; only a port error is returned.
 async fn write_tx(
     cfg: &SerialPortConfig,
-    port: &mut tokio_serial::SerialStream,
+    port: &mut Port,
     m: &Received,
     status: &Status,
     index: usize,
 ) -> std::io::Result<()> {
     match framing::encode(&cfg.framing, cfg.max_frame, &m.message.payload) {
         Ok(bytes) => {
-            port.write_all(&bytes).await?;
-            port.flush().await?;
+            // Twice the time the bytes take on the wire, and a second: a port that takes longer
+            // (flow control holding it, a dying adapter) is reopened.
+            let wire = holdfast_modbus::line::frame_time(cfg.line.baud, bytes.len());
+            let limit = wire * 2 + Duration::from_secs(1);
+            tokio::time::timeout(limit, port.write_all(&bytes))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} bytes not taken within {limit:?}", bytes.len()),
+                    )
+                })??;
             status.update(index, |p| {
                 p.tx_frames += 1;
                 p.tx_bytes += bytes.len() as u64;

@@ -195,14 +195,26 @@ pub enum WriteError {
 /// Reads a write's payload: a JSON value (`12.5`, `true`, `"text"`), or `{"value": ...}`, or
 /// for a string point any UTF-8 text.
 pub fn parse_payload(point: &Point, payload: &[u8]) -> Result<Json, WriteError> {
+    if let DataType::String(_) = point.data_type {
+        // A JSON string or {"value": "..."} is taken as such; any other text as it is (`123`
+        // and `true` are text here, not a number or a bool).
+        let text = std::str::from_utf8(payload)
+            .map_err(|_| WriteError::BadValue("payload is not UTF-8".into()))?;
+        return Ok(match serde_json::from_str::<Json>(text) {
+            Ok(Json::String(s)) => Json::String(s),
+            Ok(Json::Object(map)) if matches!(map.get("value"), Some(Json::String(_))) => {
+                map.get("value").cloned().unwrap_or_default()
+            }
+            _ => Json::String(text.to_owned()),
+        });
+    }
     match serde_json::from_slice::<Json>(payload) {
         Ok(Json::Object(mut map)) => map
             .remove("value")
             .ok_or_else(|| WriteError::BadValue("a JSON object must have \"value\"".into())),
         Ok(v) => Ok(v),
-        Err(_) => match (point.data_type, std::str::from_utf8(payload)) {
-            (DataType::String(_), Ok(text)) => Ok(Json::String(text.to_owned())),
-            (_, Ok(text)) => match text.trim() {
+        Err(_) => match std::str::from_utf8(payload) {
+            Ok(text) => match text.trim() {
                 "on" | "ON" => Ok(Json::Bool(true)),
                 "off" | "OFF" => Ok(Json::Bool(false)),
                 other => Err(WriteError::BadValue(format!(
@@ -210,7 +222,7 @@ pub fn parse_payload(point: &Point, payload: &[u8]) -> Result<Json, WriteError> 
                     point.data_type.as_str()
                 ))),
             },
-            (_, Err(_)) => Err(WriteError::BadValue("payload is not UTF-8".into())),
+            Err(_) => Err(WriteError::BadValue("payload is not UTF-8".into())),
         },
     }
 }
