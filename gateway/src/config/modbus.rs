@@ -365,32 +365,14 @@ fn device(ctx: &mut Ctx<'_>, item: &Node, path: &str) -> Option<ModbusDevice> {
         path,
         "interval",
         Duration::from_secs(1),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_millis(10),
-                Duration::from_secs(86_400),
-                false,
-            )
-        },
+        duration_within(Duration::from_millis(10), Duration::from_secs(86_400)),
     );
     let timeout = ctx.get(
         entries,
         path,
         "timeout",
         Duration::from_secs(1),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_millis(10),
-                Duration::from_secs(60),
-                false,
-            )
-        },
+        duration_within(Duration::from_millis(10), Duration::from_secs(60)),
     );
     let retries = ctx.get(entries, path, "retries", 1, |c, n, k| {
         integer(c, n, k, 0, 10)
@@ -400,52 +382,30 @@ fn device(ctx: &mut Ctx<'_>, item: &Node, path: &str) -> Option<ModbusDevice> {
         path,
         "backoff_max",
         Duration::from_secs(30),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_secs(1),
-                Duration::from_secs(3600),
-                false,
-            )
-        },
+        duration_within(Duration::from_secs(1), Duration::from_secs(3600)),
     );
     let publish = ctx.get(
         entries,
         path,
         "publish",
         PublishOn::Change,
-        |c, n, k| match string(c, n, k)?.as_str() {
-            "change" => Some(PublishOn::Change),
-            "poll" => Some(PublishOn::Poll),
-            other => {
-                c.report(
-                    n,
-                    k,
-                    format!("unknown publish mode {other:?} (expected \"change\" or \"poll\")"),
-                );
-                None
-            }
-        },
+        one_of(
+            &[("change", PublishOn::Change), ("poll", PublishOn::Poll)],
+            "publish mode",
+        ),
     );
     let message = ctx.get(
         entries,
         path,
         "message",
         MessageMode::Point,
-        |c, n, k| match string(c, n, k)?.as_str() {
-            "point" => Some(MessageMode::Point),
-            "device" => Some(MessageMode::Device),
-            other => {
-                c.report(
-                    n,
-                    k,
-                    format!("unknown message mode {other:?} (expected \"point\" or \"device\")"),
-                );
-                None
-            }
-        },
+        one_of(
+            &[
+                ("point", MessageMode::Point),
+                ("device", MessageMode::Device),
+            ],
+            "message mode",
+        ),
     );
     let qos = ctx.get(entries, path, "qos", 1, |c, n, k| integer(c, n, k, 0, 2));
     let retain = ctx.get(entries, path, "retain", false, boolean);
@@ -714,19 +674,14 @@ pub(super) fn serial_line(
         path,
         "parity",
         default_parity,
-        |c, n, k| match string(c, n, k)?.as_str() {
-            "none" => Some(Parity::None),
-            "even" => Some(Parity::Even),
-            "odd" => Some(Parity::Odd),
-            other => {
-                c.report(
-                    n,
-                    k,
-                    format!("unknown parity {other:?} (expected \"none\", \"even\" or \"odd\")"),
-                );
-                None
-            }
-        },
+        one_of(
+            &[
+                ("none", Parity::None),
+                ("even", Parity::Even),
+                ("odd", Parity::Odd),
+            ],
+            "parity",
+        ),
     );
     let data_bits = ctx.get(entries, path, "data_bits", 8, |c, n, k| {
         integer(c, n, k, 5, 8)
@@ -734,17 +689,20 @@ pub(super) fn serial_line(
     let stop_bits = ctx.get(entries, path, "stop_bits", 1, |c, n, k| {
         integer(c, n, k, 1, 2)
     });
-    let flow_control = ctx.get(entries, path, "flow_control", FlowControl::None, |c, n, k| {
-        match string(c, n, k)?.as_str() {
-            "none" => Some(FlowControl::None),
-            "hardware" => Some(FlowControl::Hardware),
-            "software" => Some(FlowControl::Software),
-            other => {
-                c.report(n, k, format!("unknown flow control {other:?} (expected \"none\", \"hardware\" or \"software\")"));
-                None
-            }
-        }
-    });
+    let flow_control = ctx.get(
+        entries,
+        path,
+        "flow_control",
+        FlowControl::None,
+        one_of(
+            &[
+                ("none", FlowControl::None),
+                ("hardware", FlowControl::Hardware),
+                ("software", FlowControl::Software),
+            ],
+            "flow control",
+        ),
+    );
     if ctx.problem_count() != before {
         return None;
     }
@@ -756,6 +714,39 @@ pub(super) fn serial_line(
         stop_bits,
         flow_control,
     })
+}
+
+/// A duration setting within `min..=max` (for `ctx.get`).
+pub(super) fn duration_within(
+    min: Duration,
+    max: Duration,
+) -> impl FnOnce(&mut Ctx<'_>, &Node, &str) -> Option<Duration> {
+    move |c, n, k| duration(c, n, k, min, max, false)
+}
+
+/// A word setting that must be one of `choices` (for `ctx.get`); `what` names it in the error.
+pub(super) fn one_of<T: Copy>(
+    choices: &'static [(&'static str, T)],
+    what: &'static str,
+) -> impl FnOnce(&mut Ctx<'_>, &Node, &str) -> Option<T> {
+    move |c, n, k| {
+        let text = string(c, n, k)?;
+        if let Some((_, v)) = choices.iter().find(|(word, _)| *word == text) {
+            return Some(*v);
+        }
+        let expected: Vec<String> = choices.iter().map(|(w, _)| format!("{w:?}")).collect();
+        let expected = match expected.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        c.report(
+            n,
+            k,
+            format!("unknown {what} {text:?} (expected {expected})"),
+        );
+        None
+    }
 }
 
 /// A required key: its node and key path, or a report that it is missing.

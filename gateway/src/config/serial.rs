@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use super::modbus::{serial_line, topic_level, Parity, SerialLine};
+use super::modbus::{duration_within, one_of, serial_line, topic_level, Parity, SerialLine};
 use super::raw::{Node, Value};
-use super::validate::{boolean, duration, field, integer, size, string, Ctx};
+use super::validate::{boolean, field, integer, size, string, Ctx};
 use crate::serial::framing::Framing;
 
 /// Ports one gateway serves at most.
@@ -191,22 +191,13 @@ fn port(ctx: &mut Ctx<'_>, item: &Node, path: &str) -> Option<SerialPortConfig> 
                 }
                 Some(v)
             });
-            let big_endian = ctx.get(entries, path, "length_order", true, |c, n, k| match string(
-                c, n, k,
-            )?
-            .as_str()
-            {
-                "big" => Some(true),
-                "little" => Some(false),
-                other => {
-                    c.report(
-                        n,
-                        k,
-                        format!("unknown order {other:?} (expected \"big\" or \"little\")"),
-                    );
-                    None
-                }
-            });
+            let big_endian = ctx.get(
+                entries,
+                path,
+                "length_order",
+                true,
+                one_of(&[("big", true), ("little", false)], "order"),
+            );
             Some(Framing::Length { prefix, big_endian })
         }
         "idle" => Some(Framing::Idle),
@@ -242,16 +233,7 @@ fn port(ctx: &mut Ctx<'_>, item: &Node, path: &str) -> Option<SerialPortConfig> 
         path,
         "idle_gap",
         Duration::from_millis(20),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_millis(1),
-                Duration::from_secs(10),
-                false,
-            )
-        },
+        duration_within(Duration::from_millis(1), Duration::from_secs(10)),
     );
     let max_frame = ctx.get(entries, path, "max_frame", 4096, |c, n, k| {
         size(c, n, k, 1, 1024 * 1024)
@@ -266,16 +248,7 @@ fn port(ctx: &mut Ctx<'_>, item: &Node, path: &str) -> Option<SerialPortConfig> 
         path,
         "reopen_max",
         Duration::from_secs(30),
-        |c, n, k| {
-            duration(
-                c,
-                n,
-                k,
-                Duration::from_secs(1),
-                Duration::from_secs(3600),
-                false,
-            )
-        },
+        duration_within(Duration::from_secs(1), Duration::from_secs(3600)),
     );
     if ctx.problem_count() != before {
         return None;
