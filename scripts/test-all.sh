@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
-# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm, pymodbus from PyPI)
+# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm, pymodbus and prometheus-client from PyPI)
 # when missing, builds the gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +31,11 @@ fi
 
 # The Modbus devices the tests poll: pymodbus (with pyserial for RTU on pty pairs), pinned: its
 # datastore API changes between minor versions.
-if ! python3 -c 'import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != "3.8.6")' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check "pymodbus==3.8.6" "pyserial==3.5" \
-        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-            "pymodbus==3.8.6" "pyserial==3.5"
+# The web API tests parse /metrics with Prometheus's own parser (prometheus_client).
+if ! python3 -c 'import pymodbus, serial, prometheus_client, sys; sys.exit(pymodbus.__version__ != "3.8.6")' 2>/dev/null; then
+    pip_pkgs=("pymodbus==3.8.6" "pyserial==3.5" "prometheus-client==0.26.0")
+    python3 -m pip install --quiet --disable-pip-version-check "${pip_pkgs[@]}" \
+        || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pip_pkgs[@]}"
 fi
 
 # The LwM2M client the tests drive, at the versions of tests/lwm2m/package-lock.json.

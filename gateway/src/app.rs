@@ -49,6 +49,9 @@ pub enum StartError {
     /// The LwM2M server's socket or object definitions.
     #[error(transparent)]
     Lwm2m(#[from] crate::lwm2m::StartError),
+    /// The web server's listener or its credential files.
+    #[error(transparent)]
+    Web(#[from] crate::web::StartError),
     /// The thread that feeds the watchdog during start-up could not be started.
     #[error("cannot start the start-up watchdog feeder: {0}")]
     Feeder(std::io::Error),
@@ -62,6 +65,7 @@ struct Bound {
     webhooks: Vec<webhook::Endpoint>,
     coap: Option<crate::coap::Bound>,
     lwm2m: Option<crate::lwm2m::Bound>,
+    web: Option<crate::web::Bound>,
 }
 
 /// A gateway whose listeners are bound; `serve` runs it.
@@ -79,6 +83,8 @@ pub struct Gateway {
     coap: Option<crate::coap::Bound>,
     /// The LwM2M server's socket and object model (`[lwm2m]`).
     lwm2m: Option<crate::lwm2m::Bound>,
+    /// The web server's listener and credentials (`[web]`).
+    web: Option<crate::web::Bound>,
 }
 
 impl Gateway {
@@ -107,6 +113,7 @@ impl Gateway {
                     webhooks: parts.webhooks,
                     coap: parts.coap,
                     lwm2m: parts.lwm2m,
+                    web: parts.web,
                 })
             }
             Err(e) => {
@@ -161,6 +168,10 @@ impl Gateway {
             Some(c) => Some(crate::lwm2m::bind(c).await?),
             None => None,
         };
+        let web = match &broker.config.web {
+            Some(w) if w.enabled => Some(crate::web::bind(w, &broker.config.node.data_dir).await?),
+            _ => None,
+        };
         Ok(Bound {
             broker,
             listeners,
@@ -168,6 +179,7 @@ impl Gateway {
             webhooks,
             coap,
             lwm2m,
+            web,
         })
     }
 
@@ -267,6 +279,9 @@ impl Gateway {
         }
         if let Some(serial) = &broker.config.serial {
             crate::serial::spawn(serial, &broker, &tracker);
+        }
+        if let Some(web) = self.web {
+            tracker.spawn(crate::web::run(web, broker.clone(), tracker.clone()));
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

@@ -29,4 +29,5 @@ pub mod serial;
 pub mod supervise;
 pub mod trace;
 pub mod udp;
+pub mod web;
 pub mod webhook;

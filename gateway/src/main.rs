@@ -75,6 +75,16 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Set the web API's admin password (from a shell on the board, no setup token needed;
+    /// typed twice at a prompt, or the first line of standard input).
+    WebPasswd {
+        /// Config file whose node.data_dir holds the account.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the config's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Manage the password file (argon2id hashes).
     Passwd {
         #[command(subcommand)]
@@ -240,6 +250,7 @@ fn main() -> ExitCode {
             json,
             command,
         } => ctl(socket, data_dir, config, json, command),
+        Command::WebPasswd { config, data_dir } => web_passwd(config, data_dir),
         Command::Passwd { action } => {
             let cmd = match action {
                 PasswdAction::Add { user, file } => PasswdCommand::Add { user, file },
@@ -378,6 +389,39 @@ fn resolve(host: &str) -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot resolve {host}: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn web_passwd(config_path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    let dir = match data_dir {
+        Some(dir) => dir,
+        None => match config::load(config_path.as_deref(), std::env::vars()) {
+            Ok(cfg) => cfg.node.data_dir,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let password = match holdfast::auth::read_password() {
+        Ok(p) => String::from_utf8_lossy(&p).into_owned(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match holdfast::web::auth::reset_admin(&dir, &password) {
+        Ok(()) => {
+            println!(
+                "set the web admin password in {}",
+                dir.join("web/admin").display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -183,7 +183,7 @@ fn run_passwd_with(
 
 /// The new password: the first line of standard input (without its line ending) when that is
 /// not a terminal, so scripts can pipe it in; else typed twice at a prompt that does not echo.
-fn read_password() -> Result<Vec<u8>, AuthFileError> {
+pub fn read_password() -> Result<Vec<u8>, AuthFileError> {
     let stdin = io::stdin();
     if stdin.is_terminal() {
         let first = rpassword::prompt_password("Password: ").map_err(AuthFileError::Prompt)?;

@@ -8,7 +8,7 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Sections the design describes but this build does not implement yet (`web`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! Keys the design describes but this build does not implement yet (`web.tls`) are errors, not silently ignored: a gateway that drops a bridge config on
 //! the floor would lose data while looking healthy.
 
 mod auto_subscribe;
@@ -21,6 +21,7 @@ mod raw;
 mod serial;
 mod units;
 mod validate;
+mod web;
 mod webhooks;
 
 pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSubscribe};
@@ -39,6 +40,7 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 pub use units::parse_size;
+pub use web::WebConfig;
 pub use webhooks::{EventSet, PayloadEncoding, WebhookConfig, WebhookEvent, WebhookUrl};
 
 /// The whole gateway configuration, validated.
@@ -72,6 +74,8 @@ pub struct Config {
     pub modbus: Option<ModbusConfig>,
     /// The raw serial lines (`[serial]`); off unless the section is present.
     pub serial: Option<SerialConfig>,
+    /// The web API (`[web]`); off unless the section is present.
+    pub web: Option<WebConfig>,
 }
 
 /// Identity and local storage of this gateway.
@@ -642,6 +646,7 @@ impl Default for Config {
             lwm2m: None,
             modbus: None,
             serial: None,
+            web: None,
         }
     }
 }

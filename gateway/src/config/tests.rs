@@ -226,10 +226,10 @@ fn an_unknown_section_is_reported() {
 }
 
 #[test]
-fn sections_not_built_yet_are_errors_not_silently_ignored() {
+fn keys_not_built_yet_are_errors_not_silently_ignored() {
     assert_eq!(
-        problem("[web]\n"),
-        "holdfast.toml:1: web: section [web] is not supported by this build yet"
+        problem("[web]\ntls = { cert = \"a\", key = \"b\" }\n"),
+        "holdfast.toml:2: web.tls: not supported by this build yet"
     );
 }
 
@@ -1059,8 +1059,8 @@ fn an_env_override_naming_an_unknown_key_names_the_variable() {
         ["HOLDFAST__MQTT__MAX_INFLIGH: mqtt.max_infligh: unknown key (did you mean \"max_inflight\"?)"]
     );
     assert_eq!(
-        problems_with("", &[("HOLDFAST__WEB__BIND", "0.0.0.0:18083")]),
-        ["HOLDFAST__WEB__BIND: web: section [web] is not supported by this build yet"]
+        problems_with("", &[("HOLDFAST__WEB__BINDD", "0.0.0.0:18083")]),
+        ["HOLDFAST__WEB__BINDD: web.bindd: unknown key (did you mean \"bind\"?)"]
     );
 }
 
@@ -1880,4 +1880,18 @@ length_bytes = 3
         "{found:#?}"
     );
     assert_eq!(found.len(), 2, "{found:#?}");
+}
+
+// ---- web ----
+
+#[test]
+fn the_web_section_reads_with_its_defaults() {
+    let config = ok("[web]\nbind = \"127.0.0.1:18083\"\nlogin_attempts = 3\n");
+    let web = config.web.expect("[web]");
+    assert!(web.enabled);
+    assert_eq!(web.bind, addr("127.0.0.1:18083"));
+    assert_eq!(web.login_attempts, 3);
+    assert_eq!(web.max_connections, 64);
+    assert_eq!(web.session_idle, Duration::from_secs(1800));
+    assert!(ok("").web.is_none(), "off until the section is present");
 }

@@ -20,7 +20,7 @@ use super::{
 use holdfast_mqtt::topic;
 
 /// Sections of the design that this build does not implement yet.
-const UNSUPPORTED_SECTIONS: &[&str] = &["web"];
+const UNSUPPORTED_SECTIONS: &[&str] = &[];
 
 const KB: u64 = 1024;
 const MB: u64 = 1024 * 1024;
@@ -80,6 +80,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
             "lwm2m",
             "modbus",
             "serial",
+            "web",
         ],
         &[],
     );
@@ -141,6 +142,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         .collect();
     let serial =
         field(entries, "serial").map(|n| super::serial::serial_section(&mut ctx, n, &rtu_ports));
+    let web = field(entries, "web").map(|n| super::web::web_section(&mut ctx, n));
     // File problems first, in line order; then those of overrides (and of built-in values),
     // in the order met; then the variables whose names could not be applied.
     let env_problems = std::mem::replace(problems, ctx.problems);
@@ -163,6 +165,7 @@ pub(crate) fn validate(root: &Node, origin: &str, problems: &mut Vec<Problem>) -
         lwm2m,
         modbus,
         serial,
+        web,
     })
 }
 

@@ -1,0 +1,123 @@
+//! `[web]`: the technician's HTTP server (REST API and `/metrics`), as typed config.
+//!
+//! Owns the section's schema: where it listens, its bounds (connections, body size, request
+//! time), and how long sessions and login lockouts last. The section is off until it appears.
+//! Never binds the socket and never reads the credential files.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::coap::socket_addr;
+use super::modbus::duration_within;
+use super::raw::Node;
+use super::validate::{boolean, integer, size, Ctx};
+
+/// The HTTP server (`[web]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Serve at all. Default true once the section is present.
+    pub enabled: bool,
+    /// TCP address. Default 0.0.0.0:18083 (EMQX's dashboard port).
+    pub bind: SocketAddr,
+    /// Connections served at once; one more is closed at accept. Default 64; 1..=10000.
+    pub max_connections: usize,
+    /// Largest request body. Default 1MB; 1KB..=64MB.
+    pub max_body_size: usize,
+    /// Time to read a request's headers and to answer it. Default 30s; 1s..=10m.
+    pub request_timeout: Duration,
+    /// A session unused this long ends. Default 30m; 1m..=1d.
+    pub session_idle: Duration,
+    /// A session ends this long after login whatever its use. Default 12h; 1m..=30d.
+    pub session_max: Duration,
+    /// Sessions at once; the oldest ends when one more logs in. Default 16; 1..=1000.
+    pub max_sessions: usize,
+    /// Failed logins from one address before it is locked out. Default 5; 1..=100.
+    pub login_attempts: u32,
+    /// How long a locked-out address waits. Default 5m; 1s..=1d.
+    pub login_lockout: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            bind: SocketAddr::from(([0, 0, 0, 0], 18083)),
+            max_connections: 64,
+            max_body_size: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            max_sessions: 16,
+            login_attempts: 5,
+            login_lockout: Duration::from_secs(300),
+        }
+    }
+}
+
+const WEB_KEYS: &[&str] = &[
+    "enabled",
+    "bind",
+    "max_connections",
+    "max_body_size",
+    "request_timeout",
+    "session_idle",
+    "session_max",
+    "max_sessions",
+    "login_attempts",
+    "login_lockout",
+];
+
+/// Reads `[web]`.
+pub(super) fn web_section(ctx: &mut Ctx<'_>, node: &Node) -> WebConfig {
+    let d = WebConfig::default();
+    let entries = ctx.open(node, "web", WEB_KEYS, &["tls"]);
+    let p = "web";
+    WebConfig {
+        enabled: ctx.get(entries, p, "enabled", d.enabled, boolean),
+        bind: ctx.get(entries, p, "bind", d.bind, socket_addr),
+        max_connections: ctx.get(
+            entries,
+            p,
+            "max_connections",
+            d.max_connections,
+            |c, n, k| integer(c, n, k, 1, 10_000),
+        ),
+        max_body_size: ctx.get(entries, p, "max_body_size", d.max_body_size, |c, n, k| {
+            size(c, n, k, 1024, 64 * 1024 * 1024)
+        }),
+        request_timeout: ctx.get(
+            entries,
+            p,
+            "request_timeout",
+            d.request_timeout,
+            duration_within(Duration::from_secs(1), Duration::from_secs(600)),
+        ),
+        session_idle: ctx.get(
+            entries,
+            p,
+            "session_idle",
+            d.session_idle,
+            duration_within(Duration::from_secs(60), Duration::from_secs(86_400)),
+        ),
+        session_max: ctx.get(
+            entries,
+            p,
+            "session_max",
+            d.session_max,
+            duration_within(Duration::from_secs(60), Duration::from_secs(30 * 86_400)),
+        ),
+        max_sessions: ctx.get(entries, p, "max_sessions", d.max_sessions, |c, n, k| {
+            integer(c, n, k, 1, 1000)
+        }),
+        login_attempts: ctx.get(entries, p, "login_attempts", d.login_attempts, |c, n, k| {
+            integer(c, n, k, 1, 100)
+        }),
+        login_lockout: ctx.get(
+            entries,
+            p,
+            "login_lockout",
+            d.login_lockout,
+            duration_within(Duration::from_secs(1), Duration::from_secs(86_400)),
+        ),
+    }
+}

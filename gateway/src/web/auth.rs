@@ -1,0 +1,439 @@
+//! Who may use the web API: the admin account and its first-boot setup token, login sessions
+//! with their CSRF tokens, and API tokens for automation.
+//!
+//! Owns the credential files under the data directory (`setup-token`, `web/admin` as a
+//! password file of one user, `web/tokens.json` with SHA-256 digests of the tokens, never the
+//! tokens themselves) and the in-memory session table, bounded. There is no default password:
+//! until an admin exists, the only way in is the setup token written at start (mode 0600, as
+//! every file the gateway writes). Never answers HTTP itself and never logs a secret.
+
+use crate::auth::PasswordFile;
+use crate::udp::lock;
+use rand::RngCore as _;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq as _;
+
+/// The one admin account's user name.
+pub const ADMIN: &str = "admin";
+/// API tokens kept at most.
+const MAX_TOKENS: usize = 100;
+/// Shortest admin password taken.
+pub const MIN_PASSWORD: usize = 10;
+
+/// A fresh random secret: 32 bytes from the OS, hex.
+fn secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn digest(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+/// Why the credential files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin file or the token file is not what the gateway wrote.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// Why a setup was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// An admin exists already.
+    #[error("the gateway is set up already")]
+    Done,
+    /// The token is not the one in the data directory.
+    #[error("wrong setup token")]
+    WrongToken,
+    /// The password is shorter than [`MIN_PASSWORD`].
+    #[error("the password must have at least {MIN_PASSWORD} characters")]
+    WeakPassword,
+    /// The admin file could not be written.
+    #[error("the admin account could not be saved")]
+    Io,
+}
+
+/// An API token as listed (never the token itself).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    /// Its id (for revoking).
+    pub id: String,
+    /// What it is for.
+    pub name: String,
+    /// When it was made, seconds since the epoch.
+    pub created: u64,
+    /// SHA-256 of the token, hex.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    digest: String,
+}
+
+impl TokenInfo {
+    /// The same without the digest, for listing.
+    pub fn public(&self) -> TokenInfo {
+        TokenInfo {
+            digest: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The admin account, the setup token and the API tokens.
+#[derive(Debug)]
+pub struct Credentials {
+    admin_path: PathBuf,
+    tokens_path: PathBuf,
+    setup_path: PathBuf,
+    admin: Mutex<PasswordFile>,
+    tokens: Mutex<Vec<TokenInfo>>,
+    /// The setup token while no admin exists.
+    setup: Mutex<Option<String>>,
+}
+
+impl Credentials {
+    /// Reads the credential files under `data_dir`; with no admin yet, writes a new setup token
+    /// to `{data_dir}/setup-token` and logs where it is.
+    pub fn open(data_dir: &Path) -> Result<Credentials, CredentialError> {
+        let dir = data_dir.join("web");
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| CredentialError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let admin_path = dir.join("admin");
+        let tokens_path = dir.join("tokens.json");
+        let setup_path = data_dir.join("setup-token");
+        let admin = if admin_path.exists() {
+            PasswordFile::load(&admin_path).map_err(|e| CredentialError::Corrupt(e.to_string()))?
+        } else {
+            PasswordFile::new()
+        };
+        let tokens: Vec<TokenInfo> = match std::fs::read(&tokens_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| CredentialError::Corrupt(format!("{}: {e}", tokens_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(&tokens_path)(e)),
+        };
+        let setup = if admin.contains(ADMIN) {
+            let _ = std::fs::remove_file(&setup_path);
+            None
+        } else {
+            let token = secret();
+            crate::file_replace::replace(&setup_path, format!("{token}\n").as_bytes())
+                .map_err(io(&setup_path))?;
+            tracing::warn!(
+                file = %setup_path.display(),
+                "web: no admin account yet; the one-time setup token is in this file (the first visit asks for it and for the admin password)"
+            );
+            Some(token)
+        };
+        Ok(Credentials {
+            admin_path,
+            tokens_path,
+            setup_path,
+            admin: Mutex::new(admin),
+            tokens: Mutex::new(tokens),
+            setup: Mutex::new(setup),
+        })
+    }
+
+    /// Whether the first visit still has to create the admin account.
+    pub fn setup_required(&self) -> bool {
+        lock(&self.setup).is_some()
+    }
+
+    /// Creates the admin account with `password`, given the setup token. CPU-heavy (argon2):
+    /// call it off the async runtime.
+    pub fn setup(&self, token: &str, password: &str) -> Result<(), SetupError> {
+        let mut setup = lock(&self.setup);
+        let Some(expected) = setup.as_deref() else {
+            return Err(SetupError::Done);
+        };
+        if !bool::from(expected.as_bytes().ct_eq(token.trim().as_bytes())) {
+            return Err(SetupError::WrongToken);
+        }
+        if password.chars().count() < MIN_PASSWORD {
+            return Err(SetupError::WeakPassword);
+        }
+        let mut admin = lock(&self.admin);
+        admin
+            .set(ADMIN, password.as_bytes())
+            .map_err(|_| SetupError::Io)?;
+        admin.save(&self.admin_path).map_err(|_| SetupError::Io)?;
+        *setup = None;
+        let _ = std::fs::remove_file(&self.setup_path);
+        tracing::info!("web: admin account created; the setup token is spent");
+        Ok(())
+    }
+
+    /// Whether `password` is the admin's. CPU-heavy (argon2): call it off the async runtime.
+    /// The admin file is read again first, so `holdfast web-passwd` takes effect at once.
+    pub fn verify(&self, password: &str) -> bool {
+        let mut admin = lock(&self.admin);
+        if let Ok(fresh) = PasswordFile::load(&self.admin_path) {
+            *admin = fresh;
+        }
+        admin.verify(ADMIN, password.as_bytes())
+    }
+
+    /// Makes an API token named `name`; returns its listing and the token (shown once).
+    pub fn create_token(&self, name: &str) -> Result<(TokenInfo, String), CredentialError> {
+        let mut tokens = lock(&self.tokens);
+        if tokens.len() >= MAX_TOKENS {
+            return Err(CredentialError::Corrupt(format!(
+                "{MAX_TOKENS} API tokens exist; revoke one first"
+            )));
+        }
+        let token = format!("hft_{}", secret());
+        let info = TokenInfo {
+            id: secret()[..16].to_owned(),
+            name: name.to_owned(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            digest: digest(&token),
+        };
+        tokens.push(info.clone());
+        self.save_tokens(&tokens)?;
+        Ok((info.public(), token))
+    }
+
+    /// The API tokens (without digests).
+    pub fn tokens(&self) -> Vec<TokenInfo> {
+        lock(&self.tokens).iter().map(TokenInfo::public).collect()
+    }
+
+    /// Revokes token `id`; false when there is none.
+    pub fn revoke(&self, id: &str) -> Result<bool, CredentialError> {
+        let mut tokens = lock(&self.tokens);
+        let before = tokens.len();
+        tokens.retain(|t| t.id != id);
+        if tokens.len() == before {
+            return Ok(false);
+        }
+        self.save_tokens(&tokens)?;
+        Ok(true)
+    }
+
+    /// Whether `token` is a live API token (compared in constant time with every digest).
+    pub fn check_token(&self, token: &str) -> bool {
+        let d = digest(token);
+        let tokens = lock(&self.tokens);
+        let mut found = false;
+        for t in tokens.iter() {
+            found |= bool::from(t.digest.as_bytes().ct_eq(d.as_bytes()));
+        }
+        found
+    }
+
+    fn save_tokens(&self, tokens: &[TokenInfo]) -> Result<(), CredentialError> {
+        let bytes = serde_json::to_vec_pretty(tokens)
+            .map_err(|e| CredentialError::Corrupt(e.to_string()))?;
+        crate::file_replace::replace(&self.tokens_path, &bytes).map_err(|source| {
+            CredentialError::Io {
+                path: self.tokens_path.display().to_string(),
+                source,
+            }
+        })
+    }
+}
+
+/// Sets the admin password from a shell (`holdfast web-passwd`), with no setup token: whoever
+/// can write the data directory owns the gateway anyway. A running gateway takes it at the
+/// next login; sessions already open stay until they end.
+pub fn reset_admin(data_dir: &Path, password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(format!(
+            "the password must have at least {MIN_PASSWORD} characters"
+        ));
+    }
+    let dir = data_dir.join("web");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("admin");
+    let mut admin = if path.exists() {
+        PasswordFile::load(&path).map_err(|e| e.to_string())?
+    } else {
+        PasswordFile::new()
+    };
+    admin
+        .set(ADMIN, password.as_bytes())
+        .map_err(|e| e.to_string())?;
+    admin.save(&path).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(data_dir.join("setup-token"));
+    Ok(())
+}
+
+/// One login session.
+#[derive(Debug, Clone)]
+struct Session {
+    csrf: String,
+    created: Instant,
+    last_used: Instant,
+}
+
+/// The login sessions, bounded: one more than `max` ends the oldest.
+#[derive(Debug)]
+pub struct Sessions {
+    table: Mutex<HashMap<String, Session>>,
+    idle: Duration,
+    lifetime: Duration,
+    max: usize,
+}
+
+impl Sessions {
+    /// Sessions that end after `idle` unused or `lifetime` after login; at most `max`.
+    pub fn new(idle: Duration, lifetime: Duration, max: usize) -> Sessions {
+        Sessions {
+            table: Mutex::new(HashMap::new()),
+            idle,
+            lifetime,
+            max: max.max(1),
+        }
+    }
+
+    /// Starts a session: its id (the cookie) and its CSRF token.
+    pub fn create(&self, now: Instant) -> (String, String) {
+        let mut table = lock(&self.table);
+        table.retain(|_, s| self.alive(s, now));
+        while table.len() >= self.max {
+            let Some(oldest) = table
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            table.remove(&oldest);
+        }
+        let (id, csrf) = (secret(), secret());
+        table.insert(
+            id.clone(),
+            Session {
+                csrf: csrf.clone(),
+                created: now,
+                last_used: now,
+            },
+        );
+        (id, csrf)
+    }
+
+    /// The CSRF token of live session `id` (touching it), or none.
+    pub fn check(&self, id: &str, now: Instant) -> Option<String> {
+        let mut table = lock(&self.table);
+        let alive = table.get(id).is_some_and(|s| self.alive(s, now));
+        if !alive {
+            table.remove(id);
+            return None;
+        }
+        let s = table.get_mut(id)?;
+        s.last_used = now;
+        Some(s.csrf.clone())
+    }
+
+    /// Ends session `id`.
+    pub fn end(&self, id: &str) {
+        lock(&self.table).remove(id);
+    }
+
+    /// Ends every session (the admin password changed).
+    pub fn end_all(&self) {
+        lock(&self.table).clear();
+    }
+
+    fn alive(&self, s: &Session, now: Instant) -> bool {
+        now.saturating_duration_since(s.last_used) < self.idle
+            && now.saturating_duration_since(s.created) < self.lifetime
+    }
+}
+
+/// Compares two secrets in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_needs_the_token_once_and_a_real_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::open(dir.path()).unwrap();
+        assert!(creds.setup_required());
+        let token = std::fs::read_to_string(dir.path().join("setup-token")).unwrap();
+        assert_eq!(
+            creds.setup("nope", "long enough pw"),
+            Err(SetupError::WrongToken)
+        );
+        assert_eq!(creds.setup(&token, "short"), Err(SetupError::WeakPassword));
+        assert_eq!(creds.setup(&token, "long enough pw"), Ok(()));
+        assert!(
+            !dir.path().join("setup-token").exists(),
+            "the token is spent"
+        );
+        assert_eq!(creds.setup(&token, "long enough pw"), Err(SetupError::Done));
+        assert!(creds.verify("long enough pw"));
+        assert!(!creds.verify("long enough pW"));
+        // A restart finds the admin and writes no new token.
+        let again = Credentials::open(dir.path()).unwrap();
+        assert!(!again.setup_required());
+        assert!(!dir.path().join("setup-token").exists());
+        assert!(again.verify("long enough pw"));
+    }
+
+    #[test]
+    fn tokens_are_kept_as_digests_and_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::open(dir.path()).unwrap();
+        let (info, token) = creds.create_token("prometheus").unwrap();
+        assert!(creds.check_token(&token));
+        assert!(!creds.check_token("hft_0000"));
+        let file = std::fs::read_to_string(dir.path().join("web/tokens.json")).unwrap();
+        assert!(!file.contains(&token), "the token itself is never stored");
+        assert!(Credentials::open(dir.path()).unwrap().check_token(&token));
+        assert_eq!(creds.tokens().len(), 1);
+        assert!(creds.revoke(&info.id).unwrap());
+        assert!(!creds.check_token(&token));
+        assert!(!creds.revoke(&info.id).unwrap());
+    }
+
+    #[test]
+    fn sessions_expire_and_stay_bounded() {
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 2);
+        let t0 = Instant::now();
+        let (a, csrf) = s.create(t0);
+        assert_eq!(s.check(&a, t0 + Duration::from_secs(30)), Some(csrf));
+        assert!(s.check(&a, t0 + Duration::from_secs(100)).is_none(), "idle");
+        let (b, _) = s.create(t0);
+        let (c, _) = s.create(t0 + Duration::from_secs(1));
+        let (d, _) = s.create(t0 + Duration::from_secs(2));
+        assert!(
+            s.check(&b, t0 + Duration::from_secs(3)).is_none(),
+            "the oldest ended"
+        );
+        assert!(s.check(&c, t0 + Duration::from_secs(3)).is_some());
+        assert!(s.check(&d, t0 + Duration::from_secs(3)).is_some());
+        assert!(
+            s.check(&c, t0 + Duration::from_secs(700)).is_none(),
+            "lifetime"
+        );
+    }
+}

@@ -1,0 +1,465 @@
+//! The technician's HTTP server (`[web]`, TCP 18083): the REST API under `/api/v1/` and
+//! `/metrics`, on axum.
+//!
+//! Owns the listener and its bounds (connections at once, header read time, request time,
+//! body size), the routes, and access: no default password — a one-time setup token in the
+//! data directory until the admin account exists ([`auth`]), then a login session (cookie
+//! HttpOnly + SameSite=Strict, a CSRF token required on every change) or an API token
+//! (`Authorization: Bearer`), with the login lockout of the MQTT listeners. Every action is
+//! the control socket's (`ctl::server::answer`): the API and `holdfast ctl` share one
+//! implementation. Never touches the router directly.
+
+pub mod auth;
+mod metrics;
+
+use crate::auth::lockout::Lockout;
+use crate::broker::Broker;
+use crate::config::WebConfig;
+use crate::ctl::Request as CtlRequest;
+use auth::{Credentials, Sessions, SetupError};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+/// The session cookie's name.
+const COOKIE: &str = "holdfast_session";
+/// The header that carries a session's CSRF token on changes.
+const CSRF_HEADER: &str = "x-csrf-token";
+
+/// Why the web server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The address could not be bound.
+    #[error("web: cannot bind {bind}: {source}")]
+    Bind {
+        /// The address.
+        bind: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The credential files could not be read or written.
+    #[error("web: {0}")]
+    Credentials(#[from] auth::CredentialError),
+}
+
+/// The bound listener and the credentials, ready to serve.
+#[derive(Debug)]
+pub struct Bound {
+    listener: TcpListener,
+    credentials: Credentials,
+    config: WebConfig,
+}
+
+impl Bound {
+    /// The address bound.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+}
+
+/// Reads the credentials (writing the setup token on first start) and binds `[web].bind`.
+pub async fn bind(config: &WebConfig, data_dir: &std::path::Path) -> Result<Bound, StartError> {
+    let credentials = Credentials::open(data_dir)?;
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| StartError::Bind {
+            bind: config.bind,
+            source,
+        })?;
+    tracing::info!(bind = %config.bind, "web: API listening");
+    Ok(Bound {
+        listener,
+        credentials,
+        config: config.clone(),
+    })
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+struct App {
+    broker: Arc<Broker>,
+    credentials: Arc<Credentials>,
+    sessions: Arc<Sessions>,
+    lockout: Arc<Lockout>,
+    config: Arc<WebConfig>,
+}
+
+/// The peer of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+/// Serves until shutdown: one task per connection, at most `max_connections` at once (one
+/// more is closed at accept).
+pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
+    let config = bound.config;
+    let app = App {
+        broker: broker.clone(),
+        credentials: Arc::new(bound.credentials),
+        sessions: Arc::new(Sessions::new(
+            config.session_idle,
+            config.session_max,
+            config.max_sessions,
+        )),
+        lockout: Arc::new(Lockout::new(config.login_attempts, config.login_lockout)),
+        config: Arc::new(config.clone()),
+    };
+    let router = routes(app);
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let shutdown = broker.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = bound.listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("web: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %peer, "web: connection refused: {} connections open (max_connections)", config.max_connections);
+            drop(stream);
+            continue;
+        };
+        let service = router.clone().layer(Extension(Peer(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(service);
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let timeout = config.request_timeout;
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(peer = %peer, "web: connection ended: {e}");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
+fn routes(app: App) -> Router {
+    let open = Router::new()
+        .route("/api/v1/setup", get(setup_status).post(setup))
+        .route("/api/v1/login", post(login));
+    let guarded = Router::new()
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/stats", get(|s| ctl(s, CtlRequest::Stats)))
+        .route("/api/v1/listeners", get(|s| ctl(s, CtlRequest::Listeners)))
+        .route("/api/v1/clients", get(|s| ctl(s, CtlRequest::Clients)))
+        .route("/api/v1/clients/{id}", get(client))
+        .route("/api/v1/clients/{id}/kick", post(kick))
+        .route(
+            "/api/v1/subscriptions",
+            get(|s| ctl(s, CtlRequest::Subscriptions)),
+        )
+        .route("/api/v1/retained", get(|s| ctl(s, CtlRequest::Retained)))
+        .route("/api/v1/bridges", get(|s| ctl(s, CtlRequest::Bridges)))
+        .route("/api/v1/coap", get(|s| ctl(s, CtlRequest::Coap)))
+        .route("/api/v1/lwm2m", get(|s| ctl(s, CtlRequest::Lwm2m)))
+        .route("/api/v1/modbus", get(|s| ctl(s, CtlRequest::Modbus)))
+        .route("/api/v1/serial", get(|s| ctl(s, CtlRequest::Serial)))
+        .route("/api/v1/reload", post(|s| ctl(s, CtlRequest::Reload)))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_auth,
+        ));
+    let limit = app.config.max_body_size;
+    let timeout = app.config.request_timeout;
+    open.merge(guarded)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource") })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+/// Lets a request through with a live API token, or a live session (and, for a change, its
+/// CSRF token); 401 or 403 otherwise.
+async fn require_auth(State(app): State<App>, req: Request<Body>, next: Next) -> Response {
+    let headers = req.headers();
+    if let Some(token) = bearer(headers) {
+        if app.credentials.check_token(token) {
+            return next.run(req).await;
+        }
+        return error(StatusCode::UNAUTHORIZED, "unknown or revoked API token");
+    }
+    let Some(session) = cookie(headers, COOKIE) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "log in first (or send an API token)",
+        );
+    };
+    let Some(csrf) = app.sessions.check(session, Instant::now()) else {
+        return error(StatusCode::UNAUTHORIZED, "the session ended; log in again");
+    };
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !safe {
+        let sent = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !auth::same_secret(sent, &csrf) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "a change needs the session's CSRF token in X-CSRF-Token",
+            );
+        }
+    }
+    next.run(req).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A new session: the cookie and the CSRF token (in the body, for the page's script).
+fn session_response(app: &App) -> Response {
+    let (id, csrf) = app.sessions.create(Instant::now());
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        app.config.session_max.as_secs()
+    );
+    let mut response = Json(json!({ "csrf": csrf })).into_response();
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+async fn setup_status(State(app): State<App>) -> Response {
+    Json(json!({ "setup_required": app.credentials.setup_required() })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SetupBody {
+    token: String,
+    password: String,
+}
+
+async fn setup(
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Option<Json<SetupBody>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"token\": ..., \"password\": ...}",
+        );
+    };
+    if app
+        .lockout
+        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
+    {
+        return locked(&app);
+    }
+    let creds = app.credentials.clone();
+    let result =
+        tokio::task::spawn_blocking(move || creds.setup(&body.token, &body.password)).await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::info!(peer = %peer, "web: setup done from {peer}");
+            session_response(&app)
+        }
+        Ok(Err(SetupError::WrongToken)) => {
+            failed_login(&app, peer, "wrong setup token");
+            error(StatusCode::UNAUTHORIZED, "wrong setup token")
+        }
+        Ok(Err(e @ SetupError::Done)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Ok(Err(e @ SetupError::WeakPassword)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(Err(SetupError::Io)) | Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the admin account could not be saved",
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginBody {
+    password: String,
+}
+
+async fn login(
+    State(app): State<App>,
+    Extension(Peer(peer)): Extension<Peer>,
+    body: Option<Json<LoginBody>>,
+) -> Response {
+    let Some(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"password\": ...}");
+    };
+    if app.credentials.setup_required() {
+        return error(
+            StatusCode::CONFLICT,
+            "not set up yet: POST /api/v1/setup with the setup token",
+        );
+    }
+    if app
+        .lockout
+        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
+    {
+        return locked(&app);
+    }
+    let creds = app.credentials.clone();
+    let ok = tokio::task::spawn_blocking(move || creds.verify(&body.password))
+        .await
+        .unwrap_or(false);
+    if ok {
+        app.lockout.succeeded(peer.ip(), auth::ADMIN);
+        tracing::info!(peer = %peer, "web: admin logged in");
+        return session_response(&app);
+    }
+    failed_login(&app, peer, "wrong password");
+    error(StatusCode::UNAUTHORIZED, "wrong password")
+}
+
+fn failed_login(app: &App, peer: SocketAddr, why: &str) {
+    let now_locked = app.lockout.failed(peer.ip(), auth::ADMIN, Instant::now());
+    if now_locked {
+        tracing::warn!(peer = %peer, "web: {why}; {} failures: {} locked out for {:?}", app.config.login_attempts, peer.ip(), app.config.login_lockout);
+    } else {
+        tracing::warn!(peer = %peer, "web: login refused: {why}");
+    }
+}
+
+fn locked(app: &App) -> Response {
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed logins from this address; wait and try again",
+    );
+    if let Ok(v) = HeaderValue::from_str(&app.config.login_lockout.as_secs().to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers, COOKIE) {
+        app.sessions.end(id);
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let expired = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&expired) {
+        response.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// Answers with what `holdfast ctl` answers (an `error` answer is a 404).
+async fn ctl(State(app): State<App>, request: CtlRequest) -> Response {
+    let answer = crate::ctl::server::answer(request, &app.broker).await;
+    if let Some(message) = answer.get("error").and_then(Value::as_str) {
+        return error(StatusCode::NOT_FOUND, message);
+    }
+    Json(answer).into_response()
+}
+
+async fn client(state: State<App>, Path(id): Path<String>) -> Response {
+    ctl(state, CtlRequest::Client { client_id: id }).await
+}
+
+async fn kick(state: State<App>, Path(id): Path<String>) -> Response {
+    ctl(state, CtlRequest::Kick { client_id: id }).await
+}
+
+async fn list_tokens(State(app): State<App>) -> Response {
+    Json(json!({ "tokens": app.credentials.tokens() })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TokenBody {
+    name: String,
+}
+
+async fn create_token(State(app): State<App>, body: Option<Json<TokenBody>>) -> Response {
+    let Some(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"name\": ...}");
+    };
+    if body.name.is_empty() || body.name.len() > 64 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a token's name is 1..=64 characters",
+        );
+    }
+    match app.credentials.create_token(&body.name) {
+        Ok((info, token)) => {
+            tracing::info!(id = %info.id, name = %info.name, "web: API token created");
+            (
+                StatusCode::CREATED,
+                Json(json!({ "token": token, "info": info })),
+            )
+                .into_response()
+        }
+        Err(e) => error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+async fn revoke_token(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.credentials.revoke(&id) {
+        Ok(true) => {
+            tracing::info!(id = %id, "web: API token revoked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such token"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let body = metrics::render(&app.broker);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,544 @@
+//! The web API (`[web]`) against the built binary over HTTP/1.1 on loopback: first-boot setup
+//! with the one-time token, login sessions and their CSRF token, the login lockout, API
+//! tokens and their revocation, a kick through the API, `/metrics` parsed by Prometheus's own
+//! text parser (prometheus_client from PyPI) and checked against `holdfast ctl stats`, and the
+//! `web-passwd` reset from a shell.
+
+use holdfast_tests::ctl::{ctl_json, socket};
+use holdfast_tests::{free_port, holdfast_bin, Gateway, MosquittoSub};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A gateway with MQTT and `[web]` on free loopback ports; returns it and the web port.
+fn gateway(web_extra: &str) -> (Gateway, u16) {
+    let port = free_port();
+    let web = free_port();
+    let config = format!(
+        r#"
+[node]
+name = "gw-web"
+
+[[listeners]]
+kind = "tcp"
+bind = "127.0.0.1:{port}"
+
+[auth]
+allow_anonymous = true
+
+[web]
+bind = "127.0.0.1:{web}"
+{web_extra}
+"#
+    );
+    let gw = Gateway::start_config(&config, port);
+    assert!(gw.wait_for_log("web: API listening", WAIT), "{}", gw.log());
+    (gw, web)
+}
+
+/// One HTTP/1.1 exchange.
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the web port");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        request.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A logged-in session: its cookie header value and its CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn session_of(reply: &Reply) -> Session {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let set = reply.headers.get("set-cookie").cloned().unwrap_or_default();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    Session {
+        cookie: set.split(';').next().unwrap_or_default().to_owned(),
+        csrf: reply.json()["csrf"].as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+fn setup(gw: &Gateway, web: u16, password: &str) -> Session {
+    let token =
+        std::fs::read_to_string(gw.dir.path().join("data/setup-token")).expect("setup token");
+    let body = serde_json::json!({"token": token.trim(), "password": password}).to_string();
+    session_of(&http(web, "POST", "/api/v1/setup", &[], Some(&body)))
+}
+
+#[test]
+fn first_boot_needs_the_setup_token_then_everything_needs_a_session_or_a_token() {
+    let (gw, web) = gateway("");
+    let token_path = gw.dir.path().join("data/setup-token");
+    assert!(gw.log().contains("setup token"), "{}", gw.log());
+    let mode = std::fs::metadata(&token_path)
+        .expect("setup-token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the setup token is readable by others");
+    assert_eq!(
+        http(web, "GET", "/api/v1/setup", &[], None).json()["setup_required"],
+        true
+    );
+    // Nothing but setup and login without credentials; no default password.
+    for path in [
+        "/api/v1/stats",
+        "/api/v1/clients",
+        "/metrics",
+        "/api/v1/tokens",
+    ] {
+        assert_eq!(http(web, "GET", path, &[], None).status, 401, "{path}");
+    }
+    assert_eq!(
+        http(
+            web,
+            "POST",
+            "/api/v1/login",
+            &[],
+            Some(r#"{"password":"admin"}"#)
+        )
+        .status,
+        409
+    );
+    let wrong = http(
+        web,
+        "POST",
+        "/api/v1/setup",
+        &[],
+        Some(r#"{"token":"guess","password":"long enough pw"}"#),
+    );
+    assert_eq!(wrong.status, 401);
+    let token = std::fs::read_to_string(&token_path)
+        .expect("token")
+        .trim()
+        .to_owned();
+    let weak = format!(r#"{{"token":"{token}","password":"short"}}"#);
+    assert_eq!(
+        http(web, "POST", "/api/v1/setup", &[], Some(&weak)).status,
+        400
+    );
+    let s = setup(&gw, web, "correct horse battery");
+    assert!(!token_path.exists(), "the setup token is spent");
+    let again = format!(r#"{{"token":"{token}","password":"another password"}}"#);
+    assert_eq!(
+        http(web, "POST", "/api/v1/setup", &[], Some(&again)).status,
+        409
+    );
+    // A session reads.
+    let stats = http(web, "GET", "/api/v1/stats", &[("Cookie", &s.cookie)], None);
+    assert_eq!(stats.status, 200, "{}", stats.body);
+    assert!(
+        stats.json()["stats"]["connections/count"].is_u64(),
+        "{}",
+        stats.body
+    );
+    // A change without the CSRF token is refused, with it made.
+    let mqtt = gw.addr().port();
+    let _sub = MosquittoSub::start(mqtt, "t", &["-V", "5", "-i", "victim"]);
+    let no_csrf = http(
+        web,
+        "POST",
+        "/api/v1/clients/victim/kick",
+        &[("Cookie", &s.cookie)],
+        None,
+    );
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+    let bad_csrf = http(
+        web,
+        "POST",
+        "/api/v1/clients/victim/kick",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", "0000")],
+        None,
+    );
+    assert_eq!(bad_csrf.status, 403);
+    let kicked = http(
+        web,
+        "POST",
+        "/api/v1/clients/victim/kick",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        None,
+    );
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    assert!(
+        gw.wait_for_log("reason=\"kicked\"", WAIT) || gw.wait_for_log("reason=kicked", WAIT),
+        "{}",
+        gw.log()
+    );
+    let missing = http(
+        web,
+        "POST",
+        "/api/v1/clients/nobody/kick",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        None,
+    );
+    assert_eq!(missing.status, 404);
+    // Logging out ends the session.
+    let out = http(
+        web,
+        "POST",
+        "/api/v1/logout",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        None,
+    );
+    assert_eq!(out.status, 204);
+    assert_eq!(
+        http(web, "GET", "/api/v1/stats", &[("Cookie", &s.cookie)], None).status,
+        401
+    );
+    // And a login makes a new one.
+    let login = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"correct horse battery"}"#),
+    );
+    let s2 = session_of(&login);
+    assert_ne!(s2.cookie, s.cookie);
+    assert_eq!(
+        http(
+            web,
+            "GET",
+            "/api/v1/listeners",
+            &[("Cookie", &s2.cookie)],
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        http(
+            web,
+            "GET",
+            "/api/v1/nothing",
+            &[("Cookie", &s2.cookie)],
+            None
+        )
+        .status,
+        404
+    );
+}
+
+#[test]
+fn failed_logins_lock_the_address_out() {
+    let (gw, web) = gateway("login_attempts = 3\nlogin_lockout = \"1m\"");
+    setup(&gw, web, "correct horse battery");
+    for _ in 0..3 {
+        let r = http(
+            web,
+            "POST",
+            "/api/v1/login",
+            &[],
+            Some(r#"{"password":"guess guess"}"#),
+        );
+        assert_eq!(r.status, 401);
+    }
+    let locked = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"correct horse battery"}"#),
+    );
+    assert_eq!(
+        locked.status, 429,
+        "even the right password while locked out"
+    );
+    assert!(locked.headers.contains_key("retry-after"));
+    assert!(gw.log().contains("locked out"), "{}", gw.log());
+    assert!(gw.log().contains("127.0.0.1"), "the log names the peer");
+}
+
+#[test]
+fn api_tokens_work_until_revoked_and_metrics_match_ctl_stats() {
+    let (gw, web) = gateway("");
+    let s = setup(&gw, web, "correct horse battery");
+    let made = http(
+        web,
+        "POST",
+        "/api/v1/tokens",
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        Some(r#"{"name":"prometheus"}"#),
+    );
+    assert_eq!(made.status, 201, "{}", made.body);
+    let token = made.json()["token"].as_str().unwrap_or_default().to_owned();
+    let id = made.json()["info"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let listed = http(
+        web,
+        "GET",
+        "/api/v1/tokens",
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(listed.status, 200);
+    assert!(
+        !listed.body.contains(&token),
+        "a listing never shows a token"
+    );
+    // Some state to count: two subscribers.
+    let mqtt = gw.addr().port();
+    let _a = MosquittoSub::start(mqtt, "a/#", &[]);
+    let _b = MosquittoSub::start(mqtt, "b/+", &[]);
+    let metrics = http(web, "GET", "/metrics", &[("Authorization", &bearer)], None);
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .headers
+            .get("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        metrics.headers
+    );
+    let parsed = prometheus_parse(&metrics.body);
+    let stats = ctl_json(&socket(&gw), &["stats"]);
+    for (metric, stat) in [
+        ("holdfast_subscriptions", "subscriptions/count"),
+        ("holdfast_sessions", "sessions/count"),
+        ("holdfast_retained_messages", "retained/count"),
+    ] {
+        assert_eq!(
+            parsed.get(metric).copied(),
+            stats["stats"][stat].as_f64(),
+            "{metric} vs ctl stats {stat}\n{}",
+            metrics.body
+        );
+    }
+    assert!(parsed.get("holdfast_subscriptions").copied().unwrap_or(0.0) >= 2.0);
+    assert!(
+        parsed.contains_key("holdfast_messages_received_total"),
+        "{:?}",
+        parsed.keys()
+    );
+    assert!(
+        parsed
+            .keys()
+            .any(|k| k.starts_with("holdfast_listener_accepted_total")),
+        "{:?}",
+        parsed.keys()
+    );
+    // Revoked: refused at once.
+    let revoke = format!("/api/v1/tokens/{id}");
+    let gone = http(
+        web,
+        "DELETE",
+        &revoke,
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        None,
+    );
+    assert_eq!(gone.status, 204);
+    assert_eq!(
+        http(web, "GET", "/metrics", &[("Authorization", &bearer)], None).status,
+        401
+    );
+}
+
+/// Parses the text format with prometheus_client (PyPI): `name{labels}` -> value.
+fn prometheus_parse(text: &str) -> HashMap<String, f64> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        out[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps(out))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (pip install prometheus-client)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("parser");
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the page: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("parser output")
+}
+
+#[test]
+fn web_passwd_resets_the_admin_password_from_a_shell() {
+    let (gw, web) = gateway("");
+    setup(&gw, web, "correct horse battery");
+    let mut child = Command::new(holdfast_bin())
+        .args(["web-passwd", "--data-dir"])
+        .arg(gw.dir.path().join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("holdfast web-passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"a brand new password\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"correct horse battery"}"#),
+    );
+    assert_eq!(old.status, 401);
+    let new = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"a brand new password"}"#),
+    );
+    assert_eq!(new.status, 200, "{}", new.body);
+}
+
+#[test]
+fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
+    let (mut gw, web) =
+        gateway("max_connections = 4\nrequest_timeout = \"2s\"\nmax_body_size = \"2KB\"");
+    // Garbage and a request line that is no HTTP: refused, the server stays.
+    for garbage in [
+        &b"\x16\x03\x01\x00\xff\x01garbage"[..],
+        b"GET\r\n\r\n",
+        b"MQTT\x04\x02\x00\x3c",
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", web)).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        let _ = stream.write_all(garbage);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    }
+    // A body past max_body_size.
+    let big = format!(r#"{{"password":"{}"}}"#, "x".repeat(4096));
+    assert_eq!(
+        http(web, "POST", "/api/v1/login", &[], Some(&big)).status,
+        413
+    );
+    // Four idle connections hold every slot; a fifth is closed at once.
+    let idle: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(("127.0.0.1", web)).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(("127.0.0.1", web)).expect("connect");
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let _ = fifth.write_all(b"GET /api/v1/setup HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = fifth.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty(),
+        "a fifth connection was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(gw.log().contains("max_connections"), "{}", gw.log());
+    // Idle connections are closed after request_timeout; then the server answers again.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(idle);
+    assert_eq!(http(web, "GET", "/api/v1/setup", &[], None).status, 200);
+    assert!(gw.is_running(), "{}", gw.log());
+}
