@@ -169,7 +169,7 @@ impl Gateway {
             None => None,
         };
         let web = match &broker.config.web {
-            Some(w) if w.enabled => Some(crate::web::bind(w, &broker.config.node.data_dir).await?),
+            Some(w) if w.enabled => crate::web::bind(w, &broker.config.node.data_dir).await?,
             _ => None,
         };
         Ok(Bound {

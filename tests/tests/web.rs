@@ -209,6 +209,17 @@ fn first_boot_needs_the_setup_token_then_everything_needs_a_session_or_a_token()
     // A session reads.
     let stats = http(web, "GET", "/api/v1/stats", &[("Cookie", &s.cookie)], None);
     assert_eq!(stats.status, 200, "{}", stats.body);
+    assert_eq!(
+        stats.headers.get("cache-control").map(String::as_str),
+        Some("no-store")
+    );
+    assert_eq!(
+        stats
+            .headers
+            .get("x-content-type-options")
+            .map(String::as_str),
+        Some("nosniff")
+    );
     assert!(
         stats.json()["stats"]["connections/count"].is_u64(),
         "{}",
@@ -538,7 +549,7 @@ fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
     assert!(gw.log().contains("max_connections"), "{}", gw.log());
     // Idle connections are closed after request_timeout; then the server answers again.
     std::thread::sleep(Duration::from_millis(2500));
-    drop(idle);
     assert_eq!(http(web, "GET", "/api/v1/setup", &[], None).status, 200);
+    drop(idle);
     assert!(gw.is_running(), "{}", gw.log());
 }

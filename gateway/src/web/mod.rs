@@ -47,9 +47,6 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The credential files could not be read or written.
-    #[error("web: {0}")]
-    Credentials(#[from] auth::CredentialError),
 }
 
 /// The bound listener and the credentials, ready to serve.
@@ -67,9 +64,21 @@ impl Bound {
     }
 }
 
-/// Reads the credentials (writing the setup token on first start) and binds `[web].bind`.
-pub async fn bind(config: &WebConfig, data_dir: &std::path::Path) -> Result<Bound, StartError> {
-    let credentials = Credentials::open(data_dir)?;
+/// Reads the credentials (writing the setup token on first start) and binds `[web].bind`. A
+/// port that is taken stops the start (a config mistake); credential files that cannot be
+/// read or written (a read-only or dying card) leave the gateway running without its web
+/// API, logged, never a restart loop.
+pub async fn bind(
+    config: &WebConfig,
+    data_dir: &std::path::Path,
+) -> Result<Option<Bound>, StartError> {
+    let credentials = match Credentials::open(data_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("web: {e}; the web API is off until the data directory is writable and the gateway restarts");
+            return Ok(None);
+        }
+    };
     let listener = TcpListener::bind(config.bind)
         .await
         .map_err(|source| StartError::Bind {
@@ -77,11 +86,11 @@ pub async fn bind(config: &WebConfig, data_dir: &std::path::Path) -> Result<Boun
             source,
         })?;
     tracing::info!(bind = %config.bind, "web: API listening");
-    Ok(Bound {
+    Ok(Some(Bound {
         listener,
         credentials,
         config: config.clone(),
-    })
+    }))
 }
 
 /// What every handler shares.
@@ -91,8 +100,14 @@ struct App {
     credentials: Arc<Credentials>,
     sessions: Arc<Sessions>,
     lockout: Arc<Lockout>,
+    /// argon2 checks at once (each takes ~19 MiB and tens of milliseconds): a flood of logins
+    /// is answered 503, never a board out of memory.
+    checks: Arc<tokio::sync::Semaphore>,
     config: Arc<WebConfig>,
 }
+
+/// argon2 checks (setup, login) running at once.
+const CHECKS: usize = 2;
 
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -111,6 +126,7 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
             config.max_sessions,
         )),
         lockout: Arc::new(Lockout::new(config.login_attempts, config.login_lockout)),
+        checks: Arc::new(tokio::sync::Semaphore::new(CHECKS)),
         config: Arc::new(config.clone()),
     };
     let router = routes(app);
@@ -193,12 +209,26 @@ fn routes(app: App) -> Router {
     let timeout = app.config.request_timeout;
     open.merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource") })
+        .layer(axum::middleware::map_response(harden))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
         .with_state(app)
+}
+
+/// Headers on every answer: never cached (they carry clients, tokens, CSRF tokens), never
+/// sniffed as another type, never framed.
+async fn harden(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    response
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -347,6 +377,9 @@ async fn login(
     {
         return locked(&app);
     }
+    let Ok(_check) = app.checks.clone().try_acquire_owned() else {
+        return busy();
+    };
     let creds = app.credentials.clone();
     let ok = tokio::task::spawn_blocking(move || creds.verify(&body.password))
         .await
@@ -367,6 +400,17 @@ fn failed_login(app: &App, peer: SocketAddr, why: &str) {
     } else {
         tracing::warn!(peer = %peer, "web: login refused: {why}");
     }
+}
+
+fn busy() -> Response {
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "other logins are being checked; try again in a moment",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn locked(app: &App) -> Response {
