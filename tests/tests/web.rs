@@ -508,7 +508,7 @@ fn web_passwd_resets_the_admin_password_from_a_shell() {
 #[test]
 fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
     let (mut gw, web) =
-        gateway("max_connections = 4\nrequest_timeout = \"2s\"\nmax_body_size = \"2KB\"");
+        gateway("max_connections = 4\nrequest_timeout = \"5s\"\nmax_body_size = \"2KB\"");
     // Garbage and a request line that is no HTTP: refused, the server stays.
     for garbage in [
         &b"\x16\x03\x01\x00\xff\x01garbage"[..],
@@ -548,8 +548,85 @@ fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
     );
     assert!(gw.log().contains("max_connections"), "{}", gw.log());
     // Idle connections are closed after request_timeout; then the server answers again.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(5500));
     assert_eq!(http(web, "GET", "/api/v1/setup", &[], None).status, 200);
     drop(idle);
     assert!(gw.is_running(), "{}", gw.log());
+}
+
+#[test]
+fn a_login_dropped_mid_check_still_counts_toward_the_lockout() {
+    // Review finding: the check's permit and the lockout were the handler's, so a client that
+    // closed its side mid-check freed the slot at once and escaped the lockout, piling up
+    // argon2 work without a bound.
+    let (gw, web) = gateway("login_attempts = 3\nlogin_lockout = \"1m\"");
+    setup(&gw, web, "correct horse battery");
+    let huge = format!(r#"{{"password":"{}"}}"#, "x".repeat(5000));
+    assert_eq!(
+        http(web, "POST", "/api/v1/login", &[], Some(&huge)).status,
+        400
+    );
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(("127.0.0.1", web)).expect("connect");
+        let body = r#"{"password":"guess guess"}"#;
+        let request = format!(
+            "POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        drop(stream);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let locked = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"correct horse battery"}"#),
+    );
+    assert_eq!(locked.status, 429, "{}", locked.body);
+}
+
+#[test]
+fn a_password_set_from_a_shell_before_setup_spends_the_token() {
+    // Review finding: `web-passwd` on a running gateway left the setup token valid in memory,
+    // so whoever had it could overwrite the password set from the shell.
+    let (gw, web) = gateway("");
+    let token = std::fs::read_to_string(gw.dir.path().join("data/setup-token")).expect("token");
+    let mut child = Command::new(holdfast_bin())
+        .args(["web-passwd", "--data-dir"])
+        .arg(gw.dir.path().join("data"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("holdfast web-passwd");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"set from the shell\n")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+    assert_eq!(
+        http(web, "GET", "/api/v1/setup", &[], None).json()["setup_required"],
+        false
+    );
+    let takeover = format!(
+        r#"{{"token":"{}","password":"the attacker's pw"}}"#,
+        token.trim()
+    );
+    assert_eq!(
+        http(web, "POST", "/api/v1/setup", &[], Some(&takeover)).status,
+        409
+    );
+    let login = http(
+        web,
+        "POST",
+        "/api/v1/login",
+        &[],
+        Some(r#"{"password":"set from the shell"}"#),
+    );
+    assert_eq!(login.status, 200, "{}", login.body);
 }

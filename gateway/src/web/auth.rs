@@ -72,6 +72,15 @@ pub enum SetupError {
     Io,
 }
 
+/// The outcome of a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The password is the admin's.
+    pub ok: bool,
+    /// The admin password was changed from a shell since the last check: sessions end.
+    pub changed: bool,
+}
+
 /// An API token as listed (never the token itself).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenInfo {
@@ -103,6 +112,8 @@ pub struct Credentials {
     tokens_path: PathBuf,
     setup_path: PathBuf,
     admin: Mutex<PasswordFile>,
+    /// The admin file as last read (to see `holdfast web-passwd` change it).
+    admin_bytes: Mutex<Vec<u8>>,
     tokens: Mutex<Vec<TokenInfo>>,
     /// The setup token while no admin exists.
     setup: Mutex<Option<String>>,
@@ -145,11 +156,13 @@ impl Credentials {
             );
             Some(token)
         };
+        let admin_bytes = std::fs::read(&admin_path).unwrap_or_default();
         Ok(Credentials {
             admin_path,
             tokens_path,
             setup_path,
             admin: Mutex::new(admin),
+            admin_bytes: Mutex::new(admin_bytes),
             tokens: Mutex::new(tokens),
             setup: Mutex::new(setup),
         })
@@ -157,12 +170,14 @@ impl Credentials {
 
     /// Whether the first visit still has to create the admin account.
     pub fn setup_required(&self) -> bool {
+        self.reload_admin();
         lock(&self.setup).is_some()
     }
 
     /// Creates the admin account with `password`, given the setup token. CPU-heavy (argon2):
     /// call it off the async runtime.
     pub fn setup(&self, token: &str, password: &str) -> Result<(), SetupError> {
+        self.reload_admin();
         let mut setup = lock(&self.setup);
         let Some(expected) = setup.as_deref() else {
             return Err(SetupError::Done);
@@ -178,20 +193,45 @@ impl Credentials {
             .set(ADMIN, password.as_bytes())
             .map_err(|_| SetupError::Io)?;
         admin.save(&self.admin_path).map_err(|_| SetupError::Io)?;
+        if let Ok(bytes) = std::fs::read(&self.admin_path) {
+            *lock(&self.admin_bytes) = bytes;
+        }
         *setup = None;
         let _ = std::fs::remove_file(&self.setup_path);
         tracing::info!("web: admin account created; the setup token is spent");
         Ok(())
     }
 
-    /// Whether `password` is the admin's. CPU-heavy (argon2): call it off the async runtime.
-    /// The admin file is read again first, so `holdfast web-passwd` takes effect at once.
-    pub fn verify(&self, password: &str) -> bool {
-        let mut admin = lock(&self.admin);
-        if let Ok(fresh) = PasswordFile::load(&self.admin_path) {
-            *admin = fresh;
+    /// Whether `password` is the admin's, and whether the admin file changed since it was last
+    /// read (`holdfast web-passwd`: the caller ends every session). CPU-heavy (argon2): call it
+    /// off the async runtime.
+    pub fn verify(&self, password: &str) -> Verdict {
+        let changed = self.reload_admin();
+        let ok = lock(&self.admin).verify(ADMIN, password.as_bytes());
+        Verdict { ok, changed }
+    }
+
+    /// Reads the admin file again when it changed on disk; true when a password that was set
+    /// changed. An admin that appeared (set from a shell) spends the setup token.
+    fn reload_admin(&self) -> bool {
+        let Ok(bytes) = std::fs::read(&self.admin_path) else {
+            return false;
+        };
+        let mut seen = lock(&self.admin_bytes);
+        if *seen == bytes {
+            return false;
         }
-        admin.verify(ADMIN, password.as_bytes())
+        let Ok(fresh) = PasswordFile::load(&self.admin_path) else {
+            return false;
+        };
+        let was_set = !seen.is_empty();
+        *seen = bytes;
+        if fresh.contains(ADMIN) && lock(&self.setup).take().is_some() {
+            let _ = std::fs::remove_file(&self.setup_path);
+            tracing::info!("web: an admin password was set from a shell; the setup token is spent");
+        }
+        *lock(&self.admin) = fresh;
+        was_set
     }
 
     /// Makes an API token named `name`; returns its listing and the token (shown once).
@@ -390,13 +430,32 @@ mod tests {
             "the token is spent"
         );
         assert_eq!(creds.setup(&token, "long enough pw"), Err(SetupError::Done));
-        assert!(creds.verify("long enough pw"));
-        assert!(!creds.verify("long enough pW"));
+        assert!(creds.verify("long enough pw").ok);
+        assert!(!creds.verify("long enough pW").ok);
         // A restart finds the admin and writes no new token.
         let again = Credentials::open(dir.path()).unwrap();
         assert!(!again.setup_required());
         assert!(!dir.path().join("setup-token").exists());
-        assert!(again.verify("long enough pw"));
+        assert!(again.verify("long enough pw").ok);
+        // A password set from a shell while running: the next check sees it, and says so.
+        reset_admin(dir.path(), "set from a shell").unwrap();
+        let v = again.verify("set from a shell");
+        assert!(v.ok && v.changed, "{v:?}");
+        assert!(!again.verify("set from a shell").changed);
+    }
+
+    #[test]
+    fn a_password_set_from_a_shell_spends_the_setup_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = Credentials::open(dir.path()).unwrap();
+        let token = std::fs::read_to_string(dir.path().join("setup-token")).unwrap();
+        reset_admin(dir.path(), "set from a shell").unwrap();
+        assert!(!creds.setup_required());
+        assert_eq!(
+            creds.setup(&token, "the attacker's pw"),
+            Err(SetupError::Done)
+        );
+        assert!(creds.verify("set from a shell").ok);
     }
 
     #[test]

@@ -108,6 +108,28 @@ struct App {
 
 /// argon2 checks (setup, login) running at once.
 const CHECKS: usize = 2;
+/// Longest password (or setup token) taken, in bytes.
+const MAX_PASSWORD: usize = 1024;
+/// Connections one address may hold at once (at least this, or a quarter of max_connections).
+const PER_ADDRESS_MIN: usize = 4;
+
+/// One connection counted against its address; released when the connection ends.
+struct AddressSlot(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut table = crate::udp::lock(&self.0);
+        if let Some(n) = table.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                table.remove(&self.1);
+            }
+        }
+    }
+}
 
 /// The peer of the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +153,12 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     };
     let router = routes(app);
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let per_address = PER_ADDRESS_MIN.max(config.max_connections / 4);
+    let by_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
+    let mut last_refusal_log: Option<Instant> = None;
+    // However it is used, a connection ends after this (a browser opens a new one).
+    let lifetime = (config.request_timeout * 10).max(std::time::Duration::from_secs(60));
     let shutdown = broker.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
@@ -144,8 +172,23 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %peer, "web: connection refused: {} connections open (max_connections)", config.max_connections);
+        let held = {
+            let mut table = crate::udp::lock(&by_address);
+            let n = table.entry(peer.ip()).or_insert(0);
+            if *n >= per_address {
+                None
+            } else {
+                *n += 1;
+                Some(AddressSlot(by_address.clone(), peer.ip()))
+            }
+        };
+        let permit = permits.clone().try_acquire_owned().ok();
+        let (Some(slot), Some(permit)) = (held, permit) else {
+            // One line a second at most: a flood of refusals must not fill the log's flash.
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(peer = %peer, "web: connection refused: max_connections ({}) or {per_address} from one address reached", config.max_connections);
+            }
             drop(stream);
             continue;
         };
@@ -156,6 +199,7 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(timeout)
@@ -166,6 +210,10 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
                     if let Err(e) = result {
                         tracing::debug!(peer = %peer, "web: connection ended: {e}");
                     }
+                }
+                _ = tokio::time::sleep(lifetime) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
                 }
                 _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
@@ -331,18 +379,28 @@ async fn setup(
     {
         return locked(&app);
     }
-    let creds = app.credentials.clone();
-    let result =
-        tokio::task::spawn_blocking(move || creds.setup(&body.token, &body.password)).await;
+    if body.password.len() > MAX_PASSWORD || body.token.len() > MAX_PASSWORD {
+        return error(StatusCode::BAD_REQUEST, "a password has at most 1024 bytes");
+    }
+    let Ok(permit) = app.checks.clone().try_acquire_owned() else {
+        return busy();
+    };
+    let worker = app.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let result = worker.credentials.setup(&body.token, &body.password);
+        if result == Err(SetupError::WrongToken) {
+            failed_login(&worker, peer, "wrong setup token");
+        }
+        result
+    })
+    .await;
     match result {
         Ok(Ok(())) => {
             tracing::info!(peer = %peer, "web: setup done from {peer}");
             session_response(&app)
         }
-        Ok(Err(SetupError::WrongToken)) => {
-            failed_login(&app, peer, "wrong setup token");
-            error(StatusCode::UNAUTHORIZED, "wrong setup token")
-        }
+        Ok(Err(SetupError::WrongToken)) => error(StatusCode::UNAUTHORIZED, "wrong setup token"),
         Ok(Err(e @ SetupError::Done)) => error(StatusCode::CONFLICT, &e.to_string()),
         Ok(Err(e @ SetupError::WeakPassword)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Ok(Err(SetupError::Io)) | Err(_) => error(
@@ -377,19 +435,34 @@ async fn login(
     {
         return locked(&app);
     }
-    let Ok(_check) = app.checks.clone().try_acquire_owned() else {
+    if body.password.len() > MAX_PASSWORD {
+        return error(StatusCode::BAD_REQUEST, "a password has at most 1024 bytes");
+    }
+    let Ok(permit) = app.checks.clone().try_acquire_owned() else {
         return busy();
     };
-    let creds = app.credentials.clone();
-    let ok = tokio::task::spawn_blocking(move || creds.verify(&body.password))
-        .await
-        .unwrap_or(false);
-    if ok {
-        app.lockout.succeeded(peer.ip(), auth::ADMIN);
+    // The check owns its permit and records its outcome itself: a client that drops the
+    // request mid-check neither frees a slot early nor escapes the lockout.
+    let worker = app.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let verdict = worker.credentials.verify(&body.password);
+        if verdict.changed {
+            worker.sessions.end_all();
+        }
+        if verdict.ok {
+            worker.lockout.succeeded(peer.ip(), auth::ADMIN);
+        } else {
+            failed_login(&worker, peer, "wrong password");
+        }
+        verdict.ok
+    })
+    .await
+    .unwrap_or(false);
+    if checked {
         tracing::info!(peer = %peer, "web: admin logged in");
         return session_response(&app);
     }
-    failed_login(&app, peer, "wrong password");
     error(StatusCode::UNAUTHORIZED, "wrong password")
 }
 
@@ -466,10 +539,10 @@ async fn create_token(State(app): State<App>, body: Option<Json<TokenBody>>) -> 
     let Some(Json(body)) = body else {
         return error(StatusCode::BAD_REQUEST, "expected {\"name\": ...}");
     };
-    if body.name.is_empty() || body.name.len() > 64 {
+    if body.name.is_empty() || body.name.len() > 64 || body.name.chars().any(char::is_control) {
         return error(
             StatusCode::BAD_REQUEST,
-            "a token's name is 1..=64 characters",
+            "a token's name is 1..=64 characters, none of them control characters",
         );
     }
     match app.credentials.create_token(&body.name) {
