@@ -85,6 +85,8 @@ pub struct Gateway {
     lwm2m: Option<crate::lwm2m::Bound>,
     /// The web server's listener and credentials (`[web]`).
     web: Option<crate::web::Bound>,
+    /// The config file the gateway runs on, for the web UI to edit.
+    config_file: Option<crate::config_file::ConfigFile>,
 }
 
 impl Gateway {
@@ -114,6 +116,7 @@ impl Gateway {
                     coap: parts.coap,
                     lwm2m: parts.lwm2m,
                     web: parts.web,
+                    config_file: None,
                 })
             }
             Err(e) => {
@@ -199,6 +202,17 @@ impl Gateway {
         self.supervisor.raise_standing_alarm(alarm);
     }
 
+    /// The config file this gateway runs on (the web UI reads, checks and applies it).
+    pub fn set_config_file(&mut self, file: crate::config_file::ConfigFile) {
+        self.config_file = Some(file);
+    }
+
+    /// The config file given to [`Gateway::set_config_file`]; its restart request tells the
+    /// caller, once [`Gateway::serve`] returns, whether to start again.
+    pub fn config_file(&self) -> Option<crate::config_file::ConfigFile> {
+        self.config_file.clone()
+    }
+
     /// Runs until the shutdown token is cancelled, then closes every connection (v5 clients get
     /// DISCONNECT 0x8B) and waits up to the grace period for them. After a stop the board's
     /// factory-reset button asked for, the data directory is wiped last.
@@ -281,7 +295,12 @@ impl Gateway {
             crate::serial::spawn(serial, &broker, &tracker);
         }
         if let Some(web) = self.web {
-            tracker.spawn(crate::web::run(web, broker.clone(), tracker.clone()));
+            tracker.spawn(crate::web::run(
+                web,
+                broker.clone(),
+                self.config_file.clone(),
+                tracker.clone(),
+            ));
         }
         // The control socket is an operator's convenience: without it the gateway still runs.
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);

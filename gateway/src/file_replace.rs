@@ -11,9 +11,29 @@ use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `bytes` (see the module documentation).
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_then_rename(path, bytes, None)
+}
+
+/// Replaces `path` with `bytes`, the new file having `mode` from its creation on (a file
+/// that holds secrets is never readable by others, not even for an instant).
+pub fn replace_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_then_rename(path, bytes, Some(mode))
+}
+
+fn write_then_rename(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     let tmp = temp_path(path);
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        if let Some(mode) = mode {
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode & 0o7777);
+        }
+        let mut f = options.open(&tmp)?;
+        if let Some(mode) = mode {
+            // A left-over temporary file keeps its old mode through `open`: set it.
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
     }

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod clock;
 pub mod coap;
 pub mod config;
+pub mod config_file;
 pub mod ctl;
 pub mod dtls;
 pub mod file_replace;

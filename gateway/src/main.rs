@@ -555,7 +555,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         // Installed before the listeners bind: a SIGHUP sent as soon as the port answers must
         // reload, not kill (the default action).
@@ -584,7 +584,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     _ => None,
                 };
                 let Some((mut cfg, fb)) = retry else {
-                    return ExitCode::FAILURE;
+                    return (ExitCode::FAILURE, false);
                 };
                 if let Some(dir) = &data_dir_flag {
                     cfg.node.data_dir = dir.clone();
@@ -594,15 +594,38 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     Err(e) => {
                         tracing::error!("the last known good config does not start either: {e}");
                         eprintln!("error: the last known good config does not start either: {e}");
-                        return ExitCode::FAILURE;
+                        return (ExitCode::FAILURE, false);
                     }
                 }
             }
         };
+        // The config the web UI applied, judged by this start: kept when it came up, the
+        // file put back to the version it replaced when it did not.
+        let applied = holdfast::config_file::take_pending(&data_dir);
+        let rolled_back = match (&fallback, &applied) {
+            (Some(fb), Some(id)) => {
+                match holdfast::config_file::roll_back(&data_dir, &fb.file, id) {
+                    Ok(()) => format!("; the applied config was rolled back to version {id}"),
+                    Err(e) => {
+                        tracing::error!("cannot roll the config file back to version {id}: {e}");
+                        format!("; rolling it back to version {id} failed: {e}")
+                    }
+                }
+            }
+            (None, Some(id)) => {
+                tracing::info!(previous = %id, "the applied config came up");
+                String::new()
+            }
+            _ => String::new(),
+        };
+        gateway.set_config_file(holdfast::config_file::ConfigFile::new(
+            path.clone(),
+            data_dir.clone(),
+        ));
         match (&fallback, &path) {
             (Some(fb), _) => {
                 let alarm = format!(
-                    "running the last known good config {}: {} {}",
+                    "running the last known good config {}: {} {}{rolled_back}",
                     fb.from.display(),
                     fb.file.display(),
                     fb.reason
@@ -626,9 +649,32 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                 "cannot install the SIGHUP handler ({e}); auth files will not be reloaded"
             ),
         }
+        let config_file = gateway.config_file();
         gateway.serve().await;
-        ExitCode::SUCCESS
-    })
+        (ExitCode::SUCCESS, config_file.is_some_and(|c| c.restart_requested()))
+    });
+    match outcome {
+        (_, true) => {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+            restart()
+        }
+        (code, false) => code,
+    }
+}
+
+/// Starts this program again in this process (same pid for systemd, same arguments), after a
+/// config was applied from the web UI; only returns when that fails.
+fn restart() -> ExitCode {
+    use std::os::unix::process::CommandExt as _;
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "holdfast".into());
+    tracing::info!("restarting on the applied config");
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .exec();
+    eprintln!("error: cannot restart the gateway: {error}");
+    ExitCode::FAILURE
 }
 
 async fn wait_for_signal(

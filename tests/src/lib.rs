@@ -10,6 +10,7 @@ pub mod pki;
 pub mod proxy;
 pub mod raw5;
 pub mod v4;
+pub mod web;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

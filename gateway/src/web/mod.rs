@@ -10,11 +10,15 @@
 //! implementation. Never touches the router directly.
 
 pub mod auth;
+mod board;
+mod config_api;
 mod metrics;
+mod ui;
 
 use crate::auth::lockout::Lockout;
 use crate::broker::Broker;
 use crate::config::WebConfig;
+use crate::config_file::ConfigFile;
 use crate::ctl::Request as CtlRequest;
 use auth::{Credentials, Sessions, SetupError};
 use axum::body::Body;
@@ -104,6 +108,10 @@ struct App {
     /// is answered 503, never a board out of memory.
     checks: Arc<tokio::sync::Semaphore>,
     config: Arc<WebConfig>,
+    /// The config file the gateway runs on.
+    config_file: Arc<ConfigFile>,
+    /// The web's own broker client (board reports).
+    board_client: Arc<board::BoardClient>,
 }
 
 /// argon2 checks (setup, login) running at once.
@@ -137,9 +145,18 @@ struct Peer(SocketAddr);
 
 /// Serves until shutdown: one task per connection, at most `max_connections` at once (one
 /// more is closed at accept).
-pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
+pub async fn run(
+    bound: Bound,
+    broker: Arc<Broker>,
+    config_file: Option<ConfigFile>,
+    tracker: TaskTracker,
+) {
     let config = bound.config;
+    let config_file =
+        config_file.unwrap_or_else(|| ConfigFile::new(None, broker.config.node.data_dir.clone()));
     let app = App {
+        config_file: Arc::new(config_file),
+        board_client: Arc::default(),
         broker: broker.clone(),
         credentials: Arc::new(bound.credentials),
         sessions: Arc::new(Sessions::new(
@@ -227,9 +244,16 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
 fn routes(app: App) -> Router {
     let open = Router::new()
         .route("/api/v1/setup", get(setup_status).post(setup))
-        .route("/api/v1/login", post(login));
+        .route("/api/v1/login", post(login))
+        .merge(ui::routes());
     let guarded = Router::new()
         .route("/api/v1/logout", post(logout))
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/board", get(board::board))
+        .route("/api/v1/config", get(config_api::read))
+        .route("/api/v1/config/check", post(config_api::check))
+        .route("/api/v1/config/apply", post(config_api::apply))
+        .route("/api/v1/config/versions/{id}", get(config_api::version))
         .route("/api/v1/stats", get(|s| ctl(s, CtlRequest::Stats)))
         .route("/api/v1/listeners", get(|s| ctl(s, CtlRequest::Listeners)))
         .route("/api/v1/clients", get(|s| ctl(s, CtlRequest::Clients)))
@@ -495,6 +519,13 @@ fn locked(app: &App) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+/// `GET /api/v1/session`: the live session's CSRF token (a page loaded again needs it); an
+/// API token has none.
+async fn session(State(app): State<App>, headers: HeaderMap) -> Response {
+    let csrf = cookie(&headers, COOKIE).and_then(|id| app.sessions.check(id, Instant::now()));
+    Json(json!({ "csrf": csrf })).into_response()
 }
 
 async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -1,0 +1,185 @@
+//! Editing the running gateway's config through the web API, against the built binary: a
+//! mistake is refused with its line and nothing is written; a good config is applied (the
+//! old text kept as a version, the file's mode kept) and the gateway restarts on it in the
+//! same process; a config that loads but does not start (its port held by another process)
+//! is rolled back by itself, the file put back and the alarm raised; every config route needs
+//! a session and a change its CSRF token.
+
+use holdfast_tests::web::{gateway, http, session_of, setup, Session, WAIT};
+use holdfast_tests::{free_port, wait_for_port, wait_until, Gateway};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+
+const PASSWORD: &str = "a long admin password";
+
+fn get(web: u16, s: &Session, path: &str) -> (u16, Value) {
+    let r = http(web, "GET", path, &[("Cookie", &s.cookie)], None);
+    (r.status, r.json())
+}
+
+fn post(web: u16, s: &Session, path: &str, body: &Value) -> (u16, Value) {
+    let r = http(
+        web,
+        "POST",
+        path,
+        &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+        Some(&body.to_string()),
+    );
+    (r.status, r.json())
+}
+
+fn login(web: u16) -> Session {
+    let body = json!({ "password": PASSWORD }).to_string();
+    session_of(&http(web, "POST", "/api/v1/login", &[], Some(&body)))
+}
+
+/// Waits until the gateway restarted in place (same pid, a new start logged) and its web
+/// port answers again.
+fn wait_restarted(gw: &Gateway, web: u16, starts_before: usize) {
+    let restarted = wait_until(WAIT * 2, || {
+        gw.log().matches("holdfast running").count() > starts_before
+    });
+    assert!(restarted, "no restart:\n{}", gw.log());
+    let addr = SocketAddr::from(([127, 0, 0, 1], web));
+    assert!(
+        wait_for_port(addr, WAIT),
+        "web did not come back:\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn a_mistake_is_refused_at_its_line_a_good_config_is_applied_in_place() {
+    let (mut gw, web) = gateway("");
+    let session = setup(&gw, web, PASSWORD);
+    let path = gw.config_path().to_path_buf();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // Every config route needs a session, and a change its CSRF token.
+    assert_eq!(http(web, "GET", "/api/v1/config", &[], None).status, 401);
+    let text = json!({ "text": original }).to_string();
+    let no_csrf = http(
+        web,
+        "POST",
+        "/api/v1/config/apply",
+        &[("Cookie", &session.cookie)],
+        Some(&text),
+    );
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.body);
+
+    let (status, config) = get(web, &session, "/api/v1/config");
+    assert_eq!(status, 200);
+    assert_eq!(config["text"], original.as_str());
+    assert_eq!(config["editable"], true);
+    assert_eq!(config["versions"], json!([]));
+
+    // A mistake on line 13 of the text (after the 12 lines of the test config's preamble).
+    let broken = original.replacen("[web]", "[mqtt]\nmax_inflight = \"many\"\n\n[web]", 1);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("max_inflight"))
+        .unwrap()
+        + 1;
+    for route in ["/api/v1/config/check", "/api/v1/config/apply"] {
+        let (status, answer) = post(web, &session, route, &json!({ "text": broken }));
+        assert_eq!(status, 422, "{route}: {answer}");
+        let problem = &answer["problems"][0];
+        assert_eq!(problem["line"], line, "{answer}");
+        assert_eq!(problem["key"], "mqtt.max_inflight", "{answer}");
+    }
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    let (status, _) = post(
+        web,
+        &session,
+        "/api/v1/config/check",
+        &json!({ "text": original }),
+    );
+    assert_eq!(status, 200);
+
+    // A good config: a second MQTT listener. The gateway restarts on it in the same process.
+    let second = free_port();
+    let good =
+        format!("{original}\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{second}\"\n");
+    let pid = gw.pid();
+    let starts = gw.log().matches("holdfast running").count();
+    let (status, answer) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": good }),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let previous = answer["previous"]["id"].as_str().unwrap().to_owned();
+    wait_restarted(&gw, web, starts);
+    assert!(gw.is_running());
+    assert_eq!(gw.pid(), pid);
+    let addr = SocketAddr::from(([127, 0, 0, 1], second));
+    assert!(
+        wait_for_port(addr, WAIT),
+        "the new listener is not up:\n{}",
+        gw.log()
+    );
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), good);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640, "the file keeps its mode");
+
+    // Sessions do not outlive the restart; the previous text is kept as a version.
+    let (status, _) = get(web, &session, "/api/v1/config");
+    assert_eq!(status, 401);
+    let session = login(web);
+    let (_, config) = get(web, &session, "/api/v1/config");
+    assert_eq!(config["versions"][0]["id"], previous.as_str(), "{config}");
+    let (status, kept) = get(
+        web,
+        &session,
+        &format!("/api/v1/config/versions/{previous}"),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(kept["text"], original.as_str());
+    let (status, _) = get(web, &session, "/api/v1/config/versions/..%2Fholdfast");
+    assert_eq!(status, 404);
+    let (_, board) = get(web, &session, "/api/v1/board");
+    assert_eq!(board["alarms"], json!([]), "{board}");
+}
+
+#[test]
+fn a_config_that_does_not_start_is_rolled_back_by_itself() {
+    let (gw, web) = gateway("");
+    let session = setup(&gw, web, PASSWORD);
+    let path = gw.config_path().to_path_buf();
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A config that loads but cannot start: its listener's port is held by another process.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_port = held.local_addr().unwrap().port();
+    let bad =
+        format!("{original}\n[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{held_port}\"\n");
+    let pid = gw.pid();
+    let starts = gw.log().matches("holdfast running").count();
+    let (status, answer) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": bad }),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let previous = answer["previous"]["id"].as_str().unwrap().to_owned();
+    wait_restarted(&gw, web, starts);
+    assert_eq!(gw.pid(), pid);
+
+    // The file is back to what it was, the gateway serves MQTT on the old config, and the
+    // board's alarm says what happened.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+    assert!(wait_for_port(gw.addr(), WAIT));
+    let session = login(web);
+    let (_, board) = get(web, &session, "/api/v1/board");
+    let alarms = board["alarms"].to_string();
+    assert!(
+        alarms.contains("does not start")
+            && alarms.contains(&format!("rolled back to version {previous}")),
+        "{board}"
+    );
+    drop(held);
+}
