@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
-# faketime, libcoap3-bin, nodejs and npm with the LwM2M client from npm, pymodbus and prometheus-client from PyPI)
+# faketime, libcoap3-bin, chromium, nodejs and npm with the LwM2M client, Playwright and axe-core from
+# npm, pymodbus and prometheus-client from PyPI)
 # when missing, builds the gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,8 @@ command -v coap-client-notls >/dev/null 2>&1 || need+=(libcoap3-bin)
 # The LwM2M tests drive a real LwM2M client on Node (npm coap-node, tests/lwm2m).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# The web UI test drives Debian's Chromium (with Playwright from npm, tests/web-e2e).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # The clock-jump tests run the gateway under libfaketime.
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,6 +43,9 @@ fi
 
 # The LwM2M client the tests drive, at the versions of tests/lwm2m/package-lock.json.
 [ -d tests/lwm2m/node_modules/coap-node ] || npm ci --prefix tests/lwm2m --no-audit --no-fund
+# Playwright (without its browser download: the test uses Debian's chromium) and axe-core.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+[ -d tests/web-e2e/node_modules/playwright-core ] || npm ci --prefix tests/web-e2e --no-audit --no-fund
 
 cargo build --locked -p holdfast
 cargo test --locked --workspace --no-fail-fast -- --test-threads="${HOLDFAST_TEST_THREADS:-4}"

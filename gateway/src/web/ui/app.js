@@ -32,15 +32,18 @@ function view(...children) {
 }
 
 function say(text) {
-  document.getElementById("status").textContent = text;
+  const el = document.getElementById("status");
+  el.textContent = text;
+  clearTimeout(say.timer);
+  say.timer = setTimeout(() => { if (el.textContent === text) el.textContent = ""; }, 8000);
 }
 
 function table(caption, columns, rows, empty) {
   if (!rows.length) return h("p", { class: "empty" }, empty || "Nothing here.");
-  return h("div", { class: "scroll", role: "region", "aria-label": caption, tabindex: "0" },
+  return h("div", { class: "scroll", role: "region", "aria-label": caption + " table", tabindex: "0" },
     h("table", {},
       h("caption", { class: "visually-hidden" }, caption),
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.title)))),
+      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c.title || h("span", { class: "visually-hidden" }, "Actions"))))),
       h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", { "data-label": c.title }, c.cell(r))))))));
 }
 
@@ -183,7 +186,7 @@ async function start() {
     return;
   }
   chrome(true);
-  route();
+  route(false);
 }
 
 // ---------- pages ----------
@@ -204,7 +207,9 @@ const pages = {
   tokens: tokensPage,
 };
 
-function route() {
+// Shows the page of the address; after a link is followed, focus moves to the new content
+// (on first load it stays at the top, where the skip link is the first stop).
+function route(moveFocus) {
   const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
   const page = pages[name] || pages.overview;
   state.route = location.hash || "#/overview";
@@ -214,7 +219,7 @@ function route() {
     else a.removeAttribute("aria-current");
   }
   page(rest.map(decodeURIComponent));
-  document.getElementById("view").focus({ preventScroll: true });
+  if (moveFocus) document.getElementById("view").focus({ preventScroll: true });
 }
 
 function heading(title, ...extra) {
@@ -545,7 +550,7 @@ function tokensPage() {
 
 // ---------- start ----------
 
-window.addEventListener("hashchange", () => { if (state.csrf !== null) route(); });
+window.addEventListener("hashchange", () => { if (state.csrf !== null) route(true); });
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("logout").addEventListener("click", async () => {
     try { await api("POST", "logout"); } catch (_) { /* gone anyway */ }
