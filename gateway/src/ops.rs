@@ -263,6 +263,19 @@ pub fn clients(broker: &Broker) -> Listing<ClientView> {
     Listing::from_rows(rows, ClientView::from)
 }
 
+/// One page of the sessions whose client id, user name or peer address contains `search`
+/// (empty: all), by client id; `limit` is capped at [`MAX_ROWS`].
+pub fn clients_page(
+    broker: &Broker,
+    search: &str,
+    offset: usize,
+    limit: usize,
+) -> Listing<ClientView> {
+    let limit = limit.min(MAX_ROWS);
+    let rows = broker.with_router(|r| r.client_page(search, offset, limit));
+    Listing::from_rows(rows, ClientView::from)
+}
+
 /// One session with its subscriptions, if the client id has one.
 pub fn client(broker: &Broker, client_id: &str) -> Option<(ClientView, Vec<SubscriptionView>)> {
     broker.with_router(|r| {

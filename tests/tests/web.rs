@@ -496,3 +496,61 @@ fn a_password_set_from_a_shell_before_setup_spends_the_token() {
     );
     assert_eq!(login.status, 200, "{}", login.body);
 }
+
+#[test]
+fn clients_are_searched_and_paged_by_the_gateway() {
+    let (gw, web) = gateway("");
+    let s = setup(&gw, web, "a long admin password");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ids: Vec<String> = (0..12)
+        .map(|i| format!("field-{i:02}"))
+        .chain(["Other-Field".to_owned(), "cabinet".to_owned()])
+        .collect();
+    for id in &ids {
+        let (_client, mut events) =
+            rumqttc::AsyncClient::new(holdfast_tests::v4::options(id, gw.port, true), 10);
+        runtime.spawn(async move {
+            let _keep = _client;
+            while events.poll().await.is_ok() {}
+        });
+    }
+    let page = |query: &str| {
+        let r = http(
+            web,
+            "GET",
+            &format!("/api/v1/clients?{query}"),
+            &[("Cookie", &s.cookie)],
+            None,
+        );
+        (r.status, r.json())
+    };
+    let all_in =
+        holdfast_tests::wait_until(WAIT, || page("search=field").1["clients"]["total"] == 13);
+    assert!(all_in, "{}", page("search=field").1);
+    // Case is ignored; the page is the tail of the list sorted by bytes ("Other-Field" first).
+    let (status, answer) = page("search=FIELD&offset=10&limit=5");
+    assert_eq!(status, 200);
+    let rows = answer["clients"]["rows"].as_array().expect("rows");
+    let got: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r["client_id"].as_str())
+        .collect();
+    assert_eq!(got, ["field-09", "field-10", "field-11"], "{answer}");
+    assert_eq!(answer["clients"]["truncated"], false);
+    let (_, first) = page("search=field&limit=5");
+    assert_eq!(first["clients"]["rows"].as_array().map(Vec::len), Some(5));
+    assert_eq!(first["clients"]["truncated"], true);
+    // The peer address is searched too; a page past the end is empty, not an error.
+    let (_, by_peer) = page("search=127.0.0.1&limit=100");
+    assert!(
+        by_peer["clients"]["total"].as_u64() >= Some(14),
+        "{by_peer}"
+    );
+    let (status, past) = page("offset=1000");
+    assert_eq!(status, 200);
+    assert_eq!(past["clients"]["rows"], serde_json::json!([]));
+    let (status, bad) = page("offset=minus-one");
+    assert_eq!(status, 400, "{bad}");
+    let (status, _) = page(&format!("search={}", "x".repeat(300)));
+    assert_eq!(status, 400);
+}

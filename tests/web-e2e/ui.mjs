@@ -2,7 +2,7 @@
 // browser download): first-boot setup with the token, log out and in, a connected client
 // found and kicked, a bridge seen going down when its upstream stops and coming back with its
 // queue draining, a config mistake shown at its line, keyboard-only navigation, screenshots at
-// desktop and phone sizes, and an axe-core scan of every page with no serious violation.
+// desktop and phone sizes, and an axe-core scan of every page with no violation (serious or not).
 //
 // The Rust test (tests/tests/web_ui.rs) owns the processes. This script asks it for what only
 // it can do with a line `ASK <what>` on stdout and waits for `ok` (or `fail <why>`) on stdin.

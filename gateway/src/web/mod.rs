@@ -256,7 +256,7 @@ fn routes(app: App) -> Router {
         .route("/api/v1/config/versions/{id}", get(config_api::version))
         .route("/api/v1/stats", get(|s| ctl(s, CtlRequest::Stats)))
         .route("/api/v1/listeners", get(|s| ctl(s, CtlRequest::Listeners)))
-        .route("/api/v1/clients", get(|s| ctl(s, CtlRequest::Clients)))
+        .route("/api/v1/clients", get(clients))
         .route("/api/v1/clients/{id}", get(client))
         .route("/api/v1/clients/{id}/kick", post(kick))
         .route(
@@ -547,6 +547,41 @@ async fn ctl(State(app): State<App>, request: CtlRequest) -> Response {
         return error(StatusCode::NOT_FOUND, message);
     }
     Json(answer).into_response()
+}
+
+/// The paging of `GET /api/v1/clients`.
+#[derive(serde::Deserialize)]
+struct ClientQuery {
+    /// Part of a client id, user name or peer address.
+    #[serde(default)]
+    search: String,
+    #[serde(default)]
+    offset: usize,
+    #[serde(default = "default_page")]
+    limit: usize,
+}
+
+fn default_page() -> usize {
+    1000
+}
+
+/// `GET /api/v1/clients?search=&offset=&limit=`: one page of the sessions (at most 10,000),
+/// and how many match.
+async fn clients(
+    State(app): State<App>,
+    query: Result<axum::extract::Query<ClientQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected ?search=TEXT&offset=N&limit=N (numbers)",
+        );
+    };
+    if q.search.len() > 256 {
+        return error(StatusCode::BAD_REQUEST, "a search has at most 256 bytes");
+    }
+    let listing = crate::ops::clients_page(&app.broker, &q.search, q.offset, q.limit);
+    Json(json!({ "clients": listing, "offset": q.offset })).into_response()
 }
 
 async fn client(state: State<App>, Path(id): Path<String>) -> Response {

@@ -112,6 +112,44 @@ impl Router {
         Rows::sorted_and_cut(rows, limit, |a, b| a.client_id.cmp(&b.client_id))
     }
 
+    /// Sessions whose client id, user name or peer address contains `search` (ASCII case
+    /// ignored; empty matches every one), by client id: at most `limit` from `offset`, with
+    /// how many match in all. Only the rows of the page are built.
+    pub fn client_page(&self, search: &str, offset: usize, limit: usize) -> Rows<ClientRow> {
+        let needle = search.to_ascii_lowercase();
+        let matches = |s: &super::Session| {
+            if needle.is_empty() || s.client_id.to_ascii_lowercase().contains(&needle) {
+                return true;
+            }
+            let meta = s.conn.as_ref().and_then(|c| c.meta());
+            meta.is_some_and(|m| {
+                m.username
+                    .as_deref()
+                    .is_some_and(|u| u.to_ascii_lowercase().contains(&needle))
+                    || m.peer.to_string().contains(&needle)
+            })
+        };
+        let mut hits: Vec<&super::Session> = self
+            .sessions
+            .values()
+            .map(|s| &**s)
+            .filter(|s| matches(s))
+            .collect();
+        hits.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        let total = hits.len();
+        let rows: Vec<ClientRow> = hits
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|s| self.client_row(s))
+            .collect();
+        Rows {
+            truncated: offset.saturating_add(rows.len()) < total,
+            rows,
+            total,
+        }
+    }
+
     /// The session of `client_id`, if there is one.
     pub fn client_info(&self, client_id: &str) -> Option<ClientRow> {
         let sid = self.by_client.get(client_id)?;

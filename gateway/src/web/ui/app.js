@@ -315,8 +315,9 @@ async function kick(id) {
   } catch (e) { say(e.message); return false; }
 }
 
+// The clients are searched and paged by the gateway (there may be tens of thousands).
 function clientsPage() {
-  const t = pagedTable("Clients", [
+  const columns = [
     { title: "Client id", cell: (r) => clientLink(r.client_id) },
     { title: "State", cell: (r) => (r.connected ? "connected" : "offline") },
     { title: "Protocol", cell: (r) => r.proto_name || "–" },
@@ -325,9 +326,27 @@ function clientsPage() {
     { title: "Queued", cell: (r) => r.queued },
     { title: "Subscriptions", cell: (r) => r.subscriptions },
     { title: "", cell: (r) => (r.connected ? h("button", { type: "button", class: "danger", "aria-label": "Kick " + r.client_id, onclick: () => kick(r.client_id) }, "Kick") : "") },
-  ], (r) => [r.client_id, r.username, r.peer, r.proto_name].join(" "));
-  view(heading("Clients"), t.el);
-  every(state.route, async () => t.set((await api("GET", "clients")).clients));
+  ];
+  const search = h("input", { type: "search", id: "search", placeholder: "Client id, user or address", "aria-label": "Search clients" });
+  const body = h("div", {});
+  const pager = h("div", { class: "pager" });
+  let page = 0;
+  const load = async () => {
+    const q = search.value.trim();
+    const r = await api("GET", `clients?search=${encodeURIComponent(q)}&offset=${page * PAGE_ROWS}&limit=${PAGE_ROWS}`);
+    const { rows, total } = r.clients;
+    const pages = Math.max(1, Math.ceil(total / PAGE_ROWS));
+    if (page > pages - 1) { page = pages - 1; return load(); }
+    body.replaceChildren(table("Clients", columns, rows, q ? "No match." : "No clients."));
+    pager.replaceChildren(
+      h("button", { type: "button", class: "quiet", disabled: page === 0, onclick: () => { page--; load(); } }, "Previous"),
+      h("span", {}, `Page ${page + 1} of ${pages} · ${total} client${total === 1 ? "" : "s"}${q ? " match" : ""}`),
+      h("button", { type: "button", class: "quiet", disabled: page >= pages - 1, onclick: () => { page++; load(); } }, "Next"));
+  };
+  let typing = null;
+  search.addEventListener("input", () => { page = 0; clearTimeout(typing); typing = setTimeout(() => load().catch((e) => say(e.message)), 250); });
+  view(heading("Clients"), h("div", {}, h("div", { class: "toolbar" }, search), body, pager));
+  every(state.route, load);
 }
 
 function clientPage([id]) {
