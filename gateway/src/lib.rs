@@ -22,6 +22,7 @@ pub mod ctl;
 pub mod dtls;
 pub mod file_replace;
 pub mod last_good;
+pub mod log_tail;
 pub mod logging;
 pub mod lwm2m;
 pub mod modbus;

@@ -35,8 +35,18 @@ pub fn init(level: &str) {
             .with_filter(filter)
             .boxed()
     };
+    // The web UI's live tail: the console's lines, by the same filter, kept in memory.
+    let tail_filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let tail = tracing_subscriber::fmt::layer()
+        .with_writer(crate::log_tail::TailWriter)
+        .with_ansi(false)
+        .with_target(false)
+        .with_filter(tail_filter);
     tracing_subscriber::registry()
         .with(console)
+        .with(tail)
         .with(crate::trace::layer())
         .init();
 }

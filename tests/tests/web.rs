@@ -554,3 +554,122 @@ fn clients_are_searched_and_paged_by_the_gateway() {
     let (status, _) = page(&format!("search={}", "x".repeat(300)));
     assert_eq!(status, 400);
 }
+
+#[test]
+fn the_log_tails_and_traces_run_download_and_go_over_http() {
+    let (gw, web) = gateway("");
+    assert_eq!(http(web, "GET", "/api/v1/logs", &[], None).status, 401);
+    let s = setup(&gw, web, "a long admin password");
+    let cookie = [("Cookie", s.cookie.as_str())];
+    let change = [
+        ("Cookie", s.cookie.as_str()),
+        ("X-CSRF-Token", s.csrf.as_str()),
+    ];
+
+    // The tail has the start-up lines; asking after the last one gives only what is new.
+    let first = http(web, "GET", "/api/v1/logs?limit=1000", &cookie, None).json();
+    let text = first["lines"].to_string();
+    assert!(text.contains("web: API listening"), "{first}");
+    let last = first["last"].as_u64().expect("last");
+    holdfast_tests::mosquitto_pub(gw.port, "t", "x", &["-i", "tail-marker"]);
+    let found = holdfast_tests::wait_until(WAIT, || {
+        let next = http(
+            web,
+            "GET",
+            &format!("/api/v1/logs?after={last}"),
+            &cookie,
+            None,
+        )
+        .json();
+        let lines = next["lines"].as_array().cloned().unwrap_or_default();
+        lines.iter().all(|l| l[0].as_u64() > Some(last))
+            && next["lines"].to_string().contains("tail-marker")
+    });
+    assert!(found);
+    let bad = http(web, "GET", "/api/v1/logs?after=-1", &cookie, None);
+    assert_eq!(bad.status, 400);
+
+    // A trace of one client: started, fed, stopped, downloaded, deleted.
+    let started = http(
+        web,
+        "POST",
+        "/api/v1/traces",
+        &change,
+        Some(r#"{"kind":"client","value":"traced-one"}"#),
+    );
+    assert_eq!(started.status, 201, "{}", started.body);
+    let name = std::path::Path::new(started.json()["file"].as_str().expect("file"))
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name")
+        .to_owned();
+    assert!(
+        name.starts_with("client-") && name.ends_with(".log"),
+        "{name}"
+    );
+    holdfast_tests::mosquitto_pub(gw.port, "t", "x", &["-i", "traced-one"]);
+    let listed = http(web, "GET", "/api/v1/traces", &cookie, None).json();
+    assert_eq!(listed["running"][0]["value"], "traced-one", "{listed}");
+    let busy = http(
+        web,
+        "DELETE",
+        &format!("/api/v1/traces/files/{name}"),
+        &change,
+        None,
+    );
+    assert_eq!(busy.status, 409, "a running trace's file stays");
+    let stopped = http(
+        web,
+        "DELETE",
+        "/api/v1/traces?kind=client&value=traced-one",
+        &change,
+        None,
+    );
+    assert_eq!(stopped.status, 200);
+    assert!(
+        stopped.json()["stopped"][0]["lines"].as_u64() > Some(0),
+        "{}",
+        stopped.body
+    );
+    let file = http(
+        web,
+        "GET",
+        &format!("/api/v1/traces/files/{name}"),
+        &cookie,
+        None,
+    );
+    assert_eq!(file.status, 200);
+    assert!(file.body.contains("traced-one"), "{}", file.body);
+    assert!(file.headers["content-disposition"].contains("attachment"));
+    for evil in [
+        "..%2F..%2Fsetup-token",
+        "client-1.log%00",
+        "setup-token",
+        "client-x.log",
+    ] {
+        let r = http(
+            web,
+            "GET",
+            &format!("/api/v1/traces/files/{evil}"),
+            &cookie,
+            None,
+        );
+        assert_eq!(r.status, 404, "{evil}");
+    }
+    let gone = http(
+        web,
+        "DELETE",
+        &format!("/api/v1/traces/files/{name}"),
+        &change,
+        None,
+    );
+    assert_eq!(gone.status, 204);
+    let no_csrf = http(
+        web,
+        "POST",
+        "/api/v1/traces",
+        &cookie,
+        Some(r#"{"kind":"client","value":"x"}"#),
+    );
+    assert_eq!(no_csrf.status, 403);
+}

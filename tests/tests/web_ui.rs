@@ -122,6 +122,13 @@ bind = "127.0.0.1:{web}"
                     Err(format!("mosquitto_pub of message {i} failed"))
                 }
             }),
+            "publish as traced-by-ui" => {
+                if mosquitto_pub(port, "alerts/x", "1", &["-i", "traced-by-ui"]) {
+                    Ok(())
+                } else {
+                    Err("mosquitto_pub failed".into())
+                }
+            }
             "start the upstream" => {
                 cloud.restart();
                 Ok(())

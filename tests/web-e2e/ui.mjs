@@ -1,8 +1,9 @@
 // The technician's walk through the web UI in Debian's Chromium, driven by Playwright (no
 // browser download): first-boot setup with the token, log out and in, a connected client
 // found and kicked, a bridge seen going down when its upstream stops and coming back with its
-// queue draining, a config mistake shown at its line, keyboard-only navigation, screenshots at
-// desktop and phone sizes, and an axe-core scan of every page with no violation (serious or not).
+// queue draining, a config mistake shown at its line, the live log and a client trace,
+// keyboard-only navigation, screenshots at desktop and phone sizes, and an axe-core scan of
+// every page with no violation (serious or not).
 //
 // The Rust test (tests/tests/web_ui.rs) owns the processes. This script asks it for what only
 // it can do with a line `ASK <what>` on stdout and waits for `ok` (or `fail <why>`) on stdin.
@@ -163,6 +164,23 @@ try {
     await page.waitForTimeout(300);
     await axeScan(page, link);
   }
+
+  step("the live log and a trace");
+  await page.getByRole("link", { name: "Logs", exact: true }).click();
+  await page.getByRole("log").getByText(/web: admin logged in/).first().waitFor({ timeout: WAIT });
+  await page.getByLabel("Trace by", { exact: true }).selectOption("client");
+  await page.getByLabel("Value", { exact: true }).fill("traced-by-ui");
+  await page.getByRole("button", { name: "Start trace" }).click();
+  await page.getByRole("button", { name: "Stop trace of traced-by-ui" }).waitFor({ timeout: WAIT });
+  await ask("publish as traced-by-ui");
+  await page.getByRole("log").getByText(/traced-by-ui/).first().waitFor({ timeout: WAIT });
+  await axeScan(page, "logs");
+  await shot(page, "desktop-logs");
+  await page.getByRole("button", { name: "Stop trace of traced-by-ui" }).click();
+  const link = page.getByRole("link", { name: /^client-\d+\.log$/ });
+  await link.waitFor({ timeout: WAIT });
+  const traced = await page.evaluate(async (href) => (await fetch(href)).text(), await link.getAttribute("href"));
+  if (!traced.includes("traced-by-ui")) throw new Error("the trace file lacks the client: " + traced.slice(0, 300));
 
   step("phone size");
   const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, bypassCSP: true });

@@ -12,6 +12,7 @@
 pub mod auth;
 mod board;
 mod config_api;
+mod logs;
 mod metrics;
 mod ui;
 
@@ -250,6 +251,15 @@ fn routes(app: App) -> Router {
         .route("/api/v1/logout", post(logout))
         .route("/api/v1/session", get(session))
         .route("/api/v1/board", get(board::board))
+        .route("/api/v1/logs", get(logs::tail))
+        .route(
+            "/api/v1/traces",
+            get(logs::list).post(logs::start).delete(logs::stop),
+        )
+        .route(
+            "/api/v1/traces/files/{name}",
+            get(logs::download).delete(logs::remove),
+        )
         .route("/api/v1/config", get(config_api::read))
         .route("/api/v1/config/check", post(config_api::check))
         .route("/api/v1/config/apply", post(config_api::apply))

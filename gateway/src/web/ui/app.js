@@ -204,6 +204,7 @@ const pages = {
   bridges: bridgesPage,
   devices: devicesPage,
   config: configPage,
+  logs: logsPage,
   tokens: tokensPage,
 };
 
@@ -535,6 +536,76 @@ function restarting() {
     setTimeout(poll, 1000);
   };
   setTimeout(poll, 1000);
+}
+
+// ---------- logs and traces ----------
+
+const LOG_LINES = 2000;
+
+function logsPage() {
+  const pre = h("pre", { id: "log", class: "log", tabindex: "0", role: "log", "aria-label": "Log lines, newest last" });
+  const filter = h("input", { type: "search", id: "log-filter", placeholder: "Show lines containing…", "aria-label": "Filter log lines" });
+  const pause = h("button", { type: "button", class: "quiet", "aria-pressed": "false" }, "Pause");
+  const running = h("div", {});
+  const files = h("div", {});
+  const kind = h("select", { id: "trace-kind" }, h("option", { value: "client" }, "Client id"), h("option", { value: "topic" }, "Topic filter"), h("option", { value: "ip" }, "Address or network"));
+  const value = h("input", { id: "trace-value", required: true, maxlength: 256, autocomplete: "off" });
+  const form = h("form", { class: "toolbar" }, h("label", { for: "trace-kind" }, "Trace by"), kind,
+    h("label", { for: "trace-value" }, "Value"), value, h("button", { type: "submit" }, "Start trace"));
+  let last = 0, paused = false;
+  const lines = [];
+  const draw = () => {
+    const q = filter.value.toLowerCase();
+    const shown = q ? lines.filter((l) => l.toLowerCase().includes(q)) : lines;
+    pre.replaceChildren(...shown.map((l) => h("span", { class: /\bERROR\b/.test(l) ? "lvl-error" : /\bWARN\b/.test(l) ? "lvl-warn" : null }, l + "\n")));
+    pre.scrollTop = pre.scrollHeight;
+  };
+  filter.addEventListener("input", draw);
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume" : "Pause";
+    pause.setAttribute("aria-pressed", String(paused));
+  });
+  const loadTraces = async () => {
+    const t = await api("GET", "traces");
+    running.replaceChildren(table("Running traces", [
+      { title: "Kind", cell: (r) => r.kind }, { title: "Value", cell: (r) => r.value },
+      { title: "Lines", cell: (r) => r.lines }, { title: "Started", cell: (r) => when(r.started_at) },
+      { title: "", cell: (r) => h("button", { type: "button", class: "danger", "aria-label": `Stop trace of ${r.value}`, onclick: async () => {
+        await api("DELETE", `traces?kind=${r.kind}&value=${encodeURIComponent(r.value)}`); say("Trace stopped."); loadTraces();
+      } }, "Stop") }], t.running, "No trace is running."));
+    files.replaceChildren(table("Trace files", [
+      { title: "File", cell: (f) => h("a", { href: "/api/v1/traces/files/" + encodeURIComponent(f.name), download: f.name }, f.name) },
+      { title: "Size", cell: (f) => bytes(f.size) },
+      { title: "", cell: (f) => h("button", { type: "button", class: "quiet", "aria-label": "Delete " + f.name, onclick: async () => {
+        try { await api("DELETE", "traces/files/" + encodeURIComponent(f.name)); say("Deleted " + f.name + "."); } catch (e) { say(e.message); }
+        loadTraces();
+      } }, "Delete") }], t.files, "No trace files."));
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await api("POST", "traces", { kind: kind.value, value: value.value.trim() });
+      say("Trace started: every line about " + value.value.trim() + ", debug included, goes to its file.");
+      value.value = "";
+      loadTraces();
+    } catch (e) { say(e.message); }
+  });
+  view(heading("Logs"),
+    h("section", { "aria-labelledby": "tail-title" }, h("h2", { id: "tail-title" }, "Live log"), h("div", { class: "toolbar" }, filter, pause), pre),
+    h("section", { "aria-labelledby": "trace-title" }, h("h2", { id: "trace-title" }, "Traces"),
+      h("p", {}, "A trace writes every log line of one client, topic or address, debug level included, to a file on the board (at most 16 MiB)."),
+      form, running, h("h3", {}, "Files"), files));
+  loadTraces().catch((e) => say(e.message));
+  every(state.route, async () => {
+    if (paused) return;
+    const t = await api("GET", "logs?after=" + last);
+    if (t.gap && last) lines.push("… (older lines left out)");
+    for (const [, text] of t.lines) lines.push(text);
+    if (lines.length > LOG_LINES) lines.splice(0, lines.length - LOG_LINES);
+    last = t.last;
+    if (t.lines.length || !pre.childNodes.length) draw();
+  });
 }
 
 // ---------- API tokens ----------

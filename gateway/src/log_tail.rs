@@ -1,0 +1,158 @@
+//! The recent log, kept in memory for the web UI's live tail: the same lines the console
+//! shows (same level filter), without colours, each numbered so a reader asks for the lines
+//! after the last one it has.
+//!
+//! Owns a process-wide ring of at most [`MAX_LINES`] lines and [`MAX_BYTES`] bytes (a line is
+//! cut at [`MAX_LINE`] bytes); the oldest go first. Writing a line takes one short lock and
+//! never blocks on a reader; it never writes to the flash.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Mutex;
+
+/// Lines kept.
+pub const MAX_LINES: usize = 2000;
+/// Bytes kept (the line texts).
+pub const MAX_BYTES: usize = 512 * 1024;
+/// Longest line kept; the rest is cut.
+pub const MAX_LINE: usize = 4096;
+
+/// The ring.
+#[derive(Debug)]
+struct Ring {
+    lines: VecDeque<(u64, String)>,
+    bytes: usize,
+    next: u64,
+}
+
+static RING: Mutex<Ring> = Mutex::new(Ring {
+    lines: VecDeque::new(),
+    bytes: 0,
+    next: 1,
+});
+
+fn ring() -> std::sync::MutexGuard<'static, Ring> {
+    RING.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Keeps `line` (without its newline).
+pub fn push(line: &str) {
+    let mut text = line.trim_end_matches(['\r', '\n']).to_owned();
+    if text.len() > MAX_LINE {
+        let mut cut = MAX_LINE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    let mut r = ring();
+    let seq = r.next;
+    r.next += 1;
+    r.bytes += text.len();
+    r.lines.push_back((seq, text));
+    while r.lines.len() > MAX_LINES || r.bytes > MAX_BYTES {
+        match r.lines.pop_front() {
+            Some((_, old)) => r.bytes -= old.len(),
+            None => break,
+        }
+    }
+}
+
+/// What a reader gets: the lines after its last one, and where to go on from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Tail {
+    /// `(number, text)`, oldest first.
+    pub lines: Vec<(u64, String)>,
+    /// The number to ask after next time.
+    pub last: u64,
+    /// True when lines between the reader's last one and the first here were left out (it
+    /// fell behind, asked for fewer, or its number is from before a restart).
+    pub gap: bool,
+}
+
+/// At most `limit` lines numbered above `after`, oldest first (the newest `limit` when more
+/// are there: a tail, not a history). A number past the newest line (from before a restart)
+/// starts over.
+pub fn after(after: u64, limit: usize) -> Tail {
+    let r = ring();
+    let newest = r.next - 1;
+    let (after, restarted) = if after > newest {
+        (0, true)
+    } else {
+        (after, false)
+    };
+    let newer: Vec<&(u64, String)> = r.lines.iter().filter(|(n, _)| *n > after).collect();
+    let skip = newer.len().saturating_sub(limit);
+    let first = newer.get(skip).map(|(n, _)| *n);
+    let lines: Vec<(u64, String)> = newer.into_iter().skip(skip).cloned().collect();
+    Tail {
+        gap: restarted || first.is_some_and(|f| f > after + 1),
+        last: lines.last().map_or(after, |(n, _)| *n),
+        lines,
+    }
+}
+
+/// The writer the log layer formats into: each `write` is one or more whole lines.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TailWriter;
+
+impl Write for TailWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for line in String::from_utf8_lossy(buf).lines() {
+            if !line.is_empty() {
+                push(line);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for TailWriter {
+    type Writer = TailWriter;
+
+    fn make_writer(&'a self) -> TailWriter {
+        TailWriter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the ring is process-wide.
+    #[test]
+    fn the_ring_keeps_the_newest_lines_within_its_bounds_and_says_when_a_reader_fell_behind() {
+        let start = after(0, MAX_LINES).last;
+        push("one\n");
+        push("two");
+        let t = after(start, 10);
+        assert_eq!(
+            t.lines.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+        assert!(!t.gap);
+        let t2 = after(t.last, 10);
+        assert!(t2.lines.is_empty());
+        assert_eq!(t2.last, t.last);
+        for i in 0..MAX_LINES + 10 {
+            push(&format!("line {i}"));
+        }
+        let behind = after(t.last, 5);
+        assert!(behind.gap);
+        assert_eq!(behind.lines.len(), 5);
+        assert_eq!(behind.lines[4].1, format!("line {}", MAX_LINES + 9));
+        push(&"x".repeat(MAX_LINE * 3));
+        let past = after(u64::MAX, 1);
+        assert!(past.gap, "a number from before a restart starts over");
+        let long = after(behind.last, 1);
+        assert!(long.lines[0].1.len() <= MAX_LINE + 3);
+        let r = ring();
+        assert!(r.lines.len() <= MAX_LINES && r.bytes <= MAX_BYTES);
+    }
+}

@@ -1,0 +1,190 @@
+//! The log and trace routes: the live tail of the log (`GET /api/v1/logs?after=N`), and
+//! `holdfast ctl trace` over HTTP (start, list, stop, download and delete the files).
+//!
+//! Owns only the HTTP shape: the lines come from [`crate::log_tail`], the traces from
+//! [`crate::ops`]. A trace started here always writes under `{data_dir}/traces/` with a name
+//! the gateway chooses (`{kind}-{unix ms}.log`); a download or delete names only such a file,
+//! never a path.
+
+use super::{error, App};
+use crate::trace::{TraceKind, TraceSpec};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Lines one read returns at most (and by default).
+const MAX_TAIL: usize = 1000;
+/// Size limit of a trace file started from the web unless the request sets a smaller one.
+const WEB_TRACE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+pub(super) struct TailQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "max_tail")]
+    limit: usize,
+}
+
+fn max_tail() -> usize {
+    MAX_TAIL
+}
+
+/// `GET /api/v1/logs?after=N&limit=N`: the lines after line N (the newest `limit` of them).
+pub(super) async fn tail(
+    query: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "expected ?after=N&limit=N");
+    };
+    Json(crate::log_tail::after(q.after, q.limit.min(MAX_TAIL))).into_response()
+}
+
+/// `GET /api/v1/traces`: the running traces and the trace files kept.
+pub(super) async fn list(State(app): State<App>) -> Response {
+    let dir = traces_dir(&app);
+    let files = tokio::task::spawn_blocking(move || trace_files(&dir))
+        .await
+        .unwrap_or_default();
+    Json(json!({ "running": crate::ops::trace_list(), "files": files })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct StartBody {
+    kind: TraceKind,
+    value: String,
+    #[serde(default)]
+    max_bytes: Option<u64>,
+}
+
+/// `POST /api/v1/traces`: starts a trace into a new file under `{data_dir}/traces/`.
+pub(super) async fn start(State(app): State<App>, body: Option<Json<StartBody>>) -> Response {
+    let Some(Json(body)) = body else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"kind\": \"client\"|\"topic\"|\"ip\", \"value\": ..., \"max_bytes\": N}",
+        );
+    };
+    if body.value.is_empty() || body.value.len() > 256 {
+        return error(StatusCode::BAD_REQUEST, "a trace's value has 1..=256 bytes");
+    }
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let spec = TraceSpec {
+        kind: body.kind,
+        value: body.value,
+        file: format!("{}-{millis}.log", body.kind.as_str()).into(),
+        max_bytes: Some(
+            body.max_bytes
+                .unwrap_or(WEB_TRACE_MAX_BYTES)
+                .min(WEB_TRACE_MAX_BYTES),
+        ),
+    };
+    let broker = app.broker.clone();
+    match tokio::task::spawn_blocking(move || crate::ops::trace_start(&broker, spec)).await {
+        Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the trace did not start"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct StopQuery {
+    kind: Option<TraceKind>,
+    value: Option<String>,
+}
+
+/// `DELETE /api/v1/traces?kind=&value=`: stops the matching traces (all without a kind).
+pub(super) async fn stop(
+    query: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected ?kind=client|topic|ip&value=...",
+        );
+    };
+    let stopped =
+        tokio::task::spawn_blocking(move || crate::ops::trace_stop(q.kind, q.value.as_deref()))
+            .await
+            .unwrap_or_default();
+    Json(json!({ "stopped": stopped })).into_response()
+}
+
+/// `GET /api/v1/traces/files/{name}`: a trace file, streamed.
+pub(super) async fn download(State(app): State<App>, Path(name): Path<String>) -> Response {
+    let Some(path) = trace_file(&app, &name) else {
+        return error(StatusCode::NOT_FOUND, "no such trace file");
+    };
+    let Ok(file) = tokio::fs::File::open(&path).await else {
+        return error(StatusCode::NOT_FOUND, "no such trace file");
+    };
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response =
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_DISPOSITION, v);
+    }
+    response
+}
+
+/// `DELETE /api/v1/traces/files/{name}`: removes a trace file that is not being written.
+pub(super) async fn remove(State(app): State<App>, Path(name): Path<String>) -> Response {
+    let Some(path) = trace_file(&app, &name) else {
+        return error(StatusCode::NOT_FOUND, "no such trace file");
+    };
+    if crate::ops::trace_list().iter().any(|t| t.file == path) {
+        return error(StatusCode::CONFLICT, "the trace is running; stop it first");
+    }
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            error(StatusCode::NOT_FOUND, "no such trace file")
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn traces_dir(app: &App) -> std::path::PathBuf {
+    app.broker.config.node.data_dir.join("traces")
+}
+
+/// A trace file's path, when `name` is one the web would have made (`{kind}-{digits}.log`).
+fn trace_file(app: &App, name: &str) -> Option<std::path::PathBuf> {
+    let stem = name.strip_suffix(".log")?;
+    let (kind, digits) = stem.split_once('-')?;
+    let known = ["client", "topic", "ip"].contains(&kind);
+    (known && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| traces_dir(app).join(name))
+}
+
+/// The trace files under the traces directory, newest first (name and size).
+fn trace_files(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(std::time::SystemTime, String, u64)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            let name = e.file_name().into_string().ok()?;
+            meta.is_file().then(|| {
+                (
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                    name,
+                    meta.len(),
+                )
+            })
+        })
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files
+        .into_iter()
+        .map(|(_, name, size)| json!({ "name": name, "size": size }))
+        .collect()
+}
