@@ -182,7 +182,7 @@ fn trace_files(dir: &std::path::Path) -> Vec<serde_json::Value> {
             })
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     files
         .into_iter()
         .map(|(_, name, size)| json!({ "name": name, "size": size }))
