@@ -6,7 +6,7 @@
 
 use holdfast_tests::ctl::{ctl_json, socket};
 use holdfast_tests::web::{gateway, http, session_of, setup, WAIT};
-use holdfast_tests::{holdfast_bin, MosquittoSub};
+use holdfast_tests::{free_port, holdfast_bin, MosquittoSub};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -672,4 +672,78 @@ fn the_log_tails_and_traces_run_download_and_go_over_http() {
         Some(r#"{"kind":"client","value":"x"}"#),
     );
     assert_eq!(no_csrf.status, 403);
+}
+
+#[test]
+fn https_with_web_tls_and_the_session_cookie_is_secure() {
+    let dir = holdfast_tests::TempDir::new("web-tls");
+    let pki = holdfast_tests::pki::make_pki(dir.path());
+    let tls = format!(
+        "tls = {{ cert = {:?}, key = {:?} }}",
+        pki.server_cert, pki.server_key
+    );
+    let (gw, web) = gateway(&tls);
+    assert!(gw.log().contains("scheme=\"https\""), "{}", gw.log());
+    let token = std::fs::read_to_string(gw.dir.path().join("data/setup-token")).expect("token");
+    let body = serde_json::json!({"token": token.trim(), "password": "a long admin password"});
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "--cacert"])
+        .arg(&pki.ca)
+        .args(["-H", "Content-Type: application/json", "--data"])
+        .arg(body.to_string())
+        .arg(format!("https://127.0.0.1:{web}/api/v1/setup"))
+        .output()
+        .expect("curl");
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{answer}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cookie = answer
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Secure"),
+        "{cookie}"
+    );
+    // Plain HTTP on the HTTPS port gets no answer, and the gateway goes on.
+    assert_eq!(http(web, "GET", "/api/v1/setup", &[], None).status, 0);
+    let again = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&pki.ca)
+        .arg(format!("https://127.0.0.1:{web}/api/v1/setup"))
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("setup_required"));
+}
+
+#[test]
+fn a_missing_web_certificate_stops_the_start_and_names_the_file() {
+    let port = free_port();
+    let web = free_port();
+    let config = format!(
+        "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n[web]\nbind = \"127.0.0.1:{web}\"\ntls = {{ cert = \"/nonexistent/web.pem\", key = \"/nonexistent/web.key\" }}\n"
+    );
+    let dir = holdfast_tests::TempDir::new("web-tls-bad");
+    let file = dir.path().join("holdfast.toml");
+    std::fs::write(&file, config).expect("config");
+    let out = Command::new(holdfast_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("web: tls: cannot read /nonexistent/web.pem"),
+        "{err}"
+    );
 }

@@ -8,7 +8,7 @@
 //! reading the one config file is its only I/O. Whatever `holdfast check` and the web UI's
 //! "validate" report comes from here (STYLE rule 4, after linkerd2-proxy's `app/src/env.rs`).
 //!
-//! Keys the design describes but this build does not implement yet (`web.tls`) are errors, not silently ignored: a gateway that drops a bridge config on
+//! Keys the design describes but this build does not implement yet (`lwm2m.translators`) are errors, not silently ignored: a gateway that drops a bridge config on
 //! the floor would lose data while looking healthy.
 
 mod auto_subscribe;

@@ -228,8 +228,8 @@ fn an_unknown_section_is_reported() {
 #[test]
 fn keys_not_built_yet_are_errors_not_silently_ignored() {
     assert_eq!(
-        problem("[web]\ntls = { cert = \"a\", key = \"b\" }\n"),
-        "holdfast.toml:2: web.tls: not supported by this build yet"
+        problem("[lwm2m]\ntranslators = { command = \"dn\" }\n"),
+        "holdfast.toml:2: lwm2m.translators: not supported by this build yet"
     );
 }
 

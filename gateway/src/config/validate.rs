@@ -1016,7 +1016,7 @@ fn listener_kind(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<ListenerKi
 }
 
 /// A listener's `tls` table: files, client verification and protocol versions.
-fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTls> {
+pub(super) fn listener_tls(ctx: &mut Ctx<'_>, node: &Node, path: &str) -> Option<ListenerTls> {
     let entries = ctx.open(
         node,
         path,

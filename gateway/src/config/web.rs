@@ -10,7 +10,8 @@ use std::time::Duration;
 use super::coap::socket_addr;
 use super::modbus::duration_within;
 use super::raw::Node;
-use super::validate::{boolean, integer, size, Ctx};
+use super::validate::{boolean, field, integer, listener_tls, size, Ctx};
+use super::ListenerTls;
 
 /// The HTTP server (`[web]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,10 @@ pub struct WebConfig {
     pub enabled: bool,
     /// TCP address. Default 0.0.0.0:18083 (EMQX's dashboard port).
     pub bind: SocketAddr,
+    /// HTTPS: the certificate and key (and optionally client verification and versions), as a
+    /// `tls` listener's `tls` table. Default none: plain HTTP, for a board on a trusted
+    /// service network.
+    pub tls: Option<ListenerTls>,
     /// Connections served at once; one more is closed at accept. Default 64; 1..=10000.
     pub max_connections: usize,
     /// Largest request body. Default 1MB; 1KB..=64MB.
@@ -42,6 +47,7 @@ impl Default for WebConfig {
         WebConfig {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 18083)),
+            tls: None,
             max_connections: 64,
             max_body_size: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -57,6 +63,7 @@ impl Default for WebConfig {
 const WEB_KEYS: &[&str] = &[
     "enabled",
     "bind",
+    "tls",
     "max_connections",
     "max_body_size",
     "request_timeout",
@@ -70,11 +77,12 @@ const WEB_KEYS: &[&str] = &[
 /// Reads `[web]`.
 pub(super) fn web_section(ctx: &mut Ctx<'_>, node: &Node) -> WebConfig {
     let d = WebConfig::default();
-    let entries = ctx.open(node, "web", WEB_KEYS, &["tls"]);
+    let entries = ctx.open(node, "web", WEB_KEYS, &[]);
     let p = "web";
     WebConfig {
         enabled: ctx.get(entries, p, "enabled", d.enabled, boolean),
         bind: ctx.get(entries, p, "bind", d.bind, socket_addr),
+        tls: field(entries, "tls").and_then(|n| listener_tls(ctx, n, "web.tls")),
         max_connections: ctx.get(
             entries,
             p,

@@ -44,6 +44,9 @@ const CSRF_HEADER: &str = "x-csrf-token";
 /// Why the web server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `[web.tls]` could not be loaded (a file missing, a key that does not fit).
+    #[error("web: tls: {0}")]
+    Tls(#[from] crate::broker::tls::TlsSetupError),
     /// The address could not be bound.
     #[error("web: cannot bind {bind}: {source}")]
     Bind {
@@ -55,11 +58,21 @@ pub enum StartError {
 }
 
 /// The bound listener and the credentials, ready to serve.
-#[derive(Debug)]
 pub struct Bound {
     listener: TcpListener,
     credentials: Credentials,
     config: WebConfig,
+    /// HTTPS, when `[web.tls]` is set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Bound {
@@ -77,6 +90,14 @@ pub async fn bind(
     config: &WebConfig,
     data_dir: &std::path::Path,
 ) -> Result<Option<Bound>, StartError> {
+    // A bad certificate is a config mistake: the start stops and says so (the last known good
+    // config takes over), as for a tls listener.
+    let tls = match &config.tls {
+        Some(t) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::broker::tls::server_config(t)?,
+        )),
+        None => None,
+    };
     let credentials = match Credentials::open(data_dir) {
         Ok(c) => c,
         Err(e) => {
@@ -90,11 +111,13 @@ pub async fn bind(
             bind: config.bind,
             source,
         })?;
-    tracing::info!(bind = %config.bind, "web: API listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(bind = %config.bind, scheme, "web: API listening");
     Ok(Some(Bound {
         listener,
         credentials,
         config: config.clone(),
+        tls,
     }))
 }
 
@@ -211,34 +234,59 @@ pub async fn run(
             continue;
         };
         let service = router.clone().layer(Extension(Peer(peer)));
-        let service = hyper_util::service::TowerToHyperService::new(service);
-        let io = hyper_util::rt::TokioIo::new(stream);
         let timeout = config.request_timeout;
         let shutdown = shutdown.clone();
+        let tls = bound.tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(timeout)
-                .serve_connection(io, service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(peer = %peer, "web: connection ended: {e}");
-                    }
-                }
-                _ = tokio::time::sleep(lifetime) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
-                }
-                _ = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
-                }
+            let Some(acceptor) = tls else {
+                return serve(stream, service, peer, timeout, lifetime, shutdown).await;
+            };
+            // The handshake is bounded like a request's headers: a peer that opens and
+            // stalls holds its slot no longer than that.
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve(tls, service, peer, timeout, lifetime, shutdown).await,
+                Ok(Err(e)) => tracing::debug!(peer = %peer, "web: TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(peer = %peer, "web: TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, its lifetime is over or the gateway
+/// stops.
+async fn serve<I>(
+    io: I,
+    service: Router,
+    peer: SocketAddr,
+    timeout: std::time::Duration,
+    lifetime: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(service);
+    let io = hyper_util::rt::TokioIo::new(io);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, "web: connection ended: {e}");
+            }
+        }
+        _ = tokio::time::sleep(lifetime) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn).await;
+        }
     }
 }
 
@@ -375,8 +423,13 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 /// A new session: the cookie and the CSRF token (in the body, for the page's script).
 fn session_response(app: &App) -> Response {
     let (id, csrf) = app.sessions.create(Instant::now());
+    let secure = if app.config.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
     let cookie = format!(
-        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         app.config.session_max.as_secs()
     );
     let mut response = Json(json!({ "csrf": csrf })).into_response();
