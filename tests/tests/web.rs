@@ -242,6 +242,18 @@ fn api_tokens_work_until_revoked_and_metrics_match_ctl_stats() {
     let mqtt = gw.addr().port();
     let _a = MosquittoSub::start(mqtt, "a/#", &[]);
     let _b = MosquittoSub::start(mqtt, "b/+", &[]);
+    // The board task publishes its first health report once serving starts.
+    let health = holdfast_tests::wait_until(WAIT, || {
+        let b = http(
+            web,
+            "GET",
+            "/api/v1/board",
+            &[("Authorization", &bearer)],
+            None,
+        );
+        !b.json()["health"].is_null()
+    });
+    assert!(health, "no board health report");
     let metrics = http(web, "GET", "/metrics", &[("Authorization", &bearer)], None);
     assert_eq!(metrics.status, 200);
     assert!(
@@ -267,6 +279,27 @@ fn api_tokens_work_until_revoked_and_metrics_match_ctl_stats() {
         );
     }
     assert!(parsed.get("holdfast_subscriptions").copied().unwrap_or(0.0) >= 2.0);
+    // Board health and storage, from the board task's reports and the data directory.
+    for gauge in [
+        "holdfast_data_dir_bytes",
+        "holdfast_board_memory_total_bytes",
+        "holdfast_board_data_disk_size_bytes",
+        "holdfast_process_resident_memory_bytes",
+        "holdfast_board_load_average{window=\"1m\"}",
+    ] {
+        assert!(
+            parsed.contains_key(gauge),
+            "{gauge} missing:\n{}",
+            metrics.body
+        );
+    }
+    assert!(parsed["holdfast_data_dir_bytes"] > 0.0);
+    assert!(parsed["holdfast_process_resident_memory_bytes"] > 1e6);
+    assert_eq!(
+        parsed.get("holdfast_board_status{status=\"running\"}"),
+        Some(&1.0)
+    );
+    assert_eq!(parsed.get("holdfast_board_alarms"), Some(&0.0));
     assert!(
         parsed.contains_key("holdfast_messages_received_total"),
         "{:?}",

@@ -20,24 +20,26 @@ const TOPICS: [&str; 4] = ["identity", "health", "status", "alarms"];
 pub(super) type BoardClient = tokio::sync::Mutex<Option<Client>>;
 
 pub(super) async fn board(State(app): State<App>) -> Response {
+    match read(&app).await {
+        Ok(reports) => Json(Value::Object(reports)).into_response(),
+        Err(e) => super::error(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            &format!("cannot read the board's reports: {e}"),
+        ),
+    }
+}
+
+/// The board's retained reports by name (`identity`, `health`, `status`, `alarms`); a report
+/// not published yet is `null`.
+pub(super) async fn read(
+    app: &App,
+) -> Result<Map<String, Value>, crate::broker::client::ConnectError> {
     let node = app.broker.config.node.name.clone();
     let mut slot = app.board_client.lock().await;
     if slot.as_ref().is_none_or(|c| c.closed().is_some()) {
         let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        match Client::connect(
-            &app.broker,
-            ClientOptions::new(CLIENT_ID, Protocol::Web, peer),
-        )
-        .await
-        {
-            Ok(c) => *slot = Some(c),
-            Err(e) => {
-                return super::error(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("cannot read the board's reports: {e}"),
-                )
-            }
-        }
+        let opts = ClientOptions::new(CLIENT_ID, Protocol::Web, peer);
+        *slot = Some(Client::connect(&app.broker, opts).await?);
     }
     let mut out = Map::new();
     if let Some(client) = slot.as_mut() {
@@ -51,5 +53,5 @@ pub(super) async fn board(State(app): State<App>) -> Response {
             out.insert(name.to_owned(), value);
         }
     }
-    Json(Value::Object(out)).into_response()
+    Ok(out)
 }

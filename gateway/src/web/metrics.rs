@@ -14,8 +14,8 @@ enum Kind {
     Gauge,
 }
 
-/// One sample: its labels and value.
-type Sample = (Vec<(String, String)>, u64);
+/// One sample: its labels and value (rendered).
+type Sample = (Vec<(String, String)>, String);
 
 /// Metric families by name: kind, help, samples.
 #[derive(Debug, Default)]
@@ -23,6 +23,24 @@ struct Families(BTreeMap<String, (Kind, String, Vec<Sample>)>);
 
 impl Families {
     fn add(&mut self, name: &str, kind: Kind, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.add_value(name, kind, help, labels, value.to_string());
+    }
+
+    /// A measured quantity (a temperature, a load average); never NaN or infinite here.
+    fn add_f64(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: f64) {
+        if value.is_finite() {
+            self.add_value(name, Kind::Gauge, help, labels, value.to_string());
+        }
+    }
+
+    fn add_value(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: String,
+    ) {
         let entry = self
             .0
             .entry(name.to_owned())
@@ -313,9 +331,110 @@ fn modbus_devices(f: &mut Families, broker: &Broker) {
     gateway(f, "modbus", view.stats, &["devices", "devices_failing"]);
 }
 
-/// The whole page.
-pub(super) fn render(broker: &Broker) -> String {
+/// The board's health and status, as the board task publishes them (`$SYS/.../board/health`,
+/// `status`, `alarms`); absent readings are left out, not zero.
+fn board(f: &mut Families, board: &serde_json::Map<String, serde_json::Value>) {
+    let health = board.get("health");
+    let number = |key: &str| {
+        health
+            .and_then(|h| h.get(key))
+            .and_then(serde_json::Value::as_f64)
+    };
+    let gauges = [
+        (
+            "cpu_temp_celsius",
+            "holdfast_board_cpu_temperature_celsius",
+            "Hottest thermal zone.",
+        ),
+        (
+            "mem_total_bytes",
+            "holdfast_board_memory_total_bytes",
+            "Memory of the board.",
+        ),
+        (
+            "mem_available_bytes",
+            "holdfast_board_memory_available_bytes",
+            "Memory that can be allocated without swapping.",
+        ),
+        (
+            "data_dir_free_bytes",
+            "holdfast_board_data_disk_free_bytes",
+            "Space left in the data directory's file system.",
+        ),
+        (
+            "data_dir_total_bytes",
+            "holdfast_board_data_disk_size_bytes",
+            "Size of the data directory's file system.",
+        ),
+        (
+            "uptime_seconds",
+            "holdfast_board_uptime_seconds",
+            "Time since the board booted.",
+        ),
+        (
+            "process_rss_bytes",
+            "holdfast_process_resident_memory_bytes",
+            "The gateway's resident set size.",
+        ),
+    ];
+    for (key, name, help) in gauges {
+        if let Some(v) = number(key) {
+            f.add_f64(name, help, &[], v);
+        }
+    }
+    if let Some(load) = health
+        .and_then(|h| h.get("load"))
+        .and_then(|l| l.as_array())
+    {
+        for (window, v) in ["1m", "5m", "15m"].iter().zip(load) {
+            if let Some(v) = v.as_f64() {
+                f.add_f64(
+                    "holdfast_board_load_average",
+                    "Load average.",
+                    &[("window", window)],
+                    v,
+                );
+            }
+        }
+    }
+    if let Some(status) = board.get("status").and_then(|s| s.as_str()) {
+        f.add(
+            "holdfast_board_status",
+            Kind::Gauge,
+            "The board's state (1 for the current one).",
+            &[("status", status)],
+            1,
+        );
+    }
+    if let Some(alarms) = board.get("alarms").and_then(|a| a.as_array()) {
+        f.add(
+            "holdfast_board_alarms",
+            Kind::Gauge,
+            "Alarms standing now.",
+            &[],
+            alarms.len() as u64,
+        );
+    }
+}
+
+/// The whole page; `board` is what `/api/v1/board` shows, `data_dir_bytes` the size of the
+/// data directory (queues, state, traces), when it could be measured.
+pub(super) fn render(
+    broker: &Broker,
+    board_reports: &serde_json::Map<String, serde_json::Value>,
+    data_dir_bytes: Option<u64>,
+) -> String {
     let mut f = Families::default();
+    board(&mut f, board_reports);
+    if let Some(bytes) = data_dir_bytes {
+        f.add(
+            "holdfast_data_dir_bytes",
+            Kind::Gauge,
+            "Bytes the gateway keeps in its data directory (queues, state, traces).",
+            &[],
+            bytes,
+        );
+    }
     broker_stats(&mut f, broker);
     listeners(&mut f, broker);
     bridges(&mut f, broker);
@@ -330,6 +449,32 @@ pub(super) fn render(broker: &Broker) -> String {
         gateway(&mut f, "serial", v.stats, &["ports", "ports_open"]);
     }
     f.render()
+}
+
+/// Files walked at most to size the data directory (a scrape must stay cheap).
+const MAX_FILES: usize = 100_000;
+
+/// The bytes of the files under `dir` (symbolic links not followed); `None` when it cannot be
+/// read or holds more than [`MAX_FILES`] entries.
+pub(super) fn dir_size(dir: &std::path::Path) -> Option<u64> {
+    let mut total = 0u64;
+    let mut seen = 0usize;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).ok()?.flatten() {
+            seen += 1;
+            if seen > MAX_FILES {
+                return None;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    Some(total)
 }
 
 #[cfg(test)]

@@ -699,7 +699,13 @@ async fn revoke_token(State(app): State<App>, Path(id): Path<String>) -> Respons
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let body = metrics::render(&app.broker);
+    let reports = board::read(&app).await.unwrap_or_default();
+    let dir = app.broker.config.node.data_dir.clone();
+    let data_dir_bytes = tokio::task::spawn_blocking(move || metrics::dir_size(&dir))
+        .await
+        .ok()
+        .flatten();
+    let body = metrics::render(&app.broker, &reports, data_dir_bytes);
     (
         [(
             header::CONTENT_TYPE,
