@@ -38,7 +38,7 @@ pub struct ConfigFile {
 }
 
 /// A kept version of the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Version {
     /// Its name: the Unix time in milliseconds when it was replaced.
     pub id: String,

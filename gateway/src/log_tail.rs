@@ -60,11 +60,20 @@ pub fn push(line: &str) {
     }
 }
 
+/// One kept line.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Line {
+    /// Its number (one more than the line before, since the start).
+    pub seq: u64,
+    /// The text, without colours or a newline.
+    pub text: String,
+}
+
 /// What a reader gets: the lines after its last one, and where to go on from.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Tail {
-    /// `(number, text)`, oldest first.
-    pub lines: Vec<(u64, String)>,
+    /// The lines, oldest first.
+    pub lines: Vec<Line>,
     /// The number to ask after next time.
     pub last: u64,
     /// True when lines between the reader's last one and the first here were left out (it
@@ -86,10 +95,17 @@ pub fn after(after: u64, limit: usize) -> Tail {
     let newer: Vec<&(u64, String)> = r.lines.iter().filter(|(n, _)| *n > after).collect();
     let skip = newer.len().saturating_sub(limit);
     let first = newer.get(skip).map(|(n, _)| *n);
-    let lines: Vec<(u64, String)> = newer.into_iter().skip(skip).cloned().collect();
+    let lines: Vec<Line> = newer
+        .into_iter()
+        .skip(skip)
+        .map(|(seq, text)| Line {
+            seq: *seq,
+            text: text.clone(),
+        })
+        .collect();
     Tail {
         gap: restarted || first.is_some_and(|f| f > after + 1),
-        last: lines.last().map_or(after, |(n, _)| *n),
+        last: lines.last().map_or(after, |l| l.seq),
         lines,
     }
 }
@@ -133,7 +149,7 @@ mod tests {
         push("two");
         let t = after(start, 10);
         assert_eq!(
-            t.lines.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>(),
+            t.lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>(),
             ["one", "two"]
         );
         assert!(!t.gap);
@@ -146,12 +162,12 @@ mod tests {
         let behind = after(t.last, 5);
         assert!(behind.gap);
         assert_eq!(behind.lines.len(), 5);
-        assert_eq!(behind.lines[4].1, format!("line {}", MAX_LINES + 9));
+        assert_eq!(behind.lines[4].text, format!("line {}", MAX_LINES + 9));
         push(&"x".repeat(MAX_LINE * 3));
         let past = after(u64::MAX, 1);
         assert!(past.gap, "a number from before a restart starts over");
         let long = after(behind.last, 1);
-        assert!(long.lines[0].1.len() <= MAX_LINE + 3);
+        assert!(long.lines[0].text.len() <= MAX_LINE + 3);
         let r = ring();
         assert!(r.lines.len() <= MAX_LINES && r.bytes <= MAX_BYTES);
     }

@@ -106,7 +106,7 @@ pub fn trace_list() -> Vec<TraceInfo> {
 pub const MAX_ROWS: usize = 10_000;
 
 /// One listener's counters (`holdfast ctl listeners`), as in the EMQX FAQ.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ListenerView {
     /// Listener name ("tcp:default").
     pub name: String,
@@ -125,6 +125,7 @@ pub struct ListenerView {
     /// Failed TLS handshakes or WebSocket upgrades.
     pub handshake_failed: u64,
     /// Connections ended since start, by reason (every reason, zeros included).
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
     pub shutdown_count: BTreeMap<&'static str, u64>,
 }
 
@@ -152,7 +153,7 @@ pub fn listeners(broker: &Broker) -> Vec<ListenerView> {
 }
 
 /// A bounded listing: the first rows in order, and whether more were left out.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Listing<T> {
     /// The rows, sorted.
     pub rows: Vec<T>,
@@ -173,7 +174,7 @@ impl<T> Listing<T> {
 }
 
 /// One client (session) as the operator sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ClientView {
     /// Client identifier.
     pub client_id: String,
@@ -216,7 +217,7 @@ impl From<ClientRow> for ClientView {
 }
 
 /// One subscription.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SubscriptionView {
     /// Subscriber.
     pub client_id: String,
@@ -237,7 +238,7 @@ impl From<SubscriptionRow> for SubscriptionView {
 }
 
 /// One retained message.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RetainedView {
     /// Topic it is retained on.
     pub topic: String,
@@ -343,11 +344,12 @@ pub fn webhook_stats(broker: &Broker) -> Vec<(String, u64)> {
 }
 
 /// One bridge's state and counters (`holdfast ctl bridges`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BridgeView {
     /// Bridge name.
     pub name: String,
     /// Link state ("up", "connecting", ...).
+    #[schema(value_type = String)]
     pub state: &'static str,
     /// Messages waiting in its queue.
     pub queued: u64,

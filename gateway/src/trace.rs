@@ -46,7 +46,7 @@ pub const QUEUE_LINES: usize = 8192;
 pub const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What a trace follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TraceKind {
     /// One client id.
@@ -69,13 +69,14 @@ impl TraceKind {
 }
 
 /// A running (or just stopped) trace, as `holdfast ctl trace list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TraceInfo {
     /// What it follows.
     pub kind: TraceKind,
     /// The client id, topic filter or address.
     pub value: String,
     /// Where the lines go.
+    #[schema(value_type = String)]
     pub file: PathBuf,
     /// Seconds since the epoch when it started.
     pub started_at: u64,

@@ -615,7 +615,7 @@ fn the_log_tails_and_traces_run_download_and_go_over_http() {
         )
         .json();
         let lines = next["lines"].as_array().cloned().unwrap_or_default();
-        lines.iter().all(|l| l[0].as_u64() > Some(last))
+        lines.iter().all(|l| l["seq"].as_u64() > Some(last))
             && next["lines"].to_string().contains("tail-marker")
     });
     assert!(found);

@@ -82,7 +82,7 @@ pub struct Verdict {
 }
 
 /// An API token as listed (never the token itself).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Its id (for revoking).
     pub id: String,

@@ -19,6 +19,12 @@ const TOPICS: [&str; 4] = ["identity", "health", "status", "alarms"];
 /// The web's broker client, connected on first use.
 pub(super) type BoardClient = tokio::sync::Mutex<Option<Client>>;
 
+/// The board's identity, health, status and alarms.
+#[utoipa::path(get, path = "/api/v1/board", tag = "board",
+    responses(
+        (status = 200, description = "The board's reports (null until published)", body = Object),
+        (status = 503, description = "The reports cannot be read", body = super::schema::ErrorBody),
+    ))]
 pub(super) async fn board(State(app): State<App>) -> Response {
     match read(&app).await {
         Ok(reports) => Json(Value::Object(reports)).into_response(),

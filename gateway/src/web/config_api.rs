@@ -4,6 +4,7 @@
 //! Owns only the HTTP shape; [`crate::config_file`] owns the file, its versions and the roll
 //! back. Never writes the file any other way.
 
+use super::schema::{AppliedBody, CheckedBody, ConfigView, ErrorBody, ProblemsBody, VersionText};
 use super::{error, App};
 use crate::config::Problem;
 use crate::config_file::ApplyError;
@@ -18,8 +19,9 @@ use std::time::Duration;
 const RESTART_DELAY: Duration = Duration::from_millis(500);
 
 /// A config text sent to check or apply.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct ConfigBody {
+    /// The whole TOML file.
     text: String,
 }
 
@@ -43,6 +45,11 @@ fn unprocessable(problems: &[Problem]) -> Response {
 
 /// `GET /api/v1/config`: the file's path and text, whether it can be changed here, and the
 /// kept versions.
+#[utoipa::path(get, path = "/api/v1/config", tag = "config",
+    responses(
+        (status = 200, description = "The config file", body = ConfigView),
+        (status = 500, description = "The file cannot be read", body = ErrorBody),
+    ))]
 pub(super) async fn read(State(app): State<App>) -> Response {
     let file = app.config_file.clone();
     let read = tokio::task::spawn_blocking(move || (file.read(), file.versions())).await;
@@ -67,10 +74,16 @@ pub(super) async fn read(State(app): State<App>) -> Response {
 
 /// `POST /api/v1/config/check`: 200 when the text is good, 422 with every problem and its
 /// line otherwise. Nothing is written.
-pub(super) async fn check(State(app): State<App>, body: Option<Json<ConfigBody>>) -> Response {
-    let Some(Json(body)) = body else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"text\": ...}");
-    };
+#[utoipa::path(post, path = "/api/v1/config/check", tag = "config", request_body = ConfigBody,
+    responses(
+        (status = 200, description = "No problem", body = CheckedBody),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 422, description = "The problems, each at its line", body = ProblemsBody),
+    ))]
+pub(super) async fn check(
+    State(app): State<App>,
+    super::JsonBody(body): super::JsonBody<ConfigBody>,
+) -> Response {
     let file = app.config_file.clone();
     match tokio::task::spawn_blocking(move || file.check(&body.text).map(|_| ())).await {
         Ok(Ok(())) => Json(json!({ "ok": true, "problems": [] })).into_response(),
@@ -81,10 +94,19 @@ pub(super) async fn check(State(app): State<App>, body: Option<Json<ConfigBody>>
 
 /// `POST /api/v1/config/apply`: 202 and a restart on the new file; 422 with the problems (the
 /// file untouched); 409 without a file or while another apply restarts the gateway.
-pub(super) async fn apply(State(app): State<App>, body: Option<Json<ConfigBody>>) -> Response {
-    let Some(Json(body)) = body else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"text\": ...}");
-    };
+#[utoipa::path(post, path = "/api/v1/config/apply", tag = "config", request_body = ConfigBody,
+    responses(
+        (status = 202, description = "Applied; the gateway restarts on it", body = AppliedBody),
+        (status = 400, description = "A bad body", body = ErrorBody),
+        (status = 409, description = "No config file, or an apply already restarts it", body = ErrorBody),
+        (status = 413, description = "Larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "The problems, each at its line (nothing written)", body = ProblemsBody),
+        (status = 500, description = "The file could not be written", body = ErrorBody),
+    ))]
+pub(super) async fn apply(
+    State(app): State<App>,
+    super::JsonBody(body): super::JsonBody<ConfigBody>,
+) -> Response {
     let file = app.config_file.clone();
     let applied = tokio::task::spawn_blocking(move || file.apply(&body.text)).await;
     match applied {
@@ -114,6 +136,12 @@ pub(super) async fn apply(State(app): State<App>, body: Option<Json<ConfigBody>>
 }
 
 /// `GET /api/v1/config/versions/{id}`: a kept version's text.
+#[utoipa::path(get, path = "/api/v1/config/versions/{id}", tag = "config",
+    params(("id" = String, Path, description = "The version's id")),
+    responses(
+        (status = 200, description = "The kept text", body = VersionText),
+        (status = 404, description = "No such version", body = ErrorBody),
+    ))]
 pub(super) async fn version(State(app): State<App>, Path(id): Path<String>) -> Response {
     let file = app.config_file.clone();
     let lookup = id.clone();

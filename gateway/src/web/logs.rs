@@ -6,6 +6,7 @@
 //! the gateway chooses (`{kind}-{unix ms}.log`); a download or delete names only such a file,
 //! never a path.
 
+use super::schema::{ErrorBody, StoppedBody, TracesBody};
 use super::{error, App};
 use crate::trace::{TraceKind, TraceSpec};
 use axum::body::Body;
@@ -20,10 +21,14 @@ const MAX_TAIL: usize = 1000;
 /// Size limit of a trace file started from the web unless the request sets a smaller one.
 const WEB_TRACE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
-#[derive(serde::Deserialize)]
+/// Where the reader is.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TailQuery {
+    /// The last line number the reader has (0: none).
     #[serde(default)]
     after: u64,
+    /// Lines at most (and at most 1000).
     #[serde(default = "max_tail")]
     limit: usize,
 }
@@ -33,16 +38,26 @@ fn max_tail() -> usize {
 }
 
 /// `GET /api/v1/logs?after=N&limit=N`: the lines after line N (the newest `limit` of them).
+#[utoipa::path(get, path = "/api/v1/logs", tag = "logs", params(TailQuery),
+    responses(
+        (status = 200, description = "The lines after `after`", body = crate::log_tail::Tail),
+        (status = 400, description = "Bad numbers", body = ErrorBody),
+    ))]
 pub(super) async fn tail(
     query: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = query else {
         return error(StatusCode::BAD_REQUEST, "expected ?after=N&limit=N");
     };
+    if i64::try_from(q.after).is_err() || i64::try_from(q.limit).is_err() {
+        return error(StatusCode::BAD_REQUEST, "after and limit are below 2^63");
+    }
     Json(crate::log_tail::after(q.after, q.limit.min(MAX_TAIL))).into_response()
 }
 
 /// `GET /api/v1/traces`: the running traces and the trace files kept.
+#[utoipa::path(get, path = "/api/v1/traces", tag = "logs",
+    responses((status = 200, description = "Running traces and kept files", body = TracesBody)))]
 pub(super) async fn list(State(app): State<App>) -> Response {
     let dir = traces_dir(&app);
     let files = tokio::task::spawn_blocking(move || trace_files(&dir))
@@ -51,22 +66,40 @@ pub(super) async fn list(State(app): State<App>) -> Response {
     Json(json!({ "running": crate::ops::trace_list(), "files": files })).into_response()
 }
 
-#[derive(serde::Deserialize)]
+/// A trace to start.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub(super) struct StartBody {
+    /// What it follows.
     kind: TraceKind,
+    /// The client id, topic filter, or address/CIDR network.
+    #[schema(min_length = 1, max_length = 256)]
     value: String,
+    /// Size limit of the file in bytes (at most 16 MiB, the default).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16_777_216)]
     max_bytes: Option<u64>,
 }
 
 /// `POST /api/v1/traces`: starts a trace into a new file under `{data_dir}/traces/`.
-pub(super) async fn start(State(app): State<App>, body: Option<Json<StartBody>>) -> Response {
-    let Some(Json(body)) = body else {
+#[utoipa::path(post, path = "/api/v1/traces", tag = "logs", request_body = StartBody,
+    responses(
+        (status = 201, description = "Started; the file is open", body = crate::trace::TraceInfo),
+        (status = 400, description = "A bad body, or the trace cannot start", body = ErrorBody),
+        (status = 500, description = "The trace did not start", body = ErrorBody),
+    ))]
+pub(super) async fn start(
+    State(app): State<App>,
+    super::JsonBody(body): super::JsonBody<StartBody>,
+) -> Response {
+    if body
+        .max_bytes
+        .is_some_and(|m| m == 0 || m > WEB_TRACE_MAX_BYTES)
+    {
         return error(
             StatusCode::BAD_REQUEST,
-            "expected {\"kind\": \"client\"|\"topic\"|\"ip\", \"value\": ..., \"max_bytes\": N}",
+            "max_bytes is 1..=16777216 (16 MiB)",
         );
-    };
+    }
     if body.value.is_empty() || body.value.len() > 256 {
         return error(StatusCode::BAD_REQUEST, "a trace's value has 1..=256 bytes");
     }
@@ -91,13 +124,22 @@ pub(super) async fn start(State(app): State<App>, body: Option<Json<StartBody>>)
     }
 }
 
-#[derive(serde::Deserialize)]
+/// Which traces to stop (all without a kind).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StopQuery {
+    /// Only traces of this kind.
     kind: Option<TraceKind>,
+    /// Only the trace of this value.
     value: Option<String>,
 }
 
 /// `DELETE /api/v1/traces?kind=&value=`: stops the matching traces (all without a kind).
+#[utoipa::path(delete, path = "/api/v1/traces", tag = "logs", params(StopQuery),
+    responses(
+        (status = 200, description = "What each stopped trace wrote", body = StoppedBody),
+        (status = 400, description = "A bad kind", body = ErrorBody),
+    ))]
 pub(super) async fn stop(
     query: Result<Query<StopQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -115,6 +157,12 @@ pub(super) async fn stop(
 }
 
 /// `GET /api/v1/traces/files/{name}`: a trace file, streamed.
+#[utoipa::path(get, path = "/api/v1/traces/files/{name}", tag = "logs",
+    params(("name" = String, Path, description = "The file's name")),
+    responses(
+        (status = 200, description = "The file", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such trace file", body = ErrorBody),
+    ))]
 pub(super) async fn download(State(app): State<App>, Path(name): Path<String>) -> Response {
     let Some(path) = trace_file(&app, &name) else {
         return error(StatusCode::NOT_FOUND, "no such trace file");
@@ -134,6 +182,14 @@ pub(super) async fn download(State(app): State<App>, Path(name): Path<String>) -
 }
 
 /// `DELETE /api/v1/traces/files/{name}`: removes a trace file that is not being written.
+#[utoipa::path(delete, path = "/api/v1/traces/files/{name}", tag = "logs",
+    params(("name" = String, Path, description = "The file's name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such trace file", body = ErrorBody),
+        (status = 409, description = "The trace is running", body = ErrorBody),
+        (status = 500, description = "The file cannot be removed", body = ErrorBody),
+    ))]
 pub(super) async fn remove(State(app): State<App>, Path(name): Path<String>) -> Response {
     let Some(path) = trace_file(&app, &name) else {
         return error(StatusCode::NOT_FOUND, "no such trace file");
@@ -164,7 +220,7 @@ fn trace_file(app: &App, name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// The trace files under the traces directory, newest first (name and size).
-fn trace_files(dir: &std::path::Path) -> Vec<serde_json::Value> {
+fn trace_files(dir: &std::path::Path) -> Vec<super::schema::TraceFile> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -185,6 +241,6 @@ fn trace_files(dir: &std::path::Path) -> Vec<serde_json::Value> {
     files.sort_by_key(|f| std::cmp::Reverse(f.0));
     files
         .into_iter()
-        .map(|(_, name, size)| json!({ "name": name, "size": size }))
+        .map(|(_, name, size)| super::schema::TraceFile { name, size })
         .collect()
 }

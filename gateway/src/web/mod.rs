@@ -11,30 +11,33 @@
 
 pub mod auth;
 mod board;
+mod broker_api;
 mod config_api;
 mod logs;
 mod metrics;
+mod schema;
 mod ui;
 
 use crate::auth::lockout::Lockout;
 use crate::broker::Broker;
 use crate::config::WebConfig;
 use crate::config_file::ConfigFile;
-use crate::ctl::Request as CtlRequest;
 use auth::{Credentials, Sessions, SetupError};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// The session cookie's name.
 const COOKIE: &str = "holdfast_session";
@@ -290,51 +293,65 @@ async fn serve<I>(
     }
 }
 
+/// The routes, and the OpenAPI document generated from the same handlers (so a route and
+/// its description cannot part), served at `/api/v1/openapi.json`.
 fn routes(app: App) -> Router {
-    let open = Router::new()
-        .route("/api/v1/setup", get(setup_status).post(setup))
-        .route("/api/v1/login", post(login))
-        .merge(ui::routes());
-    let guarded = Router::new()
-        .route("/api/v1/logout", post(logout))
-        .route("/api/v1/session", get(session))
-        .route("/api/v1/board", get(board::board))
-        .route("/api/v1/logs", get(logs::tail))
-        .route(
-            "/api/v1/traces",
-            get(logs::list).post(logs::start).delete(logs::stop),
-        )
-        .route(
-            "/api/v1/traces/files/{name}",
-            get(logs::download).delete(logs::remove),
-        )
-        .route("/api/v1/config", get(config_api::read))
-        .route("/api/v1/config/check", post(config_api::check))
-        .route("/api/v1/config/apply", post(config_api::apply))
-        .route("/api/v1/config/versions/{id}", get(config_api::version))
-        .route("/api/v1/stats", get(|s| ctl(s, CtlRequest::Stats)))
-        .route("/api/v1/listeners", get(|s| ctl(s, CtlRequest::Listeners)))
-        .route("/api/v1/clients", get(clients))
-        .route("/api/v1/clients/{id}", get(client))
-        .route("/api/v1/clients/{id}/kick", post(kick))
-        .route(
-            "/api/v1/subscriptions",
-            get(|s| ctl(s, CtlRequest::Subscriptions)),
-        )
-        .route("/api/v1/retained", get(|s| ctl(s, CtlRequest::Retained)))
-        .route("/api/v1/bridges", get(|s| ctl(s, CtlRequest::Bridges)))
-        .route("/api/v1/coap", get(|s| ctl(s, CtlRequest::Coap)))
-        .route("/api/v1/lwm2m", get(|s| ctl(s, CtlRequest::Lwm2m)))
-        .route("/api/v1/modbus", get(|s| ctl(s, CtlRequest::Modbus)))
-        .route("/api/v1/serial", get(|s| ctl(s, CtlRequest::Serial)))
-        .route("/api/v1/reload", post(|s| ctl(s, CtlRequest::Reload)))
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{id}", delete(revoke_token))
-        .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            require_auth,
-        ));
+    let (open, open_api) = OpenApiRouter::<App>::new()
+        .routes(routes!(setup_status, setup))
+        .routes(routes!(login))
+        .split_for_parts();
+    let (guarded, guarded_api) = OpenApiRouter::<App>::new()
+        .routes(routes!(logout))
+        .routes(routes!(session))
+        .routes(routes!(board::board))
+        .routes(routes!(broker_api::stats))
+        .routes(routes!(broker_api::listeners))
+        .routes(routes!(broker_api::clients))
+        .routes(routes!(broker_api::client))
+        .routes(routes!(broker_api::kick))
+        .routes(routes!(broker_api::subscriptions))
+        .routes(routes!(broker_api::retained))
+        .routes(routes!(broker_api::bridges))
+        .routes(routes!(broker_api::reload))
+        .routes(routes!(broker_api::coap))
+        .routes(routes!(broker_api::lwm2m))
+        .routes(routes!(broker_api::modbus))
+        .routes(routes!(broker_api::serial))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(logs::tail))
+        .routes(routes!(logs::list, logs::start, logs::stop))
+        .routes(routes!(logs::download, logs::remove))
+        .routes(routes!(config_api::read))
+        .routes(routes!(config_api::check))
+        .routes(routes!(config_api::apply))
+        .routes(routes!(config_api::version))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    let document = schema::document(open_api, guarded_api);
+    let document: Arc<str> = match document.to_json() {
+        Ok(text) => text.into(),
+        Err(e) => {
+            tracing::error!("web: cannot write the OpenAPI document: {e}");
+            "{}".into()
+        }
+    };
+    let open = open.merge(ui::routes()).route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    document.to_string(),
+                )
+            }
+        }),
+    );
+    let guarded = guarded.layer(axum::middleware::from_fn_with_state(
+        app.clone(),
+        require_auth,
+    ));
     let limit = app.config.max_body_size;
     let timeout = app.config.request_timeout;
     open.merge(guarded)
@@ -359,6 +376,31 @@ async fn harden(mut response: Response) -> Response {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     response
+}
+
+/// A JSON request body. A body that is not the JSON the route takes is refused 400 with the
+/// reason (413 when it is too large), as JSON like every other refusal.
+struct JsonBody<T>(T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = Response;
+
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(rejection) => {
+                let status = match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(error(status, &rejection.body_text()))
+            }
+        }
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
@@ -439,27 +481,40 @@ fn session_response(app: &App) -> Response {
     response
 }
 
+/// Whether the gateway still waits for its first setup.
+#[utoipa::path(get, path = "/api/v1/setup", tag = "access",
+    responses((status = 200, description = "Setup state", body = schema::SetupStatus)))]
 async fn setup_status(State(app): State<App>) -> Response {
     Json(json!({ "setup_required": app.credentials.setup_required() })).into_response()
 }
 
-#[derive(serde::Deserialize)]
+/// The first visit: the setup token and the admin password.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct SetupBody {
+    /// The one-time token from `{data_dir}/setup-token`.
+    #[schema(max_length = 1024)]
     token: String,
+    /// The admin password (at least 8 characters, at most 1024 bytes).
+    #[schema(max_length = 1024)]
     password: String,
 }
 
+/// Creates the admin account with the one-time setup token, and logs in.
+#[utoipa::path(post, path = "/api/v1/setup", tag = "access", request_body = SetupBody,
+    responses(
+        (status = 200, description = "Set up; the session cookie is set", body = schema::CsrfBody),
+        (status = 400, description = "A bad body or a weak password", body = schema::ErrorBody),
+        (status = 401, description = "Wrong setup token", body = schema::ErrorBody),
+        (status = 409, description = "Set up already", body = schema::ErrorBody),
+        (status = 429, description = "Locked out after failed attempts", body = schema::ErrorBody),
+        (status = 500, description = "The account could not be saved", body = schema::ErrorBody),
+        (status = 503, description = "Other logins are being checked", body = schema::ErrorBody),
+    ))]
 async fn setup(
     State(app): State<App>,
     Extension(Peer(peer)): Extension<Peer>,
-    body: Option<Json<SetupBody>>,
+    JsonBody(body): JsonBody<SetupBody>,
 ) -> Response {
-    let Some(Json(body)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"token\": ..., \"password\": ...}",
-        );
-    };
     if app
         .lockout
         .is_locked(peer.ip(), auth::ADMIN, Instant::now())
@@ -497,19 +552,29 @@ async fn setup(
     }
 }
 
-#[derive(serde::Deserialize)]
+/// A login.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct LoginBody {
+    /// The admin password.
+    #[schema(max_length = 1024)]
     password: String,
 }
 
+/// Logs the admin in: a session cookie (HttpOnly, SameSite=Strict) and its CSRF token.
+#[utoipa::path(post, path = "/api/v1/login", tag = "access", request_body = LoginBody,
+    responses(
+        (status = 200, description = "Logged in; the session cookie is set", body = schema::CsrfBody),
+        (status = 400, description = "A bad body", body = schema::ErrorBody),
+        (status = 401, description = "Wrong password", body = schema::ErrorBody),
+        (status = 409, description = "Not set up yet", body = schema::ErrorBody),
+        (status = 429, description = "Locked out after failed attempts", body = schema::ErrorBody),
+        (status = 503, description = "Other logins are being checked", body = schema::ErrorBody),
+    ))]
 async fn login(
     State(app): State<App>,
     Extension(Peer(peer)): Extension<Peer>,
-    body: Option<Json<LoginBody>>,
+    JsonBody(body): JsonBody<LoginBody>,
 ) -> Response {
-    let Some(Json(body)) = body else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"password\": ...}");
-    };
     if app.credentials.setup_required() {
         return error(
             StatusCode::CONFLICT,
@@ -586,11 +651,16 @@ fn locked(app: &App) -> Response {
 
 /// `GET /api/v1/session`: the live session's CSRF token (a page loaded again needs it); an
 /// API token has none.
+#[utoipa::path(get, path = "/api/v1/session", tag = "access",
+    responses((status = 200, description = "The session's CSRF token", body = schema::CsrfBody)))]
 async fn session(State(app): State<App>, headers: HeaderMap) -> Response {
     let csrf = cookie(&headers, COOKIE).and_then(|id| app.sessions.check(id, Instant::now()));
     Json(json!({ "csrf": csrf })).into_response()
 }
 
+/// Ends the session.
+#[utoipa::path(post, path = "/api/v1/logout", tag = "access",
+    responses((status = 204, description = "Logged out")))]
 async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Some(id) = cookie(&headers, COOKIE) {
         app.sessions.end(id);
@@ -603,71 +673,29 @@ async fn logout(State(app): State<App>, headers: HeaderMap) -> Response {
     response
 }
 
-/// Answers with what `holdfast ctl` answers (an `error` answer is a 404).
-async fn ctl(State(app): State<App>, request: CtlRequest) -> Response {
-    let answer = crate::ctl::server::answer(request, &app.broker).await;
-    if let Some(message) = answer.get("error").and_then(Value::as_str) {
-        return error(StatusCode::NOT_FOUND, message);
-    }
-    Json(answer).into_response()
-}
-
-/// The paging of `GET /api/v1/clients`.
-#[derive(serde::Deserialize)]
-struct ClientQuery {
-    /// Part of a client id, user name or peer address.
-    #[serde(default)]
-    search: String,
-    #[serde(default)]
-    offset: usize,
-    #[serde(default = "default_page")]
-    limit: usize,
-}
-
-fn default_page() -> usize {
-    1000
-}
-
-/// `GET /api/v1/clients?search=&offset=&limit=`: one page of the sessions (at most 10,000),
-/// and how many match.
-async fn clients(
-    State(app): State<App>,
-    query: Result<axum::extract::Query<ClientQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(axum::extract::Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected ?search=TEXT&offset=N&limit=N (numbers)",
-        );
-    };
-    if q.search.len() > 256 {
-        return error(StatusCode::BAD_REQUEST, "a search has at most 256 bytes");
-    }
-    let listing = crate::ops::clients_page(&app.broker, &q.search, q.offset, q.limit);
-    Json(json!({ "clients": listing, "offset": q.offset })).into_response()
-}
-
-async fn client(state: State<App>, Path(id): Path<String>) -> Response {
-    ctl(state, CtlRequest::Client { client_id: id }).await
-}
-
-async fn kick(state: State<App>, Path(id): Path<String>) -> Response {
-    ctl(state, CtlRequest::Kick { client_id: id }).await
-}
-
+/// The API tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "access",
+    responses((status = 200, description = "The tokens", body = schema::TokensBody)))]
 async fn list_tokens(State(app): State<App>) -> Response {
     Json(json!({ "tokens": app.credentials.tokens() })).into_response()
 }
 
-#[derive(serde::Deserialize)]
+/// A new API token.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 struct TokenBody {
+    /// What it is for (1..=64 characters, no control characters).
+    #[schema(min_length = 1, max_length = 64)]
     name: String,
 }
 
-async fn create_token(State(app): State<App>, body: Option<Json<TokenBody>>) -> Response {
-    let Some(Json(body)) = body else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"name\": ...}");
-    };
+/// Makes an API token; its secret is in this answer only.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "access", request_body = TokenBody,
+    responses(
+        (status = 201, description = "Made", body = schema::CreatedToken),
+        (status = 400, description = "A bad name", body = schema::ErrorBody),
+        (status = 409, description = "Too many tokens, or the file cannot be written", body = schema::ErrorBody),
+    ))]
+async fn create_token(State(app): State<App>, JsonBody(body): JsonBody<TokenBody>) -> Response {
     if body.name.is_empty() || body.name.len() > 64 || body.name.chars().any(char::is_control) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -687,6 +715,14 @@ async fn create_token(State(app): State<App>, body: Option<Json<TokenBody>>) -> 
     }
 }
 
+/// Revokes an API token at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "access",
+    params(("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such token", body = schema::ErrorBody),
+        (status = 500, description = "The token file cannot be written", body = schema::ErrorBody),
+    ))]
 async fn revoke_token(State(app): State<App>, Path(id): Path<String>) -> Response {
     match app.credentials.revoke(&id) {
         Ok(true) => {
@@ -698,6 +734,9 @@ async fn revoke_token(State(app): State<App>, Path(id): Path<String>) -> Respons
     }
 }
 
+/// The gateway's numbers in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
 async fn metrics(State(app): State<App>) -> Response {
     let reports = board::read(&app).await.unwrap_or_default();
     let dir = app.broker.config.node.data_dir.clone();

@@ -601,7 +601,7 @@ function logsPage() {
     if (paused) return;
     const t = await api("GET", "logs?after=" + last);
     if (t.gap && last) lines.push("… (older lines left out)");
-    for (const [, text] of t.lines) lines.push(text);
+    for (const l of t.lines) lines.push(l.text);
     if (lines.length > LOG_LINES) lines.splice(0, lines.length - LOG_LINES);
     last = t.last;
     if (t.lines.length || !pre.childNodes.length) draw();
