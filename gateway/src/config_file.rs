@@ -63,6 +63,9 @@ pub enum ApplyError {
     /// A restart is already on its way.
     #[error("a config is being applied already; wait for the restart")]
     Busy,
+    /// The file changed since the text was loaded (someone else edited it).
+    #[error("the config file changed since it was loaded; load it again and redo the change")]
+    Changed,
     /// The file, its version or the marker could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -109,14 +112,38 @@ impl ConfigFile {
     /// Checks `text`; when it is good, keeps the current file as a version, replaces the file
     /// with `text` (same permissions), leaves the marker and raises the restart request. The
     /// caller then stops the gateway; `holdfast run` restarts on the new file.
-    pub fn apply(&self, text: &str) -> Result<Version, ApplyError> {
+    ///
+    /// `base` is the [`digest`] of the text the editor started from: when the file no longer
+    /// has it, someone else changed it meanwhile and nothing is written. A change of
+    /// `node.data_dir` is refused: the roll back and the last known good config live there.
+    pub fn apply(&self, text: &str, base: Option<&str>) -> Result<Version, ApplyError> {
         let Some(path) = &self.path else {
             return Err(ApplyError::NoFile);
         };
         if text.len() > MAX_CONFIG_BYTES {
             return Err(ApplyError::TooLarge);
         }
-        self.check(text).map_err(ApplyError::Invalid)?;
+        let new = self.check(text).map_err(ApplyError::Invalid)?;
+        let current = std::fs::read_to_string(path).map_err(|source| ApplyError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if base.is_some_and(|b| b != digest(&current)) {
+            return Err(ApplyError::Changed);
+        }
+        if let Ok(old) = self.check(&current) {
+            if old.node.data_dir != new.node.data_dir {
+                return Err(ApplyError::Invalid(vec![Problem {
+                    origin: path.display().to_string(),
+                    line: line_of(text, "data_dir"),
+                    key: "node.data_dir".to_owned(),
+                    message: format!(
+                        "cannot be changed from here (it holds the queues, the sessions and the way back to this config): stop the gateway, move {} and edit the file on the board",
+                        old.node.data_dir.display()
+                    ),
+                }]));
+            }
+        }
         if self.restart.swap(true, Ordering::SeqCst) {
             return Err(ApplyError::Busy);
         }
@@ -218,6 +245,27 @@ impl ConfigFile {
     }
 }
 
+/// The SHA-256 of a config text, hex: what an editor sends back as `base` to [`ConfigFile::apply`].
+pub fn digest(text: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The 1-based line where `key = ` first appears (a hint for a problem the checker does not
+/// place itself).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
 /// The version an apply replaced, when the last apply has not been started on yet; the
 /// marker is removed (one start judges one apply).
 pub fn take_pending(data_dir: &Path) -> Option<String> {
@@ -261,7 +309,10 @@ mod tests {
     fn a_mistake_is_refused_with_its_line_and_nothing_is_written() {
         let (_dir, cf, file) = setup();
         let err = cf
-            .apply("[node]\nname = \"x\"\n\n[mqtt]\nmax_inflight = \"many\"\n")
+            .apply(
+                "[node]\nname = \"x\"\n\n[mqtt]\nmax_inflight = \"many\"\n",
+                None,
+            )
             .unwrap_err();
         let ApplyError::Invalid(problems) = err else {
             panic!("expected problems, got {err}");
@@ -278,7 +329,20 @@ mod tests {
     #[test]
     fn apply_keeps_the_old_text_the_mode_and_a_marker_and_asks_for_a_restart() {
         let (_dir, cf, file) = setup();
-        let v = cf.apply("[node]\nname = \"new\"\n").unwrap();
+        let stale = digest("[node]\nname = \"older\"\n");
+        assert!(matches!(
+            cf.apply("[node]\nname = \"new\"\n", Some(&stale)),
+            Err(ApplyError::Changed)
+        ));
+        let moved = cf
+            .apply("[node]\nname = \"new\"\ndata_dir = \"/elsewhere\"\n", None)
+            .unwrap_err();
+        let ApplyError::Invalid(p) = moved else {
+            panic!("expected a problem, got {moved}");
+        };
+        assert_eq!((p[0].key.as_str(), p[0].line), ("node.data_dir", Some(3)));
+        let base = digest(&std::fs::read_to_string(&file).unwrap());
+        let v = cf.apply("[node]\nname = \"new\"\n", Some(&base)).unwrap();
         assert_eq!(
             std::fs::read_to_string(&file).unwrap(),
             "[node]\nname = \"new\"\n"
@@ -288,7 +352,7 @@ mod tests {
         assert_eq!(cf.version(&v.id).unwrap(), "[node]\nname = \"old\"\n");
         assert!(cf.restart_requested());
         assert!(matches!(
-            cf.apply("[node]\nname = \"again\"\n"),
+            cf.apply("[node]\nname = \"again\"\n", None),
             Err(ApplyError::Busy)
         ));
         let data_dir = file.parent().unwrap().join("data");
@@ -318,7 +382,7 @@ mod tests {
     fn defaults_have_no_file_to_change() {
         let cf = ConfigFile::new(None, PathBuf::from("/nonexistent"));
         assert!(matches!(
-            cf.apply("[node]\nname = \"x\"\n"),
+            cf.apply("[node]\nname = \"x\"\n", None),
             Err(ApplyError::NoFile)
         ));
         assert!(cf.read().unwrap().contains("[node]"));

@@ -98,6 +98,32 @@ fn a_mistake_is_refused_at_its_line_a_good_config_is_applied_in_place() {
     );
     assert_eq!(status, 200);
 
+    // Someone edited the file on the board after the editor loaded it: nothing is written.
+    let digest = config["digest"].as_str().expect("digest").to_owned();
+    std::fs::write(&path, format!("{original}\n# edited on the board\n")).unwrap();
+    let (status, answer) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": original, "base": digest }),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .ends_with("# edited on the board\n"));
+    std::fs::write(&path, &original).unwrap();
+    // The data directory holds the way back: it is not moved from here.
+    let moved = original.replacen("[node]", "[node]\ndata_dir = \"/tmp/elsewhere\"", 1);
+    let (status, answer) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": moved }),
+    );
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["problems"][0]["key"], "node.data_dir", "{answer}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), original);
+
     // A good config: a second MQTT listener. The gateway restarts on it in the same process.
     let second = free_port();
     let good =
@@ -108,7 +134,7 @@ fn a_mistake_is_refused_at_its_line_a_good_config_is_applied_in_place() {
         web,
         &session,
         "/api/v1/config/apply",
-        &json!({ "text": good }),
+        &json!({ "text": good, "base": digest }),
     );
     assert_eq!(status, 202, "{answer}");
     let previous = answer["previous"]["id"].as_str().unwrap().to_owned();

@@ -23,6 +23,10 @@ const RESTART_DELAY: Duration = Duration::from_millis(500);
 pub(super) struct ConfigBody {
     /// The whole TOML file.
     text: String,
+    /// Apply only: the `digest` of the text the edit started from (`GET /api/v1/config`); when
+    /// the file changed since, nothing is written (409).
+    #[serde(default)]
+    base: Option<String>,
 }
 
 fn problems_json(problems: &[Problem]) -> Value {
@@ -57,6 +61,7 @@ pub(super) async fn read(State(app): State<App>) -> Response {
         Ok((Ok(text), versions)) => Json(json!({
             "file": app.config_file.path().map(|p| p.display().to_string()),
             "editable": app.config_file.path().is_some(),
+            "digest": crate::config_file::digest(&text),
             "text": text,
             "versions": versions,
         }))
@@ -98,7 +103,7 @@ pub(super) async fn check(
     responses(
         (status = 202, description = "Applied; the gateway restarts on it", body = AppliedBody),
         (status = 400, description = "A bad body", body = ErrorBody),
-        (status = 409, description = "No config file, or an apply already restarts it", body = ErrorBody),
+        (status = 409, description = "No config file, an apply already restarts it, or the file changed since `base`", body = ErrorBody),
         (status = 413, description = "Larger than 1 MiB", body = ErrorBody),
         (status = 422, description = "The problems, each at its line (nothing written)", body = ProblemsBody),
         (status = 500, description = "The file could not be written", body = ErrorBody),
@@ -108,7 +113,8 @@ pub(super) async fn apply(
     super::JsonBody(body): super::JsonBody<ConfigBody>,
 ) -> Response {
     let file = app.config_file.clone();
-    let applied = tokio::task::spawn_blocking(move || file.apply(&body.text)).await;
+    let applied =
+        tokio::task::spawn_blocking(move || file.apply(&body.text, body.base.as_deref())).await;
     match applied {
         Ok(Ok(previous)) => {
             let shutdown = app.broker.shutdown.clone();
@@ -123,7 +129,7 @@ pub(super) async fn apply(
                 .into_response()
         }
         Ok(Err(ApplyError::Invalid(problems))) => unprocessable(&problems),
-        Ok(Err(e @ (ApplyError::NoFile | ApplyError::Busy))) => {
+        Ok(Err(e @ (ApplyError::NoFile | ApplyError::Busy | ApplyError::Changed))) => {
             error(StatusCode::CONFLICT, &e.to_string())
         }
         Ok(Err(e @ ApplyError::TooLarge)) => error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),

@@ -151,6 +151,8 @@ pub(super) struct ConfigView {
     pub editable: bool,
     /// The file's text (the commented example on built-in defaults).
     pub text: String,
+    /// SHA-256 of `text`, hex: send it back as `base` with an apply.
+    pub digest: String,
     /// Kept versions, newest first.
     pub versions: Vec<crate::config_file::Version>,
 }

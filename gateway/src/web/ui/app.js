@@ -118,7 +118,7 @@ function every(route, load) {
 
 function passwordField(id, label, autocomplete) {
   return [h("label", { for: id }, label),
-    h("input", { id, name: id, type: "password", required: true, autocomplete, minlength: id === "token" ? null : 8 })];
+    h("input", { id, name: id, type: "password", required: true, autocomplete, minlength: id === "token" ? null : 10 })];
 }
 
 function showSetup(message) {
@@ -129,7 +129,7 @@ function showSetup(message) {
     h("p", {}, "There is no admin account yet. The gateway wrote a one-time setup token to ",
       h("code", {}, "{data_dir}/setup-token"), " on the board (its log says where). Enter it and choose the admin password."),
     ...passwordField("token", "Setup token", "off"),
-    ...passwordField("password", "New admin password (at least 8 characters)", "new-password"),
+    ...passwordField("password", "New admin password (at least 10 characters)", "new-password"),
     ...passwordField("confirm", "Repeat the password", "new-password"),
     error,
     h("button", { type: "submit" }, "Create the admin account"));
@@ -455,6 +455,7 @@ function configPage() {
   const file = h("p", { id: "config-help" });
   const check = h("button", { type: "button", onclick: () => run(false) }, "Check");
   const apply = h("button", { type: "button", class: "primary", onclick: () => run(true) }, "Apply and restart");
+  let base = null;
   const numbers = () => {
     const n = editor.value.split("\n").length;
     gutter.textContent = Array.from({ length: n }, (_, i) => i + 1).join("\n");
@@ -485,7 +486,7 @@ function configPage() {
         return;
       }
       if (!confirm("Apply this configuration? The gateway restarts on it (clients reconnect); it rolls back by itself if the new configuration does not start.")) return;
-      await api("POST", "config/apply", { text: editor.value });
+      await api("POST", "config/apply", { text: editor.value, base });
       restarting();
     } catch (e) {
       if (e.status === 422 && e.body && e.body.problems) showProblems(e.body.problems);
@@ -498,6 +499,7 @@ function configPage() {
     h("section", { "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Previous versions"), versions));
   api("GET", "config").then((c) => {
     editor.value = c.text;
+    base = c.digest;
     numbers();
     file.textContent = c.editable
       ? "Editing " + c.file + ". Check shows each mistake at its line; Apply keeps the current file as a version and restarts the gateway on the new one."
