@@ -556,11 +556,18 @@ function logsPage() {
     h("label", { for: "trace-value" }, "Value"), value, h("button", { type: "submit" }, "Start trace"));
   let last = 0, paused = false;
   const lines = [];
+  const span = (l) => h("span", { class: /\bERROR\b/.test(l) ? "lvl-error" : /\bWARN\b/.test(l) ? "lvl-warn" : null }, l + "\n");
+  const matches = (l) => !filter.value || l.toLowerCase().includes(filter.value.toLowerCase());
+  // The whole list again (a new filter); new lines are appended by `add` instead.
   const draw = () => {
-    const q = filter.value.toLowerCase();
-    const shown = q ? lines.filter((l) => l.toLowerCase().includes(q)) : lines;
-    pre.replaceChildren(...shown.map((l) => h("span", { class: /\bERROR\b/.test(l) ? "lvl-error" : /\bWARN\b/.test(l) ? "lvl-warn" : null }, l + "\n")));
+    pre.replaceChildren(...lines.filter(matches).map(span));
     pre.scrollTop = pre.scrollHeight;
+  };
+  const add = (fresh) => {
+    const atEnd = pre.scrollHeight - pre.scrollTop - pre.clientHeight < 40;
+    pre.append(...fresh.filter(matches).map(span));
+    while (pre.childNodes.length > LOG_LINES) pre.firstChild.remove();
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
   };
   filter.addEventListener("input", draw);
   pause.addEventListener("click", () => {
@@ -602,11 +609,12 @@ function logsPage() {
   every(state.route, async () => {
     if (paused) return;
     const t = await api("GET", "logs?after=" + last);
-    if (t.gap && last) lines.push("… (older lines left out)");
-    for (const l of t.lines) lines.push(l.text);
+    const fresh = t.lines.map((l) => l.text);
+    if (t.gap && last) fresh.unshift("… (older lines left out)");
+    lines.push(...fresh);
     if (lines.length > LOG_LINES) lines.splice(0, lines.length - LOG_LINES);
     last = t.last;
-    if (t.lines.length || !pre.childNodes.length) draw();
+    if (fresh.length) add(fresh);
   });
 }
 
