@@ -2,7 +2,8 @@
 //!
 //! Owns the datagram socket to `$NOTIFY_SOCKET`: `READY=1` once the listeners are bound (units
 //! with `Type=notify`), `WATCHDOG=1` each time the runtime has checked itself (units with
-//! `WatchdogSec=`, whose period arrives as `$WATCHDOG_USEC`), `STOPPING=1` when shutdown starts,
+//! `WatchdogSec=`, whose period arrives as `$WATCHDOG_USEC`), `STOPPING=1` when shutdown starts
+//! (`RELOADING=1` instead when the process is about to exec itself on a new config),
 //! and `STATUS=...` free text for `systemctl status`. Both a path and an abstract socket (a name
 //! starting with `@`) are supported. Outside systemd (no `$NOTIFY_SOCKET`) every call is a
 //! no-op.
@@ -105,6 +106,19 @@ impl SystemdNotify {
         self.notify(&format!("EXTEND_TIMEOUT_USEC={}", by.as_micros()));
     }
 
+    /// `RELOADING=1` (with `MONOTONIC_USEC`, as systemd 253's reload protocol asks): the
+    /// process stops serving and comes back in place (it execs itself); its next `READY=1`
+    /// ends the reload. Unlike `STOPPING=1`, systemd does not then expect it to exit.
+    pub fn reloading(&self) {
+        match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+            Ok(now) => {
+                let usec = now.tv_sec() as i128 * 1_000_000 + now.tv_nsec() as i128 / 1_000;
+                self.notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
+            }
+            Err(_) => self.notify("RELOADING=1"),
+        }
+    }
+
     /// `STOPPING=1`: a clean shutdown has started.
     pub fn stopping(&self) {
         self.notify("STOPPING=1");
@@ -169,10 +183,14 @@ mod tests {
         n.watchdog();
         n.status("running\nfine");
         n.stopping();
+        n.reloading();
         assert_eq!(recv(&server), "READY=1");
         assert_eq!(recv(&server), "WATCHDOG=1");
         assert_eq!(recv(&server), "STATUS=runningfine");
         assert_eq!(recv(&server), "STOPPING=1");
+        let reload = recv(&server);
+        let usec = reload.strip_prefix("RELOADING=1\nMONOTONIC_USEC=");
+        assert!(usec.is_some_and(|u| u.parse::<u64>().is_ok()), "{reload}");
     }
 
     #[test]

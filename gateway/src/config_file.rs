@@ -182,6 +182,12 @@ impl ConfigFile {
         self.restart.load(Ordering::SeqCst)
     }
 
+    /// The restart request itself, for the board task (it tells systemd the stop is a reload)
+    /// and the signal handler (a SIGTERM turns it off: a stop is a stop).
+    pub fn restart_flag(&self) -> Arc<AtomicBool> {
+        self.restart.clone()
+    }
+
     fn history_dir(&self) -> PathBuf {
         self.data_dir.join(HISTORY_DIR)
     }

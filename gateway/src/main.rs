@@ -640,7 +640,8 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             }
             (None, None) => {}
         }
-        tokio::spawn(wait_for_signal(stop_signals, shutdown));
+        let restart = gateway.config_file().map(|c| c.restart_flag());
+        tokio::spawn(wait_for_signal(stop_signals, shutdown, restart));
         match hup {
             Ok(hup) => {
                 tokio::spawn(reload_on_sighup(hup, gateway.broker()));
@@ -677,12 +678,14 @@ fn restart() -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// SIGTERM or SIGINT stops the gateway, also when a config apply had asked for a restart.
 async fn wait_for_signal(
     signals: (
         std::io::Result<tokio::signal::unix::Signal>,
         std::io::Result<tokio::signal::unix::Signal>,
     ),
     shutdown: CancellationToken,
+    restart: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 ) {
     let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
@@ -691,6 +694,9 @@ async fn wait_for_signal(
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    if let Some(restart) = restart {
+        restart.store(false, std::sync::atomic::Ordering::SeqCst);
     }
     shutdown.cancel();
 }

@@ -165,6 +165,9 @@ pub struct Supervisor {
     reset_button: HoldTimer,
     /// Set when the button was held long enough: the gateway wipes its data after stopping.
     factory_reset: Arc<AtomicBool>,
+    /// Set when the stop is a restart in place (a config applied from the web UI): systemd
+    /// is told the service reloads, not that it stops.
+    restart: Arc<AtomicBool>,
 }
 
 /// A probe running on the runtime or the blocking pool, and when it started.
@@ -219,8 +222,14 @@ impl Supervisor {
             standing_alarms: Vec::new(),
             reset_button: HoldTimer::new(broker.config.board.reset_button_hold),
             factory_reset: Arc::new(AtomicBool::new(false)),
+            restart: Arc::new(AtomicBool::new(false)),
             broker,
         }
+    }
+
+    /// The flag that, set when shutdown starts, makes the stop a restart in place.
+    pub fn set_restart_flag(&mut self, restart: Arc<AtomicBool>) {
+        self.restart = restart;
     }
 
     /// Raises an alarm that stays until the process ends (shown like the board's).
@@ -317,7 +326,11 @@ impl Supervisor {
             tokio::select! {
                 _ = self.broker.shutdown.cancelled(), if !stopping => {
                     stopping = true;
-                    self.notify.stopping();
+                    if self.restart.load(Ordering::SeqCst) {
+                        self.notify.reloading();
+                    } else {
+                        self.notify.stopping();
+                    }
                     self.publish(&format!("$SYS/brokers/{node}/board/status"), "stopping");
                 }
                 // Sent after the final flushes (or dropped with the gateway).

@@ -209,3 +209,68 @@ fn a_config_that_does_not_start_is_rolled_back_by_itself() {
     );
     drop(held);
 }
+
+/// Every notification that arrives within `wait`.
+fn notifications(
+    sock: &std::os::unix::net::UnixDatagram,
+    wait: std::time::Duration,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 512];
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    while std::time::Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    seen
+}
+
+#[test]
+fn under_systemd_an_apply_is_a_reload_and_a_sigterm_still_stops() {
+    let (mut gw, web) = gateway("");
+    let sock_path = gw.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    gw.set_env("NOTIFY_SOCKET", Some(sock_path.to_str().unwrap()));
+    gw.restart();
+    let session = setup(&gw, web, PASSWORD);
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+    let starts = gw.log().matches("holdfast running").count();
+    let (status, _) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": format!("{original}\n# one\n") }),
+    );
+    assert_eq!(status, 202);
+    wait_restarted(&gw, web, starts);
+    // systemd hears a reload (which it ends at the next READY=1), never STOPPING=1, which
+    // would make it wait for an exit that does not come and kill the service.
+    let seen = notifications(&notify, std::time::Duration::from_secs(2));
+    let reload = seen
+        .iter()
+        .position(|m| m.starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    let ready_again = seen.iter().rposition(|m| m == "READY=1");
+    assert!(reload.is_some() && ready_again > reload, "{seen:?}");
+    assert!(!seen.iter().any(|m| m == "STOPPING=1"), "{seen:?}");
+
+    // A SIGTERM that comes while an apply waits to restart stops the gateway for good.
+    let session = login(web);
+    let (status, _) = post(
+        web,
+        &session,
+        "/api/v1/config/apply",
+        &json!({ "text": format!("{original}\n# two\n") }),
+    );
+    assert_eq!(status, 202);
+    let exit = gw.stop();
+    assert!(exit.is_some(), "still running after SIGTERM:\n{}", gw.log());
+    assert!(!gw.is_running());
+    let seen = notifications(&notify, std::time::Duration::from_millis(500));
+    assert!(
+        !seen.iter().any(|m| m == "READY=1"),
+        "it came back: {seen:?}"
+    );
+}
