@@ -780,3 +780,36 @@ fn a_missing_web_certificate_stops_the_start_and_names_the_file() {
         "{err}"
     );
 }
+
+/// The status line of a GET of `path` with `Host: host`.
+fn status_with_host(web: u16, path: &str, host: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", web)).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_host_name_the_gateway_does_not_answer_to_is_refused() {
+    let (_gw, web) = gateway("allowed_hosts = [\"gw-7.example\"]");
+    for ok in [
+        format!("127.0.0.1:{web}"),
+        format!("localhost:{web}"),
+        format!("[::1]:{web}"),
+        "gw-7.example".to_owned(),
+    ] {
+        let line = status_with_host(web, "/api/v1/setup", &ok);
+        assert!(line.starts_with("HTTP/1.1 200"), "{ok}: {line}");
+    }
+    // A page elsewhere whose name now resolves to this board cannot reach the API (nor lock
+    // its technician out by failing logins).
+    for refused in ["evil.example", "127.0.0.1.nip.io:18083"] {
+        let line = status_with_host(web, "/api/v1/setup", refused);
+        assert!(line.starts_with("HTTP/1.1 421"), "{refused}: {line}");
+        let line = status_with_host(web, "/", refused);
+        assert!(line.starts_with("HTTP/1.1 421"), "{refused}: {line}");
+    }
+}

@@ -1895,3 +1895,16 @@ fn the_web_section_reads_with_its_defaults() {
     assert_eq!(web.session_idle, Duration::from_secs(1800));
     assert!(ok("").web.is_none(), "off until the section is present");
 }
+
+#[test]
+fn web_allowed_hosts_are_host_names() {
+    assert_eq!(
+        problem("[web]\nallowed_hosts = [\"gw.example\", \"bad host\"]\n"),
+        "holdfast.toml:2: web.allowed_hosts[1]: \"bad host\" is not a host name (letters, digits, '-' and '.')"
+    );
+    let cfg = ok("[web]\nallowed_hosts = [\"GW.Example\"]\n");
+    assert_eq!(
+        cfg.web.map(|w| w.allowed_hosts),
+        Some(vec!["gw.example".to_owned()])
+    );
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 use super::coap::socket_addr;
 use super::modbus::duration_within;
 use super::raw::Node;
-use super::validate::{boolean, field, integer, listener_tls, size, Ctx};
+use super::raw::Value;
+use super::validate::{boolean, field, integer, listener_tls, size, string, Ctx};
 use super::ListenerTls;
 
 /// The HTTP server (`[web]`).
@@ -20,6 +21,11 @@ pub struct WebConfig {
     pub enabled: bool,
     /// TCP address. Default 0.0.0.0:18083 (EMQX's dashboard port).
     pub bind: SocketAddr,
+    /// Host names the server answers to, besides IP addresses, `localhost` and the board's own
+    /// host name (and `{hostname}.local`). A request naming another host is refused (421):
+    /// a page on another site that rebinds its name to the board's address cannot reach the
+    /// API from a technician's browser. Default none.
+    pub allowed_hosts: Vec<String>,
     /// HTTPS: the certificate and key (and optionally client verification and versions), as a
     /// `tls` listener's `tls` table. Default none: plain HTTP, for a board on a trusted
     /// service network.
@@ -48,6 +54,7 @@ impl Default for WebConfig {
             enabled: true,
             bind: SocketAddr::from(([0, 0, 0, 0], 18083)),
             tls: None,
+            allowed_hosts: Vec::new(),
             max_connections: 64,
             max_body_size: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -64,6 +71,7 @@ const WEB_KEYS: &[&str] = &[
     "enabled",
     "bind",
     "tls",
+    "allowed_hosts",
     "max_connections",
     "max_body_size",
     "request_timeout",
@@ -83,6 +91,13 @@ pub(super) fn web_section(ctx: &mut Ctx<'_>, node: &Node) -> WebConfig {
         enabled: ctx.get(entries, p, "enabled", d.enabled, boolean),
         bind: ctx.get(entries, p, "bind", d.bind, socket_addr),
         tls: field(entries, "tls").and_then(|n| listener_tls(ctx, n, "web.tls")),
+        allowed_hosts: ctx.get(
+            entries,
+            p,
+            "allowed_hosts",
+            d.allowed_hosts.clone(),
+            host_names,
+        ),
         max_connections: ctx.get(
             entries,
             p,
@@ -128,4 +143,48 @@ pub(super) fn web_section(ctx: &mut Ctx<'_>, node: &Node) -> WebConfig {
             duration_within(Duration::from_secs(1), Duration::from_secs(86_400)),
         ),
     }
+}
+
+/// Host names allowed in `Host` (at most 32; letters, digits, `-` and `.`), lowercased.
+fn host_names(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<Vec<String>> {
+    let Value::Array(items) = &node.value else {
+        ctx.report(
+            node,
+            key,
+            format!(
+                "expected an array of host names, found {}",
+                node.value.describe()
+            ),
+        );
+        return None;
+    };
+    if items.len() > 32 {
+        ctx.report(node, key, "at most 32 host names".to_owned());
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(name) = string(ctx, item, &item_key) else {
+            ok = false;
+            continue;
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if valid {
+            out.push(name.to_ascii_lowercase());
+        } else {
+            ctx.report(
+                item,
+                &item_key,
+                format!("{name:?} is not a host name (letters, digits, '-' and '.')"),
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(out)
 }

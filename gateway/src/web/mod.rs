@@ -354,8 +354,13 @@ fn routes(app: App) -> Router {
     ));
     let limit = app.config.max_body_size;
     let timeout = app.config.request_timeout;
+    let hosts = Arc::new(AllowedHosts::new(&app.config.allowed_hosts));
     open.merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such resource") })
+        .layer(axum::middleware::from_fn(move |req, next| {
+            let hosts = hosts.clone();
+            async move { check_host(&hosts, req, next).await }
+        }))
         .layer(axum::middleware::map_response(harden))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -363,6 +368,67 @@ fn routes(app: App) -> Router {
             timeout,
         ))
         .with_state(app)
+}
+
+/// The names a request's `Host` may carry besides IP addresses.
+#[derive(Debug)]
+struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// `localhost`, the board's host name and `{hostname}.local`, and `[web].allowed_hosts`.
+    fn new(configured: &[String]) -> AllowedHosts {
+        let mut names = vec!["localhost".to_owned()];
+        if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            let h = h.trim().to_ascii_lowercase();
+            if !h.is_empty() {
+                names.push(format!("{h}.local"));
+                names.push(h);
+            }
+        }
+        names.extend(configured.iter().cloned());
+        AllowedHosts(names)
+    }
+
+    /// Whether `host` (a `Host` header: a name or an address, with or without a port) is one
+    /// this server answers to.
+    fn allows(&self, host: &str) -> bool {
+        if host.starts_with('[') {
+            // An IPv6 literal, `[::1]:18083`.
+            return host
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip[1..].parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return true;
+        }
+        let name = name.trim_end_matches('.');
+        self.0.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Refuses (421) a request whose `Host` names another site: a page elsewhere whose name was
+/// rebound to this board's address must not reach the API (or lock its technician out by
+/// failing logins) from the technician's browser.
+async fn check_host(hosts: &AllowedHosts, req: Request<Body>, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if host.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "a request needs a Host header");
+    }
+    if !hosts.allows(host) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this gateway does not answer to that host name; use its address, or add the name to [web].allowed_hosts",
+        );
+    }
+    next.run(req).await
 }
 
 /// Headers on every answer: never cached (they carry clients, tokens, CSRF tokens), never
@@ -753,4 +819,35 @@ async fn metrics(State(app): State<App>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AllowedHosts;
+
+    #[test]
+    fn addresses_localhost_and_listed_names_are_served_other_names_are_not() {
+        let hosts = AllowedHosts::new(&["gw-7.example".to_owned()]);
+        for ok in [
+            "127.0.0.1",
+            "192.168.1.20:18083",
+            "[::1]:18083",
+            "[fe80::1]",
+            "localhost:18083",
+            "LOCALHOST",
+            "gw-7.example",
+            "gw-7.example.:80",
+        ] {
+            assert!(hosts.allows(ok), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "127.0.0.1.nip.io",
+            "gw-7.example.evil",
+            "[not-an-ip]:80",
+            "localhost.evil:18083",
+        ] {
+            assert!(!hosts.allows(refused), "{refused}");
+        }
+    }
 }

@@ -259,8 +259,25 @@ pub(super) fn document(open: OpenApi, mut guarded: OpenApi) -> OpenApi {
     let mut api = <ApiDoc as utoipa::OpenApi>::openapi();
     api.merge(open);
     api.merge(guarded);
-    // A body over `[web].max_body_size` is refused before its route reads it.
+    // A body over `[web].max_body_size` is refused before its route reads it; a `Host` that
+    // is not this gateway's is refused before anything.
     for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.responses.responses.insert(
+                "421".to_owned(),
+                RefOr::T(error_response(
+                    "The Host header names a host this gateway does not answer to",
+                )),
+            );
+        }
         for op in [&mut item.post, &mut item.put].into_iter().flatten() {
             if op.request_body.is_some() {
                 op.responses
