@@ -204,7 +204,7 @@ impl Gateway {
 
     /// The config file this gateway runs on (the web UI reads, checks and applies it).
     pub fn set_config_file(&mut self, file: crate::config_file::ConfigFile) {
-        self.supervisor.set_restart_flag(file.restart_flag());
+        self.supervisor.set_restart_state(file.restart_state());
         self.config_file = Some(file);
     }
 

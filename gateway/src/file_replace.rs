@@ -38,18 +38,24 @@ fn write_then_rename(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::R
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
+    // Best effort: the rename is done; a directory that cannot be opened to sync is no reason
+    // to report the write as failed.
+    sync_dir(path);
+    Ok(())
+}
+
+/// Syncs the directory that holds `path` (after a rename or a removal there), best effort.
+pub fn sync_dir(path: &Path) {
     if let Some(dir) = path.parent() {
-        // Best effort: the rename is done; a directory that cannot be opened to sync is no
-        // reason to report the write as failed.
-        if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() {
+        let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             dir
-        }) {
+        };
+        if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
     }
-    Ok(())
 }
 
 /// `{path}.tmp`, beside the target (a rename never crosses file systems).

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use holdfast::app::Gateway;
 use holdfast::auth::{run_passwd, PasswdCommand};
 use holdfast::config::{self, Config};
+use holdfast::config_file::probation::{self, Judged};
+use holdfast::config_file::{ConfigFile, RestartState};
 use holdfast::last_good;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -539,6 +541,17 @@ fn config_to_start(
 }
 
 fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    // A config applied from the web UI is judged before it is loaded: a second start on it
+    // without a confirm puts the previous file back first.
+    let judged = match &path {
+        Some(file) => {
+            let dir = data_dir
+                .clone()
+                .unwrap_or_else(|| last_good::data_dir_of(file));
+            probation::judge(file, &dir)
+        }
+        None => Judged::Nothing,
+    };
     let (cfg, fallback) = match config_to_start(path.as_deref(), data_dir.as_deref()) {
         Ok(c) => c,
         Err(code) => return code,
@@ -584,7 +597,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     _ => None,
                 };
                 let Some((mut cfg, fb)) = retry else {
-                    return (ExitCode::FAILURE, false);
+                    return (ExitCode::FAILURE, None);
                 };
                 if let Some(dir) = &data_dir_flag {
                     cfg.node.data_dir = dir.clone();
@@ -594,34 +607,27 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     Err(e) => {
                         tracing::error!("the last known good config does not start either: {e}");
                         eprintln!("error: the last known good config does not start either: {e}");
-                        return (ExitCode::FAILURE, false);
+                        return (ExitCode::FAILURE, None);
                     }
                 }
             }
         };
-        // The config the web UI applied, judged by this start: kept when it came up, the
-        // file put back to the version it replaced when it did not.
-        let applied = holdfast::config_file::take_pending(&data_dir);
-        let rolled_back = match (&fallback, &applied) {
-            (Some(fb), Some(id)) => {
-                match holdfast::config_file::roll_back(&data_dir, &fb.file, id) {
-                    Ok(()) => format!("; the applied config was rolled back to version {id}"),
-                    Err(e) => {
-                        tracing::error!("cannot roll the config file back to version {id}: {e}");
-                        format!("; rolling it back to version {id} failed: {e}")
-                    }
-                }
-            }
-            (None, Some(id)) => {
-                tracing::info!(previous = %id, "the applied config came up");
-                String::new()
+        let config_file = ConfigFile::new(path.clone(), data_dir.clone(), data_dir_flag.is_some());
+        let restart = config_file.restart_state();
+        gateway.set_config_file(config_file);
+        if let Judged::RolledBack(why) = &judged {
+            tracing::error!("{why}");
+            gateway.raise_standing_alarm(why.clone());
+        }
+        // An applied config on probation that does not come up goes back at once.
+        let rolled_back = match (&fallback, &judged) {
+            (Some(fb), Judged::Probation { .. }) => {
+                probation::roll_back(&fb.file, &data_dir, &fb.reason, false)
+                    .map(|alarm| format!("; {alarm}"))
+                    .unwrap_or_default()
             }
             _ => String::new(),
         };
-        gateway.set_config_file(holdfast::config_file::ConfigFile::new(
-            path.clone(),
-            data_dir.clone(),
-        ));
         match (&fallback, &path) {
             (Some(fb), _) => {
                 let alarm = format!(
@@ -633,15 +639,27 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                 tracing::error!("{alarm}; fix it (`holdfast check --config {}`) and restart", fb.file.display());
                 gateway.raise_standing_alarm(alarm);
             }
-            (None, Some(file)) => {
-                if let Err(e) = last_good::save(&data_dir, file) {
-                    tracing::warn!(path = %last_good::path(&data_dir).display(), error = %e, "cannot keep this config as the last known good one");
+            (None, Some(file)) => match &judged {
+                // Kept as the last known good config only once confirmed.
+                Judged::Probation { confirm_by, window, .. } => {
+                    tracing::warn!(confirm_by, "this config was applied from the web UI and runs on probation: confirm it within {}s (POST /api/v1/config/confirm) or it is rolled back", window.as_secs());
+                    tokio::spawn(probation_deadline(
+                        file.clone(),
+                        data_dir.clone(),
+                        *window,
+                        restart.clone(),
+                        shutdown.clone(),
+                    ));
                 }
-            }
+                _ => {
+                    if let Err(e) = last_good::save(&data_dir, file) {
+                        tracing::warn!(path = %last_good::path(&data_dir).display(), error = %e, "cannot keep this config as the last known good one");
+                    }
+                }
+            },
             (None, None) => {}
         }
-        let restart = gateway.config_file().map(|c| c.restart_flag());
-        tokio::spawn(wait_for_signal(stop_signals, shutdown, restart));
+        tokio::spawn(wait_for_signal(stop_signals, shutdown, restart.clone()));
         match hup {
             Ok(hup) => {
                 tokio::spawn(reload_on_sighup(hup, gateway.broker()));
@@ -650,16 +668,59 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                 "cannot install the SIGHUP handler ({e}); auth files will not be reloaded"
             ),
         }
-        let config_file = gateway.config_file();
         gateway.serve().await;
-        (ExitCode::SUCCESS, config_file.is_some_and(|c| c.restart_requested()))
+        (ExitCode::SUCCESS, Some(restart))
     });
     match outcome {
-        (_, true) => {
+        (_, Some(state)) if state.restarting() => {
             runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-            restart()
+            // A SIGTERM during the runtime's shutdown still wins.
+            if state.restarting() {
+                restart()
+            } else {
+                ExitCode::SUCCESS
+            }
         }
-        (code, false) => code,
+        (code, _) => code,
+    }
+}
+
+/// Rolls an applied config back and restarts the gateway when it is not confirmed within
+/// `window` (on the monotonic clock); ends when it is confirmed or the gateway stops.
+async fn probation_deadline(
+    file: PathBuf,
+    data_dir: PathBuf,
+    window: std::time::Duration,
+    restart: RestartState,
+    shutdown: CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + window;
+    loop {
+        let dir = data_dir.clone();
+        let pending = tokio::task::spawn_blocking(move || probation::pending(&dir))
+            .await
+            .unwrap_or(false);
+        if !pending {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if restart.request_restart() {
+                let why = format!("was not confirmed within {}s", window.as_secs());
+                let _ = tokio::task::spawn_blocking(move || {
+                    probation::roll_back(&file, &data_dir, &why, true)
+                })
+                .await;
+                shutdown.cancel();
+            }
+            return;
+        }
+        let step = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(std::time::Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(step) => {}
+            _ = shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -685,7 +746,7 @@ async fn wait_for_signal(
         std::io::Result<tokio::signal::unix::Signal>,
     ),
     shutdown: CancellationToken,
-    restart: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    restart: RestartState,
 ) {
     let (Ok(mut term), Ok(mut int)) = signals else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
@@ -695,9 +756,7 @@ async fn wait_for_signal(
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
-    if let Some(restart) = restart {
-        restart.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
+    restart.stop();
     shutdown.cancel();
 }
 

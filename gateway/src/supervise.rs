@@ -165,9 +165,9 @@ pub struct Supervisor {
     reset_button: HoldTimer,
     /// Set when the button was held long enough: the gateway wipes its data after stopping.
     factory_reset: Arc<AtomicBool>,
-    /// Set when the stop is a restart in place (a config applied from the web UI): systemd
-    /// is told the service reloads, not that it stops.
-    restart: Arc<AtomicBool>,
+    /// Whether the stop is a restart in place (a config applied from the web UI): systemd is
+    /// then told the service reloads, not that it stops.
+    restart: crate::config_file::RestartState,
 }
 
 /// A probe running on the runtime or the blocking pool, and when it started.
@@ -222,13 +222,13 @@ impl Supervisor {
             standing_alarms: Vec::new(),
             reset_button: HoldTimer::new(broker.config.board.reset_button_hold),
             factory_reset: Arc::new(AtomicBool::new(false)),
-            restart: Arc::new(AtomicBool::new(false)),
+            restart: crate::config_file::RestartState::default(),
             broker,
         }
     }
 
-    /// The flag that, set when shutdown starts, makes the stop a restart in place.
-    pub fn set_restart_flag(&mut self, restart: Arc<AtomicBool>) {
+    /// The state that says, when shutdown starts, whether the stop is a restart in place.
+    pub fn set_restart_state(&mut self, restart: crate::config_file::RestartState) {
         self.restart = restart;
     }
 
@@ -326,7 +326,7 @@ impl Supervisor {
             tokio::select! {
                 _ = self.broker.shutdown.cancelled(), if !stopping => {
                     stopping = true;
-                    if self.restart.load(Ordering::SeqCst) {
+                    if self.restart.restarting() {
                         self.notify.reloading();
                     } else {
                         self.notify.stopping();

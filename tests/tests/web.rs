@@ -437,7 +437,7 @@ fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
     fifth
         .set_read_timeout(Some(Duration::from_secs(1)))
         .expect("timeout");
-    let _ = fifth.write_all(b"GET /api/v1/setup HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = fifth.write_all(b"GET /api/v1/setup HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
     let mut answer = Vec::new();
     let _ = fifth.read_to_end(&mut answer);
     assert!(
@@ -469,7 +469,7 @@ fn a_login_dropped_mid_check_still_counts_toward_the_lockout() {
         let mut stream = TcpStream::connect(("127.0.0.1", web)).expect("connect");
         let body = r#"{"password":"guess guess"}"#;
         let request = format!(
-            "POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/v1/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         stream.write_all(request.as_bytes()).expect("send");

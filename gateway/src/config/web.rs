@@ -42,6 +42,10 @@ pub struct WebConfig {
     pub session_max: Duration,
     /// Sessions at once; the oldest ends when one more logs in. Default 16; 1..=1000.
     pub max_sessions: usize,
+    /// How long a config applied from the UI has, once it runs, to be confirmed before it is
+    /// rolled back (the technician who lost the UI to it gets the old config back). Default
+    /// 5m; 10s..=1h.
+    pub confirm_within: Duration,
     /// Failed logins from one address before it is locked out. Default 5; 1..=100.
     pub login_attempts: u32,
     /// How long a locked-out address waits. Default 5m; 1s..=1d.
@@ -61,6 +65,7 @@ impl Default for WebConfig {
             session_idle: Duration::from_secs(30 * 60),
             session_max: Duration::from_secs(12 * 3600),
             max_sessions: 16,
+            confirm_within: Duration::from_secs(300),
             login_attempts: 5,
             login_lockout: Duration::from_secs(300),
         }
@@ -80,6 +85,7 @@ const WEB_KEYS: &[&str] = &[
     "max_sessions",
     "login_attempts",
     "login_lockout",
+    "confirm_within",
 ];
 
 /// Reads `[web]`.
@@ -132,6 +138,13 @@ pub(super) fn web_section(ctx: &mut Ctx<'_>, node: &Node) -> WebConfig {
         max_sessions: ctx.get(entries, p, "max_sessions", d.max_sessions, |c, n, k| {
             integer(c, n, k, 1, 1000)
         }),
+        confirm_within: ctx.get(
+            entries,
+            p,
+            "confirm_within",
+            d.confirm_within,
+            duration_within(Duration::from_secs(10), Duration::from_secs(3600)),
+        ),
         login_attempts: ctx.get(entries, p, "login_attempts", d.login_attempts, |c, n, k| {
             integer(c, n, k, 1, 100)
         }),

@@ -139,6 +139,8 @@ struct App {
     config_file: Arc<ConfigFile>,
     /// The web's own broker client (board reports).
     board_client: Arc<board::BoardClient>,
+    /// One config check or apply at a time.
+    config_ops: Arc<tokio::sync::Semaphore>,
 }
 
 /// argon2 checks (setup, login) running at once.
@@ -179,11 +181,12 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let config = bound.config;
-    let config_file =
-        config_file.unwrap_or_else(|| ConfigFile::new(None, broker.config.node.data_dir.clone()));
+    let config_file = config_file
+        .unwrap_or_else(|| ConfigFile::new(None, broker.config.node.data_dir.clone(), false));
     let app = App {
         config_file: Arc::new(config_file),
         board_client: Arc::default(),
+        config_ops: Arc::new(tokio::sync::Semaphore::new(1)),
         broker: broker.clone(),
         credentials: Arc::new(bound.credentials),
         sessions: Arc::new(Sessions::new(
@@ -325,6 +328,7 @@ fn routes(app: App) -> Router {
         .routes(routes!(config_api::read))
         .routes(routes!(config_api::check))
         .routes(routes!(config_api::apply))
+        .routes(routes!(config_api::confirm))
         .routes(routes!(config_api::version))
         .routes(routes!(metrics))
         .split_for_parts();

@@ -147,8 +147,12 @@ pub(super) struct CheckedBody {
 pub(super) struct ConfigView {
     /// The config file; none on built-in defaults.
     pub file: Option<String>,
-    /// Whether it can be applied (there is a file).
+    /// Whether it can be applied from here.
     pub editable: bool,
+    /// Why not, when it cannot (no file, or a directory the gateway may not write).
+    pub not_editable: Option<String>,
+    /// The last apply, while it waits for its confirm.
+    pub probation: Option<crate::config_file::probation::Probation>,
     /// The file's text (the commented example on built-in defaults).
     pub text: String,
     /// SHA-256 of `text`, hex: send it back as `base` with an apply.
@@ -164,6 +168,15 @@ pub(super) struct AppliedBody {
     pub restarting: bool,
     /// The version the new file replaced (kept).
     pub previous: crate::config_file::Version,
+    /// Seconds, from the restart, to confirm the new config before it is rolled back.
+    pub confirm_within: u64,
+}
+
+/// `POST /api/v1/config/confirm`.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ConfirmedBody {
+    /// Always true.
+    pub confirmed: bool,
 }
 
 /// `GET /api/v1/config/versions/{id}`.

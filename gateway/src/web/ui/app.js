@@ -171,7 +171,11 @@ function showLogin(message) {
 function chrome(on) {
   document.getElementById("nav").hidden = !on;
   document.getElementById("logout").hidden = !on;
-  if (!on) { stopRefresh(); document.getElementById("alarm").hidden = true; }
+  if (!on) {
+    stopRefresh();
+    document.getElementById("alarm").hidden = true;
+    document.getElementById("probation").hidden = true;
+  }
 }
 
 async function start() {
@@ -186,6 +190,7 @@ async function start() {
     return;
   }
   chrome(true);
+  showProbation();
   route(false);
 }
 
@@ -268,6 +273,26 @@ async function overviewPage() {
     const rows = Object.entries(s).map(([k, v]) => ({ k, v }));
     counters.replaceChildren(counters.firstChild, table("Counters", [{ title: "Counter", cell: (r) => r.k }, { title: "Value", cell: (r) => r.v }], rows));
   });
+}
+
+// The last apply, while it waits to be kept: a banner on every page with its deadline.
+async function showProbation() {
+  const el = document.getElementById("probation");
+  let c;
+  try { c = await api("GET", "config"); } catch (_) { return; }
+  if (!c.probation) { el.hidden = true; el.replaceChildren(); return; }
+  const by = new Date(c.probation.confirm_by * 1000);
+  el.hidden = false;
+  el.replaceChildren(
+    h("p", {}, "The configuration applied from here runs on probation. Keep it before " + by.toLocaleTimeString() +
+      ", or the gateway rolls back to the previous one and restarts."),
+    h("button", { type: "button", class: "primary", onclick: async () => {
+      try {
+        await api("POST", "config/confirm");
+        say("The configuration is kept.");
+      } catch (e) { say(e.message); }
+      showProbation();
+    } }, "Keep this configuration"));
 }
 
 function showAlarms(alarms) {
@@ -454,7 +479,7 @@ function configPage() {
   const versions = h("div", {});
   const file = h("p", { id: "config-help" });
   const check = h("button", { type: "button", onclick: () => run(false) }, "Check");
-  const apply = h("button", { type: "button", class: "primary", onclick: () => run(true) }, "Apply and restart");
+  const apply = h("button", { type: "button", class: "primary", disabled: true, onclick: () => run(true) }, "Apply and restart");
   let base = null;
   const numbers = () => {
     const n = editor.value.split("\n").length;
@@ -485,7 +510,7 @@ function configPage() {
         problems.replaceChildren(h("p", { class: "ok" }, "No problems found."));
         return;
       }
-      if (!confirm("Apply this configuration? The gateway restarts on it (clients reconnect); it rolls back by itself if the new configuration does not start.")) return;
+      if (!confirm("Apply this configuration? The gateway restarts on it (clients reconnect). It rolls back by itself if it does not start, or if you do not keep it within a few minutes.")) return;
       await api("POST", "config/apply", { text: editor.value, base });
       restarting();
     } catch (e) {
@@ -499,12 +524,13 @@ function configPage() {
     h("section", { "aria-labelledby": "versions-title" }, h("h2", { id: "versions-title" }, "Previous versions"), versions));
   api("GET", "config").then((c) => {
     editor.value = c.text;
-    base = c.digest;
     numbers();
     file.textContent = c.editable
-      ? "Editing " + c.file + ". Check shows each mistake at its line; Apply keeps the current file as a version and restarts the gateway on the new one."
-      : "The gateway runs on its built-in defaults (no --config file): this is the example configuration, which can be checked but not applied.";
+      ? "Editing " + c.file + ". Check shows each mistake at its line; Apply keeps the current file as a version and restarts the gateway on the new one, which you then keep (or it rolls back)."
+      : c.file ? "Editing " + c.file + " can be checked here but not applied: " + c.not_editable
+        : "The gateway runs on its built-in defaults (no --config file): this is the example configuration, which can be checked but not applied.";
     apply.disabled = !c.editable;
+    base = c.digest;
     versions.replaceChildren(table("Previous versions", [
       { title: "Replaced", cell: (v) => new Date(Number(v.id)).toLocaleString() },
       { title: "Size", cell: (v) => bytes(v.size) },
@@ -527,7 +553,7 @@ function restarting() {
     try {
       const r = await fetch("/api/v1/setup", { cache: "no-store" });
       if (r.ok && Date.now() - began > 1000) {
-        showLogin("The gateway restarted. Log in again; the Overview shows an alarm if it rolled back.");
+        showLogin("The gateway restarted. Log in again and keep the new configuration (or it rolls back); the Overview shows an alarm if it rolled back already.");
         return;
       }
     } catch (_) { /* still down */ }
