@@ -195,7 +195,7 @@ if [ -f "$unit" ]; then
     has "$unit" '^Restart=always$' "unit restarts always"
     has "$unit" '^User=holdfast$' "unit runs as the holdfast user"
     has "$unit" '^ProtectSystem=strict$' "unit has ProtectSystem=strict"
-    has "$unit" '^ReadWritePaths=/var/lib/holdfast$' "unit may write only /var/lib/holdfast"
+    has "$unit" '^ReadWritePaths=/var/lib/holdfast /etc/holdfast$' "unit may write only /var/lib/holdfast and /etc/holdfast"
     has "$unit" '^ExecStart=/usr/bin/holdfast run --config /etc/holdfast/holdfast.toml$' "unit runs the installed config"
     has "$unit" '^CapabilityBoundingSet=$' "unit drops every capability by default"
     has "$unit" '^MemoryMax=' "unit caps the service's memory (MemoryMax)"

@@ -63,8 +63,11 @@ do_install() {
     install -m 0755 ${B}/target/${CARGO_TARGET_SUBDIR}/holdfast ${D}${bindir}/holdfast
 
     # Readable by the gateway's group only: it names password files and, with bridges, keys.
-    # (useradd makes the group known to pseudo here.)
-    install -d ${D}${sysconfdir}/holdfast
+    # The directory is the group's to write: the web UI applies a config by replacing the file
+    # whole (a temporary file beside it, renamed over it). (useradd makes the group known to
+    # pseudo here.)
+    install -d -m 0770 ${D}${sysconfdir}/holdfast
+    chgrp holdfast ${D}${sysconfdir}/holdfast
     install -m 0640 ${UNPACKDIR}/holdfast.toml ${D}${sysconfdir}/holdfast/holdfast.toml
     chgrp holdfast ${D}${sysconfdir}/holdfast/holdfast.toml
 
