@@ -25,20 +25,39 @@ struct Ring {
     next: u64,
 }
 
+/// `next` starts at the process's start time in microseconds (0 until the first use), so the
+/// numbers go on rising across a restart in place and a reader's old number reads as "lines
+/// left out", not as "nothing new".
 static RING: Mutex<Ring> = Mutex::new(Ring {
     lines: VecDeque::new(),
     bytes: 0,
-    next: 1,
+    next: 0,
 });
 
 fn ring() -> std::sync::MutexGuard<'static, Ring> {
-    RING.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let mut r = RING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if r.next == 0 {
+        r.next = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(1).max(1));
+    }
+    r
 }
 
-/// Keeps `line` (without its newline).
+/// Keeps one event's `line` (without its final newline). Control characters inside it (a
+/// client id with a newline) are escaped: one event is one line, never a forged second one.
 pub fn push(line: &str) {
-    let mut text = line.trim_end_matches(['\r', '\n']).to_owned();
+    let line = line.trim_end_matches(['\r', '\n']);
+    let mut text = String::with_capacity(line.len());
+    for c in line.chars() {
+        if c.is_control() && c != '\t' {
+            text.extend(c.escape_default());
+        } else {
+            text.push(c);
+        }
+    }
     if text.len() > MAX_LINE {
         let mut cut = MAX_LINE;
         while !text.is_char_boundary(cut) {
@@ -104,7 +123,7 @@ pub fn after(after: u64, limit: usize) -> Tail {
         })
         .collect();
     Tail {
-        gap: restarted || first.is_some_and(|f| f > after + 1),
+        gap: restarted || skip > 0 || (after > 0 && first.is_some_and(|f| f > after + 1)),
         last: lines.last().map_or(after, |l| l.seq),
         lines,
     }
@@ -115,11 +134,11 @@ pub fn after(after: u64, limit: usize) -> Tail {
 pub struct TailWriter;
 
 impl Write for TailWriter {
+    /// The log layer writes one event per call.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for line in String::from_utf8_lossy(buf).lines() {
-            if !line.is_empty() {
-                push(line);
-            }
+        let text = String::from_utf8_lossy(buf);
+        if !text.trim().is_empty() {
+            push(&text);
         }
         Ok(buf.len())
     }
@@ -163,12 +182,20 @@ mod tests {
         assert!(behind.gap);
         assert_eq!(behind.lines.len(), 5);
         assert_eq!(behind.lines[4].text, format!("line {}", MAX_LINES + 9));
-        push(&"x".repeat(MAX_LINE * 3));
+        push("client_id=evil\nINFO forged line");
+        let one = after(behind.last, 10);
+        assert_eq!(one.lines.len(), 1);
+        assert_eq!(one.lines[0].text, "client_id=evil\\nINFO forged line");
         let past = after(u64::MAX, 1);
         assert!(past.gap, "a number from before a restart starts over");
-        let long = after(behind.last, 1);
+        push(&"x".repeat(MAX_LINE * 3));
+        let long = after(one.last, 1);
         assert!(long.lines[0].text.len() <= MAX_LINE + 3);
         let r = ring();
         assert!(r.lines.len() <= MAX_LINES && r.bytes <= MAX_BYTES);
+        assert!(
+            r.next > 1_700_000_000_000_000 / 1000,
+            "numbers start at the start time (us)"
+        );
     }
 }

@@ -697,6 +697,18 @@ fn the_log_tails_and_traces_run_download_and_go_over_http() {
         None,
     );
     assert_eq!(gone.status, 204);
+    // Trace files share the flash with the queues: the oldest go when there are too many.
+    for i in 0..20 {
+        let body = format!(r#"{{"kind":"client","value":"many-{i}"}}"#);
+        let r = http(web, "POST", "/api/v1/traces", &change, Some(&body));
+        assert_eq!(r.status, 201, "{}", r.body);
+        let r = http(web, "DELETE", "/api/v1/traces", &change, None);
+        assert_eq!(r.status, 200);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let files = http(web, "GET", "/api/v1/traces", &cookie, None).json();
+    let kept = files["files"].as_array().map(Vec::len).unwrap_or(0);
+    assert!((1..=16).contains(&kept), "{kept} trace files kept");
     let no_csrf = http(
         web,
         "POST",

@@ -20,6 +20,11 @@ use serde_json::json;
 const MAX_TAIL: usize = 1000;
 /// Size limit of a trace file started from the web unless the request sets a smaller one.
 const WEB_TRACE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// Trace files kept under `{data_dir}/traces/` (the oldest stopped ones go first when a new
+/// trace starts): they share the flash with the bridges' queues.
+const KEPT_TRACE_FILES: usize = 16;
+/// Bytes of trace files kept, likewise.
+const KEPT_TRACE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Where the reader is.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
@@ -117,7 +122,13 @@ pub(super) async fn start(
         ),
     };
     let broker = app.broker.clone();
-    match tokio::task::spawn_blocking(move || crate::ops::trace_start(&broker, spec)).await {
+    let dir = traces_dir(&app);
+    let started = tokio::task::spawn_blocking(move || {
+        prune(&dir);
+        crate::ops::trace_start(&broker, spec)
+    })
+    .await;
+    match started {
         Ok(Ok(info)) => (StatusCode::CREATED, Json(info)).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, &e),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "the trace did not start"),
@@ -217,6 +228,37 @@ fn trace_file(app: &App, name: &str) -> Option<std::path::PathBuf> {
     let known = ["client", "topic", "ip"].contains(&kind);
     (known && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| traces_dir(app).join(name))
+}
+
+/// Removes the oldest trace files that are not being written until at most
+/// `KEPT_TRACE_FILES - 1` files and `KEPT_TRACE_BYTES - WEB_TRACE_MAX_BYTES` bytes are left:
+/// room for the trace about to start.
+fn prune(dir: &std::path::Path) {
+    let running: Vec<std::path::PathBuf> = crate::ops::trace_list()
+        .into_iter()
+        .map(|t| t.file)
+        .collect();
+    let mut files = trace_files(dir);
+    let mut total: u64 = files.iter().map(|f| f.size).sum();
+    while files.len() >= KEPT_TRACE_FILES
+        || total > KEPT_TRACE_BYTES.saturating_sub(WEB_TRACE_MAX_BYTES)
+    {
+        // Oldest last; a running trace's file stays.
+        let Some(i) = files
+            .iter()
+            .rposition(|f| !running.contains(&dir.join(&f.name)))
+        else {
+            break;
+        };
+        let old = files.remove(i);
+        total = total.saturating_sub(old.size);
+        match std::fs::remove_file(dir.join(&old.name)) {
+            Ok(()) => {
+                tracing::info!(file = %old.name, "web: an old trace file removed to make room")
+            }
+            Err(e) => tracing::warn!(file = %old.name, "web: cannot remove an old trace file: {e}"),
+        }
+    }
 }
 
 /// The trace files under the traces directory, newest first (name and size).
