@@ -99,7 +99,7 @@ token=$(cat "$work/data/setup-token")
 csrf=$(api -c "$work/jar" -H 'Content-Type: application/json' \
     -d "{\"token\":\"$token\",\"password\":\"$PASSWORD\"}" "http://127.0.0.1:$web/api/v1/setup" | jq -r .csrf)
 bearer=$(api -b "$work/jar" -H "X-CSRF-Token: $csrf" -H 'Content-Type: application/json' \
-    -d '{"name":"bench"}' "http://127.0.0.1:$web/api/v1/tokens" | jq -r .token)
+    -d '{"name":"bench","scope":"read"}' "http://127.0.0.1:$web/api/v1/tokens" | jq -r .token)
 
 ticks() { python3 -c 'import sys; f=open("/proc/%s/stat" % sys.argv[1]).read().rsplit(")", 1)[1].split(); print(int(f[11]) + int(f[12]))' "$1"; }
 load() { # label test args... -> prints the received rate; the gateway's CPU us per message to $work/$1.cpu

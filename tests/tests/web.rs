@@ -217,7 +217,7 @@ fn api_tokens_work_until_revoked_and_metrics_match_ctl_stats() {
         "POST",
         "/api/v1/tokens",
         &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
-        Some(r#"{"name":"prometheus"}"#),
+        Some(r#"{"name":"automation","scope":"admin"}"#),
     );
     assert_eq!(made.status, 201, "{}", made.body);
     let token = made.json()["token"].as_str().unwrap_or_default().to_owned();
@@ -824,4 +824,74 @@ fn a_host_name_the_gateway_does_not_answer_to_is_refused() {
         let line = status_with_host(web, "/", refused);
         assert!(line.starts_with("HTTP/1.1 421"), "{refused}: {line}");
     }
+}
+
+#[test]
+fn a_token_does_what_its_scope_allows_and_no_token_makes_tokens() {
+    let (gw, web) = gateway("");
+    let s = setup(&gw, web, "correct horse battery");
+    let session = [
+        ("Cookie", s.cookie.as_str()),
+        ("X-CSRF-Token", s.csrf.as_str()),
+    ];
+    let make = |scope: &str| {
+        let body = format!(r#"{{"name":"{scope} token","scope":"{scope}"}}"#);
+        let r = http(web, "POST", "/api/v1/tokens", &session, Some(&body));
+        assert_eq!(r.status, 201, "{}", r.body);
+        format!("Bearer {}", r.json()["token"].as_str().unwrap_or_default())
+    };
+    let no_scope = http(
+        web,
+        "POST",
+        "/api/v1/tokens",
+        &session,
+        Some(r#"{"name":"x"}"#),
+    );
+    assert_eq!(no_scope.status, 400, "a token says what it may do");
+    let (metrics, read, admin) = (make("metrics"), make("read"), make("admin"));
+    let status = |bearer: &str, method: &str, path: &str, body: Option<&str>| {
+        http(web, method, path, &[("Authorization", bearer)], body).status
+    };
+    // A scraper's token scrapes, and nothing else.
+    assert_eq!(status(&metrics, "GET", "/metrics", None), 200);
+    assert_eq!(status(&metrics, "GET", "/api/v1/stats", None), 403);
+    // A dashboard's token reads, but not the config file (credentials) nor the trace files.
+    assert_eq!(status(&read, "GET", "/api/v1/stats", None), 200);
+    assert_eq!(status(&read, "GET", "/metrics", None), 200);
+    assert_eq!(status(&read, "GET", "/api/v1/config", None), 403);
+    assert_eq!(status(&read, "GET", "/api/v1/tokens", None), 403);
+    assert_eq!(status(&read, "POST", "/api/v1/clients/x/kick", None), 403);
+    // An admin token acts, but makes and revokes no tokens: a leaked one cannot mint its heir.
+    assert_eq!(
+        status(&admin, "POST", "/api/v1/clients/nobody/kick", None),
+        404
+    );
+    assert_eq!(status(&admin, "GET", "/api/v1/config", None), 200);
+    let mint = r#"{"name":"heir","scope":"admin"}"#;
+    assert_eq!(status(&admin, "POST", "/api/v1/tokens", Some(mint)), 403);
+    let listed = http(
+        web,
+        "GET",
+        "/api/v1/tokens",
+        &[("Authorization", admin.as_str())],
+        None,
+    );
+    assert_eq!(listed.status, 200);
+    let scopes: Vec<String> = listed.json()["tokens"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["scope"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(scopes, ["metrics", "read", "admin"]);
+    let id = listed.json()["tokens"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        status(&admin, "DELETE", &format!("/api/v1/tokens/{id}"), None),
+        403
+    );
 }

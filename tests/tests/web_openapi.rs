@@ -30,7 +30,7 @@ fn every_route_answers_as_its_openapi_document_says() {
         "POST",
         "/api/v1/tokens",
         &[("Cookie", &session.cookie), ("X-CSRF-Token", &session.csrf)],
-        Some(r#"{"name":"schemathesis"}"#),
+        Some(r#"{"name":"schemathesis","scope":"admin"}"#),
     );
     assert_eq!(made.status, 201, "{}", made.body);
     let token = made.json()["token"].as_str().expect("token").to_owned();

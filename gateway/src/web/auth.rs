@@ -81,6 +81,38 @@ pub struct Verdict {
     pub changed: bool,
 }
 
+/// What an API token may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `GET /metrics` only (a Prometheus scraper).
+    Metrics,
+    /// Every read but the config file (it holds credentials) and the trace files
+    /// (monitoring, dashboards).
+    Read,
+    /// Everything a logged-in admin does, but making or revoking tokens (automation, config
+    /// pushes).
+    Admin,
+}
+
+impl Scope {
+    /// The word used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Metrics => "metrics",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// Tokens made before scopes existed were admin tokens.
+fn admin() -> Scope {
+    Scope::Admin
+}
+
 /// An API token as listed (never the token itself).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
@@ -88,6 +120,9 @@ pub struct TokenInfo {
     pub id: String,
     /// What it is for.
     pub name: String,
+    /// What it may do.
+    #[serde(default = "admin")]
+    pub scope: Scope,
     /// When it was made, seconds since the epoch.
     pub created: u64,
     /// SHA-256 of the token, hex.
@@ -235,7 +270,11 @@ impl Credentials {
     }
 
     /// Makes an API token named `name`; returns its listing and the token (shown once).
-    pub fn create_token(&self, name: &str) -> Result<(TokenInfo, String), CredentialError> {
+    pub fn create_token(
+        &self,
+        name: &str,
+        scope: Scope,
+    ) -> Result<(TokenInfo, String), CredentialError> {
         let mut tokens = lock(&self.tokens);
         if tokens.len() >= MAX_TOKENS {
             return Err(CredentialError::Corrupt(format!(
@@ -246,6 +285,7 @@ impl Credentials {
         let info = TokenInfo {
             id: secret()[..16].to_owned(),
             name: name.to_owned(),
+            scope,
             created: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -273,13 +313,16 @@ impl Credentials {
         Ok(true)
     }
 
-    /// Whether `token` is a live API token (compared in constant time with every digest).
-    pub fn check_token(&self, token: &str) -> bool {
+    /// The scope of `token` when it is a live API token (compared in constant time with
+    /// every digest).
+    pub fn check_token(&self, token: &str) -> Option<Scope> {
         let d = digest(token);
         let tokens = lock(&self.tokens);
-        let mut found = false;
+        let mut found = None;
         for t in tokens.iter() {
-            found |= bool::from(t.digest.as_bytes().ct_eq(d.as_bytes()));
+            if bool::from(t.digest.as_bytes().ct_eq(d.as_bytes())) {
+                found = Some(t.scope);
+            }
         }
         found
     }

@@ -482,10 +482,19 @@ fn error(status: StatusCode, message: &str) -> Response {
 async fn require_auth(State(app): State<App>, req: Request<Body>, next: Next) -> Response {
     let headers = req.headers();
     if let Some(token) = bearer(headers) {
-        if app.credentials.check_token(token) {
-            return next.run(req).await;
-        }
-        return error(StatusCode::UNAUTHORIZED, "unknown or revoked API token");
+        return match app.credentials.check_token(token) {
+            Some(scope) if scope_allows(scope, req.method(), req.uri().path()) => {
+                next.run(req).await
+            }
+            Some(scope) => error(
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "this API token's scope ({}) does not allow this",
+                    scope.as_str()
+                ),
+            ),
+            None => error(StatusCode::UNAUTHORIZED, "unknown or revoked API token"),
+        };
     }
     let Some(session) = cookie(headers, COOKIE) else {
         return error(
@@ -510,6 +519,23 @@ async fn require_auth(State(app): State<App>, req: Request<Body>, next: Next) ->
         }
     }
     next.run(req).await
+}
+
+/// What an API token of `scope` may ask for: `metrics` the scrape, `read` every read but the
+/// config file and the trace files, `admin` everything but the tokens themselves (made and
+/// revoked by a logged-in person, so a leaked token cannot mint its own successor).
+fn scope_allows(scope: auth::Scope, method: &Method, path: &str) -> bool {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let tokens = path == "/api/v1/tokens" || path.starts_with("/api/v1/tokens/");
+    match scope {
+        auth::Scope::Metrics => read && path == "/metrics",
+        auth::Scope::Read => {
+            read && !tokens
+                && !path.starts_with("/api/v1/config")
+                && !path.starts_with("/api/v1/traces/files/")
+        }
+        auth::Scope::Admin => !tokens || read,
+    }
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -756,6 +782,9 @@ struct TokenBody {
     /// What it is for (1..=64 characters, no control characters).
     #[schema(min_length = 1, max_length = 64)]
     name: String,
+    /// What it may do: `metrics` (the scrape), `read` (every read but the config and trace
+    /// files) or `admin` (everything but tokens).
+    scope: auth::Scope,
 }
 
 /// Makes an API token; its secret is in this answer only.
@@ -772,9 +801,9 @@ async fn create_token(State(app): State<App>, JsonBody(body): JsonBody<TokenBody
             "a token's name is 1..=64 characters, none of them control characters",
         );
     }
-    match app.credentials.create_token(&body.name) {
+    match app.credentials.create_token(&body.name, body.scope) {
         Ok((info, token)) => {
-            tracing::info!(id = %info.id, name = %info.name, "web: API token created");
+            tracing::info!(id = %info.id, name = %info.name, scope = info.scope.as_str(), "web: API token created");
             (
                 StatusCode::CREATED,
                 Json(json!({ "token": token, "info": info })),

@@ -650,11 +650,16 @@ function tokensPage() {
   const list = h("div", {});
   const made = h("div", { role: "status" });
   const name = h("input", { id: "token-name", required: true, maxlength: 64, autocomplete: "off" });
-  const form = h("form", { class: "toolbar" }, h("label", { for: "token-name" }, "Name"), name, h("button", { type: "submit" }, "Create token"));
+  const scope = h("select", { id: "token-scope" },
+    h("option", { value: "metrics" }, "metrics: the Prometheus scrape only"),
+    h("option", { value: "read", selected: true }, "read: every read but the config and trace files"),
+    h("option", { value: "admin" }, "admin: everything but tokens"));
+  const form = h("form", { class: "toolbar" }, h("label", { for: "token-name" }, "Name"), name,
+    h("label", { for: "token-scope" }, "May do"), scope, h("button", { type: "submit" }, "Create token"));
   const load = async () => {
     const { tokens } = await api("GET", "tokens");
     list.replaceChildren(table("API tokens", [
-      { title: "Name", cell: (t) => t.name }, { title: "Id", cell: (t) => t.id },
+      { title: "Name", cell: (t) => t.name }, { title: "Scope", cell: (t) => t.scope }, { title: "Id", cell: (t) => t.id },
       { title: "Created", cell: (t) => when(t.created) },
       { title: "", cell: (t) => h("button", { type: "button", class: "danger", "aria-label": "Revoke " + t.name, onclick: async () => {
         if (!confirm(`Revoke token "${t.name}"? Automation using it stops working.`)) return;
@@ -664,7 +669,7 @@ function tokensPage() {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     try {
-      const r = await api("POST", "tokens", { name: name.value });
+      const r = await api("POST", "tokens", { name: name.value, scope: scope.value });
       made.replaceChildren(h("p", {}, "Copy this token now; it is not shown again: "), h("code", { class: "secret" }, r.token));
       name.value = "";
       load();
