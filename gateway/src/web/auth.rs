@@ -505,16 +505,24 @@ mod tests {
     fn tokens_are_kept_as_digests_and_revoked() {
         let dir = tempfile::tempdir().unwrap();
         let creds = Credentials::open(dir.path()).unwrap();
-        let (info, token) = creds.create_token("prometheus").unwrap();
-        assert!(creds.check_token(&token));
-        assert!(!creds.check_token("hft_0000"));
+        let (info, token) = creds.create_token("prometheus", Scope::Metrics).unwrap();
+        assert_eq!(creds.check_token(&token), Some(Scope::Metrics));
+        assert_eq!(creds.check_token("hft_0000"), None);
         let file = std::fs::read_to_string(dir.path().join("web/tokens.json")).unwrap();
         assert!(!file.contains(&token), "the token itself is never stored");
-        assert!(Credentials::open(dir.path()).unwrap().check_token(&token));
+        let reopened = Credentials::open(dir.path()).unwrap();
+        assert_eq!(reopened.check_token(&token), Some(Scope::Metrics));
         assert_eq!(creds.tokens().len(), 1);
         assert!(creds.revoke(&info.id).unwrap());
-        assert!(!creds.check_token(&token));
+        assert_eq!(creds.check_token(&token), None);
         assert!(!creds.revoke(&info.id).unwrap());
+    }
+
+    #[test]
+    fn a_token_from_before_scopes_is_an_admin_token() {
+        let old: TokenInfo =
+            serde_json::from_str(r#"{"id":"a","name":"b","created":1,"digest":"c"}"#).unwrap();
+        assert_eq!(old.scope, Scope::Admin);
     }
 
     #[test]

@@ -856,7 +856,37 @@ async fn metrics(State(app): State<App>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::AllowedHosts;
+    use super::{auth::Scope, scope_allows, AllowedHosts};
+    use axum::http::Method;
+
+    #[test]
+    fn scopes() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert!(scope_allows(Scope::Metrics, &get, "/metrics"));
+        assert!(!scope_allows(Scope::Metrics, &get, "/api/v1/stats"));
+        assert!(scope_allows(Scope::Read, &get, "/api/v1/clients"));
+        assert!(!scope_allows(Scope::Read, &get, "/api/v1/config"));
+        assert!(!scope_allows(
+            Scope::Read,
+            &get,
+            "/api/v1/config/versions/1"
+        ));
+        assert!(!scope_allows(
+            Scope::Read,
+            &get,
+            "/api/v1/traces/files/client-1.log"
+        ));
+        assert!(!scope_allows(Scope::Read, &post, "/api/v1/reload"));
+        assert!(scope_allows(Scope::Admin, &post, "/api/v1/config/apply"));
+        assert!(scope_allows(Scope::Admin, &get, "/api/v1/tokens"));
+        assert!(!scope_allows(Scope::Admin, &post, "/api/v1/tokens"));
+        assert!(!scope_allows(
+            Scope::Admin,
+            &Method::DELETE,
+            "/api/v1/tokens/x"
+        ));
+    }
 
     #[test]
     fn addresses_localhost_and_listed_names_are_served_other_names_are_not() {
