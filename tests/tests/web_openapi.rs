@@ -38,7 +38,10 @@ fn every_route_answers_as_its_openapi_document_says() {
     assert_eq!(document.status, 200);
     assert_eq!(document.json()["openapi"], "3.1.0");
 
+    // Its cache and reports go to a directory of its own, never into the tree.
+    let scratch = holdfast_tests::TempDir::new("schemathesis");
     let out = Command::new("schemathesis")
+        .current_dir(scratch.path())
         .arg("run")
         .arg(format!("http://127.0.0.1:{web}/api/v1/openapi.json"))
         .args(["-H", &format!("Authorization: Bearer {token}")])
