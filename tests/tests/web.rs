@@ -428,11 +428,25 @@ fn garbage_huge_bodies_and_too_many_connections_never_take_it_down() {
         http(web, "POST", "/api/v1/login", &[], Some(&big)).status,
         413
     );
-    // Four idle connections hold every slot; a fifth is closed at once.
-    let idle: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(("127.0.0.1", web)).expect("connect"))
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // Four idle connections hold every slot; a fifth is closed at once. (A connection that
+    // ended a moment ago may still hold its slot on a busy machine: one of the four refused
+    // for it is opened again until all four are held.)
+    let held = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut byte = [0u8; 1];
+        matches!(s.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.kind() == std::io::ErrorKind::TimedOut)
+    };
+    let mut idle: Vec<TcpStream> = Vec::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    while idle.len() < 4 && std::time::Instant::now() < deadline {
+        let mut s = TcpStream::connect(("127.0.0.1", web)).expect("connect");
+        if held(&mut s) {
+            idle.push(s);
+        }
+    }
+    assert_eq!(idle.len(), 4, "four idle connections were not held");
     let mut fifth = TcpStream::connect(("127.0.0.1", web)).expect("connect");
     fifth
         .set_read_timeout(Some(Duration::from_secs(1)))
@@ -465,7 +479,7 @@ fn a_login_dropped_mid_check_still_counts_toward_the_lockout() {
         http(web, "POST", "/api/v1/login", &[], Some(&huge)).status,
         400
     );
-    for _ in 0..3 {
+    for i in 0..3 {
         let mut stream = TcpStream::connect(("127.0.0.1", web)).expect("connect");
         let body = r#"{"password":"guess guess"}"#;
         let request = format!(
@@ -475,7 +489,16 @@ fn a_login_dropped_mid_check_still_counts_toward_the_lockout() {
         stream.write_all(request.as_bytes()).expect("send");
         let _ = stream.shutdown(std::net::Shutdown::Write);
         drop(stream);
-        std::thread::sleep(Duration::from_millis(400));
+        // One check at a time here: two running at once would make the next one a 503 (the
+        // argon2 bound), which is no failed login. A slow machine takes its time.
+        let counted = holdfast_tests::wait_until(WAIT, || {
+            gw.log()
+                .matches("web: login refused: wrong password")
+                .count()
+                + gw.log().matches("web: wrong password;").count()
+                > i
+        });
+        assert!(counted, "dropped login {i} was not counted:\n{}", gw.log());
     }
     let locked = http(
         web,

@@ -277,6 +277,9 @@ async fn serve<I>(
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(timeout)
+        // A request whose client closed its side right after sending is still answered (and
+        // a login counted): what a request does never depends on how fast its client left.
+        .half_close(true)
         .serve_connection(io, service);
     tokio::pin!(conn);
     tokio::select! {
