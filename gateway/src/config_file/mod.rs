@@ -325,12 +325,17 @@ impl ConfigFile {
         versions.into_iter().map(|(_, v)| v).collect()
     }
 
-    /// The text of a kept version; `None` when there is no such version (`id` is only ever
-    /// taken as a number, never as a path).
+    /// The text of a kept version; `None` when there is no such version.
     pub fn version(&self, id: &str) -> Option<String> {
-        let n = id.parse::<u128>().ok()?;
-        std::fs::read_to_string(self.history_dir().join(format!("{n}.toml"))).ok()
+        kept_version(&self.data_dir, id)
     }
+}
+
+/// The text of the kept version `id` under `data_dir` (`id` is only ever taken as a number,
+/// never as a path).
+fn kept_version(data_dir: &Path, id: &str) -> Option<String> {
+    let n = id.parse::<u128>().ok()?;
+    std::fs::read_to_string(data_dir.join(HISTORY_DIR).join(format!("{n}.toml"))).ok()
 }
 
 /// The SHA-256 of a config text, hex: what an editor sends back as `base` to [`ConfigFile::apply`].

@@ -18,7 +18,7 @@
 //!
 //! Never deletes a kept version, and only writes the config file to put a kept version back.
 
-use super::{digest, ConfigFile};
+use super::digest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -228,8 +228,7 @@ pub fn pending(data_dir: &Path) -> bool {
 }
 
 fn put_back(file: &Path, data_dir: &Path, version: &str) -> std::io::Result<()> {
-    let kept = ConfigFile::new(Some(file.to_path_buf()), data_dir.to_path_buf(), false);
-    let text = kept.version(version).ok_or_else(|| {
+    let text = super::kept_version(data_dir, version).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!("config version {version} is gone"),

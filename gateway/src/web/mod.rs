@@ -593,7 +593,7 @@ struct SetupBody {
     /// The one-time token from `{data_dir}/setup-token`.
     #[schema(max_length = 1024)]
     token: String,
-    /// The admin password (at least 8 characters, at most 1024 bytes).
+    /// The admin password (at least 10 characters, at most 1024 bytes).
     #[schema(max_length = 1024)]
     password: String,
 }
@@ -614,17 +614,9 @@ async fn setup(
     Extension(Peer(peer)): Extension<Peer>,
     JsonBody(body): JsonBody<SetupBody>,
 ) -> Response {
-    if app
-        .lockout
-        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
-    {
-        return locked(&app);
-    }
-    if body.password.len() > MAX_PASSWORD || body.token.len() > MAX_PASSWORD {
-        return error(StatusCode::BAD_REQUEST, "a password has at most 1024 bytes");
-    }
-    let Ok(permit) = app.checks.clone().try_acquire_owned() else {
-        return busy();
+    let permit = match admit(&app, peer, &[&body.token, &body.password]) {
+        Ok(p) => p,
+        Err(refused) => return *refused,
     };
     let worker = app.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -680,17 +672,9 @@ async fn login(
             "not set up yet: POST /api/v1/setup with the setup token",
         );
     }
-    if app
-        .lockout
-        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
-    {
-        return locked(&app);
-    }
-    if body.password.len() > MAX_PASSWORD {
-        return error(StatusCode::BAD_REQUEST, "a password has at most 1024 bytes");
-    }
-    let Ok(permit) = app.checks.clone().try_acquire_owned() else {
-        return busy();
+    let permit = match admit(&app, peer, &[&body.password]) {
+        Ok(p) => p,
+        Err(refused) => return *refused,
     };
     // The check owns its permit and records its outcome itself: a client that drops the
     // request mid-check neither frees a slot early nor escapes the lockout.
@@ -715,6 +699,32 @@ async fn login(
         return session_response(&app);
     }
     error(StatusCode::UNAUTHORIZED, "wrong password")
+}
+
+/// The gate before an argon2 check (setup, login): a locked-out address is refused (429),
+/// a secret over 1 KB too (400), and beyond the checks running at once the answer is 503;
+/// otherwise the check's permit, which the check owns until it ends.
+fn admit(
+    app: &App,
+    peer: SocketAddr,
+    secrets: &[&str],
+) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
+    if app
+        .lockout
+        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
+    {
+        return Err(Box::new(locked(app)));
+    }
+    if secrets.iter().any(|s| s.len() > MAX_PASSWORD) {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "a password has at most 1024 bytes",
+        )));
+    }
+    app.checks
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Box::new(busy()))
 }
 
 fn failed_login(app: &App, peer: SocketAddr, why: &str) {

@@ -116,18 +116,22 @@ impl Router {
     /// ignored; empty matches every one), by client id: at most `limit` from `offset`, with
     /// how many match in all. Only the rows of the page are built.
     pub fn client_page(&self, search: &str, offset: usize, limit: usize) -> Rows<ClientRow> {
-        let needle = search.to_ascii_lowercase();
+        // Under the router lock: nothing allocated per session but a peer's text, and that
+        // only for sessions whose id and user name did not match.
+        let needle = search.as_bytes();
+        let has = |hay: &str| {
+            needle.is_empty()
+                || hay
+                    .as_bytes()
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle))
+        };
         let matches = |s: &super::Session| {
-            if needle.is_empty() || s.client_id.to_ascii_lowercase().contains(&needle) {
+            if has(&s.client_id) {
                 return true;
             }
             let meta = s.conn.as_ref().and_then(|c| c.meta());
-            meta.is_some_and(|m| {
-                m.username
-                    .as_deref()
-                    .is_some_and(|u| u.to_ascii_lowercase().contains(&needle))
-                    || m.peer.to_string().contains(&needle)
-            })
+            meta.is_some_and(|m| m.username.as_deref().is_some_and(has) || has(&m.peer.to_string()))
         };
         let mut hits: Vec<&super::Session> = self
             .sessions
