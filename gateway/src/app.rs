@@ -307,7 +307,12 @@ impl Gateway {
         let ctl_path = ctl::socket_path(&broker.config.node.data_dir);
         match ctl::server::bind(&ctl_path) {
             Ok(socket) => {
-                tracker.spawn(ctl::server::run(socket, broker.clone(), tracker.clone()));
+                tracker.spawn(ctl::server::run(
+                    socket,
+                    broker.clone(),
+                    self.config_file.clone(),
+                    tracker.clone(),
+                ));
             }
             Err(e) => tracing::error!(
                 socket = %ctl_path.display(),

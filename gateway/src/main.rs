@@ -128,11 +128,24 @@ enum CtlCommand {
     Serial,
     /// Reload the password file, client-id allowlist and ACL (as SIGHUP).
     Reload,
+    /// A config applied from the web UI: whether it waits for its confirm, or keep it.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Write every log line (debug included) of one client, topic or address to a file.
     Trace {
         #[command(subcommand)]
         action: TraceAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Whether an applied config runs on probation, and how long until it is rolled back.
+    Status,
+    /// Keep the applied config: ends its probation, it becomes the last known good one.
+    Confirm,
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +321,10 @@ fn ctl(
         CtlCommand::Modbus => Request::Modbus,
         CtlCommand::Serial => Request::Serial,
         CtlCommand::Reload => Request::Reload,
+        CtlCommand::Config { action } => match action {
+            ConfigAction::Status => Request::ConfigStatus,
+            ConfigAction::Confirm => Request::ConfigConfirm,
+        },
         CtlCommand::Trace { action } => match trace_request(action) {
             Ok(req) => req,
             Err(e) => {
@@ -541,6 +558,9 @@ fn config_to_start(
 }
 
 fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
+    // Before any thread starts: every thread inherits the block, so only the main thread takes
+    // the stop signals, from the moment their handlers exist (see `restart`).
+    let stop_signals_mask = StopSignals::block();
     // A config applied from the web UI is judged before it is loaded: a second start on it
     // without a confirm puts the previous file back first.
     let judged = match &path {
@@ -579,6 +599,9 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         );
+        // On the main thread (`block_on` runs this future there); one that came while they
+        // were blocked (during a restart) is delivered now, to the handlers.
+        stop_signals_mask.unblock();
         let data_dir = cfg.node.data_dir.clone();
         let (mut gateway, fallback) = match Gateway::bind(cfg, shutdown.clone()).await {
             Ok(g) => (g, fallback),
@@ -673,6 +696,10 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     });
     match outcome {
         (_, Some(state)) if state.restarting() => {
+            // From here a stop signal stays pending instead of meeting a handler whose runtime
+            // is gone; the exec keeps it pending and blocked, and the new program takes it as
+            // soon as its handlers exist.
+            stop_signals_mask.block_again();
             runtime.shutdown_timeout(std::time::Duration::from_secs(5));
             // A SIGTERM during the runtime's shutdown still wins.
             if state.restarting() {
@@ -682,6 +709,37 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             }
         }
         (code, _) => code,
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, blocked in every thread but the main one while the gateway
+/// runs, and in all of them across a restart: none of them is ever swallowed by a handler
+/// that nobody reads any more.
+#[derive(Clone, Copy)]
+struct StopSignals(nix::sys::signal::SigSet);
+
+impl StopSignals {
+    fn block() -> StopSignals {
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(s);
+        }
+        let signals = StopSignals(set);
+        signals.block_again();
+        signals
+    }
+
+    fn block_again(&self) {
+        if let Err(e) = self.0.thread_block() {
+            eprintln!("warning: cannot block the stop signals: {e}");
+        }
+    }
+
+    fn unblock(&self) {
+        if let Err(e) = self.0.thread_unblock() {
+            eprintln!("warning: cannot unblock the stop signals: {e}");
+        }
     }
 }
 
@@ -724,17 +782,26 @@ async fn probation_deadline(
     }
 }
 
-/// Starts this program again in this process (same pid for systemd, same arguments), after a
-/// config was applied from the web UI; only returns when that fails.
+/// Starts this program again in this process (same pid for systemd, same arguments, same
+/// environment), after a config was applied from the web UI; only returns when that fails.
+///
+/// `execv` itself, not std's `Command::exec`: that one empties the signal mask first, which
+/// would hand a pending SIGTERM to this program's handler in its last instant, and lose it.
 fn restart() -> ExitCode {
-    use std::os::unix::process::CommandExt as _;
-    let mut args = std::env::args_os();
-    let arg0 = args.next().unwrap_or_else(|| "holdfast".into());
+    use std::os::unix::ffi::OsStringExt as _;
+    let mut args: Vec<std::ffi::CString> = Vec::new();
+    for arg in std::env::args_os() {
+        // The kernel gave us these as C strings: no NUL inside.
+        match std::ffi::CString::new(arg.into_vec()) {
+            Ok(arg) => args.push(arg),
+            Err(e) => {
+                eprintln!("error: cannot restart the gateway: an argument holds a NUL ({e})");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     tracing::info!("restarting on the applied config");
-    let error = std::process::Command::new("/proc/self/exe")
-        .arg0(arg0)
-        .args(args)
-        .exec();
+    let Err(error) = nix::unistd::execv(c"/proc/self/exe", &args);
     eprintln!("error: cannot restart the gateway: {error}");
     ExitCode::FAILURE
 }

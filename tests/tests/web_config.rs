@@ -8,7 +8,9 @@
 //!   back by itself, the file put back and the alarm raised;
 //! - a config that starts but is not confirmed in time (here: one that turns the web UI off,
 //!   so the technician cannot) is rolled back and the gateway restarts on the old one;
-//! - under systemd the restart is a reload, and a SIGTERM during an apply still stops;
+//! - under systemd the restart is a reload, and a SIGTERM during an apply still stops, also
+//!   one that comes in the instant between the old runtime's end and the new program;
+//! - a shell keeps an applied config too: `holdfast ctl config status|confirm`;
 //! - every config route needs a session and a change its CSRF token.
 
 use holdfast_tests::web::{gateway, http, session_of, setup, Session, WAIT};
@@ -309,6 +311,9 @@ fn under_systemd_an_apply_is_a_reload_and_a_sigterm_still_stops() {
     let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     gw.set_env("NOTIFY_SOCKET", Some(sock_path.to_str().unwrap()));
     gw.restart();
+    // The MQTT port answers first: the web port binds a moment later.
+    let addr = SocketAddr::from(([127, 0, 0, 1], web));
+    assert!(wait_for_port(addr, WAIT), "{}", gw.log());
     let session = setup(&gw, web, PASSWORD);
     let original = std::fs::read_to_string(gw.config_path()).unwrap();
     let before = starts(&gw);
@@ -337,4 +342,86 @@ fn under_systemd_an_apply_is_a_reload_and_a_sigterm_still_stops() {
         !seen.iter().any(|m| m == "READY=1"),
         "it came back: {seen:?}"
     );
+}
+
+#[test]
+fn a_sigterm_in_the_instant_of_the_restart_still_stops_cleanly() {
+    let (mut gw, web) = gateway("");
+    let session = setup(&gw, web, PASSWORD);
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+    let (status, _) = apply(web, &session, &format!("{original}\n# three\n"));
+    assert_eq!(status, 202);
+    // Logged after the old runtime ended, right before the exec: the SIGTERM lands in the
+    // old process's last instant or in the new one before it installed its handlers.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !gw.log().contains("restarting on the applied config") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let exit = gw.signal_and_wait(nix::sys::signal::Signal::SIGTERM, WAIT * 2);
+    let log = gw.log();
+    assert!(exit.is_some(), "the SIGTERM was lost: still running\n{log}");
+    let exit = exit.unwrap();
+    assert!(
+        exit.success(),
+        "not a clean stop ({exit}): the SIGTERM met no handler\n{log}"
+    );
+    assert!(log.contains("SIGTERM received"), "{log}");
+}
+
+#[test]
+fn a_shell_sees_the_probation_and_confirms_with_holdfast_ctl() {
+    use holdfast_tests::ctl::{ctl, ctl_json, socket};
+    let (gw, web) = gateway("");
+    let session = setup(&gw, web, PASSWORD);
+    let original = std::fs::read_to_string(gw.config_path()).unwrap();
+    let sock = socket(&gw);
+    let status = ctl_json(&sock, &["config", "status"]);
+    assert_eq!(status["probation"], Value::Null, "{status}");
+    let (ok, _, err) = ctl(&sock, &["config", "confirm"]);
+    assert!(
+        !ok && err.contains("no applied config waits for a confirm"),
+        "{err}"
+    );
+
+    let applied = format!("{original}\n# kept from a shell\n");
+    let before = starts(&gw);
+    let (status, answer) = apply(web, &session, &applied);
+    assert_eq!(status, 202, "{answer}");
+    let previous = answer["previous"]["id"].as_str().unwrap().to_owned();
+    wait_restarted(&gw, web, before);
+    let sock = socket(&gw);
+    let status = ctl_json(&sock, &["config", "status"]);
+    assert_eq!(
+        status["probation"]["previous"],
+        previous.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["file"],
+        gw.config_path().display().to_string().as_str()
+    );
+    let (ok, out, err) = ctl(&sock, &["config", "status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("rolled back in") && out.contains(&previous),
+        "{out}"
+    );
+
+    let (ok, out, err) = ctl(&sock, &["config", "confirm"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("confirmed"), "{out}");
+    let (ok, _, _) = ctl(&sock, &["config", "confirm"]);
+    assert!(!ok, "once");
+    let last_good = gw.dir.path().join("data/config.last-good.toml");
+    assert_eq!(std::fs::read_to_string(&last_good).unwrap(), applied);
+    let session = login(web);
+    let (_, config) = get(web, &session, "/api/v1/config");
+    assert_eq!(config["probation"], Value::Null, "{config}");
+    let (ok, out, _) = ctl(&sock, &["config", "status"]);
+    assert!(ok && out.contains("none"), "{out}");
 }

@@ -144,6 +144,20 @@ impl ConfigFile {
         self.state.clone()
     }
 
+    /// Keeps the applied config on probation (the web UI's Confirm, `holdfast ctl config
+    /// confirm`): it becomes the last known good one. False when nothing waits for a confirm.
+    /// Blocking (file I/O).
+    pub fn confirm(&self) -> bool {
+        self.path
+            .as_deref()
+            .is_some_and(|path| probation::confirm(path, &self.data_dir))
+    }
+
+    /// The applied config waiting for its confirm, if one does. Blocking (file I/O).
+    pub fn probation(&self) -> Option<probation::Probation> {
+        probation::current(&self.data_dir)
+    }
+
     /// The file's text now (the built-in example when the gateway runs on defaults).
     pub fn read(&self) -> std::io::Result<String> {
         match &self.path {

@@ -382,6 +382,30 @@ pub fn format(req: &Request, answer: &Value) -> String {
             out.push_str(&format!("{n} trace(s) running\n"));
             out
         }
+        Request::ConfigStatus => {
+            let mut out = format!("{:<11}{}\n", "file", text(&answer["file"]));
+            let p = &answer["probation"];
+            match p["confirm_by"].as_u64() {
+                Some(by) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    out.push_str(&format!(
+                        "{:<11}applied from the web UI: rolled back in {}s unless confirmed \
+                         (holdfast ctl config confirm), to version {}\n",
+                        "probation",
+                        by.saturating_sub(now),
+                        text(&p["previous"]),
+                    ));
+                }
+                None => out.push_str(&format!(
+                    "{:<11}none: the running config is kept\n",
+                    "probation"
+                )),
+            }
+            out
+        }
+        Request::ConfigConfirm => "confirmed: the applied config is kept\n".to_owned(),
         Request::Reload => {
             let r = &answer["reload"];
             let mut out = String::new();

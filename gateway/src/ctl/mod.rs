@@ -60,6 +60,10 @@ pub enum Request {
     Serial,
     /// Reload the auth files.
     Reload,
+    /// Whether a config applied from the web UI waits for its confirm, and until when.
+    ConfigStatus,
+    /// Keep the config applied from the web UI (ends its probation; no roll back).
+    ConfigConfirm,
     /// Start writing one client's, topic's or address's log lines (debug included) to a file.
     TraceStart {
         /// What to follow.

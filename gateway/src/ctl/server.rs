@@ -8,6 +8,7 @@
 
 use super::{error_response, parse_request, Request, MAX_REQUEST};
 use crate::broker::Broker;
+use crate::config_file::ConfigFile;
 use crate::ops;
 use crate::trace::TraceSpec;
 use serde_json::{json, Value};
@@ -51,8 +52,15 @@ pub fn bind(path: &Path) -> std::io::Result<CtlSocket> {
     })
 }
 
-/// Serves requests until shutdown, then removes the socket file.
-pub async fn run(socket: CtlSocket, broker: Arc<Broker>, tracker: TaskTracker) {
+/// Serves requests until shutdown, then removes the socket file. `config_file` is the file the
+/// gateway runs on (for `ctl config`).
+pub async fn run(
+    socket: CtlSocket,
+    broker: Arc<Broker>,
+    config_file: Option<ConfigFile>,
+    tracker: TaskTracker,
+) {
+    let config_file = config_file.map(Arc::new);
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT));
     tracing::info!(socket = %socket.path.display(), "control socket listening");
     loop {
@@ -75,11 +83,10 @@ pub async fn run(socket: CtlSocket, broker: Arc<Broker>, tracker: TaskTracker) {
             },
         };
         let broker = broker.clone();
+        let config_file = config_file.clone();
         tracker.spawn(async move {
-            if tokio::time::timeout(REQUEST_TIMEOUT, serve_one(stream, &broker))
-                .await
-                .is_err()
-            {
+            let serve = serve_one(stream, &broker, config_file.as_deref());
+            if tokio::time::timeout(REQUEST_TIMEOUT, serve).await.is_err() {
                 tracing::debug!("control request timed out");
             }
             drop(permit);
@@ -90,7 +97,7 @@ pub async fn run(socket: CtlSocket, broker: Arc<Broker>, tracker: TaskTracker) {
     }
 }
 
-async fn serve_one(stream: UnixStream, broker: &Arc<Broker>) {
+async fn serve_one(stream: UnixStream, broker: &Arc<Broker>, config_file: Option<&ConfigFile>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
     let mut line = Vec::new();
@@ -100,7 +107,7 @@ async fn serve_one(stream: UnixStream, broker: &Arc<Broker>) {
             error_response(&format!("request larger than {MAX_REQUEST} bytes"))
         }
         Ok(_) => match parse_request(line.trim_ascii()) {
-            Ok(req) => answer(req, broker).await,
+            Ok(req) => answer(req, broker, config_file).await,
             Err(e) => {
                 tracing::debug!(error = %e, "bad control request");
                 error_response(&e)
@@ -119,8 +126,9 @@ fn to_value(v: impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or_else(|e| error_response(&format!("cannot encode: {e}")))
 }
 
-/// The answer to one request (the JSON the client formats).
-pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
+/// The answer to one request (the JSON the client formats). `config_file` is the file the
+/// gateway runs on, when the caller has it.
+pub async fn answer(req: Request, broker: &Arc<Broker>, config_file: Option<&ConfigFile>) -> Value {
     match req {
         Request::Listeners => json!({ "listeners": to_value(ops::listeners(broker)) }),
         Request::Clients => json!({ "clients": to_value(ops::clients(broker)) }),
@@ -174,6 +182,10 @@ pub async fn answer(req: Request, broker: &Arc<Broker>) -> Value {
         req @ (Request::TraceStart { .. } | Request::TraceStop { .. } | Request::TraceList) => {
             answer_trace(broker.clone(), req).await
         }
+        req @ (Request::ConfigStatus | Request::ConfigConfirm) => match config_file {
+            Some(file) => answer_config(file.clone(), req).await,
+            None => error_response("this gateway's config file is not known here"),
+        },
         Request::Reload => {
             let broker = broker.clone();
             match tokio::task::spawn_blocking(move || ops::reload(&broker)).await {
@@ -222,6 +234,27 @@ async fn answer_trace(broker: Arc<Broker>, req: Request) -> Value {
     match tokio::task::spawn_blocking(work).await {
         Ok(v) => v,
         Err(e) => error_response(&format!("trace request failed: {e}")),
+    }
+}
+
+/// `ctl config status|confirm`: the web UI's probation, read and ended by the same code.
+async fn answer_config(file: ConfigFile, req: Request) -> Value {
+    let work = move || match req {
+        Request::ConfigConfirm => {
+            if file.confirm() {
+                json!({ "confirmed": true })
+            } else {
+                error_response("no applied config waits for a confirm")
+            }
+        }
+        _ => json!({
+            "file": file.path().map(|p| p.display().to_string()),
+            "probation": to_value(file.probation()),
+        }),
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(v) => v,
+        Err(e) => error_response(&format!("config request failed: {e}")),
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 /// Answers with what `holdfast ctl` answers (an `error` answer is a 404).
 async fn ctl(app: &App, request: CtlRequest) -> Response {
-    let answer = crate::ctl::server::answer(request, &app.broker).await;
+    let answer = crate::ctl::server::answer(request, &app.broker, Some(&app.config_file)).await;
     if let Some(message) = answer.get("error").and_then(Value::as_str) {
         return error(StatusCode::NOT_FOUND, message);
     }

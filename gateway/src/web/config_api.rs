@@ -11,7 +11,7 @@ use super::schema::{
 };
 use super::{error, App};
 use crate::config::Problem;
-use crate::config_file::{probation, ApplyError, MAX_CONFIG_BYTES};
+use crate::config_file::{ApplyError, MAX_CONFIG_BYTES};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -87,7 +87,7 @@ pub(super) async fn read(State(app): State<App>) -> Response {
             file.read(),
             file.versions(),
             file.not_editable(),
-            probation::current(file.data_dir()),
+            file.probation(),
         )
     })
     .await;
@@ -223,12 +223,9 @@ pub(super) async fn apply(
     ))]
 pub(super) async fn confirm(State(app): State<App>) -> Response {
     let file = app.config_file.clone();
-    let confirmed = tokio::task::spawn_blocking(move || match file.path() {
-        Some(path) => probation::confirm(path, file.data_dir()),
-        None => false,
-    })
-    .await
-    .unwrap_or(false);
+    let confirmed = tokio::task::spawn_blocking(move || file.confirm())
+        .await
+        .unwrap_or(false);
     if confirmed {
         Json(json!({ "confirmed": true })).into_response()
     } else {
