@@ -57,7 +57,38 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Reply {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the web port");
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the web port");
+    exchange(stream, method, path, headers, body)
+}
+
+/// [`http`] from another loopback source address (127.0.0.0/8 is all loopback on Linux).
+pub fn http_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
+    assert!(source.is_loopback(), "loopback only");
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((source, 0)).into())
+        .expect("bind the source address");
+    socket
+        .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect to the web port");
+    exchange(socket.into(), method, path, headers, body)
+}
+
+fn exchange(
+    mut stream: TcpStream,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     let body = body.unwrap_or("");
     let mut request = format!(

@@ -5,7 +5,7 @@
 //! `web-passwd` reset from a shell.
 
 use holdfast_tests::ctl::{ctl_json, socket};
-use holdfast_tests::web::{gateway, http, session_of, setup, WAIT};
+use holdfast_tests::web::{gateway, http, http_from, session_of, setup, WAIT};
 use holdfast_tests::{free_port, holdfast_bin, MosquittoSub};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -206,6 +206,38 @@ fn failed_logins_lock_the_address_out() {
     assert!(locked.headers.contains_key("retry-after"));
     assert!(gw.log().contains("locked out"), "{}", gw.log());
     assert!(gw.log().contains("127.0.0.1"), "the log names the peer");
+}
+
+#[test]
+fn a_password_guessed_from_many_addresses_lets_in_only_known_ones() {
+    // login_attempts 2 per address; 10 x 2 = 20 failures from anywhere close the admin to
+    // addresses it never logged in from, for login_lockout.
+    let (gw, web) = gateway("login_attempts = 2\nlogin_lockout = \"1m\"");
+    setup(&gw, web, "correct horse battery");
+    let login = |from: [u8; 4], password: &str| {
+        let body = format!(r#"{{"password":"{password}"}}"#);
+        http_from(from.into(), web, "POST", "/api/v1/login", &[], Some(&body))
+    };
+    assert_eq!(login([127, 0, 0, 1], "correct horse battery").status, 200);
+    for n in 10..30 {
+        let r = login([127, 0, 0, n], "guess guess");
+        assert_eq!(r.status, 401, "from 127.0.0.{n}: {}", r.body);
+    }
+    let stranger = login([127, 0, 0, 50], "correct horse battery");
+    assert_eq!(stranger.status, 429, "{}", stranger.body);
+    assert!(
+        stranger.body.contains("many addresses"),
+        "{}",
+        stranger.body
+    );
+    assert!(stranger.headers.contains_key("retry-after"));
+    let known = login([127, 0, 0, 1], "correct horse battery");
+    assert_eq!(known.status, 200, "the admin's own address: {}", known.body);
+    assert!(
+        gw.log().contains("failed logins from many addresses"),
+        "{}",
+        gw.log()
+    );
 }
 
 #[test]

@@ -851,9 +851,7 @@ async fn authenticate(
         }
         AuthDecision::BadCredentials => {
             if let Some(user) = username {
-                if broker.login_lockout.failed(ip, user, Instant::now()) {
-                    tracing::warn!(peer = %opts.peer, user, "too many failed logins: this user is refused from this address for auth.login_failure_window");
-                }
+                broker.login_lockout.mqtt_login_failed(opts.peer, user);
             }
             Err(ConnectError::BadCredentials)
         }

@@ -709,11 +709,8 @@ fn admit(
     peer: SocketAddr,
     secrets: &[&str],
 ) -> Result<tokio::sync::OwnedSemaphorePermit, Box<Response>> {
-    if app
-        .lockout
-        .is_locked(peer.ip(), auth::ADMIN, Instant::now())
-    {
-        return Err(Box::new(locked(app)));
+    if let Some(why) = app.lockout.locked(peer.ip(), auth::ADMIN, Instant::now()) {
+        return Err(Box::new(locked(app, why)));
     }
     if secrets.iter().any(|s| s.len() > MAX_PASSWORD) {
         return Err(Box::new(error(
@@ -728,11 +725,16 @@ fn admit(
 }
 
 fn failed_login(app: &App, peer: SocketAddr, why: &str) {
-    let now_locked = app.lockout.failed(peer.ip(), auth::ADMIN, Instant::now());
-    if now_locked {
-        tracing::warn!(peer = %peer, "web: {why}; {} failures: {} locked out for {:?}", app.config.login_attempts, peer.ip(), app.config.login_lockout);
-    } else {
-        tracing::warn!(peer = %peer, "web: login refused: {why}");
+    use crate::auth::lockout::{Failed, SPREAD_FACTOR};
+    let window = app.config.login_lockout;
+    match app.lockout.failed(peer.ip(), auth::ADMIN, Instant::now()) {
+        Failed::Counted => tracing::warn!(peer = %peer, "web: login refused: {why}"),
+        Failed::LockedHere => {
+            tracing::warn!(peer = %peer, "web: {why}; {} failures: {} (its /64 for IPv6) locked out for {window:?}", app.config.login_attempts, peer.ip())
+        }
+        Failed::LockedSpread => {
+            tracing::warn!(peer = %peer, "web: {why}; {} failed logins from many addresses: until {window:?} have passed, only addresses the admin logged in from before are let in", app.config.login_attempts.saturating_mul(SPREAD_FACTOR))
+        }
     }
 }
 
@@ -747,10 +749,17 @@ fn busy() -> Response {
     response
 }
 
-fn locked(app: &App) -> Response {
+fn locked(app: &App, why: crate::auth::lockout::Locked) -> Response {
+    use crate::auth::lockout::Locked;
     let mut response = error(
         StatusCode::TOO_MANY_REQUESTS,
-        "too many failed logins from this address; wait and try again",
+        match why {
+            Locked::Here => "too many failed logins from this address; wait and try again",
+            Locked::Spread => {
+                "too many failed logins from many addresses; only addresses that logged in \
+                 before are let in for now; wait and try again"
+            }
+        },
     );
     if let Ok(v) = HeaderValue::from_str(&app.config.login_lockout.as_secs().to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);

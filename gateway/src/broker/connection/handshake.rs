@@ -133,13 +133,9 @@ impl MqttSession {
             }
             AuthDecision::BadCredentials => {
                 if let Some(user) = connect.username.as_ref() {
-                    if self.broker.login_lockout.failed(
-                        self.peer.ip(),
-                        user.as_str(),
-                        Instant::now(),
-                    ) {
-                        tracing::warn!(peer = %self.peer, user = %user, "too many failed logins: this user is refused from this address for auth.login_failure_window");
-                    }
+                    self.broker
+                        .login_lockout
+                        .mqtt_login_failed(self.peer, user.as_str());
                 }
                 return Err(
                     self.refuse(reason::BAD_USERNAME_OR_PASSWORD, "bad username or password")
