@@ -260,8 +260,7 @@ impl From<RetainedRow> for RetainedView {
 
 /// Sessions by client id, at most [`MAX_ROWS`].
 pub fn clients(broker: &Broker) -> Listing<ClientView> {
-    let rows = broker.with_router(|r| r.client_infos(MAX_ROWS));
-    Listing::from_rows(rows, ClientView::from)
+    clients_page(broker, "", 0, MAX_ROWS)
 }
 
 /// One page of the sessions whose client id, user name or peer address contains `search`
@@ -272,9 +271,21 @@ pub fn clients_page(
     offset: usize,
     limit: usize,
 ) -> Listing<ClientView> {
+    // The router lock is held only to copy the sessions' keys (reference counts), then for
+    // a few rows at a time: routing never waits on a search over every session.
+    const ROWS_PER_HOLD: usize = 256;
     let limit = limit.min(MAX_ROWS);
-    let rows = broker.with_router(|r| r.client_page(search, offset, limit));
-    Listing::from_rows(rows, ClientView::from)
+    let keys = broker.with_router(|r| r.client_keys());
+    let (page, total) = crate::broker::router::search_clients(keys, search, offset, limit);
+    let mut rows = Vec::with_capacity(page.len());
+    for ids in page.chunks(ROWS_PER_HOLD) {
+        rows.extend(broker.with_router(|r| r.client_rows(ids)));
+    }
+    Listing {
+        truncated: offset.saturating_add(page.len()) < total,
+        rows: rows.into_iter().map(ClientView::from).collect(),
+        total,
+    }
 }
 
 /// One session with its subscriptions, if the client id has one.

@@ -676,5 +676,5 @@ pub(crate) mod test_support;
 use backpressure::hold_back_publisher;
 use shared::{other_member, pick_member};
 mod subscriptions;
-pub use inspect::{ClientRow, RetainedRow, Rows, SubscriptionRow};
+pub use inspect::{search_clients, ClientKey, ClientRow, RetainedRow, Rows, SubscriptionRow};
 pub use subscriptions::subscription_cost;

@@ -513,13 +513,21 @@ fn operator_listings_are_sorted_and_cut_at_the_limit() {
             t0,
         );
     }
-    let clients = r.client_infos(2);
-    let ids: Vec<&str> = clients.rows.iter().map(|c| c.client_id.as_str()).collect();
+    let (page, total) = search_clients(r.client_keys(), "", 0, 2);
+    let clients = r.client_rows(&page);
+    let ids: Vec<&str> = clients.iter().map(|c| c.client_id.as_str()).collect();
     assert_eq!(ids, ["a", "b"]);
-    assert!(clients.truncated);
-    assert_eq!(clients.total, 3);
-    assert_eq!(clients.rows[0].subscriptions, 1);
-    assert_eq!(clients.rows[0].protocol, 5);
+    assert_eq!(total, 3);
+    assert_eq!(clients[0].subscriptions, 1);
+    assert_eq!(clients[0].protocol, 5);
+    // A search: one match in all; a page past the end is empty.
+    let (page, total) = search_clients(r.client_keys(), "C", 0, 10);
+    assert_eq!(
+        (r.client_rows(&page)[0].client_id.as_str(), total),
+        ("c", 1)
+    );
+    let (page, total) = search_clients(r.client_keys(), "", 5, 10);
+    assert_eq!((page.len(), total), (0, 3));
 
     let subs = r.subscriptions_all(10);
     assert!(!subs.truncated);

@@ -86,6 +86,49 @@ pub struct RetainedRow {
     pub qos: u8,
 }
 
+/// A session as a client search sees it: its id and its connection (whose address and user
+/// name never change once set), copied out of the router.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    client_id: ClientId,
+    conn: Option<std::sync::Arc<crate::broker::session::ConnControl>>,
+}
+
+/// The client ids of one page of the sessions whose client id, user name or peer address
+/// contains `search` (ASCII case ignored; empty matches every one), sorted, at most `limit`
+/// from `offset`, and how many match in all. Runs without the router lock.
+pub fn search_clients(
+    keys: Vec<ClientKey>,
+    search: &str,
+    offset: usize,
+    limit: usize,
+) -> (Vec<ClientId>, usize) {
+    let needle = search.as_bytes();
+    let has = |hay: &str| {
+        needle.is_empty()
+            || hay
+                .as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    let matches = |k: &ClientKey| {
+        if has(&k.client_id) {
+            return true;
+        }
+        let meta = k.conn.as_ref().and_then(|c| c.meta());
+        meta.is_some_and(|m| m.username.as_deref().is_some_and(has) || has(&m.peer.to_string()))
+    };
+    let mut hits: Vec<ClientId> = keys
+        .into_iter()
+        .filter(|k| matches(k))
+        .map(|k| k.client_id)
+        .collect();
+    let total = hits.len();
+    hits.sort_unstable();
+    let page = hits.into_iter().skip(offset).take(limit).collect();
+    (page, total)
+}
+
 impl Router {
     fn client_row(&self, s: &super::Session) -> ClientRow {
         let meta = s.conn.as_ref().and_then(|c| c.meta());
@@ -106,52 +149,22 @@ impl Router {
         }
     }
 
-    /// Every session (bridges' internal ones included), by client id, at most `limit`.
-    pub fn client_infos(&self, limit: usize) -> Rows<ClientRow> {
-        let rows = self.sessions.values().map(|s| self.client_row(s)).collect();
-        Rows::sorted_and_cut(rows, limit, |a, b| a.client_id.cmp(&b.client_id))
+    /// What a client search looks at, for every session (bridges' internal ones included):
+    /// only reference counts are taken here, under the router lock; [`search_clients`] does
+    /// the rest without it.
+    pub fn client_keys(&self) -> Vec<ClientKey> {
+        self.sessions
+            .values()
+            .map(|s| ClientKey {
+                client_id: s.client_id.clone(),
+                conn: s.conn.clone(),
+            })
+            .collect()
     }
 
-    /// Sessions whose client id, user name or peer address contains `search` (ASCII case
-    /// ignored; empty matches every one), by client id: at most `limit` from `offset`, with
-    /// how many match in all. Only the rows of the page are built.
-    pub fn client_page(&self, search: &str, offset: usize, limit: usize) -> Rows<ClientRow> {
-        // Under the router lock: nothing allocated per session but a peer's text, and that
-        // only for sessions whose id and user name did not match.
-        let needle = search.as_bytes();
-        let has = |hay: &str| {
-            needle.is_empty()
-                || hay
-                    .as_bytes()
-                    .windows(needle.len())
-                    .any(|w| w.eq_ignore_ascii_case(needle))
-        };
-        let matches = |s: &super::Session| {
-            if has(&s.client_id) {
-                return true;
-            }
-            let meta = s.conn.as_ref().and_then(|c| c.meta());
-            meta.is_some_and(|m| m.username.as_deref().is_some_and(has) || has(&m.peer.to_string()))
-        };
-        let mut hits: Vec<&super::Session> = self
-            .sessions
-            .values()
-            .map(|s| &**s)
-            .filter(|s| matches(s))
-            .collect();
-        hits.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
-        let total = hits.len();
-        let rows: Vec<ClientRow> = hits
-            .into_iter()
-            .skip(offset)
-            .take(limit)
-            .map(|s| self.client_row(s))
-            .collect();
-        Rows {
-            truncated: offset.saturating_add(rows.len()) < total,
-            rows,
-            total,
-        }
+    /// The rows of `ids`, in their order; a session gone meanwhile is left out.
+    pub fn client_rows(&self, ids: &[ClientId]) -> Vec<ClientRow> {
+        ids.iter().filter_map(|id| self.client_info(id)).collect()
     }
 
     /// The session of `client_id`, if there is one.
