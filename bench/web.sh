@@ -12,6 +12,11 @@
 #      for 20 s over the UI's and a scraper's routes (a page of clients, a client search,
 #      stats, listeners, bridges, board, log tail, /metrics), open loop; p50/p99/max
 #      (bench/web_api_load.py).
+#   3. Routing while the API searches: with those connections still open, QoS 0 latency
+#      (10 publishers -> 1 subscriber, 10,000 msg/s open loop, 10 s) alone and while client
+#      searches over every session run at 100 requests/s; the p99 ratio (a search must not
+#      hold routing up: it copies the sessions' keys under the router lock and searches
+#      without it).
 #
 #   bash bench/web.sh                        # 4 rounds of 10 s, 10,000 connections
 #   ROUNDS=1 DURATION=5s CONNECTIONS=2000 bash bench/web.sh
@@ -200,6 +205,15 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 python3 bench/web_api_load.py "$web" "$bearer" 100 20 >"$work/api.json"
+log "routing latency alone and while the API searches every session"
+latency() { "$BENCH" --json --port "$mqtt" latency --rate 10000 --duration 10s 2>>"$work/bench.err" | jq -r '.latency_us.p99'; }
+lat_alone=$(latency)
+ROUTES="/api/v1/clients?search=bench-idle-99&limit=50 /api/v1/clients?search=nomatch&limit=50" \
+    python3 bench/web_api_load.py "$web" "$bearer" 100 12 >"$work/search.json" &
+searching=$!
+sleep 1
+lat_search=$(latency)
+wait "$searching" || true
 kill "$idle" 2>/dev/null || true
 
 echo
@@ -216,3 +230,7 @@ echo "API at 100 requests/s for 20 s with $n MQTT connections open:"
 jq -r '"  sent \(.sent) at \(.rate)/s, answered \(.answered), errors \(.errors); latency ms p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) max \(.latency_ms.max)",
        (.by_route | to_entries[] | "    \(.key): p50 \(.value.p50) p99 \(.value.p99) max \(.value.max) ms")' "$work/api.json"
 echo "  gateway RSS: $(awk '/VmRSS/ {print $2, $3}' "/proc/$gw/status")"
+echo
+echo "QoS 0 latency p99 (us), 10,000 msg/s, with $n connections open: alone $lat_alone, while" \
+     "client searches run at 100/s $lat_search (ratio $(ratio "$lat_alone" "$lat_search"));" \
+     "search p99 $(jq -r '.latency_ms.p99' "$work/search.json") ms"

@@ -4,8 +4,11 @@ so a slow answer shows in the latency instead of lowering the rate). Prints one 
 requests sent, errors, and latency percentiles in milliseconds overall and per route.
 
     python3 bench/web_api_load.py PORT TOKEN [RATE] [DURATION]
+
+ROUTES (space-separated paths) replaces the mix, e.g. only client searches.
 """
 import json
+import os
 import sys
 import threading
 import time
@@ -26,6 +29,8 @@ ROUTES = [
     "/api/v1/logs?after=0&limit=200",
     "/metrics",
 ]
+if os.environ.get("ROUTES"):
+    ROUTES = os.environ["ROUTES"].split()
 
 results = []
 lock = threading.Lock()

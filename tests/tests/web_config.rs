@@ -2,8 +2,8 @@
 //! - a mistake is refused with its line and nothing is written; so is an edit of a file that
 //!   changed meanwhile;
 //! - a good config is applied (the old text kept as a version, the file's mode kept), the
-//!   gateway restarts on it in the same process, and it runs on probation until confirmed
-//!   (then it is the last known good config);
+//!   gateway restarts on it in the same process, the technician stays logged in, and it runs
+//!   on probation until confirmed (then it is the last known good config);
 //! - a config that loads but does not start (its port held by another process) is rolled
 //!   back by itself, the file put back and the alarm raised;
 //! - a config that starts but is not confirmed in time (here: one that turns the web UI off,
@@ -179,12 +179,17 @@ fn a_mistake_is_refused_at_its_line_a_good_config_is_applied_in_place_and_confir
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640, "the file keeps its mode");
 
-    // Sessions do not outlive the restart; the new config waits for its confirm, and only
-    // then is it the last known good one.
-    let (status, _) = get(web, &session, "/api/v1/config");
-    assert_eq!(status, 401);
-    let session = login(web);
-    let (_, config) = get(web, &session, "/api/v1/config");
+    // The technician stays logged in across the restart (same cookie, same CSRF token); the
+    // new config waits for its confirm, and only then is it the last known good one.
+    let (status, config) = get(web, &session, "/api/v1/config");
+    assert_eq!(status, 200, "the session outlives the restart: {config}");
+    assert!(gw
+        .log()
+        .contains("web: sessions kept across the config restart"));
+    assert!(
+        !data_dir.join("web-sessions.restart").exists(),
+        "taken once"
+    );
     assert_eq!(
         config["probation"]["previous"],
         previous.as_str(),

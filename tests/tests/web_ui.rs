@@ -76,6 +76,7 @@ bind = "127.0.0.1:{web}"
     let token = std::fs::read_to_string(gw.dir.path().join("data/setup-token")).expect("token");
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/web-ui");
     let config_before = std::fs::read_to_string(gw.config_path()).expect("config");
+    let pid = gw.pid();
 
     let mut script = Command::new("node")
         .arg(e2e_dir().join("ui.mjs"))
@@ -147,6 +148,21 @@ bind = "127.0.0.1:{web}"
                 match std::fs::read_to_string(gw.config_path()) {
                     Ok(now) if now == config_before => Ok(()),
                     _ => Err("the refused config was written".into()),
+                }
+            }
+            "check the applied config is kept" => {
+                let now = std::fs::read_to_string(gw.config_path()).unwrap_or_default();
+                let kept =
+                    std::fs::read_to_string(gw.dir.path().join("data/config.last-good.toml"))
+                        .unwrap_or_default();
+                if !now.contains("# applied from the web UI") {
+                    Err("the applied config is not in the file".into())
+                } else if kept != now {
+                    Err("the kept config is not the last known good one".into())
+                } else if gw.pid() != pid {
+                    Err("the gateway is another process".into())
+                } else {
+                    Ok(())
                 }
             }
             other => Err(format!("unknown request {other:?}")),

@@ -202,6 +202,24 @@ try {
     await axeScan(small, "phone " + link);
     await shot(small, name);
   }
+  step("apply a good config: the gateway restarts, the technician stays logged in and keeps it");
+  await page.getByRole("link", { name: "Configuration", exact: true }).click();
+  const config = page.getByLabel("Configuration (TOML)");
+  await config.waitFor({ timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById("config-text").value.includes("[web]"), null, { timeout: WAIT });
+  const good = (await config.inputValue()).replace(/\n*$/, "\n") + "\n# applied from the web UI\n";
+  await config.fill(good);
+  await page.getByRole("button", { name: "Apply and restart" }).click();
+  const keep = page.getByRole("button", { name: "Keep this configuration" });
+  await keep.waitFor({ timeout: 60000 });
+  if (await page.getByRole("heading", { name: "Log in" }).count()) throw new Error("the restart asked for a new login");
+  await axeScan(page, "probation banner");
+  await shot(page, "desktop-probation");
+  await keep.click();
+  await page.getByText("The configuration is kept.").waitFor({ timeout: WAIT });
+  await keep.waitFor({ state: "detached", timeout: WAIT });
+  await ask("check the applied config is kept");
+
   console.log("AXE " + scanned.join("; "));
   console.log("PASS");
 } finally {

@@ -372,7 +372,25 @@ struct Session {
     last_used: Instant,
 }
 
-/// The login sessions, bounded: one more than `max` ends the oldest.
+/// The file the sessions wait in while the gateway restarts on an applied config.
+const HANDOVER: &str = "web-sessions.restart";
+
+/// A handover older than this is not taken: a restart takes seconds, and a file a crash left
+/// behind must not bring sessions back later.
+const HANDOVER_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// One session in the handover file: the SHA-256 of its cookie (never the cookie itself),
+/// its CSRF token, and its ages.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Handed {
+    key: String,
+    csrf: String,
+    age_ms: u64,
+    idle_ms: u64,
+}
+
+/// The login sessions, bounded: one more than `max` ends the oldest. Keyed by the SHA-256 of
+/// the cookie, so the table (and its handover file) never holds a cookie that works.
 #[derive(Debug)]
 pub struct Sessions {
     table: Mutex<HashMap<String, Session>>,
@@ -408,7 +426,7 @@ impl Sessions {
         }
         let (id, csrf) = (secret(), secret());
         table.insert(
-            id.clone(),
+            digest(&id),
             Session {
                 csrf: csrf.clone(),
                 created: now,
@@ -420,20 +438,87 @@ impl Sessions {
 
     /// The CSRF token of live session `id` (touching it), or none.
     pub fn check(&self, id: &str, now: Instant) -> Option<String> {
+        let key = digest(id);
         let mut table = lock(&self.table);
-        let alive = table.get(id).is_some_and(|s| self.alive(s, now));
+        let alive = table.get(&key).is_some_and(|s| self.alive(s, now));
         if !alive {
-            table.remove(id);
+            table.remove(&key);
             return None;
         }
-        let s = table.get_mut(id)?;
+        let s = table.get_mut(&key)?;
         s.last_used = now;
         Some(s.csrf.clone())
     }
 
     /// Ends session `id`.
     pub fn end(&self, id: &str) {
-        lock(&self.table).remove(id);
+        lock(&self.table).remove(&digest(id));
+    }
+
+    /// Writes the live sessions to `{data_dir}/web-sessions.restart` (mode 0600) for the
+    /// gateway that a config restart starts next ([`Sessions::take_over`]): the technician who
+    /// applied stays logged in to keep (confirm) the config. Returns how many.
+    pub fn hand_over(&self, data_dir: &Path, now: Instant) -> std::io::Result<usize> {
+        let handed: Vec<Handed> = lock(&self.table)
+            .iter()
+            .filter(|(_, s)| self.alive(s, now))
+            .map(|(key, s)| Handed {
+                key: key.clone(),
+                csrf: s.csrf.clone(),
+                age_ms: millis(now.saturating_duration_since(s.created)),
+                idle_ms: millis(now.saturating_duration_since(s.last_used)),
+            })
+            .collect();
+        let text = serde_json::to_vec(&handed).map_err(std::io::Error::other)?;
+        crate::file_replace::replace_with_mode(&data_dir.join(HANDOVER), &text, 0o600)?;
+        Ok(handed.len())
+    }
+
+    /// Takes the sessions a config restart handed over, if the file is fresh, and removes the
+    /// file either way; each keeps its age (its idle time and lifetime go on) and the limits
+    /// of this start. Returns how many were taken.
+    pub fn take_over(&self, data_dir: &Path, now: Instant) -> usize {
+        let path = data_dir.join(HANDOVER);
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < HANDOVER_MAX_AGE);
+        let text = std::fs::read(&path);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(file = %path.display(), "web: cannot remove the sessions' handover file: {e}");
+            }
+        }
+        let Ok(text) = text else { return 0 };
+        if !fresh {
+            return 0;
+        }
+        let handed: Vec<Handed> = match serde_json::from_slice(&text) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), "web: the sessions' handover file cannot be read ({e}); log in again");
+                return 0;
+            }
+        };
+        let mut table = lock(&self.table);
+        let mut taken = 0;
+        for h in handed.into_iter().take(self.max) {
+            let ago = |ms: u64| now.checked_sub(Duration::from_millis(ms));
+            let (Some(created), Some(last_used)) = (ago(h.age_ms), ago(h.idle_ms)) else {
+                continue;
+            };
+            let session = Session {
+                csrf: h.csrf,
+                created,
+                last_used,
+            };
+            if self.alive(&session, now) {
+                table.insert(h.key, session);
+                taken += 1;
+            }
+        }
+        taken
     }
 
     /// Ends every session (the admin password changed).
@@ -447,6 +532,10 @@ impl Sessions {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Compares two secrets in constant time.
 pub fn same_secret(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -455,6 +544,7 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn setup_needs_the_token_once_and_a_real_password() {
@@ -544,6 +634,65 @@ mod tests {
         assert!(
             s.check(&c, t0 + Duration::from_secs(700)).is_none(),
             "lifetime"
+        );
+    }
+
+    #[test]
+    fn sessions_are_handed_over_across_a_restart_without_their_cookies() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 4);
+        let t0 = Instant::now();
+        let (a, csrf) = before.create(t0);
+        let (ended, _) = before.create(t0);
+        before.end(&ended);
+        assert_eq!(before.hand_over(dir.path(), t0).unwrap(), 1);
+        let file = std::fs::read_to_string(dir.path().join(HANDOVER)).unwrap();
+        assert!(!file.contains(&a), "the cookie itself is never written");
+        let mode = std::fs::metadata(dir.path().join(HANDOVER))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let after = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 4);
+        assert_eq!(after.take_over(dir.path(), t0), 1);
+        assert!(!dir.path().join(HANDOVER).exists(), "taken once");
+        assert_eq!(after.check(&a, t0), Some(csrf));
+        assert!(after.check(&ended, t0).is_none());
+        assert_eq!(after.take_over(dir.path(), t0), 0);
+
+        // A stale file is removed and not taken; a broken one too.
+        before.hand_over(dir.path(), t0).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(HANDOVER))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let late = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 4);
+        assert_eq!(late.take_over(dir.path(), t0), 0);
+        assert!(!dir.path().join(HANDOVER).exists());
+        std::fs::write(dir.path().join(HANDOVER), "not json").unwrap();
+        assert_eq!(late.take_over(dir.path(), t0), 0);
+    }
+
+    #[test]
+    fn a_handed_over_session_keeps_its_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now() + Duration::from_secs(1000);
+        let before = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 4);
+        let (a, _) = before.create(t0);
+        before
+            .hand_over(dir.path(), t0 + Duration::from_secs(50))
+            .unwrap();
+        let after = Sessions::new(Duration::from_secs(60), Duration::from_secs(600), 4);
+        let t1 = t0 + Duration::from_secs(50);
+        assert_eq!(after.take_over(dir.path(), t1), 1);
+        // 50 s idle before the restart, 15 more after it: past the minute.
+        assert!(
+            after.check(&a, t1 + Duration::from_secs(15)).is_none(),
+            "idle"
         );
     }
 }

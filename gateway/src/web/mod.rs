@@ -198,6 +198,16 @@ pub async fn run(
         checks: Arc::new(tokio::sync::Semaphore::new(CHECKS)),
         config: Arc::new(config.clone()),
     };
+    // The technician who applied a config stays logged in across its restart (to keep it).
+    let data_dir = broker.config.node.data_dir.clone();
+    let taken = app.sessions.take_over(&data_dir, Instant::now());
+    if taken > 0 {
+        tracing::info!(
+            sessions = taken,
+            "web: sessions kept across the config restart"
+        );
+    }
+    let (sessions, restart) = (app.sessions.clone(), app.config_file.restart_state());
     let router = routes(app);
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     let per_address = PER_ADDRESS_MIN.max(config.max_connections / 4);
@@ -209,7 +219,14 @@ pub async fn run(
     let shutdown = broker.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                if restart.restarting() {
+                    if let Err(e) = sessions.hand_over(&data_dir, Instant::now()) {
+                        tracing::warn!("web: cannot keep the sessions across the restart ({e}); log in again");
+                    }
+                }
+                return;
+            }
             accepted = bound.listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {

@@ -553,6 +553,17 @@ function restarting() {
     try {
       const r = await fetch("/api/v1/setup", { cache: "no-store" });
       if (r.ok && Date.now() - began > 1000) {
+        // The session was kept across the restart: straight back, with the banner to keep it.
+        const s = await fetch("/api/v1/session", { credentials: "same-origin", cache: "no-store" });
+        const csrf = s.ok ? (await s.json()).csrf : null;
+        if (csrf) {
+          state.csrf = csrf;
+          chrome(true);
+          showProbation();
+          if (location.hash === "#/overview") route(true); else location.hash = "#/overview";
+          say("The gateway restarted on the new configuration. Keep it (the banner at the top), or it rolls back; the Overview shows an alarm if it rolled back already.");
+          return;
+        }
         showLogin("The gateway restarted. Log in again and keep the new configuration (or it rolls back); the Overview shows an alarm if it rolled back already.");
         return;
       }
