@@ -131,7 +131,14 @@ fn to_value(v: impl serde::Serialize) -> Value {
 pub async fn answer(req: Request, broker: &Arc<Broker>, config_file: Option<&ConfigFile>) -> Value {
     match req {
         Request::Listeners => json!({ "listeners": to_value(ops::listeners(broker)) }),
-        Request::Clients => json!({ "clients": to_value(ops::clients(broker)) }),
+        Request::Clients => {
+            // Every session: milliseconds of CPU, off the async workers.
+            let broker = broker.clone();
+            match tokio::task::spawn_blocking(move || ops::clients(&broker)).await {
+                Ok(listing) => json!({ "clients": to_value(listing) }),
+                Err(e) => error_response(&format!("listing the clients failed: {e}")),
+            }
+        }
         Request::Client { client_id } => match ops::client(broker, &client_id) {
             Some((client, subscriptions)) => {
                 json!({ "client": to_value(client), "subscriptions": to_value(subscriptions) })

@@ -94,6 +94,19 @@ pub struct ClientKey {
     conn: Option<std::sync::Arc<crate::broker::session::ConnControl>>,
 }
 
+/// A peer address as text, written into one reused buffer (no allocation per session).
+#[derive(Default)]
+struct PeerText(String);
+
+impl PeerText {
+    fn of(&mut self, addr: std::net::SocketAddr) -> &str {
+        use std::fmt::Write as _;
+        self.0.clear();
+        let _ = write!(self.0, "{addr}");
+        &self.0
+    }
+}
+
 /// The client ids of one page of the sessions whose client id, user name or peer address
 /// contains `search` (ASCII case ignored; empty matches every one), sorted, at most `limit`
 /// from `offset`, and how many match in all. Runs without the router lock.
@@ -111,12 +124,13 @@ pub fn search_clients(
                 .windows(needle.len())
                 .any(|w| w.eq_ignore_ascii_case(needle))
     };
-    let matches = |k: &ClientKey| {
+    let mut peer = PeerText::default();
+    let mut matches = |k: &ClientKey| {
         if has(&k.client_id) {
             return true;
         }
         let meta = k.conn.as_ref().and_then(|c| c.meta());
-        meta.is_some_and(|m| m.username.as_deref().is_some_and(has) || has(&m.peer.to_string()))
+        meta.is_some_and(|m| m.username.as_deref().is_some_and(has) || has(peer.of(m.peer)))
     };
     let mut hits: Vec<ClientId> = keys
         .into_iter()
