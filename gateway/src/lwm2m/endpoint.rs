@@ -30,7 +30,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// What an endpoint's task starts from.
 pub(super) struct Setup {
@@ -70,7 +69,8 @@ pub(super) struct Endpoint {
     reg: Option<Registration>,
     mount: String,
     queue: VecDeque<Command>,
-    pending: Option<Pending>,
+    /// Boxed: only while a command is outstanding (an idle endpoint's task stays small).
+    pending: Option<Box<Pending>>,
     outstanding: Retransmitter<()>,
     observations: HashMap<Vec<u8>, Observed>,
     next_mid: u16,
@@ -95,7 +95,7 @@ impl Endpoint {
         }
     }
 
-    pub(super) async fn run(mut self, first: Inbound, mut inbox: mpsc::Receiver<Inbound>) {
+    pub(super) async fn run(mut self, first: Inbound, mut inbox: super::inbox::Receiver) {
         // The handlers' futures (connect, publish ...) are boxed while they run, so the task
         // that waits between events stays small: thousands of endpoints wait at once.
         Box::pin(self.inbound(first)).await;
@@ -305,6 +305,10 @@ impl Endpoint {
         let Some(cmd) = self.queue.pop_front() else {
             return;
         };
+        if self.queue.is_empty() {
+            // Thousands of endpoints wait with nothing queued: none keeps a buffer.
+            self.queue = VecDeque::new();
+        }
         let mid = self.mid();
         let token: Vec<u8> = rand::random::<u64>().to_be_bytes().to_vec();
         let mut p = Packet::new();
@@ -351,12 +355,12 @@ impl Endpoint {
             .outstanding
             .start(mid, bytes, (), rand::random(), Instant::now());
         tracing::debug!(ep = %self.s.ep, msg_type = %cmd.msg_type, path = %cmd.req_path, mid, "lwm2m: request sent");
-        self.pending = Some(Pending {
+        self.pending = Some(Box::new(Pending {
             cmd,
             mid,
             token,
             separate_deadline: None,
-        });
+        }));
     }
 
     /// An ACK, RST or response from the device.
@@ -374,7 +378,7 @@ impl Endpoint {
             (MessageType::Acknowledgement, MessageClass::Response(_)) if is_pending_mid => {
                 self.outstanding.settle(mid);
                 if let Some(pending) = self.pending.take() {
-                    self.response(pending, &p).await;
+                    self.response(*pending, &p).await;
                 }
             }
             (MessageType::Reset, _) if is_pending_mid => {
@@ -408,7 +412,7 @@ impl Endpoint {
                 if separate {
                     if let Some(pending) = self.pending.take() {
                         self.outstanding.settle(pending.mid);
-                        self.response(pending, &p).await;
+                        self.response(*pending, &p).await;
                     }
                 } else if known {
                     self.notify(&token, &p).await;

@@ -14,6 +14,7 @@
 //! Never touches the router: everything goes through `crate::broker::client::Client`.
 
 mod endpoint;
+mod inbox;
 
 use crate::broker::Broker;
 use crate::config::Lwm2mConfig;
@@ -31,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 /// Datagrams and events waiting for one endpoint's task.
@@ -194,7 +194,7 @@ pub struct EndpointView {
 /// One endpoint task in the table.
 #[derive(Debug)]
 struct Handle {
-    inbox: mpsc::Sender<Inbound>,
+    inbox: inbox::Sender,
     /// Registered over DTLS.
     secure: bool,
     generation: u64,
@@ -323,8 +323,8 @@ impl Status {
     }
 }
 
-/// What the reading task hands an endpoint's task. Every payload is boxed: the channel's
-/// blocks hold 32 of these per endpoint whether used or not.
+/// What the reading task hands an endpoint's task (through its [`inbox`]). Every payload is
+/// boxed: small events, cheap to queue.
 #[derive(Debug)]
 enum Inbound {
     /// A Register was accepted by the registry: connect (if not yet), answer 2.01, publish.
@@ -618,7 +618,7 @@ impl Server {
         let event = match existing {
             Some(inbox) => match inbox.try_send(event) {
                 Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(inbox::TrySendError::Full) => {
                     self.status
                         .counters
                         .inbox_full
@@ -626,7 +626,7 @@ impl Server {
                     return;
                 }
                 // The task ended between the lookup and the send: start afresh.
-                Err(mpsc::error::TrySendError::Closed(event)) => event,
+                Err(inbox::TrySendError::Closed(event)) => event,
             },
             None => event,
         };
@@ -634,7 +634,7 @@ impl Server {
     }
 
     fn spawn(&mut self, ep: String, from: SocketAddr, first: Inbound) {
-        let (tx, rx) = mpsc::channel(INBOX);
+        let (tx, rx) = inbox::inbox(INBOX);
         let last_seen = Arc::new(Mutex::new(Instant::now()));
         let generation = {
             let mut shared = lock(&self.status.shared);
@@ -747,7 +747,7 @@ impl Server {
     /// Ends the endpoints whose lifetime ran out.
     fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<(Registration, Option<mpsc::Sender<Inbound>>)> = {
+        let expired: Vec<(Registration, Option<inbox::Sender>)> = {
             let mut shared = lock(&self.status.shared);
             let gone = shared.registry.expire(now);
             gone.into_iter()
