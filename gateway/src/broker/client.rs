@@ -625,10 +625,14 @@ impl Client {
             self.broker.with_router(|r| {
                 r.take_outgoing(session, conn_id, RECV_BATCH, Instant::now(), &mut batch)
             });
-            self.ready.extend(batch);
-            if !self.ready.is_empty() {
+            if !batch.is_empty() {
+                // `ready` is empty here: take the batch's buffer as it is.
+                self.ready = VecDeque::from(batch);
                 continue;
             }
+            // Idle: thousands of in-process clients (LwM2M endpoints, CoAP observers) wait at
+            // once, none keeping a buffer.
+            self.ready = VecDeque::new();
             let ctrl = &self.ctrl;
             std::future::poll_fn(|cx| {
                 ctrl.register(cx.waker());

@@ -88,7 +88,9 @@ impl<T> Retransmitter<T> {
 
     /// An ACK (or RST) for `mid` arrived: the exchange ends; its tag, if it was outstanding.
     pub fn settle(&mut self, mid: u16) -> Option<T> {
-        self.outstanding.remove(&mid).map(|o| o.tag)
+        let tag = self.outstanding.remove(&mid).map(|o| o.tag);
+        self.release_when_idle();
+        tag
     }
 
     /// What is due at `now`: retransmissions (their timers doubled) and give-ups (removed).
@@ -113,7 +115,15 @@ impl<T> Retransmitter<T> {
                 out.push(Due::GaveUp(o.tag));
             }
         }
+        self.release_when_idle();
         out
+    }
+
+    /// Nothing outstanding: the table gives its memory back (an idle peer keeps none).
+    fn release_when_idle(&mut self) {
+        if self.outstanding.is_empty() && self.outstanding.capacity() > 0 {
+            self.outstanding = HashMap::new();
+        }
     }
 
     /// When [`Retransmitter::due`] next has something, if anything is outstanding.
