@@ -40,8 +40,11 @@ async fn publish_all(port: u16, topic: &str, payloads: &[String], qos: QoS) {
     }
 }
 
-async fn subscribe_and_leave(port: u16, id: &str, filter: &str) {
-    let (client, mut ev) = AsyncClient::new(options(id, port, false), 10);
+/// Subscribes as `id` (clean session off) and leaves; returns once the gateway has seen it go,
+/// so what is published next finds the session offline (a message routed while it was still
+/// connected would be sent to it, and kept as inflight rather than queued).
+async fn subscribe_and_leave(gw: &Gateway, id: &str, filter: &str) {
+    let (client, mut ev) = AsyncClient::new(options(id, gw.port, false), 10);
     connack(&mut ev).await;
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     loop {
@@ -56,12 +59,19 @@ async fn subscribe_and_leave(port: u16, id: &str, filter: &str) {
             break;
         }
     }
+    let gone = format!(" client_id={id} ");
+    let offline = holdfast_tests::wait_until(WAIT, || {
+        gw.log()
+            .lines()
+            .any(|l| l.contains("client disconnected") && l.contains(&gone))
+    });
+    assert!(offline, "the gateway did not see {id} leave:\n{}", gw.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_qos1_messages_reach_a_clean_session_false_client_in_order() {
     let gw = Gateway::start();
-    subscribe_and_leave(gw.port, "persist", "p/#").await;
+    subscribe_and_leave(&gw, "persist", "p/#").await;
     let payloads: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     publish_all(gw.port, "p/x", &payloads, QoS::AtLeastOnce).await;
 
@@ -74,7 +84,7 @@ async fn offline_qos1_messages_reach_a_clean_session_false_client_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_session_true_discards_the_old_session() {
     let gw = Gateway::start();
-    subscribe_and_leave(gw.port, "fresh", "f/#").await;
+    subscribe_and_leave(&gw, "fresh", "f/#").await;
     publish_all(gw.port, "f/x", &["lost".to_string()], QoS::AtLeastOnce).await;
     let (_client, mut ev) = AsyncClient::new(options("fresh", gw.port, true), 10);
     assert!(!connack(&mut ev).await, "no session present");
@@ -86,7 +96,7 @@ async fn clean_session_true_discards_the_old_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_offline_queue_drops_the_oldest_and_says_so() {
     let gw = Gateway::start_with_mqtt("max_mqueue_len = 10");
-    subscribe_and_leave(gw.port, "small", "q/#").await;
+    subscribe_and_leave(&gw, "small", "q/#").await;
     let payloads: Vec<String> = (0..25).map(|i| format!("m{i}")).collect();
     publish_all(gw.port, "q/x", &payloads, QoS::AtLeastOnce).await;
     let (_client, mut ev) = AsyncClient::new(options("small", gw.port, false), 10);
