@@ -448,6 +448,77 @@ fn a_retransmitted_con_is_published_once_and_gets_the_same_ack() {
 }
 
 #[test]
+fn no_response_declines_the_answers_a_device_does_not_want() {
+    let (gw, coap) = gateway("", "");
+    let sub = MosquittoSub::start(gw.port, "quiet/#", &["-v"]);
+    // libcoap's client with No-Response "not interested in 2.xx" (RFC 7967): a NON publish
+    // gets no answer (it waits out -B) and is published; a refused one still hears why.
+    let (_, said) = coap_client(
+        coap,
+        &[
+            "-m", "post", "-N", "-B", "1", "-O", "258,0x02", "-e", "fire",
+        ],
+        "ps/quiet/a?clientid=q1",
+    );
+    assert_eq!(response_code(&said), None, "{said}");
+    let (_, said) = coap_client(
+        coap,
+        &["-m", "post", "-N", "-B", "1", "-O", "258,0x02", "-e", "x"],
+        "ps/quiet/a?clientid=q1&qos=7",
+    );
+    assert_eq!(response_code(&said), Some("4.00"), "{said}");
+    // Raw: nothing at all comes back for the NON; a CON gets its empty ACK only (and the
+    // same empty ACK again when retransmitted), and is published once.
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(("127.0.0.1", coap)).unwrap();
+    let mut non = Packet::from_bytes(&raw_post(
+        &["ps", "quiet", "b"],
+        &["clientid=q2"],
+        b"non",
+        0x5150,
+    ))
+    .unwrap();
+    non.header.set_type(MessageType::NonConfirmable);
+    non.add_option(CoapOption::NoResponse, vec![2]);
+    socket.send(&non.to_bytes().unwrap()).unwrap();
+    let mut con = Packet::from_bytes(&raw_post(
+        &["ps", "quiet", "c"],
+        &["clientid=q2"],
+        b"con",
+        0x5151,
+    ))
+    .unwrap();
+    con.add_option(CoapOption::NoResponse, vec![2]);
+    let con = con.to_bytes().unwrap();
+    let ack = exchange(&socket, &con);
+    assert_eq!(ack.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!(ack.header.code, MessageClass::Empty);
+    assert!(ack.payload.is_empty() && ack.get_token().is_empty());
+    assert_eq!(
+        exchange(&socket, &con),
+        ack,
+        "a duplicate gets the same empty ACK"
+    );
+    assert_eq!(
+        sub.wait_for(3, WAIT),
+        ["quiet/a fire", "quiet/b non", "quiet/c con"],
+        "{}",
+        gw.log()
+    );
+    // Nothing else was sent to the raw socket: no NON 2.04 for the first message.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    assert!(
+        socket.recv(&mut buf).is_err(),
+        "an answer that was declined"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.messages().len(), 3, "{:?}", sub.messages());
+}
+
+#[test]
 fn garbage_datagrams_are_counted_and_never_stop_the_gateway() {
     let (gw, coap) = gateway("max_message_size = 512", "");
     let sub = MosquittoSub::start(gw.port, "$SYS/brokers/gw-coap/coap/#", &["-v"]);

@@ -550,6 +550,13 @@ impl Server {
 
     /// A response to `request` (piggybacked, or NON for a NON request) with a diagnostic.
     fn reply(&mut self, request: &Packet, code: ResponseType, payload: &[u8], to: SocketAddr) {
+        if message::response_declined(request, code) {
+            // No-Response (RFC 7967): a NON gets nothing, a CON only its empty ACK.
+            if request.header.get_type() == MessageType::Confirmable {
+                self.send(&message::empty_ack(request.header.message_id), to);
+            }
+            return;
+        }
         self.next_mid = self.next_mid.wrapping_add(1);
         let mut r = message::response_to(request, code, self.next_mid);
         r.payload = payload.to_vec();

@@ -282,6 +282,15 @@ impl Peer {
         let Some(code) = reply.code else {
             return; // answered already (a separate response)
         };
+        if message::response_declined(&packet, code) {
+            // No-Response (RFC 7967): a NON gets nothing, a CON only its empty ACK.
+            if confirmable {
+                let bytes = self.encode(&message::empty_ack(mid), from);
+                self.dedup.replied(&(from, mid), bytes.clone());
+                self.send_bytes(&bytes, from).await;
+            }
+            return;
+        }
         let mut r = message::response_to(&packet, code, self.mid());
         r.payload = reply.payload;
         for (option, value) in reply.options {
@@ -505,6 +514,9 @@ impl Peer {
                 let code = publish_code(&r, &self.s.client_id, from);
                 if r.is_ok() {
                     self.s.status.counters.published.fetch_add(1, Ordering::Relaxed);
+                }
+                if message::response_declined(packet, code) {
+                    return None;
                 }
                 let mid = self.mid();
                 let response = message::separate_response(packet.get_token(), code, mid);

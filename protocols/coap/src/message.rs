@@ -202,6 +202,30 @@ pub fn response_to(request: &Packet, code: ResponseType, next_mid: u16) -> Packe
     p
 }
 
+/// Whether `request` asked, with its No-Response option (RFC 7967), not to be answered with
+/// `code`: the option's bits 2, 8 and 16 decline 2.xx, 4.xx and 5.xx responses. Absent, empty
+/// (0) or not a number: every response is wanted. A confirmable request whose response is
+/// declined still gets its empty ACK (the caller's job).
+pub fn response_declined(request: &Packet, code: ResponseType) -> bool {
+    let Some(value) = request.get_first_option(CoapOption::NoResponse) else {
+        return false;
+    };
+    // A uint of 0 or 1 bytes; a longer value is not a No-Response we understand.
+    let bits = match value.as_slice() {
+        [] => 0,
+        [b] => *b,
+        _ => return false,
+    };
+    let class = u8::from(MessageClass::Response(code)) >> 5;
+    let mask = match class {
+        2 => 2,
+        4 => 8,
+        5 => 16,
+        _ => 0,
+    };
+    bits & mask != 0
+}
+
 /// A separate response (RFC 7252 5.2.2): sent after an empty ACK, confirmable, with its own
 /// message id and the request's token.
 pub fn separate_response(token: &[u8], code: ResponseType, mid: u16) -> Packet {
@@ -361,6 +385,31 @@ mod tests {
         assert_eq!(code_string(ResponseType::Content), "2.05");
         assert_eq!(code_string(ResponseType::NotFound), "4.04");
         assert_eq!(code_string(ResponseType::ServiceUnavailable), "5.03");
+    }
+
+    #[test]
+    fn no_response_declines_the_classes_it_names_and_nothing_else() {
+        let mut p = request(MessageType::NonConfirmable, &["ps", "a"]);
+        assert!(!response_declined(&p, ResponseType::Changed), "no option");
+        p.add_option(CoapOption::NoResponse, vec![2]);
+        assert!(response_declined(&p, ResponseType::Changed));
+        assert!(response_declined(&p, ResponseType::Content));
+        assert!(!response_declined(&p, ResponseType::Unauthorized));
+        assert!(!response_declined(&p, ResponseType::ServiceUnavailable));
+        p.clear_option(CoapOption::NoResponse);
+        p.add_option(CoapOption::NoResponse, vec![2 | 8 | 16]);
+        assert!(response_declined(&p, ResponseType::Changed));
+        assert!(response_declined(&p, ResponseType::NotFound));
+        assert!(response_declined(&p, ResponseType::InternalServerError));
+        p.clear_option(CoapOption::NoResponse);
+        p.add_option(CoapOption::NoResponse, Vec::new());
+        assert!(
+            !response_declined(&p, ResponseType::Changed),
+            "0: all wanted"
+        );
+        p.clear_option(CoapOption::NoResponse);
+        p.add_option(CoapOption::NoResponse, vec![0, 2]);
+        assert!(!response_declined(&p, ResponseType::Changed), "not a uint8");
     }
 
     proptest::proptest! {
