@@ -143,6 +143,10 @@ pub(crate) struct CoapArgs {
     /// NON messages a second over all devices (0: as fast as the sockets take them).
     #[arg(long, default_value_t = 0)]
     pub(crate) rate: u64,
+    /// Send No-Response "not interested in 2.xx" (RFC 7967) with each NON: fire-and-forget
+    /// telemetry, answered only when refused (as an MQTT QoS 0 publish).
+    #[arg(long, conflicts_with = "confirmable")]
+    pub(crate) no_response: bool,
 }
 
 /// `handshakes` flags.

@@ -6,7 +6,8 @@
 //! - confirmable (`--confirmable`): `window` CON requests outstanding per device (RFC 7252's
 //!   NSTART is 1), each timed until its piggybacked 2.04; one lost or late is sent again
 //!   with the same message id after 2 s (counted);
-//! - non-confirmable: as fast as the socket takes them, or `rate` a second in all.
+//! - non-confirmable: as fast as the socket takes them, or `rate` a second in all; with
+//!   `--no-response` each declines the 2.04 (RFC 7967), as fire-and-forget telemetry does.
 //!
 //! The MQTT subscriber (QoS 0 on `coapbench/#`) counts what the broker delivered, so the
 //! report has what was sent, what was answered and what arrived, and (with `--pid`) the
@@ -38,6 +39,8 @@ pub(crate) struct CoapSpec {
     pub(crate) duration: Duration,
     /// NON messages a second over all devices; 0 = as fast as the sockets take them.
     pub(crate) rate: u64,
+    /// Each NON says No-Response to 2.xx (RFC 7967).
+    pub(crate) no_response: bool,
 }
 
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ: 100 on every Linux we run on).
@@ -138,7 +141,7 @@ pub(crate) async fn run(
     };
     Ok(json!({
         "mode": "coap",
-        "type": if spec.confirmable { "con" } else { "non" },
+        "type": if spec.confirmable { "con" } else if spec.no_response { "non-no-response" } else { "non" },
         "devices": spec.devices,
         "window": spec.window,
         "payload": spec.payload,
@@ -190,6 +193,9 @@ async fn device(
         p.add_option(CoapOption::UriPath, b"coapbench".to_vec());
         p.add_option(CoapOption::UriPath, topic.as_bytes().to_vec());
         p.add_option(CoapOption::UriQuery, query.as_bytes().to_vec());
+        if spec.no_response {
+            p.add_option(CoapOption::NoResponse, vec![2]);
+        }
         p.payload = payload.clone();
         p.to_bytes_unlimited().unwrap_or_default()
     };

@@ -136,6 +136,7 @@ async fn run(cli: Cli) -> ExitCode {
             payload: a.payload,
             duration: a.duration,
             rate: a.rate,
+            no_response: a.no_response,
         };
         return match coap::run(&target, spec, common.pid).await {
             Ok(r) => report_json(common.json, r),

@@ -78,8 +78,16 @@ pub trait Handler {
     fn tick(&mut self) {}
 }
 
+/// Datagrams read per system call (`recvmmsg`).
+const BATCH: usize = 32;
+
+/// Batches read per wake-up before the loop looks at its timer and shutdown again (a socket
+/// under a flood still runs the DTLS timers and stops when told).
+const BATCHES_PER_WAKE: usize = 8;
+
 /// Reads `transport`'s socket until `shutdown`: plain datagrams straight to the handler, DTLS
 /// records through the sessions first (their handshake flights sent back from here).
+/// Datagrams are read [`BATCH`] to a system call while the socket has them.
 pub async fn read_loop(
     handler: &mut impl Handler,
     transport: &Transport,
@@ -88,10 +96,12 @@ pub async fn read_loop(
 ) {
     let socket = transport.socket().clone();
     let sessions = transport.sessions().cloned();
-    let mut buf = vec![0u8; max_message_size + 1];
+    // One more byte than allowed: a longer datagram arrives cut at max + 1 and is refused as
+    // oversized.
+    let mut batch = Batch::new(max_message_size + 1);
     let mut tick = tokio::time::interval(TICK);
     loop {
-        let (n, from) = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 if let Some(s) = &sessions {
@@ -102,29 +112,106 @@ pub async fn read_loop(
                 handler.tick();
                 continue;
             }
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(r) => r,
+            r = socket.readable() => if let Err(e) = r {
+                tracing::debug!(error = %e, "udp readable");
+                continue;
+            },
+        }
+        for _ in 0..BATCHES_PER_WAKE {
+            let read = socket.try_io(tokio::io::Interest::READABLE, || {
+                batch.receive(socket.as_ref())
+            });
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // ICMP errors of earlier sends surface here on Linux; nothing to do.
                     tracing::debug!(error = %e, "udp recv");
                     continue;
                 }
-            },
-        };
-        handler.received();
-        let Some(s) = &sessions else {
-            handler.datagram(&buf[..n], from, None);
-            continue;
-        };
-        let r = s.receive(&buf[..n], from, Instant::now());
-        for record in &r.to_send {
-            let _ = socket.try_send_to(record, from);
+            };
+            for (data, from) in batch.datagrams() {
+                handler.received();
+                let Some(s) = &sessions else {
+                    handler.datagram(data, from, None);
+                    continue;
+                };
+                let r = s.receive(data, from, Instant::now());
+                for record in &r.to_send {
+                    let _ = socket.try_send_to(record, from);
+                }
+                if let Some(why) = &r.failed {
+                    handler.dtls_refused(from, why);
+                }
+                for plain in r.plain {
+                    handler.datagram(&plain, from, r.identity.clone());
+                }
+            }
+            if n < BATCH {
+                break;
+            }
         }
-        if let Some(why) = &r.failed {
-            handler.dtls_refused(from, why);
+    }
+}
+
+/// Buffers for one `recvmmsg` call and what it read.
+struct Batch {
+    /// [`BATCH`] buffers of `stride` bytes, end to end.
+    buffers: Vec<u8>,
+    stride: usize,
+    /// Length and sender of each datagram read, in order.
+    read: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl Batch {
+    fn new(stride: usize) -> Batch {
+        Batch {
+            buffers: vec![0; stride * BATCH],
+            stride,
+            read: Vec::with_capacity(BATCH),
         }
-        for plain in r.plain {
-            handler.datagram(&plain, from, r.identity.clone());
+    }
+
+    /// Reads what the socket has, up to [`BATCH`] datagrams, without waiting; the count.
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use std::io::IoSliceMut;
+        use std::os::fd::AsRawFd;
+        let mut chunks = self.buffers.chunks_mut(self.stride);
+        let mut slices: [[IoSliceMut<'_>; 1]; BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        // The headers point into themselves, so they are made for each call (they cannot be
+        // kept across an await: they are not Send).
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let results = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        self.read.clear();
+        for r in results {
+            let from = r.address.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                    .or_else(|| {
+                        a.as_sockaddr_in6()
+                            .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                    })
+            });
+            self.read.push((r.bytes, from));
         }
+        Ok(self.read.len())
+    }
+
+    /// The datagrams the last [`Batch::receive`] read, with their senders (one without an
+    /// IP sender address is skipped).
+    fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
+        self.read
+            .iter()
+            .zip(self.buffers.chunks(self.stride))
+            .filter_map(|(&(len, from), buf)| Some((buf.get(..len)?, from?)))
     }
 }

@@ -519,6 +519,56 @@ fn no_response_declines_the_answers_a_device_does_not_want() {
 }
 
 #[test]
+fn a_served_clients_requests_are_checked_as_a_new_clients_are() {
+    // A client being served gets its datagrams handed to its task undecoded: the task checks
+    // them as the reading task checks a new client's.
+    let (gw, coap) = gateway("", "");
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.connect(("127.0.0.1", coap)).unwrap();
+    let ok = exchange(
+        &udp,
+        &raw_post(&["ps", "checked"], &["clientid=served"], b"1", 0x6000),
+    );
+    assert_eq!(
+        ok.header.code,
+        MessageClass::Response(ResponseType::Changed)
+    );
+    let mut critical = Packet::from_bytes(&raw_post(
+        &["ps", "checked"],
+        &["clientid=served"],
+        b"2",
+        0x6001,
+    ))
+    .unwrap();
+    critical.add_option(CoapOption::IfMatch, vec![1]);
+    let answer = exchange(&udp, &critical.to_bytes().unwrap());
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(ResponseType::BadOption)
+    );
+    critical.header.set_type(MessageType::NonConfirmable);
+    critical.header.message_id = 0x6002;
+    let answer = exchange(&udp, &critical.to_bytes().unwrap());
+    assert_eq!(answer.header.get_type(), MessageType::Reset);
+    let answer = exchange(
+        &udp,
+        &raw_post(
+            &["ps", "checked"],
+            &["clientid=served", "qos=7"],
+            b"3",
+            0x6003,
+        ),
+    );
+    assert_eq!(
+        answer.header.code,
+        MessageClass::Response(ResponseType::BadRequest)
+    );
+    assert_eq!(answer.payload, b"bad request: qos=7: expected 0, 1 or 2");
+    let stats = ctl_json(&socket(&gw), &["coap"]);
+    assert_eq!(stats["stats"]["bad_option"], 2, "{stats}");
+}
+
+#[test]
 fn garbage_datagrams_are_counted_and_never_stop_the_gateway() {
     let (gw, coap) = gateway("max_message_size = 512", "");
     let sub = MosquittoSub::start(gw.port, "$SYS/brokers/gw-coap/coap/#", &["-v"]);

@@ -165,6 +165,8 @@ pub struct Status {
     /// Counters.
     pub counters: Counters,
     table: Mutex<Table>,
+    /// Bad-input log lines, shared by the reading task and the clients' tasks.
+    bad_log: Mutex<crate::udp::LogBudget>,
 }
 
 #[derive(Debug, Default)]
@@ -260,8 +262,56 @@ impl Status {
 enum Inbound {
     /// A request (decoded, checked and parsed) from `from`.
     Request(Box<RequestIn>),
+    /// A request datagram, not decoded yet, whose Uri-Query names this client
+    /// ([`message::request_client_id`]): the client's task decodes and checks it, so the
+    /// reading task does no more per datagram than find the client.
+    Datagram(Box<DatagramIn>),
     /// An ACK (`reset` false) or RST for message `mid`.
     Settle { mid: u16, reset: bool },
+}
+
+/// A request datagram as the reading task hands it on.
+#[derive(Debug)]
+struct DatagramIn {
+    bytes: Vec<u8>,
+    from: SocketAddr,
+    /// The PSK identity the peer proved (DTLS port).
+    psk_identity: Option<String>,
+}
+
+/// Why a decoded request is not processed.
+enum Refused {
+    /// A NON with an unrecognized critical option: RST.
+    Reset,
+    /// Answered with this code and diagnostic.
+    Answer(ResponseType, String),
+}
+
+/// Checks a decoded request as both the reading task and a client's task do: an unrecognized
+/// critical option (4.02, counted and logged) or a request the conventions refuse.
+fn check_request(
+    status: &Status,
+    packet: &Packet,
+    from: SocketAddr,
+) -> Result<request::Request, Refused> {
+    if let Some(option) = message::unknown_critical_option(packet, message::SUPPORTED_CRITICAL) {
+        status.counters.bad_option.fetch_add(1, Ordering::Relaxed);
+        if status.may_log() {
+            tracing::warn!(peer = %from, option, "coap: request with an unrecognized critical option (4.02)");
+        }
+        return Err(if packet.header.get_type() == MessageType::Confirmable {
+            Refused::Answer(
+                ResponseType::BadOption,
+                "unrecognized critical option".into(),
+            )
+        } else {
+            Refused::Reset
+        });
+    }
+    request::parse(packet).map_err(|refusal| {
+        tracing::debug!(peer = %from, "coap: {refusal}");
+        Refused::Answer(refusal.code(), refusal.to_string())
+    })
 }
 
 /// A request as the reading task hands it on.
@@ -284,7 +334,6 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         config: config.clone(),
         status: status.clone(),
         tracker: tracker.clone(),
-        bad_log: crate::udp::LogBudget::default(),
         next_mid: rand::random(),
     };
     if let Some((socket, sessions)) = bound.dtls {
@@ -331,7 +380,7 @@ impl crate::udp::Handler for Server {
             .counters
             .bad_dtls
             .fetch_add(1, Ordering::Relaxed);
-        if self.bad_log.take() {
+        if self.status.may_log() {
             tracing::warn!(peer = %from, "coaps: {why}");
         }
     }
@@ -343,7 +392,6 @@ struct Server {
     config: Arc<CoapConfig>,
     status: Arc<Status>,
     tracker: TaskTracker,
-    bad_log: crate::udp::LogBudget,
     next_mid: u16,
 }
 
@@ -351,10 +399,14 @@ impl Server {
     /// One CoAP message from `from` (decrypted, with the PSK identity it proved, on the DTLS
     /// port).
     fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
+        let identity = match self.hand_over(data, from, identity) {
+            Ok(()) => return,
+            Err(identity) => identity,
+        };
         let packet = match message::decode(data, self.config.max_message_size) {
             Ok(p) => p,
             Err(e) => {
-                self.bad(&e, from);
+                self.status.bad(&e, from);
                 // A confirmable message we cannot process is rejected (RFC 7252 4.2).
                 if let (Some((MessageType::Confirmable, mid)), false) = (
                     message::peek_header(data),
@@ -400,34 +452,57 @@ impl Server {
         }
     }
 
-    fn request(&mut self, packet: Packet, from: SocketAddr, identity: Option<String>) {
-        if let Some(option) = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL)
-        {
-            self.status
-                .counters
-                .bad_option
-                .fetch_add(1, Ordering::Relaxed);
-            if self.bad_log.take() {
-                tracing::warn!(peer = %from, option, "coap: request with an unrecognized critical option (4.02)");
-            }
-            if packet.header.get_type() == MessageType::Confirmable {
-                self.reply(
-                    &packet,
-                    ResponseType::BadOption,
-                    b"unrecognized critical option",
-                    from,
-                );
-            } else {
-                self.send(&message::reset(packet.header.message_id), from);
-            }
-            return;
+    /// Hands a request datagram whose client is being served to its task undecoded;
+    /// `Err` (the identity back) for everything else, which is decoded here.
+    fn hand_over(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        identity: Option<String>,
+    ) -> Result<(), Option<String>> {
+        if data.len() > self.config.max_message_size {
+            return Err(identity);
         }
-        let request = match request::parse(&packet) {
+        let Some(client_id) = message::request_client_id(data) else {
+            return Err(identity);
+        };
+        let secure = self.transport.is_secure();
+        let inbox = {
+            let table = lock(&self.status.table);
+            match table.by_id.get(client_id) {
+                Some(e) if e.secure == secure => e.inbox.clone(),
+                _ => return Err(identity),
+            }
+        };
+        let datagram = Box::new(DatagramIn {
+            bytes: data.to_vec(),
+            from,
+            psk_identity: identity,
+        });
+        match inbox.try_send(Inbound::Datagram(datagram)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.status
+                    .counters
+                    .inbox_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            // The task ended: the full path starts a new one.
+            Err(mpsc::error::TrySendError::Closed(Inbound::Datagram(d))) => Err(d.psk_identity),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        }
+    }
+
+    fn request(&mut self, packet: Packet, from: SocketAddr, identity: Option<String>) {
+        let request = match check_request(&self.status, &packet, from) {
             Ok(r) => r,
-            Err(refusal) => {
-                tracing::debug!(peer = %from, "coap: {refusal}");
-                let diagnostic = refusal.to_string();
-                self.reply(&packet, refusal.code(), diagnostic.as_bytes(), from);
+            Err(Refused::Reset) => {
+                self.send(&message::reset(packet.header.message_id), from);
+                return;
+            }
+            Err(Refused::Answer(code, diagnostic)) => {
+                self.reply(&packet, code, diagnostic.as_bytes(), from);
                 return;
             }
         };
@@ -509,7 +584,7 @@ impl Server {
                     .counters
                     .peers_refused
                     .fetch_add(1, Ordering::Relaxed);
-                if self.bad_log.take() {
+                if self.status.may_log() {
                     tracing::warn!(peer = %from, client_id = %crate::broker::short(&client_id), max_peers = self.config.max_peers, "coap: max_peers reached, request refused (5.03)");
                 }
                 self.reply(
@@ -569,9 +644,17 @@ impl Server {
             Err(e) => tracing::warn!(peer = %to, "coap: cannot encode a reply: {e}"),
         }
     }
+}
 
-    fn bad(&mut self, e: &DecodeError, from: SocketAddr) {
-        let c = &self.status.counters;
+impl Status {
+    /// Whether one more bad-input line may be logged now.
+    fn may_log(&self) -> bool {
+        lock(&self.bad_log).take()
+    }
+
+    /// Counts and (within the log budget) logs a datagram that did not decode.
+    fn bad(&self, e: &DecodeError, from: SocketAddr) {
+        let c = &self.counters;
         let counter = match e {
             DecodeError::Truncated(_) => &c.bad_truncated,
             DecodeError::Version(_) => &c.bad_version,
@@ -579,13 +662,11 @@ impl Server {
             _ => &c.bad_malformed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if self.bad_log.take() {
+        if self.may_log() {
             tracing::warn!(peer = %from, kind = e.kind(), "coap: bad datagram dropped: {e}");
         }
     }
-}
 
-impl Status {
     /// Removes `client_id` whose task is gone (its inbox closed).
     fn remove_closed(&self, client_id: &str) {
         let generation = lock(&self.table)

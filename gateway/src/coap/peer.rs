@@ -8,7 +8,7 @@
 //! the device (NON: once sent). Ends when the client is silent for `heartbeat` x 1.5, says
 //! DELETE, is kicked or taken over, or the gateway stops; never outlives its table entry.
 
-use super::{lock, send_bytes, Inbound, RequestIn, Status};
+use super::{check_request, lock, send_bytes, DatagramIn, Inbound, Refused, RequestIn, Status};
 use crate::broker::client::{
     Client, ClientOptions, ConnectError, Credentials, Protocol, Publication, PublishError,
     Received, SubscribeError,
@@ -16,7 +16,7 @@ use crate::broker::client::{
 use crate::broker::Broker;
 use crate::config::{CoapConfig, CoapQos, NotifyType};
 use holdfast_coap::block::{self, Assembler, BlockValue, Step};
-use holdfast_coap::dedup::{Dedup, Seen};
+use holdfast_coap::dedup::{Dedup, Seen, SenderDedup};
 use holdfast_coap::message;
 use holdfast_coap::observe::{Observation, Offer};
 use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
@@ -36,6 +36,9 @@ const MAX_OUTSTANDING: usize = 64;
 
 /// QoS 1/2 deliveries taken from the session and not yet acknowledged by the device.
 const RECEIVE_WINDOW: u16 = 32;
+
+/// Datagrams one wake-up of the task takes from its inbox.
+const BURST: usize = 16;
 
 /// What the table shows of a client.
 #[derive(Debug)]
@@ -94,7 +97,7 @@ pub(super) struct Peer {
     client: Option<Client>,
     token: Option<String>,
     presented: Presented,
-    dedup: Dedup<(SocketAddr, u16)>,
+    dedup: SenderDedup<(SocketAddr, u16)>,
     blocks: Assembler<String>,
     /// Observations by (mounted) topic filter.
     observations: HashMap<String, Observation<Note>>,
@@ -116,7 +119,7 @@ impl Peer {
     pub(super) fn new(s: Setup) -> Peer {
         let c = &s.config;
         Peer {
-            dedup: Dedup::new(c.max_exchanges_per_peer),
+            dedup: Dedup::with_hasher(c.max_exchanges_per_peer),
             blocks: Assembler::new(c.max_body_size, 4, EXCHANGE_LIFETIME),
             observations: HashMap::new(),
             bodies: HashMap::new(),
@@ -140,17 +143,20 @@ impl Peer {
     pub(super) async fn run(mut self, first: Box<RequestIn>, mut inbox: mpsc::Receiver<Inbound>) {
         self.inbound(Inbound::Request(first)).await;
         let idle_limit = self.s.config.heartbeat.mul_f64(1.5);
+        // One timer for the task's life: re-armed only when it fired or something is due
+        // sooner (firing early is harmless: what is due is checked when it fires), not on
+        // every request that moves the idle deadline.
+        let (_, wake_at) = self.deadlines(idle_limit);
+        let timer = tokio::time::sleep_until(wake_at.into());
+        tokio::pin!(timer);
+        // What one wake-up takes from the inbox: a burst is handled in one go.
+        let mut burst = Vec::new();
         while !self.closing && self.client.is_some() {
-            let idle_at = if self.pinging {
-                // The ping's retransmissions decide.
-                self.last_heard + idle_limit * 64
-            } else {
-                self.last_heard + idle_limit
-            };
-            let wake_at = self
-                .outstanding
-                .next_deadline()
-                .map_or(idle_at, |d| d.min(idle_at));
+            let (idle_at, wake_at) = self.deadlines(idle_limit);
+            let wake_at = tokio::time::Instant::from_std(wake_at);
+            if timer.is_elapsed() || wake_at < timer.deadline() {
+                timer.as_mut().reset(wake_at);
+            }
             let observing = !self.observations.is_empty();
             let Some(client) = self.client.as_mut() else {
                 break;
@@ -166,15 +172,23 @@ impl Peer {
                 }
             };
             tokio::select! {
-                ev = inbox.recv() => match ev {
-                    Some(ev) => self.inbound(ev).await,
-                    None => break,
+                n = inbox.recv_many(&mut burst, BURST) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for ev in burst.drain(..) {
+                        if self.closing || self.client.is_none() {
+                            break;
+                        }
+                        self.inbound(ev).await;
+                    }
+                    burst.clear();
                 },
                 m = from_broker => match m {
                     Some(m) => self.deliver(m).await,
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake_at.into()) => {
+                () = &mut timer => {
                     if Instant::now() >= idle_at && !self.pinging {
                         if self.observations.is_empty() {
                             tracing::info!(client_id = %self.s.client_id, peer = %self.s.addr, "coap: client silent for 1.5 x heartbeat; closed");
@@ -191,6 +205,22 @@ impl Peer {
         self.finish();
     }
 
+    /// When the client counts as silent, and when the task must wake next (that, or the
+    /// next retransmission).
+    fn deadlines(&self, idle_limit: std::time::Duration) -> (Instant, Instant) {
+        let idle_at = if self.pinging {
+            // The ping's retransmissions decide.
+            self.last_heard + idle_limit * 64
+        } else {
+            self.last_heard + idle_limit
+        };
+        let wake_at = self
+            .outstanding
+            .next_deadline()
+            .map_or(idle_at, |d| d.min(idle_at));
+        (idle_at, wake_at)
+    }
+
     fn finish(&mut self) {
         self.s.status.remove(&self.s.client_id, self.s.generation);
         // Deliveries the device did not acknowledge stay unacknowledged: the session (clean,
@@ -204,33 +234,95 @@ impl Peer {
     async fn inbound(&mut self, ev: Inbound) {
         match ev {
             Inbound::Settle { mid, reset } => self.settle(mid, reset).await,
-            Inbound::Request(r) => {
-                let RequestIn {
-                    packet,
-                    request,
+            Inbound::Datagram(d) => {
+                let DatagramIn {
+                    bytes,
                     from,
                     psk_identity,
-                } = *r;
-                if self.client.is_none() {
-                    self.psk_identity = psk_identity.clone();
-                } else if psk_identity != self.psk_identity {
-                    // The DTLS port proved another identity for this client id.
-                    let mut r =
-                        message::response_to(&packet, ResponseType::Unauthorized, self.mid());
-                    r.payload = b"another PSK identity holds this client id".to_vec();
-                    let bytes = self.encode(&r, from);
-                    self.send_bytes(&bytes, from).await;
-                    return;
+                } = *d;
+                let packet = match message::decode(&bytes, self.s.config.max_message_size) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // The raw read found a well-formed request; the decoder disagrees.
+                        self.s.status.bad(&e, from);
+                        if let Some((MessageType::Confirmable, mid)) = message::peek_header(&bytes)
+                        {
+                            let rst = self.encode(&message::reset(mid), from);
+                            self.send_bytes(&rst, from).await;
+                        }
+                        return;
+                    }
+                };
+                drop(bytes);
+                match check_request(&self.s.status, &packet, from) {
+                    Ok(request) => {
+                        let r = RequestIn {
+                            packet,
+                            request,
+                            from,
+                            psk_identity,
+                        };
+                        self.accept(r).await;
+                    }
+                    Err(Refused::Reset) => {
+                        let rst = self.encode(&message::reset(packet.header.message_id), from);
+                        self.send_bytes(&rst, from).await;
+                    }
+                    Err(Refused::Answer(code, diagnostic)) => {
+                        self.refuse(&packet, code, diagnostic.as_bytes(), from)
+                            .await;
+                    }
                 }
-                self.s
-                    .status
-                    .counters
-                    .requests
-                    .fetch_add(1, Ordering::Relaxed);
-                self.heard();
-                self.request(packet, request, from).await;
             }
+            Inbound::Request(r) => self.accept(*r).await,
         }
+    }
+
+    /// A decoded and checked request for this client.
+    async fn accept(&mut self, r: RequestIn) {
+        let RequestIn {
+            packet,
+            request,
+            from,
+            psk_identity,
+        } = r;
+        if self.client.is_none() {
+            self.psk_identity = psk_identity.clone();
+        } else if psk_identity != self.psk_identity {
+            // The DTLS port proved another identity for this client id.
+            self.refuse(
+                &packet,
+                ResponseType::Unauthorized,
+                b"another PSK identity holds this client id",
+                from,
+            )
+            .await;
+            return;
+        }
+        self.s
+            .status
+            .counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        self.heard();
+        self.request(packet, request, from).await;
+    }
+
+    /// Answers `packet` with `code` and a diagnostic without processing it (unless its
+    /// No-Response declines that class: then a CON gets its empty ACK and a NON nothing).
+    async fn refuse(&mut self, packet: &Packet, code: ResponseType, why: &[u8], to: SocketAddr) {
+        let r = if message::response_declined(packet, code) {
+            if packet.header.get_type() != MessageType::Confirmable {
+                return;
+            }
+            message::empty_ack(packet.header.message_id)
+        } else {
+            let mut r = message::response_to(packet, code, self.mid());
+            r.payload = why.to_vec();
+            r
+        };
+        let bytes = self.encode(&r, to);
+        self.send_bytes(&bytes, to).await;
     }
 
     fn heard(&mut self) {

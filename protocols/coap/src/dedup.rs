@@ -8,8 +8,9 @@
 //! processed twice, which a CoAP client already has to expect of a restarted server). Never
 //! builds a reply itself.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 /// What the record says of a message.
@@ -29,20 +30,32 @@ struct Entry {
     reply: Option<Vec<u8>>,
 }
 
-/// The exchange record.
+/// The exchange record; `S` hashes its keys (std's keyed hasher unless told otherwise).
 #[derive(Debug)]
-pub struct Dedup<K> {
-    entries: HashMap<K, Entry>,
+pub struct Dedup<K, S = RandomState> {
+    entries: HashMap<K, Entry, S>,
     /// Keys in arrival order, with the expiry they were inserted with.
     order: VecDeque<(Instant, K)>,
     capacity: usize,
 }
 
+/// A record of one sender's exchanges, hashed with [`MixHasher`] (unkeyed, several times
+/// cheaper than std's): only for a record whose keys one sender picks, where colliding keys
+/// slow nobody but that sender, and at most over `capacity` entries.
+pub type SenderDedup<K> = Dedup<K, BuildHasherDefault<MixHasher>>;
+
 impl<K: Hash + Eq + Clone> Dedup<K> {
     /// A record of at most `capacity` exchanges (at least 1).
     pub fn new(capacity: usize) -> Self {
+        Dedup::with_hasher(capacity)
+    }
+}
+
+impl<K: Hash + Eq + Clone, S: BuildHasher + Default> Dedup<K, S> {
+    /// A record of at most `capacity` exchanges (at least 1), hashed with `S`.
+    pub fn with_hasher(capacity: usize) -> Self {
         Dedup {
-            entries: HashMap::new(),
+            entries: HashMap::with_hasher(S::default()),
             order: VecDeque::new(),
             capacity: capacity.max(1),
         }
@@ -110,6 +123,57 @@ impl<K: Hash + Eq + Clone> Dedup<K> {
     }
 }
 
+/// A multiply-rotate hasher (FxHash's step, with a final mix so that the table's control bits
+/// see every input bit). Not keyed: see [`SenderDedup`] for where that is acceptable.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MixHasher(u64);
+
+impl MixHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +202,29 @@ mod tests {
         assert_eq!(d.check(("a", 1), LIFE, t0), Seen::New);
         assert_eq!(d.check(("a", 1), LIFE, t0 + LIFE), Seen::New);
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn a_sender_record_behaves_as_the_keyed_one() {
+        let t0 = Instant::now();
+        let addr: std::net::SocketAddr = "127.0.0.1:5683".parse().unwrap();
+        let other: std::net::SocketAddr = "[::1]:5683".parse().unwrap();
+        let mut d: SenderDedup<(std::net::SocketAddr, u16)> = Dedup::with_hasher(1024);
+        for mid in 0..2000u16 {
+            assert_eq!(d.check((addr, mid), LIFE, t0), Seen::New);
+        }
+        assert_eq!(d.len(), 1024);
+        assert_eq!(d.check((addr, 1999), LIFE, t0), Seen::InProgress);
+        assert_eq!(d.check((other, 1999), LIFE, t0), Seen::New);
+        // Message ids next to each other spread over the table.
+        let hashes: std::collections::HashSet<u64> = (0..1024u16)
+            .map(|mid| {
+                let mut h = MixHasher::default();
+                (addr, mid).hash(&mut h);
+                h.finish() >> 57
+            })
+            .collect();
+        assert_eq!(hashes.len(), 128, "every control byte value is used");
     }
 
     #[test]

@@ -147,6 +147,70 @@ fn payload_marker_at(datagram: &[u8]) -> Option<usize> {
     None
 }
 
+/// The client id a request datagram names in its Uri-Query (the last `clientid=` or `c=`, as
+/// [`crate::request::parse`] takes it), read from the raw bytes without decoding the message:
+/// enough for the reading task to hand the datagram to that client's task, which decodes it.
+/// `None` when the datagram is not a well-formed version 1 CON or NON request, names no
+/// client id, or names it in other than non-empty UTF-8 (the full decode says why).
+pub fn request_client_id(datagram: &[u8]) -> Option<&str> {
+    let [first, code, _, _, ..] = *datagram else {
+        return None;
+    };
+    let token_len = usize::from(first & 0x0f);
+    // Version 1; CON (0) or NON (1); a request: class 0 and not Empty.
+    if first >> 6 != 1 || (first >> 4) & 0x03 > 1 || code >> 5 != 0 || code == 0 || token_len > 8 {
+        return None;
+    }
+    let mut i = 4 + token_len;
+    let mut number: u32 = 0;
+    let mut client_id = None;
+    while i < datagram.len() {
+        let byte = datagram[i];
+        if byte == 0xff {
+            // A payload marker must have a payload after it.
+            if i + 1 == datagram.len() {
+                return None;
+            }
+            break;
+        }
+        i += 1;
+        let mut extended = |nibble: u8| -> Option<u32> {
+            match nibble {
+                13 => {
+                    let v = u32::from(*datagram.get(i)?) + 13;
+                    i += 1;
+                    Some(v)
+                }
+                14 => {
+                    let v = u32::from(u16::from_be_bytes([
+                        *datagram.get(i)?,
+                        *datagram.get(i + 1)?,
+                    ])) + 269;
+                    i += 2;
+                    Some(v)
+                }
+                15 => None,
+                n => Some(u32::from(n)),
+            }
+        };
+        let delta = extended(byte >> 4)?;
+        let length = usize::try_from(extended(byte & 0x0f)?).ok()?;
+        number += delta;
+        let value = datagram.get(i..i + length)?;
+        i += length;
+        if number == 15 {
+            for key in [&b"clientid="[..], &b"c="[..]] {
+                if let Some(id) = value.strip_prefix(key) {
+                    client_id = Some(id);
+                }
+            }
+        }
+    }
+    std::str::from_utf8(client_id?)
+        .ok()
+        .filter(|id| !id.is_empty())
+}
+
 /// Options this server understands. An odd-numbered (critical) option outside this list in a
 /// request must not be ignored (RFC 7252 5.4.1).
 pub const SUPPORTED_CRITICAL: &[u16] = &[
@@ -412,11 +476,60 @@ mod tests {
         assert!(!response_declined(&p, ResponseType::Changed), "not a uint8");
     }
 
+    #[test]
+    fn the_client_id_is_read_from_the_raw_request_as_the_parser_reads_it() {
+        let mut p = request(MessageType::Confirmable, &["ps", "a"]);
+        p.add_option(CoapOption::UriQuery, b"qos=1".to_vec());
+        p.add_option(CoapOption::UriQuery, b"clientid=first".to_vec());
+        p.add_option(CoapOption::UriQuery, b"c=dev-7".to_vec());
+        p.add_option(CoapOption::NoResponse, vec![2]);
+        p.payload = b"21.5".to_vec();
+        let bytes = p.to_bytes().unwrap();
+        assert_eq!(request_client_id(&bytes), Some("dev-7"));
+        let parsed = crate::request::parse(&decode(&bytes, 1152).unwrap()).unwrap();
+        assert_eq!(parsed.identity.client_id.as_deref(), Some("dev-7"));
+        // Long option values (extended lengths) are walked over.
+        let mut long = request(MessageType::NonConfirmable, &["ps", &"t".repeat(300)]);
+        long.add_option(
+            CoapOption::UriQuery,
+            format!("clientid={}", "x".repeat(20)).into_bytes(),
+        );
+        assert_eq!(
+            request_client_id(&long.to_bytes().unwrap()),
+            Some("xxxxxxxxxxxxxxxxxxxx")
+        );
+        // Not a request, no client id, an empty one, not UTF-8, cut short: the full path.
+        let mut ack = request(MessageType::Acknowledgement, &["ps", "a"]);
+        ack.add_option(CoapOption::UriQuery, b"c=x".to_vec());
+        assert_eq!(request_client_id(&ack.to_bytes().unwrap()), None);
+        let none = request(MessageType::Confirmable, &["ps", "a"])
+            .to_bytes()
+            .unwrap();
+        assert_eq!(request_client_id(&none), None);
+        for bad in [&b"clientid="[..], &b"c=\xff"[..]] {
+            let mut p = request(MessageType::Confirmable, &["ps", "a"]);
+            p.add_option(CoapOption::UriQuery, bad.to_vec());
+            assert_eq!(request_client_id(&p.to_bytes().unwrap()), None);
+        }
+        assert_eq!(request_client_id(&bytes[..bytes.len() - 10]), None);
+        let mut marker_only = none.clone();
+        marker_only.push(0xff);
+        assert_eq!(request_client_id(&marker_only), None);
+    }
+
     proptest::proptest! {
         #[test]
         fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let _ = decode(&bytes, 1152);
             let _ = peek_header(&bytes);
+            // Whatever the raw read finds, the decoder agrees with it.
+            if let Some(id) = request_client_id(&bytes) {
+                if let Ok(p) = decode(&bytes, 1152) {
+                    if let Ok(r) = crate::request::parse(&p) {
+                        proptest::prop_assert_eq!(r.identity.client_id.as_deref(), Some(id));
+                    }
+                }
+            }
         }
     }
 }
