@@ -41,7 +41,8 @@
 # (the firmware's libc, static-pie, mimalloc) against the glibc build, with the broker's CPU %.
 # CoAP (BENCH_ONLY=coap runs only this; part of a full run): holdfast with [coap] on its
 # defaults, CoAP devices (holdfast-bench coap, UDP) publishing to ps/coapbench/{i} and one MQTT
-# subscriber counting: NON as fast as the sockets take them, NON paced at 100,000/s, CON with
+# subscriber counting: NON as fast as the sockets take them, the same declining the 2.04 with
+# No-Response (RFC 7967, fire-and-forget telemetry), NON paced at 100,000/s, CON with
 # one request outstanding per device (NSTART = 1) from 64 devices; the broker's CPU time per
 # delivered message against an MQTT QoS 0 fan-in on the same broker (mosquitto has no CoAP).
 # LwM2M (BENCH_ONLY=lwm2m runs only this; part of a full run): holdfast with [lwm2m] on its
@@ -620,6 +621,8 @@ if [[ $ONLY == all || $ONLY == coap ]]; then
         '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
         "$f" >"$f.tmp" && mv "$f.tmp" "$f"
     run_bench holdfast coap-non coap --coap-port "$COAP_PORT" --devices 16 --duration "$DURATION"
+    run_bench holdfast coap-quiet coap --coap-port "$COAP_PORT" --devices 16 --no-response --duration "$DURATION"
+    run_bench holdfast coap-quiet-paced coap --coap-port "$COAP_PORT" --devices 64 --rate 100000 --no-response --duration "$DURATION"
     run_bench holdfast coap-non-paced coap --coap-port "$COAP_PORT" --devices 64 --rate 100000 --duration "$DURATION"
     run_bench holdfast coap-con coap --coap-port "$COAP_PORT" --devices 64 --confirmable --duration "$DURATION"
     stop_broker holdfast
@@ -637,6 +640,8 @@ if [[ $ONLY == all || $ONLY == coap ]]; then
     printf '%-34s %12s %12s %10s %9s %9s %8s\n' "load" "sent/s" "delivered/s" "lost" "p99 us" "CPU us" "xMQTT"
     printf '%s\n' "$(printf '%.0s-' $(seq 100))"
     crow "NON, 16 devices, unpaced" coap-non
+    crow "NON + No-Response, 16, unpaced" coap-quiet
+    crow "NON + No-Response, 64, 100,000/s" coap-quiet-paced
     crow "NON, 64 devices, 100,000/s" coap-non-paced
     crow "CON, 64 devices, 1 outstanding" coap-con
     printf '%s\n' "$(printf '%.0s-' $(seq 100))"
