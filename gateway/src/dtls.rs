@@ -1,21 +1,28 @@
-//! DTLS 1.2 with pre-shared keys for the UDP gateways (CoAP `coaps` on 5684, LwM2M on 5784):
-//! one dimpl engine (sans-IO) per peer address, keys from a PSK file.
+//! DTLS 1.2 for the UDP gateways (CoAP `coaps` on 5684, LwM2M on 5784): one dimpl engine
+//! (sans-IO) per peer address, with pre-shared keys from a PSK file, X.509 certificates both
+//! ways, or both on one port (the client's ClientHello picks: a client offering a PSK suite
+//! gets the PSK engine).
 //!
-//! Owns the PSK table (`identity:hexkey` lines, loaded once at start), the sessions (bounded by
-//! count, a handshake deadline and an idle limit) and the record layer between the socket and
-//! the CoAP code: [`Sessions::receive`] turns a datagram into records to send back and
-//! plaintext CoAP messages, [`Sessions::seal`] a CoAP message into records. The suite is
-//! TLS_PSK_WITH_AES_128_CCM_8 (the one LwM2M mandates), with the extended master secret. The
-//! identity a peer proved (its key matched) is what the gateways give the broker as its user
-//! name. Never does I/O itself; never logs a key.
+//! Owns the PSK table (`identity:hexkey` lines, loaded once at start), the certificate side
+//! (the server's certificate and key, the devices' CA), the sessions (bounded by count, a
+//! handshake deadline and an idle limit) and the record layer between the socket and the CoAP
+//! code: [`Sessions::receive`] turns a datagram into records to send back and plaintext CoAP
+//! messages, [`Sessions::seal`] a CoAP message into records. PSK: TLS_PSK_WITH_AES_128_CCM_8
+//! (the one LwM2M mandates) with the extended master secret; certificates: ECDHE_ECDSA suites
+//! with a device certificate required and verified against the CA by webpki (as the MQTT TLS
+//! listener does) before the handshake may finish. The identity a peer proved (its PSK
+//! identity, or its certificate's CN) is what the gateways give the broker as its user name.
+//! Never does I/O itself; never logs a key.
 
+use crate::config::{DtlsCertificates, DtlsConfig};
 use crate::udp::lock;
-use dimpl::{Config, Dtls, Output, PskResolver};
+use dimpl::{Config, Dtls, DtlsCertificate, Output, PskResolver};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_rustls::rustls::{self, pki_types, server::danger::ClientCertVerifier};
 
 /// A handshake not finished within this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,6 +96,97 @@ fn hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The certificate side of a DTLS port.
+pub struct CertAuth {
+    certificate: DtlsCertificate,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for CertAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertAuth({:?})", self.certificate)
+    }
+}
+
+impl CertAuth {
+    /// Loads the server's certificate and key and the devices' CA. Errors name the file.
+    pub fn load(c: &DtlsCertificates) -> Result<CertAuth, String> {
+        use crate::broker::tls::{read_certs, read_key};
+        let certs = read_certs(&c.cert).map_err(|e| e.to_string())?;
+        let certificate = certs
+            .first()
+            .map(|der| der.as_ref().to_vec())
+            .ok_or_else(|| format!("{}: no certificate", c.cert.display()))?;
+        let key = read_key(&c.key).map_err(|e| e.to_string())?;
+        let private_key = key.secret_der().to_vec();
+        // The engine would panic (an abort) on a key it cannot use: tried here, once.
+        dimpl::crypto::rust_crypto::default_provider()
+            .key_provider
+            .load_private_key(&private_key)
+            .map_err(|e| {
+                format!(
+                    "{}: not an ECDSA P-256 or P-384 private key ({e})",
+                    c.key.display()
+                )
+            })?;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in read_certs(&c.client_ca).map_err(|e| e.to_string())? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("{}: {e}", c.client_ca.display()))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("{}: {e}", c.client_ca.display()))?;
+        Ok(CertAuth {
+            certificate: DtlsCertificate {
+                certificate,
+                private_key,
+            },
+            verifier,
+        })
+    }
+
+    /// Verifies a device's certificate against the CA (signature chain, validity, client
+    /// use); its CN, the identity the device proved.
+    fn verify(&self, der: &[u8]) -> Result<String, String> {
+        let cert = pki_types::CertificateDer::from(der.to_vec());
+        self.verifier
+            .verify_client_cert(&cert, &[], pki_types::UnixTime::now())
+            .map_err(|e| format!("client certificate refused: {e}"))?;
+        crate::broker::peer_cert::PeerCert::from_der(der)
+            .and_then(|p| p.cn)
+            .filter(|cn| !cn.is_empty())
+            .ok_or_else(|| "client certificate without a CN".to_owned())
+    }
+}
+
+/// Whether a ClientHello (the first datagram of a session) offers a PSK cipher suite; `None`
+/// when it cannot be read (fragmented or malformed: the engine reports it).
+fn offers_psk(datagram: &[u8]) -> Option<bool> {
+    // Record header (13), handshake header (12), client_version (2), random (32).
+    let body = datagram.get(13..)?;
+    if *body.first()? != 1 {
+        return None; // not a ClientHello
+    }
+    let hello = body.get(12..)?;
+    let mut i = 2 + 32;
+    let session_id = usize::from(*hello.get(i)?);
+    i += 1 + session_id;
+    let cookie = usize::from(*hello.get(i)?);
+    i += 1 + cookie;
+    let len = usize::from(u16::from_be_bytes([*hello.get(i)?, *hello.get(i + 1)?]));
+    let suites = hello.get(i + 2..i + 2 + len)?;
+    // TLS_PSK_WITH_AES_128_CCM_8, the PSK suite the engine speaks.
+    Some(
+        suites
+            .chunks_exact(2)
+            .any(|pair| u16::from_be_bytes([pair[0], pair[1]]) == 0xC0A8),
+    )
+}
+
 /// The resolver of one session: looks keys up and remembers which identity the peer used.
 struct Recorder {
     table: Arc<PskTable>,
@@ -109,12 +207,39 @@ impl PskResolver for Recorder {
 
 struct Session {
     dtls: Dtls,
-    recorder: Arc<Recorder>,
+    /// PSK sessions: the identity the key was looked up by.
+    recorder: Option<Arc<Recorder>>,
+    /// Certificate sessions: the CA, and the CN of the certificate it verified.
+    cert_auth: Option<Arc<CertAuth>>,
+    cert_identity: Option<String>,
     /// The proven identity, once connected.
     identity: Option<String>,
     started: Instant,
     last: Instant,
     next_timeout: Option<Instant>,
+}
+
+impl Session {
+    fn start(
+        mut dtls: Dtls,
+        recorder: Option<Arc<Recorder>>,
+        cert_auth: Option<Arc<CertAuth>>,
+        now: Instant,
+    ) -> Result<Session, String> {
+        // The engine draws its random values in its first timeout: without it, a
+        // ClientHello would meet an unset server random.
+        dtls.handle_timeout(now).map_err(|e| format!("DTLS: {e}"))?;
+        Ok(Session {
+            dtls,
+            recorder,
+            cert_auth,
+            cert_identity: None,
+            identity: None,
+            started: now,
+            last: now,
+            next_timeout: None,
+        })
+    }
 }
 
 /// What a datagram led to.
@@ -132,7 +257,8 @@ pub struct Received {
 
 /// The DTLS sessions of one socket.
 pub struct Sessions {
-    table: Arc<PskTable>,
+    table: Option<Arc<PskTable>>,
+    certs: Option<Arc<CertAuth>>,
     hint: Vec<u8>,
     max: usize,
     idle: Duration,
@@ -147,15 +273,52 @@ impl std::fmt::Debug for Sessions {
 
 impl Sessions {
     /// At most `max` sessions; one idle for `idle` is dropped. `hint` is the PSK identity
-    /// hint sent to clients.
-    pub fn new(table: PskTable, hint: &str, max: usize, idle: Duration) -> Sessions {
+    /// hint sent to clients. At least one of `table` and `certs` is given.
+    pub fn new(
+        table: Option<PskTable>,
+        certs: Option<CertAuth>,
+        hint: &str,
+        max: usize,
+        idle: Duration,
+    ) -> Sessions {
         Sessions {
-            table: Arc::new(table),
+            table: table.map(Arc::new),
+            certs: certs.map(Arc::new),
             hint: hint.as_bytes().to_vec(),
             max: max.max(1),
             idle,
             sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Loads a `dtls` table's PSK file and certificates (`gateway` names the gateway in the
+    /// log); errors name the file and why.
+    pub fn load(
+        cfg: &DtlsConfig,
+        gateway: &str,
+        max: usize,
+        idle: Duration,
+    ) -> Result<Sessions, String> {
+        let table = match &cfg.psk_file {
+            Some(file) => {
+                let table = PskTable::load(file)?;
+                tracing::info!(identities = table.len(), file = %file.display(), "{gateway}: DTLS pre-shared keys loaded");
+                Some(table)
+            }
+            None => None,
+        };
+        let certs = match &cfg.certificates {
+            Some(c) => {
+                let auth = CertAuth::load(c)?;
+                tracing::info!(cert = %c.cert.display(), client_ca = %c.client_ca.display(), "{gateway}: DTLS certificates loaded (device certificates required)");
+                Some(auth)
+            }
+            None => None,
+        };
+        if table.is_none() && certs.is_none() {
+            return Err("neither psk_file nor certificates".into());
+        }
+        Ok(Sessions::new(table, certs, &cfg.identity_hint, max, idle))
     }
 
     /// Sessions held.
@@ -190,38 +353,25 @@ impl Sessions {
                 ));
                 return out;
             }
-            let recorder = Arc::new(Recorder {
-                table: self.table.clone(),
-                identity: Mutex::new(None),
-            });
-            let config = Config::builder()
-                .with_psk_server(Some(self.hint.clone()), recorder.clone())
-                .build();
-            let config = match config {
-                Ok(c) => Arc::new(c),
+            let certs = match (&self.table, &self.certs) {
+                (Some(_), Some(c)) => (offers_psk(data) == Some(false)).then(|| c.clone()),
+                (None, Some(c)) => Some(c.clone()),
+                _ => None,
+            };
+            let session = match (certs, &self.table) {
+                (Some(auth), _) => self.certificate_session(auth, now),
+                (None, Some(table)) => self.psk_session(table, now),
+                (None, None) => Err("no DTLS credentials".into()),
+            };
+            match session {
+                Ok(s) => {
+                    sessions.insert(from, s);
+                }
                 Err(e) => {
-                    out.failed = Some(format!("DTLS configuration: {e}"));
+                    out.failed = Some(e);
                     return out;
                 }
-            };
-            let mut dtls = Dtls::new_12_psk(config, now);
-            // The engine draws its random values in its first timeout: without it, a
-            // ClientHello would meet an unset server random.
-            if let Err(e) = dtls.handle_timeout(now) {
-                out.failed = Some(format!("DTLS: {e}"));
-                return out;
             }
-            sessions.insert(
-                from,
-                Session {
-                    dtls,
-                    recorder,
-                    identity: None,
-                    started: now,
-                    last: now,
-                    next_timeout: None,
-                },
-            );
         }
         let Some(s) = sessions.get_mut(&from) else {
             return out;
@@ -238,6 +388,30 @@ impl Sessions {
             sessions.remove(&from);
         }
         out
+    }
+
+    /// A new session answering with a pre-shared key.
+    fn psk_session(&self, table: &Arc<PskTable>, now: Instant) -> Result<Session, String> {
+        let recorder = Arc::new(Recorder {
+            table: table.clone(),
+            identity: Mutex::new(None),
+        });
+        let config = Config::builder()
+            .with_psk_server(Some(self.hint.clone()), recorder.clone())
+            .build()
+            .map_err(|e| format!("DTLS configuration: {e}"))?;
+        let dtls = Dtls::new_12_psk(Arc::new(config), now);
+        Session::start(dtls, Some(recorder), None, now)
+    }
+
+    /// A new session answering with the server's certificate and requiring the device's.
+    fn certificate_session(&self, auth: Arc<CertAuth>, now: Instant) -> Result<Session, String> {
+        let config = Config::builder()
+            .require_client_certificate(true)
+            .build()
+            .map_err(|e| format!("DTLS configuration: {e}"))?;
+        let dtls = Dtls::new_12(Arc::new(config), auth.certificate.clone(), now);
+        Session::start(dtls, None, Some(auth), now)
     }
 
     /// Encrypts a CoAP message for `to`; `None` when `to` has no established session.
@@ -298,9 +472,31 @@ fn drain(s: &mut Session, out: &mut Received) -> bool {
                 s.next_timeout = Some(at);
                 return false;
             }
+            Output::PeerCert(der) => {
+                let Some(auth) = &s.cert_auth else {
+                    continue;
+                };
+                match auth.verify(der) {
+                    Ok(cn) => s.cert_identity = Some(cn),
+                    Err(why) => {
+                        out.failed = Some(why);
+                        return true;
+                    }
+                }
+            }
             Output::Connected => {
-                let id = lock(&s.recorder.identity).clone().unwrap_or_default();
-                s.identity = Some(String::from_utf8_lossy(&id).into_owned());
+                s.identity = match (&s.recorder, &s.cert_identity) {
+                    (Some(r), _) => {
+                        let id = lock(&r.identity).clone().unwrap_or_default();
+                        Some(String::from_utf8_lossy(&id).into_owned())
+                    }
+                    (None, Some(cn)) => Some(cn.clone()),
+                    (None, None) => {
+                        out.failed =
+                            Some("handshake finished without a verified certificate".into());
+                        return true;
+                    }
+                };
             }
             Output::ApplicationData(d) => out.plain.push(d.to_vec()),
             Output::CloseNotify => return true,
@@ -352,7 +548,7 @@ mod tests {
             }
         }
         let table = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk").unwrap();
-        let server = Sessions::new(table, "holdfast", 4, Duration::from_secs(60));
+        let server = Sessions::new(Some(table), None, "holdfast", 4, Duration::from_secs(60));
         let client_cfg = Config::builder()
             .with_psk_client(b"dev1".to_vec(), Arc::new(Key))
             .build()
@@ -407,13 +603,52 @@ mod tests {
         assert!(server.seal(b"x", stranger).is_none());
     }
 
+    #[test]
+    fn a_client_hello_says_whether_it_offers_the_psk_suite() {
+        struct Key;
+        impl PskResolver for Key {
+            fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
+                Some(b"0123456789abcdef".to_vec())
+            }
+        }
+        let config = Config::builder()
+            .with_psk_client(b"dev1".to_vec(), Arc::new(Key))
+            .build()
+            .unwrap();
+        let now = Instant::now();
+        let mut client = Dtls::new_12_psk(Arc::new(config), now);
+        client.set_active(true);
+        let _ = client.handle_timeout(now);
+        let mut buf = vec![0u8; OUT_BUF];
+        let hello = loop {
+            match client.poll_output(&mut buf) {
+                Output::Packet(p) => break p.to_vec(),
+                Output::Timeout(_) => panic!("no ClientHello"),
+                _ => {}
+            }
+        };
+        assert_eq!(offers_psk(&hello), Some(true));
+        // The same hello offering only ECDHE_ECDSA suites (0xC02B) is a certificate client.
+        let mut ecdsa = hello.clone();
+        let at = (0..ecdsa.len() - 1)
+            .find(|&i| ecdsa[i] == 0xC0 && ecdsa[i + 1] == 0xA8)
+            .unwrap();
+        ecdsa[at + 1] = 0x2B;
+        assert_eq!(offers_psk(&ecdsa), Some(false));
+        // Cut before its suites: unreadable (the engine then decides).
+        for cut in [0, 13, 25, 60] {
+            assert_eq!(offers_psk(&hello[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(offers_psk(&[22, 0xfe, 0xfd]), None);
+    }
+
     proptest::proptest! {
         /// Garbage that looks like a handshake record never panics the engine (a panic is an
         /// abort in the release build) and never leaves a session connected.
         #[test]
         fn garbage_handshakes_never_panic(tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let table = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk").unwrap();
-            let server = Sessions::new(table, "holdfast", 4, Duration::from_secs(60));
+            let server = Sessions::new(Some(table), None, "holdfast", 4, Duration::from_secs(60));
             let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
             let mut datagram = vec![22, 0xfe, 0xfd];
             datagram.extend(tail);

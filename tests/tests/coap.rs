@@ -747,6 +747,150 @@ fn coaps_client(
     (payload, format!("{stdout}{stderr}"))
 }
 
+/// `coap-client-openssl` with a client certificate (PEM files), checking the server's
+/// certificate against `ca`.
+fn coaps_cert_client(
+    port: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    ca: &std::path::Path,
+    args: &[&str],
+    uri: &str,
+) -> String {
+    let mut cmd = Command::new("coap-client-openssl");
+    cmd.args(["-B", "8", "-c"])
+        .arg(cert)
+        .arg("-j")
+        .arg(key)
+        .arg("-C")
+        .arg(ca)
+        .args(args)
+        .arg(format!("coaps://127.0.0.1:{port}/{uri}"));
+    let (_, stdout, stderr) = run_with_timeout(&mut cmd, WAIT);
+    format!("{stdout}{stderr}")
+}
+
+#[test]
+fn dtls_certificates_identify_devices_by_their_cn_and_psk_works_on_the_same_port() {
+    let dir = TempDir::new("coaps-cert");
+    let pki = holdfast_tests::pki::make_pki_with_client(dir.path(), "meter-9");
+    let other_dir = TempDir::new("coaps-cert-other");
+    let other = holdfast_tests::pki::make_pki_with_client(other_dir.path(), "meter-9");
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, "meter-7:7365637265746b6579\n").unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[rules]]\npermission = \"allow\"\nwho = { user = \"meter-9\" }\naction = \"all\"\ntopics = [\"meters/9\"]\n\n[[rules]]\npermission = \"allow\"\nwho = { user = \"meter-7\" }\naction = \"all\"\ntopics = [\"meters/7\"]\n\n[[rules]]\npermission = \"allow\"\nwho = { all = true }\naction = \"subscribe\"\ntopics = [\"#\"]\n",
+    )
+    .unwrap();
+    let dtls = free_udp_port();
+    let (gw, _coap) = gateway(
+        &format!(
+            "dtls = {{ bind = \"127.0.0.1:{dtls}\", psk_file = {:?}, cert = {:?}, key = {:?}, client_ca = {:?} }}",
+            psk.display().to_string(),
+            pki.server_cert.display().to_string(),
+            pki.server_key.display().to_string(),
+            pki.ca.display().to_string(),
+        ),
+        &format!(
+            "acl_file = {:?}\nacl_nomatch = \"deny\"",
+            acl.display().to_string()
+        ),
+    );
+    assert!(
+        gw.wait_for_log("DTLS certificates loaded", WAIT),
+        "{}",
+        gw.log()
+    );
+    let sub = MosquittoSub::start(gw.port, "meters/#", &["-v"]);
+    // The certificate's CN is the verified user name the ACL sees, and the client id.
+    let said = coaps_cert_client(
+        dtls,
+        &pki.client_cert,
+        &pki.client_key,
+        &pki.ca,
+        &["-m", "post", "-e", "9"],
+        "ps/meters/9",
+    );
+    assert_eq!(response_code(&said), None, "{said}\n{}", gw.log());
+    assert_eq!(sub.wait_for(1, WAIT), ["meters/9 9"]);
+    assert!(
+        gw.log()
+            .contains("client_id=meter-9 username=\"meter-9\" protocol=\"coap\""),
+        "{}",
+        gw.log()
+    );
+    // A PSK device on the same port.
+    let (_, said) = coaps_client(
+        dtls,
+        "meter-7",
+        "secretkey",
+        &["-m", "post", "-e", "7"],
+        "ps/meters/7",
+    );
+    assert_eq!(response_code(&said), None, "{said}");
+    assert_eq!(sub.wait_for(2, WAIT), ["meters/9 9", "meters/7 7"]);
+    // The same CN signed by another CA completes no handshake and publishes nothing.
+    coaps_cert_client(
+        dtls,
+        &other.client_cert,
+        &other.client_key,
+        &pki.ca,
+        &["-m", "post", "-e", "forged"],
+        "ps/meters/9?clientid=forger",
+    );
+    assert!(
+        wait_until(WAIT, || gw.log().contains("client certificate refused")),
+        "{}",
+        gw.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.messages().len(), 2, "{:?}", sub.messages());
+    let stats = ctl_json(&socket(&gw), &["coap"]);
+    assert!(stats["stats"]["bad_dtls"].as_u64() >= Some(1), "{stats}");
+}
+
+#[test]
+fn a_dtls_key_the_engine_cannot_use_is_one_start_error_naming_it() {
+    // The suites are ECDHE_ECDSA: an RSA key is refused at start (the engine would abort on
+    // it at the first handshake).
+    let dir = TempDir::new("coaps-rsa");
+    let pki = holdfast_tests::pki::make_pki(dir.path());
+    let (rsa_key, _) =
+        holdfast_tests::pki::make_key_pair(dir.path(), "rsa", holdfast_tests::pki::KeyKind::Rsa);
+    let (port, dtls) = (free_port(), free_udp_port());
+    let path = dir.path().join("holdfast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nkind = \"tcp\"\nbind = \"127.0.0.1:{port}\"\n\n[coap]\nbind = \"127.0.0.1:{}\"\ndtls = {{ bind = \"127.0.0.1:{dtls}\", cert = {:?}, key = {:?}, client_ca = {:?} }}\n",
+            free_udp_port(),
+            pki.server_cert.display().to_string(),
+            rsa_key.display().to_string(),
+            pki.ca.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run_with_timeout(
+        Command::new(holdfast_tests::holdfast_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+        Duration::from_secs(20),
+    );
+    let text = format!("{out}{err}");
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("coap: dtls:")
+            && text.contains("rsa.key: not an ECDSA P-256 or P-384 private key"),
+        "{text}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+}
+
 #[test]
 fn dtls_psk_clients_are_known_by_their_identity_and_a_wrong_key_gets_nothing() {
     let dir = TempDir::new("coaps");

@@ -770,7 +770,7 @@ fn over_dtls_the_endpoint_name_is_the_psk_identity() {
     assert_eq!(response_code(&said), Some("4.00"), "{said}");
     assert!(
         gw.log()
-            .contains("over DTLS the endpoint name must be the PSK identity"),
+            .contains("over DTLS the endpoint name must be the proven identity"),
         "{}",
         gw.log()
     );
@@ -783,4 +783,48 @@ fn over_dtls_the_endpoint_name_is_the_psk_identity() {
         r.header.code,
         MessageClass::Response(ResponseType::Forbidden)
     );
+}
+
+#[test]
+fn over_dtls_with_certificates_the_endpoint_name_is_the_certificates_cn() {
+    let dir = holdfast_tests::TempDir::new("lwm2m-dtls-cert");
+    let pki = holdfast_tests::pki::make_pki_with_client(dir.path(), "sensor-x509");
+    let dtls = free_udp_port();
+    let (gw, _lwm2m) = gateway(&format!(
+        "dtls = {{ bind = \"127.0.0.1:{dtls}\", cert = {:?}, key = {:?}, client_ca = {:?} }}",
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+        pki.ca.display().to_string(),
+    ));
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let register = |ep: &str| {
+        let mut cmd = Command::new("coap-client-openssl");
+        cmd.args(["-B", "4", "-c"])
+            .arg(&pki.client_cert)
+            .arg("-j")
+            .arg(&pki.client_key)
+            .arg("-C")
+            .arg(&pki.ca)
+            .args(["-m", "post", "-e", "</3303/0>"])
+            .arg(format!(
+                "coaps://127.0.0.1:{dtls}/rd?ep={ep}&lt=60&lwm2m=1.1"
+            ));
+        let (_, out, err) = holdfast_tests::run_with_timeout(&mut cmd, WAIT);
+        format!("{out}{err}")
+    };
+    let said = register("sensor-x509");
+    assert_eq!(response_code(&said), None, "{said}\n{}", gw.log());
+    let reg = wait_json(&sub, "lwm2m/sensor-x509/up/resp", |v| {
+        v["msgType"] == "register"
+    });
+    assert_eq!(reg["data"]["objectList"], json!(["/3303/0"]));
+    assert!(
+        gw.log()
+            .contains("client_id=sensor-x509 username=\"sensor-x509\" protocol=\"lwm2m\""),
+        "{}",
+        gw.log()
+    );
+    // Another name with this certificate: refused.
+    let said = register("someone-else");
+    assert_eq!(response_code(&said), Some("4.00"), "{said}");
 }

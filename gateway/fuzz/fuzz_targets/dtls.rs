@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(table) = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk") else {
         return;
     };
-    let sessions = Sessions::new(table, "holdfast", 4, Duration::from_secs(60));
+    let sessions = Sessions::new(Some(table), None, "holdfast", 4, Duration::from_secs(60));
     let peers: [SocketAddr; 3] = [
         SocketAddr::from(([127, 0, 0, 1], 5000)),
         SocketAddr::from(([127, 0, 0, 1], 5001)),

@@ -43,9 +43,9 @@ pub enum BindError {
         /// Why.
         source: std::io::Error,
     },
-    /// The DTLS PSK file could not be read.
-    #[error("coap: dtls.psk_file: {0}")]
-    Psk(String),
+    /// The DTLS PSK file or certificates could not be loaded.
+    #[error("coap: dtls: {0}")]
+    Dtls(String),
 }
 
 /// The bound sockets, ready to serve.
@@ -70,19 +70,18 @@ async fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
         .map_err(|source| BindError::Bind { bind: addr, source })
 }
 
-/// Binds `[coap].bind` (and `dtls.bind`), loading the PSK file.
+/// Binds `[coap].bind` (and `dtls.bind`), loading the PSK file and certificates.
 pub async fn bind(config: &CoapConfig) -> Result<Bound, BindError> {
     let socket = bind_udp(config.bind).await?;
     let dtls = match &config.dtls {
         Some(d) => {
-            let table = crate::dtls::PskTable::load(&d.psk_file).map_err(BindError::Psk)?;
-            tracing::info!(identities = table.len(), file = %d.psk_file.display(), "coap: DTLS pre-shared keys loaded");
-            let sessions = crate::dtls::Sessions::new(
-                table,
-                &d.identity_hint,
+            let sessions = crate::dtls::Sessions::load(
+                d,
+                "coap",
                 config.max_peers,
                 config.heartbeat.mul_f64(1.5),
-            );
+            )
+            .map_err(BindError::Dtls)?;
             Some((bind_udp(d.bind).await?, Arc::new(sessions)))
         }
         None => None,

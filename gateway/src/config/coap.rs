@@ -261,18 +261,40 @@ pub(super) fn socket_addr(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<S
     }
 }
 
-/// DTLS with pre-shared keys on its own port (`dtls = { bind, psk_file, identity_hint }`).
+/// DTLS on its own port (`dtls = { bind, psk_file, identity_hint, cert, key, client_ca }`):
+/// pre-shared keys, certificates, or both (a client's ClientHello picks).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DtlsConfig {
     /// UDP address of the DTLS port.
     pub bind: SocketAddr,
     /// `identity:hexkey` lines; an identity is the user name the broker sees.
-    pub psk_file: std::path::PathBuf,
+    pub psk_file: Option<std::path::PathBuf>,
     /// The PSK identity hint sent to clients. Default "holdfast".
     pub identity_hint: String,
+    /// X.509 certificates both ways.
+    pub certificates: Option<DtlsCertificates>,
 }
 
-const DTLS_KEYS: &[&str] = &["bind", "psk_file", "identity_hint"];
+/// The certificate side of DTLS: the server's certificate and key, and the CA whose
+/// certificates devices must present (the certificate's CN is the device's identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DtlsCertificates {
+    /// The server's certificate (PEM; the first one in the file is sent).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM, ECDSA P-256 or P-384: the suites are ECDHE_ECDSA).
+    pub key: std::path::PathBuf,
+    /// The CA certificates (PEM) that sign the devices' certificates.
+    pub client_ca: std::path::PathBuf,
+}
+
+const DTLS_KEYS: &[&str] = &[
+    "bind",
+    "psk_file",
+    "identity_hint",
+    "cert",
+    "key",
+    "client_ca",
+];
 
 /// Reads a `dtls = { ... }` table at `path` (`coap.dtls`, `lwm2m.dtls`); `default_bind` is
 /// the section's DTLS port.
@@ -285,17 +307,46 @@ pub(super) fn dtls_table(
     let before = ctx.problem_count();
     let entries = ctx.open(node, path, DTLS_KEYS, &[]);
     let bind = ctx.get(entries, path, "bind", default_bind, socket_addr);
-    let psk_file = match super::validate::field(entries, "psk_file") {
-        Some(n) => super::validate::path_buf(ctx, n, &format!("{path}.psk_file")),
-        None => {
+    let file = |ctx: &mut Ctx<'_>, key: &str| {
+        super::validate::field(entries, key)
+            .and_then(|n| super::validate::path_buf(ctx, n, &format!("{path}.{key}")))
+    };
+    let psk_file = file(ctx, "psk_file");
+    let (cert, key, client_ca) = (file(ctx, "cert"), file(ctx, "key"), file(ctx, "client_ca"));
+    let certificates = match (cert, key, client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(DtlsCertificates {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None, None) => None,
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                ("cert", cert.is_none()),
+                ("key", key.is_none()),
+                ("client_ca", ca.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(k, m)| m.then_some(k))
+            .collect();
             ctx.report(
                 node,
-                &format!("{path}.psk_file"),
-                "is required, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)",
+                path,
+                format!(
+                    "certificates need cert, key and client_ca together (missing: {})",
+                    missing.join(", ")
+                ),
             );
             None
         }
     };
+    if psk_file.is_none() && certificates.is_none() && ctx.problem_count() == before {
+        ctx.report(
+            node,
+            &format!("{path}.psk_file"),
+            "is required unless cert, key and client_ca are given, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)",
+        );
+    }
     let identity_hint = ctx.get(
         entries,
         path,
@@ -308,7 +359,8 @@ pub(super) fn dtls_table(
     }
     Some(DtlsConfig {
         bind,
-        psk_file: psk_file?,
+        psk_file,
         identity_hint,
+        certificates,
     })
 }

@@ -28,7 +28,7 @@ pub use auto_subscribe::{check_template as check_auto_subscribe_template, AutoSu
 pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
-pub use coap::{CoapConfig, CoapQos, DtlsConfig, NotifyType};
+pub use coap::{CoapConfig, CoapQos, DtlsCertificates, DtlsConfig, NotifyType};
 pub use lwm2m::{Lwm2mConfig, UpdatePublish};
 pub use modbus::{
     FlowControl, MessageMode, ModbusConfig, ModbusDevice, ModbusTransport, Parity, SerialLine,

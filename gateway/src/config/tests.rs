@@ -1643,7 +1643,8 @@ fn dtls_tables_need_a_psk_file_and_default_to_the_dtls_ports() {
         .unwrap();
     let d = coap.dtls.unwrap();
     assert_eq!(d.bind, addr("0.0.0.0:5684"));
-    assert_eq!(d.psk_file, PathBuf::from("/etc/holdfast/psk"));
+    assert_eq!(d.psk_file, Some(PathBuf::from("/etc/holdfast/psk")));
+    assert_eq!(d.certificates, None);
     assert_eq!(d.identity_hint, "holdfast");
     let l = ok("[lwm2m]\ndtls = { bind = \"127.0.0.1:15784\", psk_file = \"p\" }\n")
         .lwm2m
@@ -1651,7 +1652,25 @@ fn dtls_tables_need_a_psk_file_and_default_to_the_dtls_ports() {
     assert_eq!(l.dtls.unwrap().bind, addr("127.0.0.1:15784"));
     assert_eq!(
         problems("[coap]\ndtls = { bind = \"127.0.0.1:5684\" }\n"),
-        ["holdfast.toml:2: coap.dtls.psk_file: is required, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)"]
+        ["holdfast.toml:2: coap.dtls.psk_file: is required unless cert, key and client_ca are given, e.g. psk_file = \"/etc/holdfast/psk\" (identity:hexkey lines)"]
+    );
+    let c = ok("[coap]\ndtls = { cert = \"s.pem\", key = \"s.key\", client_ca = \"ca.pem\" }\n")
+        .coap
+        .unwrap()
+        .dtls
+        .unwrap();
+    assert_eq!(c.psk_file, None);
+    assert_eq!(
+        c.certificates.map(|c| (c.cert, c.key, c.client_ca)),
+        Some((
+            PathBuf::from("s.pem"),
+            PathBuf::from("s.key"),
+            PathBuf::from("ca.pem")
+        ))
+    );
+    assert_eq!(
+        problems("[lwm2m]\ndtls = { psk_file = \"p\", cert = \"s.pem\" }\n"),
+        ["holdfast.toml:2: lwm2m.dtls: certificates need cert, key and client_ca together (missing: key, client_ca)"]
     );
 }
 

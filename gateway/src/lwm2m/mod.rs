@@ -54,9 +54,9 @@ pub enum StartError {
     /// An object definition in `xml_dir` could not be read.
     #[error("lwm2m: xml_dir: {0}")]
     Xml(String),
-    /// The DTLS PSK file could not be read.
-    #[error("lwm2m: dtls.psk_file: {0}")]
-    Psk(String),
+    /// The DTLS PSK file or certificates could not be loaded.
+    #[error("lwm2m: dtls: {0}")]
+    Dtls(String),
 }
 
 /// The bound socket and the object model, ready to serve.
@@ -85,14 +85,9 @@ pub async fn bind(config: &Lwm2mConfig) -> Result<Bound, StartError> {
     let socket = bind_udp(config.bind).await?;
     let dtls = match &config.dtls {
         Some(d) => {
-            let table = crate::dtls::PskTable::load(&d.psk_file).map_err(StartError::Psk)?;
-            tracing::info!(identities = table.len(), file = %d.psk_file.display(), "lwm2m: DTLS pre-shared keys loaded");
-            let sessions = crate::dtls::Sessions::new(
-                table,
-                &d.identity_hint,
-                config.max_endpoints,
-                config.lifetime_max,
-            );
+            let sessions =
+                crate::dtls::Sessions::load(d, "lwm2m", config.max_endpoints, config.lifetime_max)
+                    .map_err(StartError::Dtls)?;
             Some((bind_udp(d.bind).await?, Arc::new(sessions)))
         }
         None => None,
@@ -585,7 +580,7 @@ impl Server {
         let secure = self.transport.is_secure();
         if let Some(psk) = identity.as_deref().filter(|psk| *psk != ep) {
             let e = RegError::BadRequest(format!(
-                "over DTLS the endpoint name must be the PSK identity ({psk:?}), not {ep:?}"
+                "over DTLS the endpoint name must be the proven identity (PSK identity or certificate CN: {psk:?}), not {ep:?}"
             ));
             return self.refuse_registration(&packet, &e, from);
         }
