@@ -1,5 +1,6 @@
 //! The entry point the fuzz target (`protocols/coap/fuzz`, `datagram`) and the unit tests share:
-//! everything the server does with one datagram before a client's task sees it.
+//! everything the server does with one datagram before a client's task sees it (and the raw
+//! client-id read that hands a served client's datagrams on undecoded).
 //!
 //! Must never panic on any input; a datagram that decodes must encode and decode again to the
 //! same message.
@@ -11,11 +12,19 @@ use crate::{message, request, CoapOption};
 /// the EMQX request, the block options), then re-encodes and re-decodes what decoded.
 pub fn datagram(data: &[u8]) {
     let _ = message::peek_header(data);
+    // The reading task's raw read of the client id must agree with the full decode.
+    let raw_client_id = message::request_client_id(data);
     let Ok(packet) = message::decode(data, usize::MAX) else {
         return;
     };
     let _ = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL);
-    let _ = request::parse(&packet);
+    if let (Some(id), Ok(r)) = (raw_client_id, request::parse(&packet)) {
+        assert_eq!(
+            r.identity.client_id.as_deref(),
+            Some(id),
+            "the raw read and the parser disagree"
+        );
+    }
     let _ = packet.get_first_option_as::<BlockValue>(CoapOption::Block1);
     let _ = packet.get_first_option_as::<BlockValue>(CoapOption::Block2);
     let _ = packet.get_observe_value();
