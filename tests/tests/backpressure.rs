@@ -337,3 +337,43 @@ fn a_held_back_client_that_says_goodbye_has_its_last_words_applied_in_order() {
     );
     drop(stuck);
 }
+
+#[test]
+fn many_one_shot_publishers_into_a_stuck_subscriber_lose_nothing_acknowledged() {
+    // Each publisher sends one message and is done: holding it back stops nothing more from
+    // it, so a full queue takes one message past its limit from every one of them (bounded by
+    // the connections and `max_queued_bytes_total`) instead of dropping acknowledged ones.
+    let port = free_port();
+    let config = test_config(
+        port,
+        "max_mqueue_len = 5\nmax_inflight = 4\nslow_subscriber_timeout = \"30s\"",
+    );
+    let gw = Gateway::start_config(&config, port);
+    let sock = socket(&gw);
+    let (mut stuck, _) = Raw::connect_with_expiry(port, "stuck", true, 0);
+    stuck.subscribe_one("once/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+    const PUBLISHERS: usize = 60;
+    for i in 0..PUBLISHERS {
+        let mut p = Raw::connected(port, &format!("once-{i}"));
+        let mut publish = rumqttc::v5::mqttbytes::v5::Publish::new(
+            format!("once/{i}"),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            i.to_string(),
+            None,
+        );
+        publish.pkid = 1;
+        assert_eq!(
+            p.publish_qos1(publish),
+            rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+        );
+        p.disconnect();
+    }
+    // Every acknowledged message reaches the subscriber once it reads and acknowledges.
+    let mut seen = BTreeSet::new();
+    while let Some(p) = stuck.next_publish(Duration::from_secs(3)) {
+        stuck.ack(&p);
+        seen.insert(String::from_utf8_lossy(&p.topic).into_owned());
+    }
+    assert_eq!(seen.len(), PUBLISHERS, "got {seen:?}\nlog:\n{}", gw.log());
+    assert_eq!(stat(&sock, "messages/dropped/mqueue_full"), 0);
+}

@@ -537,15 +537,12 @@ enum Queued {
     No,
 }
 
-/// A full queue takes a held-back publisher's message up to this many times its limits; past
-/// that (many publishers at once, or a message nobody can hold back) it drops its oldest.
-const BACKPRESSURE_HEADROOM: usize = 2;
-
 /// Queues a delivery on a session. When the queue is full: for a connected client under
 /// `mqueue_full = "backpressure"` a QoS 1/2 delivery that can be held back at its source is
-/// queued over the limit (up to [`BACKPRESSURE_HEADROOM`] times it) and the caller holds the
-/// publisher back, and a QoS 0 one is dropped; otherwise the oldest queued message is dropped
-/// (EMQX). Every drop is counted.
+/// queued over the limit (up to twice it, or one message per held publisher past it, all
+/// sessions together within `max_queued_bytes_total`) and the caller holds the publisher back,
+/// and a QoS 0 one is dropped; otherwise the oldest queued message is dropped (EMQX). Every
+/// drop is counted.
 #[allow(clippy::too_many_arguments)]
 fn enqueue(
     cfg: &RouterConfig,
@@ -581,10 +578,20 @@ fn enqueue(
             }
             return Queued::No;
         }
+        // Room past the limits: as much again, or one message per publisher held back (each
+        // held one stops after the message that found the queue full, so many publishers
+        // sending one message each at once, 10,000 LwM2M endpoints answering an observe, all
+        // fit); a publisher that goes on regardless is still capped.
+        let held = s.congestion.as_ref().map_or(0, |c| c.publishers.len()) + 1;
+        let len_cap = cfg
+            .max_mqueue_len
+            .saturating_add(cfg.max_mqueue_len.max(held));
+        let bytes_cap = cfg
+            .max_mqueue_bytes
+            .saturating_add(cfg.max_mqueue_bytes.max(held.saturating_mul(incoming)));
         over_limit = holdable
-            && s.mqueue.len() < cfg.max_mqueue_len.saturating_mul(BACKPRESSURE_HEADROOM)
-            && s.held_bytes + incoming
-                <= cfg.max_mqueue_bytes.saturating_mul(BACKPRESSURE_HEADROOM);
+            && s.mqueue.len() < len_cap
+            && s.held_bytes.saturating_add(incoming) <= bytes_cap;
     }
     let mut over_bytes = false;
     while !over_limit && s.held_bytes + incoming > cfg.max_mqueue_bytes && !s.mqueue.is_empty() {

@@ -2,7 +2,8 @@
 //! (`mqtt.mqueue_full = "backpressure"`, the default).
 //!
 //! Owns the hold-back bookkeeping: a QoS 1/2 message for a connected subscriber whose queue is
-//! full is still queued (over the limit, within `BACKPRESSURE_HEADROOM`), and its publisher's
+//! full is still queued (over the limit: up to twice it, or one message per held publisher),
+//! and its publisher's
 //! connection is marked held back, so it applies no further PUBLISH until the queue is down to
 //! three quarters of its limits, its client goes away, or `slow_subscriber_timeout` passes and
 //! the subscriber is disconnected (0x97) instead. Nothing acknowledged is dropped on the way.
