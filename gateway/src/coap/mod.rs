@@ -2,10 +2,13 @@
 //! API, so every CoAP client is a broker client (authentication, ACL, `$SYS`, webhooks,
 //! `holdfast ctl clients`, the bridges) like an MQTT one.
 //!
-//! Owns the UDP socket and the table of CoAP clients. One task reads the socket: it decodes
-//! and checks each datagram (the sans-IO `holdfast_coap`), answers what needs no client (bad
-//! datagrams, pings, unknown paths), and hands requests to the client's task by its
-//! `clientid` (not only by address: NB-IoT NATs change the port), ACKs and RSTs by address.
+//! Owns the UDP socket and the table of CoAP clients. One task reads the socket (32 datagrams
+//! to a system call): a request naming a client being served goes to that client's task
+//! undecoded (found by the `clientid` read from the raw bytes, not by address: NB-IoT NATs
+//! change the port), and the task decodes and checks it; everything else is decoded and
+//! checked here (the sans-IO `holdfast_coap`), what needs no client answered here (bad
+//! datagrams, pings, unknown paths), a new client's first request handed to its new task,
+//! ACKs and RSTs by address.
 //! Each client's task ([`peer`]) owns its broker `Client`, its deduplication record, its
 //! observations and its retransmissions. The reading task never waits on the broker, and a
 //! client's full inbox drops the datagram (counted; the client retransmits a CON).
@@ -274,7 +277,7 @@ enum Inbound {
 struct DatagramIn {
     bytes: Vec<u8>,
     from: SocketAddr,
-    /// The PSK identity the peer proved (DTLS port).
+    /// The identity the peer proved on the DTLS port (PSK identity or certificate CN).
     psk_identity: Option<String>,
 }
 
@@ -319,7 +322,7 @@ struct RequestIn {
     packet: Packet,
     request: request::Request,
     from: SocketAddr,
-    /// The PSK identity the peer proved (DTLS port).
+    /// The identity the peer proved on the DTLS port (PSK identity or certificate CN).
     psk_identity: Option<String>,
 }
 

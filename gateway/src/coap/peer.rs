@@ -293,7 +293,7 @@ impl Peer {
             self.refuse(
                 &packet,
                 ResponseType::Unauthorized,
-                b"another PSK identity holds this client id",
+                b"another DTLS identity holds this client id",
                 from,
             )
             .await;
