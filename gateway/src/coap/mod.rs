@@ -625,19 +625,14 @@ impl Server {
         self.tracker.spawn(task.run(first, rx));
     }
 
-    /// A response to `request` (piggybacked, or NON for a NON request) with a diagnostic.
+    /// A response to `request` (piggybacked, or NON for a NON request) with a diagnostic, as
+    /// [`message::answer`] makes it (No-Response may leave a CON its empty ACK, a NON nothing).
     fn reply(&mut self, request: &Packet, code: ResponseType, payload: &[u8], to: SocketAddr) {
-        if message::response_declined(request, code) {
-            // No-Response (RFC 7967): a NON gets nothing, a CON only its empty ACK.
-            if request.header.get_type() == MessageType::Confirmable {
-                self.send(&message::empty_ack(request.header.message_id), to);
-            }
-            return;
-        }
         self.next_mid = self.next_mid.wrapping_add(1);
-        let mut r = message::response_to(request, code, self.next_mid);
-        r.payload = payload.to_vec();
-        self.send(&r, to);
+        if let Some(r) = message::answer(request, code, payload.to_vec(), Vec::new(), self.next_mid)
+        {
+            self.send(&r, to);
+        }
     }
 
     fn send(&self, packet: &Packet, to: SocketAddr) {

@@ -311,18 +311,11 @@ impl Peer {
     /// Answers `packet` with `code` and a diagnostic without processing it (unless its
     /// No-Response declines that class: then a CON gets its empty ACK and a NON nothing).
     async fn refuse(&mut self, packet: &Packet, code: ResponseType, why: &[u8], to: SocketAddr) {
-        let r = if message::response_declined(packet, code) {
-            if packet.header.get_type() != MessageType::Confirmable {
-                return;
-            }
-            message::empty_ack(packet.header.message_id)
-        } else {
-            let mut r = message::response_to(packet, code, self.mid());
-            r.payload = why.to_vec();
-            r
-        };
-        let bytes = self.encode(&r, to);
-        self.send_bytes(&bytes, to).await;
+        let next_mid = self.mid();
+        if let Some(r) = message::answer(packet, code, why.to_vec(), Vec::new(), next_mid) {
+            let bytes = self.encode(&r, to);
+            self.send_bytes(&bytes, to).await;
+        }
     }
 
     fn heard(&mut self) {
@@ -374,20 +367,11 @@ impl Peer {
         let Some(code) = reply.code else {
             return; // answered already (a separate response)
         };
-        if message::response_declined(&packet, code) {
-            // No-Response (RFC 7967): a NON gets nothing, a CON only its empty ACK.
-            if confirmable {
-                let bytes = self.encode(&message::empty_ack(mid), from);
-                self.dedup.replied(&(from, mid), bytes.clone());
-                self.send_bytes(&bytes, from).await;
-            }
+        // No-Response (RFC 7967) may leave a CON only its empty ACK and a NON nothing.
+        let next_mid = self.mid();
+        let Some(r) = message::answer(&packet, code, reply.payload, reply.options, next_mid) else {
             return;
-        }
-        let mut r = message::response_to(&packet, code, self.mid());
-        r.payload = reply.payload;
-        for (option, value) in reply.options {
-            r.add_option(option, value);
-        }
+        };
         let bytes = self.encode(&r, from);
         if confirmable {
             self.dedup.replied(&(from, mid), bytes.clone());

@@ -114,37 +114,85 @@ pub fn decode(datagram: &[u8], limit: usize) -> Result<Packet, DecodeError> {
     })
 }
 
+/// The options of a datagram read straight from its bytes, in order, as `(number, value)`;
+/// ends at the payload marker (kept in `marker`), at the end, or at the first malformed
+/// option (`malformed` set: [`Packet::from_bytes`] reports it).
+struct RawOptions<'a> {
+    datagram: &'a [u8],
+    at: usize,
+    number: u32,
+    marker: Option<usize>,
+    malformed: bool,
+}
+
+impl<'a> RawOptions<'a> {
+    /// The options after the header and a token of `token_len` bytes.
+    fn new(datagram: &'a [u8], token_len: usize) -> Self {
+        RawOptions {
+            datagram,
+            at: 4 + token_len,
+            number: 0,
+            marker: None,
+            malformed: false,
+        }
+    }
+
+    /// An option's delta or length nibble with its extended bytes.
+    fn extended(&mut self, nibble: u8) -> Option<u32> {
+        let d = self.datagram;
+        let v = match nibble {
+            13 => {
+                let v = u32::from(*d.get(self.at)?) + 13;
+                self.at += 1;
+                v
+            }
+            14 => {
+                let v =
+                    u32::from(u16::from_be_bytes([*d.get(self.at)?, *d.get(self.at + 1)?])) + 269;
+                self.at += 2;
+                v
+            }
+            15 => return None,
+            n => u32::from(n),
+        };
+        Some(v)
+    }
+
+    fn option(&mut self) -> Option<(u32, &'a [u8])> {
+        let byte = *self.datagram.get(self.at)?;
+        self.at += 1;
+        let delta = self.extended(byte >> 4)?;
+        let length = usize::try_from(self.extended(byte & 0x0f)?).ok()?;
+        self.number += delta;
+        let value = self.datagram.get(self.at..self.at + length)?;
+        self.at += length;
+        Some((self.number, value))
+    }
+}
+
+impl<'a> Iterator for RawOptions<'a> {
+    type Item = (u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.malformed || self.marker.is_some() || self.at >= self.datagram.len() {
+            return None;
+        }
+        if self.datagram[self.at] == 0xff {
+            self.marker = Some(self.at);
+            return None;
+        }
+        let option = self.option();
+        self.malformed = option.is_none();
+        option
+    }
+}
+
 /// Where the payload marker is, walking the options (None: no marker, or malformed options
 /// that [`Packet::from_bytes`] will report).
 fn payload_marker_at(datagram: &[u8]) -> Option<usize> {
-    let mut i = 4 + usize::from(datagram[0] & 0x0f);
-    while i < datagram.len() {
-        let byte = datagram[i];
-        if byte == 0xff {
-            return Some(i);
-        }
-        i += 1;
-        let ext = |nibble: u8| match nibble {
-            13 => Some(1),
-            14 => Some(2),
-            15 => None,
-            _ => Some(0),
-        };
-        let delta_ext = ext(byte >> 4)?;
-        let len_ext = ext(byte & 0x0f)?;
-        let len_at = i + delta_ext;
-        let length = match byte & 0x0f {
-            13 => usize::from(*datagram.get(len_at)?) + 13,
-            14 => {
-                let hi = *datagram.get(len_at)?;
-                let lo = *datagram.get(len_at + 1)?;
-                usize::from(u16::from_be_bytes([hi, lo])) + 269
-            }
-            n => usize::from(n),
-        };
-        i = len_at + len_ext + length;
-    }
-    None
+    let mut options = RawOptions::new(datagram, usize::from(datagram[0] & 0x0f));
+    options.by_ref().for_each(drop);
+    options.marker
 }
 
 /// The client id a request datagram names in its Uri-Query (the last `clientid=` or `c=`, as
@@ -161,43 +209,9 @@ pub fn request_client_id(datagram: &[u8]) -> Option<&str> {
     if first >> 6 != 1 || (first >> 4) & 0x03 > 1 || code >> 5 != 0 || code == 0 || token_len > 8 {
         return None;
     }
-    let mut i = 4 + token_len;
-    let mut number: u32 = 0;
+    let mut options = RawOptions::new(datagram, token_len);
     let mut client_id = None;
-    while i < datagram.len() {
-        let byte = datagram[i];
-        if byte == 0xff {
-            // A payload marker must have a payload after it.
-            if i + 1 == datagram.len() {
-                return None;
-            }
-            break;
-        }
-        i += 1;
-        let mut extended = |nibble: u8| -> Option<u32> {
-            match nibble {
-                13 => {
-                    let v = u32::from(*datagram.get(i)?) + 13;
-                    i += 1;
-                    Some(v)
-                }
-                14 => {
-                    let v = u32::from(u16::from_be_bytes([
-                        *datagram.get(i)?,
-                        *datagram.get(i + 1)?,
-                    ])) + 269;
-                    i += 2;
-                    Some(v)
-                }
-                15 => None,
-                n => Some(u32::from(n)),
-            }
-        };
-        let delta = extended(byte >> 4)?;
-        let length = usize::try_from(extended(byte & 0x0f)?).ok()?;
-        number += delta;
-        let value = datagram.get(i..i + length)?;
-        i += length;
+    for (number, value) in options.by_ref() {
         if number == 15 {
             for key in [&b"clientid="[..], &b"c="[..]] {
                 if let Some(id) = value.strip_prefix(key) {
@@ -205,6 +219,10 @@ pub fn request_client_id(datagram: &[u8]) -> Option<&str> {
                 }
             }
         }
+    }
+    // A malformed option, or a payload marker without a payload after it.
+    if options.malformed || options.marker.is_some_and(|m| m + 1 == datagram.len()) {
+        return None;
     }
     std::str::from_utf8(client_id?)
         .ok()
@@ -288,6 +306,28 @@ pub fn response_declined(request: &Packet, code: ResponseType) -> bool {
         _ => 0,
     };
     bits & mask != 0
+}
+
+/// The answer to `request`: [`response_to`] with `code`, `payload` and `options`, unless the
+/// request's No-Response declines that class ([`response_declined`]): then a CON gets its
+/// empty ACK and a NON nothing (`None`).
+pub fn answer(
+    request: &Packet,
+    code: ResponseType,
+    payload: Vec<u8>,
+    options: Vec<(CoapOption, Vec<u8>)>,
+    next_mid: u16,
+) -> Option<Packet> {
+    if response_declined(request, code) {
+        return (request.header.get_type() == MessageType::Confirmable)
+            .then(|| empty_ack(request.header.message_id));
+    }
+    let mut r = response_to(request, code, next_mid);
+    r.payload = payload;
+    for (option, value) in options {
+        r.add_option(option, value);
+    }
+    Some(r)
 }
 
 /// A separate response (RFC 7252 5.2.2): sent after an empty ACK, confirmable, with its own
