@@ -205,13 +205,20 @@ impl PskResolver for Recorder {
     }
 }
 
+/// How a session's peer proves who it is.
+enum Proof {
+    /// A pre-shared key: the identity the key was looked up by.
+    Psk(Arc<Recorder>),
+    /// A certificate: the CA, and the CN of the certificate it verified.
+    Certificate {
+        auth: Arc<CertAuth>,
+        verified: Option<String>,
+    },
+}
+
 struct Session {
     dtls: Dtls,
-    /// PSK sessions: the identity the key was looked up by.
-    recorder: Option<Arc<Recorder>>,
-    /// Certificate sessions: the CA, and the CN of the certificate it verified.
-    cert_auth: Option<Arc<CertAuth>>,
-    cert_identity: Option<String>,
+    proof: Proof,
     /// The proven identity, once connected.
     identity: Option<String>,
     started: Instant,
@@ -220,20 +227,13 @@ struct Session {
 }
 
 impl Session {
-    fn start(
-        mut dtls: Dtls,
-        recorder: Option<Arc<Recorder>>,
-        cert_auth: Option<Arc<CertAuth>>,
-        now: Instant,
-    ) -> Result<Session, String> {
+    fn start(mut dtls: Dtls, proof: Proof, now: Instant) -> Result<Session, String> {
         // The engine draws its random values in its first timeout: without it, a
         // ClientHello would meet an unset server random.
         dtls.handle_timeout(now).map_err(|e| format!("DTLS: {e}"))?;
         Ok(Session {
             dtls,
-            recorder,
-            cert_auth,
-            cert_identity: None,
+            proof,
             identity: None,
             started: now,
             last: now,
@@ -401,7 +401,7 @@ impl Sessions {
             .build()
             .map_err(|e| format!("DTLS configuration: {e}"))?;
         let dtls = Dtls::new_12_psk(Arc::new(config), now);
-        Session::start(dtls, Some(recorder), None, now)
+        Session::start(dtls, Proof::Psk(recorder), now)
     }
 
     /// A new session answering with the server's certificate and requiring the device's.
@@ -411,7 +411,11 @@ impl Sessions {
             .build()
             .map_err(|e| format!("DTLS configuration: {e}"))?;
         let dtls = Dtls::new_12(Arc::new(config), auth.certificate.clone(), now);
-        Session::start(dtls, None, Some(auth), now)
+        let proof = Proof::Certificate {
+            auth,
+            verified: None,
+        };
+        Session::start(dtls, proof, now)
     }
 
     /// Encrypts a CoAP message for `to`; `None` when `to` has no established session.
@@ -473,11 +477,11 @@ fn drain(s: &mut Session, out: &mut Received) -> bool {
                 return false;
             }
             Output::PeerCert(der) => {
-                let Some(auth) = &s.cert_auth else {
+                let Proof::Certificate { auth, verified } = &mut s.proof else {
                     continue;
                 };
                 match auth.verify(der) {
-                    Ok(cn) => s.cert_identity = Some(cn),
+                    Ok(cn) => *verified = Some(cn),
                     Err(why) => {
                         out.failed = Some(why);
                         return true;
@@ -485,13 +489,15 @@ fn drain(s: &mut Session, out: &mut Received) -> bool {
                 }
             }
             Output::Connected => {
-                s.identity = match (&s.recorder, &s.cert_identity) {
-                    (Some(r), _) => {
+                s.identity = match &s.proof {
+                    Proof::Psk(r) => {
                         let id = lock(&r.identity).clone().unwrap_or_default();
                         Some(String::from_utf8_lossy(&id).into_owned())
                     }
-                    (None, Some(cn)) => Some(cn.clone()),
-                    (None, None) => {
+                    Proof::Certificate {
+                        verified: Some(cn), ..
+                    } => Some(cn.clone()),
+                    Proof::Certificate { verified: None, .. } => {
                         out.failed =
                             Some("handshake finished without a verified certificate".into());
                         return true;
@@ -508,6 +514,15 @@ fn drain(s: &mut Session, out: &mut Received) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test client's key resolver: every identity has dev1's key.
+    struct Key;
+
+    impl PskResolver for Key {
+        fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
+            Some(b"0123456789abcdef".to_vec())
+        }
+    }
 
     #[test]
     fn a_psk_file_is_read_and_its_mistakes_named_by_line() {
@@ -541,12 +556,6 @@ mod tests {
 
     #[test]
     fn a_client_with_the_key_completes_the_handshake_and_exchanges_data() {
-        struct Key;
-        impl PskResolver for Key {
-            fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
-                Some(b"0123456789abcdef".to_vec())
-            }
-        }
         let table = PskTable::parse("dev1:30313233343536373839616263646566\n", "psk").unwrap();
         let server = Sessions::new(Some(table), None, "holdfast", 4, Duration::from_secs(60));
         let client_cfg = Config::builder()
@@ -605,12 +614,6 @@ mod tests {
 
     #[test]
     fn a_client_hello_says_whether_it_offers_the_psk_suite() {
-        struct Key;
-        impl PskResolver for Key {
-            fn resolve(&self, _: &[u8]) -> Option<Vec<u8>> {
-                Some(b"0123456789abcdef".to_vec())
-            }
-        }
         let config = Config::builder()
             .with_psk_client(b"dev1".to_vec(), Arc::new(Key))
             .build()
