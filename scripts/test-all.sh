@@ -2,7 +2,7 @@
 # Runs the whole Holdfast test suite on a Debian machine with Rust: installs the third-party
 # peers the black-box tests drive (mosquitto, mosquitto-clients, socat, openssl, python3,
 # faketime, libcoap3-bin, chromium, nodejs and npm with the LwM2M client, Playwright and axe-core from
-# npm, pymodbus, prometheus-client and schemathesis from PyPI)
+# npm, pymodbus, prometheus-client, schemathesis and aiocoap from PyPI)
 # when missing, builds the gateway, then runs every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,10 +35,11 @@ fi
 # The Modbus devices the tests poll: pymodbus (with pyserial for RTU on pty pairs), pinned: its
 # datastore API changes between minor versions.
 # The web API tests parse /metrics with Prometheus's own parser (prometheus_client) and check
-# every route against the OpenAPI document with schemathesis.
-if ! python3 -c 'import pymodbus, serial, prometheus_client, sys; sys.exit(pymodbus.__version__ != "3.8.6")' 2>/dev/null \
+# every route against the OpenAPI document with schemathesis. The LwM2M block-wise test's
+# device runs on aiocoap's block-wise code.
+if ! python3 -c 'import pymodbus, serial, prometheus_client, aiocoap, sys; sys.exit(pymodbus.__version__ != "3.8.6")' 2>/dev/null \
     || ! command -v schemathesis >/dev/null 2>&1; then
-    pip_pkgs=("pymodbus==3.8.6" "pyserial==3.5" "prometheus-client==0.26.0" "schemathesis==4.32.5")
+    pip_pkgs=("pymodbus==3.8.6" "pyserial==3.5" "prometheus-client==0.26.0" "schemathesis==4.32.5" "aiocoap==0.4.14")
     python3 -m pip install --quiet --disable-pip-version-check "${pip_pkgs[@]}" \
         || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${pip_pkgs[@]}"
 fi

@@ -1,8 +1,11 @@
-//! The LwM2M server driven by a real LwM2M client (npm `coap-node`, `tests/lwm2m/client.js`)
-//! and by raw CoAP devices where a test needs exact control (queue mode, expiry, a second
-//! address), with mosquitto_sub / mosquitto_pub as the cloud side reading and writing EMQX's
-//! `lwm2m/{ep}/...` JSON. Everything on loopback.
+//! The LwM2M server driven by a real LwM2M client (npm `coap-node`, `tests/lwm2m/client.js`),
+//! by a device on aiocoap's block-wise code (PyPI, `tests/lwm2m/blockwise_device.py`) and by
+//! raw CoAP devices where a test needs exact control (queue mode, expiry, a second address, a
+//! notification in blocks), with mosquitto_sub / mosquitto_pub as the cloud side reading and
+//! writing EMQX's `lwm2m/{ep}/...` JSON. Everything on loopback.
 
+use base64::Engine as _;
+use holdfast_coap::block::BlockValue;
 use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use holdfast_tests::ctl::{ctl_json, socket};
 use holdfast_tests::{
@@ -10,6 +13,7 @@ use holdfast_tests::{
     Gateway, MosquittoSub,
 };
 use serde_json::{json, Value};
+use sha2::Digest as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
 use std::path::PathBuf;
@@ -76,7 +80,8 @@ fn req(id: u64) -> impl Fn(&Value) -> bool {
     move |v| v["reqID"] == json!(id)
 }
 
-/// The coap-node client of `tests/lwm2m/client.js`.
+/// A device process printing JSON events: the coap-node client of `tests/lwm2m/client.js`, or
+/// the aiocoap device of `tests/lwm2m/blockwise_device.py`.
 struct NodeClient {
     child: Child,
     stdin: ChildStdin,
@@ -90,15 +95,34 @@ impl NodeClient {
             dir.join("node_modules/coap-node").exists(),
             "run `npm ci --prefix tests/lwm2m` (scripts/test-all.sh does)"
         );
-        let mut child = Command::new("node")
-            .arg(dir.join("client.js"))
+        let mut node = Command::new("node");
+        node.arg(dir.join("client.js"))
             .args([port.to_string(), ep.to_owned(), lifetime.to_string()])
-            .env("NODE_PATH", dir.join("node_modules"))
+            .env("NODE_PATH", dir.join("node_modules"));
+        NodeClient::spawn(node)
+    }
+
+    /// The aiocoap device of `tests/lwm2m/blockwise_device.py`, on `device_port`, registering
+    /// `instances` instances of 3303.
+    fn aiocoap(port: u16, device_port: u16, ep: &str, instances: usize) -> NodeClient {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lwm2m/blockwise_device.py");
+        let mut python = Command::new("python3");
+        python.arg(script).args([
+            port.to_string(),
+            device_port.to_string(),
+            ep.to_owned(),
+            instances.to_string(),
+        ]);
+        NodeClient::spawn(python)
+    }
+
+    fn spawn(mut command: Command) -> NodeClient {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("run node tests/lwm2m/client.js");
+            .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
         let stdin = child.stdin.take().expect("stdin");
         let stdout = child.stdout.take().expect("stdout");
         let events = Arc::new(Mutex::new(Vec::new()));
@@ -400,6 +424,19 @@ impl RawDevice {
 
     /// The next request the server sends, answered with `code` and a text payload.
     fn answer_next(&self, wait: Duration, code: ResponseType, text: &str) -> Option<Packet> {
+        let req = self.next_request(wait)?;
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = req.header.message_id;
+        ack.header.code = MessageClass::Response(code);
+        ack.set_token(req.get_token().to_vec());
+        ack.payload = text.as_bytes().to_vec();
+        self.send(&ack);
+        Some(req)
+    }
+
+    /// The next request the server sends, unanswered.
+    fn next_request(&self, wait: Duration) -> Option<Packet> {
         let deadline = std::time::Instant::now() + wait;
         let mut buf = [0u8; 1500];
         while std::time::Instant::now() < deadline {
@@ -409,21 +446,17 @@ impl RawDevice {
             let Ok(req) = Packet::from_bytes(&buf[..n]) else {
                 continue;
             };
-            if !matches!(req.header.code, MessageClass::Request(_)) {
-                continue;
+            if matches!(req.header.code, MessageClass::Request(_)) {
+                return Some(req);
             }
-            let mut ack = Packet::new();
-            ack.header.set_type(MessageType::Acknowledgement);
-            ack.header.message_id = req.header.message_id;
-            ack.header.code = MessageClass::Response(code);
-            ack.set_token(req.get_token().to_vec());
-            ack.payload = text.as_bytes().to_vec();
-            self.socket
-                .send(&ack.to_bytes().expect("encode"))
-                .expect("send");
-            return Some(req);
         }
         None
+    }
+
+    fn send(&self, p: &Packet) {
+        self.socket
+            .send(&p.to_bytes().expect("encode"))
+            .expect("send");
     }
 }
 
@@ -827,4 +860,222 @@ fn over_dtls_with_certificates_the_endpoint_name_is_the_certificates_cn() {
     // Another name with this certificate: refused.
     let said = register("someone-else");
     assert_eq!(response_code(&said), Some("4.00"), "{said}");
+}
+
+/// A piggybacked 2.05 to `req` with `options` and a text payload.
+fn content_ack(req: &Packet, options: &[(CoapOption, Vec<u8>)], text: &[u8]) -> Packet {
+    let mut ack = Packet::new();
+    ack.header.set_type(MessageType::Acknowledgement);
+    ack.header.message_id = req.header.message_id;
+    ack.header.code = MessageClass::Response(ResponseType::Content);
+    ack.set_token(req.get_token().to_vec());
+    ack.add_option(CoapOption::ContentFormat, vec![]); // 0: text/plain
+    for (option, value) in options {
+        ack.add_option(*option, value.clone());
+    }
+    ack.payload = text.to_vec();
+    ack
+}
+
+fn block(num: u16, more: bool, szx: u8) -> Vec<u8> {
+    BlockValue {
+        num,
+        more,
+        size_exponent: szx,
+    }
+    .into()
+}
+
+#[test]
+fn aiocoap_registers_is_read_and_takes_a_firmware_package_block_by_block() {
+    let (gw, lwm2m) = gateway("max_body_size = \"8KB\"");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/bw-1/up/#", &["-v"]);
+    // 150 instances: an object list of about 1.7 KB, which aiocoap sends as Block1 blocks.
+    let mut device = NodeClient::aiocoap(lwm2m, free_udp_port(), "bw-1", 150);
+    let registered = device.wait_event("registered");
+    assert!(
+        registered["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("2.01")),
+        "{registered}"
+    );
+    assert!(registered["links"].as_u64() > Some(1024), "{registered}");
+    let reg = wait_json(&sub, "lwm2m/bw-1/up/resp", |v| v["msgType"] == "register");
+    let objects = reg["data"]["objectList"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(objects.len(), 153, "{reg}");
+    assert!(objects.contains(&json!("/3303/149")), "{reg}");
+
+    // A read whose answer (3,000 bytes of text) comes in Block2 blocks: published whole.
+    device.send("text 3000 x");
+    device.wait_event("text");
+    let dn = "lwm2m/bw-1/dn";
+    let resp = "lwm2m/bw-1/up/resp";
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3303/0/5701"}}"#,
+        &[]
+    ));
+    let r = wait_json(&sub, resp, req(1));
+    assert_eq!(r["data"]["code"], "2.05", "{r}");
+    assert_eq!(
+        r["data"]["content"],
+        json!([{"path": "/3303/0/5701", "value": "x".repeat(3000)}])
+    );
+
+    // A firmware package of 80,000 bytes (more than one UDP datagram can carry) written to
+    // /5/0/0: sent in Block1 blocks, each after the device's 2.31 Continue.
+    let firmware: Vec<u8> = (0..80_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let value = base64::engine::general_purpose::STANDARD.encode(&firmware);
+    let write = json!({"reqID": 2, "msgType": "write",
+        "data": {"path": "/5/0/0", "type": "Opaque", "value": value}});
+    assert!(mosquitto_pub(gw.port, dn, &write.to_string(), &[]));
+    let w = wait_json(&sub, resp, req(2));
+    assert_eq!(w["data"]["code"], "2.04", "{w}");
+    let got = device.wait_event("firmware");
+    assert_eq!(got["bytes"], 80_000);
+    let sha = sha2::Sha256::digest(&firmware);
+    let hex: String = sha.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(got["sha256"], hex.as_str());
+
+    // An answer past max_body_size (8 KB) is given up: 4.13 with the reason, and the next
+    // command is served.
+    device.send("text 10000 y");
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":3,"msgType":"read","data":{"path":"/3303/0/5701"}}"#,
+        &[]
+    ));
+    let big = wait_json(&sub, resp, req(3));
+    assert_eq!(big["data"]["code"], "4.13", "{big}");
+    assert!(
+        big["data"]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("8192")),
+        "{big}"
+    );
+    device.send("text 10 z");
+    assert!(mosquitto_pub(
+        gw.port,
+        dn,
+        r#"{"reqID":4,"msgType":"read","data":{"path":"/3303/0/5701"}}"#,
+        &[]
+    ));
+    assert_eq!(
+        wait_json(&sub, resp, req(4))["data"]["content"],
+        json!([{"path": "/3303/0/5701", "value": "zzzzzzzzzz"}])
+    );
+}
+
+#[test]
+fn a_real_clients_answer_larger_than_a_block_is_fetched_block_by_block() {
+    let (gw, lwm2m) = gateway("");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-big", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    // coap-node answers in 1,024-byte Block2 blocks from 1,280 bytes on.
+    let units = "u".repeat(2500);
+    client.send(&format!("set 3303 0 units {units}"));
+    client.wait_event("set");
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/node-big/dn",
+        r#"{"reqID":1,"msgType":"read","data":{"path":"/3303/0"}}"#,
+        &[]
+    ));
+    let r = wait_json(&sub, "lwm2m/node-big/up/resp", req(1));
+    assert_eq!(r["data"]["code"], "2.05", "{r}");
+    let content = r["data"]["content"].as_array().cloned().unwrap_or_default();
+    assert!(
+        content.contains(&json!({"path": "/3303/0/5701", "value": units})),
+        "{r}"
+    );
+    assert!(
+        content.contains(&json!({"path": "/3303/0/5700", "value": 21.5})),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_notification_larger_than_a_block_is_fetched_to_its_end_before_it_is_published() {
+    let (gw, lwm2m) = gateway("");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/raw-bw/up/#", &["-v"]);
+    let mut dev = RawDevice::new("127.0.0.1", lwm2m);
+    let created = dev.register(&["ep=raw-bw", "lt=300"]);
+    assert_eq!(
+        created.header.code,
+        MessageClass::Response(ResponseType::Created)
+    );
+    wait_json(&sub, "lwm2m/raw-bw/up/resp", |v| v["msgType"] == "register");
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/raw-bw/dn",
+        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3303/0/5701"}}"#,
+        &[]
+    ));
+    let observe = dev.next_request(WAIT).expect("the observe request");
+    assert_eq!(observe.get_observe_value().and_then(Result::ok), Some(0));
+    dev.send(&content_ack(
+        &observe,
+        &[(CoapOption::Observe, vec![1])],
+        b"short",
+    ));
+    assert_eq!(
+        wait_json(&sub, "lwm2m/raw-bw/up/resp", req(1))["data"]["code"],
+        "2.05"
+    );
+    // A notification of 150 bytes in 64-byte blocks: the first block comes with it (NON).
+    let text: Vec<u8> = (0..150u8).map(|i| b'a' + i % 26).collect();
+    let mut note = Packet::new();
+    note.header.set_type(MessageType::NonConfirmable);
+    note.header.message_id = 7000;
+    note.header.code = MessageClass::Response(ResponseType::Content);
+    note.set_token(observe.get_token().to_vec());
+    note.add_option(CoapOption::Observe, vec![5]);
+    note.add_option(CoapOption::ContentFormat, vec![]);
+    note.add_option(CoapOption::Block2, block(0, true, 2));
+    note.payload = text[..64].to_vec();
+    dev.send(&note);
+    // The server asks for the rest with GETs of the path: no Observe, not the observation's
+    // token, the next block each time.
+    for (num, range) in [(1u16, 64..128), (2, 128..150)] {
+        let get = dev.next_request(WAIT).expect("a GET for the next block");
+        assert_eq!(get.header.code, MessageClass::Request(RequestType::Get));
+        assert!(get.get_observe_value().is_none(), "{get:?}");
+        assert_ne!(get.get_token(), observe.get_token());
+        let b2 = get
+            .get_first_option_as::<BlockValue>(CoapOption::Block2)
+            .and_then(Result::ok)
+            .expect("Block2");
+        assert_eq!((b2.num, b2.size_exponent), (num, 2));
+        let more = range.end < text.len();
+        dev.send(&content_ack(
+            &get,
+            &[(CoapOption::Block2, block(num, more, 2))],
+            &text[range],
+        ));
+    }
+    let n = wait_json(&sub, "lwm2m/raw-bw/up/notify", |v| v["seqNum"] == 5);
+    assert_eq!(n["data"]["code"], "2.05", "{n}");
+    assert_eq!(
+        n["data"]["content"],
+        json!([{"path": "/3303/0/5701", "value": String::from_utf8_lossy(&text)}])
+    );
+    // The observation goes on: a small notification is published as it is.
+    let mut small = note.clone();
+    small.header.message_id = 7001;
+    small.clear_option(CoapOption::Block2);
+    small.clear_option(CoapOption::Observe);
+    small.add_option(CoapOption::Observe, vec![6]);
+    small.payload = b"done".to_vec();
+    dev.send(&small);
+    let n = wait_json(&sub, "lwm2m/raw-bw/up/notify", |v| v["seqNum"] == 6);
+    assert_eq!(
+        n["data"]["content"],
+        json!([{"path": "/3303/0/5701", "value": "done"}])
+    );
 }

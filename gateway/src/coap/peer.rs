@@ -405,7 +405,7 @@ impl Peer {
             } => {
                 let mut body = packet.payload.clone();
                 if let Some(Ok(b1)) = packet.get_first_option_as::<BlockValue>(CoapOption::Block1) {
-                    let key = transfer_key(packet);
+                    let key = block::transfer_key(packet);
                     match self
                         .blocks
                         .accept(key, &b1, &packet.payload, Instant::now())
@@ -999,20 +999,6 @@ impl Reply {
     fn plain(code: ResponseType, text: &str) -> Reply {
         Reply::with(code, text.as_bytes().to_vec(), Vec::new())
     }
-}
-
-/// The Block1 transfer a request belongs to: its path and query.
-fn transfer_key(p: &Packet) -> String {
-    let mut key = String::new();
-    for (number, values) in p.options() {
-        if matches!(*number, 11 | 15) {
-            for v in values {
-                key.push_str(&String::from_utf8_lossy(v));
-                key.push('\u{0}');
-            }
-        }
-    }
-    key
 }
 
 fn qos_of(q: u8) -> QoS {

@@ -178,14 +178,7 @@ pub(super) fn coap_section(ctx: &mut Ctx<'_>, node: &Node) -> CoapConfig {
         max_message_size: ctx.get(entries, p, "max_message_size", d.max_message_size, |c, n, k| {
             size(c, n, k, 64, 65_507)
         }),
-        max_block_size: ctx.get(entries, p, "max_block_size", d.max_block_size, |c, n, k| {
-            let v: usize = size(c, n, k, 16, 1024)?;
-            if !v.is_power_of_two() {
-                c.report(n, k, format!("must be a power of two (16, 32 ... 1024), got {v}"));
-                return None;
-            }
-            Some(v)
-        }),
+        max_block_size: ctx.get(entries, p, "max_block_size", d.max_block_size, block_size),
         max_body_size: ctx.get(entries, p, "max_body_size", d.max_body_size, |c, n, k| {
             size(c, n, k, 1024, 64 * 1024 * 1024)
         }),
@@ -363,4 +356,18 @@ pub(super) fn dtls_table(
         identity_hint,
         certificates,
     })
+}
+
+/// A CoAP block size: a power of two from 16 to 1024 (`max_block_size`, CoAP and LwM2M).
+pub(super) fn block_size(c: &mut Ctx<'_>, n: &Node, k: &str) -> Option<usize> {
+    let v: usize = size(c, n, k, 16, 1024)?;
+    if !v.is_power_of_two() {
+        c.report(
+            n,
+            k,
+            format!("must be a power of two (16, 32 ... 1024), got {v}"),
+        );
+        return None;
+    }
+    Some(v)
 }

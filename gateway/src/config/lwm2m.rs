@@ -48,6 +48,13 @@ pub struct Lwm2mConfig {
     pub update_msg_publish_condition: UpdatePublish,
     /// Largest datagram taken. Default 1500; 64..=65507.
     pub max_message_size: usize,
+    /// Block size of a request body sent to a device block by block (Block1: a Write larger
+    /// than this, e.g. a firmware package) and the largest block taken from a device. Default
+    /// 1024; a power of two, 16..=1024.
+    pub max_block_size: usize,
+    /// Largest body taken from a device block by block: a response (Block2: a large Read or
+    /// notification) or a registration (Block1). Default 256KB; 1KB..=64MB.
+    pub max_body_size: usize,
     /// Observe every object instance a device registers, at registration. Default false.
     pub auto_observe: bool,
     /// DTLS 1.2 with pre-shared keys on its own port (default 5784); over it the endpoint
@@ -68,6 +75,8 @@ impl Default for Lwm2mConfig {
             max_queued_commands: 100,
             update_msg_publish_condition: UpdatePublish::ContainsObjectList,
             max_message_size: 1500,
+            max_block_size: 1024,
+            max_body_size: 256 * 1024,
             auto_observe: false,
             dtls: None,
         }
@@ -85,6 +94,8 @@ const KEYS: &[&str] = &[
     "max_queued_commands",
     "update_msg_publish_condition",
     "max_message_size",
+    "max_block_size",
+    "max_body_size",
     "auto_observe",
     "dtls",
 ];
@@ -183,6 +194,16 @@ pub(super) fn lwm2m_section(ctx: &mut Ctx<'_>, node: &Node) -> Lwm2mConfig {
             d.max_message_size,
             |c, n, k| size(c, n, k, 64, 65_507),
         ),
+        max_block_size: ctx.get(
+            entries,
+            p,
+            "max_block_size",
+            d.max_block_size,
+            super::coap::block_size,
+        ),
+        max_body_size: ctx.get(entries, p, "max_body_size", d.max_body_size, |c, n, k| {
+            size(c, n, k, 1024, 64 * 1024 * 1024)
+        }),
         auto_observe: ctx.get(
             entries,
             p,

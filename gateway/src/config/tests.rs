@@ -1634,6 +1634,17 @@ fn lwm2m_is_off_by_default_and_its_keys_are_read_and_checked() {
             "holdfast.toml:4: lwm2m.mountpoint: \"lwm2m/\": a mountpoint is a topic prefix with %e (the endpoint name), without wildcards and not under '$'",
         ]
     );
+    let l = ok("[lwm2m]\nmax_block_size = 256\nmax_body_size = \"1MB\"\n")
+        .lwm2m
+        .unwrap();
+    assert_eq!((l.max_block_size, l.max_body_size), (256, 1024 * 1024));
+    assert_eq!(
+        problems("[lwm2m]\nmax_block_size = 1000\nmax_body_size = 10\n"),
+        [
+            "holdfast.toml:2: lwm2m.max_block_size: must be a power of two (16, 32 ... 1024), got 1000",
+            "holdfast.toml:3: lwm2m.max_body_size: must be between 1KB and 64MB, got 10",
+        ]
+    );
 }
 
 #[test]

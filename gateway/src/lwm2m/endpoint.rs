@@ -6,20 +6,25 @@
 //! from `dn` into CoAP requests (one confirmable request at a time, retransmitted; in queue
 //! mode only while the device listens, `qmode_time_window` after it last talked, the rest
 //! held in a bounded queue), and the device's answers into responses on `up/resp` and
-//! notifications on `up/notify`. Ends when the device de-registers or expires, is kicked or
-//! taken over, or the gateway stops; its registration goes with it.
+//! notifications on `up/notify`. A body larger than a block goes block by block (RFC 7959): a
+//! Write's payload (a firmware package) in Block1 requests, each after the device's 2.31
+//! Continue; an answer or notification the device sends in Block2 blocks is fetched to its end
+//! (bounded by `max_body_size`) before anything is published. Ends when the device
+//! de-registers or expires, is kicked or taken over, or the gateway stops; its registration
+//! goes with it.
 
 use super::{location_options, lock, Inbound, Status};
 use crate::broker::client::{Client, ClientOptions, Credentials, Protocol, Publication, Received};
 use crate::broker::Broker;
 use crate::config::{Lwm2mConfig, UpdatePublish};
+use holdfast_coap::block::{self, BlockError, BlockValue, Download, Next, Upload};
 use holdfast_coap::message;
 use holdfast_coap::retransmit::{Due, Retransmitter};
 use holdfast_coap::{
     CoapOption, MessageClass, MessageType, OptionValueU16, OptionValueU32, Packet, RequestType,
     ResponseType,
 };
-use holdfast_lwm2m::command::{self, Command, Method};
+use holdfast_lwm2m::command::{self, Command, DeviceRequest, Method};
 use holdfast_lwm2m::link;
 use holdfast_lwm2m::model::Model;
 use holdfast_lwm2m::registry::{registration_json, Registration};
@@ -48,13 +53,53 @@ pub(super) struct Setup {
 /// before the command is answered `coap_timeout`.
 const SEPARATE_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The request outstanding to the device.
+/// What the one request outstanding to the device is for.
+enum Job {
+    /// A command from `dn`.
+    Command(Command),
+    /// The rest of a notification whose first block came (RFC 7959 section 2.6).
+    Rest(Box<Rest>),
+}
+
+impl Job {
+    fn request(&self) -> &DeviceRequest {
+        match self {
+            Job::Command(c) => &c.request,
+            Job::Rest(r) => &r.request,
+        }
+    }
+}
+
+/// The rest of a block-wise notification, fetched with GETs of the observed path.
+struct Rest {
+    /// The observation's token.
+    observation: Vec<u8>,
+    /// The notification's Observe sequence number.
+    seq: u32,
+    request: DeviceRequest,
+    /// The first block, taken.
+    download: Option<Download>,
+    /// The block to ask for first.
+    next: BlockValue,
+}
+
+/// The request outstanding to the device: one CoAP exchange at a time, several for a body
+/// that goes block by block (each with its own message id and token).
 struct Pending {
-    cmd: Command,
+    job: Job,
     mid: u16,
+    /// The current exchange's token.
     token: Vec<u8>,
+    /// The first exchange's token: an observation's.
+    first_token: Vec<u8>,
     /// Set by an empty ACK: when the separate response is due.
     separate_deadline: Option<Instant>,
+    /// Block1: the request's payload, larger than a block, sent block by block.
+    upload: Option<Upload>,
+    /// Block2: the answer's body, taken block by block.
+    download: Option<Download>,
+    /// Block2: the block the current exchange asks for.
+    block2: Option<BlockValue>,
 }
 
 /// An observation the device accepted: the command's keys and path, for its notifications.
@@ -68,7 +113,7 @@ pub(super) struct Endpoint {
     client: Option<Client>,
     reg: Option<Registration>,
     mount: String,
-    queue: VecDeque<Command>,
+    queue: VecDeque<Job>,
     /// Boxed: only while a command is outstanding (an idle endpoint's task stays small).
     pending: Option<Box<Pending>>,
     outstanding: Retransmitter<()>,
@@ -255,7 +300,7 @@ impl Endpoint {
             for path in objects.iter().filter(|p| p.matches('/').count() == 2) {
                 let body = json!({"msgType": "observe", "data": {"path": path}});
                 if let Ok(cmd) = command::parse(body.to_string().as_bytes(), &self.s.model) {
-                    self.queue.push_back(cmd);
+                    self.queue.push_back(Job::Command(cmd));
                 }
             }
         }
@@ -279,7 +324,7 @@ impl Endpoint {
                     self.publish("up/resp", r).await;
                     return;
                 }
-                self.queue.push_back(cmd);
+                self.queue.push_back(Job::Command(cmd));
                 self.flush().await;
             }
             Err((echo, e)) => {
@@ -293,7 +338,7 @@ impl Endpoint {
         }
     }
 
-    /// Sends the next queued command when nothing is outstanding and the device listens.
+    /// Sends the next queued job when nothing is outstanding and the device listens.
     async fn flush(&mut self) {
         if self.pending.is_some() || self.reg.is_none() {
             return;
@@ -302,25 +347,55 @@ impl Endpoint {
         if queue_mode && self.last_uplink.elapsed() > self.s.config.qmode_time_window {
             return;
         }
-        let Some(cmd) = self.queue.pop_front() else {
+        let Some(mut job) = self.queue.pop_front() else {
             return;
         };
         if self.queue.is_empty() {
             // Thousands of endpoints wait with nothing queued: none keeps a buffer.
             self.queue = VecDeque::new();
         }
-        let mid = self.mid();
+        let (download, block2) = match &mut job {
+            Job::Rest(r) => (r.download.take(), Some(r.next.clone())),
+            Job::Command(_) => (None, None),
+        };
+        let max_block = self.s.config.max_block_size;
+        let upload = (job.request().payload.len() > max_block)
+            .then(|| Upload::new(block::szx_for(max_block)));
         let token: Vec<u8> = rand::random::<u64>().to_be_bytes().to_vec();
+        let pending = Box::new(Pending {
+            job,
+            mid: 0,
+            token: token.clone(),
+            first_token: token,
+            separate_deadline: None,
+            upload,
+            download,
+            block2,
+        });
+        self.send_exchange(pending, false).await;
+    }
+
+    /// Sends the pending job's current exchange (its block, if it goes block by block) with a
+    /// new message id, and a new token when `fresh_token`; it is then outstanding.
+    async fn send_exchange(&mut self, mut pending: Box<Pending>, fresh_token: bool) {
+        let mid = self.mid();
+        if fresh_token {
+            pending.token = rand::random::<u64>().to_be_bytes().to_vec();
+        }
+        // A later block of the answer is asked for with the request alone: no payload and no
+        // Observe (RFC 7959 sections 2.4 and 3.4).
+        let later_block = pending.block2.as_ref().is_some_and(|b| b.num > 0);
+        let req = pending.job.request();
         let mut p = Packet::new();
         p.header.set_type(MessageType::Confirmable);
         p.header.message_id = mid;
-        p.header.code = MessageClass::Request(match cmd.request.method {
+        p.header.code = MessageClass::Request(match req.method {
             Method::Get => RequestType::Get,
             Method::Post => RequestType::Post,
             Method::Put => RequestType::Put,
             Method::Delete => RequestType::Delete,
         });
-        p.set_token(token.clone());
+        p.set_token(pending.token.clone());
         let alternate = self
             .reg
             .as_ref()
@@ -329,22 +404,37 @@ impl Endpoint {
         for seg in alternate.split('/').filter(|s| !s.is_empty()) {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
         }
-        for seg in &cmd.request.path {
+        for seg in &req.path {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
         }
-        for q in &cmd.request.query {
+        for q in &req.query {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
         }
-        if let Some(o) = cmd.request.observe {
+        if let (Some(o), false) = (req.observe, later_block) {
             p.add_option(CoapOption::Observe, OptionValueU32(o).into());
         }
-        if let Some(cf) = cmd.request.content_format {
+        if let (Some(cf), false) = (req.content_format, later_block) {
             p.add_option(CoapOption::ContentFormat, OptionValueU16(cf).into());
         }
-        if let Some(a) = cmd.request.accept {
+        if let Some(a) = req.accept {
             p.add_option(CoapOption::Accept, OptionValueU16(a).into());
         }
-        p.payload = cmd.request.payload.clone();
+        match (&pending.upload, later_block) {
+            (Some(upload), false) => {
+                let (b1, part) = upload.block(&req.payload);
+                if b1.num == 0 {
+                    let size = u32::try_from(req.payload.len()).unwrap_or(u32::MAX);
+                    p.add_option(CoapOption::Size1, OptionValueU32(size).into());
+                }
+                p.add_option(CoapOption::Block1, b1.into());
+                p.payload = part.to_vec();
+            }
+            (None, false) => p.payload = req.payload.clone(),
+            (_, true) => {}
+        }
+        if let Some(b2) = &pending.block2 {
+            p.add_option(CoapOption::Block2, b2.clone().into());
+        }
         let Ok(bytes) = p.to_bytes_unlimited() else {
             tracing::warn!(ep = %self.s.ep, "lwm2m: cannot encode a request");
             return;
@@ -354,13 +444,12 @@ impl Endpoint {
         let _ = self
             .outstanding
             .start(mid, bytes, (), rand::random(), Instant::now());
-        tracing::debug!(ep = %self.s.ep, msg_type = %cmd.msg_type, path = %cmd.req_path, mid, "lwm2m: request sent");
-        self.pending = Some(Box::new(Pending {
-            cmd,
-            mid,
-            token,
-            separate_deadline: None,
-        }));
+        if let Job::Command(cmd) = &pending.job {
+            tracing::debug!(ep = %self.s.ep, msg_type = %cmd.msg_type, path = %cmd.req_path, mid, "lwm2m: request sent");
+        }
+        pending.mid = mid;
+        pending.separate_deadline = None;
+        self.pending = Some(pending);
     }
 
     /// An ACK, RST or response from the device.
@@ -378,16 +467,13 @@ impl Endpoint {
             (MessageType::Acknowledgement, MessageClass::Response(_)) if is_pending_mid => {
                 self.outstanding.settle(mid);
                 if let Some(pending) = self.pending.take() {
-                    self.response(*pending, &p).await;
+                    self.answered(pending, &p).await;
                 }
             }
             (MessageType::Reset, _) if is_pending_mid => {
                 self.outstanding.settle(mid);
                 if let Some(pending) = self.pending.take() {
-                    let c = &pending.cmd;
-                    let r =
-                        command::response_json(&c.echo, Some("coap_reset"), &c.req_path, "", None);
-                    self.publish("up/resp", r).await;
+                    self.failed(*pending, "coap_reset", None).await;
                 }
                 self.flush().await;
             }
@@ -412,7 +498,7 @@ impl Endpoint {
                 if separate {
                     if let Some(pending) = self.pending.take() {
                         self.outstanding.settle(pending.mid);
-                        self.response(*pending, &p).await;
+                        self.answered(pending, &p).await;
                     }
                 } else if known {
                     self.notify(&token, &p).await;
@@ -422,28 +508,105 @@ impl Endpoint {
         }
     }
 
-    /// The device's answer to the pending command, published on `up/resp`.
-    async fn response(&mut self, pending: Pending, p: &Packet) {
+    /// The device answered the pending exchange. A block-wise body goes on (the next Block1
+    /// block after a 2.31 Continue, the next Block2 block of the answer); a whole answer is
+    /// published.
+    async fn answered(&mut self, mut pending: Box<Pending>, p: &Packet) {
         let code = match p.header.code {
-            MessageClass::Response(rc) => message::code_string(rc),
-            _ => "0.00".into(),
+            MessageClass::Response(rc) => rc,
+            _ => ResponseType::UnKnown,
         };
-        let cmd = pending.cmd;
-        let content = self.content(&cmd.req_path, p);
-        match cmd.msg_type.as_str() {
-            "observe" if code.starts_with('2') => {
-                self.observations.insert(
-                    pending.token,
-                    Observed {
-                        echo: cmd.echo.clone(),
-                        req_path: cmd.req_path.clone(),
-                    },
-                );
+        let success = message::code_string(code).starts_with('2');
+        if let (Job::Command(cmd), true) = (&pending.job, success) {
+            // The observation holds from the device's first success, before a block-wise
+            // body is fetched to its end: its notifications are not refused meanwhile.
+            if cmd.msg_type == "observe" && !self.observations.contains_key(&pending.first_token) {
+                let observed = Observed {
+                    echo: cmd.echo.clone(),
+                    req_path: cmd.req_path.clone(),
+                };
+                self.observations
+                    .insert(pending.first_token.clone(), observed);
             }
-            "cancel-observe" => {
-                self.observations.retain(|_, o| o.req_path != cmd.req_path);
+        }
+        if code == ResponseType::Continue {
+            let len = pending.job.request().payload.len();
+            let echo = option_block(p, CoapOption::Block1);
+            if let Some(upload) = pending.upload.as_mut() {
+                if upload.advance(len, echo.as_ref()) {
+                    return self.send_exchange(pending, true).await;
+                }
             }
-            _ => {}
+        }
+        let mut body = None;
+        if let (Some(b2), true) = (option_block(p, CoapOption::Block2), success) {
+            let max = self.s.config.max_body_size;
+            let download = pending.download.get_or_insert_with(|| Download::new(max));
+            match download.take(&b2, &p.payload) {
+                Ok(Next::Fetch(next)) => {
+                    pending.block2 = Some(next);
+                    return self.send_exchange(pending, true).await;
+                }
+                Ok(Next::Done(all)) => body = Some(all),
+                Err(e) => {
+                    tracing::warn!(ep = %self.s.ep, "lwm2m: the device's block-wise answer was given up: {e}");
+                    let code = match e {
+                        BlockError::TooLarge { .. } => "4.13",
+                        BlockError::Incomplete { .. } => "4.08",
+                        BlockError::BadSize { .. } => "4.00",
+                    };
+                    self.failed(*pending, code, Some(json!(e.to_string())))
+                        .await;
+                    return self.flush().await;
+                }
+            }
+        }
+        let payload = body.as_deref().unwrap_or(&p.payload);
+        let format = content_format(p);
+        match pending.job {
+            Job::Command(cmd) => self.response(cmd, code, format, payload).await,
+            Job::Rest(rest) => {
+                self.notify_body(&rest.observation, rest.seq, code, format, payload)
+                    .await;
+            }
+        }
+        self.flush().await;
+    }
+
+    /// The pending job ended without an answer to publish: a command is answered on
+    /// `up/resp` with `msg_type` (`coap_reset`, `coap_timeout`) or, with `detail`, the
+    /// gateway's own code; the rest of a notification is dropped.
+    async fn failed(&mut self, pending: Pending, code_or_type: &str, detail: Option<Json>) {
+        match pending.job {
+            Job::Command(c) => {
+                let r = match detail {
+                    Some(d) => {
+                        command::response_json(&c.echo, None, &c.req_path, code_or_type, Some(d))
+                    }
+                    None => {
+                        command::response_json(&c.echo, Some(code_or_type), &c.req_path, "", None)
+                    }
+                };
+                self.publish("up/resp", r).await;
+            }
+            Job::Rest(_) => {
+                tracing::info!(ep = %self.s.ep, why = code_or_type, "lwm2m: the rest of a block-wise notification did not come; dropped");
+            }
+        }
+    }
+
+    /// The device's answer to a command, published on `up/resp`.
+    async fn response(
+        &mut self,
+        cmd: Command,
+        code: ResponseType,
+        format: Option<u16>,
+        payload: &[u8],
+    ) {
+        let code = message::code_string(code);
+        let content = self.content(&cmd.req_path, format, payload);
+        if cmd.msg_type == "cancel-observe" {
+            self.observations.retain(|_, o| o.req_path != cmd.req_path);
         }
         self.s
             .status
@@ -452,21 +615,75 @@ impl Endpoint {
             .fetch_add(1, Ordering::Relaxed);
         let r = command::response_json(&cmd.echo, None, &cmd.req_path, &code, content);
         self.publish("up/resp", r).await;
-        self.flush().await;
     }
 
-    /// A notification of an observation, published on `up/notify` with its `seqNum`.
+    /// A notification of an observation: published on `up/notify` with its `seqNum`, or, when
+    /// it is the first block of a larger body, once the rest was fetched.
     async fn notify(&mut self, token: &[u8], p: &Packet) {
+        let code = match p.header.code {
+            MessageClass::Response(rc) => rc,
+            _ => ResponseType::UnKnown,
+        };
+        let seq = p.get_observe_value().and_then(Result::ok).unwrap_or(0);
+        let first_block = option_block(p, CoapOption::Block2).filter(|b| b.more);
+        let Some(b2) = first_block else {
+            return self
+                .notify_body(token, seq, code, content_format(p), &p.payload)
+                .await;
+        };
         let Some(o) = self.observations.get(token) else {
             return;
         };
-        let code = match p.header.code {
-            MessageClass::Response(rc) => message::code_string(rc),
-            _ => "0.00".into(),
+        let mut download = Download::new(self.s.config.max_body_size);
+        let next = match download.take(&b2, &p.payload) {
+            Ok(Next::Fetch(next)) => next,
+            Ok(Next::Done(_)) => return,
+            Err(e) => {
+                tracing::warn!(ep = %self.s.ep, path = %o.req_path, "lwm2m: a block-wise notification was dropped: {e}");
+                return;
+            }
         };
-        let content = self.content(&o.req_path, p);
+        let Ok(path) = command::split_path(&o.req_path) else {
+            return;
+        };
+        if self.queue.len() >= self.s.config.max_queued_commands {
+            tracing::warn!(ep = %self.s.ep, path = %o.req_path, "lwm2m: command queue full; a block-wise notification was dropped");
+            return;
+        }
+        let request = DeviceRequest {
+            method: Method::Get,
+            path,
+            query: Vec::new(),
+            content_format: None,
+            accept: content_format(p),
+            observe: None,
+            payload: Vec::new(),
+        };
+        // Ahead of queued commands: the device is sending now, and holds the body.
+        self.queue.push_front(Job::Rest(Box::new(Rest {
+            observation: token.to_vec(),
+            seq,
+            request,
+            download: Some(download),
+            next,
+        })));
+        self.flush().await;
+    }
+
+    async fn notify_body(
+        &mut self,
+        token: &[u8],
+        seq: u32,
+        code: ResponseType,
+        format: Option<u16>,
+        payload: &[u8],
+    ) {
+        let Some(o) = self.observations.get(token) else {
+            return;
+        };
+        let code = message::code_string(code);
+        let content = self.content(&o.req_path, format, payload);
         let mut r = command::response_json(&o.echo, Some("notify"), &o.req_path, &code, content);
-        let seq = p.get_observe_value().and_then(Result::ok).unwrap_or(0);
         if let Json::Object(top) = &mut r {
             top.insert("seqNum".into(), json!(seq));
         }
@@ -478,12 +695,8 @@ impl Endpoint {
         self.publish("up/notify", r).await;
     }
 
-    fn content(&self, req_path: &str, p: &Packet) -> Option<Json> {
-        let format = p
-            .get_first_option_as::<OptionValueU16>(CoapOption::ContentFormat)
-            .and_then(Result::ok)
-            .map(|f| f.0);
-        match command::decode_content(req_path, format, &p.payload, &self.s.model) {
+    fn content(&self, req_path: &str, format: Option<u16>, payload: &[u8]) -> Option<Json> {
+        match command::decode_content(req_path, format, payload, &self.s.model) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(ep = %self.s.ep, path = req_path, "lwm2m: cannot decode the device's answer: {e}");
@@ -521,10 +734,10 @@ impl Endpoint {
             .fetch_add(1, Ordering::Relaxed);
         if let Some(pending) = self.pending.take() {
             self.outstanding.settle(pending.mid);
-            let c = &pending.cmd;
-            tracing::info!(ep = %self.s.ep, msg_type = %c.msg_type, path = %c.req_path, "lwm2m: no answer from the device");
-            let r = command::response_json(&c.echo, Some("coap_timeout"), &c.req_path, "", None);
-            self.publish("up/resp", r).await;
+            if let Job::Command(c) = &pending.job {
+                tracing::info!(ep = %self.s.ep, msg_type = %c.msg_type, path = %c.req_path, "lwm2m: no answer from the device");
+            }
+            self.failed(*pending, "coap_timeout", None).await;
         }
         self.flush().await;
     }
@@ -552,6 +765,8 @@ impl Endpoint {
 
     /// Sends the response to a device's request, remembered for its duplicates.
     fn send_reply(&mut self, request: &Packet, r: &Packet, to: SocketAddr) {
+        let mut r = r.clone();
+        super::final_block1(request, &mut r);
         let Ok(bytes) = r.to_bytes_unlimited() else {
             return;
         };
@@ -583,4 +798,16 @@ impl Endpoint {
         self.next_mid = self.next_mid.wrapping_add(1);
         self.next_mid
     }
+}
+
+/// A Block1 or Block2 option of `p`, if it has a well-formed one.
+fn option_block(p: &Packet, option: CoapOption) -> Option<BlockValue> {
+    p.get_first_option_as::<BlockValue>(option)
+        .and_then(Result::ok)
+}
+
+fn content_format(p: &Packet) -> Option<u16> {
+    p.get_first_option_as::<OptionValueU16>(CoapOption::ContentFormat)
+        .and_then(Result::ok)
+        .map(|f| f.0)
 }

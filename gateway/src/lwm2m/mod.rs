@@ -8,8 +8,10 @@
 //! datagram, answers what needs no endpoint (bad datagrams, pings, unknown paths, refused
 //! registrations), applies Register / Update / De-register to the registry, expires lifetimes
 //! every second, and hands the rest to the endpoint's task ([`endpoint`]) by endpoint name
-//! (requests) or address (the device's answers). It never waits on the broker; a full inbox
-//! drops the datagram (counted; the device retransmits a CON).
+//! (requests) or address (the device's answers). A registration whose body comes block by
+//! block (Block1, RFC 7959) is reassembled here first, bounded by `max_body_size` and
+//! [`BLOCK_TRANSFERS`]. It never waits on the broker; a full inbox drops the datagram
+//! (counted; the device retransmits a CON).
 //!
 //! Never touches the router: everything goes through `crate::broker::client::Client`.
 
@@ -19,10 +21,13 @@ mod inbox;
 use crate::broker::Broker;
 use crate::config::Lwm2mConfig;
 use crate::udp::lock;
+use holdfast_coap::block::{self, Assembler, BlockValue, Step};
 use holdfast_coap::dedup::{Dedup, Seen};
 use holdfast_coap::message;
 use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
-use holdfast_coap::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use holdfast_coap::{
+    CoapOption, MessageClass, MessageType, OptionValueU32, Packet, RequestType, ResponseType,
+};
 use holdfast_lwm2m::model::Model;
 use holdfast_lwm2m::registry::{self, Limits, RegError, Registration, Registry};
 use std::collections::HashMap;
@@ -39,6 +44,14 @@ const INBOX: usize = 64;
 
 /// Exchanges remembered for deduplication of the devices' registration requests.
 const DEDUP_CAPACITY: usize = 65_536;
+
+/// Registration bodies reassembled from Block1 blocks at once, per socket (the oldest is
+/// dropped for a new one).
+const BLOCK_TRANSFERS: usize = 256;
+
+/// The largest registration body taken block by block (with `max_body_size`): an object
+/// list, not data.
+const REGISTRATION_BODY_MAX: usize = 64 * 1024;
 
 /// Why the LwM2M server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +373,11 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
         expires: false,
         last_expiry: Instant::now(),
         next_mid: rand::random(),
+        blocks: Assembler::new(
+            config.max_body_size.min(REGISTRATION_BODY_MAX),
+            BLOCK_TRANSFERS,
+            EXCHANGE_LIFETIME,
+        ),
     };
     if let Some((socket, sessions)) = bound.dtls {
         let secure = server(crate::dtls::Transport::secure(Arc::new(socket), sessions));
@@ -428,6 +446,8 @@ struct Server {
     expires: bool,
     last_expiry: Instant,
     next_mid: u16,
+    /// Registration bodies coming block by block, by sender and URI.
+    blocks: Assembler<(SocketAddr, String)>,
 }
 
 impl Server {
@@ -538,6 +558,9 @@ impl Server {
             );
             return;
         }
+        let Some(packet) = self.reassemble(packet, from) else {
+            return;
+        };
         let path = message::uri_path(&packet).unwrap_or_default();
         let query = message::uri_query(&packet).unwrap_or_default();
         match (
@@ -558,6 +581,68 @@ impl Server {
             }
             (_, ["rd", ..]) => self.reply(&packet, ResponseType::MethodNotAllowed, "", from),
             _ => self.reply(&packet, ResponseType::NotFound, "", from),
+        }
+    }
+
+    /// A request whose body comes block by block (Block1): each block but the last is answered
+    /// 2.31 Continue (at the block size the server takes); the last gives the request with the
+    /// whole body. A request without Block1 as it is.
+    fn reassemble(&mut self, mut packet: Packet, from: SocketAddr) -> Option<Packet> {
+        let b1 = match packet.get_first_option_as::<BlockValue>(CoapOption::Block1) {
+            None => return Some(packet),
+            Some(Ok(b1)) => b1,
+            Some(Err(_)) => {
+                self.reply(
+                    &packet,
+                    ResponseType::BadOption,
+                    "malformed Block1 option",
+                    from,
+                );
+                return None;
+            }
+        };
+        let key = (from, block::transfer_key(&packet));
+        match self
+            .blocks
+            .accept(key, &b1, &packet.payload, Instant::now())
+        {
+            Ok(Step::Continue) => {
+                let szx = b1
+                    .size_exponent
+                    .min(block::szx_for(self.config.max_block_size));
+                self.next_mid = self.next_mid.wrapping_add(1);
+                let mut r = message::response_to(&packet, ResponseType::Continue, self.next_mid);
+                r.add_option(CoapOption::Block1, block::value(b1.num, true, szx).into());
+                self.send_reply(&packet, &r, from);
+                None
+            }
+            Ok(Step::Complete(body)) => {
+                packet.payload = body;
+                Some(packet)
+            }
+            Err(e @ block::BlockError::TooLarge { max }) => {
+                tracing::warn!(peer = %from, "lwm2m: block-wise request refused (4.13): {e}");
+                self.next_mid = self.next_mid.wrapping_add(1);
+                let mut r = message::response_to(
+                    &packet,
+                    ResponseType::RequestEntityTooLarge,
+                    self.next_mid,
+                );
+                let max = u32::try_from(max).unwrap_or(u32::MAX);
+                r.add_option(CoapOption::Size1, OptionValueU32(max).into());
+                r.payload = e.to_string().into_bytes();
+                self.send_reply(&packet, &r, from);
+                None
+            }
+            Err(e @ block::BlockError::Incomplete { .. }) => {
+                let text = e.to_string();
+                self.reply(&packet, ResponseType::RequestEntityIncomplete, &text, from);
+                None
+            }
+            Err(e) => {
+                self.reply(&packet, ResponseType::BadRequest, &e.to_string(), from);
+                None
+            }
         }
     }
 
@@ -779,6 +864,12 @@ impl Server {
         self.next_mid = self.next_mid.wrapping_add(1);
         let mut r = message::response_to(request, code, self.next_mid);
         r.payload = diagnostic.as_bytes().to_vec();
+        final_block1(request, &mut r);
+        self.send_reply(request, &r, to);
+    }
+
+    /// Sends a response, remembered for the request's duplicates.
+    fn send_reply(&mut self, request: &Packet, r: &Packet, to: SocketAddr) {
         if let Ok(bytes) = r.to_bytes_unlimited() {
             if request.header.get_type() == MessageType::Confirmable {
                 self.status
@@ -820,4 +911,17 @@ fn location_options(location: &str) -> Vec<(CoapOption, Vec<u8>)> {
         .split('/')
         .map(|seg| (CoapOption::LocationPath, seg.as_bytes().to_vec()))
         .collect()
+}
+
+/// The final response to a request whose body came block by block echoes its last Block1
+/// (RFC 7959 section 2.3).
+fn final_block1(request: &Packet, response: &mut Packet) {
+    let last_block = request
+        .get_first_option_as::<BlockValue>(CoapOption::Block1)
+        .and_then(Result::ok)
+        .filter(|b1| !b1.more);
+    if let Some(b1) = last_block {
+        let last = block::value(b1.num, false, b1.size_exponent);
+        response.add_option(CoapOption::Block1, last.into());
+    }
 }

@@ -1,11 +1,13 @@
-//! Block-wise transfer (RFC 7959): Block1 bodies sent to the server reassembled, Block2
-//! bodies sent by the server sliced.
+//! Block-wise transfer (RFC 7959), both ways: as a server, Block1 bodies sent to it
+//! reassembled ([`Assembler`]) and Block2 bodies it sends sliced ([`slice`]); as a client (the
+//! LwM2M server asking a device), a request body sent block by block ([`Upload`]) and a
+//! response body fetched block by block ([`Download`]).
 //!
 //! Owns the partial Block1 bodies, keyed by whatever names one transfer (the gateway uses the
 //! client and the request URI), each at most `max_body` bytes, at most `max_transfers` at
 //! once (the oldest is dropped for a new one), each forgotten after `lifetime` without a
-//! block. Blocks are placed by offset (num x size), so a client that switches to the smaller
-//! size the server asked for continues where it was. Never builds packets.
+//! block. Blocks are placed by offset (num x size), so a peer that switches to a smaller size
+//! continues where it was. Never builds packets and never sends.
 
 pub use coap_lite::block_handler::BlockValue;
 use std::collections::HashMap;
@@ -162,6 +164,128 @@ impl<K: Hash + Eq + Clone> Assembler<K> {
     }
 }
 
+/// The Block1 transfer a request belongs to (with its sender): its path and query.
+pub fn transfer_key(p: &coap_lite::Packet) -> String {
+    let mut key = String::new();
+    for (number, values) in p.options() {
+        if matches!(*number, 11 | 15) {
+            for v in values {
+                key.push_str(&String::from_utf8_lossy(v));
+                key.push('\u{0}');
+            }
+        }
+    }
+    key
+}
+
+/// What the block of a response body just taken leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Ask for this block next (same size as the peer's).
+    Fetch(BlockValue),
+    /// That was the last block: the whole body.
+    Done(Vec<u8>),
+}
+
+/// A response body the peer sends block by block (Block2 in its responses), reassembled in
+/// order up to `max_body` bytes.
+#[derive(Debug)]
+pub struct Download {
+    body: Vec<u8>,
+    max_body: usize,
+}
+
+impl Download {
+    /// An empty body of at most `max_body` bytes.
+    pub fn new(max_body: usize) -> Download {
+        Download {
+            body: Vec::new(),
+            max_body,
+        }
+    }
+
+    /// Takes the block a response carried (its Block2 option and payload): the block to ask
+    /// for next, or the whole body after the last one. A block that is not the next one, a
+    /// short block with more to come, a reserved size (BERT, SZX 7, is not for UDP) or a body
+    /// past `max_body` is refused.
+    pub fn take(&mut self, block: &BlockValue, payload: &[u8]) -> Result<Next, BlockError> {
+        if block.size_exponent > 6 || (block.more && payload.len() != block.size()) {
+            return Err(BlockError::BadSize {
+                len: payload.len(),
+                size: block.size(),
+            });
+        }
+        let offset = usize::from(block.num) * block.size();
+        if offset != self.body.len() {
+            return Err(BlockError::Incomplete {
+                num: block.num,
+                expected: self.body.len(),
+                got: offset,
+            });
+        }
+        if offset + payload.len() > self.max_body {
+            return Err(BlockError::TooLarge { max: self.max_body });
+        }
+        self.body.extend_from_slice(payload);
+        if !block.more {
+            return Ok(Next::Done(std::mem::take(&mut self.body)));
+        }
+        let num = u16::try_from(self.body.len() / block.size())
+            .map_err(|_| BlockError::TooLarge { max: offset })?;
+        Ok(Next::Fetch(value(num, false, block.size_exponent)))
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// True before the first block.
+    pub fn is_empty(&self) -> bool {
+        self.body.is_empty()
+    }
+}
+
+/// A request body sent block by block (Block1), each block once the peer's 2.31 Continue for
+/// the one before it came; the peer may ask for a smaller size on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upload {
+    offset: usize,
+    szx: u8,
+}
+
+impl Upload {
+    /// Starts at the first block, of size `1 << (szx + 4)`.
+    pub fn new(szx: u8) -> Upload {
+        Upload {
+            offset: 0,
+            szx: szx.min(6),
+        }
+    }
+
+    /// The block to send now: its Block1 value and its part of `body`.
+    pub fn block<'a>(&self, body: &'a [u8]) -> (BlockValue, &'a [u8]) {
+        let size = 1usize << (self.szx + 4);
+        let start = self.offset.min(body.len());
+        let end = (start + size).min(body.len());
+        let num = u16::try_from(start / size).unwrap_or(u16::MAX);
+        (value(num, end < body.len(), self.szx), &body[start..end])
+    }
+
+    /// The peer took the block just sent (its 2.31 Continue carried `echo`, the Block1 value
+    /// it answers with): moves past it, at the smaller size if the peer asked for one. True
+    /// when a block of `body_len` bytes is left to send.
+    pub fn advance(&mut self, body_len: usize, echo: Option<&BlockValue>) -> bool {
+        let size = 1usize << (self.szx + 4);
+        self.offset = (self.offset + size).min(body_len);
+        if let Some(echo) = echo {
+            // Offsets are multiples of the old size, so of any smaller one too.
+            self.szx = self.szx.min(echo.size_exponent);
+        }
+        self.offset < body_len
+    }
+}
+
 /// The size exponent (SZX) of the largest block size not above `max_block_size`
 /// (16..=1024).
 pub fn szx_for(max_block_size: usize) -> u8 {
@@ -290,6 +414,84 @@ mod tests {
         a.accept(9, &value(0, true, 0), &[0; 16], t0 + LIFE * 2)
             .unwrap();
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn a_download_takes_blocks_in_order_and_asks_for_the_next() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(2500).collect();
+        let mut d = Download::new(4096);
+        let mut num = 0;
+        let out = loop {
+            let (chunk, more) = slice(&body, num, 6).unwrap();
+            match d.take(&value(num, more, 6), chunk).unwrap() {
+                Next::Fetch(next) => {
+                    assert_eq!(next, value(num + 1, false, 6));
+                    num = next.num;
+                }
+                Next::Done(all) => break all,
+            }
+        };
+        assert_eq!(out, body);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_download_refuses_gaps_short_blocks_bert_and_too_much() {
+        let mut d = Download::new(100);
+        assert_eq!(
+            d.take(&value(1, true, 1), &[0; 32]),
+            Err(BlockError::Incomplete {
+                num: 1,
+                expected: 0,
+                got: 32
+            })
+        );
+        assert_eq!(
+            d.take(&value(0, true, 1), &[0; 31]),
+            Err(BlockError::BadSize { len: 31, size: 32 })
+        );
+        let bert = BlockValue {
+            num: 0,
+            more: false,
+            size_exponent: 7,
+        };
+        assert!(d.take(&bert, &[0; 10]).is_err());
+        assert_eq!(
+            d.take(&value(0, true, 6), &[0; 1024]),
+            Err(BlockError::TooLarge { max: 100 })
+        );
+        assert_eq!(
+            d.take(&value(0, true, 1), &[0; 32]),
+            Ok(Next::Fetch(value(1, false, 1)))
+        );
+        assert_eq!(d.len(), 32);
+    }
+
+    #[test]
+    fn an_upload_sends_every_byte_once_and_follows_a_smaller_size() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let mut up = Upload::new(6);
+        let mut sent = Vec::new();
+        let (b, part) = up.block(&body);
+        assert_eq!((b.num, b.more, b.size()), (0, true, 1024));
+        sent.extend_from_slice(part);
+        // The peer wants 256-byte blocks from now on.
+        assert!(up.advance(body.len(), Some(&value(0, true, 4))));
+        let mut nums = Vec::new();
+        loop {
+            let (b, part) = up.block(&body);
+            assert_eq!(usize::from(b.num) * b.size(), sent.len());
+            nums.push(b.num);
+            sent.extend_from_slice(part);
+            if !b.more {
+                break;
+            }
+            assert!(up.advance(body.len(), Some(&b)));
+        }
+        assert!(!up.advance(body.len(), None));
+        assert_eq!(sent, body);
+        assert_eq!(nums.first(), Some(&4));
+        assert_eq!(nums.last(), Some(&11));
     }
 
     #[test]
