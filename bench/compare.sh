@@ -662,7 +662,10 @@ if [[ $ONLY == all || $ONLY == lwm2m ]]; then
     printf '%-46s %14s\n' "observations answered, seconds for all" "$(get holdfast lwm2m .observe_s)"
     printf '%-46s %14s\n' "notifications/s delivered to MQTT (20,000 offered)" "$(fmt "$(get holdfast lwm2m .notify_per_s)")"
     printf '%-46s %14s\n' "notifications sent / delivered" "$(get holdfast lwm2m .notifications_sent) / $(get holdfast lwm2m .notifications_delivered)"
-    printf '%-46s %14s\n' "broker max RSS, KB" "$(fmt "$(get holdfast lwm2m .rss.max_kb)")"
+    printf '%-46s %14s\n' "broker RSS at start, KB" "$(fmt "$(get holdfast lwm2m .rss.start_kb)")"
+    printf '%-46s %14s\n' "broker RSS, all registered, KB" "$(fmt "$(get holdfast lwm2m .rss.registered_kb)")"
+    printf '%-46s %14s\n' "broker RSS, all registered and observed, KB" "$(fmt "$(get holdfast lwm2m .rss.observed_kb)")"
+    printf '%-46s %14s\n' "broker max RSS (notifications too), KB" "$(fmt "$(get holdfast lwm2m .rss.max_kb)")"
     printf '%s\n' "$(printf '%.0s-' $(seq 61))"
 fi
 

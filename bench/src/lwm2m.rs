@@ -109,6 +109,7 @@ pub(crate) async fn run(
     }
     let registration_s = started.elapsed().as_secs_f64();
     let registered = shared.registered.load(Ordering::Relaxed);
+    let registered_kb = pid.and_then(|p| crate::rss::read_rss_kb(p).ok());
     // Observations: one MQTT command each, answered on up/resp (the register messages count
     // there too).
     let mut publisher = Client::connect(target, Role::Publisher(0)).await?;
@@ -146,6 +147,9 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let observe_s = observe_started.elapsed().as_secs_f64();
+    // Registered and observed, nothing in flight: what the endpoints themselves hold.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let observed_kb = pid.and_then(|p| crate::rss::read_rss_kb(p).ok());
     // Notifications.
     let before = notify.load(Ordering::Relaxed);
     let notify_started = Instant::now();
@@ -176,7 +180,8 @@ pub(crate) async fn run(
         "notifications_sent": sent,
         "notifications_delivered": delivered,
         "notify_per_s": (delivered as f64 / notify_s).round(),
-        "rss": rss.map(|r| json!({"start_kb": r.start_kb, "max_kb": r.max_kb, "end_kb": r.end_kb})),
+        "rss": rss.map(|r| json!({"start_kb": r.start_kb, "registered_kb": registered_kb,
+            "observed_kb": observed_kb, "max_kb": r.max_kb, "end_kb": r.end_kb})),
         "errors": errors,
     }))
 }

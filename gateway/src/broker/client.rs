@@ -292,6 +292,10 @@ pub struct Client {
     ready: VecDeque<Outgoing>,
     /// Set once the session is unbound (disconnect or drop).
     finished: bool,
+    /// Set while [`Client::poll_recv`] waits for a wake-up: polled again without one (the task
+    /// woke for something else), it does not take the router lock to look. Cleared by what
+    /// can make a message ready without a wake-up (an ack frees a window slot).
+    waiting: bool,
 }
 
 impl Client {
@@ -370,6 +374,7 @@ impl Client {
             acl: None,
             ready: VecDeque::new(),
             finished: false,
+            waiting: false,
         };
         if result.session_present {
             client.recheck_restored_subscriptions();
@@ -613,12 +618,32 @@ impl Client {
     /// `None` once the client is closed (see [`Client::closed`]). Cancel-safe: a message is
     /// taken from the session only when this returns it.
     pub async fn recv(&mut self) -> Option<Received> {
+        // A fresh call looks at the session once, whatever an earlier, dropped one was waiting for.
+        self.waiting = false;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Client::recv`] for a task that waits on several things in one hand-written poll (it
+    /// keeps no future of its own): the next delivery if one is ready, `Ready(None)` once
+    /// closed, otherwise `cx` is woken when one comes.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Received>> {
+        use std::task::Poll;
+        if self.waiting {
+            self.ctrl.register(cx.waker());
+            if !self.ctrl.is_closing() && !self.ctrl.wake_pending.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            self.waiting = false;
+        }
         loop {
             if let Some(next) = self.next_ready() {
-                return Some(next);
+                return Poll::Ready(Some(next));
             }
             if self.finished || self.ctrl.is_closing() {
-                return None;
+                return Poll::Ready(None);
             }
             let (session, conn_id) = (self.session, self.ctrl.conn_id);
             let mut batch = Vec::new();
@@ -633,16 +658,11 @@ impl Client {
             // Idle: thousands of in-process clients (LwM2M endpoints, CoAP observers) wait at
             // once, none keeping a buffer.
             self.ready = VecDeque::new();
-            let ctrl = &self.ctrl;
-            std::future::poll_fn(|cx| {
-                ctrl.register(cx.waker());
-                if ctrl.is_closing() || ctrl.wake_pending.load(Ordering::Acquire) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            })
-            .await;
+            self.ctrl.register(cx.waker());
+            if !self.ctrl.is_closing() && !self.ctrl.wake_pending.load(Ordering::Acquire) {
+                self.waiting = true;
+                return Poll::Pending;
+            }
         }
     }
 
@@ -683,6 +703,8 @@ impl Client {
         if m.qos == QoS::AtMostOnce || self.finished {
             return;
         }
+        // A freed window slot may let a queued message out: look again at the next poll.
+        self.waiting = false;
         let (session, client_id) = (self.session, &self.client_id);
         let events = self.broker.events();
         let username = self.username.as_deref();

@@ -455,6 +455,23 @@ impl Session {
         self.inflight.push_back(inflight);
     }
 
+    /// Frees the queue's and the inflight window's buffers once both are empty and small: a
+    /// server holds thousands of sessions that got one message and then wait (LwM2M endpoints,
+    /// quiet devices), and a drained buffer is kept otherwise. A busy session's buffers
+    /// (grown past a few entries) stay, so a steady stream does not allocate each time.
+    pub fn release_idle_buffers(&mut self) {
+        const SMALL: usize = 8;
+        if self.mqueue.is_empty() && self.mqueue.capacity() > 0 && self.mqueue.capacity() <= SMALL {
+            self.mqueue = VecDeque::new();
+        }
+        if self.inflight.is_empty()
+            && self.inflight.capacity() > 0
+            && self.inflight.capacity() <= SMALL
+        {
+            self.inflight = VecDeque::new();
+        }
+    }
+
     /// Journals that `delivery` left the session (acknowledged, dropped or expired).
     pub fn note_removed(&mut self, delivery: &Delivery) {
         self.note_sent(delivery);

@@ -30,22 +30,27 @@ use holdfast_lwm2m::model::Model;
 use holdfast_lwm2m::registry::{registration_json, Registration};
 use holdfast_mqtt::QoS;
 use serde_json::{json, Map, Value as Json};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What every endpoint of one socket shares (one reference each).
+pub(super) struct Context {
+    pub(super) transport: crate::dtls::Transport,
+    pub(super) broker: Arc<Broker>,
+    pub(super) config: Arc<Lwm2mConfig>,
+    pub(super) model: Arc<Model>,
+    pub(super) status: Arc<Status>,
+}
 
 /// What an endpoint's task starts from.
 pub(super) struct Setup {
     pub(super) ep: String,
     pub(super) generation: u64,
     pub(super) addr: SocketAddr,
-    pub(super) transport: crate::dtls::Transport,
-    pub(super) broker: Arc<Broker>,
-    pub(super) config: Arc<Lwm2mConfig>,
-    pub(super) model: Arc<Model>,
-    pub(super) status: Arc<Status>,
+    pub(super) ctx: Arc<Context>,
     pub(super) last_seen: Arc<Mutex<Instant>>,
 }
 
@@ -73,7 +78,7 @@ impl Job {
 /// The rest of a block-wise notification, fetched with GETs of the observed path.
 struct Rest {
     /// The observation's token.
-    observation: Vec<u8>,
+    observation: u64,
     /// The notification's Observe sequence number.
     seq: u32,
     request: DeviceRequest,
@@ -100,78 +105,174 @@ struct Pending {
     download: Option<Download>,
     /// Block2: the block the current exchange asks for.
     block2: Option<BlockValue>,
+    /// The current exchange's retransmissions (here, not in the endpoint: an idle endpoint
+    /// keeps none).
+    outstanding: Retransmitter<()>,
 }
 
-/// An observation the device accepted: the command's keys and path, for its notifications.
+/// An observation the device accepted: the command's keys (as compact JSON text: thousands
+/// of endpoints keep one each) and path, for its notifications.
 struct Observed {
-    echo: Map<String, Json>,
-    req_path: String,
+    echo: Box<str>,
+    req_path: Box<str>,
+}
+
+impl Observed {
+    fn new(cmd: &Command) -> Observed {
+        Observed {
+            echo: Json::Object(cmd.echo.clone()).to_string().into(),
+            req_path: cmd.req_path.as_str().into(),
+        }
+    }
+
+    /// The command's keys, echoed in each notification.
+    fn echo(&self) -> Map<String, Json> {
+        serde_json::from_str(&self.echo).unwrap_or_default()
+    }
+}
+
+/// What the task keeps of its registration (the registry holds the rest): that it is live,
+/// whether it is in queue mode, and its alternate path when not `/`.
+struct Registered {
+    queue_mode: bool,
+    alternate: Option<Box<str>>,
+}
+
+impl Registered {
+    fn of(reg: &Registration) -> Registered {
+        let alternate = link::registration(&reg.params.links).alternate_path;
+        Registered {
+            queue_mode: reg.params.queue_mode(),
+            alternate: (alternate != "/").then(|| alternate.into()),
+        }
+    }
+}
+
+/// What woke an endpoint's task.
+enum Wake {
+    Inbound(Inbound),
+    Command(Received),
+    Timer,
 }
 
 pub(super) struct Endpoint {
     s: Setup,
     client: Option<Client>,
-    reg: Option<Registration>,
-    mount: String,
+    reg: Option<Registered>,
     queue: VecDeque<Job>,
     /// Boxed: only while a command is outstanding (an idle endpoint's task stays small).
     pending: Option<Box<Pending>>,
-    outstanding: Retransmitter<()>,
-    observations: HashMap<Vec<u8>, Observed>,
+    /// By token (the server's are 8 bytes); an endpoint has few, so a list.
+    observations: Vec<(u64, Observed)>,
     next_mid: u16,
     last_uplink: Instant,
     closing: bool,
+    /// Set only while something is due (see `arm_timer`).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Whose turn it is to be polled first: the inbox or the broker client.
+    inbox_first: bool,
 }
 
 impl Endpoint {
     pub(super) fn new(s: Setup) -> Endpoint {
         Endpoint {
-            mount: s.config.mountpoint.replace("%e", &s.ep),
             client: None,
             reg: None,
             queue: VecDeque::new(),
             pending: None,
-            outstanding: Retransmitter::new(1),
-            observations: HashMap::new(),
+            observations: Vec::new(),
             next_mid: rand::random(),
             last_uplink: Instant::now(),
             closing: false,
+            timer: None,
+            inbox_first: false,
             s,
         }
     }
 
-    pub(super) async fn run(mut self, first: Inbound, mut inbox: super::inbox::Receiver) {
-        // The handlers' futures (connect, publish ...) are boxed while they run, so the task
-        // that waits between events stays small: thousands of endpoints wait at once.
-        Box::pin(self.inbound(first)).await;
-        while !self.closing {
-            let wake = [
-                self.outstanding.next_deadline(),
-                self.pending.as_ref().and_then(|p| p.separate_deadline),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let Some(client) = self.client.as_mut() else {
-                break;
-            };
-            tokio::select! {
-                ev = inbox.recv() => match ev {
-                    Some(ev) => Box::pin(self.inbound(ev)).await,
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice (see below)"
+    )]
+    pub(super) fn run(
+        mut self,
+        first: Inbound,
+        mut inbox: super::inbox::Receiver,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        // The handlers' futures (connect, publish ...) are boxed while they run, and the wait
+        // between events is one hand-written poll of the inbox, the broker client and (only
+        // while a request is outstanding) a boxed timer: thousands of endpoints wait at once,
+        // each task small. The gateway's shutdown closes the broker client, which ends it.
+        // An async block, not an async fn: an async fn's future keeps its arguments twice
+        // (as arguments and as the locals they are moved into), which doubled each task.
+        async move {
+            Box::pin(self.inbound(first)).await;
+            while !self.closing {
+                self.arm_timer();
+                let next = std::future::poll_fn(|cx| self.poll_next(&mut inbox, cx)).await;
+                match next {
+                    Some(Wake::Inbound(ev)) => Box::pin(self.inbound(ev)).await,
+                    Some(Wake::Command(m)) => Box::pin(self.command(m)).await,
+                    Some(Wake::Timer) => Box::pin(self.retransmit()).await,
                     None => break,
-                },
-                m = client.recv() => match m {
-                    Some(m) => Box::pin(self.command(m)).await,
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(wake.into()) => Box::pin(self.retransmit()).await,
-                _ = self.s.broker.shutdown.cancelled() => break,
+                }
+            }
+            self.s.ctx.status.remove(&self.s.ep, self.s.generation);
+            if let Some(client) = self.client.take() {
+                client.disconnect();
             }
         }
-        self.s.status.remove(&self.s.ep, self.s.generation);
-        if let Some(client) = self.client.take() {
-            client.disconnect();
+    }
+
+    /// The timer runs only while something is due: a retransmission, a separate response.
+    fn arm_timer(&mut self) {
+        let due = [
+            self.pending
+                .as_ref()
+                .and_then(|p| p.outstanding.next_deadline()),
+            self.pending.as_ref().and_then(|p| p.separate_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        match (due, self.timer.as_mut()) {
+            (None, _) => self.timer = None,
+            (Some(due), Some(timer)) => {
+                if timer.deadline() != due.into() {
+                    timer.as_mut().reset(due.into());
+                }
+            }
+            (Some(due), None) => self.timer = Some(Box::pin(tokio::time::sleep_until(due.into()))),
+        }
+    }
+
+    /// The next thing to do: an event from the server task, a command from the broker, the
+    /// timer; `None` once the inbox or the broker client is closed. Takes turns between the
+    /// inbox and the broker so that neither starves the other.
+    fn poll_next(
+        &mut self,
+        inbox: &mut super::inbox::Receiver,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Wake>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        self.inbox_first = !self.inbox_first;
+        let Some(client) = self.client.as_mut() else {
+            return Poll::Ready(None);
+        };
+        for inbox_turn in [self.inbox_first, !self.inbox_first] {
+            let ready = if inbox_turn {
+                inbox.poll_recv(cx).map(|ev| ev.map(Wake::Inbound))
+            } else {
+                client.poll_recv(cx).map(|m| m.map(Wake::Command))
+            };
+            if ready.is_ready() {
+                return ready;
+            }
+        }
+        match self.timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Wake::Timer)),
+            _ => Poll::Pending,
         }
     }
 
@@ -187,11 +288,12 @@ impl Endpoint {
                 self.s.addr = reg.addr;
                 self.reply(&packet, ResponseType::Changed, &[], reg.addr);
                 self.s
+                    .ctx
                     .status
                     .counters
                     .updates
                     .fetch_add(1, Ordering::Relaxed);
-                let publish = match self.s.config.update_msg_publish_condition {
+                let publish = match self.s.ctx.config.update_msg_publish_condition {
                     UpdatePublish::Always => true,
                     UpdatePublish::ContainsObjectList => has_objects,
                 };
@@ -199,7 +301,7 @@ impl Endpoint {
                     self.publish("up/resp", registration_json("update", &reg))
                         .await;
                 }
-                self.reg = Some(reg);
+                self.reg = Some(Registered::of(&reg));
                 self.flush().await;
             }
             Inbound::Deregistered(event) => {
@@ -234,7 +336,7 @@ impl Endpoint {
         self.s.addr = reg.addr;
         if self.client.is_none() {
             let mut opts = ClientOptions::new(self.s.ep.clone(), Protocol::Lwm2m, reg.addr);
-            opts.credentials = if self.s.transport.is_secure() {
+            opts.credentials = if self.s.ctx.transport.is_secure() {
                 // Over DTLS the endpoint name is the PSK identity its key proved (from the
                 // operator's PSK file): the user name the ACL sees.
                 Credentials::Gateway {
@@ -248,9 +350,9 @@ impl Endpoint {
                     password: None,
                 }
             };
-            match Client::connect(&self.s.broker, opts).await {
+            match Client::connect(&self.s.ctx.broker, opts).await {
                 Ok(mut client) => {
-                    let filter = format!("{}dn/#", self.mount);
+                    let filter = format!("{}dn/#", self.mount());
                     if let Some(Err(e)) = client
                         .subscribe(&[(filter.as_str(), QoS::AtLeastOnce)])
                         .pop()
@@ -261,6 +363,7 @@ impl Endpoint {
                 }
                 Err(e) => {
                     self.s
+                        .ctx
                         .status
                         .counters
                         .registrations_refused
@@ -278,9 +381,8 @@ impl Endpoint {
             }
         } else {
             // Registered again (a rebooted device): what it observed and was asked is gone.
-            self.observations.clear();
+            self.observations = Vec::new();
             self.pending = None;
-            self.outstanding = Retransmitter::new(1);
         }
         let mut r = message::response_to(packet, ResponseType::Created, self.mid());
         for (option, value) in location_options(&reg.location) {
@@ -288,6 +390,7 @@ impl Endpoint {
         }
         self.send_reply(packet, &r, reg.addr);
         self.s
+            .ctx
             .status
             .counters
             .registrations
@@ -295,16 +398,16 @@ impl Endpoint {
         tracing::info!(ep = %self.s.ep, peer = %reg.addr, location = %reg.location, lifetime = reg.params.lifetime, binding = %reg.params.binding, lwm2m = %reg.params.version, "lwm2m: registered");
         self.publish("up/resp", registration_json("register", &reg))
             .await;
-        if self.s.config.auto_observe {
+        if self.s.ctx.config.auto_observe {
             let objects = link::registration(&reg.params.links).object_list;
             for path in objects.iter().filter(|p| p.matches('/').count() == 2) {
                 let body = json!({"msgType": "observe", "data": {"path": path}});
-                if let Ok(cmd) = command::parse(body.to_string().as_bytes(), &self.s.model) {
+                if let Ok(cmd) = command::parse(body.to_string().as_bytes(), &self.s.ctx.model) {
                     self.queue.push_back(Job::Command(cmd));
                 }
             }
         }
-        self.reg = Some(reg);
+        self.reg = Some(Registered::of(&reg));
         self.flush().await;
     }
 
@@ -313,11 +416,11 @@ impl Endpoint {
         if let Some(client) = self.client.as_mut() {
             client.ack(&m);
         }
-        let counters = &self.s.status.counters;
+        let counters = &self.s.ctx.status.counters;
         counters.commands.fetch_add(1, Ordering::Relaxed);
-        match command::parse(&m.message.payload, &self.s.model) {
+        match command::parse(&m.message.payload, &self.s.ctx.model) {
             Ok(cmd) => {
-                if self.queue.len() >= self.s.config.max_queued_commands {
+                if self.queue.len() >= self.s.ctx.config.max_queued_commands {
                     counters.commands_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ep = %self.s.ep, queued = self.queue.len(), "lwm2m: command queue full; command refused (5.03)");
                     let r = command::response_json(&cmd.echo, None, &cmd.req_path, "5.03", None);
@@ -343,8 +446,8 @@ impl Endpoint {
         if self.pending.is_some() || self.reg.is_none() {
             return;
         }
-        let queue_mode = self.reg.as_ref().is_some_and(|r| r.params.queue_mode());
-        if queue_mode && self.last_uplink.elapsed() > self.s.config.qmode_time_window {
+        let queue_mode = self.reg.as_ref().is_some_and(|r| r.queue_mode);
+        if queue_mode && self.last_uplink.elapsed() > self.s.ctx.config.qmode_time_window {
             return;
         }
         let Some(mut job) = self.queue.pop_front() else {
@@ -358,7 +461,7 @@ impl Endpoint {
             Job::Rest(r) => (r.download.take(), Some(r.next.clone())),
             Job::Command(_) => (None, None),
         };
-        let max_block = self.s.config.max_block_size;
+        let max_block = self.s.ctx.config.max_block_size;
         let upload = (job.request().payload.len() > max_block)
             .then(|| Upload::new(block::szx_for(max_block)));
         let token: Vec<u8> = rand::random::<u64>().to_be_bytes().to_vec();
@@ -371,6 +474,7 @@ impl Endpoint {
             upload,
             download,
             block2,
+            outstanding: Retransmitter::new(1),
         });
         self.send_exchange(pending, false).await;
     }
@@ -396,12 +500,12 @@ impl Endpoint {
             Method::Delete => RequestType::Delete,
         });
         p.set_token(pending.token.clone());
-        let alternate = self
-            .reg
-            .as_ref()
-            .map(|r| link::registration(&r.params.links).alternate_path)
-            .unwrap_or_else(|| "/".into());
-        for seg in alternate.split('/').filter(|s| !s.is_empty()) {
+        let alternate = self.reg.as_ref().and_then(|r| r.alternate.as_deref());
+        for seg in alternate
+            .unwrap_or("/")
+            .split('/')
+            .filter(|s| !s.is_empty())
+        {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
         }
         for seg in &req.path {
@@ -441,7 +545,8 @@ impl Endpoint {
         };
         let to = self.s.addr;
         self.send_bytes(&bytes, to).await;
-        let _ = self
+        pending.outstanding.settle(pending.mid);
+        let _ = pending
             .outstanding
             .start(mid, bytes, (), rand::random(), Instant::now());
         if let Job::Command(cmd) = &pending.job {
@@ -459,19 +564,19 @@ impl Endpoint {
         match (p.header.get_type(), p.header.code) {
             (MessageType::Acknowledgement, MessageClass::Empty) if is_pending_mid => {
                 // A separate response is to come.
-                self.outstanding.settle(mid);
+                self.settle(mid);
                 if let Some(p) = self.pending.as_mut() {
                     p.separate_deadline = Some(Instant::now() + SEPARATE_RESPONSE_TIMEOUT);
                 }
             }
             (MessageType::Acknowledgement, MessageClass::Response(_)) if is_pending_mid => {
-                self.outstanding.settle(mid);
+                self.settle(mid);
                 if let Some(pending) = self.pending.take() {
                     self.answered(pending, &p).await;
                 }
             }
             (MessageType::Reset, _) if is_pending_mid => {
-                self.outstanding.settle(mid);
+                self.settle(mid);
                 if let Some(pending) = self.pending.take() {
                     self.failed(*pending, "coap_reset", None).await;
                 }
@@ -481,9 +586,9 @@ impl Endpoint {
                 kind @ (MessageType::Confirmable | MessageType::NonConfirmable),
                 MessageClass::Response(_),
             ) => {
-                let token = p.get_token().to_vec();
+                let token = p.get_token();
                 let separate = self.pending.as_ref().is_some_and(|x| x.token == token);
-                let known = separate || self.observations.contains_key(&token);
+                let known = separate || self.observed(token).is_some();
                 if kind == MessageType::Confirmable {
                     let answer = if known {
                         message::empty_ack(mid)
@@ -496,12 +601,12 @@ impl Endpoint {
                     }
                 }
                 if separate {
-                    if let Some(pending) = self.pending.take() {
-                        self.outstanding.settle(pending.mid);
+                    if let Some(mut pending) = self.pending.take() {
+                        pending.outstanding.settle(pending.mid);
                         self.answered(pending, &p).await;
                     }
                 } else if known {
-                    self.notify(&token, &p).await;
+                    self.notify(&p).await;
                 }
             }
             _ => {}
@@ -520,13 +625,9 @@ impl Endpoint {
         if let (Job::Command(cmd), true) = (&pending.job, success) {
             // The observation holds from the device's first success, before a block-wise
             // body is fetched to its end: its notifications are not refused meanwhile.
-            if cmd.msg_type == "observe" && !self.observations.contains_key(&pending.first_token) {
-                let observed = Observed {
-                    echo: cmd.echo.clone(),
-                    req_path: cmd.req_path.clone(),
-                };
-                self.observations
-                    .insert(pending.first_token.clone(), observed);
+            let token = token_key(&pending.first_token);
+            if cmd.msg_type == "observe" && self.observed(&pending.first_token).is_none() {
+                self.observations.push((token, Observed::new(cmd)));
             }
         }
         if code == ResponseType::Continue {
@@ -540,7 +641,7 @@ impl Endpoint {
         }
         let mut body = None;
         if let (Some(b2), true) = (option_block(p, CoapOption::Block2), success) {
-            let max = self.s.config.max_body_size;
+            let max = self.s.ctx.config.max_body_size;
             let download = pending.download.get_or_insert_with(|| Download::new(max));
             match download.take(&b2, &p.payload) {
                 Ok(Next::Fetch(next)) => {
@@ -566,7 +667,7 @@ impl Endpoint {
         match pending.job {
             Job::Command(cmd) => self.response(cmd, code, format, payload).await,
             Job::Rest(rest) => {
-                self.notify_body(&rest.observation, rest.seq, code, format, payload)
+                self.notify_body(rest.observation, rest.seq, code, format, payload)
                     .await;
             }
         }
@@ -606,9 +707,11 @@ impl Endpoint {
         let code = message::code_string(code);
         let content = self.content(&cmd.req_path, format, payload);
         if cmd.msg_type == "cancel-observe" {
-            self.observations.retain(|_, o| o.req_path != cmd.req_path);
+            self.observations
+                .retain(|(_, o)| *o.req_path != *cmd.req_path);
         }
         self.s
+            .ctx
             .status
             .counters
             .responses
@@ -619,7 +722,8 @@ impl Endpoint {
 
     /// A notification of an observation: published on `up/notify` with its `seqNum`, or, when
     /// it is the first block of a larger body, once the rest was fetched.
-    async fn notify(&mut self, token: &[u8], p: &Packet) {
+    async fn notify(&mut self, p: &Packet) {
+        let token = token_key(p.get_token());
         let code = match p.header.code {
             MessageClass::Response(rc) => rc,
             _ => ResponseType::UnKnown,
@@ -631,10 +735,10 @@ impl Endpoint {
                 .notify_body(token, seq, code, content_format(p), &p.payload)
                 .await;
         };
-        let Some(o) = self.observations.get(token) else {
+        let Some(o) = self.observed(p.get_token()) else {
             return;
         };
-        let mut download = Download::new(self.s.config.max_body_size);
+        let mut download = Download::new(self.s.ctx.config.max_body_size);
         let next = match download.take(&b2, &p.payload) {
             Ok(Next::Fetch(next)) => next,
             Ok(Next::Done(_)) => return,
@@ -646,7 +750,7 @@ impl Endpoint {
         let Ok(path) = command::split_path(&o.req_path) else {
             return;
         };
-        if self.queue.len() >= self.s.config.max_queued_commands {
+        if self.queue.len() >= self.s.ctx.config.max_queued_commands {
             tracing::warn!(ep = %self.s.ep, path = %o.req_path, "lwm2m: command queue full; a block-wise notification was dropped");
             return;
         }
@@ -661,7 +765,7 @@ impl Endpoint {
         };
         // Ahead of queued commands: the device is sending now, and holds the body.
         self.queue.push_front(Job::Rest(Box::new(Rest {
-            observation: token.to_vec(),
+            observation: token,
             seq,
             request,
             download: Some(download),
@@ -672,22 +776,23 @@ impl Endpoint {
 
     async fn notify_body(
         &mut self,
-        token: &[u8],
+        token: u64,
         seq: u32,
         code: ResponseType,
         format: Option<u16>,
         payload: &[u8],
     ) {
-        let Some(o) = self.observations.get(token) else {
+        let Some((_, o)) = self.observations.iter().find(|(t, _)| *t == token) else {
             return;
         };
         let code = message::code_string(code);
         let content = self.content(&o.req_path, format, payload);
-        let mut r = command::response_json(&o.echo, Some("notify"), &o.req_path, &code, content);
+        let mut r = command::response_json(&o.echo(), Some("notify"), &o.req_path, &code, content);
         if let Json::Object(top) = &mut r {
             top.insert("seqNum".into(), json!(seq));
         }
         self.s
+            .ctx
             .status
             .counters
             .notifications
@@ -696,7 +801,7 @@ impl Endpoint {
     }
 
     fn content(&self, req_path: &str, format: Option<u16>, payload: &[u8]) -> Option<Json> {
-        match command::decode_content(req_path, format, payload, &self.s.model) {
+        match command::decode_content(req_path, format, payload, &self.s.ctx.model) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(ep = %self.s.ep, path = req_path, "lwm2m: cannot decode the device's answer: {e}");
@@ -714,7 +819,11 @@ impl Endpoint {
         if late {
             self.timed_out().await;
         }
-        for due in self.outstanding.due(Instant::now()) {
+        let due = match self.pending.as_mut() {
+            Some(p) => p.outstanding.due(Instant::now()),
+            None => Vec::new(),
+        };
+        for due in due {
             match due {
                 Due::Resend(bytes) => {
                     let to = self.s.addr;
@@ -728,12 +837,12 @@ impl Endpoint {
     /// The device did not answer the pending command: `coap_timeout` on `up/resp`.
     async fn timed_out(&mut self) {
         self.s
+            .ctx
             .status
             .counters
             .timeouts
             .fetch_add(1, Ordering::Relaxed);
         if let Some(pending) = self.pending.take() {
-            self.outstanding.settle(pending.mid);
             if let Job::Command(c) = &pending.job {
                 tracing::info!(ep = %self.s.ep, msg_type = %c.msg_type, path = %c.req_path, "lwm2m: no answer from the device");
             }
@@ -743,7 +852,7 @@ impl Endpoint {
     }
 
     async fn publish(&mut self, suffix: &str, body: Json) {
-        let topic = format!("{}{suffix}", self.mount);
+        let topic = format!("{}{suffix}", self.mount());
         let Some(client) = self.client.as_mut() else {
             return;
         };
@@ -772,11 +881,13 @@ impl Endpoint {
         };
         if request.header.get_type() == MessageType::Confirmable {
             self.s
+                .ctx
                 .status
                 .replied(to, request.header.message_id, bytes.clone());
         }
-        if self.s.transport.try_send(&bytes, to) {
+        if self.s.ctx.transport.try_send(&bytes, to) {
             self.s
+                .ctx
                 .status
                 .counters
                 .datagrams_sent
@@ -785,12 +896,34 @@ impl Endpoint {
     }
 
     async fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
-        if self.s.transport.send(bytes, to).await {
+        if self.s.ctx.transport.send(bytes, to).await {
             self.s
+                .ctx
                 .status
                 .counters
                 .datagrams_sent
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The endpoint's topic prefix (`lwm2m/{ep}/`).
+    fn mount(&self) -> String {
+        self.s.ctx.config.mountpoint.replace("%e", &self.s.ep)
+    }
+
+    /// The observation whose token this is.
+    fn observed(&self, token: &[u8]) -> Option<&Observed> {
+        let key = token_key(token);
+        (token.len() == 8)
+            .then(|| self.observations.iter().find(|(t, _)| *t == key))
+            .flatten()
+            .map(|(_, o)| o)
+    }
+
+    /// The pending exchange `mid` was acknowledged: no more retransmissions.
+    fn settle(&mut self, mid: u16) {
+        if let Some(p) = self.pending.as_mut() {
+            p.outstanding.settle(mid);
         }
     }
 
@@ -810,4 +943,9 @@ fn content_format(p: &Packet) -> Option<u16> {
     p.get_first_option_as::<OptionValueU16>(CoapOption::ContentFormat)
         .and_then(Result::ok)
         .map(|f| f.0)
+}
+
+/// An observation's token (the server's are 8 random bytes) as a key.
+fn token_key(token: &[u8]) -> u64 {
+    token.try_into().map(u64::from_be_bytes).unwrap_or_default()
 }

@@ -4,18 +4,20 @@
 //! Why not a tokio mpsc channel: one costs about 1 KB per endpoint before it carries anything
 //! (a block of 32 slots and cache-padded counters), and a server holds thousands of idle
 //! endpoints. This one is a small shared queue (about 100 bytes idle, allocating only while
-//! events wait) with a wake-up. Bounded by `capacity`; the sender never waits (a full inbox
-//! is the caller's to count). Single consumer.
+//! events wait) with a waker, polled by the task's own wait (no future of its own). Bounded by
+//! `capacity`; the sender never waits (a full inbox is the caller's to count). Single
+//! consumer.
 
 use super::Inbound;
+use atomic_waker::AtomicWaker;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::task::{Context, Poll};
 
 struct Shared {
     queue: Mutex<VecDeque<Inbound>>,
-    ready: Notify,
+    ready: AtomicWaker,
     senders: AtomicUsize,
     receiver_alive: AtomicBool,
     capacity: usize,
@@ -46,7 +48,7 @@ impl std::fmt::Debug for Sender {
 pub(super) fn inbox(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
-        ready: Notify::new(),
+        ready: AtomicWaker::new(),
         senders: AtomicUsize::new(1),
         receiver_alive: AtomicBool::new(true),
         capacity: capacity.max(1),
@@ -67,7 +69,7 @@ impl Sender {
             }
             queue.push_back(event);
         }
-        self.0.ready.notify_one();
+        self.0.ready.wake();
         Ok(())
     }
 }
@@ -83,7 +85,7 @@ impl Drop for Sender {
     fn drop(&mut self) {
         if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last one: the receiver learns there is nothing more to wait for.
-            self.0.ready.notify_one();
+            self.0.ready.wake();
         }
     }
 }
@@ -91,25 +93,36 @@ impl Drop for Sender {
 impl Receiver {
     /// The next event; `None` once every sender is gone and the inbox is empty. Cancel-safe:
     /// an event is only taken when it is returned.
+    #[cfg(test)]
     pub(super) async fn recv(&mut self) -> Option<Inbound> {
-        loop {
-            {
-                let mut queue = crate::udp::lock(&self.0.queue);
-                if let Some(event) = queue.pop_front() {
-                    if queue.is_empty() && queue.capacity() > 4 {
-                        // A burst is over: an idle endpoint keeps no buffer.
-                        *queue = VecDeque::new();
-                    }
-                    return Some(event);
-                }
-            }
-            if self.0.senders.load(Ordering::Acquire) == 0 {
-                return None;
-            }
-            // notify_one keeps a permit when nobody waits, so an event put in between the
-            // check above and this wait is not missed.
-            self.0.ready.notified().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next event if one waits (`Ready(None)` once every sender is gone and the inbox is
+    /// empty); otherwise `cx` is woken when one is put in.
+    pub(super) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Inbound>> {
+        if let Some(event) = self.take() {
+            return Poll::Ready(Some(event));
         }
+        self.0.ready.register(cx.waker());
+        // Registered first, then checked again: an event put in meanwhile is not missed.
+        if let Some(event) = self.take() {
+            return Poll::Ready(Some(event));
+        }
+        if self.0.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn take(&mut self) -> Option<Inbound> {
+        let mut queue = crate::udp::lock(&self.0.queue);
+        let event = queue.pop_front()?;
+        if queue.is_empty() {
+            // A burst is over: an idle endpoint keeps no buffer.
+            *queue = VecDeque::new();
+        }
+        Some(event)
     }
 }
 

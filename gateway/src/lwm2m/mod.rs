@@ -363,10 +363,16 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     let config = Arc::new(bound.config);
     let model = Arc::new(bound.model);
     let server = |transport: crate::dtls::Transport| Server {
+        endpoints: Arc::new(endpoint::Context {
+            transport: transport.clone(),
+            broker: broker.clone(),
+            config: config.clone(),
+            model: model.clone(),
+            status: status.clone(),
+        }),
         transport,
         broker: broker.clone(),
         config: config.clone(),
-        model: model.clone(),
         status: status.clone(),
         tracker: tracker.clone(),
         bad_log: crate::udp::LogBudget::default(),
@@ -438,7 +444,6 @@ struct Server {
     transport: crate::dtls::Transport,
     broker: Arc<Broker>,
     config: Arc<Lwm2mConfig>,
-    model: Arc<Model>,
     status: Arc<Status>,
     tracker: TaskTracker,
     bad_log: crate::udp::LogBudget,
@@ -448,6 +453,8 @@ struct Server {
     next_mid: u16,
     /// Registration bodies coming block by block, by sender and URI.
     blocks: Assembler<(SocketAddr, String)>,
+    /// What this socket's endpoint tasks share.
+    endpoints: Arc<endpoint::Context>,
 }
 
 impl Server {
@@ -735,11 +742,7 @@ impl Server {
             ep,
             generation,
             addr: from,
-            transport: self.transport.clone(),
-            broker: self.broker.clone(),
-            config: self.config.clone(),
-            model: self.model.clone(),
-            status: self.status.clone(),
+            ctx: self.endpoints.clone(),
             last_seen,
         });
         self.tracker.spawn(task.run(first, rx));

@@ -178,7 +178,8 @@ fn parse_links(payload: &[u8]) -> Result<Vec<Link>, RegError> {
 /// The live registrations.
 #[derive(Debug)]
 pub struct Registry {
-    by_ep: HashMap<String, Registration>,
+    /// Boxed: the table stays small for thousands of registrations.
+    by_ep: HashMap<String, Box<Registration>>,
     by_location: HashMap<String, String>,
     next_location: u64,
     limits: Limits,
@@ -227,7 +228,8 @@ impl Registry {
             params,
         };
         self.by_location.insert(location, reg.params.ep.clone());
-        self.by_ep.insert(reg.params.ep.clone(), reg.clone());
+        self.by_ep
+            .insert(reg.params.ep.clone(), Box::new(reg.clone()));
         Ok((reg, replaced))
     }
 
@@ -312,17 +314,19 @@ impl Registry {
 
     /// The registration of `ep`.
     pub fn get(&self, ep: &str) -> Option<&Registration> {
-        self.by_ep.get(ep)
+        self.by_ep.get(ep).map(|r| &**r)
     }
 
     /// The registration at `location` (`rd/{n}`).
     pub fn at(&self, location: &str) -> Option<&Registration> {
-        self.by_ep.get(self.by_location.get(location)?)
+        self.by_ep
+            .get(self.by_location.get(location)?)
+            .map(|r| &**r)
     }
 
     /// Every registration, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = &Registration> {
-        self.by_ep.values()
+        self.by_ep.values().map(|r| &**r)
     }
 
     /// Registrations held.
@@ -338,7 +342,7 @@ impl Registry {
     fn remove_ep(&mut self, ep: &str) -> Option<Registration> {
         let reg = self.by_ep.remove(ep)?;
         self.by_location.remove(&reg.location);
-        Some(reg)
+        Some(*reg)
     }
 }
 

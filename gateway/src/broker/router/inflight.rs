@@ -88,6 +88,7 @@ impl Router {
         }
         while out.len() < budget {
             let Some(head) = s.mqueue.front() else {
+                s.release_idle_buffers();
                 return false;
             };
             if head.message.is_expired(now) {
@@ -167,6 +168,7 @@ impl Router {
             s.note_removed(&done.delivery);
         }
         s.note_acked();
+        s.release_idle_buffers();
         true
     }
 
