@@ -558,8 +558,8 @@ fn config_to_start(
 }
 
 fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
-    // Before any thread starts: every thread inherits the block, so only the main thread takes
-    // the stop signals, from the moment their handlers exist (see `restart`).
+    // Before any thread starts: every thread inherits the block, so only the signal thread
+    // takes the stop signals, from the moment their handlers exist (see `SignalThread`).
     let stop_signals_mask = StopSignals::block();
     // A config applied from the web UI is judged before it is loaded: a second start on it
     // without a confirm puts the previous file back first.
@@ -599,9 +599,9 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
         );
-        // On the main thread (`block_on` runs this future there); one that came while they
-        // were blocked (during a restart) is delivered now, to the handlers.
-        stop_signals_mask.unblock();
+        // On the signal thread only; one that came while they were blocked (during a restart)
+        // is delivered now, to the handlers.
+        let signal_thread = SignalThread::start(stop_signals_mask);
         let data_dir = cfg.node.data_dir.clone();
         let (mut gateway, fallback) = match Gateway::bind(cfg, shutdown.clone()).await {
             Ok(g) => (g, fallback),
@@ -620,7 +620,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     _ => None,
                 };
                 let Some((mut cfg, fb)) = retry else {
-                    return (ExitCode::FAILURE, None);
+                    return (ExitCode::FAILURE, None, signal_thread);
                 };
                 if let Some(dir) = &data_dir_flag {
                     cfg.node.data_dir = dir.clone();
@@ -630,7 +630,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                     Err(e) => {
                         tracing::error!("the last known good config does not start either: {e}");
                         eprintln!("error: the last known good config does not start either: {e}");
-                        return (ExitCode::FAILURE, None);
+                        return (ExitCode::FAILURE, None, signal_thread);
                     }
                 }
             }
@@ -692,14 +692,14 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
             ),
         }
         gateway.serve().await;
-        (ExitCode::SUCCESS, Some(restart))
+        (ExitCode::SUCCESS, Some(restart), signal_thread)
     });
     match outcome {
-        (_, Some(state)) if state.restarting() => {
+        (_, Some(state), signal_thread) if state.restarting() => {
             // From here a stop signal stays pending instead of meeting a handler whose runtime
-            // is gone; the exec keeps it pending and blocked, and the new program takes it as
-            // soon as its handlers exist.
-            stop_signals_mask.block_again();
+            // is gone: no thread takes it any more; the exec keeps it pending and blocked, and
+            // the new program takes it as soon as its handlers exist.
+            signal_thread.stop();
             runtime.shutdown_timeout(std::time::Duration::from_secs(5));
             // A SIGTERM during the runtime's shutdown still wins.
             if state.restarting() {
@@ -708,13 +708,13 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
-        (code, _) => code,
+        (code, _, _) => code,
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, blocked in every thread but the main one while the gateway
-/// runs, and in all of them across a restart: none of them is ever swallowed by a handler
-/// that nobody reads any more.
+/// SIGTERM, SIGINT and SIGHUP, blocked in every thread but the [`SignalThread`] while the
+/// gateway runs, and in all of them across a restart: none of them is ever swallowed by a
+/// handler that nobody reads any more.
 #[derive(Clone, Copy)]
 struct StopSignals(nix::sys::signal::SigSet);
 
@@ -739,6 +739,49 @@ impl StopSignals {
     fn unblock(&self) {
         if let Err(e) = self.0.thread_unblock() {
             eprintln!("warning: cannot unblock the stop signals: {e}");
+        }
+    }
+}
+
+/// The one thread with the stop signals unblocked: the kernel delivers them there, to the
+/// runtime's handlers. Every other thread keeps them blocked, including the ones that
+/// libraries start later from any thread (a thread inherits its creator's mask): with the
+/// main thread taking them instead, a thread it started (a blocking-pool or storage thread)
+/// could take a SIGTERM in the instant of a restart and run a handler nobody reads any more.
+struct SignalThread {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SignalThread {
+    /// Unblocks the signals on a new thread, which waits until [`SignalThread::stop`].
+    fn start(mask: StopSignals) -> SignalThread {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("holdfast-signals".into())
+            .spawn(move || {
+                mask.unblock();
+                // A signal interrupts the wait only to run its handler here.
+                let _ = stopped.recv();
+                mask.block_again();
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                // Without it the signals stay blocked: SIGKILL still stops the gateway.
+                eprintln!("warning: cannot start the signal thread ({e}); stop with SIGKILL");
+                None
+            }
+        };
+        SignalThread { stop, thread }
+    }
+
+    /// Blocks the signals on that thread too and waits for it to end: from then a stop signal
+    /// stays pending.
+    fn stop(mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
