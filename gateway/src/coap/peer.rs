@@ -15,7 +15,7 @@ use crate::broker::client::{
 };
 use crate::broker::Broker;
 use crate::config::{CoapConfig, CoapQos, NotifyType};
-use holdfast_coap::block::{self, Assembler, BlockValue, Step};
+use holdfast_coap::block::{self, Assembler, Block1Answer, BlockValue};
 use holdfast_coap::dedup::{Dedup, Seen, SenderDedup};
 use holdfast_coap::message;
 use holdfast_coap::observe::{Observation, Offer};
@@ -406,39 +406,28 @@ impl Peer {
                 let mut body = packet.payload.clone();
                 if let Some(Ok(b1)) = packet.get_first_option_as::<BlockValue>(CoapOption::Block1) {
                     let key = block::transfer_key(packet);
+                    let max_block = self.s.config.max_block_size;
                     match self
                         .blocks
-                        .accept(key, &b1, &packet.payload, Instant::now())
+                        .answer(key, &b1, &packet.payload, max_block, Instant::now())
                     {
-                        Ok(Step::Continue) => {
-                            let szx = b1
-                                .size_exponent
-                                .min(block::szx_for(self.s.config.max_block_size));
-                            let echo = block::value(b1.num, true, szx);
+                        Block1Answer::Continue(echo) => {
                             return Reply::with(
                                 ResponseType::Continue,
                                 Vec::new(),
                                 vec![(CoapOption::Block1, echo.into())],
                             );
                         }
-                        Ok(Step::Complete(all)) => body = all,
-                        Err(e @ block::BlockError::TooLarge { max }) => {
+                        Block1Answer::Complete(all) => body = all,
+                        Block1Answer::Refused { code, why, size1 } => {
+                            let size1 =
+                                size1.map(|max| (CoapOption::Size1, OptionValueU32(max).into()));
                             return Reply::with(
-                                ResponseType::RequestEntityTooLarge,
-                                e.to_string().into_bytes(),
-                                vec![(
-                                    CoapOption::Size1,
-                                    OptionValueU32(u32::try_from(max).unwrap_or(u32::MAX)).into(),
-                                )],
+                                code,
+                                why.into_bytes(),
+                                size1.into_iter().collect(),
                             );
                         }
-                        Err(e @ block::BlockError::Incomplete { .. }) => {
-                            return Reply::plain(
-                                ResponseType::RequestEntityIncomplete,
-                                &e.to_string(),
-                            );
-                        }
-                        Err(e) => return Reply::plain(ResponseType::BadRequest, &e.to_string()),
                     }
                 }
                 let qos = qos.unwrap_or(match self.s.config.publish_qos {

@@ -21,7 +21,7 @@ mod inbox;
 use crate::broker::Broker;
 use crate::config::Lwm2mConfig;
 use crate::udp::lock;
-use holdfast_coap::block::{self, Assembler, BlockValue, Step};
+use holdfast_coap::block::{self, Assembler, Block1Answer, BlockValue};
 use holdfast_coap::dedup::{Dedup, Seen};
 use holdfast_coap::message;
 use holdfast_coap::params::{EXCHANGE_LIFETIME, NON_LIFETIME};
@@ -609,48 +609,34 @@ impl Server {
             }
         };
         let key = (from, block::transfer_key(&packet));
-        match self
+        let max_block = self.config.max_block_size;
+        let answer = self
             .blocks
-            .accept(key, &b1, &packet.payload, Instant::now())
-        {
-            Ok(Step::Continue) => {
-                let szx = b1
-                    .size_exponent
-                    .min(block::szx_for(self.config.max_block_size));
-                self.next_mid = self.next_mid.wrapping_add(1);
-                let mut r = message::response_to(&packet, ResponseType::Continue, self.next_mid);
-                r.add_option(CoapOption::Block1, block::value(b1.num, true, szx).into());
-                self.send_reply(&packet, &r, from);
-                None
-            }
-            Ok(Step::Complete(body)) => {
+            .answer(key, &b1, &packet.payload, max_block, Instant::now());
+        let (code, why, options) = match answer {
+            Block1Answer::Complete(body) => {
                 packet.payload = body;
-                Some(packet)
+                return Some(packet);
             }
-            Err(e @ block::BlockError::TooLarge { max }) => {
-                tracing::warn!(peer = %from, "lwm2m: block-wise request refused (4.13): {e}");
-                self.next_mid = self.next_mid.wrapping_add(1);
-                let mut r = message::response_to(
-                    &packet,
-                    ResponseType::RequestEntityTooLarge,
-                    self.next_mid,
-                );
-                let max = u32::try_from(max).unwrap_or(u32::MAX);
-                r.add_option(CoapOption::Size1, OptionValueU32(max).into());
-                r.payload = e.to_string().into_bytes();
-                self.send_reply(&packet, &r, from);
-                None
+            Block1Answer::Continue(echo) => (
+                ResponseType::Continue,
+                String::new(),
+                vec![(CoapOption::Block1, Vec::from(echo))],
+            ),
+            Block1Answer::Refused { code, why, size1 } => {
+                tracing::warn!(peer = %from, "lwm2m: block-wise request refused ({code:?}): {why}");
+                let size1 = size1.map(|max| (CoapOption::Size1, OptionValueU32(max).into()));
+                (code, why, size1.into_iter().collect())
             }
-            Err(e @ block::BlockError::Incomplete { .. }) => {
-                let text = e.to_string();
-                self.reply(&packet, ResponseType::RequestEntityIncomplete, &text, from);
-                None
-            }
-            Err(e) => {
-                self.reply(&packet, ResponseType::BadRequest, &e.to_string(), from);
-                None
-            }
+        };
+        self.next_mid = self.next_mid.wrapping_add(1);
+        let mut r = message::response_to(&packet, code, self.next_mid);
+        for (option, value) in options {
+            r.add_option(option, value);
         }
+        r.payload = why.into_bytes();
+        self.send_reply(&packet, &r, from);
+        None
     }
 
     fn register(

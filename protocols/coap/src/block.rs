@@ -10,6 +10,7 @@
 //! continues where it was. Never builds packets and never sends.
 
 pub use coap_lite::block_handler::BlockValue;
+use coap_lite::ResponseType;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -57,6 +58,25 @@ pub enum BlockError {
 struct Partial {
     body: Vec<u8>,
     last: Instant,
+}
+
+/// What a server answers one Block1 block with.
+#[derive(Debug, PartialEq)]
+pub enum Block1Answer {
+    /// 2.31 Continue, echoing this Block1 value (at the block size the server takes).
+    Continue(BlockValue),
+    /// The last block came: the request goes on with this whole body.
+    Complete(Vec<u8>),
+    /// The transfer is refused and forgotten: 4.13 (with Size1, the largest body taken),
+    /// 4.08 or 4.00, and why.
+    Refused {
+        /// The response code.
+        code: ResponseType,
+        /// A diagnostic payload.
+        why: String,
+        /// Size1, with a 4.13.
+        size1: Option<u32>,
+    },
 }
 
 /// Block1 reassembly.
@@ -134,6 +154,37 @@ impl<K: Hash + Eq + Clone> Assembler<K> {
             .map(|p| p.body)
             .unwrap_or_default();
         Ok(Step::Complete(body))
+    }
+
+    /// [`Assembler::accept`], as the answer a server sends: a Continue asks for blocks of at
+    /// most `max_block_size` bytes from then on.
+    pub fn answer(
+        &mut self,
+        key: K,
+        block: &BlockValue,
+        payload: &[u8],
+        max_block_size: usize,
+        now: Instant,
+    ) -> Block1Answer {
+        match self.accept(key, block, payload, now) {
+            Ok(Step::Continue) => {
+                let szx = block.size_exponent.min(szx_for(max_block_size));
+                Block1Answer::Continue(value(block.num, true, szx))
+            }
+            Ok(Step::Complete(body)) => Block1Answer::Complete(body),
+            Err(e) => Block1Answer::Refused {
+                code: match e {
+                    BlockError::TooLarge { .. } => ResponseType::RequestEntityTooLarge,
+                    BlockError::Incomplete { .. } => ResponseType::RequestEntityIncomplete,
+                    BlockError::BadSize { .. } => ResponseType::BadRequest,
+                },
+                why: e.to_string(),
+                size1: match e {
+                    BlockError::TooLarge { max } => Some(u32::try_from(max).unwrap_or(u32::MAX)),
+                    _ => None,
+                },
+            },
+        }
     }
 
     /// Transfers in progress.
@@ -414,6 +465,43 @@ mod tests {
         a.accept(9, &value(0, true, 0), &[0; 16], t0 + LIFE * 2)
             .unwrap();
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn a_servers_answers_continue_at_its_size_and_refuse_with_the_code_the_rfc_gives() {
+        let t0 = Instant::now();
+        let mut a = Assembler::new(100, 4, LIFE);
+        // A client sending 64-byte blocks to a server that takes 32: Continue at 32.
+        assert_eq!(
+            a.answer(1, &value(0, true, 2), &[0; 64], 32, t0),
+            Block1Answer::Continue(value(0, true, 1))
+        );
+        assert_eq!(
+            a.answer(1, &value(2, false, 1), &[1; 3], 32, t0),
+            Block1Answer::Complete([vec![0; 64], vec![1; 3]].concat())
+        );
+        let refused = |a: &mut Assembler<i32>, b: BlockValue, n: usize| match a.answer(
+            2,
+            &b,
+            &vec![0; n],
+            1024,
+            t0,
+        ) {
+            Block1Answer::Refused { code, size1, .. } => Some((code, size1)),
+            _ => None,
+        };
+        assert_eq!(
+            refused(&mut a, value(0, false, 6), 101),
+            Some((ResponseType::RequestEntityTooLarge, Some(100)))
+        );
+        assert_eq!(
+            refused(&mut a, value(1, true, 1), 32),
+            Some((ResponseType::RequestEntityIncomplete, None))
+        );
+        assert_eq!(
+            refused(&mut a, value(0, true, 1), 31),
+            Some((ResponseType::BadRequest, None))
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ const LIST_MAX: usize = 8;
 enum SmallMap<K, V> {
     List(Vec<(K, V)>),
     // Boxed: the enum stays as small as the list (24 bytes, not 48) in every node.
-    #[allow(clippy::box_collection, reason = "keeps the common, list-shaped node small")]
+    #[allow(
+        clippy::box_collection,
+        reason = "keeps the common, list-shaped node small"
+    )]
     Hashed(Box<HashMap<K, V>>),
 }
 
