@@ -363,17 +363,13 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
     let config = Arc::new(bound.config);
     let model = Arc::new(bound.model);
     let server = |transport: crate::dtls::Transport| Server {
-        endpoints: Arc::new(endpoint::Context {
-            transport: transport.clone(),
+        ctx: Arc::new(endpoint::Context {
+            transport,
             broker: broker.clone(),
             config: config.clone(),
             model: model.clone(),
             status: status.clone(),
         }),
-        transport,
-        broker: broker.clone(),
-        config: config.clone(),
-        status: status.clone(),
         tracker: tracker.clone(),
         bad_log: crate::udp::LogBudget::default(),
         expires: false,
@@ -399,14 +395,14 @@ pub async fn run(bound: Bound, broker: Arc<Broker>, tracker: TaskTracker) {
 
 /// Reads one socket until shutdown; the plain socket's reader also runs the lifetime expiry.
 async fn read_loop(mut server: Server, expires: bool) {
-    let transport = server.transport.clone();
+    let transport = server.ctx.transport.clone();
     if let Ok(addr) = transport.socket().local_addr() {
         let dtls = transport.is_secure();
         tracing::info!(bind = %addr, dtls, "lwm2m server listening");
     }
     server.expires = expires;
-    let shutdown = server.broker.shutdown.clone();
-    let max = server.config.max_message_size;
+    let shutdown = server.ctx.broker.shutdown.clone();
+    let max = server.ctx.config.max_message_size;
     crate::udp::read_loop(&mut server, &transport, max, &shutdown).await;
 }
 
@@ -416,14 +412,16 @@ impl crate::udp::Handler for Server {
     }
 
     fn received(&mut self) {
-        self.status
+        self.ctx
+            .status
             .counters
             .datagrams_received
             .fetch_add(1, Ordering::Relaxed);
     }
 
     fn dtls_refused(&mut self, from: SocketAddr, why: &str) {
-        self.status
+        self.ctx
+            .status
             .counters
             .bad_datagrams
             .fetch_add(1, Ordering::Relaxed);
@@ -441,10 +439,8 @@ impl crate::udp::Handler for Server {
 }
 
 struct Server {
-    transport: crate::dtls::Transport,
-    broker: Arc<Broker>,
-    config: Arc<Lwm2mConfig>,
-    status: Arc<Status>,
+    /// The socket, broker, config, model and counters, shared with this socket's endpoints.
+    ctx: Arc<endpoint::Context>,
     tracker: TaskTracker,
     bad_log: crate::udp::LogBudget,
     /// This reader runs the lifetime expiry (the plain socket's), last at `last_expiry`.
@@ -453,18 +449,17 @@ struct Server {
     next_mid: u16,
     /// Registration bodies coming block by block, by sender and URI.
     blocks: Assembler<(SocketAddr, String)>,
-    /// What this socket's endpoint tasks share.
-    endpoints: Arc<endpoint::Context>,
 }
 
 impl Server {
     /// One CoAP message from `from` (decrypted, with the PSK identity it proved, on the DTLS
     /// port).
     fn datagram(&mut self, data: &[u8], from: SocketAddr, identity: Option<String>) {
-        let packet = match message::decode(data, self.config.max_message_size) {
+        let packet = match message::decode(data, self.ctx.config.max_message_size) {
             Ok(p) => p,
             Err(e) => {
-                self.status
+                self.ctx
+                    .status
                     .counters
                     .bad_datagrams
                     .fetch_add(1, Ordering::Relaxed);
@@ -485,9 +480,9 @@ impl Server {
             // ACK, RST and responses: the device answering a command.
             _ => {
                 // Only what came over the endpoint's own transport reaches it.
-                let secure = self.transport.is_secure();
+                let secure = self.ctx.transport.is_secure();
                 let inbox = {
-                    let shared = lock(&self.status.shared);
+                    let shared = lock(&self.ctx.status.shared);
                     shared
                         .by_addr
                         .get(&from)
@@ -499,7 +494,8 @@ impl Server {
                     Some(inbox) => {
                         let sent = inbox.try_send(Inbound::FromDevice(Box::new(packet)));
                         if sent.is_err() {
-                            self.status
+                            self.ctx
+                                .status
                                 .counters
                                 .inbox_full
                                 .fetch_add(1, Ordering::Relaxed);
@@ -527,20 +523,22 @@ impl Server {
         } else {
             NON_LIFETIME
         };
-        let seen = lock(&self.status.shared)
+        let seen = lock(&self.ctx.status.shared)
             .dedup
             .check((from, mid), lifetime, Instant::now());
         match seen {
             Seen::New => {}
             Seen::InProgress => {
-                self.status
+                self.ctx
+                    .status
                     .counters
                     .duplicates
                     .fetch_add(1, Ordering::Relaxed);
                 return;
             }
             Seen::Replied(bytes) => {
-                self.status
+                self.ctx
+                    .status
                     .counters
                     .duplicates
                     .fetch_add(1, Ordering::Relaxed);
@@ -550,7 +548,8 @@ impl Server {
         }
         if let Some(option) = message::unknown_critical_option(&packet, message::SUPPORTED_CRITICAL)
         {
-            self.status
+            self.ctx
+                .status
                 .counters
                 .bad_datagrams
                 .fetch_add(1, Ordering::Relaxed);
@@ -609,7 +608,7 @@ impl Server {
             }
         };
         let key = (from, block::transfer_key(&packet));
-        let max_block = self.config.max_block_size;
+        let max_block = self.ctx.config.max_block_size;
         let answer = self
             .blocks
             .answer(key, &b1, &packet.payload, max_block, Instant::now());
@@ -647,7 +646,7 @@ impl Server {
         identity: Option<String>,
     ) {
         let now = Instant::now();
-        let limits = *lock(&self.status.shared).registry.limits();
+        let limits = *lock(&self.ctx.status.shared).registry.limits();
         let params = match registry::register_params(query, &packet.payload, &limits) {
             Ok(p) => p,
             Err(e) => return self.refuse_registration(&packet, &e, from),
@@ -655,14 +654,14 @@ impl Server {
         let ep = params.ep.clone();
         // Over DTLS the endpoint name is the identity the key proved; over plain CoAP a name
         // held by a DTLS endpoint is not for the taking.
-        let secure = self.transport.is_secure();
+        let secure = self.ctx.transport.is_secure();
         if let Some(psk) = identity.as_deref().filter(|psk| *psk != ep) {
             let e = RegError::BadRequest(format!(
                 "over DTLS the endpoint name must be the proven identity (PSK identity or certificate CN: {psk:?}), not {ep:?}"
             ));
             return self.refuse_registration(&packet, &e, from);
         }
-        let held_securely = lock(&self.status.shared)
+        let held_securely = lock(&self.ctx.status.shared)
             .endpoints
             .get(&ep)
             .is_some_and(|h| h.secure);
@@ -670,7 +669,7 @@ impl Server {
             return self.refuse_registration(&packet, &RegError::Taken(ep), from);
         }
         let result = {
-            let mut shared = lock(&self.status.shared);
+            let mut shared = lock(&self.ctx.status.shared);
             match shared.registry.register(params, from, now) {
                 Ok((reg, replaced)) => {
                     if let Some(old) = replaced {
@@ -692,7 +691,8 @@ impl Server {
             Some(inbox) => match inbox.try_send(event) {
                 Ok(()) => return,
                 Err(inbox::TrySendError::Full) => {
-                    self.status
+                    self.ctx
+                        .status
                         .counters
                         .inbox_full
                         .fetch_add(1, Ordering::Relaxed);
@@ -710,14 +710,14 @@ impl Server {
         let (tx, rx) = inbox::inbox(INBOX);
         let last_seen = Arc::new(Mutex::new(Instant::now()));
         let generation = {
-            let mut shared = lock(&self.status.shared);
+            let mut shared = lock(&self.ctx.status.shared);
             shared.next_generation += 1;
             let generation = shared.next_generation;
             shared.endpoints.insert(
                 ep.clone(),
                 Handle {
                     inbox: tx,
-                    secure: self.transport.is_secure(),
+                    secure: self.ctx.transport.is_secure(),
                     generation,
                     last_seen: last_seen.clone(),
                 },
@@ -728,7 +728,7 @@ impl Server {
             ep,
             generation,
             addr: from,
-            ctx: self.endpoints.clone(),
+            ctx: self.ctx.clone(),
             last_seen,
         });
         self.tracker.spawn(task.run(first, rx));
@@ -744,7 +744,7 @@ impl Server {
         let now = Instant::now();
         let has_objects = !packet.payload.is_empty();
         let result = {
-            let mut shared = lock(&self.status.shared);
+            let mut shared = lock(&self.ctx.status.shared);
             let old = shared.registry.at(location).map(|r| r.addr);
             match shared
                 .registry
@@ -767,7 +767,8 @@ impl Server {
             Ok((reg, Some(inbox))) => {
                 let event = Inbound::Updated(Box::new((reg, packet, has_objects)));
                 if inbox.try_send(event).is_err() {
-                    self.status
+                    self.ctx
+                        .status
                         .counters
                         .inbox_full
                         .fetch_add(1, Ordering::Relaxed);
@@ -783,7 +784,7 @@ impl Server {
 
     fn deregister(&mut self, packet: Packet, location: &str, from: SocketAddr) {
         let result = {
-            let mut shared = lock(&self.status.shared);
+            let mut shared = lock(&self.ctx.status.shared);
             match shared.registry.deregister(location) {
                 Ok(reg) => {
                     shared.unroute(reg.addr, &reg.params.ep);
@@ -797,7 +798,8 @@ impl Server {
         };
         match result {
             Ok(Some(inbox)) => {
-                self.status
+                self.ctx
+                    .status
                     .counters
                     .deregistrations
                     .fetch_add(1, Ordering::Relaxed);
@@ -817,7 +819,7 @@ impl Server {
     fn expire(&mut self) {
         let now = Instant::now();
         let expired: Vec<(Registration, Option<inbox::Sender>)> = {
-            let mut shared = lock(&self.status.shared);
+            let mut shared = lock(&self.ctx.status.shared);
             let gone = shared.registry.expire(now);
             gone.into_iter()
                 .map(|r| {
@@ -828,7 +830,8 @@ impl Server {
                 .collect()
         };
         for (reg, inbox) in expired {
-            self.status
+            self.ctx
+                .status
                 .counters
                 .expirations
                 .fetch_add(1, Ordering::Relaxed);
@@ -841,7 +844,8 @@ impl Server {
     }
 
     fn refuse_registration(&mut self, packet: &Packet, e: &RegError, from: SocketAddr) {
-        self.status
+        self.ctx
+            .status
             .counters
             .registrations_refused
             .fetch_add(1, Ordering::Relaxed);
@@ -861,7 +865,8 @@ impl Server {
     fn send_reply(&mut self, request: &Packet, r: &Packet, to: SocketAddr) {
         if let Ok(bytes) = r.to_bytes_unlimited() {
             if request.header.get_type() == MessageType::Confirmable {
-                self.status
+                self.ctx
+                    .status
                     .replied(to, request.header.message_id, bytes.clone());
             }
             self.send_bytes(&bytes, to);
@@ -875,8 +880,9 @@ impl Server {
     }
 
     fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
-        if self.transport.try_send(bytes, to) {
-            self.status
+        if self.ctx.transport.try_send(bytes, to) {
+            self.ctx
+                .status
                 .counters
                 .datagrams_sent
                 .fetch_add(1, Ordering::Relaxed);
