@@ -323,6 +323,95 @@ fn observations_notify_with_sequence_numbers_until_cancelled() {
     );
 }
 
+/// The `observe` answers on `up/resp`, by path.
+fn observe_answers(sub: &MosquittoSub, topic: &str) -> Vec<(String, String)> {
+    let mut answers: Vec<(String, String)> = json_on(sub, topic)
+        .into_iter()
+        .filter(|v| v["msgType"] == "observe")
+        .map(|v| {
+            let code = v["data"]["code"].as_str().unwrap_or_default().to_owned();
+            let path = v["data"]["reqPath"].as_str().unwrap_or_default().to_owned();
+            (path, code)
+        })
+        .collect();
+    answers.sort();
+    answers
+}
+
+#[test]
+fn auto_observe_observes_every_registered_instance_of_a_real_client() {
+    let (gw, lwm2m) = gateway("auto_observe = true");
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-auto", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    let resp = "lwm2m/node-auto/up/resp";
+    let register = wait_json(&sub, resp, |v| v["msgType"] == "register");
+    let instances: Vec<String> = register["data"]["objectList"]
+        .as_array()
+        .expect("objectList")
+        .iter()
+        .filter_map(|p| p.as_str())
+        .filter(|p| p.matches('/').count() == 2 && !p.starts_with("/0/"))
+        .map(str::to_owned)
+        .collect();
+    assert!(instances.contains(&"/3303/0".to_owned()), "{register}");
+    // Every instance is observed, nothing else, and each observation is answered.
+    wait_until(WAIT, || {
+        observe_answers(&sub, resp).len() >= instances.len()
+    });
+    let mut expected: Vec<(String, String)> = instances
+        .iter()
+        .map(|p| (p.clone(), "2.05".to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(observe_answers(&sub, resp), expected);
+    client.send("set 3303 0 sensorValue 30.5");
+    let notify = wait_json(&sub, "lwm2m/node-auto/up/notify", |v| {
+        v["data"]["reqPath"] == "/3303/0"
+            && v["data"]["content"]
+                .as_array()
+                .is_some_and(|c| c.contains(&json!({"path": "/3303/0/5700", "value": 30.5})))
+    });
+    assert_eq!(notify["msgType"], "notify");
+    assert!(notify.get("reqID").is_none(), "{notify}");
+}
+
+#[test]
+fn auto_observe_paths_are_observed_only_where_the_device_registered_them() {
+    let (gw, lwm2m) = gateway(
+        r#"auto_observe = ["/3303/0/5700", "/3304", "/3311/0/5851", "/3311/1", "/9/0", "/3442"]"#,
+    );
+    let sub = MosquittoSub::start(gw.port, "lwm2m/#", &["-v"]);
+    let mut client = NodeClient::start(lwm2m, "node-paths", 300);
+    assert_eq!(client.wait_event("registered")["status"], "2.01");
+    let resp = "lwm2m/node-paths/up/resp";
+    wait_until(WAIT, || observe_answers(&sub, resp).len() >= 3);
+    client.send("set 3303 0 sensorValue 30.5");
+    let notify = wait_json(&sub, "lwm2m/node-paths/up/notify", |v| {
+        v["data"]["content"] == json!([{"path": "/3303/0/5700", "value": 30.5}])
+    });
+    assert_eq!(notify["data"]["reqPath"], "/3303/0/5700");
+    // The device has 3303/0, 3304/0 and 3311/0, not 3311/1 nor objects 9 and 3442: the
+    // commands go out in order, so by the notification every one that was queued was
+    // answered. coap-node observes resources and instances, not whole objects (4.05).
+    assert_eq!(
+        observe_answers(&sub, resp),
+        [
+            ("/3303/0/5700".to_owned(), "2.05".to_owned()),
+            ("/3304".to_owned(), "4.05".to_owned()),
+            ("/3311/0/5851".to_owned(), "2.05".to_owned()),
+        ]
+    );
+    client.send("set 3311 0 dimmer 70");
+    let dimmer = wait_json(&sub, "lwm2m/node-paths/up/notify", |v| {
+        v["data"]["reqPath"] == "/3311/0/5851"
+    });
+    assert_eq!(
+        dimmer["data"]["content"],
+        json!([{"path": "/3311/0/5851", "value": 70}])
+    );
+}
+
 #[test]
 fn update_and_deregister_are_published_and_end_the_client() {
     let (gw, lwm2m) = gateway("update_msg_publish_condition = \"always\"");

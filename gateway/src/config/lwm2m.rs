@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::Node;
+use super::raw::{Node, Value};
 use super::validate::{duration, integer, path_buf, size, string, Ctx};
 
 /// When an Update is published (`lwm2m.update_msg_publish_condition`).
@@ -19,6 +19,22 @@ pub enum UpdatePublish {
     #[default]
     ContainsObjectList,
 }
+
+/// What the server observes on a device when it registers (`lwm2m.auto_observe`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AutoObserve {
+    /// Nothing (`false`, the default).
+    #[default]
+    Off,
+    /// Every object instance the device registers but the Security object's (`true`).
+    Instances,
+    /// These paths (`["/3/0/13", "/3303"]`), each where the device registered its object (an
+    /// object path) or its instance (a deeper path); normalized to `/o[/i[/r[/ri]]]`.
+    Paths(Vec<String>),
+}
+
+/// Most paths `auto_observe` may list.
+const AUTO_OBSERVE_PATHS: usize = 64;
 
 /// The LwM2M server (`[lwm2m]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +71,9 @@ pub struct Lwm2mConfig {
     /// Largest body taken from a device block by block: a response (Block2: a large Read or
     /// notification) or a registration (Block1). Default 256KB; 1KB..=64MB.
     pub max_body_size: usize,
-    /// Observe every object instance a device registers, at registration. Default false.
-    pub auto_observe: bool,
+    /// What is observed on a device at registration: `false` (default), `true` (every
+    /// object instance), or a list of paths.
+    pub auto_observe: AutoObserve,
     /// DTLS 1.2 with pre-shared keys on its own port (default 5784); over it the endpoint
     /// name must be the PSK identity. Default off.
     pub dtls: Option<super::DtlsConfig>,
@@ -77,7 +94,7 @@ impl Default for Lwm2mConfig {
             max_message_size: 1500,
             max_block_size: 1024,
             max_body_size: 256 * 1024,
-            auto_observe: false,
+            auto_observe: AutoObserve::Off,
             dtls: None,
         }
     }
@@ -204,15 +221,67 @@ pub(super) fn lwm2m_section(ctx: &mut Ctx<'_>, node: &Node) -> Lwm2mConfig {
         max_body_size: ctx.get(entries, p, "max_body_size", d.max_body_size, |c, n, k| {
             size(c, n, k, 1024, 64 * 1024 * 1024)
         }),
-        auto_observe: ctx.get(
-            entries,
-            p,
-            "auto_observe",
-            d.auto_observe,
-            super::validate::boolean,
-        ),
+        auto_observe: ctx.get(entries, p, "auto_observe", d.auto_observe, auto_observe),
         dtls: super::validate::field(entries, "dtls").and_then(|n| {
             super::coap::dtls_table(ctx, n, "lwm2m.dtls", SocketAddr::from(([0, 0, 0, 0], 5784)))
         }),
     }
+}
+
+/// `auto_observe`: a boolean or an array of LwM2M paths (each reported when bad; `None` if
+/// any was).
+fn auto_observe(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<AutoObserve> {
+    let items = match &node.value {
+        Value::Bool(false) => return Some(AutoObserve::Off),
+        Value::Bool(true) => return Some(AutoObserve::Instances),
+        Value::Array(items) => items,
+        other => {
+            ctx.report(
+                node,
+                key,
+                format!(
+                    "expected true, false or an array of LwM2M paths, found {}",
+                    other.describe()
+                ),
+            );
+            return None;
+        }
+    };
+    if items.len() > AUTO_OBSERVE_PATHS {
+        ctx.report(
+            node,
+            key,
+            format!("{} paths: at most {AUTO_OBSERVE_PATHS}", items.len()),
+        );
+        return None;
+    }
+    let mut paths: Vec<String> = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_key = format!("{key}[{i}]");
+        let Some(text) = string(ctx, item, &item_key) else {
+            ok = false;
+            continue;
+        };
+        let problem = match holdfast_lwm2m::command::split_path(&text) {
+            Err(e) => Some(e.to_string()),
+            Ok(segments) if segments[0] == "0" => Some(format!(
+                "{text:?}: the Security object (/0) cannot be observed"
+            )),
+            Ok(segments) => {
+                let path = format!("/{}", segments.join("/"));
+                if paths.contains(&path) {
+                    Some(format!("{text:?} is listed twice"))
+                } else {
+                    paths.push(path);
+                    None
+                }
+            }
+        };
+        if let Some(problem) = problem {
+            ctx.report(item, &item_key, problem);
+            ok = false;
+        }
+    }
+    ok.then_some(AutoObserve::Paths(paths))
 }

@@ -29,7 +29,7 @@ pub use bridges::{
     BridgeConfig, BridgeProtocol, BridgeQueueConfig, BridgeTls, QueueFlush, QueueOnFull, ServerAddr,
 };
 pub use coap::{CoapConfig, CoapQos, DtlsCertificates, DtlsConfig, NotifyType};
-pub use lwm2m::{Lwm2mConfig, UpdatePublish};
+pub use lwm2m::{AutoObserve, Lwm2mConfig, UpdatePublish};
 pub use modbus::{
     FlowControl, MessageMode, ModbusConfig, ModbusDevice, ModbusTransport, Parity, SerialLine,
 };

@@ -1648,6 +1648,39 @@ fn lwm2m_is_off_by_default_and_its_keys_are_read_and_checked() {
 }
 
 #[test]
+fn auto_observe_is_a_boolean_or_a_list_of_paths_the_server_may_observe() {
+    use crate::config::AutoObserve;
+    let auto = |text: &str| ok(text).lwm2m.unwrap().auto_observe;
+    assert_eq!(auto("[lwm2m]\n"), AutoObserve::Off);
+    assert_eq!(
+        auto("[lwm2m]\nauto_observe = true\n"),
+        AutoObserve::Instances
+    );
+    assert_eq!(
+        auto("[lwm2m]\nauto_observe = [\"/3/0/13\", \"3303\", \"/5/0/\"]\n"),
+        AutoObserve::Paths(vec!["/3/0/13".into(), "/3303".into(), "/5/0".into()])
+    );
+    assert_eq!(
+        problems("[lwm2m]\nauto_observe = [\"/3/x\", \"/0/0\", \"/3303\", \"/3303/\", 7]\n"),
+        [
+            "holdfast.toml:2: lwm2m.auto_observe[0]: \"/3/x\" is not an LwM2M path (/obj[/inst[/res[/ri]]])",
+            "holdfast.toml:2: lwm2m.auto_observe[1]: \"/0/0\": the Security object (/0) cannot be observed",
+            "holdfast.toml:2: lwm2m.auto_observe[3]: \"/3303/\" is listed twice",
+            "holdfast.toml:2: lwm2m.auto_observe[4]: expected a string, found the integer 7",
+        ]
+    );
+    assert_eq!(
+        problems("[lwm2m]\nauto_observe = \"yes\"\n"),
+        ["holdfast.toml:2: lwm2m.auto_observe: expected true, false or an array of LwM2M paths, found the string \"yes\""]
+    );
+    let many: Vec<String> = (1..=65).map(|i| format!("\"/{i}\"")).collect();
+    assert_eq!(
+        problems(&format!("[lwm2m]\nauto_observe = [{}]\n", many.join(", "))),
+        ["holdfast.toml:2: lwm2m.auto_observe: 65 paths: at most 64"]
+    );
+}
+
+#[test]
 fn dtls_tables_need_a_psk_file_and_default_to_the_dtls_ports() {
     let coap = ok("[coap]\ndtls = { psk_file = \"/etc/holdfast/psk\" }\n")
         .coap

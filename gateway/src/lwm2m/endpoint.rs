@@ -16,7 +16,7 @@
 use super::{location_options, lock, Inbound, Status};
 use crate::broker::client::{Client, ClientOptions, Credentials, Protocol, Publication, Received};
 use crate::broker::Broker;
-use crate::config::{Lwm2mConfig, UpdatePublish};
+use crate::config::{AutoObserve, Lwm2mConfig, UpdatePublish};
 use holdfast_coap::block::{self, BlockError, BlockValue, Download, Next, Upload};
 use holdfast_coap::message;
 use holdfast_coap::retransmit::{Due, Retransmitter};
@@ -398,17 +398,40 @@ impl Endpoint {
         tracing::info!(ep = %self.s.ep, peer = %reg.addr, location = %reg.location, lifetime = reg.params.lifetime, binding = %reg.params.binding, lwm2m = %reg.params.version, "lwm2m: registered");
         self.publish("up/resp", registration_json("register", &reg))
             .await;
-        if self.s.ctx.config.auto_observe {
-            let objects = link::registration(&reg.params.links).object_list;
-            for path in objects.iter().filter(|p| p.matches('/').count() == 2) {
-                let body = json!({"msgType": "observe", "data": {"path": path}});
-                if let Ok(cmd) = command::parse(body.to_string().as_bytes(), &self.s.ctx.model) {
-                    self.queue.push_back(Job::Command(cmd));
+        self.auto_observe(&reg);
+        self.reg = Some(Registered::of(&reg));
+        self.flush().await;
+    }
+
+    /// Queues the observations `[lwm2m] auto_observe` asks for on a device that registered,
+    /// as if the cloud had sent them (no `reqID`); within the command queue's limit.
+    fn auto_observe(&mut self, reg: &Registration) {
+        let config = Arc::clone(&self.s.ctx.config);
+        if config.auto_observe == AutoObserve::Off {
+            return;
+        }
+        let objects = link::registration(&reg.params.links).object_list;
+        let paths: Vec<&str> = match &config.auto_observe {
+            AutoObserve::Paths(paths) => paths
+                .iter()
+                .map(String::as_str)
+                .filter(|p| link::registered(&objects, p))
+                .collect(),
+            _ => link::observable_instances(&objects).collect(),
+        };
+        let room = config.max_queued_commands.saturating_sub(self.queue.len());
+        if paths.len() > room {
+            tracing::warn!(ep = %self.s.ep, paths = paths.len(), room, "lwm2m: auto_observe: more paths than the command queue holds; the rest are not observed");
+        }
+        for path in paths.into_iter().take(room) {
+            let body = json!({"msgType": "observe", "data": {"path": path}});
+            match command::parse(body.to_string().as_bytes(), &self.s.ctx.model) {
+                Ok(cmd) => self.queue.push_back(Job::Command(cmd)),
+                Err((_, e)) => {
+                    tracing::warn!(ep = %self.s.ep, path, "lwm2m: auto_observe: {e}");
                 }
             }
         }
-        self.reg = Some(Registered::of(&reg));
-        self.flush().await;
     }
 
     /// A command published on `dn`.

@@ -191,6 +191,39 @@ pub fn registration(links: &[Link]) -> Registration {
     }
 }
 
+/// The object instances of a registration's `object_list` (`/3/0`, not `/3` nor `/3/0/1`)
+/// that a server may observe: all but the Security object's (`/0`), which the management
+/// interface never reaches.
+pub fn observable_instances(object_list: &[String]) -> impl Iterator<Item = &str> {
+    object_list
+        .iter()
+        .map(String::as_str)
+        .filter(|p| p.matches('/').count() == 2 && !p.starts_with("/0/"))
+}
+
+/// Whether a device whose registration listed `object_list` has `path` (`/o[/i[/r[/ri]]]`):
+/// an object path when it listed the object or any of its instances, a deeper path when it
+/// listed that instance. Never true for the Security object (`/0`).
+pub fn registered(object_list: &[String], path: &str) -> bool {
+    let mut segments = path.trim_matches('/').split('/');
+    let object = segments.next().unwrap_or_default();
+    if object.is_empty() || object == "0" {
+        return false;
+    }
+    match segments.next() {
+        None => object_list.iter().any(|p| {
+            let rest = p.trim_start_matches('/');
+            rest == object
+                || rest
+                    .strip_prefix(object)
+                    .is_some_and(|tail| tail.starts_with('/'))
+        }),
+        Some(instance) => object_list
+            .iter()
+            .any(|p| p.trim_start_matches('/') == format!("{object}/{instance}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +282,45 @@ mod tests {
         #[test]
         fn parsing_any_text_never_panics(text in ".{0,200}") {
             let _ = parse(&text).map(|l| registration(&l));
+        }
+    }
+
+    #[test]
+    fn auto_observe_picks_registered_instances_and_paths_but_never_security() {
+        let list: Vec<String> = [
+            "/0/0", "/1/0", "/3/0", "/5", "/3303/0", "/3303/1", "/33030/0",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            observable_instances(&list).collect::<Vec<_>>(),
+            ["/1/0", "/3/0", "/3303/0", "/3303/1", "/33030/0"]
+        );
+        for yes in [
+            "/3",
+            "/3/0",
+            "/3/0/13",
+            "/5",
+            "/3303",
+            "/3303/1/5700",
+            "/3303/1/5700/0",
+        ] {
+            assert!(registered(&list, yes), "{yes}");
+        }
+        for no in [
+            "/0",
+            "/0/0",
+            "/0/0/1",
+            "/3/1",
+            "/330",
+            "/3303/2/5700",
+            "/5/0",
+            "/4",
+            "",
+            "/",
+        ] {
+            assert!(!registered(&list, no), "{no}");
         }
     }
 }
