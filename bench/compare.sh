@@ -44,7 +44,9 @@
 # subscriber counting: NON as fast as the sockets take them, the same declining the 2.04 with
 # No-Response (RFC 7967, fire-and-forget telemetry), NON paced at 100,000/s, CON with
 # one request outstanding per device (NSTART = 1) from 64 devices; the broker's CPU time per
-# delivered message against an MQTT QoS 0 fan-in on the same broker (mosquitto has no CoAP).
+# delivered message against an MQTT QoS 0 fan-in on the same broker (mosquitto has no CoAP),
+# unpaced (100 -> 1) and under the same load as the CoAP rows: NON against 64 QoS 0
+# publishers at 100,000/s in all, CON against 64 QoS 1 publishers with one PUBLISH in flight.
 # LwM2M (BENCH_ONLY=lwm2m runs only this; part of a full run): holdfast with [lwm2m] on its
 # defaults, BENCH_LWM2M_ENDPOINTS (10,000) simulated devices registering at once, each observed
 # through an MQTT command, then notifying at 20,000/s in all; registrations/s, notifications/s
@@ -620,6 +622,23 @@ if [[ $ONLY == all || $ONLY == coap ]]; then
     jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
         '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
         "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    # The paced CoAP loads against the same load over MQTT: 64 QoS 0 publishers at 100,000/s
+    # in all, so one message per read for both (unpaced MQTT reads a hundred per system call).
+    before=$(cpu_ticks "$BROKER_PID")
+    run_bench holdfast mqtt-fanin0-paced fanin --qos 0 --publishers 64 --rate 100000 --duration "$DURATION"
+    after=$(cpu_ticks "$BROKER_PID")
+    f=$WORK/holdfast.mqtt-fanin0-paced.json
+    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
+        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
+        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    # ... and CON (one outstanding per device) against QoS 1 with one PUBLISH in flight each.
+    before=$(cpu_ticks "$BROKER_PID")
+    run_bench holdfast mqtt-fanin1-window1 fanin --qos 1 --publishers 64 --inflight 1 --duration "$DURATION"
+    after=$(cpu_ticks "$BROKER_PID")
+    f=$WORK/holdfast.mqtt-fanin1-window1.json
+    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
+        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
+        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
     run_bench holdfast coap-non coap --coap-port "$COAP_PORT" --devices 16 --duration "$DURATION"
     run_bench holdfast coap-quiet coap --coap-port "$COAP_PORT" --devices 16 --no-response --duration "$DURATION"
     run_bench holdfast coap-quiet-paced coap --coap-port "$COAP_PORT" --devices 64 --rate 100000 --no-response --duration "$DURATION"
@@ -628,23 +647,27 @@ if [[ $ONLY == all || $ONLY == coap ]]; then
     stop_broker holdfast
     unset COAP_PORT
     mqtt_cpu=$(get holdfast mqtt-fanin0 .broker_cpu_us_per_msg)
-    crow() { # label test
-        local cpu
+    mqtt_paced_cpu=$(get holdfast mqtt-fanin0-paced .broker_cpu_us_per_msg)
+    mqtt_window_cpu=$(get holdfast mqtt-fanin1-window1 .broker_cpu_us_per_msg)
+    crow() { # label test [paced|window]
+        local cpu paced=-
         cpu=$(get holdfast "$2" .broker_cpu_us_per_msg)
-        printf '%-34s %12s %12s %10s %9s %9s %8s\n' "$1" "$(fmt "$(get holdfast "$2" .sent_per_s)")" \
+        [[ ${3:-} == paced ]] && paced=$(ratio "$mqtt_paced_cpu" "$cpu")
+        [[ ${3:-} == window ]] && paced=$(ratio "$mqtt_window_cpu" "$cpu")
+        printf '%-34s %12s %12s %10s %9s %9s %8s %8s\n' "$1" "$(fmt "$(get holdfast "$2" .sent_per_s)")" \
             "$(fmt "$(get holdfast "$2" .delivered_per_s)")" "$(fmt "$(get holdfast "$2" .lost)")" \
-            "$(get holdfast "$2" .latency_us.p99)" "$cpu" "$(ratio "$mqtt_cpu" "$cpu")"
+            "$(get holdfast "$2" .latency_us.p99)" "$cpu" "$(ratio "$mqtt_cpu" "$cpu")" "$paced"
     }
     echo
-    echo "CoAP publish into holdfast ([coap] defaults), 64 B payloads, $DURATION loads, $(nproc) CPUs; CPU us per delivered message, and its ratio to MQTT QoS 0 fan-in (100 -> 1) on the same broker: $mqtt_cpu us/msg"
-    printf '%-34s %12s %12s %10s %9s %9s %8s\n' "load" "sent/s" "delivered/s" "lost" "p99 us" "CPU us" "xMQTT"
-    printf '%s\n' "$(printf '%.0s-' $(seq 100))"
+    echo "CoAP publish into holdfast ([coap] defaults), 64 B payloads, $DURATION loads, $(nproc) CPUs; CPU us per delivered message, and its ratio to MQTT QoS 0 on the same broker: xMQTT against fan-in 100 -> 1 unpaced ($mqtt_cpu us/msg), xLike against the same load over MQTT: NON rows against 64 QoS 0 publishers at 100,000/s ($mqtt_paced_cpu us/msg, $(fmt "$(get holdfast mqtt-fanin0-paced .recv_rate)") msg/s received, lost $(get holdfast mqtt-fanin0-paced .lost)), CON against 64 QoS 1 publishers with 1 in flight each ($mqtt_window_cpu us/msg, $(fmt "$(get holdfast mqtt-fanin1-window1 .recv_rate)") msg/s)"
+    printf '%-34s %12s %12s %10s %9s %9s %8s %8s\n' "load" "sent/s" "delivered/s" "lost" "p99 us" "CPU us" "xMQTT" "xLike"
+    printf '%s\n' "$(printf '%.0s-' $(seq 109))"
     crow "NON, 16 devices, unpaced" coap-non
     crow "NON + No-Response, 16, unpaced" coap-quiet
-    crow "NON + No-Response, 64, 100,000/s" coap-quiet-paced
-    crow "NON, 64 devices, 100,000/s" coap-non-paced
-    crow "CON, 64 devices, 1 outstanding" coap-con
-    printf '%s\n' "$(printf '%.0s-' $(seq 100))"
+    crow "NON + No-Response, 64, 100,000/s" coap-quiet-paced paced
+    crow "NON, 64 devices, 100,000/s" coap-non-paced paced
+    crow "CON, 64 devices, 1 outstanding" coap-con window
+    printf '%s\n' "$(printf '%.0s-' $(seq 109))"
 fi
 
 # ---- LwM2M devices (BENCH_ONLY=lwm2m) --------------------------------------------------------
