@@ -8,6 +8,7 @@
 use super::message::{ClientId, Delivery, SessionId};
 use super::session_persist::Journal;
 use atomic_waker::AtomicWaker;
+use holdfast_mqtt::small_map::SmallMap;
 use holdfast_mqtt::{reason, ByteStr, PacketId, ProtocolVersion, QoS, SubscriptionOptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -218,8 +219,9 @@ pub struct Session {
     pub client_id: ClientId,
     /// Protocol of the last connection (deliveries are coded for it).
     pub protocol: ProtocolVersion,
-    /// Subscriptions by filter (shared ones under their full `$share/g/f` string).
-    pub subscriptions: HashMap<ByteStr, Subscription>,
+    /// Subscriptions by filter (shared ones under their full `$share/g/f` string); a short
+    /// list while there are a few (most clients have one or two), a hash map beyond.
+    pub subscriptions: SmallMap<ByteStr, Subscription>,
     /// Messages waiting to be sent, oldest first. Capped at `max_mqueue_len`.
     pub mqueue: VecDeque<Delivery>,
     /// Outbound QoS 1/2 messages not yet acknowledged, in send order. Capped by the window.
@@ -305,7 +307,7 @@ impl Session {
             id,
             client_id,
             protocol,
-            subscriptions: HashMap::new(),
+            subscriptions: SmallMap::new(),
             mqueue: VecDeque::new(),
             inflight: VecDeque::new(),
             awaiting_rel: HashSet::new(),

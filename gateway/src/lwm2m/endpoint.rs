@@ -13,7 +13,7 @@
 //! de-registers or expires, is kicked or taken over, or the gateway stops; its registration
 //! goes with it.
 
-use super::{location_options, lock, Inbound, Status};
+use super::{location_options, Inbound, Status};
 use crate::broker::client::{Client, ClientOptions, Credentials, Protocol, Publication, Received};
 use crate::broker::Broker;
 use crate::config::{AutoObserve, Lwm2mConfig, UpdatePublish};
@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value as Json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What every endpoint of one socket shares (one reference each).
@@ -47,11 +47,12 @@ pub(super) struct Context {
 
 /// What an endpoint's task starts from.
 pub(super) struct Setup {
-    pub(super) ep: String,
+    pub(super) ep: Arc<str>,
     pub(super) generation: u64,
     pub(super) addr: SocketAddr,
     pub(super) ctx: Arc<Context>,
-    pub(super) last_seen: Arc<Mutex<Instant>>,
+    /// What the server task hands it; it tells the server back when the device was heard.
+    pub(super) inbox: super::inbox::Receiver,
 }
 
 /// How long a device that acknowledged a request (empty ACK) has for its separate response
@@ -140,7 +141,7 @@ struct Registered {
 
 impl Registered {
     fn of(reg: &Registration) -> Registered {
-        let alternate = link::registration(&reg.params.links).alternate_path;
+        let alternate = reg.params.objects().alternate_path;
         Registered {
             queue_mode: reg.params.queue_mode(),
             alternate: (alternate != "/").then(|| alternate.into()),
@@ -194,11 +195,7 @@ impl Endpoint {
         clippy::manual_async_fn,
         reason = "an async fn's future holds its arguments twice (see below)"
     )]
-    pub(super) fn run(
-        mut self,
-        first: Inbound,
-        mut inbox: super::inbox::Receiver,
-    ) -> impl std::future::Future<Output = ()> + Send {
+    pub(super) fn run(mut self, first: Inbound) -> impl std::future::Future<Output = ()> + Send {
         // The handlers' futures (connect, publish ...) are boxed while they run, and the wait
         // between events is one hand-written poll of the inbox, the broker client and (only
         // while a request is outstanding) a boxed timer: thousands of endpoints wait at once,
@@ -209,7 +206,7 @@ impl Endpoint {
             Box::pin(self.inbound(first)).await;
             while !self.closing {
                 self.arm_timer();
-                let next = std::future::poll_fn(|cx| self.poll_next(&mut inbox, cx)).await;
+                let next = std::future::poll_fn(|cx| self.poll_next(cx)).await;
                 match next {
                     Some(Wake::Inbound(ev)) => Box::pin(self.inbound(ev)).await,
                     Some(Wake::Command(m)) => Box::pin(self.command(m)).await,
@@ -249,11 +246,7 @@ impl Endpoint {
     /// The next thing to do: an event from the server task, a command from the broker, the
     /// timer; `None` once the inbox or the broker client is closed. Takes turns between the
     /// inbox and the broker so that neither starves the other.
-    fn poll_next(
-        &mut self,
-        inbox: &mut super::inbox::Receiver,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Wake>> {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Wake>> {
         use std::future::Future as _;
         use std::task::Poll;
         self.inbox_first = !self.inbox_first;
@@ -262,7 +255,7 @@ impl Endpoint {
         };
         for inbox_turn in [self.inbox_first, !self.inbox_first] {
             let ready = if inbox_turn {
-                inbox.poll_recv(cx).map(|ev| ev.map(Wake::Inbound))
+                self.s.inbox.poll_recv(cx).map(|ev| ev.map(Wake::Inbound))
             } else {
                 client.poll_recv(cx).map(|m| m.map(Wake::Command))
             };
@@ -325,7 +318,7 @@ impl Endpoint {
     /// The device talked: in queue mode it listens for `qmode_time_window` from now.
     fn heard(&mut self, uplink: bool) {
         let now = Instant::now();
-        *lock(&self.s.last_seen) = now;
+        self.s.inbox.heard(now);
         if uplink {
             self.last_uplink = now;
         }
@@ -335,12 +328,12 @@ impl Endpoint {
         self.heard(true);
         self.s.addr = reg.addr;
         if self.client.is_none() {
-            let mut opts = ClientOptions::new(self.s.ep.clone(), Protocol::Lwm2m, reg.addr);
+            let mut opts = ClientOptions::new(&*self.s.ep, Protocol::Lwm2m, reg.addr);
             opts.credentials = if self.s.ctx.transport.is_secure() {
                 // Over DTLS the endpoint name is the PSK identity its key proved (from the
                 // operator's PSK file): the user name the ACL sees.
                 Credentials::Gateway {
-                    username: Some(self.s.ep.clone()),
+                    username: Some(self.s.ep.to_string()),
                 }
             } else {
                 // Plain CoAP carries no credentials: the endpoint is anonymous to the
@@ -385,7 +378,7 @@ impl Endpoint {
             self.pending = None;
         }
         let mut r = message::response_to(packet, ResponseType::Created, self.mid());
-        for (option, value) in location_options(&reg.location) {
+        for (option, value) in location_options(&reg.location()) {
             r.add_option(option, value);
         }
         self.send_reply(packet, &r, reg.addr);
@@ -395,7 +388,7 @@ impl Endpoint {
             .counters
             .registrations
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(ep = %self.s.ep, peer = %reg.addr, location = %reg.location, lifetime = reg.params.lifetime, binding = %reg.params.binding, lwm2m = %reg.params.version, "lwm2m: registered");
+        tracing::info!(ep = %self.s.ep, peer = %reg.addr, location = %reg.location(), lifetime = reg.params.lifetime, binding = %reg.params.binding, lwm2m = %reg.params.version, "lwm2m: registered");
         self.publish("up/resp", registration_json("register", &reg))
             .await;
         self.auto_observe(&reg);
@@ -410,7 +403,7 @@ impl Endpoint {
         if config.auto_observe == AutoObserve::Off {
             return;
         }
-        let objects = link::registration(&reg.params.links).object_list;
+        let objects = reg.params.objects().object_list;
         let paths: Vec<&str> = match &config.auto_observe {
             AutoObserve::Paths(paths) => paths
                 .iter()
@@ -650,6 +643,8 @@ impl Endpoint {
             // body is fetched to its end: its notifications are not refused meanwhile.
             let token = token_key(&pending.first_token);
             if cmd.msg_type == "observe" && self.observed(&pending.first_token).is_none() {
+                // Exactly as many as there are: thousands of endpoints keep one each.
+                self.observations.reserve_exact(1);
                 self.observations.push((token, Observed::new(cmd)));
             }
         }
@@ -732,6 +727,7 @@ impl Endpoint {
         if cmd.msg_type == "cancel-observe" {
             self.observations
                 .retain(|(_, o)| *o.req_path != *cmd.req_path);
+            self.observations.shrink_to_fit();
         }
         self.s
             .ctx

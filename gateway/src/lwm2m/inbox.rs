@@ -6,7 +6,8 @@
 //! endpoints. This one is a small shared queue (about 100 bytes idle, allocating only while
 //! events wait) with a waker, polled by the task's own wait (no future of its own). Bounded by
 //! `capacity`; the sender never waits (a full inbox is the caller's to count). Single
-//! consumer.
+//! consumer. It also carries the one thing the task tells the server back: when the device
+//! was last heard from (shown by `holdfast ctl lwm2m`), in the same allocation.
 
 use super::Inbound;
 use atomic_waker::AtomicWaker;
@@ -14,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 struct Shared {
     queue: Mutex<VecDeque<Inbound>>,
@@ -21,6 +23,7 @@ struct Shared {
     senders: AtomicUsize,
     receiver_alive: AtomicBool,
     capacity: usize,
+    last_seen: Mutex<Instant>,
 }
 
 /// Puts events in; cloned for each lookup of the endpoint.
@@ -52,6 +55,7 @@ pub(super) fn inbox(capacity: usize) -> (Sender, Receiver) {
         senders: AtomicUsize::new(1),
         receiver_alive: AtomicBool::new(true),
         capacity: capacity.max(1),
+        last_seen: Mutex::new(Instant::now()),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -71,6 +75,13 @@ impl Sender {
         }
         self.0.ready.wake();
         Ok(())
+    }
+}
+
+impl Sender {
+    /// When the receiving task last heard from its device.
+    pub(super) fn last_seen(&self) -> Instant {
+        *crate::udp::lock(&self.0.last_seen)
     }
 }
 
@@ -113,6 +124,11 @@ impl Receiver {
             return Poll::Ready(None);
         }
         Poll::Pending
+    }
+
+    /// The device was heard from at `at`.
+    pub(super) fn heard(&self, at: Instant) {
+        *crate::udp::lock(&self.0.last_seen) = at;
     }
 
     fn take(&mut self) -> Option<Inbound> {
@@ -184,6 +200,14 @@ mod tests {
         tx.try_send(Inbound::Expired).unwrap();
         let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
         assert!(matches!(got, Ok(Some(Inbound::Expired))));
+    }
+
+    #[test]
+    fn the_sender_sees_when_the_task_last_heard_from_its_device() {
+        let (tx, rx) = inbox(1);
+        let later = tx.last_seen() + Duration::from_secs(5);
+        rx.heard(later);
+        assert_eq!(tx.clone().last_seen(), later);
     }
 
     #[test]

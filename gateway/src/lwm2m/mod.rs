@@ -206,14 +206,14 @@ struct Handle {
     /// Registered over DTLS.
     secure: bool,
     generation: u64,
-    last_seen: Arc<Mutex<Instant>>,
 }
 
 #[derive(Debug)]
 struct Shared {
     registry: Registry,
-    endpoints: HashMap<String, Handle>,
-    by_addr: HashMap<SocketAddr, String>,
+    /// By endpoint name (shared with the registry, not copied).
+    endpoints: HashMap<Arc<str>, Handle>,
+    by_addr: HashMap<SocketAddr, Arc<str>>,
     dedup: Dedup<(SocketAddr, u16)>,
     next_generation: u64,
 }
@@ -221,7 +221,7 @@ struct Shared {
 impl Shared {
     /// Forgets that answers from `addr` go to `ep` (if they still do).
     fn unroute(&mut self, addr: SocketAddr, ep: &str) {
-        if self.by_addr.get(&addr).is_some_and(|e| e == ep) {
+        if self.by_addr.get(&addr).is_some_and(|e| **e == *ep) {
             self.by_addr.remove(&addr);
         }
     }
@@ -257,19 +257,19 @@ impl Status {
             .registry
             .iter()
             .map(|r| {
-                let objects = holdfast_lwm2m::link::registration(&r.params.links).object_list;
+                let objects = r.params.objects().object_list;
                 let last_seen = shared
                     .endpoints
-                    .get(&r.params.ep)
-                    .map_or(now, |h| *lock(&h.last_seen));
+                    .get(&*r.params.ep)
+                    .map_or(now, |h| h.inbox.last_seen());
                 EndpointView {
-                    ep: r.params.ep.clone(),
+                    ep: r.params.ep.to_string(),
                     peer: r.addr.to_string(),
-                    location: r.location.clone(),
+                    location: r.location(),
                     lifetime: r.params.lifetime,
                     expires_in: r.expires_at.saturating_duration_since(now).as_secs(),
-                    binding: r.params.binding.clone(),
-                    lwm2m: r.params.version.clone(),
+                    binding: r.params.binding.to_string(),
+                    lwm2m: r.params.version.to_string(),
                     objects,
                     last_seen_seconds: now.saturating_duration_since(last_seen).as_secs(),
                 }
@@ -319,10 +319,7 @@ impl Status {
             .is_some_and(|h| h.generation == generation)
         {
             shared.endpoints.remove(ep);
-            if let Some((addr, location)) = shared
-                .registry
-                .get(ep)
-                .map(|r| (r.addr, r.location.clone()))
+            if let Some((addr, location)) = shared.registry.get(ep).map(|r| (r.addr, r.location()))
             {
                 shared.unroute(addr, ep);
                 let _ = shared.registry.deregister(&location);
@@ -655,7 +652,7 @@ impl Server {
         // Over DTLS the endpoint name is the identity the key proved; over plain CoAP a name
         // held by a DTLS endpoint is not for the taking.
         let secure = self.ctx.transport.is_secure();
-        if let Some(psk) = identity.as_deref().filter(|psk| *psk != ep) {
+        if let Some(psk) = identity.as_deref().filter(|psk| **psk != *ep) {
             let e = RegError::BadRequest(format!(
                 "over DTLS the endpoint name must be the proven identity (PSK identity or certificate CN: {psk:?}), not {ep:?}"
             ));
@@ -666,7 +663,7 @@ impl Server {
             .get(&ep)
             .is_some_and(|h| h.secure);
         if held_securely && !secure {
-            return self.refuse_registration(&packet, &RegError::Taken(ep), from);
+            return self.refuse_registration(&packet, &RegError::Taken(ep.to_string()), from);
         }
         let result = {
             let mut shared = lock(&self.ctx.status.shared);
@@ -706,9 +703,8 @@ impl Server {
         self.spawn(ep, from, event);
     }
 
-    fn spawn(&mut self, ep: String, from: SocketAddr, first: Inbound) {
+    fn spawn(&mut self, ep: Arc<str>, from: SocketAddr, first: Inbound) {
         let (tx, rx) = inbox::inbox(INBOX);
-        let last_seen = Arc::new(Mutex::new(Instant::now()));
         let generation = {
             let mut shared = lock(&self.ctx.status.shared);
             shared.next_generation += 1;
@@ -719,7 +715,6 @@ impl Server {
                     inbox: tx,
                     secure: self.ctx.transport.is_secure(),
                     generation,
-                    last_seen: last_seen.clone(),
                 },
             );
             generation
@@ -729,9 +724,9 @@ impl Server {
             generation,
             addr: from,
             ctx: self.ctx.clone(),
-            last_seen,
+            inbox: rx,
         });
-        self.tracker.spawn(task.run(first, rx));
+        self.tracker.spawn(task.run(first));
     }
 
     fn update(

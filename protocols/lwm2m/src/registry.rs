@@ -15,6 +15,7 @@ use crate::link::{self, Link};
 use serde_json::{json, Map, Value as Json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Limits of the registry.
@@ -28,24 +29,37 @@ pub struct Limits {
     pub max_endpoints: usize,
 }
 
-/// The parameters of a Register (and what an Update may change).
+/// The parameters of a Register (and what an Update may change). Compact: a server holds
+/// thousands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
-    /// `ep`: the endpoint client name.
-    pub ep: String,
+    /// `ep`: the endpoint client name, shared with the tables that look it up.
+    pub ep: Arc<str>,
     /// `lt`: lifetime in seconds, after the limits.
     pub lifetime: u32,
     /// `lwm2m`: the version.
-    pub version: String,
+    pub version: Box<str>,
     /// `b`: binding mode (default `U`).
-    pub binding: String,
+    pub binding: Box<str>,
     /// Other query parameters (`sms`, `Q`, ...), in order.
     pub other: Vec<(String, String)>,
-    /// The object links of the payload.
-    pub links: Vec<Link>,
+    /// The object links of the payload, as link-format text (checked, written back by
+    /// [`link::format`]); [`Params::links`] reads them.
+    links: Box<str>,
 }
 
 impl Params {
+    /// The object links of the payload.
+    pub fn links(&self) -> Vec<Link> {
+        // Checked when they were set: parsing the text written back cannot fail.
+        link::parse(&self.links).unwrap_or_default()
+    }
+
+    /// The object list and alternate path of the links, in EMQX's terms.
+    pub fn objects(&self) -> link::Registration {
+        link::registration(&self.links())
+    }
+
     /// Queue mode (binding `UQ`, `SQ`, `UQS`, or 1.1's `Q` parameter): commands wait until
     /// the device next talks.
     pub fn queue_mode(&self) -> bool {
@@ -89,14 +103,26 @@ impl RegError {
 /// One live registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// Where it lives: `rd/{n}` (the Location-Path of the 2.01).
-    pub location: String,
+    /// Where it lives: the `n` of `rd/{n}` (the Location-Path of the 2.01).
+    pub id: u64,
     /// What the device registered with (updated by Updates).
     pub params: Params,
     /// Where the device talks from (the last Register or Update).
     pub addr: SocketAddr,
     /// When the lifetime runs out.
     pub expires_at: Instant,
+}
+
+impl Registration {
+    /// Where it lives: `rd/{n}`.
+    pub fn location(&self) -> String {
+        format!("rd/{}", self.id)
+    }
+}
+
+/// The `n` of a location `rd/{n}`.
+fn location_id(location: &str) -> Option<u64> {
+    location.strip_prefix("rd/")?.parse().ok()
 }
 
 /// Reads a Register's query parameters and payload.
@@ -133,10 +159,10 @@ pub fn register_params(
         return Err(RegError::Version(version));
     }
     Ok(Params {
-        ep,
+        ep: ep.into(),
         lifetime: bounded_lifetime(lt, limits)?,
-        version,
-        binding: binding.unwrap_or_else(|| "U".into()),
+        version: version.into(),
+        binding: binding.unwrap_or_else(|| "U".into()).into(),
         other,
         links: parse_links(payload)?,
     })
@@ -169,18 +195,21 @@ fn bounded_lifetime(lt: u32, limits: &Limits) -> Result<u32, RegError> {
     Ok(lt.max(min))
 }
 
-fn parse_links(payload: &[u8]) -> Result<Vec<Link>, RegError> {
+/// The payload's object links, checked, as the link-format text they are kept in.
+fn parse_links(payload: &[u8]) -> Result<Box<str>, RegError> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| RegError::BadRequest("object links are not UTF-8".into()))?;
-    link::parse(text).map_err(|e| RegError::BadRequest(e.to_string()))
+    let links = link::parse(text).map_err(|e| RegError::BadRequest(e.to_string()))?;
+    Ok(link::format(&links).into())
 }
 
 /// The live registrations.
 #[derive(Debug)]
 pub struct Registry {
     /// Boxed: the table stays small for thousands of registrations.
-    by_ep: HashMap<String, Box<Registration>>,
-    by_location: HashMap<String, String>,
+    by_ep: HashMap<Arc<str>, Box<Registration>>,
+    /// By the `n` of `rd/{n}`.
+    by_location: HashMap<u64, Arc<str>>,
     next_location: u64,
     limits: Limits,
 }
@@ -211,7 +240,7 @@ impl Registry {
     ) -> Result<(Registration, Option<Registration>), RegError> {
         let replaced = match self.by_ep.get(&params.ep) {
             Some(old) if old.expires_at > now && old.addr.ip() != addr.ip() => {
-                return Err(RegError::Taken(params.ep));
+                return Err(RegError::Taken(params.ep.to_string()));
             }
             Some(_) => self.remove_ep(&params.ep),
             None => None,
@@ -220,14 +249,13 @@ impl Registry {
             return Err(RegError::Full);
         }
         self.next_location += 1;
-        let location = format!("rd/{}", self.next_location);
         let reg = Registration {
-            location: location.clone(),
+            id: self.next_location,
             expires_at: now + Duration::from_secs(u64::from(params.lifetime)),
             addr,
             params,
         };
-        self.by_location.insert(location, reg.params.ep.clone());
+        self.by_location.insert(reg.id, reg.params.ep.clone());
         self.by_ep
             .insert(reg.params.ep.clone(), Box::new(reg.clone()));
         Ok((reg, replaced))
@@ -244,9 +272,8 @@ impl Registry {
         now: Instant,
     ) -> Result<&Registration, RegError> {
         let not_found = || RegError::NotFound(location.to_owned());
-        let ep = self
-            .by_location
-            .get(location)
+        let ep = location_id(location)
+            .and_then(|id| self.by_location.get(&id))
             .ok_or_else(not_found)?
             .clone();
         let mut lifetime = None;
@@ -269,7 +296,7 @@ impl Registry {
             reg.params.lifetime = lt;
         }
         if let Some(b) = binding {
-            reg.params.binding = b;
+            reg.params.binding = b.into();
         }
         for (k, v) in other {
             match reg.params.other.iter_mut().find(|(ok, _)| *ok == k) {
@@ -287,9 +314,8 @@ impl Registry {
 
     /// De-registers the registration at `location`.
     pub fn deregister(&mut self, location: &str) -> Result<Registration, RegError> {
-        let ep = self
-            .by_location
-            .get(location)
+        let ep = location_id(location)
+            .and_then(|id| self.by_location.get(&id))
             .cloned()
             .ok_or_else(|| RegError::NotFound(location.to_owned()))?;
         self.remove_ep(&ep)
@@ -298,7 +324,7 @@ impl Registry {
 
     /// Removes and returns the registrations whose lifetime ran out by `now`.
     pub fn expire(&mut self, now: Instant) -> Vec<Registration> {
-        let gone: Vec<String> = self
+        let gone: Vec<Arc<str>> = self
             .by_ep
             .values()
             .filter(|r| r.expires_at <= now)
@@ -320,7 +346,7 @@ impl Registry {
     /// The registration at `location` (`rd/{n}`).
     pub fn at(&self, location: &str) -> Option<&Registration> {
         self.by_ep
-            .get(self.by_location.get(location)?)
+            .get(self.by_location.get(&location_id(location)?)?)
             .map(|r| &**r)
     }
 
@@ -341,7 +367,7 @@ impl Registry {
 
     fn remove_ep(&mut self, ep: &str) -> Option<Registration> {
         let reg = self.by_ep.remove(ep)?;
-        self.by_location.remove(&reg.location);
+        self.by_location.remove(&reg.id);
         Some(*reg)
     }
 }
@@ -353,12 +379,12 @@ const SECRETS: &[&str] = &["password", "pwd", "psk", "token"];
 /// query parameters except secrets>,"alternatePath","objectList"}}`.
 pub fn registration_json(msg_type: &str, reg: &Registration) -> Json {
     let p = &reg.params;
-    let objects = link::registration(&p.links);
+    let objects = p.objects();
     let mut data = Map::new();
-    data.insert("ep".into(), json!(p.ep));
+    data.insert("ep".into(), json!(&*p.ep));
     data.insert("lt".into(), json!(p.lifetime));
-    data.insert("lwm2m".into(), json!(p.version));
-    data.insert("b".into(), json!(p.binding));
+    data.insert("lwm2m".into(), json!(&*p.version));
+    data.insert("b".into(), json!(&*p.binding));
     for (k, v) in &p.other {
         if !SECRETS.contains(&k.to_ascii_lowercase().as_str()) {
             data.insert(k.clone(), json!(v));
@@ -430,7 +456,7 @@ mod tests {
         let (reg, replaced) = r
             .register(params("dev1", "60"), addr("10.0.0.1:5000"), t0)
             .unwrap();
-        assert_eq!(reg.location, "rd/1");
+        assert_eq!(reg.location(), "rd/1");
         assert!(replaced.is_none());
         // An update from a new port (NAT) with a new lifetime and object list.
         let updated = r
@@ -462,8 +488,11 @@ mod tests {
         let (reg, _) = r
             .register(params("dev2", "60"), addr("10.0.0.2:1"), t0)
             .unwrap();
-        assert_eq!(r.deregister(&reg.location).unwrap().params.ep, "dev2");
-        assert_eq!(r.deregister(&reg.location).unwrap_err().code(), "4.04");
+        assert_eq!(
+            r.deregister(&reg.location()).unwrap().params.ep,
+            "dev2".into()
+        );
+        assert_eq!(r.deregister(&reg.location()).unwrap_err().code(), "4.04");
     }
 
     #[test]
@@ -480,8 +509,8 @@ mod tests {
         let (again, replaced) = r
             .register(params("dev1", "60"), addr("10.0.0.1:7000"), t0)
             .unwrap();
-        assert_eq!(replaced.unwrap().location, "rd/1");
-        assert_eq!(again.location, "rd/2");
+        assert_eq!(replaced.unwrap().location(), "rd/1");
+        assert_eq!(again.location(), "rd/2");
         assert_eq!(
             r.update("rd/1", &[], b"", addr("10.0.0.1:1"), t0)
                 .unwrap_err()

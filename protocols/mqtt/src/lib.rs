@@ -8,6 +8,7 @@
 
 mod codec;
 mod packet;
+pub mod small_map;
 pub mod topic;
 pub mod trie;
 

@@ -11,8 +11,7 @@
 //! Callers validate filters with [`crate::topic::validate_topic_filter`] first; an invalid filter
 //! is stored as-is and matches exactly what [`crate::topic::matches`] says it matches.
 
-use std::borrow::Borrow;
-use std::collections::HashMap;
+use crate::small_map::SmallMap;
 use std::fmt;
 use std::hash::Hash;
 
@@ -24,7 +23,7 @@ const ROOT: NodeId = 0;
 
 /// One level of the trie.
 struct Node<K, V> {
-    /// Literal-level children: a short list, then a SipHash map (see [`SmallMap`]), because
+    /// Literal-level children: a short list, then a SipHash map (see [`crate::small_map`]), because
     /// both the levels stored here and the levels looked up come from untrusted clients.
     children: SmallMap<Box<str>, NodeId>,
     /// The `+` child, kept out of `children` so a match reaches it without hashing.
@@ -51,106 +50,6 @@ impl<K, V> Node<K, V> {
             && self.plus.is_none()
             && self.hash.is_none()
             && self.children.is_empty()
-    }
-}
-
-/// Entries up to which a [`SmallMap`] is a list searched in order.
-const LIST_MAX: usize = 8;
-
-/// A map that is a short list while it holds at most [`LIST_MAX`] entries and std's `HashMap`
-/// beyond. Most trie nodes have one child and most filters one subscriber: a hash map costs
-/// about 128 bytes for one entry, the list exactly the entry. Past the list, the map hashes
-/// with std's SipHash under a per-map random key, because the keys come from untrusted
-/// clients (no hash flooding); a list is never longer than [`LIST_MAX`], so its linear search
-/// is bounded too.
-enum SmallMap<K, V> {
-    List(Vec<(K, V)>),
-    // Boxed: the enum stays as small as the list (24 bytes, not 48) in every node.
-    #[allow(
-        clippy::box_collection,
-        reason = "keeps the common, list-shaped node small"
-    )]
-    Hashed(Box<HashMap<K, V>>),
-}
-
-impl<K: Eq + Hash, V> SmallMap<K, V> {
-    fn new() -> Self {
-        SmallMap::List(Vec::new())
-    }
-
-    fn get<Q: ?Sized + Eq + Hash>(&self, key: &Q) -> Option<&V>
-    where
-        K: Borrow<Q>,
-    {
-        match self {
-            SmallMap::List(list) => list.iter().find(|(k, _)| k.borrow() == key).map(|(_, v)| v),
-            SmallMap::Hashed(map) => map.get(key),
-        }
-    }
-
-    fn get_mut<Q: ?Sized + Eq + Hash>(&mut self, key: &Q) -> Option<&mut V>
-    where
-        K: Borrow<Q>,
-    {
-        match self {
-            SmallMap::List(list) => list
-                .iter_mut()
-                .find(|(k, _)| k.borrow() == key)
-                .map(|(_, v)| v),
-            SmallMap::Hashed(map) => map.get_mut(key),
-        }
-    }
-
-    /// Inserts or replaces; the old value of `key`, if any.
-    fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let list = match self {
-            SmallMap::Hashed(map) => return map.insert(key, value),
-            SmallMap::List(list) => list,
-        };
-        if let Some((_, slot)) = list.iter_mut().find(|(k, _)| *k == key) {
-            return Some(std::mem::replace(slot, value));
-        }
-        if list.len() < LIST_MAX {
-            // Exactly as long as it needs to be: thousands of nodes hold one entry each.
-            list.reserve_exact(1);
-            list.push((key, value));
-            return None;
-        }
-        let mut map: HashMap<K, V> = list.drain(..).collect();
-        map.insert(key, value);
-        *self = SmallMap::Hashed(Box::new(map));
-        None
-    }
-
-    fn remove<Q: ?Sized + Eq + Hash>(&mut self, key: &Q) -> Option<V>
-    where
-        K: Borrow<Q>,
-    {
-        match self {
-            SmallMap::List(list) => {
-                let at = list.iter().position(|(k, _)| k.borrow() == key)?;
-                let (_, value) = list.swap_remove(at);
-                if list.is_empty() {
-                    *list = Vec::new();
-                }
-                Some(value)
-            }
-            SmallMap::Hashed(map) => map.remove(key),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            SmallMap::List(list) => list.is_empty(),
-            SmallMap::Hashed(map) => map.is_empty(),
-        }
-    }
-
-    fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        match self {
-            SmallMap::List(list) => list.iter().for_each(|(k, v)| f(k, v)),
-            SmallMap::Hashed(map) => map.iter().for_each(|(k, v)| f(k, v)),
-        }
     }
 }
 
@@ -445,41 +344,8 @@ mod tests {
     use super::*;
     use crate::topic::matches;
 
-    #[test]
-    fn a_small_map_is_a_list_up_to_its_limit_then_a_hash_map_and_behaves_the_same() {
-        let mut m: SmallMap<Box<str>, usize> = SmallMap::new();
-        for i in 0..=LIST_MAX {
-            assert!(matches!(m, SmallMap::List(_)), "{i}");
-            assert_eq!(m.insert(format!("k{i}").into(), i), None);
-        }
-        assert!(matches!(m, SmallMap::Hashed(_)));
-        for i in 0..=LIST_MAX {
-            assert_eq!(m.get(format!("k{i}").as_str()), Some(&i));
-        }
-        assert_eq!(m.insert("k3".into(), 33), Some(3));
-        *m.get_mut("k4").unwrap() = 44;
-        let mut seen = Vec::new();
-        m.for_each(|k, v| seen.push((k.to_string(), *v)));
-        seen.sort();
-        assert_eq!(seen.len(), LIST_MAX + 1);
-        assert!(seen.contains(&("k3".into(), 33)) && seen.contains(&("k4".into(), 44)));
-        for i in 0..=LIST_MAX {
-            assert!(m.remove(format!("k{i}").as_str()).is_some());
-        }
-        assert!(m.is_empty());
-
-        let mut small: SmallMap<u64, u8> = SmallMap::new();
-        assert_eq!(small.insert(7, 1), None);
-        assert_eq!(small.insert(7, 2), Some(1));
-        assert_eq!(small.get(&7), Some(&2));
-        assert_eq!(small.remove(&8), None);
-        assert_eq!(small.remove(&7), Some(2));
-        assert!(small.is_empty());
-        // An emptied list keeps no buffer.
-        assert!(matches!(&small, SmallMap::List(l) if l.capacity() == 0));
-    }
     use proptest::prelude::*;
-    use std::collections::{BTreeSet, HashSet};
+    use std::collections::{BTreeSet, HashMap, HashSet};
 
     /// Every (filter, key, value) the trie reports for `topic`, sorted.
     fn matched<K: Eq + Hash + Clone + Ord, V: Clone + Ord>(
