@@ -281,7 +281,8 @@ pub struct Client {
     session: SessionId,
     ctrl: Arc<ConnControl>,
     client_id: ClientId,
-    username: Option<String>,
+    /// Shared with the connection's metadata.
+    username: Option<Arc<str>>,
     peer: SocketAddr,
     protocol: Protocol,
     clean_start: bool,
@@ -324,6 +325,7 @@ impl Client {
             }
         };
         let client_id = ClientId::from(opts.client_id.as_str());
+        let username: Option<Arc<str>> = username.map(Arc::from);
         let ctrl = ConnControl::new(broker.next_conn_id());
         ctrl.set_meta(ConnMeta {
             peer: opts.peer,
@@ -750,7 +752,7 @@ impl Client {
     fn info(&self) -> ClientInfo {
         ClientInfo {
             client_id: self.client_id.to_string(),
-            username: self.username.clone(),
+            username: self.username.as_deref().map(str::to_owned),
             peer: self.peer,
             proto_name: self.protocol.as_str(),
             proto_ver: 0,

@@ -58,8 +58,8 @@ pub struct ConnControl {
 pub struct ConnMeta {
     /// The client's address.
     pub peer: SocketAddr,
-    /// The user name it connected with.
-    pub username: Option<String>,
+    /// The user name it connected with (shared with the connection).
+    pub username: Option<Arc<str>>,
     /// When CONNECT was accepted, in seconds since the Unix epoch.
     pub connected_at: u64,
     /// The password file verified `username` (a reload that removes the user disconnects it).

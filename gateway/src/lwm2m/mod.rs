@@ -705,6 +705,11 @@ impl Server {
 
     fn spawn(&mut self, ep: Arc<str>, from: SocketAddr, first: Inbound) {
         let (tx, rx) = inbox::inbox(INBOX);
+        if let Err(e) = tx.try_send(first) {
+            // A fresh inbox with its receiver at hand takes its first event.
+            tracing::error!(ep = %ep, "lwm2m: the endpoint's first event was not taken ({e:?})");
+            return;
+        }
         let generation = {
             let mut shared = lock(&self.ctx.status.shared);
             shared.next_generation += 1;
@@ -726,7 +731,7 @@ impl Server {
             ctx: self.ctx.clone(),
             inbox: rx,
         });
-        self.tracker.spawn(task.run(first));
+        self.tracker.spawn(task.run());
     }
 
     fn update(

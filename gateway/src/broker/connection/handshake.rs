@@ -207,7 +207,7 @@ impl MqttSession {
 
         self.ctrl.set_meta(ConnMeta {
             peer: self.peer,
-            username: self.username.as_deref().map(str::to_string),
+            username: self.username.as_deref().map(Arc::from),
             connected_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

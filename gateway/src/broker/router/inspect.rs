@@ -148,7 +148,7 @@ impl Router {
         let meta = s.conn.as_ref().and_then(|c| c.meta());
         ClientRow {
             client_id: s.client_id.to_string(),
-            username: meta.and_then(|m| m.username.clone()),
+            username: meta.and_then(|m| m.username.as_deref().map(str::to_owned)),
             peer: meta.map(|m| m.peer.to_string()),
             protocol: match meta {
                 Some(m) if m.proto_name != "mqtt" => 0,
