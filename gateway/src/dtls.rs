@@ -713,21 +713,33 @@ impl Transport {
         }
     }
 
-    /// Sends `message` to `to`, waiting for room in the socket buffer.
+    /// Sends `message` to `to`, waiting for room in the socket buffer. The wait (a socket's
+    /// send future is hundreds of bytes) is boxed only when the buffer is full, so that the
+    /// many tasks that await this stay small.
     pub async fn send(&self, message: &[u8], to: SocketAddr) -> bool {
         match &self.dtls {
-            None => self.socket.send_to(message, to).await.is_ok(),
+            None => self.send_datagram(message, to).await,
             Some(s) => {
                 let Some(records) = s.seal(message, to) else {
                     return false;
                 };
                 for r in records {
-                    if self.socket.send_to(&r, to).await.is_err() {
+                    if !self.send_datagram(&r, to).await {
                         return false;
                     }
                 }
                 true
             }
+        }
+    }
+
+    async fn send_datagram(&self, datagram: &[u8], to: SocketAddr) -> bool {
+        match self.socket.try_send_to(datagram, to) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Box::pin(self.socket.send_to(datagram, to)).await.is_ok()
+            }
+            Err(_) => false,
         }
     }
 }

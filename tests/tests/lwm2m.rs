@@ -1168,3 +1168,89 @@ fn a_notification_larger_than_a_block_is_fetched_to_its_end_before_it_is_publish
         json!([{"path": "/3303/0/5701", "value": "done"}])
     );
 }
+
+#[test]
+fn notifications_held_back_by_a_full_subscriber_queue_all_arrive_in_order() {
+    // A subscriber that stops reading: its queue fills (4 in flight, 5 queued) and holds the
+    // endpoint back. What the endpoint publishes meanwhile waits in order, and nothing is lost
+    // once the subscriber reads again.
+    let port = free_port();
+    let lwm2m = free_udp_port();
+    let config = format!(
+        r#"
+[node]
+name = "gw-lwm2m-held"
+
+[mqtt]
+max_mqueue_len = 5
+max_inflight = 4
+slow_subscriber_timeout = "60s"
+
+[[listeners]]
+kind = "tcp"
+bind = "127.0.0.1:{port}"
+
+[auth]
+allow_anonymous = true
+
+[lwm2m]
+bind = "127.0.0.1:{lwm2m}"
+"#
+    );
+    let gw = Gateway::start_config(&config, port);
+    assert!(
+        gw.wait_for_log("lwm2m server listening", WAIT),
+        "{}",
+        gw.log()
+    );
+    let sub = MosquittoSub::start(gw.port, "lwm2m/held/up/resp", &["-v"]);
+    let (mut stuck, _) = holdfast_tests::raw5::Raw::connect_with_expiry(port, "stuck", true, 0);
+    stuck.subscribe_one(
+        "lwm2m/held/up/notify",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    );
+    let mut dev = RawDevice::new("127.0.0.1", lwm2m);
+    dev.register(&["ep=held", "lt=300"]);
+    wait_json(&sub, "lwm2m/held/up/resp", |v| v["msgType"] == "register");
+    assert!(mosquitto_pub(
+        gw.port,
+        "lwm2m/held/dn",
+        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3303/0/5700"}}"#,
+        &[]
+    ));
+    let observe = dev.next_request(WAIT).expect("the observe request");
+    dev.send(&content_ack(
+        &observe,
+        &[(CoapOption::Observe, vec![1])],
+        b"0",
+    ));
+    wait_json(&sub, "lwm2m/held/up/resp", req(1));
+    const NOTIFICATIONS: u8 = 30;
+    for i in 1..=NOTIFICATIONS {
+        let mut note = Packet::new();
+        note.header.set_type(MessageType::NonConfirmable);
+        note.header.message_id = 9000 + u16::from(i);
+        note.header.code = MessageClass::Response(ResponseType::Content);
+        note.set_token(observe.get_token().to_vec());
+        note.add_option(CoapOption::Observe, vec![i + 1]);
+        note.add_option(CoapOption::ContentFormat, vec![]);
+        note.payload = i.to_string().into_bytes();
+        dev.send(&note);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut values = Vec::new();
+    while let Some(p) = stuck.next_publish(Duration::from_secs(3)) {
+        stuck.ack(&p);
+        let v: Value = serde_json::from_slice(&p.payload).expect("notify JSON");
+        values.push(v["data"]["content"][0]["value"].as_f64().unwrap_or(-1.0));
+    }
+    let expected: Vec<f64> = (1..=NOTIFICATIONS).map(f64::from).collect();
+    assert_eq!(values, expected, "log:\n{}", gw.log());
+    // The subscriber's queue did hold the endpoint back.
+    let stats = ctl_json(&socket(&gw), &["stats"]);
+    assert!(
+        stats["stats"]["messages/held_back"].as_u64() > Some(0),
+        "{stats}"
+    );
+}

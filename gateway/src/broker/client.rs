@@ -446,7 +446,44 @@ impl Client {
     /// Publishes `p` as this client and waits for the outcome: refused (nothing routed),
     /// routed to local subscribers, or durable in the bridge queues that forward it. A
     /// device's acknowledgement (CoAP 2.04, an LwM2M ack) belongs after this returns `Ok`.
-    pub async fn publish(&mut self, p: Publication) -> Result<Published, PublishError> {
+    /// (An async block, not an async fn: an async fn's future would hold `p` twice.)
+    pub fn publish(
+        &mut self,
+        p: Publication,
+    ) -> impl std::future::Future<Output = Result<Published, PublishError>> + Send + '_ {
+        let routed = self.route(p);
+        async move {
+            let (receivers, forwarded) = routed?;
+            self.wait_while_held_back().await;
+            bridge_refusal(forwarded.as_ref())?;
+            let Some(f) = forwarded else {
+                return Ok(Published::Routed { receivers });
+            };
+            let Some(uplink) = self.broker.uplink().filter(|_| !f.needs.is_empty()) else {
+                return Ok(Published::Routed { receivers });
+            };
+            std::future::poll_fn(|cx| uplink.poll_durable(&f.needs, cx)).await;
+            Ok(Published::Durable { receivers })
+        }
+    }
+
+    /// Publishes `p` as this client without waiting: the subscriptions it was queued for
+    /// (plus one for the bridges). For a client that needs no durable outcome (an LwM2M
+    /// endpoint's uplinks) and waits for backpressure itself, between its events: after
+    /// this, [`Client::is_held_back`] says whether [`Client::wait_while_held_back`] must run
+    /// before the next publish. A bridge queue that refused it is an error here too.
+    pub fn publish_now(&mut self, p: Publication) -> Result<usize, PublishError> {
+        let (receivers, forwarded) = self.route(p)?;
+        bridge_refusal(forwarded.as_ref())?;
+        Ok(receivers)
+    }
+
+    /// Checks and routes `p`: the receivers, and what the bridges did with it (a refusal
+    /// included: the subscribers got it all the same).
+    fn route(
+        &mut self,
+        p: Publication,
+    ) -> Result<(usize, Option<super::uplink::Forwarded>), PublishError> {
         if self.finished || self.ctrl.is_closing() {
             return Err(PublishError::Closed);
         }
@@ -492,27 +529,20 @@ impl Client {
         let receivers = self
             .broker
             .with_router_forwarding(|r| r.publish(message, now), &mut forwarded);
-        self.wait_while_held_back().await;
-        let Some(f) = forwarded.pop() else {
-            return Ok(Published::Routed { receivers });
-        };
-        match f.refused {
-            Some(Refusal::QueueFull) => return Err(PublishError::BridgeQueueFull),
-            Some(Refusal::Failed) => return Err(PublishError::BridgeQueueFailed),
-            None => {}
-        }
-        let Some(uplink) = self.broker.uplink().filter(|_| !f.needs.is_empty()) else {
-            return Ok(Published::Routed { receivers });
-        };
-        std::future::poll_fn(|cx| uplink.poll_durable(&f.needs, cx)).await;
-        Ok(Published::Durable { receivers })
+        Ok((receivers, forwarded.pop()))
+    }
+
+    /// Whether a full subscriber queue holds this client back: its next publish should wait
+    /// ([`Client::wait_while_held_back`]).
+    pub fn is_held_back(&self) -> bool {
+        self.ctrl.is_held_back()
     }
 
     /// Returns once no full subscriber queue holds this client back (`mqtt.mqueue_full =
     /// "backpressure"`): the message that filled it is queued, the next one waits. Bounded:
     /// the router disconnects a subscriber that holds publishers longer than
     /// `slow_subscriber_timeout`, and this gives up a second after that in any case.
-    async fn wait_while_held_back(&self) {
+    pub async fn wait_while_held_back(&self) {
         if !self.ctrl.is_held_back() {
             return;
         }
@@ -830,6 +860,15 @@ pub fn publish_system(
 }
 
 /// Logs a refused connect, naming the client and why, and returns the error.
+/// A bridge queue's refusal of a routed message, as the publisher's error.
+fn bridge_refusal(forwarded: Option<&super::uplink::Forwarded>) -> Result<(), PublishError> {
+    match forwarded.and_then(|f| f.refused) {
+        Some(Refusal::QueueFull) => Err(PublishError::BridgeQueueFull),
+        Some(Refusal::Failed) => Err(PublishError::BridgeQueueFailed),
+        None => Ok(()),
+    }
+}
+
 fn refused(opts: &ClientOptions, e: ConnectError) -> ConnectError {
     tracing::warn!(peer = %opts.peer, client_id = %super::short(&opts.client_id), protocol = opts.protocol.as_str(), "connection refused: {e}");
     e

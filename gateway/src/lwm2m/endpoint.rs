@@ -111,29 +111,39 @@ struct Pending {
     outstanding: Retransmitter<()>,
 }
 
-/// An observation the device accepted: the command's keys (as compact JSON text: thousands
-/// of endpoints keep one each) and path, for its notifications.
+/// An observation the device accepted: its path and the command's keys (as compact JSON
+/// text: thousands of endpoints keep one each), for its notifications; one allocation.
 struct Observed {
-    echo: Box<str>,
-    req_path: Box<str>,
+    /// The path, then the keys.
+    text: Box<str>,
+    /// Where the path ends in `text`.
+    path_len: usize,
 }
 
 impl Observed {
     fn new(cmd: &Command) -> Observed {
+        let echo = Json::Object(cmd.echo.clone()).to_string();
         Observed {
-            echo: Json::Object(cmd.echo.clone()).to_string().into(),
-            req_path: cmd.req_path.as_str().into(),
+            text: format!("{}{echo}", cmd.req_path).into(),
+            path_len: cmd.req_path.len(),
         }
+    }
+
+    /// The observed path (`reqPath`).
+    fn req_path(&self) -> &str {
+        self.text.get(..self.path_len).unwrap_or_default()
     }
 
     /// The command's keys, echoed in each notification.
     fn echo(&self) -> Map<String, Json> {
-        serde_json::from_str(&self.echo).unwrap_or_default()
+        let keys = self.text.get(self.path_len..).unwrap_or_default();
+        serde_json::from_str(keys).unwrap_or_default()
     }
 }
 
 /// What the task keeps of its registration (the registry holds the rest): that it is live,
-/// whether it is in queue mode, and its alternate path when not `/`.
+/// whether it is in queue mode, and its alternate path when not `/`; as fields of the
+/// endpoint (the flags fit beside its others).
 struct Registered {
     queue_mode: bool,
     alternate: Option<Box<str>>,
@@ -159,10 +169,19 @@ enum Wake {
 pub(super) struct Endpoint {
     s: Setup,
     client: Option<Client>,
-    reg: Option<Registered>,
+    /// Registered: set from `Registered`, with `queue_mode` and `alternate`.
+    registered: bool,
+    queue_mode: bool,
+    alternate: Option<Box<str>>,
     queue: VecDeque<Job>,
     /// Boxed: only while a command is outstanding (an idle endpoint's task stays small).
     pending: Option<Box<Pending>>,
+    /// Publications waiting for a full subscriber queue to make room (see `publish`).
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes in every endpoint's task instead of 32; rarely there"
+    )]
+    outbox: Option<Box<VecDeque<Publication>>>,
     /// By token (the server's are 8 bytes); an endpoint has few, so a list.
     observations: Vec<(u64, Observed)>,
     next_mid: u16,
@@ -178,9 +197,12 @@ impl Endpoint {
     pub(super) fn new(s: Setup) -> Endpoint {
         Endpoint {
             client: None,
-            reg: None,
+            registered: false,
+            queue_mode: false,
+            alternate: None,
             queue: VecDeque::new(),
             pending: None,
+            outbox: None,
             observations: Vec::new(),
             next_mid: rand::random(),
             last_uplink: Instant::now(),
@@ -205,6 +227,9 @@ impl Endpoint {
         // first event (the registration) waits in the inbox, not in the future.
         async move {
             while !self.closing {
+                if self.outbox.is_some() {
+                    Box::pin(self.drain_outbox()).await;
+                }
                 self.arm_timer();
                 let next = std::future::poll_fn(|cx| self.poll_next(cx)).await;
                 match next {
@@ -213,6 +238,10 @@ impl Endpoint {
                     Some(Wake::Timer) => Box::pin(self.retransmit()).await,
                     None => break,
                 }
+            }
+            if self.outbox.is_some() {
+                // What the last event published (a de-registration, an expiry) still goes out.
+                Box::pin(self.drain_outbox()).await;
             }
             self.s.ctx.status.remove(&self.s.ep, self.s.generation);
             if let Some(client) = self.client.take() {
@@ -292,21 +321,20 @@ impl Endpoint {
                     UpdatePublish::ContainsObjectList => has_objects,
                 };
                 if publish {
-                    self.publish("up/resp", registration_json("update", &reg))
-                        .await;
+                    self.publish("up/resp", registration_json("update", &reg));
                 }
-                self.reg = Some(Registered::of(&reg));
+                self.set_registered(Some(Registered::of(&reg)));
                 self.flush().await;
             }
             Inbound::Deregistered(event) => {
                 let (packet, from) = *event;
                 self.reply(&packet, ResponseType::Deleted, &[], from);
                 tracing::info!(ep = %self.s.ep, peer = %from, "lwm2m: de-registered");
-                self.reg = None;
+                self.set_registered(None);
                 self.closing = true;
             }
             Inbound::Expired => {
-                self.reg = None;
+                self.set_registered(None);
                 self.closing = true;
             }
             Inbound::FromDevice(packet) => {
@@ -314,6 +342,16 @@ impl Endpoint {
                 self.device_packet(*packet).await;
             }
         }
+    }
+
+    fn set_registered(&mut self, reg: Option<Registered>) {
+        self.registered = reg.is_some();
+        let reg = reg.unwrap_or(Registered {
+            queue_mode: false,
+            alternate: None,
+        });
+        self.queue_mode = reg.queue_mode;
+        self.alternate = reg.alternate;
     }
 
     /// The device talked: in queue mode it listens for `qmode_time_window` from now.
@@ -344,7 +382,8 @@ impl Endpoint {
                     password: None,
                 }
             };
-            match Client::connect(&self.s.ctx.broker, opts).await {
+            // Boxed: done once, while the handler's own future is kept small.
+            match Box::pin(Client::connect(&self.s.ctx.broker, opts)).await {
                 Ok(mut client) => {
                     let filter = format!("{}dn/#", self.mount());
                     if let Some(Err(e)) = client
@@ -390,10 +429,9 @@ impl Endpoint {
             .registrations
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(ep = %self.s.ep, peer = %reg.addr, location = %reg.location(), lifetime = reg.params.lifetime, binding = %reg.params.binding, lwm2m = %reg.params.version, "lwm2m: registered");
-        self.publish("up/resp", registration_json("register", &reg))
-            .await;
+        self.publish("up/resp", registration_json("register", &reg));
         self.auto_observe(&reg);
-        self.reg = Some(Registered::of(&reg));
+        self.set_registered(Some(Registered::of(&reg)));
         self.flush().await;
     }
 
@@ -441,7 +479,7 @@ impl Endpoint {
                     counters.commands_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ep = %self.s.ep, queued = self.queue.len(), "lwm2m: command queue full; command refused (5.03)");
                     let r = command::response_json(&cmd.echo, None, &cmd.req_path, "5.03", None);
-                    self.publish("up/resp", r).await;
+                    self.publish("up/resp", r);
                     return;
                 }
                 self.queue.push_back(Job::Command(cmd));
@@ -453,17 +491,17 @@ impl Endpoint {
                 let path = "";
                 let r =
                     command::response_json(&echo, None, path, "4.00", Some(json!(e.to_string())));
-                self.publish("up/resp", r).await;
+                self.publish("up/resp", r);
             }
         }
     }
 
     /// Sends the next queued job when nothing is outstanding and the device listens.
     async fn flush(&mut self) {
-        if self.pending.is_some() || self.reg.is_none() {
+        if self.pending.is_some() || !self.registered {
             return;
         }
-        let queue_mode = self.reg.as_ref().is_some_and(|r| r.queue_mode);
+        let queue_mode = self.queue_mode;
         if queue_mode && self.last_uplink.elapsed() > self.s.ctx.config.qmode_time_window {
             return;
         }
@@ -517,7 +555,7 @@ impl Endpoint {
             Method::Delete => RequestType::Delete,
         });
         p.set_token(pending.token.clone());
-        let alternate = self.reg.as_ref().and_then(|r| r.alternate.as_deref());
+        let alternate = self.alternate.as_deref();
         for seg in alternate
             .unwrap_or("/")
             .split('/')
@@ -707,7 +745,7 @@ impl Endpoint {
                         command::response_json(&c.echo, Some(code_or_type), &c.req_path, "", None)
                     }
                 };
-                self.publish("up/resp", r).await;
+                self.publish("up/resp", r);
             }
             Job::Rest(_) => {
                 tracing::info!(ep = %self.s.ep, why = code_or_type, "lwm2m: the rest of a block-wise notification did not come; dropped");
@@ -727,7 +765,7 @@ impl Endpoint {
         let content = self.content(&cmd.req_path, format, payload);
         if cmd.msg_type == "cancel-observe" {
             self.observations
-                .retain(|(_, o)| *o.req_path != *cmd.req_path);
+                .retain(|(_, o)| o.req_path() != cmd.req_path);
             self.observations.shrink_to_fit();
         }
         self.s
@@ -737,7 +775,7 @@ impl Endpoint {
             .responses
             .fetch_add(1, Ordering::Relaxed);
         let r = command::response_json(&cmd.echo, None, &cmd.req_path, &code, content);
-        self.publish("up/resp", r).await;
+        self.publish("up/resp", r);
     }
 
     /// A notification of an observation: published on `up/notify` with its `seqNum`, or, when
@@ -763,15 +801,15 @@ impl Endpoint {
             Ok(Next::Fetch(next)) => next,
             Ok(Next::Done(_)) => return,
             Err(e) => {
-                tracing::warn!(ep = %self.s.ep, path = %o.req_path, "lwm2m: a block-wise notification was dropped: {e}");
+                tracing::warn!(ep = %self.s.ep, path = %o.req_path(), "lwm2m: a block-wise notification was dropped: {e}");
                 return;
             }
         };
-        let Ok(path) = command::split_path(&o.req_path) else {
+        let Ok(path) = command::split_path(o.req_path()) else {
             return;
         };
         if self.queue.len() >= self.s.ctx.config.max_queued_commands {
-            tracing::warn!(ep = %self.s.ep, path = %o.req_path, "lwm2m: command queue full; a block-wise notification was dropped");
+            tracing::warn!(ep = %self.s.ep, path = %o.req_path(), "lwm2m: command queue full; a block-wise notification was dropped");
             return;
         }
         let request = DeviceRequest {
@@ -806,8 +844,8 @@ impl Endpoint {
             return;
         };
         let code = message::code_string(code);
-        let content = self.content(&o.req_path, format, payload);
-        let mut r = command::response_json(&o.echo(), Some("notify"), &o.req_path, &code, content);
+        let content = self.content(o.req_path(), format, payload);
+        let mut r = command::response_json(&o.echo(), Some("notify"), o.req_path(), &code, content);
         if let Json::Object(top) = &mut r {
             top.insert("seqNum".into(), json!(seq));
         }
@@ -817,7 +855,7 @@ impl Endpoint {
             .counters
             .notifications
             .fetch_add(1, Ordering::Relaxed);
-        self.publish("up/notify", r).await;
+        self.publish("up/notify", r);
     }
 
     fn content(&self, req_path: &str, format: Option<u16>, payload: &[u8]) -> Option<Json> {
@@ -871,19 +909,38 @@ impl Endpoint {
         self.flush().await;
     }
 
-    async fn publish(&mut self, suffix: &str, body: Json) {
+    /// Publishes `body` on the endpoint's `suffix` topic now, or, while a full subscriber
+    /// queue holds the endpoint back, puts it in the outbox, which the task's loop publishes
+    /// in order as the hold lifts, before it takes its next event. So a handler never waits
+    /// to publish: thousands of endpoints may be held back at once, each keeping only what
+    /// it has to publish, not a suspended handler.
+    fn publish(&mut self, suffix: &str, body: Json) {
         let topic = format!("{}{suffix}", self.mount());
+        let p = Publication::new(topic, body.to_string().into_bytes(), QoS::AtLeastOnce);
         let Some(client) = self.client.as_mut() else {
             return;
         };
-        let p = Publication::new(
-            topic.clone(),
-            body.to_string().into_bytes(),
-            QoS::AtLeastOnce,
-        );
-        if let Err(e) = client.publish(p).await {
-            tracing::warn!(ep = %self.s.ep, topic, "lwm2m: publish refused: {e}");
+        match self.outbox.as_mut() {
+            None if !client.is_held_back() => {
+                publish_now(client, &self.s.ep, p);
+            }
+            // Bounded by what one event publishes: a response or a notification each, and a
+            // response for each command dropped with its registration (`max_queued_commands`).
+            Some(outbox) => outbox.push_back(p),
+            None => self.outbox = Some(Box::new(VecDeque::from([p]))),
         }
+    }
+
+    /// Publishes what waits in the outbox, in order, each once the endpoint is not held back.
+    async fn drain_outbox(&mut self) {
+        while let Some(p) = self.outbox.as_mut().and_then(|o| o.pop_front()) {
+            let Some(client) = self.client.as_mut() else {
+                break;
+            };
+            client.wait_while_held_back().await;
+            publish_now(client, &self.s.ep, p);
+        }
+        self.outbox = None;
     }
 
     fn reply(&mut self, request: &Packet, code: ResponseType, payload: &[u8], to: SocketAddr) {
@@ -916,7 +973,10 @@ impl Endpoint {
     }
 
     async fn send_bytes(&self, bytes: &[u8], to: SocketAddr) {
-        if self.s.ctx.transport.send(bytes, to).await {
+        // At once, almost always; the wait for room in the socket buffer is boxed (a
+        // handler's future stays small for the thousands of endpoints that wait at once).
+        let transport = &self.s.ctx.transport;
+        if transport.try_send(bytes, to) || Box::pin(transport.send(bytes, to)).await {
             self.s
                 .ctx
                 .status
@@ -970,6 +1030,14 @@ fn token_key(token: &[u8]) -> u64 {
     token.try_into().map(u64::from_be_bytes).unwrap_or_default()
 }
 
+/// Publishes `p` as the endpoint's client; a refusal is logged.
+fn publish_now(client: &mut Client, ep: &str, p: Publication) {
+    let topic = p.topic.clone();
+    if let Err(e) = client.publish_now(p) {
+        tracing::warn!(ep, topic, "lwm2m: publish refused: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1009,14 +1077,14 @@ mod tests {
             config: Arc::new(lwm2m),
         });
         let (_tx, rx) = super::super::inbox::inbox(4);
-        let task = Endpoint::new(Setup {
+        let e = Endpoint::new(Setup {
             ep: "ep".into(),
             generation: 1,
             addr: SocketAddr::from(([127, 0, 0, 1], 5683)),
             ctx,
             inbox: rx,
-        })
-        .run();
+        });
+        let task = e.run();
         let size = std::mem::size_of_val(&task);
         assert!(size <= 384, "an endpoint's task is {size} bytes");
     }

@@ -14,6 +14,7 @@
 use crate::small_map::SmallMap;
 use std::fmt;
 use std::hash::Hash;
+use std::num::NonZeroU32;
 
 /// Index of a node in the arena.
 type NodeId = usize;
@@ -21,15 +22,27 @@ type NodeId = usize;
 /// The root node: it stands for "no level consumed yet" and is never freed.
 const ROOT: NodeId = 0;
 
+/// A wildcard child's node in 4 bytes, not 16 (every node has two of them): never the root,
+/// so never 0, and an arena of more than `u32::MAX` nodes (hundreds of GB) cannot exist.
+type Child = Option<NonZeroU32>;
+
+fn child_id(c: NonZeroU32) -> NodeId {
+    c.get() as NodeId
+}
+
+fn as_child(id: NodeId) -> Child {
+    NonZeroU32::new(u32::try_from(id).unwrap_or(0))
+}
+
 /// One level of the trie.
 struct Node<K, V> {
     /// Literal-level children: a short list, then a SipHash map (see [`crate::small_map`]), because
     /// both the levels stored here and the levels looked up come from untrusted clients.
     children: SmallMap<Box<str>, NodeId>,
     /// The `+` child, kept out of `children` so a match reaches it without hashing.
-    plus: Option<NodeId>,
+    plus: Child,
     /// The `#` child. Its subscribers match every topic that reaches this node, whatever is left.
-    hash: Option<NodeId>,
+    hash: Child,
     /// Subscribers of the filter that ends at this node; boxed because most nodes are inner ones.
     terminal: Option<Box<Terminal<K, V>>>,
 }
@@ -210,7 +223,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
             let wildcards_allowed = !(dollar && node == ROOT);
             // A `#` child matches whatever is left of the topic, including nothing.
             if let (Some(hash), true) = (n.hash, wildcards_allowed) {
-                self.emit(hash, &mut f);
+                self.emit(child_id(hash), &mut f);
             }
             let Some(start) = next else {
                 self.emit(node, &mut f);
@@ -231,7 +244,7 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
             }
             if let (Some(plus), true) = (n.plus, wildcards_allowed) {
                 frames.push(Frame {
-                    node: plus,
+                    node: child_id(plus),
                     next: after,
                 });
             }
@@ -273,8 +286,8 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     fn child(&self, parent: NodeId, level: &str) -> Option<NodeId> {
         let p = &self.nodes[parent];
         match level {
-            "+" => p.plus,
-            "#" => p.hash,
+            "+" => p.plus.map(child_id),
+            "#" => p.hash.map(child_id),
             _ => p.children.get(level).copied(),
         }
     }
@@ -286,8 +299,8 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
         let child = self.allocate();
         let p = &mut self.nodes[parent];
         match level {
-            "+" => p.plus = Some(child),
-            "#" => p.hash = Some(child),
+            "+" => p.plus = as_child(child),
+            "#" => p.hash = as_child(child),
             _ => {
                 p.children.insert(level.into(), child);
             }
