@@ -446,14 +446,18 @@ impl Client {
     /// Publishes `p` as this client and waits for the outcome: refused (nothing routed),
     /// routed to local subscribers, or durable in the bridge queues that forward it. A
     /// device's acknowledgement (CoAP 2.04, an LwM2M ack) belongs after this returns `Ok`.
-    /// (An async block, not an async fn: an async fn's future would hold `p` twice.)
+    /// Nothing is routed until the future is first polled. (An async block, not an async fn:
+    /// an async fn's future would hold `p` twice.)
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn's future holds its arguments twice"
+    )]
     pub fn publish(
         &mut self,
         p: Publication,
     ) -> impl std::future::Future<Output = Result<Published, PublishError>> + Send + '_ {
-        let routed = self.route(p);
         async move {
-            let (receivers, forwarded) = routed?;
+            let (receivers, forwarded) = self.route(p)?;
             self.wait_while_held_back().await;
             bridge_refusal(forwarded.as_ref())?;
             let Some(f) = forwarded else {
@@ -859,7 +863,6 @@ pub fn publish_system(
     broker.with_router(|r| r.publish(message, Instant::now()))
 }
 
-/// Logs a refused connect, naming the client and why, and returns the error.
 /// A bridge queue's refusal of a routed message, as the publisher's error.
 fn bridge_refusal(forwarded: Option<&super::uplink::Forwarded>) -> Result<(), PublishError> {
     match forwarded.and_then(|f| f.refused) {
@@ -869,6 +872,7 @@ fn bridge_refusal(forwarded: Option<&super::uplink::Forwarded>) -> Result<(), Pu
     }
 }
 
+/// Logs a refused connect, naming the client and why, and returns the error.
 fn refused(opts: &ClientOptions, e: ConnectError) -> ConnectError {
     tracing::warn!(peer = %opts.peer, client_id = %super::short(&opts.client_id), protocol = opts.protocol.as_str(), "connection refused: {e}");
     e

@@ -316,6 +316,48 @@ async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_de
 }
 
 #[tokio::test]
+async fn publish_now_routes_at_once_and_says_when_the_publisher_must_wait() {
+    let fx = Fixture::new("", "allow_anonymous = true", "[mqtt]\nmax_mqueue_len = 5\n");
+    let opts = ClientOptions {
+        receive_window: 1,
+        ..ClientOptions::new("slow", Protocol::Serial, DEVICE)
+    };
+    let mut slow = Client::connect(&fx.broker, opts).await.unwrap();
+    slow.subscribe(&[("t", QoS::AtLeastOnce)]);
+    let mut fast = fx.client("fast").await;
+    // Nothing waits: the publisher learns it is held back and waits itself, as a device
+    // gateway does between its events.
+    let mut sent = 0;
+    while !fast.is_held_back() {
+        let p = Publication::new("t", sent.to_string(), QoS::AtLeastOnce);
+        assert_eq!(fast.publish_now(p), Ok(1));
+        sent += 1;
+        assert!(sent <= 10, "held back once the queue is full");
+    }
+    let waiting = tokio::spawn(async move {
+        fast.wait_while_held_back().await;
+        fast
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the wait lasts while the queue is full"
+    );
+    let mut got = Vec::new();
+    while let Some(r) = recv_within(&mut slow, 500).await {
+        got.push(String::from_utf8_lossy(payload(&r)).into_owned());
+        slow.ack(&r);
+    }
+    let want: Vec<String> = (0..sent).map(|n| n.to_string()).collect();
+    assert_eq!(got, want);
+    let fast = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("released once the queue drained")
+        .unwrap();
+    assert!(!fast.is_held_back());
+}
+
+#[tokio::test]
 async fn retained_messages_arrive_on_subscribe() {
     let fx = Fixture::plain();
     let mut publisher = fx.client("pub").await;
