@@ -615,30 +615,22 @@ fi
 if [[ $ONLY == all || $ONLY == coap ]]; then
     COAP_PORT=$(free_port)
     start_broker holdfast
-    before=$(cpu_ticks "$BROKER_PID")
-    run_bench holdfast mqtt-fanin0 fanin --qos 0 --duration "$DURATION"
-    after=$(cpu_ticks "$BROKER_PID")
-    f=$WORK/holdfast.mqtt-fanin0.json
-    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
-        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
-        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    mqtt_with_cpu() { # test args...: an MQTT load on holdfast, with the broker's CPU per message
+        local test=$1 before after f
+        before=$(cpu_ticks "$BROKER_PID")
+        run_bench holdfast "$@"
+        after=$(cpu_ticks "$BROKER_PID")
+        f=$WORK/holdfast.$test.json
+        jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
+            '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
+            "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    }
+    mqtt_with_cpu mqtt-fanin0 fanin --qos 0 --duration "$DURATION"
     # The paced CoAP loads against the same load over MQTT: 64 QoS 0 publishers at 100,000/s
     # in all, so one message per read for both (unpaced MQTT reads a hundred per system call).
-    before=$(cpu_ticks "$BROKER_PID")
-    run_bench holdfast mqtt-fanin0-paced fanin --qos 0 --publishers 64 --rate 100000 --duration "$DURATION"
-    after=$(cpu_ticks "$BROKER_PID")
-    f=$WORK/holdfast.mqtt-fanin0-paced.json
-    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
-        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
-        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    mqtt_with_cpu mqtt-fanin0-paced fanin --qos 0 --publishers 64 --rate 100000 --duration "$DURATION"
     # ... and CON (one outstanding per device) against QoS 1 with one PUBLISH in flight each.
-    before=$(cpu_ticks "$BROKER_PID")
-    run_bench holdfast mqtt-fanin1-window1 fanin --qos 1 --publishers 64 --inflight 1 --duration "$DURATION"
-    after=$(cpu_ticks "$BROKER_PID")
-    f=$WORK/holdfast.mqtt-fanin1-window1.json
-    jq --argjson t "$((after - before))" --argjson hz "$(getconf CLK_TCK)" \
-        '. + {broker_cpu_us_per_msg: (if (.received // 0) > 0 then ($t * 1000000 / $hz / .received * 100 | floor / 100) else null end)}' \
-        "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+    mqtt_with_cpu mqtt-fanin1-window1 fanin --qos 1 --publishers 64 --inflight 1 --duration "$DURATION"
     run_bench holdfast coap-non coap --coap-port "$COAP_PORT" --devices 16 --duration "$DURATION"
     run_bench holdfast coap-quiet coap --coap-port "$COAP_PORT" --devices 16 --no-response --duration "$DURATION"
     run_bench holdfast coap-quiet-paced coap --coap-port "$COAP_PORT" --devices 64 --rate 100000 --no-response --duration "$DURATION"

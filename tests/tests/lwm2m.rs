@@ -25,6 +25,11 @@ const WAIT: Duration = Duration::from_secs(15);
 
 /// A gateway with `[lwm2m]` (plus `extra` keys) and anonymous access on.
 fn gateway(extra: &str) -> (Gateway, u16) {
+    gateway_with("", extra)
+}
+
+/// The same with `mqtt` keys added to `[mqtt]`.
+fn gateway_with(mqtt: &str, extra: &str) -> (Gateway, u16) {
     let port = free_port();
     let lwm2m = free_udp_port();
     let config = format!(
@@ -34,6 +39,7 @@ name = "gw-lwm2m"
 
 [mqtt]
 sys_interval = "1s"
+{mqtt}
 
 [[listeners]]
 kind = "tcp"
@@ -1174,35 +1180,11 @@ fn notifications_held_back_by_a_full_subscriber_queue_all_arrive_in_order() {
     // A subscriber that stops reading: its queue fills (4 in flight, 5 queued) and holds the
     // endpoint back. What the endpoint publishes meanwhile waits in order, and nothing is lost
     // once the subscriber reads again.
-    let port = free_port();
-    let lwm2m = free_udp_port();
-    let config = format!(
-        r#"
-[node]
-name = "gw-lwm2m-held"
-
-[mqtt]
-max_mqueue_len = 5
-max_inflight = 4
-slow_subscriber_timeout = "60s"
-
-[[listeners]]
-kind = "tcp"
-bind = "127.0.0.1:{port}"
-
-[auth]
-allow_anonymous = true
-
-[lwm2m]
-bind = "127.0.0.1:{lwm2m}"
-"#
+    let (gw, lwm2m) = gateway_with(
+        "max_mqueue_len = 5\nmax_inflight = 4\nslow_subscriber_timeout = \"60s\"",
+        "",
     );
-    let gw = Gateway::start_config(&config, port);
-    assert!(
-        gw.wait_for_log("lwm2m server listening", WAIT),
-        "{}",
-        gw.log()
-    );
+    let port = gw.port;
     let sub = MosquittoSub::start(gw.port, "lwm2m/held/up/resp", &["-v"]);
     let (mut stuck, _) = holdfast_tests::raw5::Raw::connect_with_expiry(port, "stuck", true, 0);
     stuck.subscribe_one(

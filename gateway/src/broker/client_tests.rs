@@ -274,8 +274,8 @@ async fn a_slow_receiver_is_bounded_by_its_session_queue_and_its_drops_are_count
     assert_eq!(got, ["15", "16", "17", "18", "19"]);
 }
 
-#[tokio::test]
-async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_default_policy() {
+/// A broker whose queues hold 5 messages, and a receiver of `t` with a window of one.
+async fn slow_receiver_of_t() -> (Fixture, Client) {
     let fx = Fixture::new("", "allow_anonymous = true", "[mqtt]\nmax_mqueue_len = 5\n");
     let opts = ClientOptions {
         receive_window: 1,
@@ -283,6 +283,12 @@ async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_de
     };
     let mut slow = Client::connect(&fx.broker, opts).await.unwrap();
     slow.subscribe(&[("t", QoS::AtLeastOnce)]);
+    (fx, slow)
+}
+
+#[tokio::test]
+async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_default_policy() {
+    let (fx, mut slow) = slow_receiver_of_t().await;
     let mut fast = fx.client("fast").await;
     let publisher = tokio::spawn(async move {
         for n in 0..20 {
@@ -317,13 +323,7 @@ async fn a_slow_receiver_holds_its_publisher_back_and_loses_nothing_under_the_de
 
 #[tokio::test]
 async fn publish_now_routes_at_once_and_says_when_the_publisher_must_wait() {
-    let fx = Fixture::new("", "allow_anonymous = true", "[mqtt]\nmax_mqueue_len = 5\n");
-    let opts = ClientOptions {
-        receive_window: 1,
-        ..ClientOptions::new("slow", Protocol::Serial, DEVICE)
-    };
-    let mut slow = Client::connect(&fx.broker, opts).await.unwrap();
-    slow.subscribe(&[("t", QoS::AtLeastOnce)]);
+    let (fx, mut slow) = slow_receiver_of_t().await;
     let mut fast = fx.client("fast").await;
     // Nothing waits: the publisher learns it is held back and waits itself, as a device
     // gateway does between its events.
