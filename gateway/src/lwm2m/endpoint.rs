@@ -924,8 +924,8 @@ impl Endpoint {
             None if !client.is_held_back() => {
                 publish_now(client, &self.s.ep, p);
             }
-            // Bounded by what one event publishes: a response or a notification each, and a
-            // response for each command dropped with its registration (`max_queued_commands`).
+            // Bounded by what one event publishes (the loop drains it before the next): a
+            // response or a notification, and the failure of a command sent after it.
             Some(outbox) => outbox.push_back(p),
             None => self.outbox = Some(Box::new(VecDeque::from([p]))),
         }

@@ -43,15 +43,15 @@ pub struct Params {
     pub binding: Box<str>,
     /// Other query parameters (`sms`, `Q`, ...), in order.
     pub other: Vec<(String, String)>,
-    /// The object links of the payload, as link-format text (checked, written back by
-    /// [`link::format`]); [`Params::links`] reads them.
+    /// The object links of the payload, as the link-format text it came in (checked when it
+    /// came); [`Params::links`] reads them.
     links: Box<str>,
 }
 
 impl Params {
     /// The object links of the payload.
     pub fn links(&self) -> Vec<Link> {
-        // Checked when they were set: parsing the text written back cannot fail.
+        // The same text parsed when it came in: it parses again.
         link::parse(&self.links).unwrap_or_default()
     }
 
@@ -195,12 +195,12 @@ fn bounded_lifetime(lt: u32, limits: &Limits) -> Result<u32, RegError> {
     Ok(lt.max(min))
 }
 
-/// The payload's object links, checked, as the link-format text they are kept in.
+/// The payload's object links, checked, kept as the text they came in.
 fn parse_links(payload: &[u8]) -> Result<Box<str>, RegError> {
     let text = std::str::from_utf8(payload)
         .map_err(|_| RegError::BadRequest("object links are not UTF-8".into()))?;
-    let links = link::parse(text).map_err(|e| RegError::BadRequest(e.to_string()))?;
-    Ok(link::format(&links).into())
+    link::parse(text).map_err(|e| RegError::BadRequest(e.to_string()))?;
+    Ok(text.into())
 }
 
 /// The live registrations.
@@ -458,6 +458,12 @@ mod tests {
             .unwrap();
         assert_eq!(reg.location(), "rd/1");
         assert!(replaced.is_none());
+        assert_eq!(
+            reg.params.objects().object_list,
+            ["/1/0", "/3/0", "/3303/0"]
+        );
+        assert_eq!(r.at("rd/1").map(|r| &*r.params.ep), Some("dev1"));
+        assert!(r.at("rd/x").is_none() && r.at("1").is_none());
         // An update from a new port (NAT) with a new lifetime and object list.
         let updated = r
             .update(
