@@ -263,13 +263,19 @@ fn auto_observe(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<AutoObserve
             ok = false;
             continue;
         };
-        let problem = match holdfast_lwm2m::command::split_path(&text) {
-            Err(e) => Some(e.to_string()),
-            Ok(segments) if segments[0] == "0" => Some(format!(
+        // Each level a number (`/03` is `/3`).
+        let ids: Option<Vec<u16>> = holdfast_lwm2m::command::split_path(&text)
+            .ok()
+            .and_then(|segments| segments.iter().map(|s| s.parse().ok()).collect());
+        let problem = match ids {
+            None => Some(format!(
+                "{text:?} is not an LwM2M path (/obj[/inst[/res[/ri]]])"
+            )),
+            Some(ids) if ids.first() == Some(&0) => Some(format!(
                 "{text:?}: the Security object (/0) cannot be observed"
             )),
-            Ok(segments) => {
-                let path = format!("/{}", segments.join("/"));
+            Some(ids) => {
+                let path: String = ids.iter().map(|id| format!("/{id}")).collect();
                 if paths.contains(&path) {
                     Some(format!("{text:?} is listed twice"))
                 } else {

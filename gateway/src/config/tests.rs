@@ -1657,14 +1657,19 @@ fn auto_observe_is_a_boolean_or_a_list_of_paths_the_server_may_observe() {
         AutoObserve::Instances
     );
     assert_eq!(
-        auto("[lwm2m]\nauto_observe = [\"/3/0/13\", \"3303\", \"/5/0/\"]\n"),
-        AutoObserve::Paths(vec!["/3/0/13".into(), "/3303".into(), "/5/0".into()])
+        auto("[lwm2m]\nauto_observe = [\"/3/0/13\", \"3303\", \"/5/0/\", \"/06/01\"]\n"),
+        AutoObserve::Paths(vec![
+            "/3/0/13".into(),
+            "/3303".into(),
+            "/5/0".into(),
+            "/6/1".into()
+        ])
     );
     assert_eq!(
-        problems("[lwm2m]\nauto_observe = [\"/3/x\", \"/0/0\", \"/3303\", \"/3303/\", 7]\n"),
+        problems("[lwm2m]\nauto_observe = [\"/3/x\", \"/00/0\", \"/3303\", \"/3303/\", 7]\n"),
         [
             "holdfast.toml:2: lwm2m.auto_observe[0]: \"/3/x\" is not an LwM2M path (/obj[/inst[/res[/ri]]])",
-            "holdfast.toml:2: lwm2m.auto_observe[1]: \"/0/0\": the Security object (/0) cannot be observed",
+            "holdfast.toml:2: lwm2m.auto_observe[1]: \"/00/0\": the Security object (/0) cannot be observed",
             "holdfast.toml:2: lwm2m.auto_observe[3]: \"/3303/\" is listed twice",
             "holdfast.toml:2: lwm2m.auto_observe[4]: expected a string, found the integer 7",
         ]
