@@ -82,23 +82,35 @@ const MAX_STALLED_BYTES: usize = 64 * 1024;
 /// Far enough to mean "no deadline".
 const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
-/// Serves one accepted socket until it closes; counts the reason on its listener.
+/// Serves one accepted socket until it closes; counts the reason on its listener and gives
+/// back the listener's connection slot (`slot`).
 ///
 /// `peer` is the client's real address (for a terminated TLS/WebSocket client, not the
 /// socketpair's); `peer_cert` is the identity of the certificate it presented under mutual TLS.
-pub async fn serve(
+/// Spawned as it is, one task per connection: an async block, not an async fn (whose future
+/// would hold its arguments twice), and no wrapper around it holding them a third time.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn's future holds its arguments twice"
+)]
+pub fn serve(
     stream: Stream,
     peer: SocketAddr,
     peer_cert: Option<Box<PeerCert>>,
     broker: Arc<Broker>,
     listener: Arc<ListenerStats>,
-) {
-    if let Stream::Tcp(tcp) = &stream {
-        let _ = tcp.set_nodelay(true);
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        if let Stream::Tcp(tcp) = &stream {
+            let _ = tcp.set_nodelay(true);
+        }
+        let mut conn = MqttSession::new(peer, peer_cert, broker);
+        let reason = conn.run(&stream).await;
+        listener.count_shutdown(reason);
+        listener.current.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
     }
-    let mut conn = MqttSession::new(peer, peer_cert, broker);
-    let reason = conn.run(&stream).await;
-    listener.count_shutdown(reason);
 }
 
 /// Why the packet loop stopped, and what to send before closing.
@@ -379,7 +391,10 @@ mod tests {
         let auth = Arc::new(crate::auth::Authenticator::new(true, None));
         let broker = Broker::new(config, auth, tokio_util::sync::CancellationToken::new());
         let stats = Arc::new(ListenerStats::new("t".into(), addr.to_string(), 10));
-        let task = serve(Stream::Tcp(server), peer, None, broker, stats);
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let task = serve(Stream::Tcp(server), peer, None, broker, stats, slot);
         let size = std::mem::size_of_val(&task);
         eprintln!(
             "serve future: {size} bytes, MqttSession: {} bytes",

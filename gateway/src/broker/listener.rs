@@ -178,12 +178,14 @@ pub async fn run(listener: BoundListener, broker: Arc<Broker>, tracker: TaskTrac
         let (broker2, stats2) = (broker.clone(), stats.clone());
         match &terminator {
             None => {
-                tracker.spawn(async move {
-                    connection::serve(Stream::Tcp(stream), peer, None, broker2, stats2.clone())
-                        .await;
-                    stats2.current.fetch_sub(1, Ordering::Relaxed);
-                    drop(permit);
-                });
+                tracker.spawn(connection::serve(
+                    Stream::Tcp(stream),
+                    peer,
+                    None,
+                    broker2,
+                    stats2,
+                    permit,
+                ));
             }
             Some(term) => {
                 tracker.spawn(terminate::run(

@@ -142,11 +142,14 @@ pub async fn run(
             return;
         }
     };
-    tracker.spawn(async move {
-        connection::serve(Stream::Unix(theirs), peer, peer_cert, broker, stats.clone()).await;
-        stats.current.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
-    });
+    tracker.spawn(connection::serve(
+        Stream::Unix(theirs),
+        peer,
+        peer_cert,
+        broker,
+        stats,
+        permit,
+    ));
     match client {
         Client::Tls(tls) => proxy_bytes(*tls, ours).await,
         Client::Ws(ws) => proxy_ws(*ws, ours).await,
