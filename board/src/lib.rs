@@ -22,8 +22,8 @@
 //! file: a reading it cannot take is `None`.
 //!
 //! It is the only Holdfast crate with `unsafe` code: the watchdog ioctls in [`watchdog`], the
-//! read-only `adjtimex` in [`clock`] and glibc's `__nss_configure_lookup` in [`names`], each
-//! with its justification. Everything else is
+//! read-only `adjtimex` in [`clock`], glibc's `__nss_configure_lookup` in [`names`] and the
+//! allocators' collect calls in [`memory`], each with its justification. Everything else is
 //! `forbid`den per module.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(unreachable_pub, missing_docs, missing_debug_implementations)]
@@ -35,6 +35,7 @@ mod host;
 pub mod identity;
 pub mod leds;
 mod linux;
+pub mod memory;
 pub mod names;
 pub mod notify;
 pub mod resets;

@@ -580,6 +580,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     holdfast::logging::init(&cfg.log.level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(holdfast_board::memory::worker_idle)
         .build()
     {
         Ok(rt) => rt,

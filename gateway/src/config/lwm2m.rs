@@ -264,9 +264,7 @@ fn auto_observe(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<AutoObserve
             continue;
         };
         // Each level a number (`/03` is `/3`).
-        let ids: Option<Vec<u16>> = holdfast_lwm2m::command::split_path(&text)
-            .ok()
-            .and_then(|segments| segments.iter().map(|s| s.parse().ok()).collect());
+        let ids = holdfast_lwm2m::command::split_path(&text).ok();
         let problem = match ids {
             None => Some(format!(
                 "{text:?} is not an LwM2M path (/obj[/inst[/res[/ri]]])"

@@ -122,9 +122,8 @@ struct Observed {
 
 impl Observed {
     fn new(cmd: &Command) -> Observed {
-        let echo = Json::Object(cmd.echo.clone()).to_string();
         Observed {
-            text: format!("{}{echo}", cmd.req_path).into(),
+            text: format!("{}{}", cmd.req_path, cmd.echo.as_str()).into(),
             path_len: cmd.req_path.len(),
         }
     }
@@ -478,7 +477,8 @@ impl Endpoint {
                 if self.queue.len() >= self.s.ctx.config.max_queued_commands {
                     counters.commands_refused.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(ep = %self.s.ep, queued = self.queue.len(), "lwm2m: command queue full; command refused (5.03)");
-                    let r = command::response_json(&cmd.echo, None, &cmd.req_path, "5.03", None);
+                    let r =
+                        command::response_json(cmd.echo.keys(), None, &cmd.req_path, "5.03", None);
                     self.publish("up/resp", r);
                     return;
                 }
@@ -490,7 +490,7 @@ impl Endpoint {
                 tracing::warn!(ep = %self.s.ep, topic = %m.message.topic, "lwm2m: command refused: {e}");
                 let path = "";
                 let r =
-                    command::response_json(&echo, None, path, "4.00", Some(json!(e.to_string())));
+                    command::response_json(echo, None, path, "4.00", Some(json!(e.to_string())));
                 self.publish("up/resp", r);
             }
         }
@@ -564,7 +564,7 @@ impl Endpoint {
             p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
         }
         for seg in &req.path {
-            p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+            p.add_option(CoapOption::UriPath, seg.to_string().into_bytes());
         }
         for q in &req.query {
             p.add_option(CoapOption::UriQuery, q.as_bytes().to_vec());
@@ -738,12 +738,20 @@ impl Endpoint {
         match pending.job {
             Job::Command(c) => {
                 let r = match detail {
-                    Some(d) => {
-                        command::response_json(&c.echo, None, &c.req_path, code_or_type, Some(d))
-                    }
-                    None => {
-                        command::response_json(&c.echo, Some(code_or_type), &c.req_path, "", None)
-                    }
+                    Some(d) => command::response_json(
+                        c.echo.keys(),
+                        None,
+                        &c.req_path,
+                        code_or_type,
+                        Some(d),
+                    ),
+                    None => command::response_json(
+                        c.echo.keys(),
+                        Some(code_or_type),
+                        &c.req_path,
+                        "",
+                        None,
+                    ),
                 };
                 self.publish("up/resp", r);
             }
@@ -774,7 +782,7 @@ impl Endpoint {
             .counters
             .responses
             .fetch_add(1, Ordering::Relaxed);
-        let r = command::response_json(&cmd.echo, None, &cmd.req_path, &code, content);
+        let r = command::response_json(cmd.echo.keys(), None, &cmd.req_path, &code, content);
         self.publish("up/resp", r);
     }
 
@@ -845,7 +853,7 @@ impl Endpoint {
         };
         let code = message::code_string(code);
         let content = self.content(o.req_path(), format, payload);
-        let mut r = command::response_json(&o.echo(), Some("notify"), o.req_path(), &code, content);
+        let mut r = command::response_json(o.echo(), Some("notify"), o.req_path(), &code, content);
         if let Json::Object(top) = &mut r {
             top.insert("seqNum".into(), json!(seq));
         }

@@ -48,8 +48,8 @@ pub enum Method {
 pub struct DeviceRequest {
     /// Method.
     pub method: Method,
-    /// Path segments (`/3/0/1` -> `["3","0","1"]`), under the device's alternate path.
-    pub path: Vec<String>,
+    /// Path segments (`/3/0/1` -> `[3, 0, 1]`), under the device's alternate path.
+    pub path: Vec<u16>,
     /// Uri-Query options (`pmin=10`).
     pub query: Vec<String>,
     /// Content-Format of the payload, when there is one.
@@ -70,9 +70,33 @@ pub struct Command {
     /// The path the command is about (`reqPath` of the response).
     pub req_path: String,
     /// Every top-level key but `data`, echoed in the response.
-    pub echo: Map<String, Json>,
+    pub echo: Echo,
     /// The CoAP request.
     pub request: DeviceRequest,
+}
+
+/// A command's top-level keys but `data` (`reqID`, `msgType`, whatever else the cloud put
+/// there), echoed in its response. Kept as compact JSON text, one allocation: thousands of
+/// commands may wait for their devices at once, and a JSON map costs over 600 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Echo(Box<str>);
+
+impl Echo {
+    /// The keys, kept.
+    pub fn of(keys: &Map<String, Json>) -> Echo {
+        // A map with string keys always serializes.
+        Echo(serde_json::to_string(keys).unwrap_or_default().into())
+    }
+
+    /// The keys, as a JSON object to answer with.
+    pub fn keys(&self) -> Map<String, Json> {
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The keys as compact JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Why a command cannot be sent; answered on `up/resp` with code 4.00.
@@ -197,24 +221,28 @@ pub fn parse(payload: &[u8], model: &Model) -> Result<Command, (Map<String, Json
     Ok(Command {
         msg_type,
         req_path,
-        echo,
+        echo: Echo::of(&echo),
         request,
     })
 }
 
-/// `/3/0/1` -> `["3","0","1"]`; every segment a number.
-pub fn split_path(path: &str) -> Result<Vec<String>, CommandError> {
-    let segs: Vec<String> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if segs.is_empty() || segs.len() > 4 || segs.iter().any(|s| s.parse::<u16>().is_err()) {
-        return Err(CommandError::Field(format!(
+/// `/3/0/1` -> `[3, 0, 1]`; every segment a number.
+pub fn split_path(path: &str) -> Result<Vec<u16>, CommandError> {
+    let bad = || {
+        CommandError::Field(format!(
             "{path:?} is not an LwM2M path (/obj[/inst[/res[/ri]]])"
-        )));
+        ))
+    };
+    let segs = path.split('/').filter(|s| !s.is_empty());
+    let mut ids = Vec::with_capacity(4);
+    for seg in segs {
+        ids.push(seg.parse::<u16>().map_err(|_| bad())?);
     }
-    Ok(segs)
+    if ids.is_empty() || ids.len() > 4 {
+        return Err(bad());
+    }
+    ids.shrink_to_fit();
+    Ok(ids)
 }
 
 fn ids(path: &str) -> Vec<u16> {
@@ -333,13 +361,13 @@ pub fn code_msg(code: &str) -> &'static str {
 /// The response JSON: the command's keys with `data` = `{reqPath, code, codeMsg[, content]}`;
 /// `msg_type` overrides `msgType` (`notify`, `ack`, `coap_timeout`...).
 pub fn response_json(
-    echo: &Map<String, Json>,
+    echo: Map<String, Json>,
     msg_type: Option<&str>,
     req_path: &str,
     code: &str,
     content: Option<Json>,
 ) -> Json {
-    let mut top = echo.clone();
+    let mut top = echo;
     if let Some(t) = msg_type {
         top.insert("msgType".into(), json!(t));
     }
@@ -472,8 +500,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.request.method, Method::Get);
-        assert_eq!(c.request.path, ["3", "0", "0"]);
-        assert_eq!(c.echo.get("reqID"), Some(&json!(7)));
+        assert_eq!(c.request.path, [3, 0, 0]);
+        assert_eq!(c.echo.keys().get("reqID"), Some(&json!(7)));
+        assert_eq!(c.echo.as_str(), r#"{"msgType":"read","reqID":7}"#);
         let d = parse(br#"{"msgType":"discover","data":{"path":"/3/0"}}"#, &m).unwrap();
         assert_eq!(d.request.accept, Some(format::LINK));
         let o = parse(
@@ -586,7 +615,7 @@ mod tests {
             },
         ]);
         let content = decode_content(&c.req_path, Some(format::TLV), &payload, &m).unwrap();
-        let r = response_json(&c.echo, None, &c.req_path, "2.05", content);
+        let r = response_json(c.echo.keys(), None, &c.req_path, "2.05", content);
         assert_eq!(
             r,
             json!({"reqID": 7, "msgType": "read", "data": {"reqPath": "/3/0", "code": "2.05", "codeMsg": "content",
