@@ -578,6 +578,7 @@ fn run(path: Option<PathBuf>, data_dir: Option<PathBuf>) -> ExitCode {
     };
     let data_dir_flag = data_dir;
     holdfast::logging::init(&cfg.log.level);
+    holdfast_board::memory::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(holdfast_board::memory::worker_idle)
