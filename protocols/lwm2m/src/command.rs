@@ -233,12 +233,15 @@ pub fn split_path(path: &str) -> Result<Vec<u16>, CommandError> {
             "{path:?} is not an LwM2M path (/obj[/inst[/res[/ri]]])"
         ))
     };
-    let segs = path.split('/').filter(|s| !s.is_empty());
     let mut ids = Vec::with_capacity(4);
-    for seg in segs {
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        // At most four levels: a longer path from the cloud is refused before it is read on.
+        if ids.len() == 4 {
+            return Err(bad());
+        }
         ids.push(seg.parse::<u16>().map_err(|_| bad())?);
     }
-    if ids.is_empty() || ids.len() > 4 {
+    if ids.is_empty() {
         return Err(bad());
     }
     ids.shrink_to_fit();
@@ -567,6 +570,18 @@ mod tests {
         .unwrap();
         let back = tlv::decode(&create.request.payload).unwrap();
         assert_eq!((back[0].kind, back[0].id), (tlv::Kind::ObjectInstance, 1));
+    }
+
+    #[test]
+    fn a_path_is_one_to_four_numbers() {
+        assert_eq!(split_path("/3/0/1"), Ok(vec![3, 0, 1]));
+        assert_eq!(split_path("/03//1/"), Ok(vec![3, 1]));
+        assert_eq!(split_path("/1/2/3/4"), Ok(vec![1, 2, 3, 4]));
+        for bad in ["", "/", "/1/2/3/4/5", "/3/x", "/65536", "/-1"] {
+            assert!(split_path(bad).is_err(), "{bad:?}");
+        }
+        let long = "/1".repeat(10_000);
+        assert!(split_path(&long).is_err());
     }
 
     #[test]
