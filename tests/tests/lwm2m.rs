@@ -972,6 +972,19 @@ fn content_ack(req: &Packet, options: &[(CoapOption, Vec<u8>)], text: &[u8]) -> 
     ack
 }
 
+/// Publishes an observe command (`reqID` 1) of `path` for `ep` on `lwm2m/{ep}/dn` and returns
+/// the request it becomes at the raw device.
+fn observe_from_the_cloud(port: u16, dev: &RawDevice, ep: &str, path: &str) -> Packet {
+    let command = format!(r#"{{"reqID":1,"msgType":"observe","data":{{"path":"{path}"}}}}"#);
+    assert!(mosquitto_pub(
+        port,
+        &format!("lwm2m/{ep}/dn"),
+        &command,
+        &[]
+    ));
+    dev.next_request(WAIT).expect("the observe request")
+}
+
 fn block(num: u16, more: bool, szx: u8) -> Vec<u8> {
     BlockValue {
         num,
@@ -1106,13 +1119,7 @@ fn a_notification_larger_than_a_block_is_fetched_to_its_end_before_it_is_publish
         MessageClass::Response(ResponseType::Created)
     );
     wait_json(&sub, "lwm2m/raw-bw/up/resp", |v| v["msgType"] == "register");
-    assert!(mosquitto_pub(
-        gw.port,
-        "lwm2m/raw-bw/dn",
-        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3303/0/5701"}}"#,
-        &[]
-    ));
-    let observe = dev.next_request(WAIT).expect("the observe request");
+    let observe = observe_from_the_cloud(gw.port, &dev, "raw-bw", "/3303/0/5701");
     assert_eq!(observe.get_observe_value().and_then(Result::ok), Some(0));
     dev.send(&content_ack(
         &observe,
@@ -1194,13 +1201,7 @@ fn notifications_held_back_by_a_full_subscriber_queue_all_arrive_in_order() {
     let mut dev = RawDevice::new("127.0.0.1", lwm2m);
     dev.register(&["ep=held", "lt=300"]);
     wait_json(&sub, "lwm2m/held/up/resp", |v| v["msgType"] == "register");
-    assert!(mosquitto_pub(
-        gw.port,
-        "lwm2m/held/dn",
-        r#"{"reqID":1,"msgType":"observe","data":{"path":"/3303/0/5700"}}"#,
-        &[]
-    ));
-    let observe = dev.next_request(WAIT).expect("the observe request");
+    let observe = observe_from_the_cloud(gw.port, &dev, "held", "/3303/0/5700");
     dev.send(&content_ack(
         &observe,
         &[(CoapOption::Observe, vec![1])],

@@ -264,15 +264,12 @@ fn auto_observe(ctx: &mut Ctx<'_>, node: &Node, key: &str) -> Option<AutoObserve
             continue;
         };
         // Each level a number (`/03` is `/3`).
-        let ids = holdfast_lwm2m::command::split_path(&text).ok();
-        let problem = match ids {
-            None => Some(format!(
-                "{text:?} is not an LwM2M path (/obj[/inst[/res[/ri]]])"
-            )),
-            Some(ids) if ids.first() == Some(&0) => Some(format!(
+        let problem = match holdfast_lwm2m::command::split_path(&text) {
+            Err(e) => Some(e.to_string()),
+            Ok(ids) if ids.first() == Some(&0) => Some(format!(
                 "{text:?}: the Security object (/0) cannot be observed"
             )),
-            Some(ids) => {
+            Ok(ids) => {
                 let path: String = ids.iter().map(|id| format!("/{id}")).collect();
                 if paths.contains(&path) {
                     Some(format!("{text:?} is listed twice"))
