@@ -576,7 +576,7 @@ impl MosquittoSub {
             .stderr(std::fs::File::create(&err).expect("create err"))
             .spawn()
             .expect("spawn mosquitto_sub (apt-get install mosquitto-clients)");
-        let sub = MosquittoSub {
+        let mut sub = MosquittoSub {
             child,
             out,
             _dir: dir,
@@ -585,11 +585,15 @@ impl MosquittoSub {
         while Instant::now() < deadline && !sub.raw().contains("SUBACK") {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(
-            sub.raw().contains("SUBACK"),
-            "mosquitto_sub got no SUBACK: {}",
-            sub.raw()
-        );
+        if !sub.raw().contains("SUBACK") {
+            // Whether it ran at all, and what it said on stderr (a refused connect says so).
+            let exited = sub.child.try_wait();
+            let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+            panic!(
+                "mosquitto_sub got no SUBACK in 10 s (exited: {exited:?}); stdout: {:?}; stderr: {stderr:?}",
+                sub.raw()
+            );
+        }
         sub
     }
 
